@@ -1,0 +1,1 @@
+//! Benchmarks live here (criterion benches and the `keel-bench` load generator).

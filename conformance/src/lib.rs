@@ -1,0 +1,208 @@
+//! The storage conformance suite: every Keel backend is held to the contract of
+//! [`keel_engine::storage`] by the same cases.
+//!
+//! This is an ordinary public crate, not `cfg(test)` code, so a backend in another
+//! repository can run the suite too. A backend provides a [`StoreFactory`] and stamps out
+//! one test per case with [`conformance_suite!`]:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use keel_conformance::{conformance_suite, EnforcedLimits, Fixture, StoreFactory};
+//! use keel_engine::storage::{memory::MemoryStore, Result};
+//!
+//! struct MemoryFactory;
+//!
+//! impl StoreFactory for MemoryFactory {
+//!     fn create(&self) -> Result<Fixture> {
+//!         Ok(Fixture::ephemeral(Arc::new(MemoryStore::new())))
+//!     }
+//!     fn limits(&self) -> EnforcedLimits {
+//!         EnforcedLimits { key_and_value_sizes: true, transaction_bytes: false }
+//!     }
+//! }
+//!
+//! conformance_suite!(MemoryFactory);
+//! # fn main() {}
+//! ```
+//!
+//! Each case is also a plain `pub async fn` in [`cases`], taking `&dyn StoreFactory`, for
+//! callers that want to run one under their own harness (for example with faults on).
+//! Cases that depend on a capability ([`keel_engine::storage::Capabilities`] or
+//! [`EnforcedLimits`]) return early, passing, where it does not apply.
+
+#![warn(missing_docs)]
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+use keel_engine::storage::{KvStore, Result, StorageError};
+
+pub mod cases;
+
+/// Where a store lives, kept opaque to the suite: the factory puts whatever it needs to
+/// reopen the store in it (for example a temporary directory, which also keeps the
+/// directory alive for as long as the location exists).
+pub struct Location(Option<Box<dyn Any + Send + Sync>>);
+
+impl Location {
+    /// A location holding `value`.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Location(Some(Box::new(value)))
+    }
+
+    /// No location: the store cannot be reopened.
+    pub fn none() -> Self {
+        Location(None)
+    }
+
+    /// The value the factory stored, if it has type `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_ref().and_then(|v| v.downcast_ref())
+    }
+}
+
+/// A freshly created store and its location.
+pub struct Fixture {
+    /// The store. Cases that "crash" it drop this (the only handle) without shutdown.
+    pub store: Arc<dyn KvStore>,
+    /// Where it lives, for [`StoreFactory::reopen`].
+    pub location: Location,
+}
+
+impl Fixture {
+    /// A store that cannot be reopened.
+    pub fn ephemeral(store: Arc<dyn KvStore>) -> Self {
+        Fixture {
+            store,
+            location: Location::none(),
+        }
+    }
+}
+
+/// Which of FoundationDB's limits a backend enforces itself (every backend must *accept*
+/// keys and values up to them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnforcedLimits {
+    /// Keys over `MAX_KEY_BYTES` and values over `MAX_VALUE_BYTES` fail to commit with
+    /// `LimitExceeded`.
+    pub key_and_value_sizes: bool,
+    /// Transactions writing over `MAX_TXN_BYTES` fail to commit with `LimitExceeded`.
+    pub transaction_bytes: bool,
+}
+
+/// How the suite gets stores of the backend under test.
+pub trait StoreFactory: Send + Sync {
+    /// A fresh, empty store at a new location.
+    fn create(&self) -> Result<Fixture>;
+
+    /// Opens the store at `location` again, after every handle of the previous one was
+    /// dropped. Called only when the store's capabilities say `reopenable`.
+    fn reopen(&self, location: &Location) -> Result<Arc<dyn KvStore>> {
+        let _ = location;
+        Err(StorageError::NotImplemented("StoreFactory::reopen"))
+    }
+
+    /// The limits this backend enforces; the limit cases check only these.
+    fn limits(&self) -> EnforcedLimits {
+        EnforcedLimits::default()
+    }
+}
+
+/// Runs one case to completion on a fresh multi-threaded runtime (two workers, time and
+/// I/O enabled), so crates using the suite need no runtime of their own.
+pub fn block_on<F: Future>(case: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("invariant: a tokio runtime can be built")
+        .block_on(case)
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_cases {
+    ($factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let factory = $factory;
+                $crate::block_on($crate::cases::$case(&factory));
+            }
+        )*
+    };
+}
+
+/// Stamps out one `#[test]` per conformance case, named after the case, each creating its
+/// stores with the given [`StoreFactory`] expression (evaluated once per test).
+///
+/// Each test runs its case with [`block_on`], on its own multi-threaded tokio runtime, so
+/// the calling crate needs no tokio dependency. Put the invocation in its own module (or
+/// integration-test file) so the case names do not clash with other items.
+///
+/// ```ignore
+/// keel_conformance::conformance_suite!(MyFactory::new());
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr $(,)?) => {
+        // The one list of cases; keep it in step with the functions in `cases`.
+        $crate::__stamp_cases!($factory;
+            set_get_clear_round_trip,
+            reads_see_own_writes,
+            writes_are_invisible_until_commit,
+            dropped_transaction_writes_nothing,
+            range_read_returns_keys_in_order_up_to_limit,
+            range_read_by_prefix,
+            range_read_merges_buffered_writes,
+            clear_range_removes_only_keys_inside,
+            atomic_add_accumulates_across_commits,
+            atomic_add_after_clear_starts_from_zero,
+            concurrent_atomic_adds_do_not_conflict,
+            point_read_write_overlap_conflicts,
+            range_read_write_overlap_conflicts,
+            limited_range_read_conflicts_only_on_observed_part,
+            snapshot_reads_do_not_conflict,
+            blind_writes_do_not_conflict,
+            add_read_conflict_makes_blind_write_conflict,
+            read_only_commit_succeeds_with_version_zero,
+            reads_are_consistent_or_commit_fails,
+            commit_versions_increase,
+            watch_fires_on_committed_write,
+            watch_fires_at_once_if_changed_since_version,
+            watch_fires_on_clear_range,
+            entries_up_to_the_limits_are_accepted,
+            oversized_key_or_value_is_rejected,
+            oversized_transaction_is_rejected,
+            large_value_split_across_keys_round_trips,
+            concurrent_increments_through_retry_runner_are_exact,
+            acknowledged_commits_survive_crash_and_reopen,
+            versions_stay_monotonic_across_reopen,
+            shutdown_rejects_later_transactions,
+        );
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn` case in `cases.rs` is stamped out by `conformance_suite!`.
+    #[test]
+    fn suite_macro_lists_every_case() {
+        let cases = include_str!("cases.rs");
+        let lib = include_str!("lib.rs");
+        let macro_body = &lib[lib.find("macro_rules! conformance_suite").expect("macro")..];
+        for line in cases.lines() {
+            let Some(rest) = line.strip_prefix("pub async fn ") else {
+                continue;
+            };
+            let name = rest.split('(').next().expect("fn name");
+            if rest.contains("factory: &dyn StoreFactory") {
+                assert!(
+                    macro_body.contains(&format!("{name},")),
+                    "case {name} missing from the macro"
+                );
+            }
+        }
+    }
+}

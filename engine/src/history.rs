@@ -1,0 +1,131 @@
+//! History events: built once in the wire shape the SDK replays, stored as JSON bytes,
+//! and served back verbatim (no re-encoding on reads).
+
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::clock::{format_timestamp, Millis};
+use crate::error::{Error, Result};
+use crate::model::RunRecord;
+use crate::storage::{KvStore, KvTxn, ReadOptions};
+use crate::tables;
+
+/// Appends one event to the run's history inside `txn` and returns its sequence.
+pub fn append(txn: &mut dyn KvTxn, run: &mut RunRecord, event_type: &str, payload: Value, now: Millis, task_id: Option<&str>) -> u64 {
+    run.last_event_seq += 1;
+    run.last_progress_at_ms = now;
+    let seq = run.last_event_seq;
+    let recorded_at = format_timestamp(now);
+    let event = json!({
+        "id": format!("{}:{}", run.run_id, seq),
+        "sequence": seq,
+        "event_type": event_type,
+        "type": event_type,
+        "recorded_at": recorded_at,
+        "timestamp": recorded_at,
+        "workflow_task_id": task_id,
+        "workflow_command_id": null,
+        "namespace": run.namespace,
+        "payload": payload,
+    });
+    let bytes = serde_json::to_vec(&event).expect("invariant: a json Value always serializes");
+    tables::put_bytes(txn, &tables::history_key(&run.namespace, &run.run_id, seq), &bytes);
+    seq
+}
+
+/// One page of a run's history: events with sequence in `from..=through`, at most `limit`.
+pub struct Page {
+    /// The events, as stored.
+    pub events: Vec<Box<RawValue>>,
+    /// The last sequence returned (0 when none).
+    pub last_seq: u64,
+    /// Whether events up to `through` remain after this page.
+    pub more: bool,
+}
+
+/// Reads a page of history in its own snapshot transaction.
+pub async fn read_page(store: &dyn KvStore, ns: &str, run_id: &str, from: u64, through: u64, limit: usize) -> Result<Page> {
+    let mut txn = store.begin().await?;
+    read_page_in(txn.as_mut(), ns, run_id, from, through, limit).await
+}
+
+/// Reads a page of history inside `txn` without read conflicts.
+pub async fn read_page_in(txn: &mut dyn KvTxn, ns: &str, run_id: &str, from: u64, through: u64, limit: usize) -> Result<Page> {
+    let limit = limit.max(1);
+    let mut events = Vec::new();
+    let mut last_seq = from.saturating_sub(1);
+    let mut next = from;
+    while events.len() < limit && next <= through {
+        let want = (limit - events.len()).min((through - next + 1) as usize);
+        let range = tables::history_range(ns, run_id, next);
+        // Chunks of split events count against the read limit; `assemble` reports a cut.
+        let pairs = txn.get_range(&range, ReadOptions::limit(want + 8).snapshot()).await?;
+        let fetched = pairs.len();
+        let (records, _cut) = tables::assemble(pairs)?;
+        if records.is_empty() {
+            if fetched == 0 {
+                break;
+            }
+            // A single event larger than the read: fetch it whole.
+            let key = tables::history_key(ns, run_id, next);
+            let bytes = tables::get_bytes(txn, &key, true).await?.ok_or_else(|| Error::corrupt("history gap"))?;
+            events.push(raw(bytes)?);
+            last_seq = next;
+            next += 1;
+            continue;
+        }
+        for (key, bytes) in records {
+            let mut r = crate::keys::KeyReader::new(&key);
+            let (_, _, seq) = (r.str(), r.str(), r.u64().ok_or_else(|| Error::corrupt("history key"))?);
+            if seq > through || events.len() >= limit {
+                break;
+            }
+            events.push(raw(bytes)?);
+            last_seq = seq;
+            next = seq + 1;
+        }
+        if fetched < want + 8 && next <= through {
+            // The range ran out before `through`: history is shorter than asked.
+            break;
+        }
+    }
+    Ok(Page { events, last_seq, more: last_seq < through })
+}
+
+fn raw(bytes: Vec<u8>) -> Result<Box<RawValue>> {
+    let text = String::from_utf8(bytes).map_err(Error::corrupt)?;
+    RawValue::from_string(text).map_err(Error::corrupt)
+}
+
+/// Reads one event's payload (for describe: input and output).
+pub async fn event_payload(txn: &mut dyn KvTxn, ns: &str, run_id: &str, seq: u64) -> Result<Option<Value>> {
+    let bytes = tables::get_bytes(txn, &tables::history_key(ns, run_id, seq), true).await?;
+    let Some(bytes) = bytes else { return Ok(None) };
+    let mut event: Value = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+    Ok(Some(event.get_mut("payload").map(Value::take).unwrap_or(Value::Null)))
+}
+
+/// Encodes a history page token: the last sequence already returned.
+pub fn encode_token(last_seq: u64) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(last_seq.to_string())
+}
+
+/// Decodes a history page token; `None` when malformed.
+pub fn decode_token(token: &str) -> Option<u64> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(token).ok()?;
+    std::str::from_utf8(&bytes).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_zero_means_from_the_start() {
+        assert_eq!(encode_token(0), "MA==");
+        assert_eq!(decode_token(&encode_token(4711)), Some(4711));
+        assert_eq!(decode_token("not base64!"), None);
+    }
+}

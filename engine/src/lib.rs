@@ -1,0 +1,20 @@
+//! Keel's engine: the storage contract and its domain tables, workflow semantics,
+//! the matching and lease core, and the durable timer service. No HTTP, no backend code.
+#![warn(missing_docs)]
+
+pub mod clock;
+mod engine;
+pub mod error;
+pub mod history;
+pub mod ids;
+pub mod keys;
+pub mod matching;
+pub mod model;
+pub mod storage;
+pub mod sync;
+pub mod tables;
+pub mod timers;
+pub mod workflow;
+
+pub use engine::{Engine, EngineConfig};
+pub use error::{Error, RejectKind, Result};

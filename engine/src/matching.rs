@@ -1,0 +1,230 @@
+//! The in-memory side of matching: per `(namespace, queue, kind)` an index of ready-task
+//! hints and a queue of parked long-polls.
+//!
+//! Invariants:
+//! * The durable ready index is the truth; a hint only says "this task was ready". Every
+//!   lease re-checks the task inside a storage transaction, so a stale or duplicate hint
+//!   costs one failed lease attempt, never a double lease.
+//! * A hint is never dropped while its task may still be ready: it sits in the index, in
+//!   exactly one parked poller's slot, or with a poller that is attempting the lease (which
+//!   re-offers it on a storage error).
+//! * A new hint goes to the oldest parked poller that accepts its type (sync match);
+//!   otherwise into the index, ordered by priority, then availability, then arrival.
+//! * Locks are held only for in-memory bookkeeping: never across `.await` or I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use tokio::sync::Notify;
+
+use crate::model::TaskKind;
+use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+
+/// Identifies one matching queue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueKey {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Task queue name.
+    pub queue: Arc<str>,
+    /// Task kind.
+    pub kind: TaskKind,
+}
+
+impl QueueKey {
+    /// Builds a key.
+    pub fn new(namespace: &str, queue: &str, kind: TaskKind) -> Self {
+        QueueKey { namespace: namespace.into(), queue: queue.into(), kind }
+    }
+}
+
+/// "This task was ready": what the index holds and what a parked poller receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskHint {
+    /// The task.
+    pub task_id: Arc<str>,
+    /// Its workflow or activity type.
+    pub type_name: Arc<str>,
+    /// 0 (first) to 9.
+    pub priority: u8,
+    /// When it became ready.
+    pub ready_at_ms: i64,
+}
+
+/// Which task types a poller accepts; `None` accepts all.
+pub type TypeFilter = Option<Arc<HashSet<String>>>;
+
+fn accepts(filter: &TypeFilter, hint: &TaskHint) -> bool {
+    filter.as_ref().is_none_or(|types| types.contains(&*hint.type_name))
+}
+
+/// Where a parked poller receives its hint.
+#[derive(Debug, Default)]
+pub struct Slot {
+    hint: Mutex<Option<TaskHint>>,
+    /// Notified once a hint is placed in the slot.
+    pub notify: Notify,
+}
+
+struct Waiter {
+    id: u64,
+    filter: TypeFilter,
+    slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: BTreeMap<(u8, i64, u64), TaskHint>,
+    waiters: VecDeque<Waiter>,
+    arrivals: u64,
+}
+
+/// The outcome of [`Matching::take_or_park`].
+pub enum Take {
+    /// A hint to try to lease.
+    Hint(TaskHint),
+    /// No matching hint: the poller is parked and waits on the slot.
+    Parked(Arc<Slot>),
+}
+
+/// Counts of one queue, for visibility.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Hints in the index.
+    pub ready: usize,
+    /// Parked pollers.
+    pub pollers: usize,
+}
+
+const SHARDS: usize = 16;
+
+/// The matching index of one engine instance.
+pub struct Matching {
+    shards: Vec<Mutex<HashMap<QueueKey, QueueState>>>,
+    next_waiter: AtomicU64,
+}
+
+impl Default for Matching {
+    fn default() -> Self {
+        Matching { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), next_waiter: AtomicU64::new(1) }
+    }
+}
+
+impl Matching {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn shard(&self, key: &QueueKey) -> &Mutex<HashMap<QueueKey, QueueState>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// A fresh waiter id for [`Matching::take_or_park`].
+    pub fn waiter_id(&self) -> u64 {
+        self.next_waiter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Announces a ready task: hands it to the oldest parked poller that accepts it, or
+    /// files it in the index.
+    pub fn offer(&self, key: &QueueKey, hint: TaskHint) {
+        let mut shard = lock(self.shard(key));
+        let state = shard.entry(key.clone()).or_default();
+        if let Some(pos) = state.waiters.iter().position(|w| accepts(&w.filter, &hint)) {
+            let waiter = state.waiters.remove(pos).expect("invariant: position is in range");
+            *lock(&waiter.slot.hint) = Some(hint);
+            waiter.slot.notify.notify_one();
+            return;
+        }
+        let arrival = state.arrivals;
+        state.arrivals += 1;
+        state.ready.insert((hint.priority, hint.ready_at_ms, arrival), hint);
+    }
+
+    /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.
+    /// Both happen under one lock, so an offer cannot slip between the check and the park.
+    pub fn take_or_park(&self, key: &QueueKey, filter: &TypeFilter, waiter_id: u64) -> Take {
+        let mut shard = lock(self.shard(key));
+        let state = shard.entry(key.clone()).or_default();
+        let found = state.ready.iter().find(|(_, h)| accepts(filter, h)).map(|(k, _)| *k);
+        if let Some(k) = found {
+            let hint = state.ready.remove(&k).expect("invariant: key was just found");
+            return Take::Hint(hint);
+        }
+        let slot = Arc::new(Slot::default());
+        state.waiters.push_back(Waiter { id: waiter_id, filter: filter.clone(), slot: slot.clone() });
+        Take::Parked(slot)
+    }
+
+    /// Unparks `waiter_id` and returns the hint it was handed meanwhile, if any. After
+    /// this returns, no offer can reach the slot any more.
+    pub fn unpark(&self, key: &QueueKey, waiter_id: u64, slot: &Slot) -> Option<TaskHint> {
+        let mut shard = lock(self.shard(key));
+        if let Some(state) = shard.get_mut(key) {
+            state.waiters.retain(|w| w.id != waiter_id);
+            if state.waiters.is_empty() && state.ready.is_empty() {
+                shard.remove(key);
+            }
+        }
+        lock(&slot.hint).take()
+    }
+
+    /// The counts of one queue.
+    pub fn stats(&self, key: &QueueKey) -> QueueStats {
+        let shard = lock(self.shard(key));
+        shard.get(key).map(|s| QueueStats { ready: s.ready.len(), pollers: s.waiters.len() }).unwrap_or_default()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn hint(id: &str, ty: &str, priority: u8, at: i64) -> TaskHint {
+        TaskHint { task_id: id.into(), type_name: ty.into(), priority, ready_at_ms: at }
+    }
+
+    fn key() -> QueueKey {
+        QueueKey::new("default", "q", TaskKind::Workflow)
+    }
+
+    #[test]
+    fn index_orders_by_priority_then_availability() {
+        let m = Matching::new();
+        m.offer(&key(), hint("late", "a", 5, 20));
+        m.offer(&key(), hint("early", "a", 5, 10));
+        m.offer(&key(), hint("urgent", "a", 0, 30));
+        let order: Vec<String> = (0..3)
+            .map(|_| match m.take_or_park(&key(), &None, m.waiter_id()) {
+                Take::Hint(h) => h.task_id.to_string(),
+                Take::Parked(_) => panic!("expected a hint"),
+            })
+            .collect();
+        assert_eq!(order, ["urgent", "early", "late"]);
+    }
+
+    #[test]
+    fn offer_goes_straight_to_a_parked_poller_that_accepts_the_type() {
+        let m = Matching::new();
+        let only_b: TypeFilter = Some(Arc::new(["b".to_string()].into_iter().collect()));
+        let (id_b, id_any) = (m.waiter_id(), m.waiter_id());
+        let Take::Parked(slot_b) = m.take_or_park(&key(), &only_b, id_b) else { panic!("parks") };
+        let Take::Parked(slot_any) = m.take_or_park(&key(), &None, id_any) else { panic!("parks") };
+        m.offer(&key(), hint("t1", "a", 5, 1));
+        assert_eq!(m.unpark(&key(), id_b, &slot_b), None, "type b poller must not get an a task");
+        assert_eq!(m.unpark(&key(), id_any, &slot_any).map(|h| h.task_id.to_string()), Some("t1".into()));
+        assert_eq!(m.stats(&key()), QueueStats::default());
+    }
+
+    #[test]
+    fn unparked_poller_no_longer_receives_offers() {
+        let m = Matching::new();
+        let id = m.waiter_id();
+        let Take::Parked(slot) = m.take_or_park(&key(), &None, id) else { panic!("parks") };
+        assert_eq!(m.unpark(&key(), id, &slot), None);
+        m.offer(&key(), hint("t1", "a", 5, 1));
+        assert_eq!(m.stats(&key()).ready, 1, "the hint waits in the index");
+    }
+}

@@ -1,0 +1,55 @@
+//! The porting template: a backend whose every operation fails with
+//! [`StorageError::NotImplemented`]. Copy it, then replace one method at a time while the
+//! conformance suite (`keel-conformance`) tells you what is still missing.
+
+use async_trait::async_trait;
+
+use super::{Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result, StorageError, Version, WatchFuture};
+
+/// A backend that implements nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotImplementedStore;
+
+/// The transaction of [`NotImplementedStore`].
+#[derive(Debug, Default)]
+pub struct NotImplementedTxn;
+
+#[async_trait]
+impl KvStore for NotImplementedStore {
+    async fn begin(&self) -> Result<Box<dyn KvTxn>> {
+        Ok(Box::new(NotImplementedTxn))
+    }
+    fn watch(&self, _key: &[u8], _since: Version) -> WatchFuture {
+        Box::pin(async { Err(StorageError::NotImplemented("KvStore::watch")) })
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { durable: false, reopenable: false, multi_node: false }
+    }
+    async fn shutdown(&self) -> Result<()> {
+        Err(StorageError::NotImplemented("KvStore::shutdown"))
+    }
+}
+
+#[async_trait]
+impl KvTxn for NotImplementedTxn {
+    fn read_version(&self) -> Version {
+        0
+    }
+    async fn get(&mut self, _key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(StorageError::NotImplemented("KvTxn::get"))
+    }
+    async fn get_snapshot(&mut self, _key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(StorageError::NotImplemented("KvTxn::get_snapshot"))
+    }
+    async fn get_range(&mut self, _range: &KeyRange, _opts: ReadOptions) -> Result<Vec<KeyValue>> {
+        Err(StorageError::NotImplemented("KvTxn::get_range"))
+    }
+    fn set(&mut self, _key: &[u8], _value: &[u8]) {}
+    fn clear(&mut self, _key: &[u8]) {}
+    fn clear_range(&mut self, _range: &KeyRange) {}
+    fn atomic_add(&mut self, _key: &[u8], _delta: i64) {}
+    fn add_read_conflict(&mut self, _key: &[u8]) {}
+    async fn commit(self: Box<Self>) -> Result<CommitInfo> {
+        Err(StorageError::NotImplemented("KvTxn::commit"))
+    }
+}

@@ -1,0 +1,78 @@
+//! The one retry runner every engine write goes through.
+//!
+//! A transaction body may run several times: after a conflict (nothing was written) and
+//! after a commit-unknown result (the writes may be there). Bodies must therefore be
+//! idempotent: a body that creates something checks, inside the transaction, whether it
+//! already exists (an idempotency key) before writing it again.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{KvStore, KvTxn, StorageError};
+
+/// How many times a retryable failure is retried, and how long to back off.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Cap on the backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 20, initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(200) }
+    }
+}
+
+/// What a transaction body returns: a value, or an error that is either a storage error
+/// (maybe retryable) or a domain error (never retried).
+pub trait TxnError: From<StorageError> {
+    /// The storage error inside, if this is one.
+    fn as_storage(&self) -> Option<&StorageError>;
+}
+
+impl TxnError for StorageError {
+    fn as_storage(&self) -> Option<&StorageError> {
+        Some(self)
+    }
+}
+
+/// Runs `body` in a fresh transaction and commits it, retrying retryable storage errors.
+/// The body gets the transaction (and hands it back with its value) and the attempt
+/// number (1-based); the runner commits. A body that fails drops the transaction, which
+/// discards its writes.
+pub async fn run<T, E, F, Fut>(store: &dyn KvStore, policy: RetryPolicy, mut body: F) -> Result<T, E>
+where
+    E: TxnError,
+    F: FnMut(Box<dyn KvTxn>, u32) -> Fut,
+    Fut: Future<Output = Result<(Box<dyn KvTxn>, T), E>>,
+{
+    let mut backoff = policy.initial_backoff;
+    let mut attempt = 1;
+    loop {
+        let outcome = async {
+            let txn = store.begin().await?;
+            let (txn, value) = body(txn, attempt).await?;
+            txn.commit().await?;
+            Ok::<T, E>(value)
+        }
+        .await;
+        match outcome {
+            Err(e) if attempt < policy.max_attempts && e.as_storage().is_some_and(StorageError::is_retryable) => {
+                tracing::debug!(attempt, error = ?e.as_storage(), "retrying transaction");
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(policy.max_backoff);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = d.as_nanos() as u64;
+    Duration::from_nanos(nanos / 2 + rand::random::<u64>() % (nanos / 2 + 1))
+}

@@ -1,0 +1,590 @@
+//! The simulated backend: the in-memory store held strictly to FoundationDB's limits, with
+//! faults injected from a seeded random number generator.
+//!
+//! It exists for tests (the conformance suite, the engine's tests, and the multi-node case
+//! that cannot run against a real FoundationDB here) but is an ordinary public module.
+//!
+//! * **Limits.** Keys ≤ [`MAX_KEY_BYTES`], values ≤ [`MAX_VALUE_BYTES`], written bytes per
+//!   transaction ≤ [`MAX_TXN_BYTES`] fail the commit with [`StorageError::LimitExceeded`];
+//!   a transaction older than [`MAX_TXN_DURATION`] fails reads and commit with
+//!   [`StorageError::TransactionTooOld`]. Age is measured on the store's own clock, which
+//!   tests move forward with [`SimulatedStore::advance_time`] instead of sleeping.
+//! * **Faults** (see [`FaultConfig`]): a spurious [`StorageError::Conflict`] at commit
+//!   (nothing written), [`StorageError::CommitUnknown`] after the writes *were* applied,
+//!   `CommitUnknown` when they were *not*, and small random delays before reads and
+//!   commits. Read-only commits get no injected faults (FoundationDB does not commit them).
+//! * **Sharing.** The store is `Clone`; clones share data, watches, clock and fault state,
+//!   so two engine instances given clones behave like two nodes on one cluster.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::memory::{MemoryInner, MemoryStore};
+use super::occ::{CommitRequest, CommittedReader, Committer, OccTxn};
+use super::{
+    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
+    StorageError, Version, WatchFuture, MAX_TXN_BYTES, MAX_TXN_DURATION,
+};
+
+/// Which faults the simulated store injects, and how often.
+///
+/// Probabilities are per commit of a transaction that writes, each in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultConfig {
+    /// Seed of the random number generator that decides every fault.
+    pub seed: u64,
+    /// Probability of a spurious `Conflict` (nothing written).
+    pub conflict: f64,
+    /// Probability of `CommitUnknown` although the writes were applied.
+    pub unknown_applied: f64,
+    /// Probability of `CommitUnknown` when the writes were not applied.
+    pub unknown_not_applied: f64,
+    /// Each read and commit first waits a random time up to this (zero: no delay).
+    pub max_delay: Duration,
+}
+
+impl FaultConfig {
+    /// No faults and no delays: the store behaves like the memory backend, plus limits.
+    pub fn none() -> Self {
+        FaultConfig {
+            seed: 0,
+            conflict: 0.0,
+            unknown_applied: 0.0,
+            unknown_not_applied: 0.0,
+            max_delay: Duration::ZERO,
+        }
+    }
+
+    /// A mix of every fault, often enough that a few hundred commits see each kind.
+    pub fn chaos(seed: u64) -> Self {
+        FaultConfig {
+            seed,
+            conflict: 0.05,
+            unknown_applied: 0.03,
+            unknown_not_applied: 0.03,
+            max_delay: Duration::from_micros(200),
+        }
+    }
+
+    fn injects_faults(&self) -> bool {
+        self.conflict > 0.0 || self.unknown_applied > 0.0 || self.unknown_not_applied > 0.0
+    }
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig::none()
+    }
+}
+
+/// How many faults and limit rejections the store has produced so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Spurious conflicts injected.
+    pub spurious_conflicts: u64,
+    /// `CommitUnknown` results whose writes were applied.
+    pub unknown_applied: u64,
+    /// `CommitUnknown` results whose writes were not applied.
+    pub unknown_not_applied: u64,
+    /// Commits rejected with `LimitExceeded` or `TransactionTooOld`.
+    pub limit_rejections: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    spurious_conflicts: AtomicU64,
+    unknown_applied: AtomicU64,
+    unknown_not_applied: AtomicU64,
+    limit_rejections: AtomicU64,
+}
+
+/// Fault and clock state shared by every clone of one store.
+struct SimState {
+    config: Mutex<(FaultConfig, StdRng)>,
+    /// Simulated time that has passed beyond the real clock, in nanoseconds.
+    skew_nanos: AtomicU64,
+    closed: AtomicBool,
+    counters: Counters,
+}
+
+impl SimState {
+    fn now(&self) -> Instant {
+        Instant::now() + Duration::from_nanos(self.skew_nanos.load(Ordering::Acquire))
+    }
+
+    /// A uniform sample in `[0, 1)` and the configuration it was drawn under.
+    fn roll(&self) -> (FaultConfig, f64) {
+        let mut guard = self
+            .config
+            .lock()
+            .expect("invariant: fault lock not poisoned");
+        let config = guard.0;
+        let sample = guard.1.random::<f64>();
+        (config, sample)
+    }
+
+    async fn delay(&self) {
+        let max = {
+            let guard = self
+                .config
+                .lock()
+                .expect("invariant: fault lock not poisoned");
+            guard.0.max_delay
+        };
+        if max.is_zero() {
+            return;
+        }
+        let nanos = {
+            let mut guard = self
+                .config
+                .lock()
+                .expect("invariant: fault lock not poisoned");
+            guard.1.random_range(0..=max.as_nanos() as u64)
+        };
+        tokio::time::sleep(Duration::from_nanos(nanos)).await;
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The commit path and committed reads of the simulated store: the memory backend's,
+/// with limits and faults in front.
+struct SimBackend {
+    memory: Arc<MemoryInner>,
+    state: Arc<SimState>,
+}
+
+impl CommittedReader for SimBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.memory.get(key)
+    }
+
+    fn range(&self, range: &KeyRange, limit: usize, reverse: bool) -> Result<Vec<KeyValue>> {
+        self.memory.range(range, limit, reverse)
+    }
+}
+
+#[async_trait]
+impl Committer for SimBackend {
+    async fn commit(&self, request: CommitRequest) -> Result<CommitInfo> {
+        let state = &self.state;
+        if state.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("store is shut down".into()));
+        }
+        if request.is_read_only() {
+            return self.memory.commit(request).await;
+        }
+        let written = request.written_bytes();
+        if written > MAX_TXN_BYTES {
+            // Counted by `SimTxn::commit`, which sees every `LimitExceeded`.
+            return Err(StorageError::LimitExceeded(format!(
+                "transaction writes {written} bytes"
+            )));
+        }
+        state.delay().await;
+        let (config, sample) = state.roll();
+        if sample < config.conflict {
+            SimState::bump(&state.counters.spurious_conflicts);
+            return Err(StorageError::Conflict);
+        }
+        if sample < config.conflict + config.unknown_not_applied {
+            SimState::bump(&state.counters.unknown_not_applied);
+            return Err(StorageError::CommitUnknown);
+        }
+        let info = self.memory.commit(request).await?;
+        if config.unknown_applied > 0.0 {
+            let (_, sample) = state.roll();
+            if sample < config.unknown_applied {
+                SimState::bump(&state.counters.unknown_applied);
+                return Err(StorageError::CommitUnknown);
+            }
+        }
+        Ok(info)
+    }
+}
+
+/// A transaction of the simulated store: an [`OccTxn`] whose age is checked on the
+/// store's clock before every read and at commit.
+struct SimTxn {
+    txn: OccTxn<SimBackend>,
+    state: Arc<SimState>,
+    started_at: Instant,
+}
+
+impl SimTxn {
+    fn check_age(&self) -> Result<()> {
+        if self.state.now().saturating_duration_since(self.started_at) > MAX_TXN_DURATION {
+            return Err(StorageError::TransactionTooOld);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KvTxn for SimTxn {
+    fn read_version(&self) -> Version {
+        self.txn.read_version()
+    }
+
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.state.delay().await;
+        self.check_age()?;
+        self.txn.get(key).await
+    }
+
+    async fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.state.delay().await;
+        self.check_age()?;
+        self.txn.get_snapshot(key).await
+    }
+
+    async fn get_range(&mut self, range: &KeyRange, opts: ReadOptions) -> Result<Vec<KeyValue>> {
+        self.state.delay().await;
+        self.check_age()?;
+        self.txn.get_range(range, opts).await
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8]) {
+        self.txn.set(key, value)
+    }
+
+    fn clear(&mut self, key: &[u8]) {
+        self.txn.clear(key)
+    }
+
+    fn clear_range(&mut self, range: &KeyRange) {
+        self.txn.clear_range(range)
+    }
+
+    fn atomic_add(&mut self, key: &[u8], delta: i64) {
+        self.txn.atomic_add(key, delta)
+    }
+
+    fn add_read_conflict(&mut self, key: &[u8]) {
+        self.txn.add_read_conflict(key)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<CommitInfo> {
+        if let Err(e) = self.check_age() {
+            SimState::bump(&self.state.counters.limit_rejections);
+            return Err(e);
+        }
+        // OccTxn's commit rejects oversized keys and values before reaching the backend,
+        // which rejects oversized transactions.
+        let result = Box::new(self.txn).commit().await;
+        if matches!(result, Err(StorageError::LimitExceeded(_))) {
+            SimState::bump(&self.state.counters.limit_rejections);
+        }
+        result
+    }
+}
+
+/// The in-memory store with FoundationDB's limits and injected faults; see the module docs.
+#[derive(Clone)]
+pub struct SimulatedStore {
+    memory: MemoryStore,
+    backend: Arc<SimBackend>,
+}
+
+impl SimulatedStore {
+    /// An empty store injecting the faults of `config`.
+    pub fn new(config: FaultConfig) -> Self {
+        let memory = MemoryStore::new();
+        let state = Arc::new(SimState {
+            config: Mutex::new((config, StdRng::seed_from_u64(config.seed))),
+            skew_nanos: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let backend = Arc::new(SimBackend {
+            memory: memory.inner().clone(),
+            state,
+        });
+        SimulatedStore { memory, backend }
+    }
+
+    /// Replaces the fault configuration (for every clone) and reseeds the generator from
+    /// `config.seed`; `FaultConfig::none()` turns faults off.
+    pub fn set_faults(&self, config: FaultConfig) {
+        let mut guard = self
+            .backend
+            .state
+            .config
+            .lock()
+            .expect("invariant: fault lock not poisoned");
+        *guard = (config, StdRng::seed_from_u64(config.seed));
+    }
+
+    /// The fault configuration in force.
+    pub fn faults(&self) -> FaultConfig {
+        self.backend
+            .state
+            .config
+            .lock()
+            .expect("invariant: fault lock not poisoned")
+            .0
+    }
+
+    /// Whether any fault has a non-zero probability.
+    pub fn injects_faults(&self) -> bool {
+        self.faults().injects_faults()
+    }
+
+    /// What the store has injected and rejected so far (shared by every clone).
+    pub fn fault_stats(&self) -> FaultStats {
+        let c = &self.backend.state.counters;
+        FaultStats {
+            spurious_conflicts: c.spurious_conflicts.load(Ordering::Relaxed),
+            unknown_applied: c.unknown_applied.load(Ordering::Relaxed),
+            unknown_not_applied: c.unknown_not_applied.load(Ordering::Relaxed),
+            limit_rejections: c.limit_rejections.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves the store's clock forward by `by`: open transactions age without a sleep.
+    pub fn advance_time(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.backend
+            .state
+            .skew_nanos
+            .fetch_add(nanos, Ordering::AcqRel);
+    }
+
+    /// The latest committed version.
+    pub fn version(&self) -> Version {
+        self.memory.version()
+    }
+}
+
+impl Default for SimulatedStore {
+    fn default() -> Self {
+        SimulatedStore::new(FaultConfig::none())
+    }
+}
+
+#[async_trait]
+impl KvStore for SimulatedStore {
+    async fn begin(&self) -> Result<Box<dyn KvTxn>> {
+        let state = &self.backend.state;
+        if state.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("store is shut down".into()));
+        }
+        state.delay().await;
+        Ok(Box::new(SimTxn {
+            txn: OccTxn::new(self.backend.clone(), self.memory.version()),
+            state: state.clone(),
+            started_at: state.now(),
+        }))
+    }
+
+    fn watch(&self, key: &[u8], since: Version) -> WatchFuture {
+        self.memory.watch(key, since)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: false,
+            reopenable: false,
+            multi_node: true,
+        }
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.backend.state.closed.store(true, Ordering::Release);
+        self.memory.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+    async fn read(store: &SimulatedStore, key: &[u8]) -> Option<Vec<u8>> {
+        let mut txn = store.begin().await.expect("begin");
+        txn.get(key).await.expect("get")
+    }
+
+    async fn write(store: &SimulatedStore, key: &[u8], value: &[u8]) -> Result<CommitInfo> {
+        let mut txn = store.begin().await.expect("begin");
+        txn.set(key, value);
+        txn.commit().await
+    }
+
+    #[tokio::test]
+    async fn without_faults_commits_succeed() {
+        let store = SimulatedStore::new(FaultConfig::none());
+        for i in 0..50u8 {
+            write(&store, &[i], b"v")
+                .await
+                .expect("no faults configured");
+        }
+        assert_eq!(store.fault_stats(), FaultStats::default());
+        assert_eq!(store.version(), 50);
+    }
+
+    #[tokio::test]
+    async fn oversized_key_value_and_transaction_are_rejected() {
+        let store = SimulatedStore::new(FaultConfig::none());
+        let big_key = vec![b'k'; MAX_KEY_BYTES + 1];
+        assert!(matches!(
+            write(&store, &big_key, b"v").await,
+            Err(StorageError::LimitExceeded(_))
+        ));
+        let big_value = vec![0u8; MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            write(&store, b"k", &big_value).await,
+            Err(StorageError::LimitExceeded(_))
+        ));
+        write(&store, b"k", &big_value[..MAX_VALUE_BYTES])
+            .await
+            .expect("value at the limit fits");
+
+        let mut txn = store.begin().await.expect("begin");
+        let value = vec![0u8; MAX_VALUE_BYTES];
+        for i in 0..(MAX_TXN_BYTES / MAX_VALUE_BYTES) as u32 {
+            txn.set(&i.to_be_bytes(), &value);
+        }
+        assert!(matches!(
+            txn.commit().await,
+            Err(StorageError::LimitExceeded(_))
+        ));
+        assert_eq!(
+            read(&store, &0u32.to_be_bytes()).await,
+            None,
+            "rejected transaction wrote nothing"
+        );
+        assert_eq!(store.fault_stats().limit_rejections, 3);
+    }
+
+    #[tokio::test]
+    async fn transaction_older_than_limit_is_too_old() {
+        let store = SimulatedStore::new(FaultConfig::none());
+        let mut txn = store.begin().await.expect("begin");
+        txn.set(b"k", b"v");
+        store.advance_time(MAX_TXN_DURATION + Duration::from_millis(1));
+        assert!(matches!(
+            txn.get(b"k").await,
+            Err(StorageError::TransactionTooOld)
+        ));
+        assert!(matches!(
+            txn.commit().await,
+            Err(StorageError::TransactionTooOld)
+        ));
+        assert_eq!(read(&store, b"k").await, None);
+
+        let mut young = store.begin().await.expect("begin after the clock moved");
+        young.set(b"k", b"v");
+        young
+            .commit()
+            .await
+            .expect("a fresh transaction is not too old");
+    }
+
+    #[tokio::test]
+    async fn spurious_conflict_writes_nothing() {
+        let store = SimulatedStore::new(FaultConfig {
+            conflict: 1.0,
+            ..FaultConfig::none()
+        });
+        assert!(matches!(
+            write(&store, b"k", b"v").await,
+            Err(StorageError::Conflict)
+        ));
+        assert_eq!(read(&store, b"k").await, None);
+        assert_eq!(store.fault_stats().spurious_conflicts, 1);
+    }
+
+    #[tokio::test]
+    async fn commit_unknown_may_or_may_not_have_applied() {
+        let store = SimulatedStore::new(FaultConfig {
+            unknown_applied: 1.0,
+            ..FaultConfig::none()
+        });
+        assert!(matches!(
+            write(&store, b"a", b"v").await,
+            Err(StorageError::CommitUnknown)
+        ));
+        assert_eq!(
+            read(&store, b"a").await.as_deref(),
+            Some(&b"v"[..]),
+            "applied despite unknown"
+        );
+
+        store.set_faults(FaultConfig {
+            unknown_not_applied: 1.0,
+            ..FaultConfig::none()
+        });
+        assert!(matches!(
+            write(&store, b"b", b"v").await,
+            Err(StorageError::CommitUnknown)
+        ));
+        assert_eq!(read(&store, b"b").await, None, "not applied");
+
+        store.set_faults(FaultConfig::none());
+        write(&store, b"c", b"v").await.expect("faults turned off");
+        let stats = store.fault_stats();
+        assert_eq!((stats.unknown_applied, stats.unknown_not_applied), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn read_only_commits_get_no_faults() {
+        let store = SimulatedStore::new(FaultConfig {
+            conflict: 1.0,
+            ..FaultConfig::none()
+        });
+        let mut txn = store.begin().await.expect("begin");
+        txn.get(b"k").await.expect("get");
+        assert_eq!(txn.commit().await.expect("read-only commit").version, 0);
+    }
+
+    #[tokio::test]
+    async fn same_seed_injects_the_same_faults() {
+        async fn outcomes(seed: u64) -> Vec<bool> {
+            let store = SimulatedStore::new(FaultConfig {
+                max_delay: Duration::ZERO,
+                ..FaultConfig::chaos(seed)
+            });
+            let mut out = Vec::new();
+            for i in 0..200u8 {
+                out.push(write(&store, &[i], b"v").await.is_ok());
+            }
+            out
+        }
+        let a = outcomes(7).await;
+        assert_eq!(a, outcomes(7).await);
+        assert!(
+            a.iter().any(|ok| !ok),
+            "chaos injects some faults in 200 commits"
+        );
+    }
+
+    #[tokio::test]
+    async fn clones_share_data_and_watches() {
+        let node_a = SimulatedStore::new(FaultConfig::none());
+        let node_b = node_a.clone();
+        let since = node_a.begin().await.expect("begin").read_version();
+        let watch = node_a.watch(b"k", since);
+        write(&node_b, b"k", b"from b").await.expect("commit on b");
+        watch.await.expect("a's watch fires on b's write");
+        assert_eq!(read(&node_a, b"k").await.as_deref(), Some(&b"from b"[..]));
+    }
+
+    #[tokio::test]
+    async fn shutdown_rejects_new_transactions() {
+        let store = SimulatedStore::new(FaultConfig::none());
+        let other = store.clone();
+        store.shutdown().await.expect("shutdown");
+        assert!(matches!(
+            other.begin().await,
+            Err(StorageError::Unavailable(_))
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! Typed access to the domain tables over one transaction.
+//!
+//! Records are JSON. A record larger than one storage value is split: the first value
+//! holds a header byte (`0` whole, `1` split) and the chunk count, the rest of the chunks
+//! follow under the record key extended by a big-endian chunk index, so that every value
+//! stays under the backend's value limit and a range read returns a record's chunks in
+//! order right after it.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::keys::{prefix, Key};
+use crate::model::{TaskKind, TimerKey};
+use crate::storage::{KeyRange, KvTxn, MAX_VALUE_BYTES};
+
+/// Payload bytes per chunk (leaves room for the header).
+const CHUNK: usize = MAX_VALUE_BYTES - 64;
+const WHOLE: u8 = 0;
+const SPLIT: u8 = 1;
+
+/// Key of a namespace.
+pub fn namespace_key(ns: &str) -> Vec<u8> {
+    Key::new(prefix::NAMESPACE).str(ns).into_bytes()
+}
+
+/// Range of all namespaces.
+pub fn namespaces_range() -> KeyRange {
+    Key::new(prefix::NAMESPACE).range()
+}
+
+/// Key of a workflow instance.
+pub fn instance_key(ns: &str, workflow_id: &str) -> Vec<u8> {
+    Key::new(prefix::INSTANCE).str(ns).str(workflow_id).into_bytes()
+}
+
+/// Key of a run.
+pub fn run_key(ns: &str, run_id: &str) -> Vec<u8> {
+    Key::new(prefix::RUN).str(ns).str(run_id).into_bytes()
+}
+
+/// Key of one history event.
+pub fn history_key(ns: &str, run_id: &str, seq: u64) -> Vec<u8> {
+    Key::new(prefix::HISTORY).str(ns).str(run_id).u64(seq).into_bytes()
+}
+
+/// History events of a run with sequence ≥ `from`.
+pub fn history_range(ns: &str, run_id: &str, from: u64) -> KeyRange {
+    let base = Key::new(prefix::HISTORY).str(ns).str(run_id);
+    let mut range = base.range();
+    range.start = std::ops::Bound::Included(base.u64(from).into_bytes());
+    range
+}
+
+/// Key of a task.
+pub fn task_key(task_id: &str) -> Vec<u8> {
+    Key::new(prefix::TASK).str(task_id).into_bytes()
+}
+
+/// Prefix of a queue's ready tasks of one kind.
+pub fn ready_queue_prefix(ns: &str, queue: &str, kind: TaskKind) -> Key {
+    Key::new(prefix::READY).str(ns).str(queue).u8(kind.code())
+}
+
+/// Key of a ready task in the durable ready index.
+pub fn ready_key(ns: &str, queue: &str, kind: TaskKind, priority: u8, ready_at_ms: i64, task_id: &str) -> Vec<u8> {
+    ready_queue_prefix(ns, queue, kind).u8(priority).i64(ready_at_ms).str(task_id).into_bytes()
+}
+
+/// The whole ready index.
+pub fn ready_range() -> KeyRange {
+    Key::new(prefix::READY).range()
+}
+
+/// Key of a durable timer.
+pub fn timer_key(timer: &TimerKey) -> Vec<u8> {
+    Key::new(prefix::TIMER).i64(timer.fire_at_ms).str(&timer.timer_id).into_bytes()
+}
+
+/// Timers due strictly before `until_ms`.
+pub fn timers_before(until_ms: i64) -> KeyRange {
+    KeyRange::new(Key::new(prefix::TIMER).into_bytes(), Key::new(prefix::TIMER).i64(until_ms).into_bytes())
+}
+
+/// Key of a worker registration.
+pub fn worker_key(ns: &str, worker_id: &str) -> Vec<u8> {
+    Key::new(prefix::WORKER).str(ns).str(worker_id).into_bytes()
+}
+
+/// Key of a store metadata entry.
+pub fn meta_key(name: &str) -> Vec<u8> {
+    Key::new(prefix::META).str(name).into_bytes()
+}
+
+fn chunk_key(key: &[u8], index: u16) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Writes `bytes` as one record at `key`, split into chunks when large.
+pub fn put_bytes(txn: &mut dyn KvTxn, key: &[u8], bytes: &[u8]) {
+    if bytes.len() <= CHUNK {
+        let mut v = Vec::with_capacity(bytes.len() + 1);
+        v.push(WHOLE);
+        v.extend_from_slice(bytes);
+        txn.set(key, &v);
+        return;
+    }
+    let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
+    let mut first = Vec::with_capacity(CHUNK + 3);
+    first.push(SPLIT);
+    first.extend_from_slice(&(chunks.len() as u16).to_be_bytes());
+    first.extend_from_slice(chunks[0]);
+    txn.set(key, &first);
+    for (i, c) in chunks.iter().enumerate().skip(1) {
+        txn.set(&chunk_key(key, i as u16), c);
+    }
+}
+
+/// Writes a record as JSON.
+pub fn put<T: Serialize>(txn: &mut dyn KvTxn, key: &[u8], value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(Error::corrupt)?;
+    put_bytes(txn, key, &bytes);
+    Ok(())
+}
+
+/// How a stored first value describes its record.
+enum Head<'a> {
+    Whole(&'a [u8]),
+    Split { count: u16, first: &'a [u8] },
+}
+
+fn head(value: &[u8]) -> Result<Head<'_>> {
+    match value.first() {
+        Some(&WHOLE) => Ok(Head::Whole(&value[1..])),
+        Some(&SPLIT) if value.len() >= 3 => {
+            Ok(Head::Split { count: u16::from_be_bytes([value[1], value[2]]), first: &value[3..] })
+        }
+        _ => Err(Error::corrupt("unknown record header")),
+    }
+}
+
+/// Reads the record bytes at `key` (conflict-tracked unless `snapshot`).
+pub async fn get_bytes(txn: &mut dyn KvTxn, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>> {
+    let first = if snapshot { txn.get_snapshot(key).await? } else { txn.get(key).await? };
+    let Some(first) = first else { return Ok(None) };
+    match head(&first)? {
+        Head::Whole(b) => Ok(Some(b.to_vec())),
+        Head::Split { count, first: part } => {
+            let mut out = part.to_vec();
+            for i in 1..count {
+                let k = chunk_key(key, i);
+                let c = if snapshot { txn.get_snapshot(&k).await? } else { txn.get(&k).await? };
+                out.extend_from_slice(&c.ok_or_else(|| Error::corrupt("missing record chunk"))?);
+            }
+            Ok(Some(out))
+        }
+    }
+}
+
+/// Reads a JSON record (conflict-tracked).
+pub async fn get<T: DeserializeOwned>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<T>> {
+    decode(get_bytes(txn, key, false).await?)
+}
+
+/// Reads a JSON record without a read conflict.
+pub async fn get_snapshot<T: DeserializeOwned>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<T>> {
+    decode(get_bytes(txn, key, true).await?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>> {
+    bytes.map(|b| serde_json::from_slice(&b).map_err(Error::corrupt)).transpose()
+}
+
+/// Deletes the record at `key`, chunks included.
+pub async fn delete(txn: &mut dyn KvTxn, key: &[u8]) -> Result<()> {
+    if let Some(first) = txn.get_snapshot(key).await? {
+        if let Head::Split { count, .. } = head(&first)? {
+            for i in 1..count {
+                txn.clear(&chunk_key(key, i));
+            }
+        }
+    }
+    txn.clear(key);
+    Ok(())
+}
+
+/// Reassembles records from a range read: returns `(key, bytes)` per complete record,
+/// and whether the last record was cut off by the read's limit.
+pub fn assemble(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    let mut out = Vec::new();
+    let mut iter = pairs.into_iter().peekable();
+    while let Some((key, value)) = iter.next() {
+        match head(&value)? {
+            Head::Whole(b) => out.push((key, b.to_vec())),
+            Head::Split { count, first } => {
+                let mut bytes = first.to_vec();
+                for _ in 1..count {
+                    match iter.next() {
+                        Some((_, c)) => bytes.extend_from_slice(&c),
+                        None => return Ok((out, true)),
+                    }
+                }
+                out.push((key, bytes));
+            }
+        }
+    }
+    Ok((out, false))
+}

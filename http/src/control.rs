@@ -1,0 +1,250 @@
+//! Discovery and control-plane handlers.
+
+use hyper::StatusCode;
+use keel_engine::clock::format_timestamp;
+use keel_engine::history;
+use keel_engine::model::RunStatus;
+use keel_engine::workflow::{DuplicatePolicy, RunView, StartWorkflow};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::router::Op;
+use crate::server::{AppState, Call, Reply};
+use crate::validate::Fields;
+
+/// Health, readiness and discovery.
+pub async fn discovery(state: &AppState, op: Op) -> Result<Reply, ApiError> {
+    let now = format_timestamp(state.engine.now_ms());
+    match op {
+        Op::Health => Ok(Reply::json(
+            StatusCode::OK,
+            &json!({"status": "serving", "timestamp": now, "checks": {"database": "ok"}, "topology": state.topology}),
+        )),
+        Op::Ready => {
+            let storage_ok = state.engine.namespace(&state.engine.config().default_namespace).await.is_ok();
+            let check = |ok: bool| json!({"status": if ok { "ok" } else { "unavailable" }});
+            let status = if storage_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok(Reply::json(
+                status,
+                &json!({
+                    "status": if storage_ok { "ready" } else { "not_ready" },
+                    "timestamp": now,
+                    "checks": {"database": check(storage_ok), "migrations": check(storage_ok), "default_namespace": check(storage_ok)},
+                    "topology": state.topology,
+                }),
+            ))
+        }
+        Op::ClusterInfo => Ok(Reply { status: StatusCode::OK, body: state.cluster_info.clone() }),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such discovery route")),
+    }
+}
+
+/// Control-plane operations.
+pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
+    match op {
+        Op::StartWorkflow => start(state, call).await,
+        Op::DescribeWorkflow => {
+            let view = state.engine.describe(&call.namespace, call.param(0), None).await?;
+            Ok(Reply::json(StatusCode::OK, &run_json(&view, "describe")))
+        }
+        Op::DescribeRun => {
+            let view = state.engine.describe(&call.namespace, call.param(0), Some(call.param(1))).await?;
+            Ok(Reply::json(StatusCode::OK, &run_json(&view, "describe_run")))
+        }
+        Op::RunHistory => run_history(state, call).await,
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such control-plane route")),
+    }
+}
+
+/// The payload envelope of an empty argument list: Avro single-object framing around an
+/// empty `ArrayValue`.
+fn empty_arguments() -> Value {
+    use base64::Engine as _;
+    let bytes = [0xC3, 0x01, 0xE2, 0xA3, 0x3D, 0xFF, 0x55, 0x80, 0x22, 0x37, 0x0C, 0x00];
+    json!({"codec": "avro", "blob": base64::engine::general_purpose::STANDARD.encode(bytes)})
+}
+
+const REJECTED_START_FIELDS: &[&str] =
+    &["workflow_execution_timeout", "workflow_run_timeout", "workflow_task_timeout", "retry_policy", "idempotency_key", "request_id"];
+
+async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
+    let mut f = Fields::new(&call.body)?;
+    for name in REJECTED_START_FIELDS {
+        f.reject_present(name, "is not supported on start");
+    }
+    let workflow_type = f.required_str("workflow_type", 255);
+    let workflow_id = f.optional_id("workflow_id", 128);
+    let task_queue = f.required_str("task_queue", 255);
+    let execution_timeout_seconds = f.optional_int("execution_timeout_seconds", 1, 10 * 365 * 86_400);
+    let run_timeout_seconds = f.optional_int("run_timeout_seconds", 1, 10 * 365 * 86_400);
+    let priority = f.optional_int("priority", 0, 9).unwrap_or(5) as u8;
+    let duplicate_policy = match f.optional_str("duplicate_policy", 32).as_deref() {
+        None | Some("fail") => DuplicatePolicy::Fail,
+        Some("use-existing") => DuplicatePolicy::UseExisting,
+        Some(_) => {
+            f.error("duplicate_policy", "must be one of: fail, use-existing");
+            DuplicatePolicy::Fail
+        }
+    };
+    let memo = f.optional_object("memo");
+    let search_attributes = f.optional_object("search_attributes");
+    let build_id = f.optional_str("build_id", 255);
+    let input = match call.body.get("input") {
+        None | Some(Value::Null) => empty_arguments(),
+        Some(v @ (Value::Object(_) | Value::Array(_) | Value::String(_))) => v.clone(),
+        Some(_) => {
+            f.error("input", "must be a payload envelope, an array or a blob string");
+            Value::Null
+        }
+    };
+    f.finish()?;
+    let request = StartWorkflow {
+        workflow_id,
+        workflow_type: workflow_type.unwrap_or_default(),
+        task_queue: task_queue.unwrap_or_default(),
+        input,
+        execution_timeout_seconds: execution_timeout_seconds.map(|v| v as u64),
+        run_timeout_seconds: run_timeout_seconds.map(|v| v as u64),
+        duplicate_policy,
+        memo: memo.unwrap_or_else(|| json!({})),
+        search_attributes: search_attributes.unwrap_or_else(|| json!({})),
+        priority,
+        build_id,
+    };
+    let outcome = state.engine.start_workflow(&call.namespace, request).await?;
+    let run = &outcome.run;
+    let (status, label) =
+        if outcome.started_new { (StatusCode::CREATED, "started_new") } else { (StatusCode::OK, "returned_existing_active") };
+    Ok(Reply::json(
+        status,
+        &json!({
+            "workflow_id": run.workflow_id,
+            "run_id": run.run_id,
+            "workflow_type": run.workflow_type,
+            "namespace": run.namespace,
+            "task_queue": run.task_queue,
+            "status": run.status.as_str(),
+            "business_key": null,
+            "payload_codec": "avro",
+            "outcome": label,
+            "control_plane": control_block("start", &run.workflow_id, json!({"run_id": run.run_id, "outcome": label})),
+        }),
+    ))
+}
+
+fn control_block(operation: &str, workflow_id: &str, projected: Value) -> Value {
+    let mut block = json!({
+        "schema": "durable-workflow.v2.control-plane-response",
+        "version": 1,
+        "operation": operation,
+        "workflow_id": workflow_id,
+    });
+    if let (Some(b), Some(p)) = (block.as_object_mut(), projected.as_object()) {
+        for (k, v) in p {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    block
+}
+
+fn is_envelope(v: &Value) -> bool {
+    v.get("codec").is_some() && v.get("blob").is_some()
+}
+
+fn run_json(view: &RunView, operation: &str) -> Value {
+    let run = &view.run;
+    let ts = |ms: Option<i64>| ms.map(format_timestamp);
+    let terminal = run.status.is_terminal();
+    let (wait_kind, wait_reason) = match run.status {
+        RunStatus::Waiting if !run.open_activities.is_empty() => (json!("activity"), json!("waiting for activity results")),
+        RunStatus::Pending | RunStatus::Running => (json!("workflow_task"), json!("workflow task ready or running")),
+        _ => (Value::Null, Value::Null),
+    };
+    let mut out = json!({
+        "workflow_id": run.workflow_id,
+        "run_id": run.run_id,
+        "namespace": run.namespace,
+        "workflow_type": run.workflow_type,
+        "business_key": null,
+        "status": run.status.as_str(),
+        "status_bucket": run.status.bucket(),
+        "is_terminal": terminal,
+        "closed_reason": run.closed_reason,
+        "task_queue": run.task_queue,
+        "run_number": run.run_number,
+        "run_count": view.run_count,
+        "is_current_run": view.is_current_run,
+        "compatibility": run.build_id,
+        "payload_codec": "avro",
+        "execution_timeout_seconds": run.execution_timeout_seconds,
+        "run_timeout_seconds": run.run_timeout_seconds,
+        "execution_deadline_at": ts(run.execution_deadline_ms),
+        "run_deadline_at": ts(run.run_deadline_ms),
+        "input": view.input,
+        "output": view.output,
+        "memo": run.memo,
+        "search_attributes": run.search_attributes,
+        "started_at": format_timestamp(run.started_at_ms),
+        "closed_at": ts(run.closed_at_ms),
+        "last_progress_at": format_timestamp(run.last_progress_at_ms),
+        "wait_kind": wait_kind,
+        "wait_reason": wait_reason,
+        "history_event_count": run.last_event_seq,
+        "actions": {
+            "can_signal": false, "can_query": false, "can_update": false,
+            "can_cancel": false, "can_terminate": false, "can_repair": false, "can_archive": false,
+        },
+        "control_plane": control_block(operation, &run.workflow_id, json!({"run_id": run.run_id, "status": run.status.as_str()})),
+    });
+    let obj = out.as_object_mut().expect("invariant: built as an object");
+    if is_envelope(&view.input) {
+        obj.insert("input_envelope".into(), view.input.clone());
+    }
+    if is_envelope(&view.output) {
+        obj.insert("output_envelope".into(), view.output.clone());
+    }
+    if terminal && run.status != RunStatus::Completed {
+        let failure: Map<String, Value> = view
+            .close_payload
+            .as_object()
+            .map(|p| {
+                p.iter()
+                    .filter(|(k, _)| matches!(k.as_str(), "message" | "exception_type" | "exception_class" | "timeout_kind" | "failure_category"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        obj.insert("failure".into(), Value::Object(failure));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct HistoryReply<'a> {
+    workflow_id: &'a str,
+    run_id: &'a str,
+    events: Vec<Box<RawValue>>,
+    next_page_token: Option<String>,
+}
+
+async fn run_history(state: &AppState, call: Call) -> Result<Reply, ApiError> {
+    let page_size = match call.query.get("page_size") {
+        None => 100,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return Err(ApiError::field("page_size", "must be an integer between 1 and 1000")),
+        },
+    };
+    let after = match call.query.get("next_page_token").filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(token) => history::decode_token(token).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_page_token", "next_page_token is not a token this server issued")
+        })?,
+    };
+    let (workflow_id, run_id) = (call.param(0), call.param(1));
+    let page = state.engine.history(&call.namespace, workflow_id, run_id, after, page_size).await?;
+    let next_page_token = page.more.then(|| history::encode_token(page.last_seq));
+    Ok(Reply::json(StatusCode::OK, &HistoryReply { workflow_id, run_id, events: page.events, next_page_token }))
+}

@@ -1,0 +1,138 @@
+//! Discovery documents: health, readiness and `cluster/info`. Only implemented features
+//! are advertised; a capability the SDK sees as `true` makes it rely on the routes behind.
+
+use serde_json::{json, Value};
+
+/// Worker protocol version Keel speaks (the SDK accepts any 1.x with minor ≥ its own).
+pub const WORKER_PROTOCOL_VERSION: &str = "1.20";
+/// Highest worker protocol minor version accepted from clients.
+pub const WORKER_PROTOCOL_MINOR: u32 = 20;
+/// Control-plane version Keel speaks.
+pub const CONTROL_PLANE_VERSION: &str = "2";
+/// Server version.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Commands a workflow task completion may carry.
+pub const SUPPORTED_COMMANDS: &[&str] = &["schedule_activity", "complete_workflow", "fail_workflow"];
+
+/// The limits Keel enforces.
+pub const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
+
+/// The worker-plane capabilities, merged into every worker response.
+pub fn server_capabilities() -> Value {
+    json!({
+        "query_tasks": false,
+        "poll_status": true,
+        "long_poll_timeout": 30,
+        "workflow_task_poll_request_idempotency": false,
+        "supported_workflow_task_commands": SUPPORTED_COMMANDS,
+        "history_page_size_default": 500,
+        "history_page_size_max": 1000,
+        "activity_retry_policy": true,
+        "activity_timeouts": false,
+        "non_retryable_failures": true,
+    })
+}
+
+/// The role topology of a standalone node.
+pub fn topology(workflow_lease_s: u64, activity_lease_s: u64) -> Value {
+    json!({
+        "schema": "durable-workflow.v2.role-topology",
+        "version": 4,
+        "supported_shapes": ["standalone_server"],
+        "current_shape": "standalone_server",
+        "current_process_class": "server_http_node",
+        "current_roles": ["api_ingress", "control_plane", "matching", "history_projection", "scheduler"],
+        "role_vocabulary": ["api_ingress", "control_plane", "matching", "history_projection", "scheduler", "execution_plane"],
+        "execution_mode": "remote_worker_protocol",
+        "matching_role": {
+            "queue_wake_enabled": true,
+            "shape": "in_worker",
+            "wake_owner": "worker_loop",
+            "task_dispatch_mode": "poll",
+            "partition_primitives": ["queue", "compatibility", "namespace"],
+            "backpressure_model": "lease_ownership",
+            "discovery_limits": {
+                "poll_batch_cap": 100,
+                "availability_ceiling_seconds": 1,
+                "wake_signal_ttl_seconds": 60,
+                "workflow_task_lease_seconds": workflow_lease_s,
+                "activity_task_lease_seconds": activity_lease_s,
+            },
+        },
+    })
+}
+
+/// The `cluster/info` document.
+pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) -> Value {
+    json!({
+        "server_id": server_id,
+        "version": SERVER_VERSION,
+        "product": "keel",
+        "default_namespace": default_namespace,
+        "supported_sdk_versions": {"python": ">=2.12.0"},
+        "capabilities": {
+            "workflow_tasks": true,
+            "activity_tasks": true,
+            "signals": false,
+            "queries": false,
+            "updates": false,
+            "schedules": false,
+            "history_export": false,
+            "payload_codec_envelope": true,
+            "payload_codec_envelope_responses": true,
+            "bridge_adapter_outcome_contract": false,
+            "replay_verification_contract": false,
+            "external_executor_config_contract": false,
+            "invocable_carrier_contract": false,
+            "payload_codecs": ["avro"],
+            "response_compression": [],
+        },
+        "limits": {
+            "max_payload_bytes": MAX_PAYLOAD_BYTES,
+            "max_memo_bytes": 262144,
+            "max_search_attributes": 100,
+            "max_pending_activities": 2000,
+        },
+        "topology": topology,
+        "control_plane": {
+            "version": CONTROL_PLANE_VERSION,
+            "header": "X-Durable-Workflow-Control-Plane-Version",
+            "request_contract": {
+                "schema": "durable-workflow.v2.control-plane-request.contract",
+                "version": 1,
+                "operations": {
+                    "start": {"fields": {"duplicate_policy": {"canonical_values": ["fail", "use-existing"]}}},
+                    "update": {"fields": {"wait_for": {"canonical_values": ["accepted", "completed"]}}},
+                },
+            },
+        },
+        "worker_protocol": {
+            "version": WORKER_PROTOCOL_VERSION,
+            "header": "X-Durable-Workflow-Protocol-Version",
+            "server_capabilities": server_capabilities(),
+        },
+        "auth_composition_contract": {
+            "schema": "durable-workflow.v2.auth-composition.contract",
+            "version": 1,
+            "precedence": {
+                "connection_values": ["flag", "environment", "selected_profile", "default"],
+                "profile_selection": ["flag_env", "DW_ENV", "current_profile", "default_profile"],
+            },
+            "canonical_environment": {
+                "server_url": "DURABLE_WORKFLOW_SERVER_URL",
+                "namespace": "DURABLE_WORKFLOW_NAMESPACE",
+                "auth_token": "DURABLE_WORKFLOW_AUTH_TOKEN",
+                "tls_verify": "DURABLE_WORKFLOW_TLS_VERIFY",
+                "profile": "DW_ENV",
+            },
+            "auth_material": {
+                "token": {"status": "supported", "effective_config_value": "redacted"},
+                "mtls": {"status": "reserved"},
+                "signed_headers": {"status": "reserved"},
+            },
+            "effective_config": {"required_fields": ["server_url", "namespace", "profile", "auth", "tls", "identity"]},
+            "redaction": {"never_echo": ["bearer_tokens", "private_keys", "raw_authorization_headers"]},
+        },
+    })
+}

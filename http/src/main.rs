@@ -1,0 +1,140 @@
+//! The `keel` binary: `keel serve` runs the server on the embedded RocksDB default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::clock::SystemClock;
+use keel_engine::storage::KvStore;
+use keel_engine::{Engine, EngineConfig};
+use keel_http::{serve, AppState};
+use keel_storage_rocksdb::{RocksOptions, RocksStore};
+use tokio::net::TcpListener;
+
+/// The documented default listen address.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+const USAGE: &str = "usage: keel serve [--listen ADDR] [--data-dir DIR] \
+[--workflow-task-lease-seconds N] [--activity-task-lease-seconds N]
+
+  --listen ADDR                      address to listen on (default 127.0.0.1:8080)
+  --data-dir DIR                     RocksDB data directory (default ./keel-data)
+  --workflow-task-lease-seconds N    workflow task lease (default 300)
+  --activity-task-lease-seconds N    activity task lease (default 300)
+
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
+
+struct ServeArgs {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    workflow_lease: u64,
+    activity_lease: u64,
+}
+
+fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("serve") => {}
+        Some("--help" | "-h" | "help") | None => return Err(USAGE.to_string()),
+        Some(other) => return Err(format!("unknown command '{other}'\n\n{USAGE}")),
+    }
+    let mut parsed = ServeArgs {
+        listen: DEFAULT_LISTEN.parse().expect("invariant: default address parses"),
+        data_dir: PathBuf::from("./keel-data"),
+        workflow_lease: 300,
+        activity_lease: 300,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let seconds = |v: String| match v.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("{flag} must be a whole number of seconds, at least 1")),
+        };
+        match flag.as_str() {
+            "--listen" => parsed.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
+            "--workflow-task-lease-seconds" => parsed.workflow_lease = seconds(value()?)?,
+            "--activity-task-lease-seconds" => parsed.activity_lease = seconds(value()?)?,
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&args) {
+        Ok(a) => a,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ServeArgs) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let store = RocksStore::open(&args.data_dir, RocksOptions::default())
+        .map_err(|e| format!("cannot open the data directory {}: {e}", args.data_dir.display()))?;
+    let store: Arc<dyn KvStore> = Arc::new(store);
+    let config = EngineConfig {
+        workflow_task_lease: Duration::from_secs(args.workflow_lease),
+        activity_task_lease: Duration::from_secs(args.activity_lease),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(store.clone(), Arc::new(SystemClock), config)
+        .await
+        .map_err(|e| format!("cannot open the engine: {e}"))?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "keel listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = stop_tx.send(true);
+    });
+    serve(listener, Arc::new(AppState::new(engine.clone())), stop_rx, Duration::from_secs(10)).await;
+    engine.shutdown();
+    store.shutdown().await.map_err(|e| format!("storage shutdown failed: {e}"))?;
+    tracing::info!("keel stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Worker-plane handlers: registration, long-polls, and task reports.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use keel_engine::clock::format_timestamp;
+use keel_engine::history;
+use keel_engine::model::WorkerRecord;
+use keel_engine::workflow::Poll;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::router::Op;
+use crate::server::{AppState, Call, Reply, WorkerReply};
+use crate::validate::Fields;
+
+const HEARTBEAT_INTERVAL_SECONDS: u64 = 60;
+
+/// Worker-plane operations.
+pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
+    match op {
+        Op::RegisterWorker => register(state, call).await,
+        Op::HeartbeatWorker => {
+            let mut f = Fields::new(&call.body)?;
+            let worker_id = f.required_id_str("worker_id", 255);
+            f.finish()?;
+            let w = state.engine.heartbeat_worker(&call.namespace, &worker_id).await?;
+            reply(
+                state,
+                StatusCode::OK,
+                json!({"worker_id": w.worker_id, "acknowledged": true, "heartbeat_interval_seconds": HEARTBEAT_INTERVAL_SECONDS}),
+            )
+        }
+        Op::DeregisterWorker => {
+            let worker_id = call.param(0);
+            state.engine.deregister_worker(&call.namespace, worker_id).await?;
+            reply(
+                state,
+                StatusCode::OK,
+                json!({"worker_id": worker_id, "outcome": "deregistered", "recovered_workflow_task_count": 0}),
+            )
+        }
+        Op::PollWorkflowTask => {
+            let poll = poll_request(&call, true)?;
+            let task = state.engine.poll_workflow_task(&poll).await?;
+            let status = if task.is_some() { "leased" } else { "empty" };
+            reply(state, StatusCode::OK, PollReply { task, poll_status: status })
+        }
+        Op::PollActivityTask => {
+            let poll = poll_request(&call, false)?;
+            let task = state.engine.poll_activity_task(&poll).await?;
+            let status = if task.is_some() { "leased" } else { "empty" };
+            reply(state, StatusCode::OK, PollReply { task, poll_status: status })
+        }
+        Op::WorkflowTaskHistory => workflow_task_history(state, call).await,
+        Op::HeartbeatWorkflowTask => {
+            let (owner, attempt) = workflow_lease(&call)?;
+            let task_id = call.param(0);
+            let expires = state.engine.heartbeat_workflow_task(&call.namespace, task_id, &owner, attempt).await?;
+            reply(
+                state,
+                StatusCode::OK,
+                json!({
+                    "task_id": task_id, "lease_owner": owner, "workflow_task_attempt": attempt, "renewed": true,
+                    "lease_expires_at": format_timestamp(expires), "task_status": "leased", "reason": null,
+                }),
+            )
+        }
+        Op::CompleteWorkflowTask => {
+            let (owner, attempt) = workflow_lease(&call)?;
+            let commands = match call.body.get("commands") {
+                Some(Value::Array(c)) if !c.is_empty() => c,
+                _ => return Err(ApiError::field("commands", "The commands field must be a non-empty list.")),
+            };
+            let out = state.engine.complete_workflow_task(&call.namespace, call.param(0), &owner, attempt, commands).await?;
+            reply(state, StatusCode::OK, with_attempt(out, attempt))
+        }
+        Op::FailWorkflowTask => {
+            let (owner, attempt) = workflow_lease(&call)?;
+            let failure = failure(&call)?;
+            let out = state.engine.fail_workflow_task(&call.namespace, call.param(0), &owner, attempt, &failure).await?;
+            reply(state, StatusCode::OK, with_attempt(out, attempt))
+        }
+        Op::HeartbeatActivityTask => {
+            let (attempt_id, owner) = activity_lease(&call)?;
+            let task_id = call.param(0);
+            let details = call.body.get("details").filter(|d| !d.is_null());
+            let expires =
+                state.engine.heartbeat_activity_task(&call.namespace, task_id, &attempt_id, &owner, details).await?;
+            let now = format_timestamp(state.engine.now_ms());
+            reply(
+                state,
+                StatusCode::OK,
+                json!({
+                    "task_id": task_id, "activity_attempt_id": attempt_id, "lease_owner": owner,
+                    "cancel_requested": false, "can_continue": true, "heartbeat_recorded": true, "reason": null,
+                    "lease_expires_at": format_timestamp(expires), "last_heartbeat_at": now,
+                }),
+            )
+        }
+        Op::CompleteActivityTask => {
+            let (attempt_id, owner) = activity_lease(&call)?;
+            let result = call.body.get("result").cloned().unwrap_or(Value::Null);
+            let out =
+                state.engine.complete_activity_task(&call.namespace, call.param(0), &attempt_id, &owner, &result).await?;
+            reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
+        }
+        Op::FailActivityTask => {
+            let (attempt_id, owner) = activity_lease(&call)?;
+            let failure = failure(&call)?;
+            let out =
+                state.engine.fail_activity_task(&call.namespace, call.param(0), &attempt_id, &owner, &failure).await?;
+            reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such worker route")),
+    }
+}
+
+fn reply<T: Serialize>(state: &AppState, status: StatusCode, body: T) -> Result<Reply, ApiError> {
+    Ok(Reply::json(status, &WorkerReply::new(state, body)))
+}
+
+#[derive(Serialize)]
+struct PollReply<T: Serialize> {
+    task: Option<T>,
+    poll_status: &'static str,
+}
+
+async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
+    let mut f = Fields::new(&call.body)?;
+    let worker_id = f.optional_str("worker_id", 255);
+    let task_queue = f.required_id_str("task_queue", 255);
+    let runtime = f.optional_str("runtime", 64);
+    let sdk_version = f.optional_str("sdk_version", 128);
+    let build_id = f.optional_str("build_id", 255);
+    let supported_workflow_types = f.optional_str_list("supported_workflow_types");
+    let supported_activity_types = f.optional_str_list("supported_activity_types");
+    let capabilities = f.optional_str_list("capabilities");
+    f.finish()?;
+    let now = state.engine.now_ms();
+    let worker = WorkerRecord {
+        worker_id: worker_id.unwrap_or_else(|| keel_engine::ids::new_id(now)),
+        namespace: call.namespace.clone(),
+        task_queue,
+        runtime,
+        sdk_version,
+        build_id,
+        supported_workflow_types,
+        supported_activity_types,
+        capabilities,
+        registered_at_ms: now,
+        last_heartbeat_at_ms: now,
+    };
+    let saved = state.engine.register_worker(worker).await?;
+    reply(
+        state,
+        StatusCode::CREATED,
+        json!({
+            "worker_id": saved.worker_id, "registered": true, "namespace": saved.namespace,
+            "task_queue": saved.task_queue, "heartbeat_interval_seconds": HEARTBEAT_INTERVAL_SECONDS,
+        }),
+    )
+}
+
+fn poll_request(call: &Call, workflow: bool) -> Result<Poll, ApiError> {
+    let mut f = Fields::new(&call.body)?;
+    let worker_id = f.required_id_str("worker_id", 255);
+    let task_queue = f.required_id_str("task_queue", 255);
+    let timeout = f.optional_int("timeout_seconds", 0, 60).unwrap_or(30);
+    let page = if workflow { f.optional_int("history_page_size", 1, 1000).unwrap_or(500) } else { 500 };
+    f.optional_str("poll_request_id", 255);
+    f.finish()?;
+    Ok(Poll {
+        namespace: call.namespace.clone(),
+        worker_id,
+        task_queue,
+        timeout: Duration::from_secs(timeout as u64),
+        history_page_size: page as usize,
+    })
+}
+
+fn workflow_lease(call: &Call) -> Result<(String, u32), ApiError> {
+    let mut f = Fields::new(&call.body)?;
+    let owner = f.required_id_str("lease_owner", 255);
+    let attempt = f.required_int("workflow_task_attempt", 1, u32::MAX as i64);
+    f.finish()?;
+    Ok((owner, attempt as u32))
+}
+
+fn activity_lease(call: &Call) -> Result<(String, String), ApiError> {
+    let mut f = Fields::new(&call.body)?;
+    let attempt_id = f.optional_str("activity_attempt_id", 255).or_else(|| f.optional_str("attempt_id", 255));
+    let owner = f.required_id_str("lease_owner", 255);
+    if attempt_id.is_none() {
+        f.error("activity_attempt_id", "The activity_attempt_id field is required.");
+    }
+    f.finish()?;
+    Ok((attempt_id.unwrap_or_default(), owner))
+}
+
+fn failure(call: &Call) -> Result<Value, ApiError> {
+    match call.body.get("failure") {
+        Some(f @ Value::Object(_)) if f.get("message").is_some_and(Value::is_string) => Ok(f.clone()),
+        _ => Err(ApiError::field("failure", "The failure field must be an object with a message.")),
+    }
+}
+
+fn with_attempt(outcome: keel_engine::workflow::TaskOutcome, attempt: u32) -> Value {
+    let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("workflow_task_attempt".into(), json!(attempt));
+        obj.insert("reason".into(), Value::Null);
+    }
+    v
+}
+
+fn activity_outcome(outcome: keel_engine::workflow::TaskOutcome, attempt_id: &str) -> Value {
+    let mut v = serde_json::to_value(outcome).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("activity_attempt_id".into(), json!(attempt_id));
+        obj.insert("reason".into(), Value::Null);
+    }
+    v
+}
+
+#[derive(Serialize)]
+struct HistoryPageReply<'a> {
+    task_id: &'a str,
+    workflow_task_attempt: u32,
+    history_events: Vec<Box<RawValue>>,
+    next_history_page_token: Option<String>,
+}
+
+async fn workflow_task_history(state: &AppState, call: Call) -> Result<Reply, ApiError> {
+    let (owner, attempt) = workflow_lease(&call)?;
+    let token = call.body.get("next_history_page_token").and_then(Value::as_str).unwrap_or("MA==");
+    let after = history::decode_token(token).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_page_token", "next_history_page_token is not a token this server issued")
+    })?;
+    let page_size = call.body.get("history_page_size").and_then(Value::as_u64).unwrap_or(500).clamp(1, 1000) as usize;
+    let task_id = call.param(0);
+    let page = state.engine.workflow_task_history(&call.namespace, task_id, &owner, attempt, after, page_size).await?;
+    let next = page.more.then(|| history::encode_token(page.last_seq));
+    reply(
+        state,
+        StatusCode::OK,
+        HistoryPageReply { task_id, workflow_task_attempt: attempt, history_events: page.events, next_history_page_token: next },
+    )
+}
