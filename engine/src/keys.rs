@@ -1,5 +1,6 @@
 //! The key registry: every table's fixed one-byte prefix and its order-preserving key
-//! encoding. Strings are escaped (`00` → `00 ff`) and terminated by `00`; integers are
+//! encoding. Strings are escaped (`00` → `00 ff`) and terminated by `00 01`, so a string
+//! sorts before its extensions whatever follows it; integers are
 //! big-endian (signed ones with the sign bit flipped), so byte order equals tuple order.
 //!
 //! Prefixes are never reused: a retired table keeps its byte reserved here.
@@ -48,7 +49,7 @@ impl Key {
                 self.0.push(0xff);
             }
         }
-        self.0.push(0);
+        self.0.extend_from_slice(&[0, 1]);
         self
     }
 
@@ -104,13 +105,18 @@ impl<'a> KeyReader<'a> {
         while i < self.rest.len() {
             let b = self.rest[i];
             if b == 0 {
-                if self.rest.get(i + 1) == Some(&0xff) {
-                    out.push(0);
-                    i += 2;
-                    continue;
+                match self.rest.get(i + 1) {
+                    Some(&0xff) => {
+                        out.push(0);
+                        i += 2;
+                        continue;
+                    }
+                    Some(&1) => {
+                        self.rest = &self.rest[i + 2..];
+                        return String::from_utf8(out).ok();
+                    }
+                    _ => return None,
                 }
-                self.rest = &self.rest[i + 1..];
-                return String::from_utf8(out).ok();
             }
             out.push(b);
             i += 1;

@@ -25,6 +25,13 @@
 //! a newer batch that is written but not yet acknowledged; its reads of that data then
 //! conflict at commit (the tracker records the batch before checking the next one).
 //!
+//! A read-only transaction is checked by the committer too (its reads went to the latest
+//! data, not a snapshot), except when no write newer than its read version has started:
+//! then it commits at once with version 0.
+//!
+//! Reads run synchronously on the calling task: RocksDB serves them from the memtable or
+//! block cache, and the committer thread keeps the fsync off the async runtime.
+//!
 //! If the synced write fails, every request of the batch gets
 //! [`StorageError::CommitUnknown`] and the store turns unavailable: the process should
 //! restart and reopen, which recovers exactly the durable prefix.
@@ -82,7 +89,7 @@ impl Default for RocksOptions {
             max_batch_requests: 1024,
             max_batch_bytes: 16 << 20,
             queue_depth: 4096,
-            write_buffer_bytes: 32 << 20,
+            write_buffer_bytes: 16 << 20,
             lz4: true,
         }
     }
@@ -130,6 +137,9 @@ struct Shared {
     db: DB,
     /// The last version whose write is synced; transactions read at it.
     durable: AtomicU64,
+    /// The last version whose write may be visible to readers: raised *before* each
+    /// write, so a read that saw a batch's data implies this covers the batch.
+    written: AtomicU64,
     /// Owned by the committer; `watch` locks it briefly to ask `changed_since`.
     tracker: Mutex<ConflictTracker>,
     watches: Watches,
@@ -185,6 +195,7 @@ impl Shared {
         Ok(Shared {
             db,
             durable: AtomicU64::new(version),
+            written: AtomicU64::new(version),
             tracker: Mutex::new(ConflictTracker::new(version)),
             watches: Watches::default(),
             closed: AtomicBool::new(false),
@@ -233,6 +244,13 @@ impl Committer for Backend {
     async fn commit(&self, request: CommitRequest) -> Result<CommitInfo> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(self.shared.unavailable());
+        }
+        // A read-only transaction needs the committer's check only if a write newer than
+        // its read version could have been visible to its reads.
+        if request.is_read_only()
+            && self.shared.written.load(Ordering::SeqCst) <= request.read_version
+        {
+            return Ok(CommitInfo { version: 0 });
         }
         let (reply, answer) = oneshot::channel();
         if self.sender.send(Msg::Commit(request, reply)).await.is_err() {
@@ -586,6 +604,7 @@ impl GroupCommitter {
             return;
         }
         write_batch.put_cf(shared.meta_cf(), VERSION_KEY, self.version.to_be_bytes());
+        shared.written.store(self.version, Ordering::SeqCst);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         shared

@@ -120,7 +120,7 @@ def free_loopback_port() -> int:
 
 
 def keel_binary() -> Path:
-    return Path(os.environ.get("KEEL_BIN") or DEFAULT_BINARY)
+    return Path(os.environ.get("KEEL_BIN") or DEFAULT_BINARY).absolute()
 
 
 _LIVE_PROCESSES: set[subprocess.Popen[bytes]] = set()

@@ -44,7 +44,8 @@ pub struct FaultConfig {
     pub unknown_applied: f64,
     /// Probability of `CommitUnknown` when the writes were not applied.
     pub unknown_not_applied: f64,
-    /// Each read and commit first waits a random time up to this (zero: no delay).
+    /// Each begin, read and commit first waits a random time up to this (zero: no delay;
+    /// under 1 ms: a yield to the scheduler).
     pub max_delay: Duration,
 }
 
@@ -128,25 +129,29 @@ impl SimState {
         (config, sample)
     }
 
+    /// Waits a random time up to the configured maximum. tokio's timer works in whole
+    /// milliseconds, so a draw under 1 ms yields to the scheduler instead: it still lets
+    /// other tasks run first, which is what reorders concurrent transactions.
     async fn delay(&self) {
-        let max = {
-            let guard = self
-                .config
-                .lock()
-                .expect("invariant: fault lock not poisoned");
-            guard.0.max_delay
-        };
-        if max.is_zero() {
-            return;
-        }
         let nanos = {
             let mut guard = self
                 .config
                 .lock()
                 .expect("invariant: fault lock not poisoned");
-            guard.1.random_range(0..=max.as_nanos() as u64)
+            let max = guard.0.max_delay;
+            if max.is_zero() {
+                return;
+            }
+            guard
+                .1
+                .random_range(0..=u64::try_from(max.as_nanos()).unwrap_or(u64::MAX))
         };
-        tokio::time::sleep(Duration::from_nanos(nanos)).await;
+        let delay = Duration::from_nanos(nanos);
+        if delay < Duration::from_millis(1) {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     fn bump(counter: &AtomicU64) {

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the system packages Keel builds against (Debian): libclang for bindgen and
+# Debian's RocksDB library (see README, "Why Debian's RocksDB"). Idempotent and quick
+# when everything is present.
+set -euo pipefail
+need=()
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+dpkg -s librocksdb-dev >/dev/null 2>&1 || need+=(librocksdb-dev)
+if ((${#need[@]})); then
+  echo "installing system packages: ${need[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
