@@ -26,7 +26,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> Millis {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0)
     }
 
     fn sleep_until(&self, at: Millis) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
@@ -57,7 +60,9 @@ impl ManualClock {
 
     /// Moves time forward by `by` and wakes every sleeper that is now due.
     pub fn advance(&self, by: Duration) {
-        self.inner.now.fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
+        self.inner
+            .now
+            .fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
         self.inner.moved.notify_waiters();
     }
 }
@@ -104,7 +109,10 @@ mod tests {
     #[test]
     fn timestamps_are_canonical_utc_with_microseconds() {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_timestamp(1_779_321_607_123), "2026-05-21T00:00:07.123000Z");
+        assert_eq!(
+            format_timestamp(1_779_321_607_123),
+            "2026-05-21T00:00:07.123000Z"
+        );
     }
 
     #[tokio::test]
@@ -114,6 +122,9 @@ mod tests {
         clock.advance(Duration::from_millis(400));
         assert!(!sleeper.is_finished());
         clock.advance(Duration::from_millis(100));
-        tokio::time::timeout(Duration::from_secs(5), sleeper).await.expect("sleeper wakes").expect("no panic");
+        tokio::time::timeout(Duration::from_secs(5), sleeper)
+            .await
+            .expect("sleeper wakes")
+            .expect("no panic");
     }
 }

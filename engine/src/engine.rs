@@ -84,7 +84,10 @@ pub struct Engine {
 struct TimerBridge(std::sync::Weak<Inner>);
 
 impl TimerHandler for TimerBridge {
-    fn fire(&self, timer: TimerKey) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+    fn fire(
+        &self,
+        timer: TimerKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
         Box::pin(async move {
             match self.0.upgrade() {
                 Some(inner) => Engine { inner }.fire_timer(timer).await,
@@ -97,7 +100,11 @@ impl TimerHandler for TimerBridge {
 impl Engine {
     /// Opens the engine on `store`: creates the default namespace on first start,
     /// rebuilds the ready index from storage, and starts the timer service.
-    pub async fn open(store: Arc<dyn KvStore>, clock: Arc<dyn Clock>, config: EngineConfig) -> Result<Engine> {
+    pub async fn open(
+        store: Arc<dyn KvStore>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Engine> {
         let (stop, stop_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             store,
@@ -109,10 +116,17 @@ impl Engine {
             stop,
         });
         let engine = Engine { inner };
-        engine.ensure_namespace(&engine.inner.config.default_namespace.clone()).await?;
+        engine
+            .ensure_namespace(&engine.inner.config.default_namespace.clone())
+            .await?;
         engine.rebuild_ready_index().await?;
         let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
-        tokio::spawn(engine.inner.timers.clone().run(engine.inner.store.clone(), engine.inner.clock.clone(), handler, stop_rx));
+        tokio::spawn(engine.inner.timers.clone().run(
+            engine.inner.store.clone(),
+            engine.inner.clock.clone(),
+            handler,
+            stop_rx,
+        ));
         Ok(engine)
     }
 
@@ -142,8 +156,16 @@ impl Engine {
         F: FnMut(Box<dyn KvTxn>, Effects) -> Fut,
         Fut: std::future::Future<Output = Result<(Box<dyn KvTxn>, (T, Effects))>>,
     {
-        let (value, effects) =
-            retry::run(self.inner.store.as_ref(), RetryPolicy::default(), |txn, _| body(txn, Effects::default())).await?;
+        // Effects of an attempt whose commit may have applied are applied too: hints and
+        // timers are re-checked against storage, so a spurious one costs a lookup, while a
+        // missing one would strand a ready task or a lease.
+        let (value, effects) = retry::run_reporting_unknown(
+            self.inner.store.as_ref(),
+            RetryPolicy::default(),
+            |txn, _| body(txn, Effects::default()),
+            |(_, effects): (T, Effects)| self.apply(effects),
+        )
+        .await?;
         self.apply(effects);
         Ok(value)
     }
@@ -162,7 +184,9 @@ impl Engine {
         let mut total = 0usize;
         loop {
             let mut txn = self.inner.store.begin().await?;
-            let page = txn.get_range(&range, ReadOptions::limit(1024).snapshot()).await?;
+            let page = txn
+                .get_range(&range, ReadOptions::limit(1024).snapshot())
+                .await?;
             let full = page.len() == 1024;
             for (key, value) in &page {
                 let mut r = keys::KeyReader::new(key);
@@ -177,7 +201,12 @@ impl Engine {
                     let priority = r.u8()?;
                     let ready_at_ms = r.i64()?;
                     let task_id = r.str()?;
-                    Some((QueueKey::new(&ns, &queue, kind), priority, ready_at_ms, task_id))
+                    Some((
+                        QueueKey::new(&ns, &queue, kind),
+                        priority,
+                        ready_at_ms,
+                        task_id,
+                    ))
                 })();
                 let Some((qk, priority, ready_at_ms, task_id)) = parsed else {
                     return Err(Error::corrupt("ready index key"));
@@ -185,7 +214,12 @@ impl Engine {
                 let type_name = String::from_utf8_lossy(value).into_owned();
                 self.inner.matching.offer(
                     &qk,
-                    TaskHint { task_id: task_id.into(), type_name: type_name.into(), priority, ready_at_ms },
+                    TaskHint {
+                        task_id: task_id.into(),
+                        type_name: type_name.into(),
+                        priority,
+                        ready_at_ms,
+                    },
                 );
                 total += 1;
             }
@@ -205,7 +239,10 @@ impl Engine {
         let name = &name;
         self.transact(move |mut txn, fx| async move {
             let key = tables::namespace_key(name);
-            if tables::get::<NamespaceRecord>(txn.as_mut(), &key).await?.is_none() {
+            if tables::get::<NamespaceRecord>(txn.as_mut(), &key)
+                .await?
+                .is_none()
+            {
                 let record = NamespaceRecord {
                     name: name.clone(),
                     description: None,
@@ -222,10 +259,19 @@ impl Engine {
 
     /// Fails with `namespace_not_found` unless `ns` exists.
     pub(crate) async fn require_namespace(txn: &mut dyn KvTxn, ns: &str) -> Result<()> {
-        if tables::get_snapshot::<NamespaceRecord>(txn, &tables::namespace_key(ns)).await?.is_none() {
-            return Err(Error::not_found("namespace_not_found", format!("namespace '{ns}' does not exist"))
-                .with("namespace", ns)
-                .with("remediation", "Create the namespace with POST /api/namespaces."));
+        if tables::get_snapshot::<NamespaceRecord>(txn, &tables::namespace_key(ns))
+            .await?
+            .is_none()
+        {
+            return Err(Error::not_found(
+                "namespace_not_found",
+                format!("namespace '{ns}' does not exist"),
+            )
+            .with("namespace", ns)
+            .with(
+                "remediation",
+                "Create the namespace with POST /api/namespaces.",
+            ));
         }
         Ok(())
     }
@@ -261,17 +307,28 @@ impl Engine {
 
     fn cache_worker(&self, worker: WorkerRecord) {
         let key = (worker.namespace.clone(), worker.worker_id.clone());
-        self.inner.workers.lock().expect("invariant: worker cache not poisoned").insert(key, Arc::new(worker));
+        self.inner
+            .workers
+            .lock()
+            .expect("invariant: worker cache not poisoned")
+            .insert(key, Arc::new(worker));
     }
 
     /// Reads a worker registration (cached).
     pub async fn worker(&self, ns: &str, worker_id: &str) -> Result<Option<Arc<WorkerRecord>>> {
         let key = (ns.to_string(), worker_id.to_string());
-        if let Some(w) = self.inner.workers.lock().expect("invariant: worker cache not poisoned").get(&key) {
+        if let Some(w) = self
+            .inner
+            .workers
+            .lock()
+            .expect("invariant: worker cache not poisoned")
+            .get(&key)
+        {
             return Ok(Some(w.clone()));
         }
         let mut txn = self.inner.store.begin().await?;
-        let found: Option<WorkerRecord> = tables::get_snapshot(txn.as_mut(), &tables::worker_key(ns, worker_id)).await?;
+        let found: Option<WorkerRecord> =
+            tables::get_snapshot(txn.as_mut(), &tables::worker_key(ns, worker_id)).await?;
         Ok(found.map(|w| {
             self.cache_worker(w.clone());
             Arc::new(w)
@@ -284,8 +341,12 @@ impl Engine {
         let saved = self
             .transact(move |mut txn, fx| async move {
                 let key = tables::worker_key(ns, worker_id);
-                let Some(mut record) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await? else {
-                    return Err(Error::not_found("worker_not_registered", format!("worker '{worker_id}' is not registered")));
+                let Some(mut record) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await?
+                else {
+                    return Err(Error::not_found(
+                        "worker_not_registered",
+                        format!("worker '{worker_id}' is not registered"),
+                    ));
                 };
                 record.last_heartbeat_at_ms = now;
                 tables::put(txn.as_mut(), &key, &record)?;
@@ -300,8 +361,14 @@ impl Engine {
     pub async fn deregister_worker(&self, ns: &str, worker_id: &str) -> Result<()> {
         self.transact(move |mut txn, fx| async move {
             let key = tables::worker_key(ns, worker_id);
-            if tables::get::<WorkerRecord>(txn.as_mut(), &key).await?.is_none() {
-                return Err(Error::not_found("worker_not_found", format!("worker '{worker_id}' is not registered")));
+            if tables::get::<WorkerRecord>(txn.as_mut(), &key)
+                .await?
+                .is_none()
+            {
+                return Err(Error::not_found(
+                    "worker_not_found",
+                    format!("worker '{worker_id}' is not registered"),
+                ));
             }
             txn.clear(&key);
             Ok((txn, ((), fx)))
@@ -316,7 +383,13 @@ impl Engine {
     }
 
     /// The poll filter of a registered worker for `kind`, checking its queue.
-    pub(crate) async fn poll_filter(&self, ns: &str, worker_id: &str, queue: &str, kind: TaskKind) -> Result<TypeFilter> {
+    pub(crate) async fn poll_filter(
+        &self,
+        ns: &str,
+        worker_id: &str,
+        queue: &str,
+        kind: TaskKind,
+    ) -> Result<TypeFilter> {
         let Some(worker) = self.worker(ns, worker_id).await? else {
             return Err(Error::reject(
                 RejectKind::Precondition,
@@ -327,28 +400,51 @@ impl Engine {
         if worker.task_queue != queue {
             return Err(Error::conflict(
                 "task_queue_mismatch",
-                format!("worker '{worker_id}' registered for queue '{}', polled '{queue}'", worker.task_queue),
+                format!(
+                    "worker '{worker_id}' registered for queue '{}', polled '{queue}'",
+                    worker.task_queue
+                ),
             ));
         }
         let types = match kind {
             TaskKind::Workflow => &worker.supported_workflow_types,
             TaskKind::Activity => &worker.supported_activity_types,
         };
-        Ok(if types.is_empty() { None } else { Some(Arc::new(types.iter().cloned().collect::<HashSet<_>>())) })
+        Ok(if types.is_empty() {
+            None
+        } else {
+            Some(Arc::new(types.iter().cloned().collect::<HashSet<_>>()))
+        })
     }
 
     /// Statistics of one matching queue (in-memory).
-    pub fn queue_stats(&self, ns: &str, queue: &str, kind: TaskKind) -> crate::matching::QueueStats {
+    pub fn queue_stats(
+        &self,
+        ns: &str,
+        queue: &str,
+        kind: TaskKind,
+    ) -> crate::matching::QueueStats {
         self.inner.matching.stats(&QueueKey::new(ns, queue, kind))
     }
 
     // ---- tasks and timers, shared by the workflow and activity paths ----
 
     /// Creates a task record in `Ready` state with its ready-index entry.
-    pub(crate) fn put_ready_task(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut Effects) -> Result<()> {
+    pub(crate) fn put_ready_task(
+        txn: &mut dyn KvTxn,
+        task: &TaskRecord,
+        fx: &mut Effects,
+    ) -> Result<()> {
         tables::put(txn, &tables::task_key(&task.task_id), task)?;
         txn.set(
-            &tables::ready_key(&task.namespace, &task.task_queue, task.kind, task.priority, task.ready_at_ms, &task.task_id),
+            &tables::ready_key(
+                &task.namespace,
+                &task.task_queue,
+                task.kind,
+                task.priority,
+                task.ready_at_ms,
+                &task.task_id,
+            ),
             task.type_name.as_bytes(),
         );
         fx.ready(task);
@@ -356,8 +452,16 @@ impl Engine {
     }
 
     /// Writes a timer row and returns its key.
-    pub(crate) fn put_timer(txn: &mut dyn KvTxn, fire_at_ms: Millis, action: &crate::model::TimerAction, fx: &mut Effects) -> Result<TimerKey> {
-        let key = TimerKey { fire_at_ms, timer_id: ids::new_id(fire_at_ms) };
+    pub(crate) fn put_timer(
+        txn: &mut dyn KvTxn,
+        fire_at_ms: Millis,
+        action: &crate::model::TimerAction,
+        fx: &mut Effects,
+    ) -> Result<TimerKey> {
+        let key = TimerKey {
+            fire_at_ms,
+            timer_id: ids::new_id(fire_at_ms),
+        };
         tables::put(txn, &tables::timer_key(&key), action)?;
         fx.timers.push(key.clone());
         Ok(key)
@@ -366,7 +470,9 @@ impl Engine {
     /// Deletes a task with its index entry and timers.
     pub(crate) async fn delete_task(txn: &mut dyn KvTxn, task_id: &str) -> Result<()> {
         let key = tables::task_key(task_id);
-        let Some(task) = tables::get::<TaskRecord>(txn, &key).await? else { return Ok(()) };
+        let Some(task) = tables::get::<TaskRecord>(txn, &key).await? else {
+            return Ok(());
+        };
         Self::clear_task_state(txn, &task);
         tables::delete(txn, &key).await
     }
@@ -396,7 +502,12 @@ impl Engine {
     }
 
     /// Returns a task to the ready index (after a lapsed lease or a backoff).
-    pub(crate) fn make_ready(txn: &mut dyn KvTxn, task: &mut TaskRecord, now: Millis, fx: &mut Effects) -> Result<()> {
+    pub(crate) fn make_ready(
+        txn: &mut dyn KvTxn,
+        task: &mut TaskRecord,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<()> {
         task.status = TaskStatus::Ready;
         task.lease = None;
         task.backoff_timer = None;

@@ -52,7 +52,12 @@ pub enum Error {
 impl Error {
     /// A rejection without extra fields.
     pub fn reject(kind: RejectKind, reason: &'static str, message: impl Into<String>) -> Self {
-        Error::Rejected { kind, reason, message: message.into(), extra: Map::new() }
+        Error::Rejected {
+            kind,
+            reason,
+            message: message.into(),
+            extra: Map::new(),
+        }
     }
 
     /// A 404-class rejection.
@@ -84,7 +89,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Storage(e) => e.is_retryable(),
-            Error::Rejected { kind, .. } => matches!(kind, RejectKind::Unavailable | RejectKind::Throttled),
+            Error::Rejected { kind, .. } => {
+                matches!(kind, RejectKind::Unavailable | RejectKind::Throttled)
+            }
             Error::Validation(_) => false,
         }
     }

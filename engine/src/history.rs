@@ -11,7 +11,14 @@ use crate::storage::{KvStore, KvTxn, ReadOptions};
 use crate::tables;
 
 /// Appends one event to the run's history inside `txn` and returns its sequence.
-pub fn append(txn: &mut dyn KvTxn, run: &mut RunRecord, event_type: &str, payload: Value, now: Millis, task_id: Option<&str>) -> u64 {
+pub fn append(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    event_type: &str,
+    payload: Value,
+    now: Millis,
+    task_id: Option<&str>,
+) -> u64 {
     run.last_event_seq += 1;
     run.last_progress_at_ms = now;
     let seq = run.last_event_seq;
@@ -29,7 +36,11 @@ pub fn append(txn: &mut dyn KvTxn, run: &mut RunRecord, event_type: &str, payloa
         "payload": payload,
     });
     let bytes = serde_json::to_vec(&event).expect("invariant: a json Value always serializes");
-    tables::put_bytes(txn, &tables::history_key(&run.namespace, &run.run_id, seq), &bytes);
+    tables::put_bytes(
+        txn,
+        &tables::history_key(&run.namespace, &run.run_id, seq),
+        &bytes,
+    );
     seq
 }
 
@@ -44,13 +55,27 @@ pub struct Page {
 }
 
 /// Reads a page of history in its own snapshot transaction.
-pub async fn read_page(store: &dyn KvStore, ns: &str, run_id: &str, from: u64, through: u64, limit: usize) -> Result<Page> {
+pub async fn read_page(
+    store: &dyn KvStore,
+    ns: &str,
+    run_id: &str,
+    from: u64,
+    through: u64,
+    limit: usize,
+) -> Result<Page> {
     let mut txn = store.begin().await?;
     read_page_in(txn.as_mut(), ns, run_id, from, through, limit).await
 }
 
 /// Reads a page of history inside `txn` without read conflicts.
-pub async fn read_page_in(txn: &mut dyn KvTxn, ns: &str, run_id: &str, from: u64, through: u64, limit: usize) -> Result<Page> {
+pub async fn read_page_in(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    run_id: &str,
+    from: u64,
+    through: u64,
+    limit: usize,
+) -> Result<Page> {
     let limit = limit.max(1);
     let mut events = Vec::new();
     let mut last_seq = from.saturating_sub(1);
@@ -59,7 +84,9 @@ pub async fn read_page_in(txn: &mut dyn KvTxn, ns: &str, run_id: &str, from: u64
         let want = (limit - events.len()).min((through - next + 1) as usize);
         let range = tables::history_range(ns, run_id, next);
         // Chunks of split events count against the read limit; `assemble` reports a cut.
-        let pairs = txn.get_range(&range, ReadOptions::limit(want + 8).snapshot()).await?;
+        let pairs = txn
+            .get_range(&range, ReadOptions::limit(want + 8).snapshot())
+            .await?;
         let fetched = pairs.len();
         let (records, _cut) = tables::assemble(pairs)?;
         if records.is_empty() {
@@ -68,7 +95,9 @@ pub async fn read_page_in(txn: &mut dyn KvTxn, ns: &str, run_id: &str, from: u64
             }
             // A single event larger than the read: fetch it whole.
             let key = tables::history_key(ns, run_id, next);
-            let bytes = tables::get_bytes(txn, &key, true).await?.ok_or_else(|| Error::corrupt("history gap"))?;
+            let bytes = tables::get_bytes(txn, &key, true)
+                .await?
+                .ok_or_else(|| Error::corrupt("history gap"))?;
             events.push(raw(bytes)?);
             last_seq = next;
             next += 1;
@@ -76,7 +105,11 @@ pub async fn read_page_in(txn: &mut dyn KvTxn, ns: &str, run_id: &str, from: u64
         }
         for (key, bytes) in records {
             let mut r = crate::keys::KeyReader::new(&key);
-            let (_, _, seq) = (r.str(), r.str(), r.u64().ok_or_else(|| Error::corrupt("history key"))?);
+            let (_, _, seq) = (
+                r.str(),
+                r.str(),
+                r.u64().ok_or_else(|| Error::corrupt("history key"))?,
+            );
             if seq > through || events.len() >= limit {
                 break;
             }
@@ -89,7 +122,11 @@ pub async fn read_page_in(txn: &mut dyn KvTxn, ns: &str, run_id: &str, from: u64
             break;
         }
     }
-    Ok(Page { events, last_seq, more: last_seq < through })
+    Ok(Page {
+        events,
+        last_seq,
+        more: last_seq < through,
+    })
 }
 
 fn raw(bytes: Vec<u8>) -> Result<Box<RawValue>> {
@@ -98,11 +135,21 @@ fn raw(bytes: Vec<u8>) -> Result<Box<RawValue>> {
 }
 
 /// Reads one event's payload (for describe: input and output).
-pub async fn event_payload(txn: &mut dyn KvTxn, ns: &str, run_id: &str, seq: u64) -> Result<Option<Value>> {
+pub async fn event_payload(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    run_id: &str,
+    seq: u64,
+) -> Result<Option<Value>> {
     let bytes = tables::get_bytes(txn, &tables::history_key(ns, run_id, seq), true).await?;
     let Some(bytes) = bytes else { return Ok(None) };
     let mut event: Value = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
-    Ok(Some(event.get_mut("payload").map(Value::take).unwrap_or(Value::Null)))
+    Ok(Some(
+        event
+            .get_mut("payload")
+            .map(Value::take)
+            .unwrap_or(Value::Null),
+    ))
 }
 
 /// Encodes a history page token: the last sequence already returned.
@@ -114,7 +161,9 @@ pub fn encode_token(last_seq: u64) -> String {
 /// Decodes a history page token; `None` when malformed.
 pub fn decode_token(token: &str) -> Option<u64> {
     use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(token).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
     std::str::from_utf8(&bytes).ok()?.parse().ok()
 }
 

@@ -11,8 +11,9 @@ pub fn new_id(now_ms: i64) -> String {
     // the same millisecond stay unique and (within a process) ordered.
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let random: u64 = rand::random::<u64>() & 0xFFFF;
-    let value: u128 =
-        ((now_ms.max(0) as u128 & 0xFFFF_FFFF_FFFF) << 80) | ((count as u128 & 0xFFFF_FFFF_FFFF) << 16) | random as u128;
+    let value: u128 = ((now_ms.max(0) as u128 & 0xFFFF_FFFF_FFFF) << 80)
+        | ((count as u128 & 0xFFFF_FFFF_FFFF) << 16)
+        | random as u128;
     let mut out = [0u8; 26];
     for (i, slot) in out.iter_mut().enumerate() {
         let shift = 125 - i * 5;
@@ -23,7 +24,9 @@ pub fn new_id(now_ms: i64) -> String {
 
 /// A new random lowercase hex string of `bytes` bytes.
 pub fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -95,7 +95,9 @@ pub struct KeyReader<'a> {
 impl<'a> KeyReader<'a> {
     /// Starts after the one-byte table prefix.
     pub fn new(key: &'a [u8]) -> Self {
-        KeyReader { rest: key.get(1..).unwrap_or_default() }
+        KeyReader {
+            rest: key.get(1..).unwrap_or_default(),
+        }
     }
 
     /// Reads an escaped string.

@@ -34,7 +34,11 @@ pub struct QueueKey {
 impl QueueKey {
     /// Builds a key.
     pub fn new(namespace: &str, queue: &str, kind: TaskKind) -> Self {
-        QueueKey { namespace: namespace.into(), queue: queue.into(), kind }
+        QueueKey {
+            namespace: namespace.into(),
+            queue: queue.into(),
+            kind,
+        }
     }
 }
 
@@ -55,7 +59,9 @@ pub struct TaskHint {
 pub type TypeFilter = Option<Arc<HashSet<String>>>;
 
 fn accepts(filter: &TypeFilter, hint: &TaskHint) -> bool {
-    filter.as_ref().is_none_or(|types| types.contains(&*hint.type_name))
+    filter
+        .as_ref()
+        .is_none_or(|types| types.contains(&*hint.type_name))
 }
 
 /// Where a parked poller receives its hint.
@@ -106,7 +112,10 @@ pub struct Matching {
 
 impl Default for Matching {
     fn default() -> Self {
-        Matching { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), next_waiter: AtomicU64::new(1) }
+        Matching {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_waiter: AtomicU64::new(1),
+        }
     }
 }
 
@@ -133,14 +142,19 @@ impl Matching {
         let mut shard = lock(self.shard(key));
         let state = shard.entry(key.clone()).or_default();
         if let Some(pos) = state.waiters.iter().position(|w| accepts(&w.filter, &hint)) {
-            let waiter = state.waiters.remove(pos).expect("invariant: position is in range");
+            let waiter = state
+                .waiters
+                .remove(pos)
+                .expect("invariant: position is in range");
             *lock(&waiter.slot.hint) = Some(hint);
             waiter.slot.notify.notify_one();
             return;
         }
         let arrival = state.arrivals;
         state.arrivals += 1;
-        state.ready.insert((hint.priority, hint.ready_at_ms, arrival), hint);
+        state
+            .ready
+            .insert((hint.priority, hint.ready_at_ms, arrival), hint);
     }
 
     /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.
@@ -148,13 +162,24 @@ impl Matching {
     pub fn take_or_park(&self, key: &QueueKey, filter: &TypeFilter, waiter_id: u64) -> Take {
         let mut shard = lock(self.shard(key));
         let state = shard.entry(key.clone()).or_default();
-        let found = state.ready.iter().find(|(_, h)| accepts(filter, h)).map(|(k, _)| *k);
+        let found = state
+            .ready
+            .iter()
+            .find(|(_, h)| accepts(filter, h))
+            .map(|(k, _)| *k);
         if let Some(k) = found {
-            let hint = state.ready.remove(&k).expect("invariant: key was just found");
+            let hint = state
+                .ready
+                .remove(&k)
+                .expect("invariant: key was just found");
             return Take::Hint(hint);
         }
         let slot = Arc::new(Slot::default());
-        state.waiters.push_back(Waiter { id: waiter_id, filter: filter.clone(), slot: slot.clone() });
+        state.waiters.push_back(Waiter {
+            id: waiter_id,
+            filter: filter.clone(),
+            slot: slot.clone(),
+        });
         Take::Parked(slot)
     }
 
@@ -174,7 +199,13 @@ impl Matching {
     /// The counts of one queue.
     pub fn stats(&self, key: &QueueKey) -> QueueStats {
         let shard = lock(self.shard(key));
-        shard.get(key).map(|s| QueueStats { ready: s.ready.len(), pollers: s.waiters.len() }).unwrap_or_default()
+        shard
+            .get(key)
+            .map(|s| QueueStats {
+                ready: s.ready.len(),
+                pollers: s.waiters.len(),
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -183,7 +214,12 @@ mod tests {
     use super::*;
 
     fn hint(id: &str, ty: &str, priority: u8, at: i64) -> TaskHint {
-        TaskHint { task_id: id.into(), type_name: ty.into(), priority, ready_at_ms: at }
+        TaskHint {
+            task_id: id.into(),
+            type_name: ty.into(),
+            priority,
+            ready_at_ms: at,
+        }
     }
 
     fn key() -> QueueKey {
@@ -210,11 +246,23 @@ mod tests {
         let m = Matching::new();
         let only_b: TypeFilter = Some(Arc::new(["b".to_string()].into_iter().collect()));
         let (id_b, id_any) = (m.waiter_id(), m.waiter_id());
-        let Take::Parked(slot_b) = m.take_or_park(&key(), &only_b, id_b) else { panic!("parks") };
-        let Take::Parked(slot_any) = m.take_or_park(&key(), &None, id_any) else { panic!("parks") };
+        let Take::Parked(slot_b) = m.take_or_park(&key(), &only_b, id_b) else {
+            panic!("parks")
+        };
+        let Take::Parked(slot_any) = m.take_or_park(&key(), &None, id_any) else {
+            panic!("parks")
+        };
         m.offer(&key(), hint("t1", "a", 5, 1));
-        assert_eq!(m.unpark(&key(), id_b, &slot_b), None, "type b poller must not get an a task");
-        assert_eq!(m.unpark(&key(), id_any, &slot_any).map(|h| h.task_id.to_string()), Some("t1".into()));
+        assert_eq!(
+            m.unpark(&key(), id_b, &slot_b),
+            None,
+            "type b poller must not get an a task"
+        );
+        assert_eq!(
+            m.unpark(&key(), id_any, &slot_any)
+                .map(|h| h.task_id.to_string()),
+            Some("t1".into())
+        );
         assert_eq!(m.stats(&key()), QueueStats::default());
     }
 
@@ -222,7 +270,9 @@ mod tests {
     fn unparked_poller_no_longer_receives_offers() {
         let m = Matching::new();
         let id = m.waiter_id();
-        let Take::Parked(slot) = m.take_or_park(&key(), &None, id) else { panic!("parks") };
+        let Take::Parked(slot) = m.take_or_park(&key(), &None, id) else {
+            panic!("parks")
+        };
         assert_eq!(m.unpark(&key(), id, &slot), None);
         m.offer(&key(), hint("t1", "a", 5, 1));
         assert_eq!(m.stats(&key()).ready, 1, "the hint waits in the index");

@@ -58,7 +58,10 @@ pub enum RunStatus {
 impl RunStatus {
     /// Whether the run has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Terminated)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Terminated
+        )
     }
 
     /// The wire name.

@@ -14,5 +14,6 @@ pub use std::sync::{
 
 /// Locks `m`, treating poisoning as the invariant violation it is.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().expect("invariant: matching locks are never poisoned (no panics while held)")
+    m.lock()
+        .expect("invariant: matching locks are never poisoned (no panics while held)")
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::keys::{prefix, Key};
 use crate::model::{TaskKind, TimerKey};
-use crate::storage::{KeyRange, KvTxn, MAX_VALUE_BYTES};
+use crate::storage::{KeyRange, KeyValue, KvTxn, MAX_VALUE_BYTES};
 
 /// Payload bytes per chunk (leaves room for the header).
 const CHUNK: usize = MAX_VALUE_BYTES - 64;
@@ -31,7 +31,10 @@ pub fn namespaces_range() -> KeyRange {
 
 /// Key of a workflow instance.
 pub fn instance_key(ns: &str, workflow_id: &str) -> Vec<u8> {
-    Key::new(prefix::INSTANCE).str(ns).str(workflow_id).into_bytes()
+    Key::new(prefix::INSTANCE)
+        .str(ns)
+        .str(workflow_id)
+        .into_bytes()
 }
 
 /// Key of a run.
@@ -41,7 +44,11 @@ pub fn run_key(ns: &str, run_id: &str) -> Vec<u8> {
 
 /// Key of one history event.
 pub fn history_key(ns: &str, run_id: &str, seq: u64) -> Vec<u8> {
-    Key::new(prefix::HISTORY).str(ns).str(run_id).u64(seq).into_bytes()
+    Key::new(prefix::HISTORY)
+        .str(ns)
+        .str(run_id)
+        .u64(seq)
+        .into_bytes()
 }
 
 /// History events of a run with sequence ≥ `from`.
@@ -63,8 +70,19 @@ pub fn ready_queue_prefix(ns: &str, queue: &str, kind: TaskKind) -> Key {
 }
 
 /// Key of a ready task in the durable ready index.
-pub fn ready_key(ns: &str, queue: &str, kind: TaskKind, priority: u8, ready_at_ms: i64, task_id: &str) -> Vec<u8> {
-    ready_queue_prefix(ns, queue, kind).u8(priority).i64(ready_at_ms).str(task_id).into_bytes()
+pub fn ready_key(
+    ns: &str,
+    queue: &str,
+    kind: TaskKind,
+    priority: u8,
+    ready_at_ms: i64,
+    task_id: &str,
+) -> Vec<u8> {
+    ready_queue_prefix(ns, queue, kind)
+        .u8(priority)
+        .i64(ready_at_ms)
+        .str(task_id)
+        .into_bytes()
 }
 
 /// The whole ready index.
@@ -74,12 +92,18 @@ pub fn ready_range() -> KeyRange {
 
 /// Key of a durable timer.
 pub fn timer_key(timer: &TimerKey) -> Vec<u8> {
-    Key::new(prefix::TIMER).i64(timer.fire_at_ms).str(&timer.timer_id).into_bytes()
+    Key::new(prefix::TIMER)
+        .i64(timer.fire_at_ms)
+        .str(&timer.timer_id)
+        .into_bytes()
 }
 
 /// Timers due strictly before `until_ms`.
 pub fn timers_before(until_ms: i64) -> KeyRange {
-    KeyRange::new(Key::new(prefix::TIMER).into_bytes(), Key::new(prefix::TIMER).i64(until_ms).into_bytes())
+    KeyRange::new(
+        Key::new(prefix::TIMER).into_bytes(),
+        Key::new(prefix::TIMER).i64(until_ms).into_bytes(),
+    )
 }
 
 /// Key of a worker registration.
@@ -134,16 +158,21 @@ enum Head<'a> {
 fn head(value: &[u8]) -> Result<Head<'_>> {
     match value.first() {
         Some(&WHOLE) => Ok(Head::Whole(&value[1..])),
-        Some(&SPLIT) if value.len() >= 3 => {
-            Ok(Head::Split { count: u16::from_be_bytes([value[1], value[2]]), first: &value[3..] })
-        }
+        Some(&SPLIT) if value.len() >= 3 => Ok(Head::Split {
+            count: u16::from_be_bytes([value[1], value[2]]),
+            first: &value[3..],
+        }),
         _ => Err(Error::corrupt("unknown record header")),
     }
 }
 
 /// Reads the record bytes at `key` (conflict-tracked unless `snapshot`).
 pub async fn get_bytes(txn: &mut dyn KvTxn, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>> {
-    let first = if snapshot { txn.get_snapshot(key).await? } else { txn.get(key).await? };
+    let first = if snapshot {
+        txn.get_snapshot(key).await?
+    } else {
+        txn.get(key).await?
+    };
     let Some(first) = first else { return Ok(None) };
     match head(&first)? {
         Head::Whole(b) => Ok(Some(b.to_vec())),
@@ -151,7 +180,11 @@ pub async fn get_bytes(txn: &mut dyn KvTxn, key: &[u8], snapshot: bool) -> Resul
             let mut out = part.to_vec();
             for i in 1..count {
                 let k = chunk_key(key, i);
-                let c = if snapshot { txn.get_snapshot(&k).await? } else { txn.get(&k).await? };
+                let c = if snapshot {
+                    txn.get_snapshot(&k).await?
+                } else {
+                    txn.get(&k).await?
+                };
                 out.extend_from_slice(&c.ok_or_else(|| Error::corrupt("missing record chunk"))?);
             }
             Ok(Some(out))
@@ -165,12 +198,17 @@ pub async fn get<T: DeserializeOwned>(txn: &mut dyn KvTxn, key: &[u8]) -> Result
 }
 
 /// Reads a JSON record without a read conflict.
-pub async fn get_snapshot<T: DeserializeOwned>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<T>> {
+pub async fn get_snapshot<T: DeserializeOwned>(
+    txn: &mut dyn KvTxn,
+    key: &[u8],
+) -> Result<Option<T>> {
     decode(get_bytes(txn, key, true).await?)
 }
 
 fn decode<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>> {
-    bytes.map(|b| serde_json::from_slice(&b).map_err(Error::corrupt)).transpose()
+    bytes
+        .map(|b| serde_json::from_slice(&b).map_err(Error::corrupt))
+        .transpose()
 }
 
 /// Deletes the record at `key`, chunks included.
@@ -188,7 +226,7 @@ pub async fn delete(txn: &mut dyn KvTxn, key: &[u8]) -> Result<()> {
 
 /// Reassembles records from a range read: returns `(key, bytes)` per complete record,
 /// and whether the last record was cut off by the read's limit.
-pub fn assemble(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+pub fn assemble(pairs: Vec<KeyValue>) -> Result<(Vec<KeyValue>, bool)> {
     let mut out = Vec::new();
     let mut iter = pairs.into_iter().peekable();
     while let Some((key, value)) = iter.next() {

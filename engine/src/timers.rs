@@ -49,7 +49,10 @@ pub struct Timers {
 impl Timers {
     /// Tells the service about a timer whose row was just committed.
     pub fn schedule(&self, timer: TimerKey) {
-        let mut loaded = self.loaded.lock().expect("invariant: timer lock not poisoned");
+        let mut loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
         if timer.fire_at_ms < loaded.until {
             let earliest = loaded.due.first().is_none_or(|first| timer < *first);
             loaded.due.insert(timer);
@@ -61,7 +64,11 @@ impl Timers {
 
     /// Number of timers loaded in memory.
     pub fn loaded(&self) -> usize {
-        self.loaded.lock().expect("invariant: timer lock not poisoned").due.len()
+        self.loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned")
+            .due
+            .len()
     }
 
     async fn scan(&self, store: &dyn KvStore, now: Millis) -> Result<()> {
@@ -70,12 +77,17 @@ impl Timers {
         let mut range = tables::timers_before(until);
         loop {
             let mut txn = store.begin().await?;
-            let page = txn.get_range(&range, ReadOptions::limit(1024).snapshot()).await?;
+            let page = txn
+                .get_range(&range, ReadOptions::limit(1024).snapshot())
+                .await?;
             let full = page.len() == 1024;
             for (key, _) in &page {
                 let mut r = crate::keys::KeyReader::new(key);
                 if let (Some(fire_at_ms), Some(timer_id)) = (r.i64(), r.str()) {
-                    found.push(TimerKey { fire_at_ms, timer_id });
+                    found.push(TimerKey {
+                        fire_at_ms,
+                        timer_id,
+                    });
                 }
             }
             match (full, page.last()) {
@@ -83,22 +95,35 @@ impl Timers {
                 _ => break,
             }
         }
-        let mut loaded = self.loaded.lock().expect("invariant: timer lock not poisoned");
+        let mut loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
         loaded.due.extend(found);
         loaded.until = until;
         Ok(())
     }
 
     fn take_due(&self, now: Millis) -> (Vec<TimerKey>, Millis) {
-        let mut loaded = self.loaded.lock().expect("invariant: timer lock not poisoned");
+        let mut loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
         let mut due = Vec::new();
         while due.len() < FIRE_BATCH {
             match loaded.due.first() {
-                Some(t) if t.fire_at_ms <= now => due.push(loaded.due.pop_first().expect("invariant: first exists")),
+                Some(t) if t.fire_at_ms <= now => {
+                    due.push(loaded.due.pop_first().expect("invariant: first exists"))
+                }
                 _ => break,
             }
         }
-        let next = loaded.due.first().map(|t| t.fire_at_ms).unwrap_or(Millis::MAX).min(loaded.until);
+        let next = loaded
+            .due
+            .first()
+            .map(|t| t.fire_at_ms)
+            .unwrap_or(Millis::MAX)
+            .min(loaded.until);
         (due, next)
     }
 
@@ -115,7 +140,13 @@ impl Timers {
                 return;
             }
             let now = clock.now_ms();
-            let needs_scan = now >= self.loaded.lock().expect("invariant: timer lock not poisoned").until - WINDOW_MS / 2;
+            let needs_scan = now
+                >= self
+                    .loaded
+                    .lock()
+                    .expect("invariant: timer lock not poisoned")
+                    .until
+                    - WINDOW_MS / 2;
             if needs_scan {
                 if let Err(e) = self.scan(store.as_ref(), now).await {
                     tracing::warn!(error = %e, "timer scan failed; retrying");
@@ -128,7 +159,8 @@ impl Timers {
             }
             let (due, next) = self.take_due(now);
             if !due.is_empty() {
-                let results = futures::future::join_all(due.iter().map(|t| handler.fire(t.clone()))).await;
+                let results =
+                    futures::future::join_all(due.iter().map(|t| handler.fire(t.clone()))).await;
                 for (timer, result) in due.into_iter().zip(results) {
                     if let Err(e) = result {
                         tracing::warn!(error = %e, timer_id = %timer.timer_id, "timer firing failed; will retry");
@@ -136,13 +168,21 @@ impl Timers {
                             .lock()
                             .expect("invariant: timer lock not poisoned")
                             .due
-                            .insert(TimerKey { fire_at_ms: clock.now_ms() + RETRY_MS, ..timer });
+                            .insert(TimerKey {
+                                fire_at_ms: clock.now_ms() + RETRY_MS,
+                                ..timer
+                            });
                     }
                 }
                 continue;
             }
             // Wake at the next due time, at the next scan, on an earlier new timer, or on stop.
-            let rescan_at = self.loaded.lock().expect("invariant: timer lock not poisoned").until - WINDOW_MS / 2;
+            let rescan_at = self
+                .loaded
+                .lock()
+                .expect("invariant: timer lock not poisoned")
+                .until
+                - WINDOW_MS / 2;
             tokio::select! {
                 _ = clock.sleep_until(next.min(rescan_at)) => {}
                 _ = self.wake.notified() => {}

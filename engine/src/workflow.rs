@@ -16,7 +16,8 @@ use crate::error::{Error, RejectKind, Result};
 use crate::history;
 use crate::matching::{QueueKey, Take, TaskHint};
 use crate::model::{
-    ActivityState, InstanceRecord, Lease, RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus, TimerAction, TimerKey,
+    ActivityState, InstanceRecord, Lease, RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus,
+    TimerAction, TimerKey,
 };
 use crate::storage::KvTxn;
 use crate::{ids, tables};
@@ -188,7 +189,12 @@ pub struct TaskOutcome {
 }
 
 /// A fresh workflow task for `run`, unless it already has one.
-fn ensure_workflow_task(txn: &mut dyn KvTxn, run: &mut RunRecord, now: Millis, fx: &mut Effects) -> Result<()> {
+fn ensure_workflow_task(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
     if run.workflow_task.is_some() || run.status.is_terminal() {
         return Ok(());
     }
@@ -220,7 +226,13 @@ fn ensure_workflow_task(txn: &mut dyn KvTxn, run: &mut RunRecord, now: Millis, f
 
 /// Ends a run: deletes its open tasks and deadline timer. History and status are the
 /// caller's.
-async fn close_run(txn: &mut dyn KvTxn, run: &mut RunRecord, status: RunStatus, reason: &str, now: Millis) -> Result<()> {
+async fn close_run(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    status: RunStatus,
+    reason: &str,
+    now: Millis,
+) -> Result<()> {
     run.status = status;
     run.closed_at_ms = Some(now);
     run.closed_reason = Some(reason.to_string());
@@ -237,14 +249,27 @@ async fn close_run(txn: &mut dyn KvTxn, run: &mut RunRecord, status: RunStatus, 
 }
 
 /// Fails a run whose deadline timer fired (idempotent).
-pub(crate) async fn time_out_run(txn: &mut dyn KvTxn, ns: &str, run_id: &str, timer: &TimerKey, now: Millis, _fx: &mut Effects) -> Result<()> {
+pub(crate) async fn time_out_run(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    run_id: &str,
+    timer: &TimerKey,
+    now: Millis,
+    _fx: &mut Effects,
+) -> Result<()> {
     let key = tables::run_key(ns, run_id);
-    let Some(mut run) = tables::get::<RunRecord>(txn, &key).await? else { return Ok(()) };
+    let Some(mut run) = tables::get::<RunRecord>(txn, &key).await? else {
+        return Ok(());
+    };
     if run.status.is_terminal() || run.deadline_timer.as_ref() != Some(timer) {
         return Ok(());
     }
     run.deadline_timer = None;
-    let kind = if run.run_deadline_ms.is_some_and(|d| d <= now) { "run" } else { "execution" };
+    let kind = if run.run_deadline_ms.is_some_and(|d| d <= now) {
+        "run"
+    } else {
+        "execution"
+    };
     let payload = json!({
             "timeout_kind": format!("{kind}_timeout"),
             "failure_category": "timeout",
@@ -260,9 +285,19 @@ pub(crate) async fn time_out_run(txn: &mut dyn KvTxn, ns: &str, run_id: &str, ti
 
 /// Checks that the caller holds the task's current lease.
 fn check_lease(task: &TaskRecord, owner: &str, now: Millis) -> Result<()> {
-    let Some(lease) = task.lease.as_ref().filter(|_| task.status == TaskStatus::Leased) else {
-        return Err(Error::conflict("task_not_leased", format!("task '{}' is not leased", task.task_id))
-            .with("task_status", serde_json::to_value(task.status).unwrap_or(Value::Null)));
+    let Some(lease) = task
+        .lease
+        .as_ref()
+        .filter(|_| task.status == TaskStatus::Leased)
+    else {
+        return Err(Error::conflict(
+            "task_not_leased",
+            format!("task '{}' is not leased", task.task_id),
+        )
+        .with(
+            "task_status",
+            serde_json::to_value(task.status).unwrap_or(Value::Null),
+        ));
     };
     if lease.owner != owner {
         return Err(Error::conflict(
@@ -271,16 +306,27 @@ fn check_lease(task: &TaskRecord, owner: &str, now: Millis) -> Result<()> {
         ));
     }
     if lease.expires_at_ms <= now {
-        return Err(Error::conflict("lease_expired", format!("the lease on task '{}' has expired", task.task_id))
-            .with("task_status", "leased"));
+        return Err(Error::conflict(
+            "lease_expired",
+            format!("the lease on task '{}' has expired", task.task_id),
+        )
+        .with("task_status", "leased"));
     }
     Ok(())
 }
 
-async fn load_task(txn: &mut dyn KvTxn, ns: &str, task_id: &str, kind: TaskKind) -> Result<TaskRecord> {
+async fn load_task(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    task_id: &str,
+    kind: TaskKind,
+) -> Result<TaskRecord> {
     match tables::get::<TaskRecord>(txn, &tables::task_key(task_id)).await? {
         Some(task) if task.namespace == ns && task.kind == kind => Ok(task),
-        _ => Err(Error::not_found("task_not_found", format!("task '{task_id}' does not exist"))),
+        _ => Err(Error::not_found(
+            "task_not_found",
+            format!("task '{task_id}' does not exist"),
+        )),
     }
 }
 
@@ -289,27 +335,40 @@ fn check_workflow_lease(task: &TaskRecord, owner: &str, attempt: u32, now: Milli
     if task.attempt != attempt {
         return Err(Error::conflict(
             "workflow_task_attempt_mismatch",
-            format!("task '{}' is at attempt {}, not {attempt}", task.task_id, task.attempt),
+            format!(
+                "task '{}' is at attempt {}, not {attempt}",
+                task.task_id, task.attempt
+            ),
         )
         .with("current_attempt", task.attempt));
     }
     Ok(())
 }
 
-fn check_activity_lease(task: &TaskRecord, owner: &str, attempt_id: &str, now: Millis) -> Result<()> {
+fn check_activity_lease(
+    task: &TaskRecord,
+    owner: &str,
+    attempt_id: &str,
+    now: Millis,
+) -> Result<()> {
     check_lease(task, owner, now)?;
     let current = task.activity.as_ref().and_then(|a| a.attempt_id.as_deref());
     if current != Some(attempt_id) {
         return Err(Error::conflict(
             "lease_expired",
-            format!("attempt '{attempt_id}' is no longer the current attempt of task '{}'", task.task_id),
+            format!(
+                "attempt '{attempt_id}' is no longer the current attempt of task '{}'",
+                task.task_id
+            ),
         ));
     }
     Ok(())
 }
 
 fn lease_timer_action(task_id: &str) -> TimerAction {
-    TimerAction::LeaseExpiry { task_id: task_id.to_string() }
+    TimerAction::LeaseExpiry {
+        task_id: task_id.to_string(),
+    }
 }
 
 /// Parallel-group and selection fields that the server copies from a command into its
@@ -346,25 +405,50 @@ impl Engine {
             Self::require_namespace(txn.as_mut(), ns).await?;
             let ikey = tables::instance_key(ns, workflow_id);
             if let Some(instance) = tables::get::<InstanceRecord>(txn.as_mut(), &ikey).await? {
-                let run: RunRecord = tables::get(txn.as_mut(), &tables::run_key(ns, &instance.current_run_id))
-                    .await?
-                    .ok_or_else(|| Error::corrupt("instance without its current run"))?;
+                let run: RunRecord =
+                    tables::get(txn.as_mut(), &tables::run_key(ns, &instance.current_run_id))
+                        .await?
+                        .ok_or_else(|| Error::corrupt("instance without its current run"))?;
                 if instance.current_run_id == *run_id {
                     // Our own earlier attempt committed (commit-unknown retry).
-                    return Ok((txn, (StartOutcome { started_new: true, run }, fx)));
+                    return Ok((
+                        txn,
+                        (
+                            StartOutcome {
+                                started_new: true,
+                                run,
+                            },
+                            fx,
+                        ),
+                    ));
                 }
-                if req.duplicate_policy == DuplicatePolicy::UseExisting && !run.status.is_terminal() {
-                    return Ok((txn, (StartOutcome { started_new: false, run }, fx)));
+                if req.duplicate_policy == DuplicatePolicy::UseExisting && !run.status.is_terminal()
+                {
+                    return Ok((
+                        txn,
+                        (
+                            StartOutcome {
+                                started_new: false,
+                                run,
+                            },
+                            fx,
+                        ),
+                    ));
                 }
                 return Err(Error::conflict(
                     "duplicate_not_allowed",
-                    format!("workflow '{workflow_id}' already exists (run '{}', {})", run.run_id, run.status.as_str()),
+                    format!(
+                        "workflow '{workflow_id}' already exists (run '{}', {})",
+                        run.run_id,
+                        run.status.as_str()
+                    ),
                 )
                 .with("workflow_id", workflow_id.as_str())
                 .with("run_id", run.run_id.as_str())
                 .with("outcome", "rejected_duplicate"));
             }
-            let execution_deadline_ms = req.execution_timeout_seconds.map(|s| now + s as i64 * 1000);
+            let execution_deadline_ms =
+                req.execution_timeout_seconds.map(|s| now + s as i64 * 1000);
             let run_deadline_ms = req.run_timeout_seconds.map(|s| now + s as i64 * 1000);
             let mut run = RunRecord {
                 namespace: ns.to_string(),
@@ -419,39 +503,79 @@ impl Engine {
                 (a, b) => a.or(b),
             };
             if let Some(at) = deadline {
-                let action = TimerAction::RunDeadline { namespace: ns.to_string(), run_id: run_id.clone() };
+                let action = TimerAction::RunDeadline {
+                    namespace: ns.to_string(),
+                    run_id: run_id.clone(),
+                };
                 run.deadline_timer = Some(Self::put_timer(txn.as_mut(), at, &action, &mut fx)?);
             }
             ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
-            let instance =
-                InstanceRecord { workflow_id: workflow_id.clone(), current_run_id: run_id.clone(), run_count: 1, created_at_ms: now };
+            let instance = InstanceRecord {
+                workflow_id: workflow_id.clone(),
+                current_run_id: run_id.clone(),
+                run_count: 1,
+                created_at_ms: now,
+            };
             tables::put(txn.as_mut(), &ikey, &instance)?;
             tables::put(txn.as_mut(), &tables::run_key(ns, run_id), &run)?;
-            Ok((txn, (StartOutcome { started_new: true, run }, fx)))
+            Ok((
+                txn,
+                (
+                    StartOutcome {
+                        started_new: true,
+                        run,
+                    },
+                    fx,
+                ),
+            ))
         })
         .await
     }
 
     /// Describes the current run of a workflow id, or a given run.
-    pub async fn describe(&self, ns: &str, workflow_id: &str, run_id: Option<&str>) -> Result<RunView> {
+    pub async fn describe(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunView> {
         let mut txn = self.inner.store.begin().await?;
         let txn = txn.as_mut();
         Self::require_namespace(txn, ns).await?;
-        let instance: InstanceRecord = tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
-            .await?
-            .ok_or_else(|| Error::not_found("instance_not_found", format!("workflow '{workflow_id}' does not exist")))?;
+        let instance: InstanceRecord =
+            tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "instance_not_found",
+                        format!("workflow '{workflow_id}' does not exist"),
+                    )
+                })?;
         let run_id = run_id.unwrap_or(&instance.current_run_id);
         let run: RunRecord = tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, run_id))
             .await?
             .filter(|r| r.workflow_id == workflow_id)
-            .ok_or_else(|| Error::not_found("run_not_found", format!("run '{run_id}' of workflow '{workflow_id}' does not exist")))?;
-        let started = history::event_payload(txn, ns, &run.run_id, 1).await?.unwrap_or(Value::Null);
+            .ok_or_else(|| {
+                Error::not_found(
+                    "run_not_found",
+                    format!("run '{run_id}' of workflow '{workflow_id}' does not exist"),
+                )
+            })?;
+        let started = history::event_payload(txn, ns, &run.run_id, 1)
+            .await?
+            .unwrap_or(Value::Null);
         let close_payload = if run.status.is_terminal() {
-            history::event_payload(txn, ns, &run.run_id, run.last_event_seq).await?.unwrap_or(Value::Null)
+            history::event_payload(txn, ns, &run.run_id, run.last_event_seq)
+                .await?
+                .unwrap_or(Value::Null)
         } else {
             Value::Null
         };
-        let output = if run.status == RunStatus::Completed { close_payload.get("output").cloned().unwrap_or(Value::Null) } else { Value::Null };
+        let output = if run.status == RunStatus::Completed {
+            close_payload.get("output").cloned().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         Ok(RunView {
             is_current_run: instance.current_run_id == run.run_id,
             run_count: instance.run_count,
@@ -463,25 +587,56 @@ impl Engine {
     }
 
     /// One page of a run's history after sequence `after`.
-    pub async fn history(&self, ns: &str, workflow_id: &str, run_id: &str, after: u64, page_size: usize) -> Result<history::Page> {
+    pub async fn history(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        run_id: &str,
+        after: u64,
+        page_size: usize,
+    ) -> Result<history::Page> {
         let view_run = {
             let mut txn = self.inner.store.begin().await?;
             Self::require_namespace(txn.as_mut(), ns).await?;
-            if tables::get_snapshot::<InstanceRecord>(txn.as_mut(), &tables::instance_key(ns, workflow_id)).await?.is_none() {
-                return Err(Error::not_found("instance_not_found", format!("workflow '{workflow_id}' does not exist")));
+            if tables::get_snapshot::<InstanceRecord>(
+                txn.as_mut(),
+                &tables::instance_key(ns, workflow_id),
+            )
+            .await?
+            .is_none()
+            {
+                return Err(Error::not_found(
+                    "instance_not_found",
+                    format!("workflow '{workflow_id}' does not exist"),
+                ));
             }
             tables::get_snapshot::<RunRecord>(txn.as_mut(), &tables::run_key(ns, run_id))
                 .await?
                 .filter(|r| r.workflow_id == workflow_id)
-                .ok_or_else(|| Error::not_found("run_not_found", format!("run '{run_id}' of workflow '{workflow_id}' does not exist")))?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "run_not_found",
+                        format!("run '{run_id}' of workflow '{workflow_id}' does not exist"),
+                    )
+                })?
         };
-        history::read_page(self.inner.store.as_ref(), ns, run_id, after + 1, view_run.last_event_seq, page_size).await
+        history::read_page(
+            self.inner.store.as_ref(),
+            ns,
+            run_id,
+            after + 1,
+            view_run.last_event_seq,
+            page_size,
+        )
+        .await
     }
 
     /// Long-polls for a task of `kind`: leases the best ready task the worker accepts, or
     /// waits for one until the timeout. Returns the leased task record.
     async fn poll_task(&self, poll: &Poll, kind: TaskKind) -> Result<Option<TaskRecord>> {
-        let filter = self.poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind).await?;
+        let filter = self
+            .poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind)
+            .await?;
         let key = QueueKey::new(&poll.namespace, &poll.task_queue, kind);
         let timeout = poll.timeout.min(self.inner.config.max_poll_timeout);
         let deadline = self.now_ms() + timeout.as_millis() as Millis;
@@ -490,7 +645,13 @@ impl Engine {
             let hint = match self.inner.matching.take_or_park(&key, &filter, waiter_id) {
                 Take::Hint(hint) => hint,
                 Take::Parked(slot) => {
-                    let guard = ParkGuard { engine: self, key: &key, waiter_id, slot: &slot, armed: true };
+                    let guard = ParkGuard {
+                        engine: self,
+                        key: &key,
+                        waiter_id,
+                        slot: &slot,
+                        armed: true,
+                    };
                     if self.now_ms() < deadline {
                         tokio::select! {
                             _ = slot.notify.notified() => {}
@@ -520,7 +681,12 @@ impl Engine {
     }
 
     /// Leases the task behind `hint` if it is still ready (re-checked in storage).
-    async fn lease(&self, key: &QueueKey, worker_id: &str, hint: &TaskHint) -> Result<Option<TaskRecord>> {
+    async fn lease(
+        &self,
+        key: &QueueKey,
+        worker_id: &str,
+        hint: &TaskHint,
+    ) -> Result<Option<TaskRecord>> {
         let now = self.now_ms();
         let lease_ms = match key.kind {
             TaskKind::Workflow => self.inner.config.workflow_task_lease,
@@ -532,14 +698,23 @@ impl Engine {
             let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? else {
                 return Ok((txn, (None, fx)));
             };
-            if task.status != TaskStatus::Ready || task.namespace != *key.namespace || task.task_queue != *key.queue {
+            if task.status != TaskStatus::Ready
+                || task.namespace != *key.namespace
+                || task.task_queue != *key.queue
+            {
                 return Ok((txn, (None, fx)));
             }
             Self::clear_task_state(txn.as_mut(), &task);
             if task.kind == TaskKind::Workflow {
-                let run: Option<RunRecord> = tables::get(txn.as_mut(), &tables::run_key(&task.namespace, &task.run_id)).await?;
+                let run: Option<RunRecord> = tables::get(
+                    txn.as_mut(),
+                    &tables::run_key(&task.namespace, &task.run_id),
+                )
+                .await?;
                 match run {
-                    Some(run) if !run.status.is_terminal() => task.history_seen = run.last_event_seq,
+                    Some(run) if !run.status.is_terminal() => {
+                        task.history_seen = run.last_event_seq
+                    }
                     _ => {
                         tables::delete(txn.as_mut(), &tkey).await?;
                         return Ok((txn, (None, fx)));
@@ -547,10 +722,19 @@ impl Engine {
                 }
             }
             let expires_at_ms = now + lease_ms;
-            let timer = Self::put_timer(txn.as_mut(), expires_at_ms, &lease_timer_action(&task.task_id), &mut fx)?;
+            let timer = Self::put_timer(
+                txn.as_mut(),
+                expires_at_ms,
+                &lease_timer_action(&task.task_id),
+                &mut fx,
+            )?;
             task.status = TaskStatus::Leased;
             task.attempt += 1;
-            task.lease = Some(Lease { owner: worker_id.to_string(), expires_at_ms, timer });
+            task.lease = Some(Lease {
+                owner: worker_id.to_string(),
+                expires_at_ms,
+                timer,
+            });
             if let Some(activity) = task.activity.as_mut() {
                 activity.attempt_id = Some(ids::new_id(now));
             }
@@ -562,7 +746,9 @@ impl Engine {
 
     /// Long-polls for a workflow task.
     pub async fn poll_workflow_task(&self, poll: &Poll) -> Result<Option<WorkflowTaskView>> {
-        let Some(task) = self.poll_task(poll, TaskKind::Workflow).await? else { return Ok(None) };
+        let Some(task) = self.poll_task(poll, TaskKind::Workflow).await? else {
+            return Ok(None);
+        };
         let page = history::read_page(
             self.inner.store.as_ref(),
             &task.namespace,
@@ -579,7 +765,10 @@ impl Engine {
                 .and_then(|mut p| p.get_mut("input").map(Value::take))
                 .unwrap_or(Value::Null)
         };
-        let lease = task.lease.as_ref().expect("invariant: a polled task is leased");
+        let lease = task
+            .lease
+            .as_ref()
+            .expect("invariant: a polled task is leased");
         Ok(Some(WorkflowTaskView {
             task_kind: "workflow",
             workflow_task_attempt: task.attempt,
@@ -603,9 +792,17 @@ impl Engine {
 
     /// Long-polls for an activity task.
     pub async fn poll_activity_task(&self, poll: &Poll) -> Result<Option<ActivityTaskView>> {
-        let Some(task) = self.poll_task(poll, TaskKind::Activity).await? else { return Ok(None) };
-        let lease = task.lease.as_ref().expect("invariant: a polled task is leased");
-        let activity = task.activity.as_ref().ok_or_else(|| Error::corrupt("activity task without activity state"))?;
+        let Some(task) = self.poll_task(poll, TaskKind::Activity).await? else {
+            return Ok(None);
+        };
+        let lease = task
+            .lease
+            .as_ref()
+            .expect("invariant: a polled task is leased");
+        let activity = task
+            .activity
+            .as_ref()
+            .ok_or_else(|| Error::corrupt("activity task without activity state"))?;
         Ok(Some(ActivityTaskView {
             task_id: task.task_id.clone(),
             activity_attempt_id: activity.attempt_id.clone().unwrap_or_default(),
@@ -626,7 +823,15 @@ impl Engine {
 
     /// Pages history for a leased workflow task: events after `after`, up to what the
     /// task covers.
-    pub async fn workflow_task_history(&self, ns: &str, task_id: &str, owner: &str, attempt: u32, after: u64, page_size: usize) -> Result<history::Page> {
+    pub async fn workflow_task_history(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        after: u64,
+        page_size: usize,
+    ) -> Result<history::Page> {
         let now = self.now_ms();
         let task = {
             let mut txn = self.inner.store.begin().await?;
@@ -634,11 +839,25 @@ impl Engine {
             check_workflow_lease(&task, owner, attempt, now)?;
             task
         };
-        history::read_page(self.inner.store.as_ref(), ns, &task.run_id, after + 1, task.history_seen, page_size).await
+        history::read_page(
+            self.inner.store.as_ref(),
+            ns,
+            &task.run_id,
+            after + 1,
+            task.history_seen,
+            page_size,
+        )
+        .await
     }
 
     /// Renews a workflow task lease; returns the new expiry.
-    pub async fn heartbeat_workflow_task(&self, ns: &str, task_id: &str, owner: &str, attempt: u32) -> Result<Millis> {
+    pub async fn heartbeat_workflow_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+    ) -> Result<Millis> {
         let now = self.now_ms();
         let lease_ms = self.inner.config.workflow_task_lease.as_millis() as Millis;
         self.transact(move |mut txn, fx| async move {
@@ -655,7 +874,14 @@ impl Engine {
     }
 
     /// Completes a workflow task with its commands.
-    pub async fn complete_workflow_task(&self, ns: &str, task_id: &str, owner: &str, attempt: u32, commands: &[Value]) -> Result<TaskOutcome> {
+    pub async fn complete_workflow_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        commands: &[Value],
+    ) -> Result<TaskOutcome> {
         if commands.is_empty() {
             return Err(invalid_commands("a completion needs at least one command"));
         }
@@ -664,11 +890,16 @@ impl Engine {
             let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
             check_workflow_lease(&task, owner, attempt, now)?;
             let rkey = tables::run_key(ns, &task.run_id);
-            let mut run: RunRecord = tables::get(txn.as_mut(), &rkey).await?.ok_or_else(|| Error::corrupt("task without run"))?;
+            let mut run: RunRecord = tables::get(txn.as_mut(), &rkey)
+                .await?
+                .ok_or_else(|| Error::corrupt("task without run"))?;
             if run.status.is_terminal() {
                 Self::delete_task(txn.as_mut(), task_id).await?;
-                return Err(Error::conflict("run_already_closed", format!("run '{}' is already closed", run.run_id))
-                    .with("run_status", run.status.as_str()));
+                return Err(Error::conflict(
+                    "run_already_closed",
+                    format!("run '{}' is already closed", run.run_id),
+                )
+                .with("run_status", run.status.as_str()));
             }
             let grew = run.last_event_seq > task.history_seen;
             // The task closes first: a terminal command then finds no open workflow task.
@@ -676,7 +907,16 @@ impl Engine {
             run.workflow_task = None;
             let last = commands.len() - 1;
             for (i, command) in commands.iter().enumerate() {
-                apply_command(txn.as_mut(), &mut run, command, i == last, task_id, now, &mut fx).await?;
+                apply_command(
+                    txn.as_mut(),
+                    &mut run,
+                    command,
+                    i == last,
+                    task_id,
+                    now,
+                    &mut fx,
+                )
+                .await?;
             }
             let mut next_task_id = None;
             if !run.status.is_terminal() {
@@ -704,9 +944,17 @@ impl Engine {
     /// Fails a workflow task. `WorkflowTaskWaitingForHistory` is the SDK's "nothing new
     /// to decide" and closes the task like an empty completion; any other failure keeps
     /// the task and retries it after a capped backoff.
-    pub async fn fail_workflow_task(&self, ns: &str, task_id: &str, owner: &str, attempt: u32, failure: &Value) -> Result<TaskOutcome> {
+    pub async fn fail_workflow_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        failure: &Value,
+    ) -> Result<TaskOutcome> {
         let now = self.now_ms();
-        let waiting = failure.get("type").and_then(Value::as_str) == Some("WorkflowTaskWaitingForHistory");
+        let waiting =
+            failure.get("type").and_then(Value::as_str) == Some("WorkflowTaskWaitingForHistory");
         self.transact(move |mut txn, mut fx| async move {
             let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
             check_workflow_lease(&task, owner, attempt, now)?;
@@ -754,12 +1002,22 @@ impl Engine {
     }
 
     /// Completes an activity attempt with its result.
-    pub async fn complete_activity_task(&self, ns: &str, task_id: &str, attempt_id: &str, owner: &str, result: &Value) -> Result<TaskOutcome> {
+    pub async fn complete_activity_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt_id: &str,
+        owner: &str,
+        result: &Value,
+    ) -> Result<TaskOutcome> {
         let now = self.now_ms();
         self.transact(move |mut txn, mut fx| async move {
             let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
             check_activity_lease(&task, owner, attempt_id, now)?;
-            let activity = task.activity.clone().ok_or_else(|| Error::corrupt("activity task without state"))?;
+            let activity = task
+                .activity
+                .clone()
+                .ok_or_else(|| Error::corrupt("activity task without state"))?;
             let mut payload = json!({
                 "sequence": activity.sequence,
                 "activity_type": task.type_name,
@@ -770,7 +1028,16 @@ impl Engine {
                 "payload_codec": "avro",
             });
             payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
-            let outcome = Self::resolve_activity(txn.as_mut(), ns, &task, "ActivityCompleted", payload, now, &mut fx).await?;
+            let outcome = Self::resolve_activity(
+                txn.as_mut(),
+                ns,
+                &task,
+                "ActivityCompleted",
+                payload,
+                now,
+                &mut fx,
+            )
+            .await?;
             Ok((txn, (outcome, fx)))
         })
         .await
@@ -778,16 +1045,29 @@ impl Engine {
 
     /// Fails an activity attempt: retried per its retry policy, or recorded as
     /// `ActivityFailed` once no retry remains (the SDK treats that event as final).
-    pub async fn fail_activity_task(&self, ns: &str, task_id: &str, attempt_id: &str, owner: &str, failure: &Value) -> Result<TaskOutcome> {
+    pub async fn fail_activity_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt_id: &str,
+        owner: &str,
+        failure: &Value,
+    ) -> Result<TaskOutcome> {
         let now = self.now_ms();
         self.transact(move |mut txn, mut fx| async move {
             let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
             check_activity_lease(&task, owner, attempt_id, now)?;
-            let activity = task.activity.clone().ok_or_else(|| Error::corrupt("activity task without state"))?;
+            let activity = task
+                .activity
+                .clone()
+                .ok_or_else(|| Error::corrupt("activity task without state"))?;
             let policy = activity.retry_policy.clone().unwrap_or(Value::Null);
             let max_attempts = as_u64(policy.get("max_attempts")).unwrap_or(1).max(1) as u32;
             let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
-            let non_retryable = failure.get("non_retryable").and_then(Value::as_bool).unwrap_or(false)
+            let non_retryable = failure
+                .get("non_retryable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
                 || policy
                     .get("non_retryable_error_types")
                     .and_then(Value::as_array)
@@ -800,8 +1080,15 @@ impl Engine {
                     .and_then(Value::as_u64)
                     .unwrap_or(1);
                 Self::clear_task_state(txn.as_mut(), &task);
-                let action = TimerAction::TaskBackoff { task_id: task_id.to_string() };
-                let timer = Self::put_timer(txn.as_mut(), now + backoff_s as i64 * 1000, &action, &mut fx)?;
+                let action = TimerAction::TaskBackoff {
+                    task_id: task_id.to_string(),
+                };
+                let timer = Self::put_timer(
+                    txn.as_mut(),
+                    now + backoff_s as i64 * 1000,
+                    &action,
+                    &mut fx,
+                )?;
                 task.status = TaskStatus::Backoff;
                 task.lease = None;
                 task.backoff_timer = Some(timer);
@@ -842,17 +1129,36 @@ impl Engine {
                 },
             });
             payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
-            let outcome = Self::resolve_activity(txn.as_mut(), ns, &task, "ActivityFailed", payload, now, &mut fx).await?;
+            let outcome = Self::resolve_activity(
+                txn.as_mut(),
+                ns,
+                &task,
+                "ActivityFailed",
+                payload,
+                now,
+                &mut fx,
+            )
+            .await?;
             Ok((txn, (outcome, fx)))
         })
         .await
     }
 
     /// Records an activity's final event, deletes its task and wakes the workflow.
-    async fn resolve_activity(txn: &mut dyn KvTxn, ns: &str, task: &TaskRecord, event: &str, payload: Value, now: Millis, fx: &mut Effects) -> Result<TaskOutcome> {
+    async fn resolve_activity(
+        txn: &mut dyn KvTxn,
+        ns: &str,
+        task: &TaskRecord,
+        event: &str,
+        payload: Value,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<TaskOutcome> {
         Self::delete_task(txn, &task.task_id).await?;
         let rkey = tables::run_key(ns, &task.run_id);
-        let mut run: RunRecord = tables::get(txn, &rkey).await?.ok_or_else(|| Error::corrupt("task without run"))?;
+        let mut run: RunRecord = tables::get(txn, &rkey)
+            .await?
+            .ok_or_else(|| Error::corrupt("task without run"))?;
         if run.status.is_terminal() {
             return Ok(TaskOutcome {
                 task_id: task.task_id.clone(),
@@ -869,7 +1175,11 @@ impl Engine {
         tables::put(txn, &rkey, &run)?;
         Ok(TaskOutcome {
             task_id: task.task_id.clone(),
-            outcome: if event == "ActivityCompleted" { "completed" } else { "failed" },
+            outcome: if event == "ActivityCompleted" {
+                "completed"
+            } else {
+                "failed"
+            },
             recorded: true,
             run_id: run.run_id.clone(),
             run_status: run.status.as_str(),
@@ -879,7 +1189,14 @@ impl Engine {
 
     /// Records an activity heartbeat and renews its lease. Returns the new expiry and
     /// whether the workflow asked for cancellation.
-    pub async fn heartbeat_activity_task(&self, ns: &str, task_id: &str, attempt_id: &str, owner: &str, details: Option<&Value>) -> Result<Millis> {
+    pub async fn heartbeat_activity_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt_id: &str,
+        owner: &str,
+        details: Option<&Value>,
+    ) -> Result<Millis> {
         let now = self.now_ms();
         let lease_ms = self.inner.config.activity_task_lease.as_millis() as Millis;
         self.transact(move |mut txn, fx| async move {
@@ -912,14 +1229,22 @@ struct ParkGuard<'a> {
 impl ParkGuard<'_> {
     fn disarm(mut self) -> Option<TaskHint> {
         self.armed = false;
-        self.engine.inner.matching.unpark(self.key, self.waiter_id, self.slot)
+        self.engine
+            .inner
+            .matching
+            .unpark(self.key, self.waiter_id, self.slot)
     }
 }
 
 impl Drop for ParkGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            if let Some(hint) = self.engine.inner.matching.unpark(self.key, self.waiter_id, self.slot) {
+            if let Some(hint) =
+                self.engine
+                    .inner
+                    .matching
+                    .unpark(self.key, self.waiter_id, self.slot)
+            {
                 self.engine.inner.matching.offer(self.key, hint);
             }
         }
@@ -927,22 +1252,43 @@ impl Drop for ParkGuard<'_> {
 }
 
 /// Applies one command of a workflow-task completion to the run.
-async fn apply_command(txn: &mut dyn KvTxn, run: &mut RunRecord, command: &Value, is_last: bool, task_id: &str, now: Millis, fx: &mut Effects) -> Result<()> {
-    let Some(cmd) = command.as_object() else { return Err(invalid_commands("each command must be an object")) };
+async fn apply_command(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    command: &Value,
+    is_last: bool,
+    task_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let Some(cmd) = command.as_object() else {
+        return Err(invalid_commands("each command must be an object"));
+    };
     let kind = cmd.get("type").and_then(Value::as_str).unwrap_or("");
     let terminal = matches!(kind, "complete_workflow" | "fail_workflow");
     if terminal && !is_last {
-        return Err(invalid_commands(format!("terminal command '{kind}' must be the last command")));
+        return Err(invalid_commands(format!(
+            "terminal command '{kind}' must be the last command"
+        )));
     }
     let field = |k: &str| cmd.get(k).cloned().unwrap_or(Value::Null);
     match kind {
         "schedule_activity" => {
-            let Some(activity_type) = cmd.get("activity_type").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+            let Some(activity_type) = cmd
+                .get("activity_type")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            else {
                 return Err(invalid_commands("schedule_activity needs activity_type"));
             };
             run.last_workflow_sequence += 1;
             let sequence = run.last_workflow_sequence;
-            let queue = cmd.get("queue").and_then(Value::as_str).filter(|q| !q.is_empty()).unwrap_or(&run.task_queue).to_string();
+            let queue = cmd
+                .get("queue")
+                .and_then(Value::as_str)
+                .filter(|q| !q.is_empty())
+                .unwrap_or(&run.task_queue)
+                .to_string();
             let group = group_fields(cmd);
             let options: Map<String, Value> = cmd
                 .iter()
@@ -1024,7 +1370,10 @@ async fn apply_command(txn: &mut dyn KvTxn, run: &mut RunRecord, command: &Value
             close_run(txn, run, RunStatus::Failed, "failed", now).await?;
         }
         other => {
-            return Err(invalid_commands(format!("unsupported command type '{other}'")).with("command_type", other));
+            return Err(
+                invalid_commands(format!("unsupported command type '{other}'"))
+                    .with("command_type", other),
+            );
         }
     }
     Ok(())

@@ -7,7 +7,9 @@ use keel_engine::clock::{Clock, ManualClock};
 use keel_engine::model::{RunStatus, WorkerRecord};
 use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::KvStore;
-use keel_engine::workflow::{ActivityTaskView, DuplicatePolicy, Poll, StartWorkflow, WorkflowTaskView};
+use keel_engine::workflow::{
+    ActivityTaskView, DuplicatePolicy, Poll, StartWorkflow, WorkflowTaskView,
+};
 use keel_engine::{Engine, EngineConfig, Error};
 use serde_json::{json, Value};
 
@@ -25,7 +27,11 @@ async fn harness() -> Harness {
     let store = MemoryStore::new();
     let clock = ManualClock::new(START);
     let engine = open(&store, &clock).await;
-    Harness { engine, clock, store }
+    Harness {
+        engine,
+        clock,
+        store,
+    }
 }
 
 async fn open(store: &MemoryStore, clock: &ManualClock) -> Engine {
@@ -34,9 +40,13 @@ async fn open(store: &MemoryStore, clock: &ManualClock) -> Engine {
         activity_task_lease: Duration::from_secs(10),
         ..EngineConfig::default()
     };
-    let engine = Engine::open(Arc::new(store.clone()) as Arc<dyn KvStore>, Arc::new(clock.clone()) as Arc<dyn Clock>, config)
-        .await
-        .expect("engine opens");
+    let engine = Engine::open(
+        Arc::new(store.clone()) as Arc<dyn KvStore>,
+        Arc::new(clock.clone()) as Arc<dyn Clock>,
+        config,
+    )
+    .await
+    .expect("engine opens");
     engine
         .register_worker(WorkerRecord {
             worker_id: "w1".into(),
@@ -73,15 +83,27 @@ fn start_request(id: &str) -> StartWorkflow {
 }
 
 fn probe() -> Poll {
-    Poll { namespace: NS.into(), worker_id: "w1".into(), task_queue: QUEUE.into(), timeout: Duration::ZERO, history_page_size: 500 }
+    Poll {
+        namespace: NS.into(),
+        worker_id: "w1".into(),
+        task_queue: QUEUE.into(),
+        timeout: Duration::ZERO,
+        history_page_size: 500,
+    }
 }
 
 async fn poll_wf(engine: &Engine) -> Option<WorkflowTaskView> {
-    engine.poll_workflow_task(&probe()).await.expect("poll succeeds")
+    engine
+        .poll_workflow_task(&probe())
+        .await
+        .expect("poll succeeds")
 }
 
 async fn poll_act(engine: &Engine) -> Option<ActivityTaskView> {
-    engine.poll_activity_task(&probe()).await.expect("poll succeeds")
+    engine
+        .poll_activity_task(&probe())
+        .await
+        .expect("poll succeeds")
 }
 
 /// Probes until a workflow task arrives or a real-time deadline passes (the timer
@@ -92,7 +114,10 @@ async fn wait_wf(engine: &Engine) -> WorkflowTaskView {
         if let Some(t) = poll_wf(engine).await {
             return t;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no workflow task became ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no workflow task became ready"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -100,7 +125,12 @@ async fn wait_wf(engine: &Engine) -> WorkflowTaskView {
 fn event_types(task: &WorkflowTaskView) -> Vec<String> {
     task.history_events
         .iter()
-        .map(|e| serde_json::from_str::<Value>(e.get()).expect("event is json")["event_type"].as_str().unwrap_or("").to_string())
+        .map(|e| {
+            serde_json::from_str::<Value>(e.get()).expect("event is json")["event_type"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect()
 }
 
@@ -118,23 +148,43 @@ fn reason(e: Error) -> &'static str {
 #[tokio::test]
 async fn started_workflow_task_carries_workflow_started_history() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("a task is ready");
     assert_eq!(task.workflow_task_attempt, 1);
     assert_eq!(event_types(&task), ["WorkflowStarted"]);
     assert_eq!(task.arguments, json!({"codec": "avro", "blob": "AA=="}));
-    assert!(poll_wf(&h.engine).await.is_none(), "one workflow task per run");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "one workflow task per run"
+    );
 }
 
 #[tokio::test]
 async fn duplicate_start_is_rejected_and_use_existing_returns_the_open_run() {
     let h = harness().await;
-    let first = h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
-    let again = h.engine.start_workflow(NS, start_request("a")).await.expect_err("duplicate");
+    let first = h
+        .engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
+    let again = h
+        .engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect_err("duplicate");
     assert_eq!(reason(again), "duplicate_not_allowed");
     let existing = h
         .engine
-        .start_workflow(NS, StartWorkflow { duplicate_policy: DuplicatePolicy::UseExisting, ..start_request("a") })
+        .start_workflow(
+            NS,
+            StartWorkflow {
+                duplicate_policy: DuplicatePolicy::UseExisting,
+                ..start_request("a")
+            },
+        )
         .await
         .expect("returns existing");
     assert!(!existing.started_new);
@@ -144,87 +194,179 @@ async fn duplicate_start_is_rejected_and_use_existing_returns_the_open_run() {
 #[tokio::test]
 async fn stale_lease_cannot_complete_a_workflow_task() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("leased");
     let done = [json!({"type": "complete_workflow", "result": null})];
-    let wrong_owner = h.engine.complete_workflow_task(NS, &task.task_id, "w2", 1, &done).await.expect_err("not owner");
+    let wrong_owner = h
+        .engine
+        .complete_workflow_task(NS, &task.task_id, "w2", 1, &done)
+        .await
+        .expect_err("not owner");
     assert_eq!(reason(wrong_owner), "lease_owner_mismatch");
-    let wrong_attempt = h.engine.complete_workflow_task(NS, &task.task_id, "w1", 2, &done).await.expect_err("stale attempt");
+    let wrong_attempt = h
+        .engine
+        .complete_workflow_task(NS, &task.task_id, "w1", 2, &done)
+        .await
+        .expect_err("stale attempt");
     assert_eq!(reason(wrong_attempt), "workflow_task_attempt_mismatch");
-    let missing = h.engine.complete_workflow_task(NS, "nope", "w1", 1, &done).await.expect_err("unknown task");
+    let missing = h
+        .engine
+        .complete_workflow_task(NS, "nope", "w1", 1, &done)
+        .await
+        .expect_err("unknown task");
     assert_eq!(reason(missing), "task_not_found");
-    h.engine.complete_workflow_task(NS, &task.task_id, "w1", 1, &done).await.expect("owner completes");
-    assert_eq!(h.engine.describe(NS, "a", None).await.expect("describes").run.status, RunStatus::Completed);
+    h.engine
+        .complete_workflow_task(NS, &task.task_id, "w1", 1, &done)
+        .await
+        .expect("owner completes");
+    assert_eq!(
+        h.engine
+            .describe(NS, "a", None)
+            .await
+            .expect("describes")
+            .run
+            .status,
+        RunStatus::Completed
+    );
 }
 
 #[tokio::test]
 async fn expired_lease_returns_the_task_with_the_next_attempt_and_fences_the_old_one() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let first = poll_wf(&h.engine).await.expect("leased");
     h.clock.advance(Duration::from_secs(11));
     let second = wait_wf(&h.engine).await;
     assert_eq!(second.task_id, first.task_id);
     assert_eq!(second.workflow_task_attempt, 2);
     let done = [json!({"type": "complete_workflow", "result": null})];
-    let stale = h.engine.complete_workflow_task(NS, &first.task_id, "w1", 1, &done).await.expect_err("fenced");
+    let stale = h
+        .engine
+        .complete_workflow_task(NS, &first.task_id, "w1", 1, &done)
+        .await
+        .expect_err("fenced");
     assert_eq!(reason(stale), "workflow_task_attempt_mismatch");
-    h.engine.complete_workflow_task(NS, &second.task_id, "w1", 2, &done).await.expect("current lease completes");
+    h.engine
+        .complete_workflow_task(NS, &second.task_id, "w1", 2, &done)
+        .await
+        .expect("current lease completes");
 }
 
 #[tokio::test]
 async fn heartbeat_keeps_a_lease_alive_past_its_original_expiry() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("leased");
     h.clock.advance(Duration::from_secs(8));
-    h.engine.heartbeat_workflow_task(NS, &task.task_id, "w1", 1).await.expect("renews");
+    h.engine
+        .heartbeat_workflow_task(NS, &task.task_id, "w1", 1)
+        .await
+        .expect("renews");
     h.clock.advance(Duration::from_secs(8));
     let done = [json!({"type": "complete_workflow", "result": null})];
-    h.engine.complete_workflow_task(NS, &task.task_id, "w1", 1, &done).await.expect("still leased after 16 s");
+    h.engine
+        .complete_workflow_task(NS, &task.task_id, "w1", 1, &done)
+        .await
+        .expect("still leased after 16 s");
 }
 
 #[tokio::test]
 async fn activity_result_during_a_leased_workflow_task_yields_one_next_task() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let wt = poll_wf(&h.engine).await.expect("leased");
-    h.engine.complete_workflow_task(NS, &wt.task_id, "w1", 1, &[schedule("x"), schedule("y")]).await.expect("schedules");
+    h.engine
+        .complete_workflow_task(NS, &wt.task_id, "w1", 1, &[schedule("x"), schedule("y")])
+        .await
+        .expect("schedules");
     let ax = poll_act(&h.engine).await.expect("activity x");
     let ay = poll_act(&h.engine).await.expect("activity y");
-    h.engine.complete_activity_task(NS, &ax.task_id, &ax.activity_attempt_id, "w1", &json!("rx")).await.expect("x done");
+    h.engine
+        .complete_activity_task(NS, &ax.task_id, &ax.activity_attempt_id, "w1", &json!("rx"))
+        .await
+        .expect("x done");
     let wt2 = poll_wf(&h.engine).await.expect("woken by x");
     // y completes while the workflow task is leased: no second task appears now...
-    h.engine.complete_activity_task(NS, &ay.task_id, &ay.activity_attempt_id, "w1", &json!("ry")).await.expect("y done");
-    assert!(poll_wf(&h.engine).await.is_none(), "at most one workflow task per run");
+    h.engine
+        .complete_activity_task(NS, &ay.task_id, &ay.activity_attempt_id, "w1", &json!("ry"))
+        .await
+        .expect("y done");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "at most one workflow task per run"
+    );
     // ...but closing the task (the SDK's empty completion) creates exactly one.
     let waiting = json!({"message": "waiting", "type": "WorkflowTaskWaitingForHistory"});
-    let out = h.engine.fail_workflow_task(NS, &wt2.task_id, "w1", 1, &waiting).await.expect("no-op close");
+    let out = h
+        .engine
+        .fail_workflow_task(NS, &wt2.task_id, "w1", 1, &waiting)
+        .await
+        .expect("no-op close");
     assert!(out.next_task_id.is_some());
     let wt3 = poll_wf(&h.engine).await.expect("next task");
-    assert_eq!(event_types(&wt3).last().map(String::as_str), Some("ActivityCompleted"));
-    assert_eq!(event_types(&wt3).len(), 5, "started, 2 scheduled, 2 completed");
+    assert_eq!(
+        event_types(&wt3).last().map(String::as_str),
+        Some("ActivityCompleted")
+    );
+    assert_eq!(
+        event_types(&wt3).len(),
+        5,
+        "started, 2 scheduled, 2 completed"
+    );
 }
 
 #[tokio::test]
 async fn waiting_for_history_with_nothing_new_leaves_the_run_waiting() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let wt = poll_wf(&h.engine).await.expect("leased");
     let waiting = json!({"message": "waiting", "type": "WorkflowTaskWaitingForHistory"});
-    let out = h.engine.fail_workflow_task(NS, &wt.task_id, "w1", 1, &waiting).await.expect("no-op close");
+    let out = h
+        .engine
+        .fail_workflow_task(NS, &wt.task_id, "w1", 1, &waiting)
+        .await
+        .expect("no-op close");
     assert_eq!(out.next_task_id, None);
     assert!(poll_wf(&h.engine).await.is_none());
-    assert_eq!(h.engine.describe(NS, "a", None).await.expect("describes").run.status, RunStatus::Waiting);
+    assert_eq!(
+        h.engine
+            .describe(NS, "a", None)
+            .await
+            .expect("describes")
+            .run
+            .status,
+        RunStatus::Waiting
+    );
 }
 
 #[tokio::test]
 async fn genuine_workflow_task_failure_is_retried_after_backoff() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let wt = poll_wf(&h.engine).await.expect("leased");
     let failure = json!({"message": "boom", "type": "NonDeterministicReplayError"});
-    h.engine.fail_workflow_task(NS, &wt.task_id, "w1", 1, &failure).await.expect("recorded");
+    h.engine
+        .fail_workflow_task(NS, &wt.task_id, "w1", 1, &failure)
+        .await
+        .expect("recorded");
     assert!(poll_wf(&h.engine).await.is_none(), "backing off");
     h.clock.advance(Duration::from_secs(2));
     let retried = wait_wf(&h.engine).await;
@@ -235,23 +377,39 @@ async fn genuine_workflow_task_failure_is_retried_after_backoff() {
 #[tokio::test]
 async fn activity_is_retried_by_the_server_and_failed_once_attempts_run_out() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("a")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("a"))
+        .await
+        .expect("starts");
     let wt = poll_wf(&h.engine).await.expect("leased");
     let mut cmd = schedule("x");
-    cmd["retry_policy"] = json!({"max_attempts": 2, "backoff_seconds": [3], "non_retryable_error_types": []});
-    h.engine.complete_workflow_task(NS, &wt.task_id, "w1", 1, &[cmd]).await.expect("schedules");
+    cmd["retry_policy"] =
+        json!({"max_attempts": 2, "backoff_seconds": [3], "non_retryable_error_types": []});
+    h.engine
+        .complete_workflow_task(NS, &wt.task_id, "w1", 1, &[cmd])
+        .await
+        .expect("schedules");
     let a1 = poll_act(&h.engine).await.expect("attempt 1");
     assert_eq!(a1.attempt_number, 1);
     let failure = json!({"message": "nope", "type": "RuntimeError"});
-    h.engine.fail_activity_task(NS, &a1.task_id, &a1.activity_attempt_id, "w1", &failure).await.expect("recorded");
-    assert!(poll_wf(&h.engine).await.is_none(), "a retried failure does not wake the workflow");
+    h.engine
+        .fail_activity_task(NS, &a1.task_id, &a1.activity_attempt_id, "w1", &failure)
+        .await
+        .expect("recorded");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "a retried failure does not wake the workflow"
+    );
     h.clock.advance(Duration::from_secs(3));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let a2 = loop {
         if let Some(a) = poll_act(&h.engine).await {
             break a;
         }
-        assert!(tokio::time::Instant::now() < deadline, "retry never became ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retry never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(a2.attempt_number, 2);
@@ -261,15 +419,26 @@ async fn activity_is_retried_by_the_server_and_failed_once_attempts_run_out() {
         .await
         .expect_err("old attempt is fenced");
     assert_eq!(reason(stale), "lease_expired");
-    h.engine.fail_activity_task(NS, &a2.task_id, &a2.activity_attempt_id, "w1", &failure).await.expect("final failure");
-    let wt2 = poll_wf(&h.engine).await.expect("workflow woken by ActivityFailed");
-    assert_eq!(event_types(&wt2).last().map(String::as_str), Some("ActivityFailed"));
+    h.engine
+        .fail_activity_task(NS, &a2.task_id, &a2.activity_attempt_id, "w1", &failure)
+        .await
+        .expect("final failure");
+    let wt2 = poll_wf(&h.engine)
+        .await
+        .expect("workflow woken by ActivityFailed");
+    assert_eq!(
+        event_types(&wt2).last().map(String::as_str),
+        Some("ActivityFailed")
+    );
 }
 
 #[tokio::test]
 async fn run_deadline_fails_the_run_with_workflow_timed_out() {
     let h = harness().await;
-    let req = StartWorkflow { run_timeout_seconds: Some(5), ..start_request("a") };
+    let req = StartWorkflow {
+        run_timeout_seconds: Some(5),
+        ..start_request("a")
+    };
     h.engine.start_workflow(NS, req).await.expect("starts");
     h.clock.advance(Duration::from_secs(6));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -279,17 +448,26 @@ async fn run_deadline_fails_the_run_with_workflow_timed_out() {
             assert_eq!(view.close_payload["timeout_kind"], "run_timeout");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "run never timed out");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run never timed out"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(poll_wf(&h.engine).await.is_none(), "a closed run has no workflow task");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "a closed run has no workflow task"
+    );
 }
 
 #[tokio::test]
 async fn a_reopened_engine_rebuilds_its_ready_index_from_storage() {
     let h = harness().await;
     for id in ["a", "b", "c"] {
-        h.engine.start_workflow(NS, start_request(id)).await.expect("starts");
+        h.engine
+            .start_workflow(NS, start_request(id))
+            .await
+            .expect("starts");
     }
     h.engine.shutdown();
     let reopened = open(&h.store, &h.clock).await;

@@ -23,9 +23,17 @@ pub async fn discovery(state: &AppState, op: Op) -> Result<Reply, ApiError> {
             &json!({"status": "serving", "timestamp": now, "checks": {"database": "ok"}, "topology": state.topology}),
         )),
         Op::Ready => {
-            let storage_ok = state.engine.namespace(&state.engine.config().default_namespace).await.is_ok();
+            let storage_ok = state
+                .engine
+                .namespace(&state.engine.config().default_namespace)
+                .await
+                .is_ok();
             let check = |ok: bool| json!({"status": if ok { "ok" } else { "unavailable" }});
-            let status = if storage_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if storage_ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             Ok(Reply::json(
                 status,
                 &json!({
@@ -36,8 +44,15 @@ pub async fn discovery(state: &AppState, op: Op) -> Result<Reply, ApiError> {
                 }),
             ))
         }
-        Op::ClusterInfo => Ok(Reply { status: StatusCode::OK, body: state.cluster_info.clone() }),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such discovery route")),
+        Op::ClusterInfo => Ok(Reply {
+            status: StatusCode::OK,
+            body: state.cluster_info.clone(),
+        }),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such discovery route",
+        )),
     }
 }
 
@@ -46,15 +61,28 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
     match op {
         Op::StartWorkflow => start(state, call).await,
         Op::DescribeWorkflow => {
-            let view = state.engine.describe(&call.namespace, call.param(0), None).await?;
+            let view = state
+                .engine
+                .describe(&call.namespace, call.param(0), None)
+                .await?;
             Ok(Reply::json(StatusCode::OK, &run_json(&view, "describe")))
         }
         Op::DescribeRun => {
-            let view = state.engine.describe(&call.namespace, call.param(0), Some(call.param(1))).await?;
-            Ok(Reply::json(StatusCode::OK, &run_json(&view, "describe_run")))
+            let view = state
+                .engine
+                .describe(&call.namespace, call.param(0), Some(call.param(1)))
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &run_json(&view, "describe_run"),
+            ))
         }
         Op::RunHistory => run_history(state, call).await,
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such control-plane route")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such control-plane route",
+        )),
     }
 }
 
@@ -62,12 +90,20 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
 /// empty `ArrayValue`.
 fn empty_arguments() -> Value {
     use base64::Engine as _;
-    let bytes = [0xC3, 0x01, 0xE2, 0xA3, 0x3D, 0xFF, 0x55, 0x80, 0x22, 0x37, 0x0C, 0x00];
+    let bytes = [
+        0xC3, 0x01, 0xE2, 0xA3, 0x3D, 0xFF, 0x55, 0x80, 0x22, 0x37, 0x0C, 0x00,
+    ];
     json!({"codec": "avro", "blob": base64::engine::general_purpose::STANDARD.encode(bytes)})
 }
 
-const REJECTED_START_FIELDS: &[&str] =
-    &["workflow_execution_timeout", "workflow_run_timeout", "workflow_task_timeout", "retry_policy", "idempotency_key", "request_id"];
+const REJECTED_START_FIELDS: &[&str] = &[
+    "workflow_execution_timeout",
+    "workflow_run_timeout",
+    "workflow_task_timeout",
+    "retry_policy",
+    "idempotency_key",
+    "request_id",
+];
 
 async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     let mut f = Fields::new(&call.body)?;
@@ -77,7 +113,8 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     let workflow_type = f.required_str("workflow_type", 255);
     let workflow_id = f.optional_id("workflow_id", 128);
     let task_queue = f.required_str("task_queue", 255);
-    let execution_timeout_seconds = f.optional_int("execution_timeout_seconds", 1, 10 * 365 * 86_400);
+    let execution_timeout_seconds =
+        f.optional_int("execution_timeout_seconds", 1, 10 * 365 * 86_400);
     let run_timeout_seconds = f.optional_int("run_timeout_seconds", 1, 10 * 365 * 86_400);
     let priority = f.optional_int("priority", 0, 9).unwrap_or(5) as u8;
     let duplicate_policy = match f.optional_str("duplicate_policy", 32).as_deref() {
@@ -95,7 +132,10 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         None | Some(Value::Null) => empty_arguments(),
         Some(v @ (Value::Object(_) | Value::Array(_) | Value::String(_))) => v.clone(),
         Some(_) => {
-            f.error("input", "must be a payload envelope, an array or a blob string");
+            f.error(
+                "input",
+                "must be a payload envelope, an array or a blob string",
+            );
             Value::Null
         }
     };
@@ -113,10 +153,16 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         priority,
         build_id,
     };
-    let outcome = state.engine.start_workflow(&call.namespace, request).await?;
+    let outcome = state
+        .engine
+        .start_workflow(&call.namespace, request)
+        .await?;
     let run = &outcome.run;
-    let (status, label) =
-        if outcome.started_new { (StatusCode::CREATED, "started_new") } else { (StatusCode::OK, "returned_existing_active") };
+    let (status, label) = if outcome.started_new {
+        (StatusCode::CREATED, "started_new")
+    } else {
+        (StatusCode::OK, "returned_existing_active")
+    };
     Ok(Reply::json(
         status,
         &json!({
@@ -158,8 +204,13 @@ fn run_json(view: &RunView, operation: &str) -> Value {
     let ts = |ms: Option<i64>| ms.map(format_timestamp);
     let terminal = run.status.is_terminal();
     let (wait_kind, wait_reason) = match run.status {
-        RunStatus::Waiting if !run.open_activities.is_empty() => (json!("activity"), json!("waiting for activity results")),
-        RunStatus::Pending | RunStatus::Running => (json!("workflow_task"), json!("workflow task ready or running")),
+        RunStatus::Waiting if !run.open_activities.is_empty() => {
+            (json!("activity"), json!("waiting for activity results"))
+        }
+        RunStatus::Pending | RunStatus::Running => (
+            json!("workflow_task"),
+            json!("workflow task ready or running"),
+        ),
         _ => (Value::Null, Value::Null),
     };
     let mut out = json!({
@@ -211,7 +262,16 @@ fn run_json(view: &RunView, operation: &str) -> Value {
             .as_object()
             .map(|p| {
                 p.iter()
-                    .filter(|(k, _)| matches!(k.as_str(), "message" | "exception_type" | "exception_class" | "timeout_kind" | "failure_category"))
+                    .filter(|(k, _)| {
+                        matches!(
+                            k.as_str(),
+                            "message"
+                                | "exception_type"
+                                | "exception_class"
+                                | "timeout_kind"
+                                | "failure_category"
+                        )
+                    })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
             })
@@ -234,17 +294,37 @@ async fn run_history(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         None => 100,
         Some(v) => match v.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => n,
-            _ => return Err(ApiError::field("page_size", "must be an integer between 1 and 1000")),
+            _ => {
+                return Err(ApiError::field(
+                    "page_size",
+                    "must be an integer between 1 and 1000",
+                ))
+            }
         },
     };
     let after = match call.query.get("next_page_token").filter(|t| !t.is_empty()) {
         None => 0,
         Some(token) => history::decode_token(token).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_page_token", "next_page_token is not a token this server issued")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_page_token",
+                "next_page_token is not a token this server issued",
+            )
         })?,
     };
     let (workflow_id, run_id) = (call.param(0), call.param(1));
-    let page = state.engine.history(&call.namespace, workflow_id, run_id, after, page_size).await?;
+    let page = state
+        .engine
+        .history(&call.namespace, workflow_id, run_id, after, page_size)
+        .await?;
     let next_page_token = page.more.then(|| history::encode_token(page.last_seq));
-    Ok(Reply::json(StatusCode::OK, &HistoryReply { workflow_id, run_id, events: page.events, next_page_token }))
+    Ok(Reply::json(
+        StatusCode::OK,
+        &HistoryReply {
+            workflow_id,
+            run_id,
+            events: page.events,
+            next_page_token,
+        },
+    ))
 }

@@ -13,7 +13,8 @@ pub const CONTROL_PLANE_VERSION: &str = "2";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Commands a workflow task completion may carry.
-pub const SUPPORTED_COMMANDS: &[&str] = &["schedule_activity", "complete_workflow", "fail_workflow"];
+pub const SUPPORTED_COMMANDS: &[&str] =
+    &["schedule_activity", "complete_workflow", "fail_workflow"];
 
 /// The limits Keel enforces.
 pub const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;

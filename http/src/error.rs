@@ -24,7 +24,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no extra fields.
     pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, reason, message: message.into(), extra: Map::new() }
+        ApiError {
+            status,
+            reason,
+            message: message.into(),
+            extra: Map::new(),
+        }
     }
 
     /// Adds a body field.
@@ -36,9 +41,13 @@ impl ApiError {
     /// A 422 for field-level errors.
     pub fn validation(errors: BTreeMap<String, Vec<String>>) -> Self {
         let errors = serde_json::to_value(errors).unwrap_or(Value::Null);
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "The given data was invalid.")
-            .with("errors", errors.clone())
-            .with("validation_errors", errors)
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "The given data was invalid.",
+        )
+        .with("errors", errors.clone())
+        .with("validation_errors", errors)
     }
 
     /// A 422 for one field.
@@ -60,7 +69,12 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
-            Error::Rejected { kind, reason, message, extra } => {
+            Error::Rejected {
+                kind,
+                reason,
+                message,
+                extra,
+            } => {
                 let status = match kind {
                     RejectKind::BadRequest => StatusCode::BAD_REQUEST,
                     RejectKind::NotFound => StatusCode::NOT_FOUND,
@@ -70,7 +84,12 @@ impl From<Error> for ApiError {
                     RejectKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
                     RejectKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 };
-                ApiError { status, reason, message, extra }
+                ApiError {
+                    status,
+                    reason,
+                    message,
+                    extra,
+                }
             }
             Error::Validation(errors) => ApiError::validation(errors),
             Error::Storage(StorageError::LimitExceeded(m)) => {
@@ -78,13 +97,21 @@ impl From<Error> for ApiError {
             }
             Error::Storage(s) if s.is_retryable() => {
                 tracing::warn!(error = %s, "storage unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "storage is temporarily unavailable")
-                    .with("retryable", true)
-                    .with("retry_after_seconds", 1)
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "storage is temporarily unavailable",
+                )
+                .with("retryable", true)
+                .with("retry_after_seconds", 1)
             }
             Error::Storage(s) => {
                 tracing::error!(error = %s, "storage failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal storage failure")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal storage failure",
+                )
             }
         }
     }

@@ -41,16 +41,24 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         Some(other) => return Err(format!("unknown command '{other}'\n\n{USAGE}")),
     }
     let mut parsed = ServeArgs {
-        listen: DEFAULT_LISTEN.parse().expect("invariant: default address parses"),
+        listen: DEFAULT_LISTEN
+            .parse()
+            .expect("invariant: default address parses"),
         data_dir: PathBuf::from("./keel-data"),
         workflow_lease: 300,
         activity_lease: 300,
     };
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         let seconds = |v: String| match v.parse::<u64>() {
             Ok(n) if n >= 1 => Ok(n),
-            _ => Err(format!("{flag} must be a whole number of seconds, at least 1")),
+            _ => Err(format!(
+                "{flag} must be a whole number of seconds, at least 1"
+            )),
         };
         match flag.as_str() {
             "--listen" => parsed.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
@@ -79,7 +87,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel: cannot start the runtime: {e}");
@@ -96,9 +107,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: ServeArgs) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
-    let store = RocksStore::open(&args.data_dir, RocksOptions::default())
-        .map_err(|e| format!("cannot open the data directory {}: {e}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let store = RocksStore::open(&args.data_dir, RocksOptions::default()).map_err(|e| {
+        format!(
+            "cannot open the data directory {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
     let store: Arc<dyn KvStore> = Arc::new(store);
     let config = EngineConfig {
         workflow_task_lease: Duration::from_secs(args.workflow_lease),
@@ -108,7 +124,9 @@ async fn run(args: ServeArgs) -> Result<(), String> {
     let engine = Engine::open(store.clone(), Arc::new(SystemClock), config)
         .await
         .map_err(|e| format!("cannot open the engine: {e}"))?;
-    let listener = TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "keel listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -117,16 +135,28 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         tracing::info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
-    serve(listener, Arc::new(AppState::new(engine.clone())), stop_rx, Duration::from_secs(10)).await;
+    serve(
+        listener,
+        Arc::new(AppState::new(engine.clone())),
+        stop_rx,
+        Duration::from_secs(10),
+    )
+    .await;
     engine.shutdown();
-    store.shutdown().await.map_err(|e| format!("storage shutdown failed: {e}"))?;
+    store
+        .shutdown()
+        .await
+        .map_err(|e| format!("storage shutdown failed: {e}"))?;
     tracing::info!("keel stopped");
     Ok(())
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

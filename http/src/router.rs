@@ -72,19 +72,74 @@ fn routes() -> &'static [Route] {
             route!(POST, [L("workflows")], Control, StartWorkflow),
             route!(GET, [L("workflows"), P], Control, DescribeWorkflow),
             route!(GET, [L("workflows"), P, L("runs"), P], Control, DescribeRun),
-            route!(GET, [L("workflows"), P, L("runs"), P, L("history")], Control, RunHistory),
+            route!(
+                GET,
+                [L("workflows"), P, L("runs"), P, L("history")],
+                Control,
+                RunHistory
+            ),
             route!(POST, [L("worker"), L("register")], Worker, RegisterWorker),
             route!(POST, [L("worker"), L("heartbeat")], Worker, HeartbeatWorker),
-            route!(DELETE, [L("worker"), L("registrations"), P], Worker, DeregisterWorker),
-            route!(POST, [L("worker"), L("workflow-tasks"), L("poll")], Worker, PollWorkflowTask),
-            route!(POST, [L("worker"), L("workflow-tasks"), P, L("history")], Worker, WorkflowTaskHistory),
-            route!(POST, [L("worker"), L("workflow-tasks"), P, L("heartbeat")], Worker, HeartbeatWorkflowTask),
-            route!(POST, [L("worker"), L("workflow-tasks"), P, L("complete")], Worker, CompleteWorkflowTask),
-            route!(POST, [L("worker"), L("workflow-tasks"), P, L("fail")], Worker, FailWorkflowTask),
-            route!(POST, [L("worker"), L("activity-tasks"), L("poll")], Worker, PollActivityTask),
-            route!(POST, [L("worker"), L("activity-tasks"), P, L("heartbeat")], Worker, HeartbeatActivityTask),
-            route!(POST, [L("worker"), L("activity-tasks"), P, L("complete")], Worker, CompleteActivityTask),
-            route!(POST, [L("worker"), L("activity-tasks"), P, L("fail")], Worker, FailActivityTask),
+            route!(
+                DELETE,
+                [L("worker"), L("registrations"), P],
+                Worker,
+                DeregisterWorker
+            ),
+            route!(
+                POST,
+                [L("worker"), L("workflow-tasks"), L("poll")],
+                Worker,
+                PollWorkflowTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("workflow-tasks"), P, L("history")],
+                Worker,
+                WorkflowTaskHistory
+            ),
+            route!(
+                POST,
+                [L("worker"), L("workflow-tasks"), P, L("heartbeat")],
+                Worker,
+                HeartbeatWorkflowTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("workflow-tasks"), P, L("complete")],
+                Worker,
+                CompleteWorkflowTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("workflow-tasks"), P, L("fail")],
+                Worker,
+                FailWorkflowTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("activity-tasks"), L("poll")],
+                Worker,
+                PollActivityTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("activity-tasks"), P, L("heartbeat")],
+                Worker,
+                HeartbeatActivityTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("activity-tasks"), P, L("complete")],
+                Worker,
+                CompleteActivityTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("activity-tasks"), P, L("fail")],
+                Worker,
+                FailActivityTask
+            ),
         ]
     })
 }
@@ -102,11 +157,17 @@ pub enum Match {
 
 /// Matches `method` and `path` (the full path, starting with `/api/`).
 pub fn route(method: &Method, path: &str) -> Match {
-    let Some(rest) = path.strip_prefix("/api/") else { return Match::NotFound };
+    let Some(rest) = path.strip_prefix("/api/") else {
+        return Match::NotFound;
+    };
     let segments: Vec<String> = rest
         .trim_end_matches('/')
         .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let mut path_matched = false;
     for r in routes() {
@@ -143,13 +204,20 @@ mod tests {
     fn percent_encoded_ids_are_decoded() {
         assert_eq!(
             route(&Method::GET, "/api/workflows/order%2F1%3Aa/runs/r1/history"),
-            Match::Found(Op::RunHistory, Plane::Control, vec!["order/1:a".into(), "r1".into()])
+            Match::Found(
+                Op::RunHistory,
+                Plane::Control,
+                vec!["order/1:a".into(), "r1".into()]
+            )
         );
     }
 
     #[test]
     fn known_path_with_wrong_method_is_method_not_allowed() {
-        assert_eq!(route(&Method::DELETE, "/api/workflows"), Match::MethodNotAllowed);
+        assert_eq!(
+            route(&Method::DELETE, "/api/workflows"),
+            Match::MethodNotAllowed
+        );
         assert_eq!(route(&Method::GET, "/api/nope"), Match::NotFound);
         assert_eq!(route(&Method::GET, "/elsewhere"), Match::NotFound);
     }

@@ -18,7 +18,9 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::discovery::{self, CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION};
+use crate::discovery::{
+    self, CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION,
+};
 use crate::error::ApiError;
 use crate::router::{self, Match, Op, Plane};
 use crate::{control, worker};
@@ -42,12 +44,16 @@ impl AppState {
     /// Builds the state for `engine`.
     pub fn new(engine: Engine) -> Self {
         let cfg = engine.config();
-        let topology =
-            discovery::topology(cfg.workflow_task_lease.as_secs(), cfg.activity_task_lease.as_secs());
+        let topology = discovery::topology(
+            cfg.workflow_task_lease.as_secs(),
+            cfg.activity_task_lease.as_secs(),
+        );
         let server_id = format!("keel-{}", keel_engine::ids::random_hex(6));
         let info = discovery::cluster_info(&server_id, &cfg.default_namespace, &topology);
         AppState {
-            cluster_info: Bytes::from(serde_json::to_vec(&info).expect("invariant: json value serializes")),
+            cluster_info: Bytes::from(
+                serde_json::to_vec(&info).expect("invariant: json value serializes"),
+            ),
             topology,
             capabilities: discovery::server_capabilities(),
             engine,
@@ -85,7 +91,10 @@ pub struct Reply {
 impl Reply {
     /// Serializes `value` as the reply body.
     pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
-        Reply { status, body: Bytes::from(serde_json::to_vec(value).expect("invariant: reply types serialize")) }
+        Reply {
+            status,
+            body: Bytes::from(serde_json::to_vec(value).expect("invariant: reply types serialize")),
+        }
     }
 }
 
@@ -101,7 +110,11 @@ pub struct WorkerReply<'a, T: Serialize> {
 impl<'a, T: Serialize> WorkerReply<'a, T> {
     /// Wraps `body`.
     pub fn new(state: &'a AppState, body: T) -> Self {
-        WorkerReply { body, protocol_version: WORKER_PROTOCOL_VERSION, server_capabilities: &state.capabilities }
+        WorkerReply {
+            body,
+            protocol_version: WORKER_PROTOCOL_VERSION,
+            server_capabilities: &state.capabilities,
+        }
     }
 }
 
@@ -109,7 +122,12 @@ type Body = Full<Bytes>;
 
 /// Serves on `listener` until `shutdown` turns true, then drains connections for up to
 /// `drain` before returning.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper::server::conn::http1::Builder::new();
     loop {
@@ -140,7 +158,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
         }
     }
     tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not finish within the drain period");
     }
 }
@@ -155,16 +176,26 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
         Ok(reply) => (reply.status, reply.body),
         Err(e) => {
             if e.status.is_server_error() {
-                tracing::warn!(status = e.status.as_u16(), reason = e.reason, "request failed");
+                tracing::warn!(
+                    status = e.status.as_u16(),
+                    reason = e.reason,
+                    "request failed"
+                );
             }
             let mut body = e.body();
             if plane == Some(Plane::Worker) {
                 if let Some(obj) = body.as_object_mut() {
-                    obj.insert("protocol_version".into(), Value::from(WORKER_PROTOCOL_VERSION));
+                    obj.insert(
+                        "protocol_version".into(),
+                        Value::from(WORKER_PROTOCOL_VERSION),
+                    );
                     obj.insert("server_capabilities".into(), state.capabilities.clone());
                 }
             }
-            (e.status, Bytes::from(serde_json::to_vec(&body).expect("invariant: json value serializes")))
+            (
+                e.status,
+                Bytes::from(serde_json::to_vec(&body).expect("invariant: json value serializes")),
+            )
         }
     };
     let mut response = Response::new(Full::new(body));
@@ -173,10 +204,16 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     match plane {
         Some(Plane::Control) => {
-            headers.insert(CONTROL_HEADER, HeaderValue::from_static(CONTROL_PLANE_VERSION));
+            headers.insert(
+                CONTROL_HEADER,
+                HeaderValue::from_static(CONTROL_PLANE_VERSION),
+            );
         }
         Some(Plane::Worker) => {
-            headers.insert(WORKER_HEADER, HeaderValue::from_static(WORKER_PROTOCOL_VERSION));
+            headers.insert(
+                WORKER_HEADER,
+                HeaderValue::from_static(WORKER_PROTOCOL_VERSION),
+            );
         }
         _ => {}
     }
@@ -191,11 +228,22 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
         Match::MethodNotAllowed => {
             return Err((
                 None,
-                ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed here", req.method())),
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} is not allowed here", req.method()),
+                ),
             ))
         }
         Match::NotFound => {
-            return Err((None, ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {}", req.uri().path()))))
+            return Err((
+                None,
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no route for {}", req.uri().path()),
+                ),
+            ))
         }
     };
     let fail = |e: ApiError| (Some(plane), e);
@@ -210,7 +258,12 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
         .or_else(|| query.get("namespace").cloned())
         .unwrap_or_else(|| state.engine.config().default_namespace.clone());
     let body = read_body(req).await.map_err(fail)?;
-    let call = Call { params, query, namespace, body };
+    let call = Call {
+        params,
+        query,
+        namespace,
+        body,
+    };
     let reply = match plane {
         Plane::Public | Plane::Discovery => control::discovery(state, op).await,
         Plane::Control => control::handle(state, op, call).await,
@@ -221,7 +274,11 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
 }
 
 fn check_version(plane: Plane, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
-    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("").trim().to_string());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").trim().to_string())
+    };
     match plane {
         Plane::Public => Ok(()),
         Plane::Discovery => match header(CONTROL_HEADER) {
@@ -289,7 +346,11 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         out.insert(decode(k), decode(v));
     }
     out
@@ -297,8 +358,12 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 
 async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     let too_large = || {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body exceeds {MAX_PAYLOAD_BYTES} bytes"))
-            .with("limit", MAX_PAYLOAD_BYTES)
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {MAX_PAYLOAD_BYTES} bytes"),
+        )
+        .with("limit", MAX_PAYLOAD_BYTES)
     };
     let declared = req
         .headers()
@@ -308,15 +373,25 @@ async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
     if declared.is_some_and(|n| n > MAX_PAYLOAD_BYTES) {
         return Err(too_large());
     }
-    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
     let bytes = Limited::new(req.into_body(), MAX_PAYLOAD_BYTES)
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 too_large()
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", "the request body could not be read")
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_body",
+                    "the request body could not be read",
+                )
             }
         })?
         .to_bytes();
@@ -332,8 +407,13 @@ async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
             ));
         }
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

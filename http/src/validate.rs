@@ -19,15 +19,24 @@ impl<'a> Fields<'a> {
     /// Starts on `body`, which must be a JSON object (an empty body counts as `{}`).
     pub fn new(body: &'a Value) -> Result<Self, ApiError> {
         match body {
-            Value::Object(map) => Ok(Fields { body: map, errors: BTreeMap::new() }),
-            Value::Null => Ok(Fields { body: EMPTY.get_or_init(Map::new), errors: BTreeMap::new() }),
+            Value::Object(map) => Ok(Fields {
+                body: map,
+                errors: BTreeMap::new(),
+            }),
+            Value::Null => Ok(Fields {
+                body: EMPTY.get_or_init(Map::new),
+                errors: BTreeMap::new(),
+            }),
             _ => Err(ApiError::field("body", "must be a JSON object")),
         }
     }
 
     /// Records an error on `field`.
     pub fn error(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.entry(field.to_string()).or_default().push(message.into());
+        self.errors
+            .entry(field.to_string())
+            .or_default()
+            .push(message.into());
     }
 
     /// A required non-empty string of at most `max` bytes.
@@ -49,7 +58,10 @@ impl<'a> Fields<'a> {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.len() <= max => Some(s.clone()),
             Some(Value::String(_)) => {
-                self.error(field, format!("The {field} field must not exceed {max} characters."));
+                self.error(
+                    field,
+                    format!("The {field} field must not exceed {max} characters."),
+                );
                 None
             }
             Some(_) => {
@@ -62,9 +74,16 @@ impl<'a> Fields<'a> {
     /// An optional identifier: `[A-Za-z0-9._:-]+`, at most `max` bytes.
     pub fn optional_id(&mut self, field: &str, max: usize) -> Option<String> {
         let v = self.optional_str(field, max)?;
-        let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        let ok = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if !ok {
-            self.error(field, format!("The {field} field may contain only letters, digits, '.', '_', ':' and '-'."));
+            self.error(
+                field,
+                format!(
+                    "The {field} field may contain only letters, digits, '.', '_', ':' and '-'."
+                ),
+            );
             return None;
         }
         Some(v)
@@ -82,7 +101,10 @@ impl<'a> Fields<'a> {
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(i) if (min..=max).contains(&i) => Some(i),
                 _ => {
-                    self.error(field, format!("The {field} field must be an integer between {min} and {max}."));
+                    self.error(
+                        field,
+                        format!("The {field} field must be an integer between {min} and {max}."),
+                    );
                     None
                 }
             },
@@ -118,11 +140,15 @@ impl<'a> Fields<'a> {
     pub fn optional_str_list(&mut self, field: &str) -> Vec<String> {
         match self.body.get(field) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-                items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
-            }
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             Some(_) => {
-                self.error(field, format!("The {field} field must be a list of strings."));
+                self.error(
+                    field,
+                    format!("The {field} field must be a list of strings."),
+                );
                 Vec::new()
             }
         }

@@ -26,7 +26,10 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let mut f = Fields::new(&call.body)?;
             let worker_id = f.required_id_str("worker_id", 255);
             f.finish()?;
-            let w = state.engine.heartbeat_worker(&call.namespace, &worker_id).await?;
+            let w = state
+                .engine
+                .heartbeat_worker(&call.namespace, &worker_id)
+                .await?;
             reply(
                 state,
                 StatusCode::OK,
@@ -35,7 +38,10 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         }
         Op::DeregisterWorker => {
             let worker_id = call.param(0);
-            state.engine.deregister_worker(&call.namespace, worker_id).await?;
+            state
+                .engine
+                .deregister_worker(&call.namespace, worker_id)
+                .await?;
             reply(
                 state,
                 StatusCode::OK,
@@ -46,19 +52,36 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let poll = poll_request(&call, true)?;
             let task = state.engine.poll_workflow_task(&poll).await?;
             let status = if task.is_some() { "leased" } else { "empty" };
-            reply(state, StatusCode::OK, PollReply { task, poll_status: status })
+            reply(
+                state,
+                StatusCode::OK,
+                PollReply {
+                    task,
+                    poll_status: status,
+                },
+            )
         }
         Op::PollActivityTask => {
             let poll = poll_request(&call, false)?;
             let task = state.engine.poll_activity_task(&poll).await?;
             let status = if task.is_some() { "leased" } else { "empty" };
-            reply(state, StatusCode::OK, PollReply { task, poll_status: status })
+            reply(
+                state,
+                StatusCode::OK,
+                PollReply {
+                    task,
+                    poll_status: status,
+                },
+            )
         }
         Op::WorkflowTaskHistory => workflow_task_history(state, call).await,
         Op::HeartbeatWorkflowTask => {
             let (owner, attempt) = workflow_lease(&call)?;
             let task_id = call.param(0);
-            let expires = state.engine.heartbeat_workflow_task(&call.namespace, task_id, &owner, attempt).await?;
+            let expires = state
+                .engine
+                .heartbeat_workflow_task(&call.namespace, task_id, &owner, attempt)
+                .await?;
             reply(
                 state,
                 StatusCode::OK,
@@ -72,23 +95,36 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let (owner, attempt) = workflow_lease(&call)?;
             let commands = match call.body.get("commands") {
                 Some(Value::Array(c)) if !c.is_empty() => c,
-                _ => return Err(ApiError::field("commands", "The commands field must be a non-empty list.")),
+                _ => {
+                    return Err(ApiError::field(
+                        "commands",
+                        "The commands field must be a non-empty list.",
+                    ))
+                }
             };
-            let out = state.engine.complete_workflow_task(&call.namespace, call.param(0), &owner, attempt, commands).await?;
+            let out = state
+                .engine
+                .complete_workflow_task(&call.namespace, call.param(0), &owner, attempt, commands)
+                .await?;
             reply(state, StatusCode::OK, with_attempt(out, attempt))
         }
         Op::FailWorkflowTask => {
             let (owner, attempt) = workflow_lease(&call)?;
             let failure = failure(&call)?;
-            let out = state.engine.fail_workflow_task(&call.namespace, call.param(0), &owner, attempt, &failure).await?;
+            let out = state
+                .engine
+                .fail_workflow_task(&call.namespace, call.param(0), &owner, attempt, &failure)
+                .await?;
             reply(state, StatusCode::OK, with_attempt(out, attempt))
         }
         Op::HeartbeatActivityTask => {
             let (attempt_id, owner) = activity_lease(&call)?;
             let task_id = call.param(0);
             let details = call.body.get("details").filter(|d| !d.is_null());
-            let expires =
-                state.engine.heartbeat_activity_task(&call.namespace, task_id, &attempt_id, &owner, details).await?;
+            let expires = state
+                .engine
+                .heartbeat_activity_task(&call.namespace, task_id, &attempt_id, &owner, details)
+                .await?;
             let now = format_timestamp(state.engine.now_ms());
             reply(
                 state,
@@ -103,18 +139,38 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::CompleteActivityTask => {
             let (attempt_id, owner) = activity_lease(&call)?;
             let result = call.body.get("result").cloned().unwrap_or(Value::Null);
-            let out =
-                state.engine.complete_activity_task(&call.namespace, call.param(0), &attempt_id, &owner, &result).await?;
+            let out = state
+                .engine
+                .complete_activity_task(
+                    &call.namespace,
+                    call.param(0),
+                    &attempt_id,
+                    &owner,
+                    &result,
+                )
+                .await?;
             reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
         }
         Op::FailActivityTask => {
             let (attempt_id, owner) = activity_lease(&call)?;
             let failure = failure(&call)?;
-            let out =
-                state.engine.fail_activity_task(&call.namespace, call.param(0), &attempt_id, &owner, &failure).await?;
+            let out = state
+                .engine
+                .fail_activity_task(
+                    &call.namespace,
+                    call.param(0),
+                    &attempt_id,
+                    &owner,
+                    &failure,
+                )
+                .await?;
             reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such worker route")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such worker route",
+        )),
     }
 }
 
@@ -169,7 +225,11 @@ fn poll_request(call: &Call, workflow: bool) -> Result<Poll, ApiError> {
     let worker_id = f.required_id_str("worker_id", 255);
     let task_queue = f.required_id_str("task_queue", 255);
     let timeout = f.optional_int("timeout_seconds", 0, 60).unwrap_or(30);
-    let page = if workflow { f.optional_int("history_page_size", 1, 1000).unwrap_or(500) } else { 500 };
+    let page = if workflow {
+        f.optional_int("history_page_size", 1, 1000).unwrap_or(500)
+    } else {
+        500
+    };
     f.optional_str("poll_request_id", 255);
     f.finish()?;
     Ok(Poll {
@@ -191,10 +251,15 @@ fn workflow_lease(call: &Call) -> Result<(String, u32), ApiError> {
 
 fn activity_lease(call: &Call) -> Result<(String, String), ApiError> {
     let mut f = Fields::new(&call.body)?;
-    let attempt_id = f.optional_str("activity_attempt_id", 255).or_else(|| f.optional_str("attempt_id", 255));
+    let attempt_id = f
+        .optional_str("activity_attempt_id", 255)
+        .or_else(|| f.optional_str("attempt_id", 255));
     let owner = f.required_id_str("lease_owner", 255);
     if attempt_id.is_none() {
-        f.error("activity_attempt_id", "The activity_attempt_id field is required.");
+        f.error(
+            "activity_attempt_id",
+            "The activity_attempt_id field is required.",
+        );
     }
     f.finish()?;
     Ok((attempt_id.unwrap_or_default(), owner))
@@ -202,8 +267,13 @@ fn activity_lease(call: &Call) -> Result<(String, String), ApiError> {
 
 fn failure(call: &Call) -> Result<Value, ApiError> {
     match call.body.get("failure") {
-        Some(f @ Value::Object(_)) if f.get("message").is_some_and(Value::is_string) => Ok(f.clone()),
-        _ => Err(ApiError::field("failure", "The failure field must be an object with a message.")),
+        Some(f @ Value::Object(_)) if f.get("message").is_some_and(Value::is_string) => {
+            Ok(f.clone())
+        }
+        _ => Err(ApiError::field(
+            "failure",
+            "The failure field must be an object with a message.",
+        )),
     }
 }
 
@@ -235,17 +305,38 @@ struct HistoryPageReply<'a> {
 
 async fn workflow_task_history(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     let (owner, attempt) = workflow_lease(&call)?;
-    let token = call.body.get("next_history_page_token").and_then(Value::as_str).unwrap_or("MA==");
+    let token = call
+        .body
+        .get("next_history_page_token")
+        .and_then(Value::as_str)
+        .unwrap_or("MA==");
     let after = history::decode_token(token).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_page_token", "next_history_page_token is not a token this server issued")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_page_token",
+            "next_history_page_token is not a token this server issued",
+        )
     })?;
-    let page_size = call.body.get("history_page_size").and_then(Value::as_u64).unwrap_or(500).clamp(1, 1000) as usize;
+    let page_size = call
+        .body
+        .get("history_page_size")
+        .and_then(Value::as_u64)
+        .unwrap_or(500)
+        .clamp(1, 1000) as usize;
     let task_id = call.param(0);
-    let page = state.engine.workflow_task_history(&call.namespace, task_id, &owner, attempt, after, page_size).await?;
+    let page = state
+        .engine
+        .workflow_task_history(&call.namespace, task_id, &owner, attempt, after, page_size)
+        .await?;
     let next = page.more.then(|| history::encode_token(page.last_seq));
     reply(
         state,
         StatusCode::OK,
-        HistoryPageReply { task_id, workflow_task_attempt: attempt, history_events: page.events, next_history_page_token: next },
+        HistoryPageReply {
+            task_id,
+            workflow_task_attempt: attempt,
+            history_events: page.events,
+            next_history_page_token: next,
+        },
     )
 }

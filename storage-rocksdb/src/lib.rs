@@ -148,6 +148,9 @@ struct Shared {
     /// Why the store closed, when it was a failure.
     failure: Mutex<Option<String>>,
     counters: Counters,
+    /// Makes the next synced write fail (tests of the failure path).
+    #[cfg(test)]
+    fail_next_write: AtomicBool,
 }
 
 impl Shared {
@@ -201,7 +204,20 @@ impl Shared {
             closed: AtomicBool::new(false),
             failure: Mutex::new(None),
             counters: Counters::default(),
+            #[cfg(test)]
+            fail_next_write: AtomicBool::new(false),
         })
+    }
+
+    /// Writes `batch` with the write-ahead log synced.
+    fn write_synced(&self, batch: WriteBatch) -> std::result::Result<(), String> {
+        #[cfg(test)]
+        if self.fail_next_write.swap(false, Ordering::SeqCst) {
+            return Err("injected write failure".into());
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(batch, &sync).map_err(|e| e.into_string())
     }
 
     fn meta_cf(&self) -> &rocksdb::ColumnFamily {
@@ -605,18 +621,16 @@ impl GroupCommitter {
         }
         write_batch.put_cf(shared.meta_cf(), VERSION_KEY, self.version.to_be_bytes());
         shared.written.store(self.version, Ordering::SeqCst);
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
         shared
             .counters
             .synced_writes
             .fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = shared.db.write_opt(write_batch, &sync) {
+        if let Err(e) = shared.write_synced(write_batch) {
             tracing::error!(error = %e, "synced rocksdb write failed; store is now unavailable");
             *shared
                 .failure
                 .lock()
-                .expect("invariant: failure lock not poisoned") = Some(e.to_string());
+                .expect("invariant: failure lock not poisoned") = Some(e);
             shared.closed.store(true, Ordering::Release);
             for (_, _, reply) in accepted {
                 let _ = reply.send(Err(StorageError::CommitUnknown));
@@ -952,6 +966,40 @@ mod tests {
             .await
             .expect("range");
         assert_eq!(left, vec![(b"a".to_vec(), b"v".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn failed_sync_write_is_commit_unknown_and_closes_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut txn = store.begin().await.expect("begin");
+        txn.set(b"k", b"v");
+        store
+            .backend
+            .shared
+            .fail_next_write
+            .store(true, Ordering::SeqCst);
+        assert!(matches!(
+            txn.commit().await,
+            Err(StorageError::CommitUnknown)
+        ));
+        assert!(matches!(
+            store.begin().await,
+            Err(StorageError::Unavailable(_))
+        ));
+        assert_eq!(store.version(), 0, "the durable version did not advance");
+        assert!(
+            store.shutdown().await.is_err(),
+            "shutdown reports the failure"
+        );
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(
+            read(&store, b"k").await,
+            None,
+            "the failed batch was not written"
+        );
+        assert_eq!(store.version(), 0);
     }
 
     #[tokio::test]

@@ -6,8 +6,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 
-use super::occ::{CommitRequest, CommittedReader, Committer, ConflictTracker, OccTxn, Watches, Write};
-use super::{Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, Result, StorageError, Version, WatchFuture};
+use super::occ::{
+    CommitRequest, CommittedReader, Committer, ConflictTracker, OccTxn, Watches, Write,
+};
+use super::{
+    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, Result, StorageError, Version,
+    WatchFuture,
+};
 
 #[derive(Default)]
 struct Data {
@@ -43,20 +48,34 @@ impl MemoryStore {
 
     /// The latest committed version.
     pub fn version(&self) -> Version {
-        self.inner.data.read().expect("invariant: data lock not poisoned").version
+        self.inner
+            .data
+            .read()
+            .expect("invariant: data lock not poisoned")
+            .version
     }
 }
 
 impl CommittedReader for MemoryInner {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.data.read().expect("invariant: data lock not poisoned").map.get(key).cloned())
+        Ok(self
+            .data
+            .read()
+            .expect("invariant: data lock not poisoned")
+            .map
+            .get(key)
+            .cloned())
     }
 
     fn range(&self, range: &KeyRange, limit: usize, reverse: bool) -> Result<Vec<KeyValue>> {
         let data = self.data.read().expect("invariant: data lock not poisoned");
         let iter = data.map.range::<[u8], _>(range.as_bounds());
         let pick = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
-        Ok(if reverse { iter.rev().take(limit).map(pick).collect() } else { iter.take(limit).map(pick).collect() })
+        Ok(if reverse {
+            iter.rev().take(limit).map(pick).collect()
+        } else {
+            iter.take(limit).map(pick).collect()
+        })
     }
 }
 
@@ -66,13 +85,19 @@ impl Committer for MemoryInner {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StorageError::Unavailable("store is shut down".into()));
         }
-        let mut tracker = self.tracker.lock().expect("invariant: tracker lock not poisoned");
+        let mut tracker = self
+            .tracker
+            .lock()
+            .expect("invariant: tracker lock not poisoned");
         tracker.check(&request)?;
         if request.is_read_only() {
             return Ok(CommitInfo { version: 0 });
         }
         let version = {
-            let mut data = self.data.write().expect("invariant: data lock not poisoned");
+            let mut data = self
+                .data
+                .write()
+                .expect("invariant: data lock not poisoned");
             apply(&mut data.map, &request);
             data.version += 1;
             data.version
@@ -87,7 +112,10 @@ impl Committer for MemoryInner {
 /// Applies a commit request to an ordered map (cleared ranges first, then point writes).
 pub fn apply(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, request: &CommitRequest) {
     for r in &request.cleared_ranges {
-        let doomed: Vec<Vec<u8>> = map.range::<[u8], _>(r.as_bounds()).map(|(k, _)| k.clone()).collect();
+        let doomed: Vec<Vec<u8>> = map
+            .range::<[u8], _>(r.as_bounds())
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in doomed {
             map.remove(&k);
         }
@@ -119,21 +147,33 @@ impl KvStore for MemoryStore {
 
     fn watch(&self, key: &[u8], since: Version) -> WatchFuture {
         let rx = self.inner.watches.register(key);
-        let changed = self.inner.tracker.lock().expect("invariant: tracker lock not poisoned").changed_since(key, since);
+        let changed = self
+            .inner
+            .tracker
+            .lock()
+            .expect("invariant: tracker lock not poisoned")
+            .changed_since(key, since);
         Box::pin(async move {
             if !changed {
-                rx.await.map_err(|_| StorageError::Unavailable("store dropped".into()))?;
+                rx.await
+                    .map_err(|_| StorageError::Unavailable("store dropped".into()))?;
             }
             Ok(())
         })
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: false, reopenable: false, multi_node: true }
+        Capabilities {
+            durable: false,
+            reopenable: false,
+            multi_node: true,
+        }
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.inner.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }

@@ -131,7 +131,10 @@ pub struct KeyRange {
 impl KeyRange {
     /// `[start, end)`.
     pub fn new(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
-        KeyRange { start: Bound::Included(start.into()), end: Bound::Excluded(end.into()) }
+        KeyRange {
+            start: Bound::Included(start.into()),
+            end: Bound::Excluded(end.into()),
+        }
     }
 
     /// Every key that starts with `prefix`.
@@ -199,15 +202,25 @@ pub struct ReadOptions {
 impl ReadOptions {
     /// Forward, conflict-tracked read of at most `limit` pairs.
     pub fn limit(limit: usize) -> Self {
-        ReadOptions { limit, reverse: false, snapshot: false }
+        ReadOptions {
+            limit,
+            reverse: false,
+            snapshot: false,
+        }
     }
     /// The same read, without a read conflict.
     pub fn snapshot(self) -> Self {
-        ReadOptions { snapshot: true, ..self }
+        ReadOptions {
+            snapshot: true,
+            ..self
+        }
     }
     /// The same read, from the end of the range.
     pub fn reverse(self) -> Self {
-        ReadOptions { reverse: true, ..self }
+        ReadOptions {
+            reverse: true,
+            ..self
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 
 use async_trait::async_trait;
 
-use super::{Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result, StorageError, Version, WatchFuture};
+use super::{
+    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
+    StorageError, Version, WatchFuture,
+};
 
 /// A backend that implements nothing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,7 +26,11 @@ impl KvStore for NotImplementedStore {
         Box::pin(async { Err(StorageError::NotImplemented("KvStore::watch")) })
     }
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: false, reopenable: false, multi_node: false }
+        Capabilities {
+            durable: false,
+            reopenable: false,
+            multi_node: false,
+        }
     }
     async fn shutdown(&self) -> Result<()> {
         Err(StorageError::NotImplemented("KvStore::shutdown"))

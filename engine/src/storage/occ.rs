@@ -129,8 +129,11 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
             Some(Write::Set(v)) => return Ok(Some(v.clone())),
             Some(Write::Clear) => return Ok(None),
             Some(Write::Add(delta)) => {
-                let base =
-                    if self.cleared(key) { None } else { self.backend.get(key)? };
+                let base = if self.cleared(key) {
+                    None
+                } else {
+                    self.backend.get(key)?
+                };
                 let sum = super::decode_counter(base.as_deref()).wrapping_add(*delta);
                 return Ok(Some(sum.to_le_bytes().to_vec()));
             }
@@ -142,7 +145,11 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
         self.backend.get(key)
     }
 
-    fn range_merged(&self, range: &KeyRange, opts: ReadOptions) -> Result<(Vec<KeyValue>, KeyRange)> {
+    fn range_merged(
+        &self,
+        range: &KeyRange,
+        opts: ReadOptions,
+    ) -> Result<(Vec<KeyValue>, KeyRange)> {
         let limit = opts.limit.max(1);
         let mut out: Vec<KeyValue> = Vec::new();
         let mut cursor = range.clone();
@@ -153,11 +160,20 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
             let covered = if exhausted {
                 cursor.clone()
             } else {
-                let last = page.last().map(|(k, _)| k.clone()).expect("invariant: page is full");
+                let last = page
+                    .last()
+                    .map(|(k, _)| k.clone())
+                    .expect("invariant: page is full");
                 if opts.reverse {
-                    KeyRange { start: Bound::Included(last), end: cursor.end.clone() }
+                    KeyRange {
+                        start: Bound::Included(last),
+                        end: cursor.end.clone(),
+                    }
                 } else {
-                    KeyRange { start: cursor.start.clone(), end: Bound::Included(last) }
+                    KeyRange {
+                        start: cursor.start.clone(),
+                        end: Bound::Included(last),
+                    }
                 }
             };
             let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
@@ -186,18 +202,33 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
                 break;
             }
             cursor = if opts.reverse {
-                KeyRange { start: cursor.start.clone(), end: excluded_from(&covered.start) }
+                KeyRange {
+                    start: cursor.start.clone(),
+                    end: excluded_from(&covered.start),
+                }
             } else {
-                KeyRange { start: excluded_from(&covered.end), end: cursor.end.clone() }
+                KeyRange {
+                    start: excluded_from(&covered.end),
+                    end: cursor.end.clone(),
+                }
             };
         }
         // The conflict range is what the caller actually observed.
         let observed = if out.len() == limit {
-            let last = out.last().map(|(k, _)| k.clone()).expect("invariant: out is full");
+            let last = out
+                .last()
+                .map(|(k, _)| k.clone())
+                .expect("invariant: out is full");
             if opts.reverse {
-                KeyRange { start: Bound::Included(last), end: range.end.clone() }
+                KeyRange {
+                    start: Bound::Included(last),
+                    end: range.end.clone(),
+                }
             } else {
-                KeyRange { start: range.start.clone(), end: Bound::Included(last) }
+                KeyRange {
+                    start: range.start.clone(),
+                    end: Bound::Included(last),
+                }
             }
         } else {
             range.clone()
@@ -238,7 +269,9 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
-        self.request.writes.insert(key.to_vec(), Write::Set(value.to_vec()));
+        self.request
+            .writes
+            .insert(key.to_vec(), Write::Set(value.to_vec()));
     }
 
     fn clear(&mut self, key: &[u8]) {
@@ -246,8 +279,12 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
     }
 
     fn clear_range(&mut self, range: &KeyRange) {
-        let doomed: Vec<Vec<u8>> =
-            self.request.writes.range::<[u8], _>(range.as_bounds()).map(|(k, _)| k.clone()).collect();
+        let doomed: Vec<Vec<u8>> = self
+            .request
+            .writes
+            .range::<[u8], _>(range.as_bounds())
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in doomed {
             self.request.writes.remove(&k);
         }
@@ -257,9 +294,12 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
     fn atomic_add(&mut self, key: &[u8], delta: i64) {
         let cleared = self.cleared(key);
         let next = match self.request.writes.get(key) {
-            Some(Write::Set(v)) => {
-                Write::Set(super::decode_counter(Some(v)).wrapping_add(delta).to_le_bytes().to_vec())
-            }
+            Some(Write::Set(v)) => Write::Set(
+                super::decode_counter(Some(v))
+                    .wrapping_add(delta)
+                    .to_le_bytes()
+                    .to_vec(),
+            ),
             Some(Write::Clear) => Write::Set(delta.to_le_bytes().to_vec()),
             Some(Write::Add(d)) => Write::Add(d.wrapping_add(delta)),
             None if cleared => Write::Set(delta.to_le_bytes().to_vec()),
@@ -285,11 +325,17 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
         }
         for (k, w) in &request.writes {
             if k.len() > MAX_KEY_BYTES {
-                return Err(StorageError::LimitExceeded(format!("key of {} bytes", k.len())));
+                return Err(StorageError::LimitExceeded(format!(
+                    "key of {} bytes",
+                    k.len()
+                )));
             }
             if let Write::Set(v) = w {
                 if v.len() > MAX_VALUE_BYTES {
-                    return Err(StorageError::LimitExceeded(format!("value of {} bytes", v.len())));
+                    return Err(StorageError::LimitExceeded(format!(
+                        "value of {} bytes",
+                        v.len()
+                    )));
                 }
             }
         }
@@ -314,13 +360,18 @@ pub struct ConflictTracker {
 impl ConflictTracker {
     /// A tracker for a store whose latest version is `version`.
     pub fn new(version: Version) -> Self {
-        ConflictTracker { horizon: version, ..Default::default() }
+        ConflictTracker {
+            horizon: version,
+            ..Default::default()
+        }
     }
 
     /// `Ok` when `request` may commit after everything recorded so far.
     pub fn check(&mut self, request: &CommitRequest) -> Result<()> {
         self.trim();
-        if request.started_at.is_some_and(|t| t.elapsed() > MAX_TXN_DURATION)
+        if request
+            .started_at
+            .is_some_and(|t| t.elapsed() > MAX_TXN_DURATION)
             || request.read_version < self.horizon
         {
             return Err(StorageError::TransactionTooOld);
@@ -334,8 +385,14 @@ impl ConflictTracker {
             }
         }
         for range in &request.read_ranges {
-            if self.last_write.range::<[u8], _>(range.as_bounds()).any(|(_, &v)| v > rv)
-                || self.cleared.iter().any(|(v, r)| *v > rv && ranges_overlap(r, range))
+            if self
+                .last_write
+                .range::<[u8], _>(range.as_bounds())
+                .any(|(_, &v)| v > rv)
+                || self
+                    .cleared
+                    .iter()
+                    .any(|(v, r)| *v > rv && ranges_overlap(r, range))
             {
                 return Err(StorageError::Conflict);
             }
@@ -360,7 +417,10 @@ impl ConflictTracker {
     pub fn changed_since(&self, key: &[u8], since: Version) -> bool {
         since < self.horizon
             || self.last_write.get(key).is_some_and(|&v| v > since)
-            || self.cleared.iter().any(|(v, r)| *v > since && r.contains(key))
+            || self
+                .cleared
+                .iter()
+                .any(|(v, r)| *v > since && r.contains(key))
     }
 
     fn trim(&mut self) {
@@ -407,20 +467,29 @@ impl Watches {
     /// Registers a watch on `key`; the receiver resolves when [`Watches::fire`] sees it.
     pub fn register(&self, key: &[u8]) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().expect("invariant: watch lock not poisoned").entry(key.to_vec()).or_default().push(tx);
+        self.waiting
+            .lock()
+            .expect("invariant: watch lock not poisoned")
+            .entry(key.to_vec())
+            .or_default()
+            .push(tx);
         rx
     }
 
     /// Wakes every watch on a key that `request` wrote or cleared.
     pub fn fire(&self, request: &CommitRequest) {
-        let mut waiting = self.waiting.lock().expect("invariant: watch lock not poisoned");
+        let mut waiting = self
+            .waiting
+            .lock()
+            .expect("invariant: watch lock not poisoned");
         if waiting.is_empty() {
             return;
         }
         let hit: Vec<Vec<u8>> = waiting
             .keys()
             .filter(|k| {
-                request.writes.contains_key(*k) || request.cleared_ranges.iter().any(|r| r.contains(k))
+                request.writes.contains_key(*k)
+                    || request.cleared_ranges.iter().any(|r| r.contains(k))
             })
             .cloned()
             .collect();
@@ -445,7 +514,10 @@ mod tests {
             read_version: rv,
             started_at: Some(Instant::now()),
             read_keys: reads.iter().map(|k| k.to_vec()).collect(),
-            writes: writes.iter().map(|k| (k.to_vec(), Write::Set(vec![1]))).collect(),
+            writes: writes
+                .iter()
+                .map(|k| (k.to_vec(), Write::Set(vec![1])))
+                .collect(),
             ..Default::default()
         }
     }
@@ -456,22 +528,30 @@ mod tests {
         let a = req(0, &[b"k"], &[b"k"]);
         t.check(&a).expect("first commits");
         t.record(1, &a);
-        assert!(matches!(t.check(&req(0, &[b"k"], &[b"x"])), Err(StorageError::Conflict)));
-        t.check(&req(1, &[b"k"], &[b"x"])).expect("newer reader does not conflict");
-        t.check(&req(0, &[b"other"], &[b"k"])).expect("blind write does not conflict");
+        assert!(matches!(
+            t.check(&req(0, &[b"k"], &[b"x"])),
+            Err(StorageError::Conflict)
+        ));
+        t.check(&req(1, &[b"k"], &[b"x"]))
+            .expect("newer reader does not conflict");
+        t.check(&req(0, &[b"other"], &[b"k"]))
+            .expect("blind write does not conflict");
     }
 
     #[test]
     fn cleared_range_conflicts_with_overlapping_read_range() {
         let mut t = ConflictTracker::new(0);
         let mut a = req(0, &[], &[]);
-        a.cleared_ranges.push(KeyRange::new(b"b".to_vec(), b"d".to_vec()));
+        a.cleared_ranges
+            .push(KeyRange::new(b"b".to_vec(), b"d".to_vec()));
         t.record(1, &a);
         let mut r = req(0, &[], &[b"z"]);
-        r.read_ranges.push(KeyRange::new(b"c".to_vec(), b"e".to_vec()));
+        r.read_ranges
+            .push(KeyRange::new(b"c".to_vec(), b"e".to_vec()));
         assert!(matches!(t.check(&r), Err(StorageError::Conflict)));
         let mut r = req(0, &[], &[b"z"]);
-        r.read_ranges.push(KeyRange::new(b"d".to_vec(), b"e".to_vec()));
+        r.read_ranges
+            .push(KeyRange::new(b"d".to_vec(), b"e".to_vec()));
         t.check(&r).expect("disjoint range does not conflict");
     }
 }

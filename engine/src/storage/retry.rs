@@ -23,7 +23,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 20, initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(200) }
+        RetryPolicy {
+            max_attempts: 20,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(200),
+        }
     }
 }
 
@@ -44,11 +48,29 @@ impl TxnError for StorageError {
 /// The body gets the transaction (and hands it back with its value) and the attempt
 /// number (1-based); the runner commits. A body that fails drops the transaction, which
 /// discards its writes.
-pub async fn run<T, E, F, Fut>(store: &dyn KvStore, policy: RetryPolicy, mut body: F) -> Result<T, E>
+pub async fn run<T, E, F, Fut>(store: &dyn KvStore, policy: RetryPolicy, body: F) -> Result<T, E>
 where
     E: TxnError,
     F: FnMut(Box<dyn KvTxn>, u32) -> Fut,
     Fut: Future<Output = Result<(Box<dyn KvTxn>, T), E>>,
+{
+    run_reporting_unknown(store, policy, body, |_| {}).await
+}
+
+/// Like [`run`], and hands the value of every attempt whose commit *may* have applied
+/// (a commit-unknown result) to `maybe_committed`, so that callers can still act on
+/// side effects that are harmless when repeated (e.g. waking pollers).
+pub async fn run_reporting_unknown<T, E, F, Fut, U>(
+    store: &dyn KvStore,
+    policy: RetryPolicy,
+    mut body: F,
+    mut maybe_committed: U,
+) -> Result<T, E>
+where
+    E: TxnError,
+    F: FnMut(Box<dyn KvTxn>, u32) -> Fut,
+    Fut: Future<Output = Result<(Box<dyn KvTxn>, T), E>>,
+    U: FnMut(T),
 {
     let mut backoff = policy.initial_backoff;
     let mut attempt = 1;
@@ -56,12 +78,22 @@ where
         let outcome = async {
             let txn = store.begin().await?;
             let (txn, value) = body(txn, attempt).await?;
-            txn.commit().await?;
-            Ok::<T, E>(value)
+            match txn.commit().await {
+                Ok(_) => Ok(value),
+                Err(e) => {
+                    if e.maybe_committed() {
+                        maybe_committed(value);
+                    }
+                    Err(E::from(e))
+                }
+            }
         }
         .await;
         match outcome {
-            Err(e) if attempt < policy.max_attempts && e.as_storage().is_some_and(StorageError::is_retryable) => {
+            Err(e)
+                if attempt < policy.max_attempts
+                    && e.as_storage().is_some_and(StorageError::is_retryable) =>
+            {
                 tracing::debug!(attempt, error = ?e.as_storage(), "retrying transaction");
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(policy.max_backoff);
