@@ -553,15 +553,28 @@ impl GroupCommitter {
                     let _ = reply.send(Err(self.shared.unavailable()));
                 }
                 Msg::Stop(Some(ack)) => {
-                    let _ = ack.send(Ok(()));
+                    let _ = ack.send(self.stop_result());
                 }
                 Msg::Stop(None) => {}
             }
         }
         if let Some(ack) = stop_ack {
-            let flushed = self.shared.db.flush().map_err(backend_error);
-            let _ = ack.send(flushed);
+            let _ = ack.send(self.stop_result());
         }
+    }
+
+    /// What a stop reports: an earlier failed write, else the result of a final flush.
+    fn stop_result(&self) -> Result<()> {
+        let failed = self
+            .shared
+            .failure
+            .lock()
+            .expect("invariant: failure lock not poisoned")
+            .is_some();
+        if failed {
+            return Err(self.shared.unavailable());
+        }
+        self.shared.db.flush().map_err(backend_error)
     }
 
     fn commit_batch(&mut self, batch: Vec<(CommitRequest, Reply)>) {

@@ -1,0 +1,219 @@
+//! Activity task reports: completion, failure with server-side retries, heartbeats.
+
+use super::*;
+
+impl Engine {
+    /// Completes an activity attempt with its result.
+    pub async fn complete_activity_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt_id: &str,
+        owner: &str,
+        result: &Value,
+    ) -> Result<TaskOutcome> {
+        let now = self.now_ms();
+        self.transact(move |mut txn, mut fx| async move {
+            let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
+            check_activity_lease(&task, owner, attempt_id, now)?;
+            let activity = task
+                .activity
+                .clone()
+                .ok_or_else(|| Error::corrupt("activity task without state"))?;
+            let mut payload = json!({
+                "sequence": activity.sequence,
+                "activity_type": task.type_name,
+                "activity_execution_id": activity.activity_execution_id,
+                "activity_attempt_id": attempt_id,
+                "attempt_number": activity.attempt_number,
+                "result": result,
+                "payload_codec": "avro",
+            });
+            payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
+            let outcome = Self::resolve_activity(
+                txn.as_mut(),
+                ns,
+                &task,
+                "ActivityCompleted",
+                payload,
+                now,
+                &mut fx,
+            )
+            .await?;
+            Ok((txn, (outcome, fx)))
+        })
+        .await
+    }
+
+    /// Fails an activity attempt: retried per its retry policy, or recorded as
+    /// `ActivityFailed` once no retry remains (the SDK treats that event as final).
+    pub async fn fail_activity_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt_id: &str,
+        owner: &str,
+        failure: &Value,
+    ) -> Result<TaskOutcome> {
+        let now = self.now_ms();
+        self.transact(move |mut txn, mut fx| async move {
+            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
+            check_activity_lease(&task, owner, attempt_id, now)?;
+            let activity = task
+                .activity
+                .clone()
+                .ok_or_else(|| Error::corrupt("activity task without state"))?;
+            let policy = activity.retry_policy.clone().unwrap_or(Value::Null);
+            let max_attempts = as_u64(policy.get("max_attempts")).unwrap_or(1).max(1) as u32;
+            let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
+            let non_retryable = failure
+                .get("non_retryable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                || policy
+                    .get("non_retryable_error_types")
+                    .and_then(Value::as_array)
+                    .is_some_and(|types| types.iter().any(|t| t.as_str() == Some(failure_type)));
+            if !non_retryable && activity.attempt_number < max_attempts {
+                let backoffs = policy.get("backoff_seconds").and_then(Value::as_array);
+                let index = activity.attempt_number as usize - 1;
+                let backoff_s = backoffs
+                    .and_then(|b| b.get(index).or(b.last()))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1);
+                Self::clear_task_state(txn.as_mut(), &task);
+                let action = TimerAction::TaskBackoff {
+                    task_id: task_id.to_string(),
+                };
+                let timer = Self::put_timer(
+                    txn.as_mut(),
+                    now + backoff_s as i64 * 1000,
+                    &action,
+                    &mut fx,
+                )?;
+                task.status = TaskStatus::Backoff;
+                task.lease = None;
+                task.backoff_timer = Some(timer);
+                if let Some(a) = task.activity.as_mut() {
+                    a.attempt_number += 1;
+                    a.attempt_id = None;
+                }
+                tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
+                let outcome = TaskOutcome {
+                    task_id: task_id.to_string(),
+                    outcome: "failed",
+                    recorded: true,
+                    run_id: task.run_id.clone(),
+                    run_status: "running",
+                    next_task_id: Some(task_id.to_string()),
+                };
+                return Ok((txn, (outcome, fx)));
+            }
+            let text = |k: &str| failure.get(k).cloned().unwrap_or(Value::Null);
+            let mut payload = json!({
+                "sequence": activity.sequence,
+                "activity_type": task.type_name,
+                "activity_execution_id": activity.activity_execution_id,
+                "activity_attempt_id": attempt_id,
+                "attempt_number": activity.attempt_number,
+                "message": text("message"),
+                "exception_type": text("type"),
+                "exception_class": text("class"),
+                "code": text("code"),
+                "non_retryable": non_retryable,
+                "failure_category": "activity",
+                "exception": {
+                    "type": text("type"),
+                    "class": text("class"),
+                    "message": text("message"),
+                    "stack_trace": text("stack_trace"),
+                    "details": text("details"),
+                },
+            });
+            payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
+            let outcome = Self::resolve_activity(
+                txn.as_mut(),
+                ns,
+                &task,
+                "ActivityFailed",
+                payload,
+                now,
+                &mut fx,
+            )
+            .await?;
+            Ok((txn, (outcome, fx)))
+        })
+        .await
+    }
+
+    /// Records an activity's final event, deletes its task and wakes the workflow.
+    async fn resolve_activity(
+        txn: &mut dyn KvTxn,
+        ns: &str,
+        task: &TaskRecord,
+        event: &str,
+        payload: Value,
+        now: Millis,
+        fx: &mut Effects,
+    ) -> Result<TaskOutcome> {
+        Self::delete_task(txn, &task.task_id).await?;
+        let rkey = tables::run_key(ns, &task.run_id);
+        let mut run: RunRecord = tables::get(txn, &rkey)
+            .await?
+            .ok_or_else(|| Error::corrupt("task without run"))?;
+        if run.status.is_terminal() {
+            return Ok(TaskOutcome {
+                task_id: task.task_id.clone(),
+                outcome: "ignored",
+                recorded: false,
+                run_id: run.run_id.clone(),
+                run_status: run.status.as_str(),
+                next_task_id: None,
+            });
+        }
+        run.open_activities.retain(|t| *t != task.task_id);
+        history::append(txn, &mut run, event, payload, now, None);
+        ensure_workflow_task(txn, &mut run, now, fx)?;
+        tables::put(txn, &rkey, &run)?;
+        Ok(TaskOutcome {
+            task_id: task.task_id.clone(),
+            outcome: if event == "ActivityCompleted" {
+                "completed"
+            } else {
+                "failed"
+            },
+            recorded: true,
+            run_id: run.run_id.clone(),
+            run_status: run.status.as_str(),
+            next_task_id: run.workflow_task.clone(),
+        })
+    }
+
+    /// Records an activity heartbeat and renews its lease. Returns the new expiry and
+    /// whether the workflow asked for cancellation.
+    pub async fn heartbeat_activity_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt_id: &str,
+        owner: &str,
+        details: Option<&Value>,
+    ) -> Result<Millis> {
+        let now = self.now_ms();
+        let lease_ms = self.inner.config.activity_task_lease.as_millis() as Millis;
+        self.transact(move |mut txn, fx| async move {
+            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
+            check_activity_lease(&task, owner, attempt_id, now)?;
+            let expires = now + lease_ms;
+            if let Some(lease) = task.lease.as_mut() {
+                lease.expires_at_ms = expires;
+            }
+            if let (Some(a), Some(d)) = (task.activity.as_mut(), details) {
+                a.heartbeat_details = Some(d.clone());
+            }
+            tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
+            Ok((txn, (expires, fx)))
+        })
+        .await
+    }
+}

@@ -1,0 +1,131 @@
+//! The commands of a workflow task completion, each applied to the run's history.
+
+use super::*;
+
+/// Applies one command of a workflow-task completion to the run.
+pub(super) async fn apply_command(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    command: &Value,
+    is_last: bool,
+    task_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let Some(cmd) = command.as_object() else {
+        return Err(invalid_commands("each command must be an object"));
+    };
+    let kind = cmd.get("type").and_then(Value::as_str).unwrap_or("");
+    let terminal = matches!(kind, "complete_workflow" | "fail_workflow");
+    if terminal && !is_last {
+        return Err(invalid_commands(format!(
+            "terminal command '{kind}' must be the last command"
+        )));
+    }
+    let field = |k: &str| cmd.get(k).cloned().unwrap_or(Value::Null);
+    match kind {
+        "schedule_activity" => {
+            let Some(activity_type) = cmd
+                .get("activity_type")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            else {
+                return Err(invalid_commands("schedule_activity needs activity_type"));
+            };
+            run.last_workflow_sequence += 1;
+            let sequence = run.last_workflow_sequence;
+            let queue = cmd
+                .get("queue")
+                .and_then(Value::as_str)
+                .filter(|q| !q.is_empty())
+                .unwrap_or(&run.task_queue)
+                .to_string();
+            let group = group_fields(cmd);
+            let options: Map<String, Value> = cmd
+                .iter()
+                .filter(|(k, _)| k.ends_with("_timeout") || *k == "cancellation_policy")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let activity = ActivityState {
+                activity_execution_id: ids::new_id(now),
+                sequence,
+                arguments: field("arguments"),
+                retry_policy: cmd.get("retry_policy").cloned(),
+                attempt_number: 1,
+                attempt_id: None,
+                options: Value::Object(options),
+                group: Value::Object(group.clone()),
+                scheduled_at_ms: now,
+                heartbeat_details: None,
+            };
+            let payload = merge(
+                json!({
+                    "sequence": sequence,
+                    "activity_type": activity_type,
+                    "activity_execution_id": activity.activity_execution_id,
+                    "task_queue": queue,
+                }),
+                &group,
+            );
+            history::append(txn, run, "ActivityScheduled", payload, now, Some(task_id));
+            let task = TaskRecord {
+                task_id: ids::new_id(now),
+                kind: TaskKind::Activity,
+                namespace: run.namespace.clone(),
+                task_queue: queue,
+                workflow_id: run.workflow_id.clone(),
+                run_id: run.run_id.clone(),
+                type_name: activity_type.to_string(),
+                priority: run.priority,
+                status: TaskStatus::Ready,
+                attempt: 0,
+                ready_at_ms: now,
+                lease: None,
+                history_seen: 0,
+                failures: 0,
+                backoff_timer: None,
+                activity: Some(activity),
+            };
+            Engine::put_ready_task(txn, &task, fx)?;
+            run.open_activities.push(task.task_id);
+        }
+        "complete_workflow" => {
+            history::append(
+                txn,
+                run,
+                "WorkflowCompleted",
+                json!({ "output": field("result"), "payload_codec": "avro" }),
+                now,
+                Some(task_id),
+            );
+            close_run(txn, run, RunStatus::Completed, "completed", now).await?;
+        }
+        "fail_workflow" => {
+            let exception = cmd.get("exception").cloned().unwrap_or(Value::Null);
+            history::append(
+                txn,
+                run,
+                "WorkflowFailed",
+                json!({
+                    "message": field("message"),
+                    "exception_type": field("exception_type"),
+                    "exception_class": field("exception_class"),
+                    "exception": exception,
+                    "non_retryable": cmd.get("non_retryable").and_then(Value::as_bool).unwrap_or(false),
+                    "failure_category": "application",
+                    "source_kind": "workflow",
+                }),
+                now,
+                Some(task_id),
+            );
+            close_run(txn, run, RunStatus::Failed, "failed", now).await?;
+        }
+        other => {
+            return Err(
+                invalid_commands(format!("unsupported command type '{other}'"))
+                    .with("command_type", other),
+            );
+        }
+    }
+    Ok(())
+}

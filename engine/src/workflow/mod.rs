@@ -1,0 +1,638 @@
+//! Workflow semantics: starting runs, leasing and completing workflow tasks (applying
+//! their commands to history), and closing runs.
+//!
+//! Invariant (one workflow task per run): `RunRecord::workflow_task` names the run's only
+//! workflow task, ready, leased or backing off. Events that arrive while it is leased only
+//! grow history; when the task closes, the same transaction creates the next task if
+//! history grew past `TaskRecord::history_seen`, the last event the worker was given.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::clock::{format_timestamp, Millis};
+use crate::engine::{as_u64, Effects, Engine};
+use crate::error::{Error, RejectKind, Result};
+use crate::history;
+use crate::matching::{QueueKey, Take, TaskHint};
+use crate::model::{
+    ActivityState, InstanceRecord, Lease, RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus,
+    TimerAction, TimerKey,
+};
+use crate::storage::KvTxn;
+use crate::{ids, tables};
+
+mod activities;
+mod commands;
+mod poll;
+mod tasks;
+
+/// How a start treats an existing workflow id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// Reject (409).
+    Fail,
+    /// Return the existing run while it is open.
+    UseExisting,
+}
+
+/// A request to start a workflow.
+#[derive(Debug, Clone)]
+pub struct StartWorkflow {
+    /// Workflow id (generated when absent).
+    pub workflow_id: Option<String>,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Task queue.
+    pub task_queue: String,
+    /// Input payload envelope.
+    pub input: Value,
+    /// Execution timeout in seconds.
+    pub execution_timeout_seconds: Option<u64>,
+    /// Run timeout in seconds.
+    pub run_timeout_seconds: Option<u64>,
+    /// Duplicate handling.
+    pub duplicate_policy: DuplicatePolicy,
+    /// Memo object.
+    pub memo: Value,
+    /// Search attributes object.
+    pub search_attributes: Value,
+    /// 0 (first) to 9.
+    pub priority: u8,
+    /// Build id to pin to.
+    pub build_id: Option<String>,
+}
+
+/// The result of a start.
+#[derive(Debug, Clone)]
+pub struct StartOutcome {
+    /// A new run was created (false: an open run was returned).
+    pub started_new: bool,
+    /// The run.
+    pub run: RunRecord,
+}
+
+/// A run with the payloads kept in its history.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    /// The run.
+    pub run: RunRecord,
+    /// Runs of the workflow id so far.
+    pub run_count: u32,
+    /// Whether this is the newest run.
+    pub is_current_run: bool,
+    /// The start input.
+    pub input: Value,
+    /// The result, when completed.
+    pub output: Value,
+    /// The terminal event's payload, when closed.
+    pub close_payload: Value,
+}
+
+/// A workflow task handed to a worker, in the protocol's shape.
+#[derive(Debug, Serialize)]
+pub struct WorkflowTaskView {
+    /// Task id.
+    pub task_id: String,
+    /// Kind discriminator.
+    pub task_kind: &'static str,
+    /// Fencing token.
+    pub workflow_task_attempt: u32,
+    /// Workflow id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Always `avro`.
+    pub payload_codec: &'static str,
+    /// Start input.
+    pub arguments: Value,
+    /// First page of history.
+    pub history_events: Vec<Box<RawValue>>,
+    /// Token of the next page, if any.
+    pub next_history_page_token: Option<String>,
+    /// History length the task covers.
+    pub total_history_events: u64,
+    /// Same as `total_history_events`.
+    pub last_history_sequence: u64,
+    /// The polling worker.
+    pub lease_owner: String,
+    /// When the lease lapses.
+    pub lease_expires_at: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Queue.
+    pub task_queue: String,
+    /// Run status.
+    pub run_status: &'static str,
+}
+
+/// An activity task handed to a worker, in the protocol's shape.
+#[derive(Debug, Serialize)]
+pub struct ActivityTaskView {
+    /// Task id.
+    pub task_id: String,
+    /// The attempt's id; echoed on every later call.
+    pub activity_attempt_id: String,
+    /// Stable id across attempts.
+    pub activity_execution_id: String,
+    /// Activity type.
+    pub activity_type: String,
+    /// Always `avro`.
+    pub payload_codec: &'static str,
+    /// Arguments.
+    pub arguments: Value,
+    /// 1 for the first attempt.
+    pub attempt_number: u32,
+    /// Owning workflow id.
+    pub workflow_id: String,
+    /// Owning run.
+    pub run_id: String,
+    /// Retry policy as scheduled.
+    pub retry_policy: Value,
+    /// Queue.
+    pub task_queue: String,
+    /// The polling worker.
+    pub lease_owner: String,
+    /// When the lease lapses.
+    pub lease_expires_at: String,
+    /// Namespace.
+    pub namespace: String,
+}
+
+/// A poll's parameters.
+#[derive(Debug, Clone)]
+pub struct Poll {
+    /// Namespace.
+    pub namespace: String,
+    /// Polling worker.
+    pub worker_id: String,
+    /// Queue.
+    pub task_queue: String,
+    /// Longest wait.
+    pub timeout: std::time::Duration,
+    /// Events in the first history page (workflow tasks).
+    pub history_page_size: usize,
+}
+
+/// What a completion or failure did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskOutcome {
+    /// Task id.
+    pub task_id: String,
+    /// `completed`, `failed` or `ignored`.
+    pub outcome: &'static str,
+    /// Whether the report changed state.
+    pub recorded: bool,
+    /// Run id.
+    pub run_id: String,
+    /// Run status after the report.
+    pub run_status: &'static str,
+    /// The next workflow task, when one was created.
+    pub next_task_id: Option<String>,
+}
+
+/// A fresh workflow task for `run`, unless it already has one.
+fn ensure_workflow_task(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    if run.workflow_task.is_some() || run.status.is_terminal() {
+        return Ok(());
+    }
+    let task = TaskRecord {
+        task_id: ids::new_id(now),
+        kind: TaskKind::Workflow,
+        namespace: run.namespace.clone(),
+        task_queue: run.task_queue.clone(),
+        workflow_id: run.workflow_id.clone(),
+        run_id: run.run_id.clone(),
+        type_name: run.workflow_type.clone(),
+        priority: run.priority,
+        status: TaskStatus::Ready,
+        attempt: 0,
+        ready_at_ms: now,
+        lease: None,
+        history_seen: 0,
+        failures: 0,
+        backoff_timer: None,
+        activity: None,
+    };
+    Engine::put_ready_task(txn, &task, fx)?;
+    run.workflow_task = Some(task.task_id);
+    if run.status == RunStatus::Waiting {
+        run.status = RunStatus::Running;
+    }
+    Ok(())
+}
+
+/// Ends a run: deletes its open tasks and deadline timer. History and status are the
+/// caller's.
+async fn close_run(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    status: RunStatus,
+    reason: &str,
+    now: Millis,
+) -> Result<()> {
+    run.status = status;
+    run.closed_at_ms = Some(now);
+    run.closed_reason = Some(reason.to_string());
+    if let Some(task_id) = run.workflow_task.take() {
+        Engine::delete_task(txn, &task_id).await?;
+    }
+    for task_id in std::mem::take(&mut run.open_activities) {
+        Engine::delete_task(txn, &task_id).await?;
+    }
+    if let Some(timer) = run.deadline_timer.take() {
+        txn.clear(&tables::timer_key(&timer));
+    }
+    Ok(())
+}
+
+/// Fails a run whose deadline timer fired (idempotent).
+pub(crate) async fn time_out_run(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    run_id: &str,
+    timer: &TimerKey,
+    now: Millis,
+    _fx: &mut Effects,
+) -> Result<()> {
+    let key = tables::run_key(ns, run_id);
+    let Some(mut run) = tables::get::<RunRecord>(txn, &key).await? else {
+        return Ok(());
+    };
+    if run.status.is_terminal() || run.deadline_timer.as_ref() != Some(timer) {
+        return Ok(());
+    }
+    run.deadline_timer = None;
+    let kind = if run.run_deadline_ms.is_some_and(|d| d <= now) {
+        "run"
+    } else {
+        "execution"
+    };
+    let payload = json!({
+            "timeout_kind": format!("{kind}_timeout"),
+            "failure_category": "timeout",
+            "message": format!("workflow {kind} timeout exceeded"),
+            "exception_class": "WorkflowTimedOut",
+            "execution_deadline_at": run.execution_deadline_ms.map(format_timestamp),
+            "run_deadline_at": run.run_deadline_ms.map(format_timestamp),
+    });
+    history::append(txn, &mut run, "WorkflowTimedOut", payload, now, None);
+    close_run(txn, &mut run, RunStatus::Failed, "timed_out", now).await?;
+    tables::put(txn, &key, &run)
+}
+
+/// Checks that the caller holds the task's current lease.
+fn check_lease(task: &TaskRecord, owner: &str, now: Millis) -> Result<()> {
+    let Some(lease) = task
+        .lease
+        .as_ref()
+        .filter(|_| task.status == TaskStatus::Leased)
+    else {
+        return Err(Error::conflict(
+            "task_not_leased",
+            format!("task '{}' is not leased", task.task_id),
+        )
+        .with(
+            "task_status",
+            serde_json::to_value(task.status).unwrap_or(Value::Null),
+        ));
+    };
+    if lease.owner != owner {
+        return Err(Error::conflict(
+            "lease_owner_mismatch",
+            format!("task '{}' is leased to another worker", task.task_id),
+        ));
+    }
+    if lease.expires_at_ms <= now {
+        return Err(Error::conflict(
+            "lease_expired",
+            format!("the lease on task '{}' has expired", task.task_id),
+        )
+        .with("task_status", "leased"));
+    }
+    Ok(())
+}
+
+async fn load_task(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    task_id: &str,
+    kind: TaskKind,
+) -> Result<TaskRecord> {
+    match tables::get::<TaskRecord>(txn, &tables::task_key(task_id)).await? {
+        Some(task) if task.namespace == ns && task.kind == kind => Ok(task),
+        _ => Err(Error::not_found(
+            "task_not_found",
+            format!("task '{task_id}' does not exist"),
+        )),
+    }
+}
+
+fn check_workflow_lease(task: &TaskRecord, owner: &str, attempt: u32, now: Millis) -> Result<()> {
+    check_lease(task, owner, now)?;
+    if task.attempt != attempt {
+        return Err(Error::conflict(
+            "workflow_task_attempt_mismatch",
+            format!(
+                "task '{}' is at attempt {}, not {attempt}",
+                task.task_id, task.attempt
+            ),
+        )
+        .with("current_attempt", task.attempt));
+    }
+    Ok(())
+}
+
+fn check_activity_lease(
+    task: &TaskRecord,
+    owner: &str,
+    attempt_id: &str,
+    now: Millis,
+) -> Result<()> {
+    check_lease(task, owner, now)?;
+    let current = task.activity.as_ref().and_then(|a| a.attempt_id.as_deref());
+    if current != Some(attempt_id) {
+        return Err(Error::conflict(
+            "lease_expired",
+            format!(
+                "attempt '{attempt_id}' is no longer the current attempt of task '{}'",
+                task.task_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn lease_timer_action(task_id: &str) -> TimerAction {
+    TimerAction::LeaseExpiry {
+        task_id: task_id.to_string(),
+    }
+}
+
+/// Parallel-group and selection fields that the server copies from a command into its
+/// events, so the SDK can reorder group results on replay.
+fn group_fields(command: &Map<String, Value>) -> Map<String, Value> {
+    command
+        .iter()
+        .filter(|(k, _)| k.starts_with("parallel_group_") || k.starts_with("selection_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn merge(mut base: Value, extra: &Map<String, Value>) -> Value {
+    if let Some(obj) = base.as_object_mut() {
+        for (k, v) in extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
+fn invalid_commands(message: impl Into<String>) -> Error {
+    Error::reject(RejectKind::Invalid, "invalid_commands", message)
+}
+
+impl Engine {
+    /// Starts a workflow run (or returns the open one under `UseExisting`).
+    pub async fn start_workflow(&self, ns: &str, req: StartWorkflow) -> Result<StartOutcome> {
+        let now = self.now_ms();
+        let run_id = ids::new_id(now);
+        let workflow_id = req.workflow_id.clone().unwrap_or_else(|| ids::new_id(now));
+        let (req, run_id, workflow_id) = (&req, &run_id, &workflow_id);
+        self.transact(move |mut txn, mut fx| async move {
+            Self::require_namespace(txn.as_mut(), ns).await?;
+            let ikey = tables::instance_key(ns, workflow_id);
+            if let Some(instance) = tables::get::<InstanceRecord>(txn.as_mut(), &ikey).await? {
+                let run: RunRecord =
+                    tables::get(txn.as_mut(), &tables::run_key(ns, &instance.current_run_id))
+                        .await?
+                        .ok_or_else(|| Error::corrupt("instance without its current run"))?;
+                if instance.current_run_id == *run_id {
+                    // Our own earlier attempt committed (commit-unknown retry).
+                    return Ok((
+                        txn,
+                        (
+                            StartOutcome {
+                                started_new: true,
+                                run,
+                            },
+                            fx,
+                        ),
+                    ));
+                }
+                if req.duplicate_policy == DuplicatePolicy::UseExisting && !run.status.is_terminal()
+                {
+                    return Ok((
+                        txn,
+                        (
+                            StartOutcome {
+                                started_new: false,
+                                run,
+                            },
+                            fx,
+                        ),
+                    ));
+                }
+                return Err(Error::conflict(
+                    "duplicate_not_allowed",
+                    format!(
+                        "workflow '{workflow_id}' already exists (run '{}', {})",
+                        run.run_id,
+                        run.status.as_str()
+                    ),
+                )
+                .with("workflow_id", workflow_id.as_str())
+                .with("run_id", run.run_id.as_str())
+                .with("outcome", "rejected_duplicate"));
+            }
+            let execution_deadline_ms =
+                req.execution_timeout_seconds.map(|s| now + s as i64 * 1000);
+            let run_deadline_ms = req.run_timeout_seconds.map(|s| now + s as i64 * 1000);
+            let mut run = RunRecord {
+                namespace: ns.to_string(),
+                workflow_id: workflow_id.clone(),
+                run_id: run_id.clone(),
+                run_number: 1,
+                workflow_type: req.workflow_type.clone(),
+                task_queue: req.task_queue.clone(),
+                status: RunStatus::Pending,
+                priority: req.priority,
+                build_id: req.build_id.clone(),
+                memo: req.memo.clone(),
+                search_attributes: req.search_attributes.clone(),
+                started_at_ms: now,
+                closed_at_ms: None,
+                last_progress_at_ms: now,
+                execution_timeout_seconds: req.execution_timeout_seconds,
+                run_timeout_seconds: req.run_timeout_seconds,
+                execution_deadline_ms,
+                run_deadline_ms,
+                deadline_timer: None,
+                last_event_seq: 0,
+                last_workflow_sequence: 0,
+                workflow_task: None,
+                open_activities: Vec::new(),
+                closed_reason: None,
+            };
+            history::append(
+                txn.as_mut(),
+                &mut run,
+                "WorkflowStarted",
+                json!({
+                    "workflow_type": req.workflow_type,
+                    "workflow_instance_id": workflow_id,
+                    "workflow_run_id": run_id,
+                    "task_queue": req.task_queue,
+                    "input": req.input,
+                    "payload_codec": "avro",
+                    "memo": req.memo,
+                    "search_attributes": req.search_attributes,
+                    "execution_timeout_seconds": req.execution_timeout_seconds,
+                    "run_timeout_seconds": req.run_timeout_seconds,
+                    "execution_deadline_at": execution_deadline_ms.map(format_timestamp),
+                    "run_deadline_at": run_deadline_ms.map(format_timestamp),
+                    "timestamp": format_timestamp(now),
+                }),
+                now,
+                None,
+            );
+            let deadline = match (execution_deadline_ms, run_deadline_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(at) = deadline {
+                let action = TimerAction::RunDeadline {
+                    namespace: ns.to_string(),
+                    run_id: run_id.clone(),
+                };
+                run.deadline_timer = Some(Self::put_timer(txn.as_mut(), at, &action, &mut fx)?);
+            }
+            ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
+            let instance = InstanceRecord {
+                workflow_id: workflow_id.clone(),
+                current_run_id: run_id.clone(),
+                run_count: 1,
+                created_at_ms: now,
+            };
+            tables::put(txn.as_mut(), &ikey, &instance)?;
+            tables::put(txn.as_mut(), &tables::run_key(ns, run_id), &run)?;
+            Ok((
+                txn,
+                (
+                    StartOutcome {
+                        started_new: true,
+                        run,
+                    },
+                    fx,
+                ),
+            ))
+        })
+        .await
+    }
+
+    /// Describes the current run of a workflow id, or a given run.
+    pub async fn describe(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunView> {
+        let mut txn = self.inner.store.begin().await?;
+        let txn = txn.as_mut();
+        Self::require_namespace(txn, ns).await?;
+        let instance: InstanceRecord =
+            tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "instance_not_found",
+                        format!("workflow '{workflow_id}' does not exist"),
+                    )
+                })?;
+        let run_id = run_id.unwrap_or(&instance.current_run_id);
+        let run: RunRecord = tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, run_id))
+            .await?
+            .filter(|r| r.workflow_id == workflow_id)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "run_not_found",
+                    format!("run '{run_id}' of workflow '{workflow_id}' does not exist"),
+                )
+            })?;
+        let started = history::event_payload(txn, ns, &run.run_id, 1)
+            .await?
+            .unwrap_or(Value::Null);
+        let close_payload = if run.status.is_terminal() {
+            history::event_payload(txn, ns, &run.run_id, run.last_event_seq)
+                .await?
+                .unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        let output = if run.status == RunStatus::Completed {
+            close_payload.get("output").cloned().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
+        Ok(RunView {
+            is_current_run: instance.current_run_id == run.run_id,
+            run_count: instance.run_count,
+            input: started.get("input").cloned().unwrap_or(Value::Null),
+            output,
+            close_payload,
+            run,
+        })
+    }
+
+    /// One page of a run's history after sequence `after`.
+    pub async fn history(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+        run_id: &str,
+        after: u64,
+        page_size: usize,
+    ) -> Result<history::Page> {
+        let view_run = {
+            let mut txn = self.inner.store.begin().await?;
+            Self::require_namespace(txn.as_mut(), ns).await?;
+            if tables::get_snapshot::<InstanceRecord>(
+                txn.as_mut(),
+                &tables::instance_key(ns, workflow_id),
+            )
+            .await?
+            .is_none()
+            {
+                return Err(Error::not_found(
+                    "instance_not_found",
+                    format!("workflow '{workflow_id}' does not exist"),
+                ));
+            }
+            tables::get_snapshot::<RunRecord>(txn.as_mut(), &tables::run_key(ns, run_id))
+                .await?
+                .filter(|r| r.workflow_id == workflow_id)
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "run_not_found",
+                        format!("run '{run_id}' of workflow '{workflow_id}' does not exist"),
+                    )
+                })?
+        };
+        history::read_page(
+            self.inner.store.as_ref(),
+            ns,
+            run_id,
+            after + 1,
+            view_run.last_event_seq,
+            page_size,
+        )
+        .await
+    }
+}

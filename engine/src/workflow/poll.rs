@@ -1,0 +1,283 @@
+//! Long-polls and leases: a poll takes a ready hint or parks, then leases the task in a
+//! storage transaction that re-checks it.
+
+use super::*;
+
+impl Engine {
+    /// Long-polls for a task of `kind`: leases the best ready task the worker accepts, or
+    /// waits for one until the timeout. Returns the leased task record.
+    async fn poll_task(&self, poll: &Poll, kind: TaskKind) -> Result<Option<TaskRecord>> {
+        let filter = self
+            .poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind)
+            .await?;
+        let key = QueueKey::new(&poll.namespace, &poll.task_queue, kind);
+        let timeout = poll.timeout.min(self.inner.config.max_poll_timeout);
+        let deadline = self.now_ms() + timeout.as_millis() as Millis;
+        loop {
+            let waiter_id = self.inner.matching.waiter_id();
+            let hint = match self.inner.matching.take_or_park(&key, &filter, waiter_id) {
+                Take::Hint(hint) => hint,
+                Take::Parked(slot) => {
+                    let guard = ParkGuard {
+                        engine: self,
+                        key: &key,
+                        waiter_id,
+                        slot: &slot,
+                        armed: true,
+                    };
+                    if self.now_ms() < deadline {
+                        tokio::select! {
+                            _ = slot.notify.notified() => {}
+                            _ = self.inner.clock.sleep_until(deadline) => {}
+                        }
+                    }
+                    match guard.disarm() {
+                        Some(hint) => hint,
+                        None if self.now_ms() >= deadline => return Ok(None),
+                        None => continue,
+                    }
+                }
+            };
+            match self.lease(&key, &poll.worker_id, &hint).await {
+                Ok(Some(task)) => return Ok(Some(task)),
+                Ok(None) => {
+                    if self.now_ms() >= deadline {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    self.inner.matching.offer(&key, hint);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Leases the task behind `hint` if it is still ready (re-checked in storage).
+    async fn lease(
+        &self,
+        key: &QueueKey,
+        worker_id: &str,
+        hint: &TaskHint,
+    ) -> Result<Option<TaskRecord>> {
+        let now = self.now_ms();
+        let lease_ms = match key.kind {
+            TaskKind::Workflow => self.inner.config.workflow_task_lease,
+            TaskKind::Activity => self.inner.config.activity_task_lease,
+        }
+        .as_millis() as Millis;
+        self.transact(move |mut txn, mut fx| async move {
+            let tkey = tables::task_key(&hint.task_id);
+            let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? else {
+                return Ok((txn, (None, fx)));
+            };
+            if task.status != TaskStatus::Ready
+                || task.namespace != *key.namespace
+                || task.task_queue != *key.queue
+            {
+                return Ok((txn, (None, fx)));
+            }
+            Self::clear_task_state(txn.as_mut(), &task);
+            if task.kind == TaskKind::Workflow {
+                let run: Option<RunRecord> = tables::get(
+                    txn.as_mut(),
+                    &tables::run_key(&task.namespace, &task.run_id),
+                )
+                .await?;
+                match run {
+                    Some(run) if !run.status.is_terminal() => {
+                        task.history_seen = run.last_event_seq
+                    }
+                    _ => {
+                        tables::delete(txn.as_mut(), &tkey).await?;
+                        return Ok((txn, (None, fx)));
+                    }
+                }
+            }
+            let expires_at_ms = now + lease_ms;
+            let timer = Self::put_timer(
+                txn.as_mut(),
+                expires_at_ms,
+                &lease_timer_action(&task.task_id),
+                &mut fx,
+            )?;
+            task.status = TaskStatus::Leased;
+            task.attempt += 1;
+            task.lease = Some(Lease {
+                owner: worker_id.to_string(),
+                expires_at_ms,
+                timer,
+            });
+            if let Some(activity) = task.activity.as_mut() {
+                activity.attempt_id = Some(ids::new_id(now));
+            }
+            tables::put(txn.as_mut(), &tkey, &task)?;
+            Ok((txn, (Some(task), fx)))
+        })
+        .await
+    }
+
+    /// Long-polls for a workflow task.
+    pub async fn poll_workflow_task(&self, poll: &Poll) -> Result<Option<WorkflowTaskView>> {
+        let Some(task) = self.poll_task(poll, TaskKind::Workflow).await? else {
+            return Ok(None);
+        };
+        let page = history::read_page(
+            self.inner.store.as_ref(),
+            &task.namespace,
+            &task.run_id,
+            1,
+            task.history_seen,
+            poll.history_page_size,
+        )
+        .await?;
+        let arguments = {
+            let mut txn = self.inner.store.begin().await?;
+            history::event_payload(txn.as_mut(), &task.namespace, &task.run_id, 1)
+                .await?
+                .and_then(|mut p| p.get_mut("input").map(Value::take))
+                .unwrap_or(Value::Null)
+        };
+        let lease = task
+            .lease
+            .as_ref()
+            .expect("invariant: a polled task is leased");
+        Ok(Some(WorkflowTaskView {
+            task_kind: "workflow",
+            workflow_task_attempt: task.attempt,
+            workflow_id: task.workflow_id.clone(),
+            run_id: task.run_id.clone(),
+            workflow_type: task.type_name.clone(),
+            payload_codec: "avro",
+            arguments,
+            next_history_page_token: page.more.then(|| history::encode_token(page.last_seq)),
+            history_events: page.events,
+            total_history_events: task.history_seen,
+            last_history_sequence: task.history_seen,
+            lease_owner: lease.owner.clone(),
+            lease_expires_at: format_timestamp(lease.expires_at_ms),
+            namespace: task.namespace.clone(),
+            task_queue: task.task_queue.clone(),
+            run_status: "running",
+            task_id: task.task_id,
+        }))
+    }
+
+    /// Long-polls for an activity task.
+    pub async fn poll_activity_task(&self, poll: &Poll) -> Result<Option<ActivityTaskView>> {
+        let Some(task) = self.poll_task(poll, TaskKind::Activity).await? else {
+            return Ok(None);
+        };
+        let lease = task
+            .lease
+            .as_ref()
+            .expect("invariant: a polled task is leased");
+        let activity = task
+            .activity
+            .as_ref()
+            .ok_or_else(|| Error::corrupt("activity task without activity state"))?;
+        Ok(Some(ActivityTaskView {
+            task_id: task.task_id.clone(),
+            activity_attempt_id: activity.attempt_id.clone().unwrap_or_default(),
+            activity_execution_id: activity.activity_execution_id.clone(),
+            activity_type: task.type_name.clone(),
+            payload_codec: "avro",
+            arguments: activity.arguments.clone(),
+            attempt_number: activity.attempt_number,
+            workflow_id: task.workflow_id.clone(),
+            run_id: task.run_id.clone(),
+            retry_policy: activity.retry_policy.clone().unwrap_or(Value::Null),
+            task_queue: task.task_queue.clone(),
+            lease_owner: lease.owner.clone(),
+            lease_expires_at: format_timestamp(lease.expires_at_ms),
+            namespace: task.namespace.clone(),
+        }))
+    }
+
+    /// Pages history for a leased workflow task: events after `after`, up to what the
+    /// task covers.
+    pub async fn workflow_task_history(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        after: u64,
+        page_size: usize,
+    ) -> Result<history::Page> {
+        let now = self.now_ms();
+        let task = {
+            let mut txn = self.inner.store.begin().await?;
+            let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
+            check_workflow_lease(&task, owner, attempt, now)?;
+            task
+        };
+        history::read_page(
+            self.inner.store.as_ref(),
+            ns,
+            &task.run_id,
+            after + 1,
+            task.history_seen,
+            page_size,
+        )
+        .await
+    }
+
+    /// Renews a workflow task lease; returns the new expiry.
+    pub async fn heartbeat_workflow_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+    ) -> Result<Millis> {
+        let now = self.now_ms();
+        let lease_ms = self.inner.config.workflow_task_lease.as_millis() as Millis;
+        self.transact(move |mut txn, fx| async move {
+            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
+            check_workflow_lease(&task, owner, attempt, now)?;
+            let expires = now + lease_ms;
+            if let Some(lease) = task.lease.as_mut() {
+                lease.expires_at_ms = expires;
+            }
+            tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
+            Ok((txn, (expires, fx)))
+        })
+        .await
+    }
+}
+
+/// Unparks a poller when its wait ends or its future is dropped (client gone), and
+/// re-offers a hint it was handed but will not use, so no hint is lost.
+struct ParkGuard<'a> {
+    engine: &'a Engine,
+    key: &'a QueueKey,
+    waiter_id: u64,
+    slot: &'a crate::matching::Slot,
+    armed: bool,
+}
+
+impl ParkGuard<'_> {
+    fn disarm(mut self) -> Option<TaskHint> {
+        self.armed = false;
+        self.engine
+            .inner
+            .matching
+            .unpark(self.key, self.waiter_id, self.slot)
+    }
+}
+
+impl Drop for ParkGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(hint) =
+                self.engine
+                    .inner
+                    .matching
+                    .unpark(self.key, self.waiter_id, self.slot)
+            {
+                self.engine.inner.matching.offer(self.key, hint);
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Workflow task reports: completion (applying commands) and failure.
+
+use super::commands::apply_command;
+use super::*;
+
+impl Engine {
+    /// Completes a workflow task with its commands.
+    pub async fn complete_workflow_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        commands: &[Value],
+    ) -> Result<TaskOutcome> {
+        if commands.is_empty() {
+            return Err(invalid_commands("a completion needs at least one command"));
+        }
+        let now = self.now_ms();
+        self.transact(move |mut txn, mut fx| async move {
+            let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
+            check_workflow_lease(&task, owner, attempt, now)?;
+            let rkey = tables::run_key(ns, &task.run_id);
+            let mut run: RunRecord = tables::get(txn.as_mut(), &rkey)
+                .await?
+                .ok_or_else(|| Error::corrupt("task without run"))?;
+            if run.status.is_terminal() {
+                Self::delete_task(txn.as_mut(), task_id).await?;
+                return Err(Error::conflict(
+                    "run_already_closed",
+                    format!("run '{}' is already closed", run.run_id),
+                )
+                .with("run_status", run.status.as_str()));
+            }
+            let grew = run.last_event_seq > task.history_seen;
+            // The task closes first: a terminal command then finds no open workflow task.
+            Self::delete_task(txn.as_mut(), task_id).await?;
+            run.workflow_task = None;
+            let last = commands.len() - 1;
+            for (i, command) in commands.iter().enumerate() {
+                apply_command(
+                    txn.as_mut(),
+                    &mut run,
+                    command,
+                    i == last,
+                    task_id,
+                    now,
+                    &mut fx,
+                )
+                .await?;
+            }
+            let mut next_task_id = None;
+            if !run.status.is_terminal() {
+                if grew {
+                    ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
+                    next_task_id = run.workflow_task.clone();
+                } else {
+                    run.status = RunStatus::Waiting;
+                }
+            }
+            tables::put(txn.as_mut(), &rkey, &run)?;
+            let outcome = TaskOutcome {
+                task_id: task_id.to_string(),
+                outcome: "completed",
+                recorded: true,
+                run_id: run.run_id.clone(),
+                run_status: run.status.as_str(),
+                next_task_id,
+            };
+            Ok((txn, (outcome, fx)))
+        })
+        .await
+    }
+
+    /// Fails a workflow task. `WorkflowTaskWaitingForHistory` is the SDK's "nothing new
+    /// to decide" and closes the task like an empty completion; any other failure keeps
+    /// the task and retries it after a capped backoff.
+    pub async fn fail_workflow_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        failure: &Value,
+    ) -> Result<TaskOutcome> {
+        let now = self.now_ms();
+        let waiting =
+            failure.get("type").and_then(Value::as_str) == Some("WorkflowTaskWaitingForHistory");
+        self.transact(move |mut txn, mut fx| async move {
+            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
+            check_workflow_lease(&task, owner, attempt, now)?;
+            let rkey = tables::run_key(ns, &task.run_id);
+            let mut run: RunRecord = tables::get(txn.as_mut(), &rkey).await?.ok_or_else(|| Error::corrupt("task without run"))?;
+            let mut next_task_id = None;
+            let outcome = if waiting {
+                let grew = run.last_event_seq > task.history_seen;
+                Self::delete_task(txn.as_mut(), task_id).await?;
+                run.workflow_task = None;
+                if grew {
+                    ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
+                    next_task_id = run.workflow_task.clone();
+                } else if !run.status.is_terminal() {
+                    run.status = RunStatus::Waiting;
+                }
+                tables::put(txn.as_mut(), &rkey, &run)?;
+                "completed"
+            } else {
+                Self::clear_task_state(txn.as_mut(), &task);
+                task.failures += 1;
+                let backoff_s = 1i64 << (task.failures - 1).min(6);
+                let action = TimerAction::TaskBackoff { task_id: task_id.to_string() };
+                let timer = Self::put_timer(txn.as_mut(), now + backoff_s.min(60) * 1000, &action, &mut fx)?;
+                let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
+                tracing::warn!(task_id, run_id = %task.run_id, failures = task.failures, failure_type,
+                    "workflow task failed; retrying after backoff");
+                task.status = TaskStatus::Backoff;
+                task.lease = None;
+                task.backoff_timer = Some(timer);
+                tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
+                "failed"
+            };
+            let result = TaskOutcome {
+                task_id: task_id.to_string(),
+                outcome,
+                recorded: true,
+                run_id: run.run_id.clone(),
+                run_status: run.status.as_str(),
+                next_task_id,
+            };
+            Ok((txn, (result, fx)))
+        })
+        .await
+    }
+}
