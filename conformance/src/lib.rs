@@ -39,6 +39,7 @@ use std::sync::Arc;
 use keel_engine::storage::{KvStore, Result, StorageError};
 
 pub mod cases;
+pub mod engine_model;
 
 /// Where a store lives, kept opaque to the suite: the factory puts whatever it needs to
 /// reopen the store in it (for example a temporary directory, which also keeps the

@@ -3,7 +3,7 @@
 //! Post-commit effects (hints for pollers, timers for the timer service) are applied only
 //! after the transaction is durable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, Millis};
-use crate::error::{Error, RejectKind, Result};
-use crate::matching::{Matching, QueueKey, TaskHint, TypeFilter};
+use crate::error::{Error, Result};
+use crate::matching::{Matching, QueueKey, TaskHint};
 use crate::model::{NamespaceRecord, TaskKind, TaskRecord, TaskStatus, TimerKey, WorkerRecord};
 use crate::storage::retry::{self, RetryPolicy};
 use crate::storage::{KvStore, KvTxn, ReadOptions};
@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub default_namespace: String,
     /// Longest long-poll a worker may ask for.
     pub max_poll_timeout: Duration,
+    /// Bounds on parked long-polls.
+    pub park_limits: crate::matching::ParkLimits,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +42,7 @@ impl Default for EngineConfig {
             activity_task_lease: Duration::from_secs(300),
             default_namespace: "default".into(),
             max_poll_timeout: Duration::from_secs(60),
+            park_limits: crate::matching::ParkLimits::default(),
         }
     }
 }
@@ -49,6 +52,8 @@ impl Default for EngineConfig {
 pub(crate) struct Effects {
     pub ready: Vec<(QueueKey, TaskHint)>,
     pub timers: Vec<TimerKey>,
+    /// Updates whose status changed: their waiting callers re-read them.
+    pub updates: Vec<String>,
 }
 
 impl Effects {
@@ -60,6 +65,7 @@ impl Effects {
                 type_name: task.type_name.as_str().into(),
                 priority: task.priority,
                 ready_at_ms: task.ready_at_ms,
+                compatibility: task.compatibility.as_deref().map(Into::into),
             },
         ));
     }
@@ -72,6 +78,14 @@ pub(crate) struct Inner {
     pub matching: Matching,
     pub timers: Arc<Timers>,
     pub workers: Mutex<HashMap<(String, String), Arc<WorkerRecord>>>,
+    /// Namespaces known to exist (namespaces are never deleted, so a hit stays true).
+    pub namespaces: Mutex<std::collections::HashSet<String>>,
+    /// Drain intent per cohort key, cached from storage.
+    pub cohorts: Mutex<HashMap<Vec<u8>, bool>>,
+    /// Recent polls by `poll_request_id`, so a retried poll gets its task back.
+    pub poll_requests: crate::workflow::PollRequests,
+    /// Query tasks and callers waiting on updates (in memory only).
+    pub queries: crate::queries::Queries,
     pub stop: watch::Sender<bool>,
 }
 
@@ -106,16 +120,22 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Engine> {
         let (stop, stop_rx) = watch::channel(false);
+        let park_limits = config.park_limits;
         let inner = Arc::new(Inner {
             store,
             clock,
             config,
-            matching: Matching::new(),
+            matching: Matching::with_limits(park_limits),
             timers: Arc::new(Timers::default()),
             workers: Mutex::new(HashMap::new()),
+            namespaces: Mutex::new(std::collections::HashSet::new()),
+            cohorts: Mutex::new(HashMap::new()),
+            poll_requests: Default::default(),
+            queries: Default::default(),
             stop,
         });
         let engine = Engine { inner };
+        engine.ensure_schema_version().await?;
         engine
             .ensure_namespace(&engine.inner.config.default_namespace.clone())
             .await?;
@@ -177,6 +197,9 @@ impl Engine {
         for timer in effects.timers {
             self.inner.timers.schedule(timer);
         }
+        for update_id in effects.updates {
+            self.inner.queries.wake_update(&update_id);
+        }
     }
 
     async fn rebuild_ready_index(&self) -> Result<()> {
@@ -211,7 +234,7 @@ impl Engine {
                 let Some((qk, priority, ready_at_ms, task_id)) = parsed else {
                     return Err(Error::corrupt("ready index key"));
                 };
-                let type_name = String::from_utf8_lossy(value).into_owned();
+                let (type_name, compatibility) = tables::decode_ready_value(value);
                 self.inner.matching.offer(
                     &qk,
                     TaskHint {
@@ -219,6 +242,7 @@ impl Engine {
                         type_name: type_name.into(),
                         priority,
                         ready_at_ms,
+                        compatibility: compatibility.map(Into::into),
                     },
                 );
                 total += 1;
@@ -249,6 +273,7 @@ impl Engine {
                     retention_days: 30,
                     created_at_ms: now,
                     updated_at_ms: now,
+                    ..NamespaceRecord::default()
                 };
                 tables::put(txn.as_mut(), &key, &record)?;
             }
@@ -282,151 +307,6 @@ impl Engine {
         tables::get_snapshot(txn.as_mut(), &tables::namespace_key(ns)).await
     }
 
-    // ---- workers ----
-
-    /// Registers (or re-registers) a worker.
-    pub async fn register_worker(&self, mut worker: WorkerRecord) -> Result<WorkerRecord> {
-        let now = self.now_ms();
-        worker.last_heartbeat_at_ms = now;
-        let w = &worker;
-        let saved = self
-            .transact(move |mut txn, fx| async move {
-                Self::require_namespace(txn.as_mut(), &w.namespace).await?;
-                let key = tables::worker_key(&w.namespace, &w.worker_id);
-                let mut record = w.clone();
-                if let Some(existing) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await? {
-                    record.registered_at_ms = existing.registered_at_ms;
-                }
-                tables::put(txn.as_mut(), &key, &record)?;
-                Ok((txn, (record, fx)))
-            })
-            .await?;
-        self.cache_worker(saved.clone());
-        Ok(saved)
-    }
-
-    fn cache_worker(&self, worker: WorkerRecord) {
-        let key = (worker.namespace.clone(), worker.worker_id.clone());
-        self.inner
-            .workers
-            .lock()
-            .expect("invariant: worker cache not poisoned")
-            .insert(key, Arc::new(worker));
-    }
-
-    /// Reads a worker registration (cached).
-    pub async fn worker(&self, ns: &str, worker_id: &str) -> Result<Option<Arc<WorkerRecord>>> {
-        let key = (ns.to_string(), worker_id.to_string());
-        if let Some(w) = self
-            .inner
-            .workers
-            .lock()
-            .expect("invariant: worker cache not poisoned")
-            .get(&key)
-        {
-            return Ok(Some(w.clone()));
-        }
-        let mut txn = self.inner.store.begin().await?;
-        let found: Option<WorkerRecord> =
-            tables::get_snapshot(txn.as_mut(), &tables::worker_key(ns, worker_id)).await?;
-        Ok(found.map(|w| {
-            self.cache_worker(w.clone());
-            Arc::new(w)
-        }))
-    }
-
-    /// Records a worker heartbeat; `worker_not_registered` if unknown.
-    pub async fn heartbeat_worker(&self, ns: &str, worker_id: &str) -> Result<WorkerRecord> {
-        let now = self.now_ms();
-        let saved = self
-            .transact(move |mut txn, fx| async move {
-                let key = tables::worker_key(ns, worker_id);
-                let Some(mut record) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await?
-                else {
-                    return Err(Error::not_found(
-                        "worker_not_registered",
-                        format!("worker '{worker_id}' is not registered"),
-                    ));
-                };
-                record.last_heartbeat_at_ms = now;
-                tables::put(txn.as_mut(), &key, &record)?;
-                Ok((txn, (record, fx)))
-            })
-            .await?;
-        self.cache_worker(saved.clone());
-        Ok(saved)
-    }
-
-    /// Removes a worker registration; `worker_not_found` if unknown.
-    pub async fn deregister_worker(&self, ns: &str, worker_id: &str) -> Result<()> {
-        self.transact(move |mut txn, fx| async move {
-            let key = tables::worker_key(ns, worker_id);
-            if tables::get::<WorkerRecord>(txn.as_mut(), &key)
-                .await?
-                .is_none()
-            {
-                return Err(Error::not_found(
-                    "worker_not_found",
-                    format!("worker '{worker_id}' is not registered"),
-                ));
-            }
-            txn.clear(&key);
-            Ok((txn, ((), fx)))
-        })
-        .await?;
-        self.inner
-            .workers
-            .lock()
-            .expect("invariant: worker cache not poisoned")
-            .remove(&(ns.to_string(), worker_id.to_string()));
-        Ok(())
-    }
-
-    /// The poll filter of a registered worker for `kind`, checking its queue.
-    pub(crate) async fn poll_filter(
-        &self,
-        ns: &str,
-        worker_id: &str,
-        queue: &str,
-        kind: TaskKind,
-    ) -> Result<TypeFilter> {
-        let Some(worker) = self.worker(ns, worker_id).await? else {
-            return Err(Error::reject(
-                RejectKind::Precondition,
-                "worker_not_registered",
-                format!("worker '{worker_id}' must register before polling"),
-            ));
-        };
-        if worker.task_queue != queue {
-            return Err(Error::conflict(
-                "task_queue_mismatch",
-                format!(
-                    "worker '{worker_id}' registered for queue '{}', polled '{queue}'",
-                    worker.task_queue
-                ),
-            ));
-        }
-        let types = match kind {
-            TaskKind::Workflow => &worker.supported_workflow_types,
-            TaskKind::Activity => &worker.supported_activity_types,
-        };
-        Ok(if types.is_empty() {
-            None
-        } else {
-            Some(Arc::new(types.iter().cloned().collect::<HashSet<_>>()))
-        })
-    }
-
-    /// Statistics of one matching queue (in-memory).
-    pub fn queue_stats(
-        &self,
-        ns: &str,
-        queue: &str,
-        kind: TaskKind,
-    ) -> crate::matching::QueueStats {
-        self.inner.matching.stats(&QueueKey::new(ns, queue, kind))
-    }
-
     // ---- tasks and timers, shared by the workflow and activity paths ----
 
     /// Creates a task record in `Ready` state with its ready-index entry.
@@ -445,10 +325,16 @@ impl Engine {
                 task.ready_at_ms,
                 &task.task_id,
             ),
-            task.type_name.as_bytes(),
+            &tables::ready_value(&task.type_name, task.compatibility.as_deref()),
         );
+        Self::count(txn, task, tables::QueueCounter::Ready, 1);
         fx.ready(task);
         Ok(())
+    }
+
+    /// Adjusts a per-queue counter (an atomic add: never a conflict between transitions).
+    pub(crate) fn count(txn: &mut dyn KvTxn, task: &TaskRecord, counter: tables::QueueCounter, delta: i64) {
+        txn.atomic_add(&tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, counter), delta);
     }
 
     /// Writes a timer row and returns its key.
@@ -474,24 +360,29 @@ impl Engine {
             return Ok(());
         };
         Self::clear_task_state(txn, &task);
+        crate::workflow::clear_activity_timeouts(txn, &task);
         tables::delete(txn, &key).await
     }
 
     /// Clears whatever index entry or timer the task's current state holds.
     pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord) {
         match task.status {
-            TaskStatus::Ready => txn.clear(&tables::ready_key(
-                &task.namespace,
-                &task.task_queue,
-                task.kind,
-                task.priority,
-                task.ready_at_ms,
-                &task.task_id,
-            )),
+            TaskStatus::Ready => {
+                txn.clear(&tables::ready_key(
+                    &task.namespace,
+                    &task.task_queue,
+                    task.kind,
+                    task.priority,
+                    task.ready_at_ms,
+                    &task.task_id,
+                ));
+                Self::count(txn, task, tables::QueueCounter::Ready, -1);
+            }
             TaskStatus::Leased => {
                 if let Some(lease) = &task.lease {
                     txn.clear(&tables::timer_key(&lease.timer));
                 }
+                Self::count(txn, task, tables::QueueCounter::Leased, -1);
             }
             TaskStatus::Backoff => {
                 if let Some(timer) = &task.backoff_timer {
@@ -508,6 +399,10 @@ impl Engine {
         now: Millis,
         fx: &mut Effects,
     ) -> Result<()> {
+        // A lapsed lease's timer row is the one firing (already deleted): only the count.
+        if task.status == TaskStatus::Leased {
+            Self::count(txn, task, tables::QueueCounter::Leased, -1);
+        }
         task.status = TaskStatus::Ready;
         task.lease = None;
         task.backoff_timer = None;
@@ -516,6 +411,25 @@ impl Engine {
             activity.attempt_id = None;
         }
         Self::put_ready_task(txn, task, fx)
+    }
+
+    /// Fires every durable timer due now, inline (at most `limit`); returns how many
+    /// fired. The timer service does the same in the background; both are idempotent,
+    /// so tests and operator passes can use this to settle time deterministically.
+    pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
+        let due = {
+            let mut txn = self.inner.store.begin().await?;
+            txn.get_range(&tables::timers_before(self.now_ms() + 1), ReadOptions::limit(limit).snapshot()).await?
+        };
+        let mut fired = 0;
+        for (key, _) in due {
+            let mut r = keys::KeyReader::new(&key);
+            if let (Some(fire_at_ms), Some(timer_id)) = (r.i64(), r.str()) {
+                self.fire_timer(TimerKey { fire_at_ms, timer_id }).await?;
+                fired += 1;
+            }
+        }
+        Ok(fired)
     }
 
     /// Fires one durable timer (idempotent).
@@ -549,6 +463,7 @@ impl Engine {
                                 tables::put(txn.as_mut(), &tkey, &task)?;
                             } else {
                                 tracing::info!(task_id = %task.task_id, attempt = task.attempt, "lease expired; task is ready again");
+                                crate::metrics::lease_expired(task.kind);
                                 Self::make_ready(txn.as_mut(), &mut task, now, &mut fx)?;
                             }
                         }
@@ -564,6 +479,23 @@ impl Engine {
                 }
                 crate::model::TimerAction::RunDeadline { namespace, run_id } => {
                     crate::workflow::time_out_run(txn.as_mut(), &namespace, &run_id, timer, now, &mut fx).await?;
+                }
+                crate::model::TimerAction::ActivityTimeout { task_id, timeout_kind, attempt_id, .. } => {
+                    crate::workflow::fire_activity_timeout(
+                        txn.as_mut(), timer, &task_id, &timeout_kind, attempt_id.as_deref(), now, &mut fx,
+                    )
+                    .await?;
+                }
+                crate::model::TimerAction::ParentClosePolicy { namespace, child_workflow_id, parent_run_id, policy } => {
+                    crate::workflow::apply_parent_close_policy(
+                        txn.as_mut(), &namespace, &child_workflow_id, &parent_run_id, &policy, now, &mut fx,
+                    )
+                    .await?;
+                }
+                action @ (crate::model::TimerAction::WorkflowTimer { .. }
+                | crate::model::TimerAction::ConditionTimeout { .. }
+                | crate::model::TimerAction::ForgetClosedTask { .. }) => {
+                    crate::workflow::waits::fire(txn.as_mut(), action, timer, now, &mut fx).await?;
                 }
             }
             Ok((txn, ((), fx)))

@@ -24,6 +24,8 @@ pub enum RejectKind {
     Throttled,
     /// The server cannot serve the request right now (503).
     Unavailable,
+    /// Nobody answered in time, e.g. no worker completed a query task (504).
+    Timeout,
 }
 
 /// Everything an engine operation can fail with.

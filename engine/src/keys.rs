@@ -27,6 +27,27 @@ pub mod prefix {
     pub const WORKER: u8 = 0x08;
     /// Store metadata: `(name)`.
     pub const META: u8 = 0x0A;
+    /// Build-id cohorts and their drain intent: `(namespace, queue, build_id)`.
+    pub const COHORT: u8 = 0x0B;
+    /// Per-queue task counters: `(namespace, queue, kind, counter)`.
+    pub const QUEUE_COUNTER: u8 = 0x0C;
+    /// Closed runs by close time (retention's index): `(namespace, closed_at, run_id)`.
+    pub const CLOSED_RUN: u8 = 0x0D;
+    /// Workflow list (visibility), one entry per workflow id at its current run, newest
+    /// first: `(namespace, u64::MAX - started_at, run_id)`.
+    pub const WORKFLOW_LIST: u8 = 0x10;
+    /// Workflow counts per status bucket (atomic-add counters): `(namespace, bucket)`.
+    pub const WORKFLOW_COUNT: u8 = 0x11;
+    /// Workflow updates: `(namespace, run_id, update_id)`.
+    pub const UPDATE: u8 = 0x18;
+    /// Receipts of control-plane commands by caller `request_id`:
+    /// `(namespace, workflow_id, command kind, request_id)`.
+    pub const COMMAND_RECEIPT: u8 = 0x19;
+    /// Signal, query and update names a workflow type declared on a queue:
+    /// `(namespace, queue, workflow_type)`.
+    pub const COMMAND_CONTRACT: u8 = 0x1A;
+    /// Tombstones of activity tasks deleted with their closed run: `(task_id)`.
+    pub const CLOSED_TASK: u8 = 0x1B;
 }
 
 /// Builds a key field by field.

@@ -2,19 +2,26 @@
 //! the matching and lease core, and the durable timer service. No HTTP, no backend code.
 #![warn(missing_docs)]
 
+pub mod avro;
 pub mod clock;
 mod engine;
 pub mod error;
+mod fleet;
 pub mod history;
 pub mod ids;
 pub mod keys;
 pub mod matching;
+pub mod metrics;
 pub mod model;
+pub mod namespaces;
+pub mod queries;
 pub mod storage;
 pub mod sync;
+pub mod system;
 pub mod tables;
 pub mod timers;
 pub mod workflow;
 
 pub use engine::{Engine, EngineConfig};
+pub use fleet::QueueCounts;
 pub use error::{Error, RejectKind, Result};

@@ -53,15 +53,40 @@ pub struct TaskHint {
     pub priority: u8,
     /// When it became ready.
     pub ready_at_ms: i64,
+    /// The build id the task is pinned to, if any.
+    pub compatibility: Option<Arc<str>>,
 }
 
-/// Which task types a poller accepts; `None` accepts all.
-pub type TypeFilter = Option<Arc<HashSet<String>>>;
+/// Which tasks a poller accepts.
+#[derive(Debug, Clone, Default)]
+pub struct PollFilter {
+    /// Task types it runs; `None` runs all.
+    pub types: Option<Arc<HashSet<String>>>,
+    /// The poller's build id; a task pinned to another build id is not for it.
+    pub build_id: Option<Arc<str>>,
+}
 
-fn accepts(filter: &TypeFilter, hint: &TaskHint) -> bool {
-    filter
-        .as_ref()
-        .is_none_or(|types| types.contains(&*hint.type_name))
+impl PollFilter {
+    /// Whether a poller with this filter may take the task behind `hint`.
+    pub fn accepts(&self, hint: &TaskHint) -> bool {
+        self.types.as_ref().is_none_or(|types| types.contains(&*hint.type_name))
+            && hint.compatibility.as_ref().is_none_or(|c| self.build_id.as_ref() == Some(c))
+    }
+}
+
+/// Bounds on parked long-polls (backpressure): beyond them a poll is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParkLimits {
+    /// Parked polls on this node.
+    pub per_node: usize,
+    /// Parked polls on one queue.
+    pub per_queue: usize,
+}
+
+impl Default for ParkLimits {
+    fn default() -> Self {
+        ParkLimits { per_node: 10_000, per_queue: 2_000 }
+    }
 }
 
 /// Where a parked poller receives its hint.
@@ -74,13 +99,15 @@ pub struct Slot {
 
 struct Waiter {
     id: u64,
-    filter: TypeFilter,
+    filter: PollFilter,
     slot: Arc<Slot>,
 }
 
 #[derive(Default)]
 struct QueueState {
     ready: BTreeMap<(u8, i64, u64), TaskHint>,
+    /// Task ids in `ready`, so a task announced twice is indexed once.
+    indexed: HashSet<Arc<str>>,
     waiters: VecDeque<Waiter>,
     arrivals: u64,
 }
@@ -91,6 +118,8 @@ pub enum Take {
     Hint(TaskHint),
     /// No matching hint: the poller is parked and waits on the slot.
     Parked(Arc<Slot>),
+    /// No matching hint, and the parked-poll limits are reached: refuse the poll.
+    Full,
 }
 
 /// Counts of one queue, for visibility.
@@ -108,21 +137,36 @@ const SHARDS: usize = 16;
 pub struct Matching {
     shards: Vec<Mutex<HashMap<QueueKey, QueueState>>>,
     next_waiter: AtomicU64,
+    /// Parked polls on this node; changed only under the owning shard's lock.
+    parked: AtomicU64,
+    limits: ParkLimits,
 }
 
 impl Default for Matching {
     fn default() -> Self {
-        Matching {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            next_waiter: AtomicU64::new(1),
-        }
+        Self::with_limits(ParkLimits::default())
     }
 }
 
 impl Matching {
-    /// An empty index.
+    /// An empty index with default limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index with the given parked-poll limits.
+    pub fn with_limits(limits: ParkLimits) -> Self {
+        Matching {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_waiter: AtomicU64::new(1),
+            parked: AtomicU64::new(0),
+            limits,
+        }
+    }
+
+    /// Parked polls on this node.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed) as usize
     }
 
     fn shard(&self, key: &QueueKey) -> &Mutex<HashMap<QueueKey, QueueState>> {
@@ -141,45 +185,42 @@ impl Matching {
     pub fn offer(&self, key: &QueueKey, hint: TaskHint) {
         let mut shard = lock(self.shard(key));
         let state = shard.entry(key.clone()).or_default();
-        if let Some(pos) = state.waiters.iter().position(|w| accepts(&w.filter, &hint)) {
-            let waiter = state
-                .waiters
-                .remove(pos)
-                .expect("invariant: position is in range");
+        if state.indexed.contains(&hint.task_id) {
+            return;
+        }
+        if let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) {
+            let waiter = state.waiters.remove(pos).expect("invariant: position is in range");
+            self.parked.fetch_sub(1, Ordering::Relaxed);
             *lock(&waiter.slot.hint) = Some(hint);
             waiter.slot.notify.notify_one();
             return;
         }
+        state.indexed.insert(hint.task_id.clone());
         let arrival = state.arrivals;
         state.arrivals += 1;
-        state
-            .ready
-            .insert((hint.priority, hint.ready_at_ms, arrival), hint);
+        state.ready.insert((hint.priority, hint.ready_at_ms, arrival), hint);
     }
 
     /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.
     /// Both happen under one lock, so an offer cannot slip between the check and the park.
-    pub fn take_or_park(&self, key: &QueueKey, filter: &TypeFilter, waiter_id: u64) -> Take {
+    pub fn take_or_park(&self, key: &QueueKey, filter: &PollFilter, waiter_id: u64) -> Take {
         let mut shard = lock(self.shard(key));
         let state = shard.entry(key.clone()).or_default();
-        let found = state
-            .ready
-            .iter()
-            .find(|(_, h)| accepts(filter, h))
-            .map(|(k, _)| *k);
+        let found = state.ready.iter().find(|(_, h)| filter.accepts(h)).map(|(k, _)| *k);
         if let Some(k) = found {
-            let hint = state
-                .ready
-                .remove(&k)
-                .expect("invariant: key was just found");
+            let hint = state.ready.remove(&k).expect("invariant: key was just found");
+            state.indexed.remove(&hint.task_id);
             return Take::Hint(hint);
         }
+        if state.waiters.len() >= self.limits.per_queue || self.parked() >= self.limits.per_node {
+            if state.waiters.is_empty() && state.ready.is_empty() {
+                shard.remove(key);
+            }
+            return Take::Full;
+        }
         let slot = Arc::new(Slot::default());
-        state.waiters.push_back(Waiter {
-            id: waiter_id,
-            filter: filter.clone(),
-            slot: slot.clone(),
-        });
+        state.waiters.push_back(Waiter { id: waiter_id, filter: filter.clone(), slot: slot.clone() });
+        self.parked.fetch_add(1, Ordering::Relaxed);
         Take::Parked(slot)
     }
 
@@ -188,12 +229,26 @@ impl Matching {
     pub fn unpark(&self, key: &QueueKey, waiter_id: u64, slot: &Slot) -> Option<TaskHint> {
         let mut shard = lock(self.shard(key));
         if let Some(state) = shard.get_mut(key) {
+            let before = state.waiters.len();
             state.waiters.retain(|w| w.id != waiter_id);
+            if state.waiters.len() < before {
+                self.parked.fetch_sub(1, Ordering::Relaxed);
+            }
             if state.waiters.is_empty() && state.ready.is_empty() {
                 shard.remove(key);
             }
         }
         lock(&slot.hint).take()
+    }
+
+    /// Drops the hint of a task that is no longer ready (deleted or leased elsewhere).
+    pub fn forget(&self, key: &QueueKey, task_id: &str) {
+        let mut shard = lock(self.shard(key));
+        if let Some(state) = shard.get_mut(key) {
+            if state.indexed.remove(task_id) {
+                state.ready.retain(|_, h| &*h.task_id != task_id);
+            }
+        }
     }
 
     /// The counts of one queue.
@@ -219,6 +274,7 @@ mod tests {
             type_name: ty.into(),
             priority,
             ready_at_ms: at,
+            compatibility: None,
         }
     }
 
@@ -233,9 +289,9 @@ mod tests {
         m.offer(&key(), hint("early", "a", 5, 10));
         m.offer(&key(), hint("urgent", "a", 0, 30));
         let order: Vec<String> = (0..3)
-            .map(|_| match m.take_or_park(&key(), &None, m.waiter_id()) {
+            .map(|_| match m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()) {
                 Take::Hint(h) => h.task_id.to_string(),
-                Take::Parked(_) => panic!("expected a hint"),
+                _ => panic!("expected a hint"),
             })
             .collect();
         assert_eq!(order, ["urgent", "early", "late"]);
@@ -244,12 +300,12 @@ mod tests {
     #[test]
     fn offer_goes_straight_to_a_parked_poller_that_accepts_the_type() {
         let m = Matching::new();
-        let only_b: TypeFilter = Some(Arc::new(["b".to_string()].into_iter().collect()));
+        let only_b = PollFilter { types: Some(Arc::new(["b".to_string()].into_iter().collect())), build_id: None };
         let (id_b, id_any) = (m.waiter_id(), m.waiter_id());
         let Take::Parked(slot_b) = m.take_or_park(&key(), &only_b, id_b) else {
             panic!("parks")
         };
-        let Take::Parked(slot_any) = m.take_or_park(&key(), &None, id_any) else {
+        let Take::Parked(slot_any) = m.take_or_park(&key(), &PollFilter::default(), id_any) else {
             panic!("parks")
         };
         m.offer(&key(), hint("t1", "a", 5, 1));
@@ -270,7 +326,7 @@ mod tests {
     fn unparked_poller_no_longer_receives_offers() {
         let m = Matching::new();
         let id = m.waiter_id();
-        let Take::Parked(slot) = m.take_or_park(&key(), &None, id) else {
+        let Take::Parked(slot) = m.take_or_park(&key(), &PollFilter::default(), id) else {
             panic!("parks")
         };
         assert_eq!(m.unpark(&key(), id, &slot), None);

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::clock::Millis;
 
 /// A namespace.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NamespaceRecord {
     /// Lowercase name.
     pub name: String,
@@ -20,6 +20,16 @@ pub struct NamespaceRecord {
     pub created_at_ms: Millis,
     /// Last update time.
     pub updated_at_ms: Millis,
+    /// Operator metadata, a JSON object.
+    #[serde(default)]
+    pub metadata: Value,
+    /// The external payload storage policy as configured (stored only: Keel does not
+    /// offload payloads).
+    #[serde(default)]
+    pub external_payload_storage: Option<Value>,
+    /// Custom search attributes registered in this namespace: name → type.
+    #[serde(default)]
+    pub search_attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A workflow id and its chain of runs.
@@ -150,6 +160,62 @@ pub struct RunRecord {
     /// Why the run closed.
     #[serde(default)]
     pub closed_reason: Option<String>,
+    /// Parent/child links, the continue-as-new chain and post-close facts.
+    #[serde(default)]
+    pub lifecycle: RunLifecycle,
+    /// Open timers, the open condition wait and accepted updates (`workflow::waits`).
+    #[serde(default)]
+    pub waits: RunWaits,
+}
+
+/// A child run's link to the parent run that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    /// The parent's workflow id.
+    pub workflow_id: String,
+    /// The parent run that started the child (a later run of a continued child keeps it).
+    pub run_id: String,
+    /// The parent's workflow sequence of the `start_child_workflow` command.
+    pub sequence: u64,
+}
+
+/// An open child of a run, as the parent remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildLink {
+    /// The parent's workflow sequence of the `start_child_workflow` command.
+    pub sequence: u64,
+    /// The child's workflow id (its current run follows continue-as-new).
+    pub workflow_id: String,
+    /// The child's first run.
+    pub first_run_id: String,
+    /// The child's workflow type.
+    pub workflow_type: String,
+    /// `abandon`, `request_cancel`, `request_cancellation` or `terminate`.
+    pub parent_close_policy: String,
+}
+
+/// Facts about a run's place among other runs and what happened after it closed. Every
+/// field defaults, so records written before these existed read as a plain top-level run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunLifecycle {
+    /// The parent, when this run is (a continuation of) a child workflow.
+    #[serde(default)]
+    pub parent: Option<ParentLink>,
+    /// Children started by this run that have not closed yet.
+    #[serde(default)]
+    pub open_children: Vec<ChildLink>,
+    /// The run this one continued (continue-as-new).
+    #[serde(default)]
+    pub continued_from_run_id: Option<String>,
+    /// The run that continued this one.
+    #[serde(default)]
+    pub continued_to_run_id: Option<String>,
+    /// Sequence of the event that closed the run; events recorded later (archive) follow it.
+    #[serde(default)]
+    pub close_event_seq: Option<u64>,
+    /// When an operator archived the closed run.
+    #[serde(default)]
+    pub archived_at_ms: Option<Millis>,
 }
 
 /// The kinds of task.
@@ -232,6 +298,61 @@ pub struct ActivityState {
     /// Last heartbeat details.
     #[serde(default)]
     pub heartbeat_details: Option<Value>,
+    /// Timeouts of the execution and the timers enforcing them.
+    #[serde(default)]
+    pub timeouts: ActivityTimeouts,
+}
+
+/// An activity's timeouts (whole seconds, as scheduled) and the durable timers that
+/// enforce them. Attempt-scoped timers name the attempt they were armed for, so a timer
+/// of an earlier attempt is ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActivityTimeouts {
+    /// From becoming ready to being leased, per attempt.
+    #[serde(default)]
+    pub schedule_to_start_s: Option<u64>,
+    /// From lease to report, per attempt.
+    #[serde(default)]
+    pub start_to_close_s: Option<u64>,
+    /// From scheduling to the final report, across every attempt.
+    #[serde(default)]
+    pub schedule_to_close_s: Option<u64>,
+    /// Longest gap between heartbeats of an attempt.
+    #[serde(default)]
+    pub heartbeat_s: Option<u64>,
+    /// Enforces `schedule_to_close_s`.
+    #[serde(default)]
+    pub schedule_to_close_timer: Option<TimerKey>,
+    /// Enforces `schedule_to_start_s` for the waiting attempt.
+    #[serde(default)]
+    pub schedule_to_start_timer: Option<TimerKey>,
+    /// Enforces `start_to_close_s` for the leased attempt.
+    #[serde(default)]
+    pub start_to_close_timer: Option<TimerKey>,
+    /// Enforces `heartbeat_s` for the leased attempt; re-armed lazily at
+    /// `heartbeat_deadline_ms` when heartbeats moved it.
+    #[serde(default)]
+    pub heartbeat_timer: Option<TimerKey>,
+    /// When the leased attempt's heartbeat allowance runs out.
+    #[serde(default)]
+    pub heartbeat_deadline_ms: Option<Millis>,
+    /// Last heartbeat of the current attempt.
+    #[serde(default)]
+    pub last_heartbeat_at_ms: Option<Millis>,
+}
+
+impl ActivityTimeouts {
+    /// Every timer currently armed.
+    pub fn timers(&self) -> impl Iterator<Item = &TimerKey> {
+        [
+            &self.schedule_to_close_timer,
+            &self.schedule_to_start_timer,
+            &self.start_to_close_timer,
+            &self.heartbeat_timer,
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// A task: the unit that is matched to a worker and leased.
@@ -274,6 +395,13 @@ pub struct TaskRecord {
     /// Activity state.
     #[serde(default)]
     pub activity: Option<ActivityState>,
+    /// The build id the task is pinned to (its run's); only that cohort may take it.
+    #[serde(default)]
+    pub compatibility: Option<String>,
+    /// Workflow tasks: the accepted update this task runs (`workflow_update_id`); the
+    /// workflow's main body does not advance in such a task.
+    #[serde(default)]
+    pub workflow_update_id: Option<String>,
 }
 
 /// What a durable timer does when it fires.
@@ -296,6 +424,50 @@ pub enum TimerAction {
         namespace: String,
         /// The run.
         run_id: String,
+    },
+    /// Enforces one timeout of an activity (see [`ActivityTimeouts`]).
+    ActivityTimeout {
+        /// The activity task.
+        task_id: String,
+        /// `schedule_to_start`, `start_to_close`, `schedule_to_close` or `heartbeat`.
+        timeout_kind: String,
+        /// The attempt the timer was armed for (1-based).
+        attempt_number: u32,
+        /// The leased attempt it was armed for (attempt-scoped kinds).
+        #[serde(default)]
+        attempt_id: Option<String>,
+    },
+    /// Applies a closed parent's close policy to one of its open children.
+    ParentClosePolicy {
+        /// Namespace.
+        namespace: String,
+        /// The child's workflow id (the policy reaches its current run).
+        child_workflow_id: String,
+        /// The parent run that closed.
+        parent_run_id: String,
+        /// `request_cancel`, `request_cancellation` or `terminate`.
+        policy: String,
+    },
+    /// Fires a workflow's durable timer (`start_timer`): records `TimerFired`.
+    WorkflowTimer {
+        /// Namespace.
+        namespace: String,
+        /// The run.
+        run_id: String,
+        /// Workflow sequence of the `start_timer` command.
+        sequence: u64,
+    },
+    /// Times out the run's open condition wait: records a condition-timeout `TimerFired`.
+    ConditionTimeout {
+        /// Namespace.
+        namespace: String,
+        /// The run.
+        run_id: String,
+    },
+    /// Forgets the tombstone of an activity task deleted with its closed run.
+    ForgetClosedTask {
+        /// The activity task.
+        task_id: String,
     },
 }
 
@@ -330,4 +502,198 @@ pub struct WorkerRecord {
     pub registered_at_ms: Millis,
     /// Last registration or heartbeat.
     pub last_heartbeat_at_ms: Millis,
+}
+
+/// A build-id cohort of a queue and the operator's drain intent for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CohortRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Queue.
+    pub task_queue: String,
+    /// Build id (`None`: the unversioned cohort).
+    #[serde(default)]
+    pub build_id: Option<String>,
+    /// Whether the cohort is draining (its workers get no new tasks).
+    pub draining: bool,
+    /// When the drain started.
+    #[serde(default)]
+    pub drained_at_ms: Option<Millis>,
+    /// When the cohort was last resumed.
+    #[serde(default)]
+    pub resumed_at_ms: Option<Millis>,
+    /// Last change.
+    pub updated_at_ms: Millis,
+}
+
+/// What a run is waiting on besides activities and children: durable timers, the open
+/// condition wait and accepted updates. Every field defaults, so older records read as
+/// a run waiting on nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunWaits {
+    /// Open `start_timer` timers by workflow sequence.
+    #[serde(default)]
+    pub timers: std::collections::BTreeMap<u64, OpenTimer>,
+    /// The open condition wait (the latest physical `ConditionWaitOpened`), if any.
+    #[serde(default)]
+    pub condition: Option<OpenCondition>,
+    /// Accepted updates not yet completed, oldest first. A new workflow task runs the
+    /// first of them (`TaskRecord::workflow_update_id`).
+    #[serde(default)]
+    pub pending_updates: Vec<String>,
+}
+
+/// An open workflow timer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTimer {
+    /// The timer id recorded in `TimerScheduled`.
+    pub timer_id: String,
+    /// Requested delay.
+    pub delay_seconds: u64,
+    /// The durable timer that fires it.
+    pub timer: TimerKey,
+    /// Parallel-group fields of the command, copied into `TimerFired`.
+    #[serde(default)]
+    pub group: Value,
+}
+
+/// The open condition wait of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenCondition {
+    /// Id of the latest physical wait (`ConditionWaitOpened.condition_wait_id`).
+    pub condition_wait_id: String,
+    /// Its workflow sequence.
+    pub sequence: u64,
+    /// `condition_key` as sent.
+    #[serde(default)]
+    pub condition_key: Option<String>,
+    /// `condition_definition_fingerprint` as sent.
+    #[serde(default)]
+    pub condition_definition_fingerprint: Option<String>,
+    /// The workflow task whose completion opened it.
+    pub opened_by_task: String,
+    /// The timeout timer; a reopened logical wait keeps the first open's deadline.
+    #[serde(default)]
+    pub timer: Option<TimerKey>,
+}
+
+/// Where an update is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateStatus {
+    /// Recorded as `UpdateAccepted`; waiting for a worker to run it.
+    Accepted,
+    /// The handler returned (`UpdateApplied` + `UpdateCompleted`).
+    Completed,
+    /// The handler failed, or the run closed first.
+    Failed,
+}
+
+impl UpdateStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateStatus::Accepted => "accepted",
+            UpdateStatus::Completed => "completed",
+            UpdateStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A workflow update.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    /// Update id.
+    pub update_id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Workflow id.
+    pub workflow_id: String,
+    /// The run it was accepted on.
+    pub run_id: String,
+    /// Update name.
+    pub update_name: String,
+    /// The control-plane command that submitted it.
+    pub command_id: String,
+    /// Caller request id, if any.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Argument envelope.
+    #[serde(default)]
+    pub arguments: Value,
+    /// Status.
+    pub status: UpdateStatus,
+    /// Result envelope (completed).
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Failure message (failed).
+    #[serde(default)]
+    pub failure_message: Option<String>,
+    /// Failure exception type (failed).
+    #[serde(default)]
+    pub failure_type: Option<String>,
+    /// History sequence of `UpdateAccepted`.
+    pub accepted_event_seq: u64,
+    /// When it was accepted.
+    pub accepted_at_ms: Millis,
+    /// When it completed or failed.
+    #[serde(default)]
+    pub closed_at_ms: Option<Millis>,
+}
+
+/// A control-plane command remembered by its caller `request_id`, so a resent request
+/// gets the original answer instead of being applied twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandReceipt {
+    /// `signal` or `update`.
+    pub command_type: String,
+    /// The command's id.
+    pub command_id: String,
+    /// Signal or update name.
+    pub name: String,
+    /// The run it was applied to.
+    pub run_id: String,
+    /// The run the caller targeted (`None`: the current run).
+    #[serde(default)]
+    pub requested_run_id: Option<String>,
+    /// Digest of the arguments, to tell a resend from a different command.
+    pub arguments_digest: String,
+    /// The original answer.
+    pub receipt: Value,
+}
+
+/// Signal, query and update names a workflow type declared at worker registration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CommandContract {
+    /// Declared signal names.
+    #[serde(default)]
+    pub signals: Vec<String>,
+    /// Declared query names.
+    #[serde(default)]
+    pub queries: Vec<String>,
+    /// Declared update names.
+    #[serde(default)]
+    pub updates: Vec<String>,
+    /// When it was last declared.
+    #[serde(default)]
+    pub declared_at_ms: Millis,
+}
+
+/// The tombstone of an activity task deleted because its run closed, so the attempt's
+/// next heartbeat learns why instead of getting `task_not_found`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClosedTaskRecord {
+    /// The task.
+    pub task_id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The run.
+    pub run_id: String,
+    /// The lease owner at close.
+    pub lease_owner: String,
+    /// The attempt at close.
+    #[serde(default)]
+    pub attempt_id: Option<String>,
+    /// The run's terminal status.
+    pub run_status: RunStatus,
 }

@@ -111,6 +111,62 @@ pub fn worker_key(ns: &str, worker_id: &str) -> Vec<u8> {
     Key::new(prefix::WORKER).str(ns).str(worker_id).into_bytes()
 }
 
+/// The ready index's value: the task type, then the pinned build id if any.
+pub fn ready_value(type_name: &str, compatibility: Option<&str>) -> Vec<u8> {
+    let mut v = type_name.as_bytes().to_vec();
+    if let Some(c) = compatibility {
+        v.push(0);
+        v.extend_from_slice(c.as_bytes());
+    }
+    v
+}
+
+/// Decodes [`ready_value`].
+pub fn decode_ready_value(value: &[u8]) -> (String, Option<String>) {
+    let mut parts = value.splitn(2, |b| *b == 0);
+    let type_name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let compatibility = parts.next().map(|c| String::from_utf8_lossy(c).into_owned());
+    (type_name, compatibility)
+}
+
+/// Key of a build-id cohort (`None`: the unversioned cohort).
+pub fn cohort_key(ns: &str, queue: &str, build_id: Option<&str>) -> Vec<u8> {
+    let k = Key::new(prefix::COHORT).str(ns).str(queue);
+    match build_id {
+        Some(b) => k.u8(1).str(b).into_bytes(),
+        None => k.u8(0).into_bytes(),
+    }
+}
+
+/// The cohorts of one queue.
+pub fn cohorts_range(ns: &str, queue: &str) -> KeyRange {
+    Key::new(prefix::COHORT).str(ns).str(queue).range()
+}
+
+/// Which per-queue counter.
+#[derive(Debug, Clone, Copy)]
+pub enum QueueCounter {
+    /// Tasks in the ready index.
+    Ready = 0,
+    /// Tasks leased to a worker.
+    Leased = 1,
+}
+
+/// Key of a per-queue task counter (an atomic-add counter).
+pub fn queue_counter_key(ns: &str, queue: &str, kind: TaskKind, counter: QueueCounter) -> Vec<u8> {
+    Key::new(prefix::QUEUE_COUNTER).str(ns).str(queue).u8(kind.code()).u8(counter as u8).into_bytes()
+}
+
+/// Every per-queue counter of a namespace.
+pub fn queue_counters_range(ns: &str) -> KeyRange {
+    Key::new(prefix::QUEUE_COUNTER).str(ns).range()
+}
+
+/// Worker registrations of a namespace.
+pub fn workers_range(ns: &str) -> KeyRange {
+    Key::new(prefix::WORKER).str(ns).range()
+}
+
 /// Key of a store metadata entry.
 pub fn meta_key(name: &str) -> Vec<u8> {
     Key::new(prefix::META).str(name).into_bytes()

@@ -76,6 +76,7 @@ async fn drive(seed: u64) {
         task_queue: "q".into(),
         timeout: Duration::ZERO,
         history_page_size: 1000,
+        poll_request_id: None,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

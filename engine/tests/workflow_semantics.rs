@@ -89,6 +89,7 @@ fn probe() -> Poll {
         task_queue: QUEUE.into(),
         timeout: Duration::ZERO,
         history_page_size: 500,
+        poll_request_id: None,
     }
 }
 

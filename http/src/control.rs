@@ -1,4 +1,4 @@
-//! Discovery and control-plane handlers.
+//! Control-plane handlers (discovery and health live in `probes`).
 
 use hyper::StatusCode;
 use keel_engine::clock::format_timestamp;
@@ -13,48 +13,6 @@ use crate::error::ApiError;
 use crate::router::Op;
 use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
-
-/// Health, readiness and discovery.
-pub async fn discovery(state: &AppState, op: Op) -> Result<Reply, ApiError> {
-    let now = format_timestamp(state.engine.now_ms());
-    match op {
-        Op::Health => Ok(Reply::json(
-            StatusCode::OK,
-            &json!({"status": "serving", "timestamp": now, "checks": {"database": "ok"}, "topology": state.topology}),
-        )),
-        Op::Ready => {
-            let storage_ok = state
-                .engine
-                .namespace(&state.engine.config().default_namespace)
-                .await
-                .is_ok();
-            let check = |ok: bool| json!({"status": if ok { "ok" } else { "unavailable" }});
-            let status = if storage_ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            Ok(Reply::json(
-                status,
-                &json!({
-                    "status": if storage_ok { "ready" } else { "not_ready" },
-                    "timestamp": now,
-                    "checks": {"database": check(storage_ok), "migrations": check(storage_ok), "default_namespace": check(storage_ok)},
-                    "topology": state.topology,
-                }),
-            ))
-        }
-        Op::ClusterInfo => Ok(Reply {
-            status: StatusCode::OK,
-            body: state.cluster_info.clone(),
-        }),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such discovery route",
-        )),
-    }
-}
 
 /// Control-plane operations.
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
@@ -78,6 +36,33 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             ))
         }
         Op::RunHistory => run_history(state, call).await,
+        Op::SignalWorkflow
+        | Op::SignalRun
+        | Op::QueryWorkflow
+        | Op::QueryRun
+        | Op::UpdateWorkflow
+        | Op::UpdateRun
+        | Op::CancelWorkflow
+        | Op::CancelRun
+        | Op::TerminateWorkflow
+        | Op::TerminateRun => crate::commands::handle(state, op, call).await,
+        Op::ListWorkflows
+        | Op::ListRuns
+        | Op::ExportRunHistory
+        | Op::DebugWorkflow
+        | Op::DebugRun
+        | Op::RepairWorkflow
+        | Op::RepairRun
+        | Op::ArchiveWorkflow
+        | Op::ArchiveRun => crate::reads::handle(state, op, call).await,
+        Op::ListWorkers
+        | Op::DescribeWorker
+        | Op::DeleteWorker
+        | Op::ListTaskQueues
+        | Op::DescribeTaskQueue
+        | Op::ListBuildIds
+        | Op::DrainBuildId
+        | Op::ResumeBuildId => crate::fleet::handle(state, op, call).await,
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -180,7 +165,7 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     ))
 }
 
-fn control_block(operation: &str, workflow_id: &str, projected: Value) -> Value {
+pub(crate) fn control_block(operation: &str, workflow_id: &str, projected: Value) -> Value {
     let mut block = json!({
         "schema": "durable-workflow.v2.control-plane-response",
         "version": 1,
@@ -199,7 +184,7 @@ fn is_envelope(v: &Value) -> bool {
     v.get("codec").is_some() && v.get("blob").is_some()
 }
 
-fn run_json(view: &RunView, operation: &str) -> Value {
+pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
     let run = &view.run;
     let ts = |ms: Option<i64>| ms.map(format_timestamp);
     let terminal = run.status.is_terminal();

@@ -35,16 +35,16 @@ pub fn server_capabilities() -> Value {
     })
 }
 
-/// The role topology of a standalone node.
-pub fn topology(workflow_lease_s: u64, activity_lease_s: u64) -> Value {
+/// The role topology of a standalone node hosting `node`'s roles.
+pub fn topology(node: &crate::gates::NodeRoles, workflow_lease_s: u64, activity_lease_s: u64) -> Value {
     json!({
         "schema": "durable-workflow.v2.role-topology",
         "version": 4,
         "supported_shapes": ["standalone_server"],
         "current_shape": "standalone_server",
-        "current_process_class": "server_http_node",
-        "current_roles": ["api_ingress", "control_plane", "matching", "history_projection", "scheduler"],
-        "role_vocabulary": ["api_ingress", "control_plane", "matching", "history_projection", "scheduler", "execution_plane"],
+        "current_process_class": node.process_class(),
+        "current_roles": node.roles(),
+        "role_vocabulary": crate::gates::ROLE_VOCABULARY,
         "execution_mode": "remote_worker_protocol",
         "matching_role": {
             "queue_wake_enabled": true,
@@ -64,9 +64,9 @@ pub fn topology(workflow_lease_s: u64, activity_lease_s: u64) -> Value {
     })
 }
 
-/// The `cluster/info` document.
+/// The `cluster/info` document (its static part; `probes` adds the live blocks).
 pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) -> Value {
-    json!({
+    let mut info = json!({
         "server_id": server_id,
         "version": SERVER_VERSION,
         "product": "keel",
@@ -97,7 +97,8 @@ pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) 
         },
         "topology": topology,
         "control_plane": {
-            "version": CONTROL_PLANE_VERSION,
+            // An integer: the schema types it so, and the SDK compares str(version).
+            "version": 2,
             "header": "X-Durable-Workflow-Control-Plane-Version",
             "request_contract": {
                 "schema": "durable-workflow.v2.control-plane-request.contract",
@@ -135,5 +136,7 @@ pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) 
             "effective_config": {"required_fields": ["server_url", "namespace", "profile", "auth", "tls", "identity"]},
             "redaction": {"never_echo": ["bearer_tokens", "private_keys", "raw_authorization_headers"]},
         },
-    })
+    });
+    crate::probes::add_manifests(&mut info);
+    info
 }

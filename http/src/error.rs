@@ -83,6 +83,7 @@ impl From<Error> for ApiError {
                     RejectKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
                     RejectKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
                     RejectKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    RejectKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 };
                 ApiError {
                     status,

@@ -2,12 +2,25 @@
 //! protocol 1.x) on hyper, over the engine.
 #![warn(missing_docs)]
 
+mod auth;
+mod commands;
 mod control;
 mod discovery;
 pub mod error;
+mod fleet;
+mod gates;
+pub mod metrics;
+mod namespaces;
+mod probes;
+mod reads;
+mod query_tasks;
 mod router;
 pub mod server;
+mod system;
 mod validate;
 mod worker;
 
+pub use auth::{AuthConfig, Role};
+pub use gates::NodeRoles;
+pub use router::{table as route_table, Access, RouteInfo};
 pub use server::{serve, AppState};

@@ -1,6 +1,15 @@
-//! A small explicit router: a table of routes, each with its method, path pattern and
-//! plane (which decides the version header it requires). Path segments are
-//! percent-decoded before matching, since the SDK encodes ids inconsistently.
+//! A small explicit router: a table of routes, each with its method, path pattern,
+//! plane (which decides the version header it requires) and access (the role it
+//! requires). Path segments are percent-decoded before matching, since the SDK encodes
+//! ids inconsistently.
+//!
+//! **Access** defaults from the plane ([`Plane::default_access`]): public routes need no
+//! token, discovery any role, control-plane routes `operator` (or `admin`), worker routes
+//! `worker`. A route that needs something else names it as a fifth argument:
+//! `route!(POST, [L("namespaces")], Control, CreateNamespace, Admin)`.
+//!
+//! The bootstrap gate and the topology gate ([`policy`]) are derived from the plane and
+//! the path, so a new route is gated like its family without extra declarations.
 
 use hyper::Method;
 
@@ -17,16 +26,83 @@ pub enum Plane {
     Worker,
 }
 
+impl Plane {
+    /// The access a route of this plane requires unless it names another.
+    pub fn default_access(self) -> Access {
+        match self {
+            Plane::Public => Access::Public,
+            Plane::Discovery => Access::Any,
+            Plane::Control => Access::Operator,
+            Plane::Worker => Access::Worker,
+        }
+    }
+}
+
+/// The role a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed (health, readiness).
+    Public,
+    /// Any valid token.
+    Any,
+    /// The `worker` role.
+    Worker,
+    /// `operator` or `admin`.
+    Operator,
+    /// `admin`.
+    Admin,
+}
+
 /// The operations Keel serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Health,
     Ready,
     ClusterInfo,
+    PrometheusMetrics,
+    ListNamespaces,
+    CreateNamespace,
+    DescribeNamespace,
+    UpdateNamespace,
+    SetNamespaceExternalStorage,
+    ListSearchAttributes,
+    CreateSearchAttribute,
+    DeleteSearchAttribute,
+    SystemHealth,
+    SystemMetrics,
+    SystemOperatorMetrics,
+    SystemRepair,
+    SystemRepairPass,
+    SystemActivityTimeouts,
+    SystemActivityTimeoutsPass,
+    SystemRetention,
+    SystemRetentionPass,
     StartWorkflow,
+    ListWorkflows,
+    ListRuns,
+    ExportRunHistory,
+    DebugWorkflow,
+    DebugRun,
+    RepairWorkflow,
+    RepairRun,
+    ArchiveWorkflow,
+    ArchiveRun,
     DescribeWorkflow,
     DescribeRun,
     RunHistory,
+    SignalWorkflow,
+    SignalRun,
+    QueryWorkflow,
+    QueryRun,
+    UpdateWorkflow,
+    UpdateRun,
+    CancelWorkflow,
+    CancelRun,
+    TerminateWorkflow,
+    TerminateRun,
+    PollQueryTask,
+    CompleteQueryTask,
+    FailQueryTask,
     RegisterWorker,
     HeartbeatWorker,
     DeregisterWorker,
@@ -39,6 +115,14 @@ pub enum Op {
     HeartbeatActivityTask,
     CompleteActivityTask,
     FailActivityTask,
+    ListWorkers,
+    DescribeWorker,
+    DeleteWorker,
+    ListTaskQueues,
+    DescribeTaskQueue,
+    ListBuildIds,
+    DrainBuildId,
+    ResumeBuildId,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -54,11 +138,31 @@ struct Route {
     path: &'static [Seg],
     plane: Plane,
     op: Op,
+    access: Access,
+    /// Served at `/{path}` instead of `/api/{path}` (`/metrics`).
+    root: bool,
 }
 
 macro_rules! route {
     ($method:ident, [$($seg:expr),*], $plane:ident, $op:ident) => {
-        Route { method: Method::$method, path: &[$($seg),*], plane: Plane::$plane, op: Op::$op }
+        Route {
+            method: Method::$method,
+            path: &[$($seg),*],
+            plane: Plane::$plane,
+            op: Op::$op,
+            access: Plane::$plane.default_access(),
+            root: false,
+        }
+    };
+    ($method:ident, [$($seg:expr),*], $plane:ident, $op:ident, $access:ident) => {
+        Route {
+            method: Method::$method,
+            path: &[$($seg),*],
+            plane: Plane::$plane,
+            op: Op::$op,
+            access: Access::$access,
+            root: false,
+        }
     };
 }
 
@@ -68,10 +172,126 @@ fn routes() -> &'static [Route] {
         vec![
             route!(GET, [L("health")], Public, Health),
             route!(GET, [L("ready")], Public, Ready),
+            route!(GET, [L("workers")], Control, ListWorkers),
+            route!(GET, [L("workers"), P], Control, DescribeWorker),
+            route!(DELETE, [L("workers"), P], Control, DeleteWorker),
+            route!(GET, [L("task-queues")], Control, ListTaskQueues),
+            route!(GET, [L("task-queues"), P], Control, DescribeTaskQueue),
+            route!(GET, [L("task-queues"), P, L("build-ids")], Control, ListBuildIds),
+            route!(POST, [L("task-queues"), P, L("build-ids"), L("drain")], Control, DrainBuildId),
+            route!(POST, [L("task-queues"), P, L("build-ids"), L("resume")], Control, ResumeBuildId),
             route!(GET, [L("cluster"), L("info")], Discovery, ClusterInfo),
+            // Prometheus text at the root; any role, so a scraper can hold the least
+            // powerful credential.
+            Route {
+                method: Method::GET,
+                path: &[L("metrics")],
+                plane: Plane::Public,
+                op: Op::PrometheusMetrics,
+                access: Access::Any,
+                root: true,
+            },
+            route!(GET, [L("namespaces")], Control, ListNamespaces),
+            route!(POST, [L("namespaces")], Control, CreateNamespace, Admin),
+            route!(GET, [L("namespaces"), P], Control, DescribeNamespace),
+            route!(PUT, [L("namespaces"), P], Control, UpdateNamespace, Admin),
+            route!(
+                PUT,
+                [L("namespaces"), P, L("external-storage")],
+                Control,
+                SetNamespaceExternalStorage,
+                Admin
+            ),
+            route!(GET, [L("search-attributes")], Control, ListSearchAttributes),
+            route!(POST, [L("search-attributes")], Control, CreateSearchAttribute),
+            route!(DELETE, [L("search-attributes"), P], Control, DeleteSearchAttribute),
+            route!(GET, [L("system"), L("health")], Control, SystemHealth, Admin),
+            route!(GET, [L("system"), L("metrics")], Control, SystemMetrics, Admin),
+            route!(POST, [L("system"), L("metrics")], Control, SystemMetrics, Admin),
+            route!(
+                GET,
+                [L("system"), L("operator-metrics")],
+                Control,
+                SystemOperatorMetrics,
+                Admin
+            ),
+            route!(GET, [L("system"), L("repair")], Control, SystemRepair, Admin),
+            route!(
+                POST,
+                [L("system"), L("repair"), L("pass")],
+                Control,
+                SystemRepairPass,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("system"), L("activity-timeouts")],
+                Control,
+                SystemActivityTimeouts,
+                Admin
+            ),
+            route!(
+                POST,
+                [L("system"), L("activity-timeouts"), L("pass")],
+                Control,
+                SystemActivityTimeoutsPass,
+                Admin
+            ),
+            route!(GET, [L("system"), L("retention")], Control, SystemRetention, Admin),
+            route!(
+                POST,
+                [L("system"), L("retention"), L("pass")],
+                Control,
+                SystemRetentionPass,
+                Admin
+            ),
             route!(POST, [L("workflows")], Control, StartWorkflow),
+            route!(GET, [L("workflows")], Control, ListWorkflows),
+            route!(GET, [L("workflows"), P, L("runs")], Control, ListRuns),
+            route!(
+                GET,
+                [L("workflows"), P, L("runs"), P, L("history"), L("export")],
+                Control,
+                ExportRunHistory
+            ),
+            route!(GET, [L("workflows"), P, L("debug")], Control, DebugWorkflow),
+            route!(
+                GET,
+                [L("workflows"), P, L("runs"), P, L("debug")],
+                Control,
+                DebugRun
+            ),
+            route!(POST, [L("workflows"), P, L("repair")], Control, RepairWorkflow),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("repair")],
+                Control,
+                RepairRun
+            ),
+            route!(POST, [L("workflows"), P, L("archive")], Control, ArchiveWorkflow),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("archive")],
+                Control,
+                ArchiveRun
+            ),
             route!(GET, [L("workflows"), P], Control, DescribeWorkflow),
             route!(GET, [L("workflows"), P, L("runs"), P], Control, DescribeRun),
+            // Workflow commands (signal, query, update, cancel, terminate); the run-targeted
+            // forms reject a run that is not current, except queries.
+            route!(POST, [L("workflows"), P, L("signal"), P], Control, SignalWorkflow),
+            route!(POST, [L("workflows"), P, L("runs"), P, L("signal"), P], Control, SignalRun),
+            route!(POST, [L("workflows"), P, L("query"), P], Control, QueryWorkflow),
+            route!(POST, [L("workflows"), P, L("runs"), P, L("query"), P], Control, QueryRun),
+            route!(POST, [L("workflows"), P, L("update"), P], Control, UpdateWorkflow),
+            route!(POST, [L("workflows"), P, L("runs"), P, L("update"), P], Control, UpdateRun),
+            route!(POST, [L("workflows"), P, L("cancel")], Control, CancelWorkflow),
+            route!(POST, [L("workflows"), P, L("runs"), P, L("cancel")], Control, CancelRun),
+            route!(POST, [L("workflows"), P, L("terminate")], Control, TerminateWorkflow),
+            route!(POST, [L("workflows"), P, L("runs"), P, L("terminate")], Control, TerminateRun),
+            route!(POST, [L("worker"), L("query-tasks"), L("poll")], Worker, PollQueryTask),
+            route!(POST, [L("worker"), L("query-tasks"), P, L("complete")], Worker, CompleteQueryTask),
+            route!(POST, [L("worker"), L("query-tasks"), P, L("fail")], Worker, FailQueryTask),
             route!(
                 GET,
                 [L("workflows"), P, L("runs"), P, L("history")],
@@ -155,10 +375,11 @@ pub enum Match {
     NotFound,
 }
 
-/// Matches `method` and `path` (the full path, starting with `/api/`).
+/// Matches `method` and `path` (the full path, starting with `/api/`, or a root route).
 pub fn route(method: &Method, path: &str) -> Match {
-    let Some(rest) = path.strip_prefix("/api/") else {
-        return Match::NotFound;
+    let (rest, root) = match path.strip_prefix("/api/") {
+        Some(rest) => (rest, false),
+        None => (path.strip_prefix('/').unwrap_or(path), true),
     };
     let segments: Vec<String> = rest
         .trim_end_matches('/')
@@ -171,7 +392,7 @@ pub fn route(method: &Method, path: &str) -> Match {
         .collect();
     let mut path_matched = false;
     for r in routes() {
-        if r.path.len() != segments.len() {
+        if r.path.len() != segments.len() || r.root != root {
             continue;
         }
         let mut params = Vec::new();
@@ -196,6 +417,149 @@ pub fn route(method: &Method, path: &str) -> Match {
     }
 }
 
+impl Op {
+    /// The operation's name in snake case (`start_workflow`): the metrics label of its
+    /// route. Never holds ids.
+    pub fn name(self) -> String {
+        let debug = format!("{self:?}");
+        let mut out = String::with_capacity(debug.len() + 4);
+        for (i, c) in debug.chars().enumerate() {
+            if c.is_ascii_uppercase() {
+                if i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// Topology roles a node must host to serve hosted control-plane routes.
+pub const CONTROL_ROLES: &[&str] = &["api_ingress", "control_plane"];
+/// Topology roles a node must host to serve worker-protocol routes.
+pub const WORKER_ROLES: &[&str] = &["api_ingress", "matching"];
+
+/// How the pipeline treats a route: who may call it and which gates apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// The role it requires.
+    pub access: Access,
+    /// Whether the workflow bootstrap gate applies (workflow starts, commands, lists and
+    /// describes, schedule mutations, bridge adapters, the whole worker plane; history,
+    /// debug and export reads and schedule reads stay available).
+    pub bootstrap_gated: bool,
+    /// Topology roles the node must host (empty: served by every node).
+    pub required_roles: &'static [&'static str],
+}
+
+fn bootstrap_gated(r: &Route) -> bool {
+    let lit = |i: usize| match r.path.get(i) {
+        Some(Seg::Lit(l)) => Some(*l),
+        _ => None,
+    };
+    let last = r.path.last().and_then(|s| match s {
+        Seg::Lit(l) => Some(*l),
+        Seg::Param => None,
+    });
+    match r.plane {
+        Plane::Worker => true,
+        Plane::Control => match lit(0) {
+            Some("workflows") => {
+                !(r.method == Method::GET
+                    && matches!(last, Some("history" | "debug" | "export")))
+            }
+            Some("schedules") => r.method != Method::GET,
+            Some("bridge-adapters" | "activities") => true,
+            _ => false,
+        },
+        Plane::Public | Plane::Discovery => false,
+    }
+}
+
+fn route_policy(r: &Route) -> Policy {
+    Policy {
+        access: r.access,
+        bootstrap_gated: bootstrap_gated(r),
+        required_roles: match r.plane {
+            Plane::Control => CONTROL_ROLES,
+            Plane::Worker => WORKER_ROLES,
+            Plane::Public | Plane::Discovery => &[],
+        },
+    }
+}
+
+/// The policy of the route serving `op` (every op is served by one route family; when
+/// several routes share an op, they share its policy).
+pub fn policy(op: Op) -> Policy {
+    routes()
+        .iter()
+        .find(|r| r.op == op)
+        .map(route_policy)
+        .unwrap_or(Policy {
+            access: Access::Admin,
+            bootstrap_gated: false,
+            required_roles: CONTROL_ROLES,
+        })
+}
+
+/// One route of the table, described for tests and documentation.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    /// Method.
+    pub method: Method,
+    /// A concrete path for the pattern, each parameter replaced by `sample`.
+    pub path: String,
+    /// `public`, `discovery`, `control` or `worker`.
+    pub plane: &'static str,
+    /// The role it requires.
+    pub access: Access,
+    /// Whether the bootstrap gate applies.
+    pub bootstrap_gated: bool,
+    /// Topology roles it needs.
+    pub required_roles: &'static [&'static str],
+    /// The operation name.
+    pub op: String,
+}
+
+/// Every route, with `sample` standing in for each path parameter.
+pub fn table(sample: &str) -> Vec<RouteInfo> {
+    routes()
+        .iter()
+        .map(|r| {
+            let segments: Vec<&str> = r
+                .path
+                .iter()
+                .map(|s| match s {
+                    Seg::Lit(l) => *l,
+                    Seg::Param => sample,
+                })
+                .collect();
+            let policy = route_policy(r);
+            RouteInfo {
+                method: r.method.clone(),
+                path: format!(
+                    "{}{}",
+                    if r.root { "/" } else { "/api/" },
+                    segments.join("/")
+                ),
+                plane: match r.plane {
+                    Plane::Public => "public",
+                    Plane::Discovery => "discovery",
+                    Plane::Control => "control",
+                    Plane::Worker => "worker",
+                },
+                access: r.access,
+                bootstrap_gated: policy.bootstrap_gated,
+                required_roles: policy.required_roles,
+                op: r.op.name(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +574,38 @@ mod tests {
                 vec!["order/1:a".into(), "r1".into()]
             )
         );
+    }
+
+    #[test]
+    fn roles_default_from_the_plane_with_explicit_overrides() {
+        assert_eq!(policy(Op::StartWorkflow).access, Access::Operator);
+        assert_eq!(policy(Op::PollWorkflowTask).access, Access::Worker);
+        assert_eq!(policy(Op::ClusterInfo).access, Access::Any);
+        assert_eq!(policy(Op::Health).access, Access::Public);
+        assert_eq!(policy(Op::CreateNamespace).access, Access::Admin);
+        assert_eq!(policy(Op::SystemRetentionPass).access, Access::Admin);
+        assert_eq!(Op::SystemRetentionPass.name(), "system_retention_pass");
+    }
+
+    #[test]
+    fn bootstrap_gate_covers_workflow_and_worker_routes_but_not_history_reads() {
+        assert!(policy(Op::StartWorkflow).bootstrap_gated);
+        assert!(policy(Op::DescribeWorkflow).bootstrap_gated);
+        assert!(policy(Op::PollActivityTask).bootstrap_gated);
+        assert!(!policy(Op::RunHistory).bootstrap_gated);
+        assert!(!policy(Op::ListNamespaces).bootstrap_gated);
+        assert!(!policy(Op::SystemRepairPass).bootstrap_gated);
+        assert!(!policy(Op::ClusterInfo).bootstrap_gated);
+    }
+
+    #[test]
+    fn metrics_is_served_at_the_root_only() {
+        assert!(matches!(
+            route(&Method::GET, "/metrics"),
+            Match::Found(Op::PrometheusMetrics, Plane::Public, _)
+        ));
+        assert_eq!(route(&Method::GET, "/api/metrics"), Match::NotFound);
+        assert_eq!(route(&Method::GET, "/health"), Match::NotFound);
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! The HTTP server: accepts connections, runs every request through one pipeline
-//! (route → version gate → namespace → body → handler) and renders replies and errors.
+//! The HTTP server: accepts connections, runs every request through one pipeline and
+//! renders replies and errors. The pipeline's order is the upstream middleware order
+//! (and deliberate): route → authenticate (401) → role (403) → version gate (400) →
+//! topology gate (503) → bootstrap gate (503) → namespace (404) → body → handler. So a
+//! wrong-role token or a refused node never learns whether a namespace exists, and a
+//! bad version header is a 400 even for a missing namespace.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +25,10 @@ use tokio::sync::watch;
 use crate::discovery::{
     self, CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION,
 };
+use crate::auth::{AuthConfig, Principal};
 use crate::error::ApiError;
+use crate::gates::{NodeRoles, Readiness};
+use crate::metrics::StatsSource;
 use crate::router::{self, Match, Op, Plane};
 use crate::{control, worker};
 
@@ -32,34 +39,79 @@ const WORKER_HEADER: &str = "x-durable-workflow-protocol-version";
 pub struct AppState {
     /// The engine.
     pub engine: Engine,
-    /// Pre-rendered `cluster/info`.
-    pub cluster_info: Bytes,
+    /// The static part of `cluster/info` (live blocks are added per request).
+    pub cluster_info: Value,
     /// The topology block of health and ready.
     pub topology: Value,
     /// The worker capabilities merged into worker replies.
     pub capabilities: Value,
+    /// Tokens (empty: open mode).
+    pub auth: AuthConfig,
+    /// The topology roles this node hosts.
+    pub node: NodeRoles,
+    /// The last readiness checks (the bootstrap gate reads them).
+    pub readiness: Readiness,
+    /// This process's id in discovery documents.
+    pub server_id: String,
+    storage_stats: Option<StatsSource>,
 }
 
 impl AppState {
-    /// Builds the state for `engine`.
+    /// Builds the state for `engine`: open mode, the default roles.
     pub fn new(engine: Engine) -> Self {
-        let cfg = engine.config();
-        let topology = discovery::topology(
+        let mut state = AppState {
+            cluster_info: Value::Null,
+            topology: Value::Null,
+            capabilities: discovery::server_capabilities(),
+            auth: AuthConfig::open(),
+            node: NodeRoles::default(),
+            readiness: Readiness::default(),
+            server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
+            storage_stats: None,
+            engine,
+        };
+        state.render_discovery();
+        state
+    }
+
+    fn render_discovery(&mut self) {
+        let cfg = self.engine.config();
+        self.topology = discovery::topology(
+            &self.node,
             cfg.workflow_task_lease.as_secs(),
             cfg.activity_task_lease.as_secs(),
         );
-        let server_id = format!("keel-{}", keel_engine::ids::random_hex(6));
-        let info = discovery::cluster_info(&server_id, &cfg.default_namespace, &topology);
-        AppState {
-            cluster_info: Bytes::from(
-                serde_json::to_vec(&info).expect("invariant: json value serializes"),
-            ),
-            topology,
-            capabilities: discovery::server_capabilities(),
-            engine,
-        }
+        self.cluster_info =
+            discovery::cluster_info(&self.server_id, &cfg.default_namespace, &self.topology);
+    }
+
+    /// Uses `auth` for every request.
+    pub fn with_auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Serves as a node hosting only `node`'s roles.
+    pub fn with_roles(mut self, node: NodeRoles) -> Self {
+        self.node = node;
+        self.render_discovery();
+        self
+    }
+
+    /// Samples the storage backend's commit counters at each `/metrics` scrape.
+    pub fn with_storage_stats(mut self, source: StatsSource) -> Self {
+        self.storage_stats = Some(source);
+        self
+    }
+
+    /// The storage counters source, if any.
+    pub fn storage_stats(&self) -> Option<&StatsSource> {
+        self.storage_stats.as_ref()
     }
 }
+
+/// How often the readiness checks run in the background.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A parsed request, as handlers see it.
 pub struct Call {
@@ -71,6 +123,8 @@ pub struct Call {
     pub namespace: String,
     /// JSON body (`Null` when empty).
     pub body: Value,
+    /// The authenticated caller.
+    pub principal: Principal,
 }
 
 impl Call {
@@ -129,6 +183,22 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    crate::metrics::handle();
+    state.readiness.refresh(&state.engine).await;
+    let refresher = {
+        let state = state.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(READINESS_INTERVAL) => {
+                        state.readiness.refresh(&state.engine).await;
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
     let builder = hyper::server::conn::http1::Builder::new();
     loop {
         tokio::select! {
@@ -157,6 +227,7 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+    refresher.abort();
     tracing::info!("shutting down: draining open connections");
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
@@ -167,14 +238,16 @@ pub async fn serve(
 }
 
 async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
     let (op, plane, result) = match dispatch(&state, req).await {
         Ok((op, plane, reply)) => (Some(op), plane, Ok(reply)),
-        Err((plane, e)) => (None, plane, Err(e)),
+        Err((op, plane, e)) => (op, plane, Err(e)),
     };
-    let _ = op;
+    let mut retry_after = None;
     let (status, body) = match result {
         Ok(reply) => (reply.status, reply.body),
         Err(e) => {
+            retry_after = e.extra.get("retry_after_seconds").and_then(Value::as_u64);
             if e.status.is_server_error() {
                 tracing::warn!(
                     status = e.status.as_u16(),
@@ -198,10 +271,23 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
             )
         }
     };
+    crate::metrics::record_request(
+        op.map(Op::name).as_deref().unwrap_or("unmatched"),
+        status.as_u16(),
+        started.elapsed(),
+    );
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let content_type = if op == Some(Op::PrometheusMetrics) && status == StatusCode::OK {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(seconds) = retry_after {
+        headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     match plane {
         Some(Plane::Control) => {
             headers.insert(
@@ -220,13 +306,14 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
     response
 }
 
-type Dispatched = Result<(Op, Option<Plane>, Reply), (Option<Plane>, ApiError)>;
+type Dispatched = Result<(Op, Option<Plane>, Reply), (Option<Op>, Option<Plane>, ApiError)>;
 
 async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
     let (op, plane, params) = match router::route(req.method(), req.uri().path()) {
         Match::Found(op, plane, params) => (op, plane, params),
         Match::MethodNotAllowed => {
             return Err((
+                None,
                 None,
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -238,6 +325,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
         Match::NotFound => {
             return Err((
                 None,
+                None,
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -246,28 +334,58 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
             ))
         }
     };
-    let fail = |e: ApiError| (Some(plane), e);
+    let fail = |e: ApiError| (Some(op), Some(plane), e);
+    let policy = router::policy(op);
+    let principal = if policy.access == router::Access::Public {
+        Principal::open()
+    } else {
+        let p = state.auth.authenticate(req.headers()).map_err(fail)?;
+        crate::auth::authorize(&p, policy.access).map_err(fail)?;
+        p
+    };
     check_version(plane, req.headers()).map_err(fail)?;
+    crate::gates::topology(&state.node, &policy).map_err(fail)?;
+    state.readiness.gate(&policy).map_err(fail)?;
     let query = parse_query(req.uri().query());
     let namespace = req
         .headers()
         .get("x-namespace")
         .and_then(|v| v.to_str().ok())
+        .map(str::trim)
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .or_else(|| query.get("namespace").cloned())
-        .unwrap_or_else(|| state.engine.config().default_namespace.clone());
+        .unwrap_or_else(|| state.engine.config().default_namespace.clone())
+        .to_ascii_lowercase();
+    if matches!(plane, Plane::Control | Plane::Worker) && !crate::namespaces::is_namespace_admin(op)
+    {
+        crate::namespaces::resolve(state, &principal, &namespace)
+            .await
+            .map_err(fail)?;
+    }
     let body = read_body(req).await.map_err(fail)?;
     let call = Call {
         params,
         query,
         namespace,
         body,
+        principal,
     };
-    let reply = match plane {
-        Plane::Public | Plane::Discovery => control::discovery(state, op).await,
+    let reply = match op {
+        Op::Health | Op::Ready | Op::ClusterInfo | Op::PrometheusMetrics => {
+            crate::probes::handle(state, op, call).await
+        }
+        _ if crate::namespaces::handles(op) => crate::namespaces::handle(state, op, call).await,
+        _ if crate::system::handles(op) => crate::system::handle(state, op, call).await,
+        _ => match plane {
+        Plane::Public | Plane::Discovery => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such discovery route",
+        )),
         Plane::Control => control::handle(state, op, call).await,
         Plane::Worker => worker::handle(state, op, call).await,
+        },
     }
     .map_err(fail)?;
     Ok((op, Some(plane), reply))

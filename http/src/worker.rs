@@ -22,6 +22,9 @@ const HEARTBEAT_INTERVAL_SECONDS: u64 = 60;
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
     match op {
         Op::RegisterWorker => register(state, call).await,
+        Op::PollQueryTask | Op::CompleteQueryTask | Op::FailQueryTask => {
+            crate::query_tasks::handle(state, op, call).await
+        }
         Op::HeartbeatWorker => {
             let mut f = Fields::new(&call.body)?;
             let worker_id = f.required_id_str("worker_id", 255);
@@ -121,10 +124,21 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let (attempt_id, owner) = activity_lease(&call)?;
             let task_id = call.param(0);
             let details = call.body.get("details").filter(|d| !d.is_null());
-            let expires = state
+            let heartbeat = state
                 .engine
                 .heartbeat_activity_task(&call.namespace, task_id, &attempt_id, &owner, details)
-                .await?;
+                .await;
+            let expires = match heartbeat {
+                Ok(expires) => expires,
+                // The run closed and deleted the task: tell the attempt to stop.
+                Err(e) => {
+                    let body = crate::query_tasks::closed_activity_reply(
+                        state, &call, task_id, &attempt_id, &owner, e,
+                    )
+                    .await?;
+                    return reply(state, StatusCode::OK, body);
+                }
+            };
             let now = format_timestamp(state.engine.now_ms());
             reply(
                 state,
@@ -195,6 +209,7 @@ async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     let supported_activity_types = f.optional_str_list("supported_activity_types");
     let capabilities = f.optional_str_list("capabilities");
     f.finish()?;
+    let contracts = crate::query_tasks::parse_contracts(&call.body)?;
     let now = state.engine.now_ms();
     let worker = WorkerRecord {
         worker_id: worker_id.unwrap_or_else(|| keel_engine::ids::new_id(now)),
@@ -210,6 +225,10 @@ async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         last_heartbeat_at_ms: now,
     };
     let saved = state.engine.register_worker(worker).await?;
+    state
+        .engine
+        .declare_command_contracts(&call.namespace, &saved.task_queue, &contracts)
+        .await?;
     reply(
         state,
         StatusCode::CREATED,
@@ -230,7 +249,7 @@ fn poll_request(call: &Call, workflow: bool) -> Result<Poll, ApiError> {
     } else {
         500
     };
-    f.optional_str("poll_request_id", 255);
+    let poll_request_id = f.optional_str("poll_request_id", 255);
     f.finish()?;
     Ok(Poll {
         namespace: call.namespace.clone(),
@@ -238,6 +257,7 @@ fn poll_request(call: &Call, workflow: bool) -> Result<Poll, ApiError> {
         task_queue,
         timeout: Duration::from_secs(timeout as u64),
         history_page_size: page as usize,
+        poll_request_id,
     })
 }
 

@@ -63,42 +63,24 @@ impl Engine {
                 .activity
                 .clone()
                 .ok_or_else(|| Error::corrupt("activity task without state"))?;
-            let policy = activity.retry_policy.clone().unwrap_or(Value::Null);
-            let max_attempts = as_u64(policy.get("max_attempts")).unwrap_or(1).max(1) as u32;
             let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
-            let non_retryable = failure
+            let reported_non_retryable = failure
                 .get("non_retryable")
                 .and_then(Value::as_bool)
-                .unwrap_or(false)
-                || policy
-                    .get("non_retryable_error_types")
-                    .and_then(Value::as_array)
-                    .is_some_and(|types| types.iter().any(|t| t.as_str() == Some(failure_type)));
-            if !non_retryable && activity.attempt_number < max_attempts {
-                let backoffs = policy.get("backoff_seconds").and_then(Value::as_array);
-                let index = activity.attempt_number as usize - 1;
-                let backoff_s = backoffs
-                    .and_then(|b| b.get(index).or(b.last()))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(1);
-                Self::clear_task_state(txn.as_mut(), &task);
-                let action = TimerAction::TaskBackoff {
-                    task_id: task_id.to_string(),
-                };
-                let timer = Self::put_timer(
+                .unwrap_or(false);
+            let retry = super::activity_timeouts::retry_backoff_s(
+                &activity,
+                failure_type,
+                reported_non_retryable,
+            );
+            if let Some(backoff_s) = retry {
+                super::activity_timeouts::schedule_retry(
                     txn.as_mut(),
-                    now + backoff_s as i64 * 1000,
-                    &action,
+                    &mut task,
+                    backoff_s,
+                    now,
                     &mut fx,
                 )?;
-                task.status = TaskStatus::Backoff;
-                task.lease = None;
-                task.backoff_timer = Some(timer);
-                if let Some(a) = task.activity.as_mut() {
-                    a.attempt_number += 1;
-                    a.attempt_id = None;
-                }
-                tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
                 let outcome = TaskOutcome {
                     task_id: task_id.to_string(),
                     outcome: "failed",
@@ -109,6 +91,15 @@ impl Engine {
                 };
                 return Ok((txn, (outcome, fx)));
             }
+            // No attempt remains; `non_retryable` says whether the failure itself ruled
+            // retries out (rather than the attempt budget).
+            let non_retryable = reported_non_retryable
+                || activity
+                    .retry_policy
+                    .as_ref()
+                    .and_then(|p| p.get("non_retryable_error_types"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|types| types.iter().any(|t| t.as_str() == Some(failure_type)));
             let text = |k: &str| failure.get(k).cloned().unwrap_or(Value::Null);
             let mut payload = json!({
                 "sequence": activity.sequence,
@@ -147,7 +138,7 @@ impl Engine {
     }
 
     /// Records an activity's final event, deletes its task and wakes the workflow.
-    async fn resolve_activity(
+    pub(super) async fn resolve_activity(
         txn: &mut dyn KvTxn,
         ns: &str,
         task: &TaskRecord,
@@ -211,6 +202,7 @@ impl Engine {
             if let (Some(a), Some(d)) = (task.activity.as_mut(), details) {
                 a.heartbeat_details = Some(d.clone());
             }
+            super::activity_timeouts::on_heartbeat(&mut task, now);
             tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
             Ok((txn, (expires, fx)))
         })

@@ -16,7 +16,10 @@ pub(super) async fn apply_command(
         return Err(invalid_commands("each command must be an object"));
     };
     let kind = cmd.get("type").and_then(Value::as_str).unwrap_or("");
-    let terminal = matches!(kind, "complete_workflow" | "fail_workflow");
+    let terminal = matches!(
+        kind,
+        "complete_workflow" | "fail_workflow" | "continue_as_new"
+    );
     if terminal && !is_last {
         return Err(invalid_commands(format!(
             "terminal command '{kind}' must be the last command"
@@ -57,6 +60,7 @@ pub(super) async fn apply_command(
                 group: Value::Object(group.clone()),
                 scheduled_at_ms: now,
                 heartbeat_details: None,
+                timeouts: super::activity_timeouts::from_command(cmd)?,
             };
             let payload = merge(
                 json!({
@@ -68,7 +72,7 @@ pub(super) async fn apply_command(
                 &group,
             );
             history::append(txn, run, "ActivityScheduled", payload, now, Some(task_id));
-            let task = TaskRecord {
+            let mut task = TaskRecord {
                 task_id: ids::new_id(now),
                 kind: TaskKind::Activity,
                 namespace: run.namespace.clone(),
@@ -85,9 +89,18 @@ pub(super) async fn apply_command(
                 failures: 0,
                 backoff_timer: None,
                 activity: Some(activity),
+                compatibility: run.build_id.clone(),
+                workflow_update_id: None,
             };
+            super::activity_timeouts::arm_on_schedule(txn, &mut task, now, fx)?;
             Engine::put_ready_task(txn, &task, fx)?;
             run.open_activities.push(task.task_id);
+        }
+        "start_child_workflow" => {
+            super::children::start_child(txn, run, cmd, task_id, now, fx).await?;
+        }
+        "continue_as_new" => {
+            super::children::continue_as_new(txn, run, cmd, task_id, now, fx).await?;
         }
         "complete_workflow" => {
             history::append(
@@ -98,7 +111,7 @@ pub(super) async fn apply_command(
                 now,
                 Some(task_id),
             );
-            close_run(txn, run, RunStatus::Completed, "completed", now).await?;
+            close_run(txn, run, RunStatus::Completed, "completed", now, fx).await?;
         }
         "fail_workflow" => {
             let exception = cmd.get("exception").cloned().unwrap_or(Value::Null);
@@ -118,7 +131,10 @@ pub(super) async fn apply_command(
                 now,
                 Some(task_id),
             );
-            close_run(txn, run, RunStatus::Failed, "failed", now).await?;
+            close_run(txn, run, RunStatus::Failed, "failed", now, fx).await?;
+        }
+        kind if super::waits::handles(kind) => {
+            super::waits::apply(txn, run, kind, cmd, task_id, now, fx).await?;
         }
         other => {
             return Err(

@@ -23,8 +23,23 @@ use crate::storage::KvTxn;
 use crate::{ids, tables};
 
 mod activities;
+mod activity_timeouts;
+mod children;
 mod commands;
+mod export;
+mod listing;
+mod repair;
+mod messages;
+pub mod waits;
 mod poll;
+
+pub use poll::PollRequests;
+pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
+pub use export::DebugView;
+pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
+pub use repair::{CommandOutcome, RunTarget};
+pub(crate) use activity_timeouts::{arm_on_lease as arm_activity_timeouts_on_lease, clear_all as clear_activity_timeouts, fire as fire_activity_timeout};
+pub(crate) use children::apply_parent_close_policy;
 mod tasks;
 
 /// How a start treats an existing workflow id.
@@ -174,6 +189,8 @@ pub struct Poll {
     pub timeout: std::time::Duration,
     /// Events in the first history page (workflow tasks).
     pub history_page_size: usize,
+    /// Idempotency key: a retried poll with the same id gets the same leased task back.
+    pub poll_request_id: Option<String>,
 }
 
 /// What a completion or failure did.
@@ -194,7 +211,7 @@ pub struct TaskOutcome {
 }
 
 /// A fresh workflow task for `run`, unless it already has one.
-fn ensure_workflow_task(
+pub(crate) fn ensure_workflow_task(
     txn: &mut dyn KvTxn,
     run: &mut RunRecord,
     now: Millis,
@@ -220,6 +237,9 @@ fn ensure_workflow_task(
         failures: 0,
         backoff_timer: None,
         activity: None,
+        compatibility: run.build_id.clone(),
+        // Accepted updates run before anything else; see `waits`.
+        workflow_update_id: run.waits.pending_updates.first().cloned(),
     };
     Engine::put_ready_task(txn, &task, fx)?;
     run.workflow_task = Some(task.task_id);
@@ -237,10 +257,15 @@ async fn close_run(
     status: RunStatus,
     reason: &str,
     now: Millis,
+    fx: &mut Effects,
 ) -> Result<()> {
     run.status = status;
     run.closed_at_ms = Some(now);
     run.closed_reason = Some(reason.to_string());
+    crate::system::index_closed_run(txn, run, now);
+    // Timers, the condition wait and pending updates end with the run; leased activity
+    // attempts get tombstones so their next heartbeat learns why.
+    waits::on_close(txn, run, status, now, fx).await?;
     if let Some(task_id) = run.workflow_task.take() {
         Engine::delete_task(txn, &task_id).await?;
     }
@@ -250,7 +275,8 @@ async fn close_run(
     if let Some(timer) = run.deadline_timer.take() {
         txn.clear(&tables::timer_key(&timer));
     }
-    Ok(())
+    // Visibility, the parent's wake-up and the parent-close policy of open children.
+    children::on_run_closed(txn, run, now, fx).await
 }
 
 /// Fails a run whose deadline timer fired (idempotent).
@@ -260,7 +286,7 @@ pub(crate) async fn time_out_run(
     run_id: &str,
     timer: &TimerKey,
     now: Millis,
-    _fx: &mut Effects,
+    fx: &mut Effects,
 ) -> Result<()> {
     let key = tables::run_key(ns, run_id);
     let Some(mut run) = tables::get::<RunRecord>(txn, &key).await? else {
@@ -284,7 +310,7 @@ pub(crate) async fn time_out_run(
             "run_deadline_at": run.run_deadline_ms.map(format_timestamp),
     });
     history::append(txn, &mut run, "WorkflowTimedOut", payload, now, None);
-    close_run(txn, &mut run, RunStatus::Failed, "timed_out", now).await?;
+    close_run(txn, &mut run, RunStatus::Failed, "timed_out", now, fx).await?;
     tables::put(txn, &key, &run)
 }
 
@@ -480,6 +506,8 @@ impl Engine {
                 workflow_task: None,
                 open_activities: Vec::new(),
                 closed_reason: None,
+                lifecycle: Default::default(),
+                waits: Default::default(),
             };
             history::append(
                 txn.as_mut(),
@@ -523,6 +551,7 @@ impl Engine {
             };
             tables::put(txn.as_mut(), &ikey, &instance)?;
             tables::put(txn.as_mut(), &tables::run_key(ns, run_id), &run)?;
+            listing::index_new_run(txn.as_mut(), &run)?;
             Ok((
                 txn,
                 (
@@ -570,7 +599,9 @@ impl Engine {
             .await?
             .unwrap_or(Value::Null);
         let close_payload = if run.status.is_terminal() {
-            history::event_payload(txn, ns, &run.run_id, run.last_event_seq)
+            // Events recorded after the close (archive) follow the terminal one.
+            let seq = run.lifecycle.close_event_seq.unwrap_or(run.last_event_seq);
+            history::event_payload(txn, ns, &run.run_id, seq)
                 .await?
                 .unwrap_or(Value::Null)
         } else {

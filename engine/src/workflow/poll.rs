@@ -1,30 +1,92 @@
 //! Long-polls and leases: a poll takes a ready hint or parks, then leases the task in a
 //! storage transaction that re-checks it.
 
+use std::collections::HashMap;
+
 use super::*;
 
 impl Engine {
     /// Long-polls for a task of `kind`: leases the best ready task the worker accepts, or
     /// waits for one until the timeout. Returns the leased task record.
+    ///
+    /// With a `poll_request_id`, a retried poll (the SDK resends a poll whose response it
+    /// lost) gets the task the first one leased, while that lease is still the worker's;
+    /// concurrent duplicates wait for the first one's result.
     async fn poll_task(&self, poll: &Poll, kind: TaskKind) -> Result<Option<TaskRecord>> {
-        let filter = self
-            .poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind)
-            .await?;
+        let filter = self.poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind).await?;
+        let Some(request_id) = poll.poll_request_id.as_deref() else {
+            return self.poll_once(poll, kind, &filter).await;
+        };
+        let key = PollRequestKey {
+            namespace: poll.namespace.clone(),
+            queue: poll.task_queue.clone(),
+            worker_id: poll.worker_id.clone(),
+            request_id: request_id.to_string(),
+            kind,
+        };
+        loop {
+            match self.inner.poll_requests.begin(&key, self.now_ms()) {
+                Begin::Lead(leader) => {
+                    let result = self.poll_once(poll, kind, &filter).await;
+                    if let Ok(task) = &result {
+                        leader.finish(task.as_ref().map(|t| (t.task_id.clone(), t.attempt)));
+                    }
+                    return result;
+                }
+                Begin::Wait(mut done) => {
+                    let _ = done.changed().await;
+                }
+                Begin::Done(Some((task_id, attempt))) => {
+                    if let Some(task) = self.still_leased(&poll.namespace, &task_id, attempt, &poll.worker_id).await? {
+                        return Ok(Some(task));
+                    }
+                    self.inner.poll_requests.forget(&key);
+                }
+                Begin::Done(None) => self.inner.poll_requests.forget(&key),
+            }
+        }
+    }
+
+    /// The task if it is still leased to `owner` at `attempt` with an unexpired lease.
+    async fn still_leased(&self, ns: &str, task_id: &str, attempt: u32, owner: &str) -> Result<Option<TaskRecord>> {
+        let mut txn = self.inner.store.begin().await?;
+        let task: Option<TaskRecord> = tables::get_snapshot(txn.as_mut(), &tables::task_key(task_id)).await?;
+        let now = self.now_ms();
+        Ok(task.filter(|t| {
+            t.namespace == ns
+                && t.status == TaskStatus::Leased
+                && t.attempt == attempt
+                && t.lease.as_ref().is_some_and(|l| l.owner == owner && l.expires_at_ms > now)
+        }))
+    }
+
+    /// One long-poll without idempotency.
+    async fn poll_once(&self, poll: &Poll, kind: TaskKind, filter: &crate::matching::PollFilter) -> Result<Option<TaskRecord>> {
         let key = QueueKey::new(&poll.namespace, &poll.task_queue, kind);
         let timeout = poll.timeout.min(self.inner.config.max_poll_timeout);
         let deadline = self.now_ms() + timeout.as_millis() as Millis;
         loop {
             let waiter_id = self.inner.matching.waiter_id();
-            let hint = match self.inner.matching.take_or_park(&key, &filter, waiter_id) {
+            let hint = match self.inner.matching.take_or_park(&key, filter, waiter_id) {
                 Take::Hint(hint) => hint,
+                Take::Full => {
+                    return Err(Error::reject(
+                        RejectKind::Throttled,
+                        "long_poll_capacity_exhausted",
+                        "too many long-polls are parked on this server; retry shortly",
+                    )
+                    .with("poll_status", "long_poll_capacity_exhausted")
+                    .with("task", Value::Null)
+                    .with("task_kind", match kind {
+                        TaskKind::Workflow => "workflow_task",
+                        TaskKind::Activity => "activity_task",
+                    })
+                    .with("task_queue", poll.task_queue.as_str())
+                    .with("retryable", true)
+                    .with("retry_after_seconds", 1));
+                }
                 Take::Parked(slot) => {
-                    let guard = ParkGuard {
-                        engine: self,
-                        key: &key,
-                        waiter_id,
-                        slot: &slot,
-                        armed: true,
-                    };
+                    let guard = ParkGuard { engine: self, key: &key, waiter_id, slot: &slot, armed: true };
                     if self.now_ms() < deadline {
                         tokio::select! {
                             _ = slot.notify.notified() => {}
@@ -102,6 +164,7 @@ impl Engine {
                 &mut fx,
             )?;
             task.status = TaskStatus::Leased;
+            Self::count(txn.as_mut(), &task, tables::QueueCounter::Leased, 1);
             task.attempt += 1;
             task.lease = Some(Lease {
                 owner: worker_id.to_string(),
@@ -111,6 +174,7 @@ impl Engine {
             if let Some(activity) = task.activity.as_mut() {
                 activity.attempt_id = Some(ids::new_id(now));
             }
+            super::arm_activity_timeouts_on_lease(txn.as_mut(), &mut task, now, &mut fx)?;
             tables::put(txn.as_mut(), &tkey, &task)?;
             Ok((txn, (Some(task), fx)))
         })
@@ -278,6 +342,108 @@ impl Drop for ParkGuard<'_> {
             {
                 self.engine.inner.matching.offer(self.key, hint);
             }
+        }
+    }
+}
+
+/// Identifies one poll request for idempotency.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PollRequestKey {
+    namespace: String,
+    queue: String,
+    worker_id: String,
+    request_id: String,
+    kind: TaskKind,
+}
+
+type PollResult = Option<(String, u32)>;
+
+enum Entry {
+    InFlight(tokio::sync::watch::Receiver<bool>),
+    Done(PollResult),
+}
+
+/// How long a poll request id is remembered, and how many are.
+const POLL_REQUEST_TTL_MS: Millis = 5 * 60 * 1000;
+const POLL_REQUEST_CAP: usize = 100_000;
+
+/// Recent poll requests by id (in memory: after a restart a retried poll simply polls
+/// again, and the task its lost response carried comes back when that lease lapses).
+#[derive(Default)]
+pub struct PollRequests {
+    inner: std::sync::Mutex<PollRequestsInner>,
+}
+
+#[derive(Default)]
+struct PollRequestsInner {
+    entries: HashMap<PollRequestKey, Entry>,
+    order: std::collections::VecDeque<(Millis, PollRequestKey)>,
+}
+
+enum Begin<'a> {
+    Lead(Leader<'a>),
+    Wait(tokio::sync::watch::Receiver<bool>),
+    Done(PollResult),
+}
+
+/// The first poll of an id; dropping it unfinished (cancelled poll) forgets the id.
+struct Leader<'a> {
+    requests: &'a PollRequests,
+    key: PollRequestKey,
+    done: tokio::sync::watch::Sender<bool>,
+    finished: bool,
+}
+
+impl Leader<'_> {
+    fn finish(mut self, result: PollResult) {
+        self.finished = true;
+        let mut inner = self.requests.lock();
+        inner.entries.insert(self.key.clone(), Entry::Done(result));
+        let _ = self.done.send(true);
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.requests.lock().entries.remove(&self.key);
+            let _ = self.done.send(true);
+        }
+    }
+}
+
+impl PollRequests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PollRequestsInner> {
+        self.inner.lock().expect("invariant: poll request lock not poisoned")
+    }
+
+    fn begin(&self, key: &PollRequestKey, now: Millis) -> Begin<'_> {
+        let mut inner = self.lock();
+        while let Some((at, _)) = inner.order.front() {
+            if *at + POLL_REQUEST_TTL_MS > now && inner.order.len() <= POLL_REQUEST_CAP {
+                break;
+            }
+            let (_, old) = inner.order.pop_front().expect("invariant: front exists");
+            if matches!(inner.entries.get(&old), Some(Entry::Done(_))) {
+                inner.entries.remove(&old);
+            }
+        }
+        match inner.entries.get(key) {
+            Some(Entry::InFlight(rx)) => Begin::Wait(rx.clone()),
+            Some(Entry::Done(result)) => Begin::Done(result.clone()),
+            None => {
+                let (done, rx) = tokio::sync::watch::channel(false);
+                inner.entries.insert(key.clone(), Entry::InFlight(rx));
+                inner.order.push_back((now, key.clone()));
+                Begin::Lead(Leader { requests: self, key: key.clone(), done, finished: false })
+            }
+        }
+    }
+
+    fn forget(&self, key: &PollRequestKey) {
+        let mut inner = self.lock();
+        if matches!(inner.entries.get(key), Some(Entry::Done(_))) {
+            inner.entries.remove(key);
         }
     }
 }

@@ -33,6 +33,7 @@ impl Engine {
                 .with("run_status", run.status.as_str()));
             }
             let grew = run.last_event_seq > task.history_seen;
+            waits::check_completion(&task, commands)?;
             // The task closes first: a terminal command then finds no open workflow task.
             Self::delete_task(txn.as_mut(), task_id).await?;
             run.workflow_task = None;
@@ -51,7 +52,8 @@ impl Engine {
             }
             let mut next_task_id = None;
             if !run.status.is_terminal() {
-                if grew {
+                let wake = waits::end_completion(txn.as_mut(), &mut run, &task);
+                if grew || wake {
                     ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
                     next_task_id = run.workflow_task.clone();
                 } else {
@@ -96,7 +98,7 @@ impl Engine {
                 let grew = run.last_event_seq > task.history_seen;
                 Self::delete_task(txn.as_mut(), task_id).await?;
                 run.workflow_task = None;
-                if grew {
+                if grew || waits::needs_task(&run, &task) {
                     ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
                     next_task_id = run.workflow_task.clone();
                 } else if !run.status.is_terminal() {

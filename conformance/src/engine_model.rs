@@ -1,0 +1,448 @@
+//! An engine-level model check: random sequences of start / poll / complete / fail /
+//! heartbeat / expire / restart against one or more engines sharing a store, compared with
+//! a simple sequential model of leases. Run it per backend with [`check_engine_model`].
+//!
+//! Invariants checked after every step:
+//! * at most one workflow task per run (read from storage);
+//! * a task is never leased again while a lease on it is live (at most one live lease);
+//! * a report through the current, unexpired lease succeeds; through a stale or expired
+//!   one it is refused (a stale lease never completes work);
+//! * no task of a run is handed out after its workflow completed;
+//! * a poll only returns tasks of its own queue and of types the worker registered;
+//! * at the end every started workflow completes once time moves on (nothing is lost).
+//!
+//! Storage faults make some outcomes unknown (a commit-unknown may or may not have
+//! applied); the model then stops predicting that lease instead of guessing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::clock::{Clock, ManualClock};
+use keel_engine::model::{RunStatus, TaskKind, TaskRecord, WorkerRecord};
+use keel_engine::storage::{KeyRange, KvStore, ReadOptions};
+use keel_engine::workflow::{DuplicatePolicy, Poll, StartWorkflow};
+use keel_engine::{Engine, EngineConfig, Error};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const NS: &str = "default";
+const QUEUE: &str = "q";
+const OTHER_QUEUE: &str = "other";
+const LEASE: Duration = Duration::from_secs(10);
+const WORKFLOWS: u8 = 4;
+
+/// One step of a scenario.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Start workflow `n` (on `QUEUE`; odd ones also on the other queue).
+    Start(u8),
+    /// A worker polls for a workflow task on a node.
+    PollWorkflow(u8),
+    /// A worker polls for an activity task on a node.
+    PollActivity(u8),
+    /// Complete through the `n`-th lease handed out so far (maybe stale).
+    Complete(u8),
+    /// Fail the activity behind the `n`-th lease (maybe stale).
+    FailActivity(u8),
+    /// Heartbeat the `n`-th lease (maybe stale).
+    Heartbeat(u8),
+    /// Move time past every lease and fire due timers.
+    Expire,
+    /// Move time a little (leases stay live).
+    Tick,
+    /// Restart a node's engine on the same store.
+    Restart(u8),
+}
+
+/// Random scenarios.
+pub fn steps(max_len: usize) -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        3 => (0..WORKFLOWS * 2).prop_map(Step::Start),
+        4 => any::<u8>().prop_map(Step::PollWorkflow),
+        3 => any::<u8>().prop_map(Step::PollActivity),
+        5 => any::<u8>().prop_map(Step::Complete),
+        1 => any::<u8>().prop_map(Step::FailActivity),
+        1 => any::<u8>().prop_map(Step::Heartbeat),
+        1 => Just(Step::Expire),
+        1 => Just(Step::Tick),
+        1 => any::<u8>().prop_map(Step::Restart),
+    ];
+    proptest::collection::vec(step, 1..max_len)
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    task_id: String,
+    kind: TaskKind,
+    attempt: u32,
+    attempt_id: String,
+    owner: String,
+    workflow_id: String,
+    history: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseState {
+    /// Current; expires at this model time.
+    Live(i64),
+    /// Reported (completed or failed) through this lease.
+    Closed,
+    /// A storage fault made the outcome unknown: no more predictions.
+    Unknown,
+}
+
+struct Model {
+    clock: ManualClock,
+    engines: Vec<Engine>,
+    stores: Vec<Arc<dyn KvStore>>,
+    held: Vec<Held>,
+    /// The latest lease handed out per task: (attempt key, state).
+    latest: HashMap<String, (String, LeaseState)>,
+    started: BTreeMap<String, &'static str>,
+    completed: HashSet<String>,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig { workflow_task_lease: LEASE, activity_task_lease: LEASE, ..EngineConfig::default() }
+}
+
+async fn open(store: Arc<dyn KvStore>, clock: &ManualClock) -> Engine {
+    let engine = Engine::open(store, Arc::new(clock.clone()) as Arc<dyn Clock>, config()).await.expect("engine opens");
+    for (id, queue) in [("w-a", QUEUE), ("w-b", QUEUE), ("w-other", OTHER_QUEUE)] {
+        let worker = WorkerRecord {
+            worker_id: id.into(),
+            namespace: NS.into(),
+            task_queue: queue.into(),
+            runtime: None,
+            sdk_version: None,
+            build_id: None,
+            supported_workflow_types: vec!["wf".into()],
+            supported_activity_types: vec!["act".into()],
+            capabilities: vec![],
+            registered_at_ms: 0,
+            last_heartbeat_at_ms: 0,
+        };
+        // Registration may meet injected faults; retry until it sticks.
+        for _ in 0..50 {
+            if engine.register_worker(worker.clone()).await.is_ok() {
+                break;
+            }
+        }
+    }
+    engine
+}
+
+fn is_storage(e: &Error) -> bool {
+    matches!(e, Error::Storage(_))
+}
+
+fn attempt_key(h: &Held) -> String {
+    format!("{}/{}", h.attempt, h.attempt_id)
+}
+
+impl Model {
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn node(&self, n: u8) -> &Engine {
+        &self.engines[n as usize % self.engines.len()]
+    }
+
+    fn poll(&self, worker: &str, queue: &str) -> Poll {
+        Poll {
+            namespace: NS.into(),
+            worker_id: worker.into(),
+            task_queue: queue.into(),
+            timeout: Duration::ZERO,
+            history_page_size: 1000,
+            poll_request_id: None,
+        }
+    }
+
+    /// Records a lease a poll handed out, checking it against the model.
+    fn leased(&mut self, held: Held, queue: &str, task_queue: &str) {
+        assert_eq!(task_queue, queue, "a poll returned a task of another queue");
+        assert!(!self.completed.contains(&held.workflow_id), "task handed out after its workflow completed: {held:?}");
+        if let Some((_, LeaseState::Live(expires))) = self.latest.get(&held.task_id) {
+            assert!(self.now() >= *expires, "task {} leased again while its lease was live", held.task_id);
+        }
+        self.latest.insert(held.task_id.clone(), (attempt_key(&held), LeaseState::Live(self.now() + LEASE.as_millis() as i64)));
+        self.held.push(held);
+    }
+
+    /// Whether a report through `h` must succeed (`Some(true)`), must fail
+    /// (`Some(false)`), or is unpredictable (`None`).
+    fn expect(&self, h: &Held) -> Option<bool> {
+        match self.latest.get(&h.task_id) {
+            Some((key, LeaseState::Live(expires))) if *key == attempt_key(h) => Some(self.now() < *expires),
+            Some((_, LeaseState::Unknown)) => None,
+            _ => Some(false),
+        }
+    }
+
+    fn settle(&mut self, h: &Held, result: &Result<(), Error>, closes: bool) {
+        let expected = self.expect(h);
+        match (expected, result) {
+            (_, Err(e)) if is_storage(e) => {
+                self.latest.insert(h.task_id.clone(), (attempt_key(h), LeaseState::Unknown));
+            }
+            (Some(true), Ok(())) => {
+                if closes {
+                    self.latest.insert(h.task_id.clone(), (attempt_key(h), LeaseState::Closed));
+                }
+            }
+            (Some(false), Err(_)) | (None, _) => {}
+            (Some(want), got) => panic!("report through {h:?} expected success={want}, got {got:?}"),
+        }
+    }
+
+    async fn step(&mut self, step: &Step) {
+        match *step {
+            Step::Start(n) => {
+                let (id, queue) = if n % 2 == 0 {
+                    (format!("wf-{}", n / 2), QUEUE)
+                } else {
+                    (format!("ow-{}", n / 2), OTHER_QUEUE)
+                };
+                let req = StartWorkflow {
+                    workflow_id: Some(id.clone()),
+                    workflow_type: "wf".into(),
+                    task_queue: queue.into(),
+                    input: json!({"codec": "avro", "blob": "AA=="}),
+                    execution_timeout_seconds: None,
+                    run_timeout_seconds: None,
+                    duplicate_policy: DuplicatePolicy::UseExisting,
+                    memo: json!({}),
+                    search_attributes: json!({}),
+                    priority: 5,
+                    build_id: None,
+                };
+                match self.engines[0].start_workflow(NS, req).await {
+                    Ok(_) => {
+                        self.started.insert(id, queue);
+                    }
+                    Err(Error::Rejected { reason: "duplicate_not_allowed", .. }) => {}
+                    Err(e) if is_storage(&e) => {}
+                    Err(e) => panic!("start failed: {e:?}"),
+                }
+            }
+            Step::PollWorkflow(n) => {
+                let worker = if n % 2 == 0 { "w-a" } else { "w-b" };
+                if let Ok(Some(t)) = self.node(n / 2).poll_workflow_task(&self.poll(worker, QUEUE)).await {
+                    assert_eq!(t.workflow_type, "wf");
+                    let history = t
+                        .history_events
+                        .iter()
+                        .map(|e| serde_json::from_str::<Value>(e.get()).expect("event json")["event_type"].as_str().unwrap_or("").to_string())
+                        .collect();
+                    let held = Held {
+                        task_id: t.task_id,
+                        kind: TaskKind::Workflow,
+                        attempt: t.workflow_task_attempt,
+                        attempt_id: String::new(),
+                        owner: worker.into(),
+                        workflow_id: t.workflow_id,
+                        history,
+                    };
+                    self.leased(held, QUEUE, &t.task_queue);
+                }
+            }
+            Step::PollActivity(n) => {
+                let worker = if n % 2 == 0 { "w-a" } else { "w-b" };
+                if let Ok(Some(t)) = self.node(n / 2).poll_activity_task(&self.poll(worker, QUEUE)).await {
+                    assert_eq!(t.activity_type, "act");
+                    let held = Held {
+                        task_id: t.task_id,
+                        kind: TaskKind::Activity,
+                        attempt: t.attempt_number,
+                        attempt_id: t.activity_attempt_id,
+                        owner: worker.into(),
+                        workflow_id: t.workflow_id,
+                        history: vec![],
+                    };
+                    self.leased(held, QUEUE, &t.task_queue);
+                }
+            }
+            Step::Complete(i) | Step::FailActivity(i) | Step::Heartbeat(i) if !self.held.is_empty() => {
+                let h = self.held[i as usize % self.held.len()].clone();
+                let engine = self.node(i).clone();
+                match (step, h.kind) {
+                    (Step::Heartbeat(_), TaskKind::Workflow) => {
+                        let r = engine.heartbeat_workflow_task(NS, &h.task_id, &h.owner, h.attempt).await.map(|_| ());
+                        let renews = r.is_ok() && self.expect(&h) == Some(true);
+                        self.settle(&h, &r, false);
+                        if renews {
+                            let expires = self.now() + LEASE.as_millis() as i64;
+                            self.latest.insert(h.task_id.clone(), (attempt_key(&h), LeaseState::Live(expires)));
+                        }
+                    }
+                    (Step::Heartbeat(_), TaskKind::Activity) => {
+                        let r = engine.heartbeat_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, None).await.map(|_| ());
+                        let renews = r.is_ok() && self.expect(&h) == Some(true);
+                        self.settle(&h, &r, false);
+                        if renews {
+                            let expires = self.now() + LEASE.as_millis() as i64;
+                            self.latest.insert(h.task_id.clone(), (attempt_key(&h), LeaseState::Live(expires)));
+                        }
+                    }
+                    (_, TaskKind::Workflow) => self.complete_workflow_task(&engine, &h).await,
+                    (Step::FailActivity(_), TaskKind::Activity) => {
+                        let failure = json!({"message": "boom", "type": "RuntimeError"});
+                        let r = engine.fail_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, &failure).await.map(|_| ());
+                        self.settle(&h, &r, true);
+                    }
+                    (_, TaskKind::Activity) => {
+                        let r = engine.complete_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, &json!("r")).await.map(|_| ());
+                        self.settle(&h, &r, true);
+                    }
+                }
+            }
+            Step::Complete(_) | Step::FailActivity(_) | Step::Heartbeat(_) => {}
+            Step::Expire => {
+                self.clock.advance(LEASE + Duration::from_secs(1));
+                self.fire_timers().await;
+            }
+            Step::Tick => {
+                self.clock.advance(Duration::from_secs(1));
+                self.fire_timers().await;
+            }
+            Step::Restart(n) => {
+                let i = n as usize % self.engines.len();
+                self.engines[i].shutdown();
+                self.engines[i] = open(self.stores[i].clone(), &self.clock).await;
+            }
+        }
+        self.check_one_workflow_task_per_run().await;
+    }
+
+    async fn complete_workflow_task(&mut self, engine: &Engine, h: &Held) {
+        let has = |t: &str| h.history.iter().any(|e| e == t);
+        let completes = has("ActivityCompleted") || has("ActivityFailed");
+        let r = if completes {
+            engine.complete_workflow_task(NS, &h.task_id, &h.owner, h.attempt, &[json!({"type": "complete_workflow", "result": null})]).await
+        } else if !has("ActivityScheduled") {
+            let cmd = json!({"type": "schedule_activity", "activity_type": "act", "arguments": null, "queue": QUEUE});
+            engine.complete_workflow_task(NS, &h.task_id, &h.owner, h.attempt, &[cmd]).await
+        } else {
+            let waiting = json!({"message": "waiting", "type": "WorkflowTaskWaitingForHistory"});
+            engine.fail_workflow_task(NS, &h.task_id, &h.owner, h.attempt, &waiting).await
+        }
+        .map(|_| ());
+        let certain = self.expect(h) == Some(true) && r.is_ok();
+        self.settle(h, &r, true);
+        if completes && certain {
+            assert!(self.completed.insert(h.workflow_id.clone()), "workflow {} completed twice", h.workflow_id);
+        }
+    }
+
+    async fn fire_timers(&self) {
+        for engine in &self.engines {
+            for _ in 0..20 {
+                match engine.fire_due_timers(10_000).await {
+                    Ok(_) => break,
+                    Err(e) if is_storage(&e) => continue,
+                    Err(e) => panic!("firing timers failed: {e:?}"),
+                }
+            }
+        }
+    }
+
+    async fn check_one_workflow_task_per_run(&self) {
+        let Ok(mut txn) = self.stores[0].begin().await else { return };
+        let tasks = KeyRange::prefix(&[keel_engine::keys::prefix::TASK]);
+        let Ok(pairs) = txn.get_range(&tasks, ReadOptions::limit(100_000).snapshot()).await else { return };
+        let (records, _) = keel_engine::tables::assemble(pairs).expect("task records decode");
+        let mut per_run: HashMap<String, usize> = HashMap::new();
+        for (_, bytes) in records {
+            let task: TaskRecord = serde_json::from_slice(&bytes).expect("task record");
+            if task.kind == TaskKind::Workflow {
+                *per_run.entry(task.run_id).or_default() += 1;
+            }
+        }
+        assert!(per_run.values().all(|&n| n <= 1), "a run has more than one workflow task: {per_run:?}");
+    }
+
+    /// Moves time on and runs every workflow to completion with well-behaved workers.
+    async fn drain(&mut self) {
+        for _round in 0..200 {
+            let mut all_done = true;
+            for (id, _) in self.started.clone() {
+                let status = self.engines[0].describe(NS, &id, None).await.map(|v| v.run.status);
+                if !matches!(status, Ok(RunStatus::Completed)) {
+                    all_done = false;
+                }
+            }
+            if all_done {
+                return;
+            }
+            self.clock.advance(LEASE + Duration::from_secs(1));
+            self.fire_timers().await;
+            for node in 0..self.engines.len() as u8 {
+                for (worker, queue) in [("w-a", QUEUE), ("w-other", OTHER_QUEUE)] {
+                    let engine = self.node(node).clone();
+                    while let Ok(Some(t)) = engine.poll_workflow_task(&self.poll(worker, queue)).await {
+                        let history: Vec<String> = t
+                            .history_events
+                            .iter()
+                            .map(|e| serde_json::from_str::<Value>(e.get()).expect("json")["event_type"].as_str().unwrap_or("").to_string())
+                            .collect();
+                        let held = Held {
+                            task_id: t.task_id.clone(),
+                            kind: TaskKind::Workflow,
+                            attempt: t.workflow_task_attempt,
+                            attempt_id: String::new(),
+                            owner: worker.into(),
+                            workflow_id: t.workflow_id.clone(),
+                            history,
+                        };
+                        self.leased(held.clone(), queue, &t.task_queue);
+                        self.complete_workflow_task(&engine, &held).await;
+                    }
+                    while let Ok(Some(t)) = engine.poll_activity_task(&self.poll(worker, queue)).await {
+                        let held = Held {
+                            task_id: t.task_id.clone(),
+                            kind: TaskKind::Activity,
+                            attempt: t.attempt_number,
+                            attempt_id: t.activity_attempt_id.clone(),
+                            owner: worker.into(),
+                            workflow_id: t.workflow_id.clone(),
+                            history: vec![],
+                        };
+                        self.leased(held.clone(), queue, &t.task_queue);
+                        let r = engine.complete_activity_task(NS, &t.task_id, &t.activity_attempt_id, worker, &json!("r")).await.map(|_| ());
+                        self.settle(&held, &r, true);
+                    }
+                }
+            }
+        }
+        panic!("not every started workflow completed: {:?}", self.started.keys().collect::<Vec<_>>());
+    }
+}
+
+/// Runs one scenario against engines on `stores` (one engine per handle; handles of one
+/// store shared by several engines model several nodes).
+pub async fn check_engine_model(stores: Vec<Arc<dyn KvStore>>, scenario: &[Step]) {
+    let clock = ManualClock::new(1_780_000_000_000);
+    let mut engines = Vec::new();
+    for store in &stores {
+        engines.push(open(store.clone(), &clock).await);
+    }
+    let mut model = Model {
+        clock,
+        engines,
+        stores,
+        held: Vec::new(),
+        latest: HashMap::new(),
+        started: BTreeMap::new(),
+        completed: HashSet::new(),
+    };
+    for step in scenario {
+        model.step(step).await;
+    }
+    model.drain().await;
+    for engine in &model.engines {
+        engine.shutdown();
+    }
+}

@@ -1,0 +1,28 @@
+//! The engine model check (see `keel_conformance::engine_model`) on the in-memory store
+//! (one node) and on the simulated store with injected faults shared by two engines.
+
+use std::sync::Arc;
+
+use keel_conformance::block_on;
+use keel_conformance::engine_model::{check_engine_model, steps};
+use keel_engine::storage::memory::MemoryStore;
+use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
+use keel_engine::storage::KvStore;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_keeps_lease_invariants_on_the_memory_store(scenario in steps(60)) {
+        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
+        block_on(check_engine_model(vec![store], &scenario));
+    }
+
+    #[test]
+    fn two_engines_sharing_a_faulty_store_keep_lease_invariants(scenario in steps(60), seed in any::<u64>()) {
+        let store = SimulatedStore::new(FaultConfig::chaos(seed));
+        let stores: Vec<Arc<dyn KvStore>> = vec![Arc::new(store.clone()), Arc::new(store)];
+        block_on(check_engine_model(stores, &scenario));
+    }
+}

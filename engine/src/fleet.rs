@@ -1,0 +1,258 @@
+//! The worker fleet: registrations, build-id cohorts and their drain state, and what a
+//! registered worker's poll may take.
+
+use std::collections::HashSet;
+
+use crate::engine::Engine;
+use crate::error::{Error, RejectKind, Result};
+use crate::matching::{PollFilter, QueueKey};
+use crate::model::{CohortRecord, TaskKind, WorkerRecord};
+use crate::storage::ReadOptions;
+use crate::sync::Arc;
+use crate::tables;
+
+impl Engine {
+
+    /// Registers (or re-registers) a worker.
+    pub async fn register_worker(&self, mut worker: WorkerRecord) -> Result<WorkerRecord> {
+        let now = self.now_ms();
+        worker.last_heartbeat_at_ms = now;
+        let w = &worker;
+        let saved = self
+            .transact(move |mut txn, fx| async move {
+                Self::require_namespace(txn.as_mut(), &w.namespace).await?;
+                let key = tables::worker_key(&w.namespace, &w.worker_id);
+                let mut record = w.clone();
+                if let Some(existing) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await? {
+                    record.registered_at_ms = existing.registered_at_ms;
+                }
+                tables::put(txn.as_mut(), &key, &record)?;
+                Ok((txn, (record, fx)))
+            })
+            .await?;
+        self.cache_worker(saved.clone());
+        Ok(saved)
+    }
+
+    fn cache_worker(&self, worker: WorkerRecord) {
+        let key = (worker.namespace.clone(), worker.worker_id.clone());
+        self.inner
+            .workers
+            .lock()
+            .expect("invariant: worker cache not poisoned")
+            .insert(key, Arc::new(worker));
+    }
+
+    /// Reads a worker registration (cached).
+    pub async fn worker(&self, ns: &str, worker_id: &str) -> Result<Option<Arc<WorkerRecord>>> {
+        let key = (ns.to_string(), worker_id.to_string());
+        if let Some(w) = self
+            .inner
+            .workers
+            .lock()
+            .expect("invariant: worker cache not poisoned")
+            .get(&key)
+        {
+            return Ok(Some(w.clone()));
+        }
+        let mut txn = self.inner.store.begin().await?;
+        let found: Option<WorkerRecord> =
+            tables::get_snapshot(txn.as_mut(), &tables::worker_key(ns, worker_id)).await?;
+        Ok(found.map(|w| {
+            self.cache_worker(w.clone());
+            Arc::new(w)
+        }))
+    }
+
+    /// Records a worker heartbeat; `worker_not_registered` if unknown.
+    pub async fn heartbeat_worker(&self, ns: &str, worker_id: &str) -> Result<WorkerRecord> {
+        let now = self.now_ms();
+        let saved = self
+            .transact(move |mut txn, fx| async move {
+                let key = tables::worker_key(ns, worker_id);
+                let Some(mut record) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await?
+                else {
+                    return Err(Error::not_found(
+                        "worker_not_registered",
+                        format!("worker '{worker_id}' is not registered"),
+                    ));
+                };
+                record.last_heartbeat_at_ms = now;
+                tables::put(txn.as_mut(), &key, &record)?;
+                Ok((txn, (record, fx)))
+            })
+            .await?;
+        self.cache_worker(saved.clone());
+        Ok(saved)
+    }
+
+    /// Removes a worker registration; `worker_not_found` if unknown.
+    pub async fn deregister_worker(&self, ns: &str, worker_id: &str) -> Result<()> {
+        self.transact(move |mut txn, fx| async move {
+            let key = tables::worker_key(ns, worker_id);
+            if tables::get::<WorkerRecord>(txn.as_mut(), &key)
+                .await?
+                .is_none()
+            {
+                return Err(Error::not_found(
+                    "worker_not_found",
+                    format!("worker '{worker_id}' is not registered"),
+                ));
+            }
+            txn.clear(&key);
+            Ok((txn, ((), fx)))
+        })
+        .await?;
+        self.inner
+            .workers
+            .lock()
+            .expect("invariant: worker cache not poisoned")
+            .remove(&(ns.to_string(), worker_id.to_string()));
+        Ok(())
+    }
+
+    /// The poll filter of a registered worker for `kind`: checks its registration and
+    /// queue, and refuses it while its build-id cohort is draining.
+    pub(crate) async fn poll_filter(&self, ns: &str, worker_id: &str, queue: &str, kind: TaskKind) -> Result<PollFilter> {
+        let Some(worker) = self.worker(ns, worker_id).await? else {
+            return Err(Error::reject(
+                RejectKind::Precondition,
+                "worker_not_registered",
+                format!("worker '{worker_id}' must register before polling"),
+            ));
+        };
+        if worker.task_queue != queue {
+            return Err(Error::conflict(
+                "task_queue_mismatch",
+                format!("worker '{worker_id}' registered for queue '{}', polled '{queue}'", worker.task_queue),
+            ));
+        }
+        if self.cohort_draining(ns, queue, worker.build_id.as_deref()).await? {
+            return Err(Error::conflict(
+                "worker_draining",
+                format!("the build-id cohort of worker '{worker_id}' is draining; it gets no new tasks"),
+            )
+            .with("poll_status", "draining")
+            .with("task", serde_json::Value::Null)
+            .with("build_id", worker.build_id.clone()));
+        }
+        let types = match kind {
+            TaskKind::Workflow => &worker.supported_workflow_types,
+            TaskKind::Activity => &worker.supported_activity_types,
+        };
+        Ok(PollFilter {
+            types: (!types.is_empty()).then(|| Arc::new(types.iter().cloned().collect::<HashSet<_>>())),
+            build_id: worker.build_id.as_deref().map(Into::into),
+        })
+    }
+
+    /// Statistics of one matching queue (in-memory).
+    pub fn queue_stats(&self, ns: &str, queue: &str, kind: TaskKind) -> crate::matching::QueueStats {
+        self.inner.matching.stats(&QueueKey::new(ns, queue, kind))
+    }
+
+    /// Whether the cohort is draining (cached; drains and resumes update the cache).
+    pub async fn cohort_draining(&self, ns: &str, queue: &str, build_id: Option<&str>) -> Result<bool> {
+        let key = tables::cohort_key(ns, queue, build_id);
+        if let Some(d) = self.inner.cohorts.lock().expect("invariant: cohort cache not poisoned").get(&key) {
+            return Ok(*d);
+        }
+        let mut txn = self.inner.store.begin().await?;
+        let record: Option<CohortRecord> = tables::get_snapshot(txn.as_mut(), &key).await?;
+        let draining = record.is_some_and(|c| c.draining);
+        self.inner.cohorts.lock().expect("invariant: cohort cache not poisoned").insert(key, draining);
+        Ok(draining)
+    }
+
+    /// Sets a cohort's drain intent (idempotent) and returns the cohort.
+    pub async fn set_cohort_draining(&self, ns: &str, queue: &str, build_id: Option<&str>, draining: bool) -> Result<CohortRecord> {
+        let now = self.now_ms();
+        let key = tables::cohort_key(ns, queue, build_id);
+        let key_ref = &key;
+        let record = self
+            .transact(move |mut txn, fx| async move {
+                Self::require_namespace(txn.as_mut(), ns).await?;
+                let mut record = tables::get::<CohortRecord>(txn.as_mut(), key_ref).await?.unwrap_or(CohortRecord {
+                    namespace: ns.to_string(),
+                    task_queue: queue.to_string(),
+                    build_id: build_id.map(str::to_string),
+                    draining: false,
+                    drained_at_ms: None,
+                    resumed_at_ms: None,
+                    updated_at_ms: now,
+                });
+                if record.draining != draining {
+                    record.draining = draining;
+                    record.updated_at_ms = now;
+                    if draining {
+                        record.drained_at_ms = Some(now);
+                    } else {
+                        record.resumed_at_ms = Some(now);
+                    }
+                    tables::put(txn.as_mut(), key_ref, &record)?;
+                }
+                Ok((txn, (record, fx)))
+            })
+            .await?;
+        self.inner.cohorts.lock().expect("invariant: cohort cache not poisoned").insert(key, draining);
+        Ok(record)
+    }
+
+    /// The cohorts with a recorded drain intent on one queue.
+    pub async fn cohorts(&self, ns: &str, queue: &str) -> Result<Vec<CohortRecord>> {
+        let mut txn = self.inner.store.begin().await?;
+        let pairs = txn.get_range(&tables::cohorts_range(ns, queue), ReadOptions::limit(1000).snapshot()).await?;
+        let (records, _) = tables::assemble(pairs)?;
+        records.into_iter().map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt)).collect()
+    }
+
+    /// Registered workers of a namespace (at most `limit`).
+    pub async fn workers(&self, ns: &str, limit: usize) -> Result<Vec<WorkerRecord>> {
+        let mut txn = self.inner.store.begin().await?;
+        Self::require_namespace(txn.as_mut(), ns).await?;
+        let pairs = txn.get_range(&tables::workers_range(ns), ReadOptions::limit(limit).snapshot()).await?;
+        let (records, _) = tables::assemble(pairs)?;
+        records.into_iter().map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt)).collect()
+    }
+
+    /// Durable per-queue counts of a namespace: `(queue, kind, ready, leased)`.
+    pub async fn queue_counts(&self, ns: &str) -> Result<Vec<QueueCounts>> {
+        let mut txn = self.inner.store.begin().await?;
+        let pairs = txn.get_range(&tables::queue_counters_range(ns), ReadOptions::limit(100_000).snapshot()).await?;
+        let mut out: Vec<QueueCounts> = Vec::new();
+        for (key, value) in pairs {
+            let mut r = crate::keys::KeyReader::new(&key);
+            let (Some(_), Some(queue), Some(kind), Some(counter)) = (r.str(), r.str(), r.u8(), r.u8()) else {
+                return Err(Error::corrupt("queue counter key"));
+            };
+            let kind = if kind == TaskKind::Workflow.code() { TaskKind::Workflow } else { TaskKind::Activity };
+            let n = crate::storage::decode_counter(Some(&value)).max(0) as u64;
+            let entry = match out.iter_mut().find(|c| c.queue == queue && c.kind == kind) {
+                Some(e) => e,
+                None => {
+                    out.push(QueueCounts { queue, kind, ready: 0, leased: 0 });
+                    out.last_mut().expect("invariant: just pushed")
+                }
+            };
+            if counter == tables::QueueCounter::Ready as u8 {
+                entry.ready = n;
+            } else {
+                entry.leased = n;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Durable task counts of one queue and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Queue.
+    pub queue: String,
+    /// Task kind.
+    pub kind: TaskKind,
+    /// Tasks ready.
+    pub ready: u64,
+    /// Tasks leased.
+    pub leased: u64,
+}

@@ -1,0 +1,638 @@
+//! Query tasks: ephemeral requests routed to a worker that replays the run and runs the
+//! query handler (sdk-protocol §6.8). They never touch history or storage beyond reads,
+//! so they live in memory only: a server restart drops them and their callers retry.
+//!
+//! Flow: `query_workflow` snapshots the run's history into a task, queues it on the
+//! run's task queue and waits (bounded) for its answer; a worker long-polls with
+//! `poll_query_task`, then reports `complete_query_task` or `fail_query_task`, which
+//! answers the waiting caller. A caller that gives up (timeout or dropped request)
+//! removes its task.
+//!
+//! The same in-memory registry holds the wake-ups of callers waiting for an update.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Notify};
+
+use crate::clock::{format_timestamp, Millis};
+use crate::engine::Engine;
+use crate::error::{Error, RejectKind, Result};
+use crate::model::{InstanceRecord, RunRecord, WorkerRecord};
+use crate::storage::ReadOptions;
+use crate::sync::Arc;
+use crate::{history, ids, keys, tables};
+
+/// Most query tasks waiting on one queue; more are refused with `query_task_queue_full`.
+pub const MAX_PENDING_PER_QUEUE: usize = 1024;
+/// A worker whose last heartbeat is older than this does not count as able to answer.
+const WORKER_STALE_MS: Millis = 180_000;
+/// Most worker registrations scanned when looking for a query-capable worker.
+const WORKER_SCAN_LIMIT: usize = 4096;
+/// Most history events a query task carries inline.
+const MAX_QUERY_HISTORY: usize = 1_000_000;
+
+/// A query from the control plane.
+#[derive(Debug, Clone)]
+pub struct QueryRequest {
+    /// Workflow id.
+    pub workflow_id: String,
+    /// A specific run (`None`: the current run).
+    pub run_id: Option<String>,
+    /// Query name.
+    pub query_name: String,
+    /// Argument envelope.
+    pub input: Value,
+    /// How long to wait for a worker's answer.
+    pub timeout: Duration,
+}
+
+/// A query's answer.
+#[derive(Debug, Clone)]
+pub struct QueryAnswer {
+    /// Workflow id.
+    pub workflow_id: String,
+    /// The run that was queried.
+    pub run_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Query name.
+    pub query_name: String,
+    /// The worker's plain-JSON result.
+    pub result: Value,
+    /// The worker's result envelope.
+    pub result_envelope: Value,
+}
+
+/// A query task as handed to a worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryTaskView {
+    /// Task id.
+    pub query_task_id: String,
+    /// Fencing token (1 for the first lease).
+    pub query_task_attempt: u32,
+    /// The polling worker.
+    pub lease_owner: String,
+    /// When the lease (and the caller's wait) ends.
+    pub lease_expires_at: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Queue.
+    pub task_queue: String,
+    /// Workflow id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Query name.
+    pub query_name: String,
+    /// Always `avro`.
+    pub payload_codec: &'static str,
+    /// The run's full history (a query replays from the start).
+    pub history_events: Box<RawValue>,
+    /// The run's start input.
+    pub workflow_arguments: Value,
+    /// The query's arguments.
+    pub query_arguments: Value,
+}
+
+/// How a query task ended, as its caller sees it.
+enum Resolution {
+    Completed { result: Value, envelope: Value },
+    Failed { reason: String, message: String },
+}
+
+struct QueryTask {
+    view: QueryTaskView,
+    /// `(owner, attempt)` of the current lease.
+    leased: Option<(String, u32)>,
+    /// Set until the task is answered.
+    reply: Option<oneshot::Sender<Resolution>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Task ids in arrival order, leased ones included.
+    order: VecDeque<String>,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: HashMap<String, QueryTask>,
+    queues: HashMap<(String, String), QueueState>,
+}
+
+/// In-memory query tasks and update waiters.
+#[derive(Default)]
+pub struct Queries {
+    state: Mutex<State>,
+    update_waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// A caller's registration for wake-ups of one update; unregisters on drop.
+pub struct UpdateWaiter<'a> {
+    queries: &'a Queries,
+    update_id: String,
+    notify: Arc<Notify>,
+}
+
+impl UpdateWaiter<'_> {
+    /// The notification to wait on.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for UpdateWaiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self
+            .queries
+            .update_waiters
+            .lock()
+            .expect("invariant: update waiters not poisoned");
+        // The map holds one reference and this waiter another: the last waiter leaves.
+        if waiters
+            .get(&self.update_id)
+            .is_some_and(|n| Arc::strong_count(n) <= 2)
+        {
+            waiters.remove(&self.update_id);
+        }
+    }
+}
+
+impl Queries {
+    /// Wakes callers waiting on `update_id`.
+    pub fn wake_update(&self, update_id: &str) {
+        if let Some(n) = self
+            .update_waiters
+            .lock()
+            .expect("invariant: update waiters not poisoned")
+            .get(update_id)
+        {
+            n.notify_waiters();
+        }
+    }
+
+    /// Registers for wake-ups of `update_id`.
+    pub fn update_waiter(&self, update_id: &str) -> UpdateWaiter<'_> {
+        let notify = self
+            .update_waiters
+            .lock()
+            .expect("invariant: update waiters not poisoned")
+            .entry(update_id.to_string())
+            .or_default()
+            .clone();
+        UpdateWaiter {
+            queries: self,
+            update_id: update_id.to_string(),
+            notify,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("invariant: query state not poisoned")
+    }
+
+    fn queue_notify(&self, ns: &str, queue: &str) -> Arc<Notify> {
+        self.lock()
+            .queues
+            .entry((ns.to_string(), queue.to_string()))
+            .or_default()
+            .notify
+            .clone()
+    }
+
+    fn remove(&self, task_id: &str) -> Option<QueryTask> {
+        let mut state = self.lock();
+        let task = state.tasks.remove(task_id)?;
+        let key = (task.view.namespace.clone(), task.view.task_queue.clone());
+        if let Some(q) = state.queues.get_mut(&key) {
+            q.order.retain(|t| t != task_id);
+        }
+        Some(task)
+    }
+
+    /// Leases the oldest unleased task of the queue whose workflow type `accepts`.
+    fn take(
+        &self,
+        ns: &str,
+        queue: &str,
+        owner: &str,
+        accepts: &dyn Fn(&str) -> bool,
+    ) -> Option<QueryTaskView> {
+        let mut state = self.lock();
+        let State { tasks, queues } = &mut *state;
+        let q = queues.get(&(ns.to_string(), queue.to_string()))?;
+        for id in &q.order {
+            let Some(task) = tasks.get_mut(id) else {
+                continue;
+            };
+            if task.leased.is_some() || !accepts(&task.view.workflow_type) {
+                continue;
+            }
+            task.view.query_task_attempt += 1;
+            task.view.lease_owner = owner.to_string();
+            task.leased = Some((owner.to_string(), task.view.query_task_attempt));
+            return Some(task.view.clone());
+        }
+        None
+    }
+
+    /// Number of query tasks waiting on a queue (leased ones included).
+    pub fn pending(&self, ns: &str, queue: &str) -> usize {
+        self.lock()
+            .queues
+            .get(&(ns.to_string(), queue.to_string()))
+            .map_or(0, |q| q.order.len())
+    }
+}
+
+/// Removes a caller's task when the caller stops waiting, whatever the reason.
+struct TaskGuard<'a> {
+    queries: &'a Queries,
+    task_id: String,
+}
+
+impl Drop for TaskGuard<'_> {
+    fn drop(&mut self) {
+        self.queries.remove(&self.task_id);
+    }
+}
+
+fn query_error(reason: &'static str, kind: RejectKind, message: impl Into<String>) -> Error {
+    Error::reject(kind, reason, message)
+}
+
+/// Whether a worker registration can answer queries of `workflow_type` on `queue`.
+fn can_answer(w: &WorkerRecord, queue: &str, workflow_type: &str, now: Millis) -> bool {
+    w.task_queue == queue
+        && w.capabilities.iter().any(|c| c == "query_tasks")
+        && (w.supported_workflow_types.is_empty()
+            || w.supported_workflow_types.iter().any(|t| t == workflow_type))
+        && now - w.last_heartbeat_at_ms <= WORKER_STALE_MS
+}
+
+impl Engine {
+    /// Runs a query: routes a query task to a worker of the run's queue and waits for
+    /// its answer, at most `req.timeout`.
+    pub async fn query_workflow(&self, ns: &str, req: &QueryRequest) -> Result<QueryAnswer> {
+        let now = self.now_ms();
+        let (run, history_events, workflow_arguments) = self.query_snapshot(ns, req).await?;
+        let queries = &self.inner.queries;
+        if queries.pending(ns, &run.task_queue) >= MAX_PENDING_PER_QUEUE {
+            return Err(query_error(
+                "query_task_queue_full",
+                RejectKind::Throttled,
+                format!("too many queries are waiting on queue '{}'", run.task_queue),
+            )
+            .with("retry_after_seconds", 1));
+        }
+        let deadline = now + req.timeout.as_millis() as Millis;
+        let task_id = ids::new_id(now);
+        let (tx, rx) = oneshot::channel();
+        let view = QueryTaskView {
+            query_task_id: task_id.clone(),
+            query_task_attempt: 0,
+            lease_owner: String::new(),
+            lease_expires_at: format_timestamp(deadline),
+            namespace: ns.to_string(),
+            task_queue: run.task_queue.clone(),
+            workflow_id: run.workflow_id.clone(),
+            run_id: run.run_id.clone(),
+            workflow_type: run.workflow_type.clone(),
+            query_name: req.query_name.clone(),
+            payload_codec: "avro",
+            history_events,
+            workflow_arguments,
+            query_arguments: req.input.clone(),
+        };
+        let notify = {
+            let mut state = queries.lock();
+            state.tasks.insert(
+                task_id.clone(),
+                QueryTask {
+                    view,
+                    leased: None,
+                    reply: Some(tx),
+                },
+            );
+            let q = state
+                .queues
+                .entry((ns.to_string(), run.task_queue.clone()))
+                .or_default();
+            q.order.push_back(task_id.clone());
+            q.notify.clone()
+        };
+        let _guard = TaskGuard {
+            queries,
+            task_id: task_id.clone(),
+        };
+        notify.notify_waiters();
+        let resolution = tokio::select! {
+            r = rx => r.ok(),
+            _ = self.inner.clock.sleep_until(deadline) => None,
+        };
+        let answer = |result: Value, result_envelope: Value| QueryAnswer {
+            workflow_id: run.workflow_id.clone(),
+            run_id: run.run_id.clone(),
+            workflow_type: run.workflow_type.clone(),
+            query_name: req.query_name.clone(),
+            result,
+            result_envelope,
+        };
+        match resolution {
+            Some(Resolution::Completed { result, envelope }) => Ok(answer(result, envelope)),
+            Some(Resolution::Failed { reason, message }) => Err(match reason.as_str() {
+                "rejected_unknown_query" => {
+                    query_error("query_not_found", RejectKind::NotFound, message)
+                        .with("query_name", req.query_name.as_str())
+                }
+                "query_workflow_state_unavailable" => query_error(
+                    "query_workflow_state_unavailable",
+                    RejectKind::Conflict,
+                    message,
+                ),
+                "query_workflow_type_not_registered" => {
+                    query_error("query_worker_incompatible", RejectKind::Conflict, message)
+                }
+                "invalid_query_arguments" => {
+                    query_error("invalid_query_arguments", RejectKind::Invalid, message)
+                }
+                _ => query_error("query_rejected", RejectKind::Conflict, message),
+            }
+            .with("worker_reason", reason.as_str())
+            .with("query_name", req.query_name.as_str())
+            .with("workflow_id", run.workflow_id.as_str())
+            .with("run_id", run.run_id.as_str())),
+            None => Err(query_error(
+                "query_worker_timeout",
+                RejectKind::Timeout,
+                format!(
+                    "no worker answered query '{}' within {} s",
+                    req.query_name,
+                    req.timeout.as_secs()
+                ),
+            )
+            .with("query_name", req.query_name.as_str())
+            .with("workflow_id", run.workflow_id.as_str())
+            .with("run_id", run.run_id.as_str())),
+        }
+    }
+
+    /// Reads what a query task carries, after the checks that need no worker: the run
+    /// exists, the query name is declared, and some worker can answer.
+    async fn query_snapshot(
+        &self,
+        ns: &str,
+        req: &QueryRequest,
+    ) -> Result<(RunRecord, Box<RawValue>, Value)> {
+        let now = self.now_ms();
+        let mut txn = self.inner.store.begin().await?;
+        let txn = txn.as_mut();
+        Self::require_namespace(txn, ns).await?;
+        let instance: InstanceRecord =
+            tables::get_snapshot(txn, &tables::instance_key(ns, &req.workflow_id))
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "instance_not_found",
+                        format!("workflow '{}' does not exist", req.workflow_id),
+                    )
+                })?;
+        let run_id = req.run_id.as_deref().unwrap_or(&instance.current_run_id);
+        let run: RunRecord = tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, run_id))
+            .await?
+            .filter(|r| r.workflow_id == req.workflow_id)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "run_not_found",
+                    format!("run '{run_id}' of workflow '{}' does not exist", req.workflow_id),
+                )
+            })?;
+        if let Some(contract) = crate::workflow::waits::declared_contract(txn, &run).await? {
+            if !contract.queries.iter().any(|q| *q == req.query_name) {
+                return Err(Error::not_found(
+                    "query_not_found",
+                    format!(
+                        "workflow type '{}' declares no query '{}'",
+                        run.workflow_type, req.query_name
+                    ),
+                )
+                .with("outcome", "rejected_unknown_query")
+                .with("query_name", req.query_name.as_str())
+                .with("declared_queries", contract.queries.clone()));
+            }
+        }
+        let mut range = keys::Key::new(keys::prefix::WORKER).str(ns).range();
+        let mut able = false;
+        let mut scanned = 0;
+        while !able && scanned < WORKER_SCAN_LIMIT {
+            let page = txn
+                .get_range(&range, ReadOptions::limit(256).snapshot())
+                .await?;
+            let full = page.len() == 256;
+            scanned += page.len();
+            let (records, _) = tables::assemble(page)?;
+            for (_, bytes) in &records {
+                let Ok(w) = serde_json::from_slice::<WorkerRecord>(bytes) else {
+                    continue;
+                };
+                if can_answer(&w, &run.task_queue, &run.workflow_type, now) {
+                    able = true;
+                    break;
+                }
+            }
+            match (full, records.last()) {
+                (true, Some((last, _))) => {
+                    range.start = std::ops::Bound::Excluded(last.clone());
+                }
+                _ => break,
+            }
+        }
+        if !able {
+            return Err(Error::conflict(
+                "query_worker_unavailable",
+                format!(
+                    "no registered worker on queue '{}' answers queries for '{}'",
+                    run.task_queue, run.workflow_type
+                ),
+            )
+            .with("task_queue", run.task_queue.as_str())
+            .with("workflow_type", run.workflow_type.as_str())
+            .with("query_name", req.query_name.as_str()));
+        }
+        let page = history::read_page_in(
+            txn,
+            ns,
+            &run.run_id,
+            1,
+            run.last_event_seq,
+            MAX_QUERY_HISTORY,
+        )
+        .await?;
+        let joined: Vec<&str> = page.events.iter().map(|e| e.get()).collect();
+        let history_events = RawValue::from_string(format!("[{}]", joined.join(",")))
+            .map_err(Error::corrupt)?;
+        let arguments = history::event_payload(txn, ns, &run.run_id, 1)
+            .await?
+            .and_then(|mut p| p.get_mut("input").map(Value::take))
+            .unwrap_or(Value::Null);
+        Ok((run, history_events, arguments))
+    }
+
+    /// Long-polls for a query task on the worker's queue.
+    pub async fn poll_query_task(
+        &self,
+        ns: &str,
+        worker_id: &str,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<Option<QueryTaskView>> {
+        let Some(worker) = self.worker(ns, worker_id).await? else {
+            return Err(Error::reject(
+                RejectKind::Precondition,
+                "worker_not_registered",
+                format!("worker '{worker_id}' must register before polling"),
+            ));
+        };
+        if worker.task_queue != queue {
+            return Err(Error::conflict(
+                "task_queue_mismatch",
+                format!(
+                    "worker '{worker_id}' registered for queue '{}', polled '{queue}'",
+                    worker.task_queue
+                ),
+            ));
+        }
+        let types = worker.supported_workflow_types.clone();
+        let accepts = move |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+        let queries = &self.inner.queries;
+        let notify = queries.queue_notify(ns, queue);
+        let timeout = timeout.min(self.inner.config.max_poll_timeout);
+        let deadline = self.now_ms() + timeout.as_millis() as Millis;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(view) = queries.take(ns, queue, worker_id, &accepts) {
+                return Ok(Some(view));
+            }
+            if self.now_ms() >= deadline {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.inner.clock.sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Answers a leased query task with the worker's result.
+    pub fn complete_query_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        result: Value,
+        result_envelope: Value,
+    ) -> Result<Value> {
+        self.resolve_query_task(
+            ns,
+            task_id,
+            owner,
+            attempt,
+            Resolution::Completed {
+                result,
+                envelope: result_envelope,
+            },
+        )
+    }
+
+    /// Answers a leased query task with the worker's failure.
+    pub fn fail_query_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        reason: &str,
+        message: &str,
+    ) -> Result<Value> {
+        self.resolve_query_task(
+            ns,
+            task_id,
+            owner,
+            attempt,
+            Resolution::Failed {
+                reason: reason.to_string(),
+                message: message.to_string(),
+            },
+        )
+    }
+
+    fn resolve_query_task(
+        &self,
+        ns: &str,
+        task_id: &str,
+        owner: &str,
+        attempt: u32,
+        resolution: Resolution,
+    ) -> Result<Value> {
+        let queries = &self.inner.queries;
+        let reply = {
+            let mut state = queries.lock();
+            let task = state
+                .tasks
+                .get_mut(task_id)
+                .filter(|t| t.view.namespace == ns)
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "query_task_not_found",
+                        format!("query task '{task_id}' does not exist or already ended"),
+                    )
+                })?;
+            let Some((lease_owner, lease_attempt)) = task.leased.clone() else {
+                return Err(Error::conflict(
+                    "query_task_not_leased",
+                    format!("query task '{task_id}' is not leased"),
+                ));
+            };
+            if lease_owner != owner {
+                return Err(Error::conflict(
+                    "lease_owner_mismatch",
+                    format!("query task '{task_id}' is leased to another worker"),
+                ));
+            }
+            if lease_attempt != attempt {
+                return Err(Error::conflict(
+                    "query_task_attempt_mismatch",
+                    format!("query task '{task_id}' is at attempt {lease_attempt}, not {attempt}"),
+                )
+                .with("current_attempt", lease_attempt));
+            }
+            task.reply.take()
+        };
+        queries.remove(task_id);
+        let outcome = match &resolution {
+            Resolution::Completed { .. } => "completed",
+            Resolution::Failed { .. } => "failed",
+        };
+        // A caller that already gave up dropped its receiver; the report still counts.
+        let delivered = reply.is_some_and(|tx| tx.send(resolution).is_ok());
+        Ok(json!({
+            "query_task_id": task_id,
+            "query_task_attempt": attempt,
+            "outcome": outcome,
+            "recorded": delivered,
+        }))
+    }
+}

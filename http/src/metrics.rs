@@ -1,0 +1,203 @@
+//! Prometheus metrics: the process-wide recorder (installed once), request metrics per
+//! route, and the `/metrics` scrape.
+//!
+//! Series and their labels (every label is a bounded vocabulary; never an id):
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `keel_http_requests_total` | counter | `route` (operation name), `status` |
+//! | `keel_http_request_duration_seconds` | histogram | `route` |
+//! | `keel_polls_total` | counter | `kind`, `outcome` (`leased`, `empty`, `error`) |
+//! | `keel_lease_expiries_total` | counter | `kind` |
+//! | `keel_storage_commit_seconds` | histogram | — |
+//! | `keel_storage_commits_total` | counter | `outcome` |
+//! | `keel_task_backlog` / `keel_task_leased` | gauge | `namespace`, `queue`, `kind` |
+//! | `keel_task_queues` | gauge | — (distinct queues seen) |
+//! | `keel_storage_group_commits_total`, `keel_storage_committed_transactions_total`, `keel_storage_conflicts_total` | counter | — |
+//! | `keel_storage_group_commit_batch_size_mean`, `..._max` | gauge | — |
+//!
+//! Queue names are caller-chosen, so the backlog gauges are computed fresh at each
+//! scrape and rendered directly (not kept in the registry): the
+//! [`MAX_QUEUE_SERIES`] queues with the most ready tasks get their own series, the rest
+//! are summed into `namespace="_other",queue="_other"`. A scrape therefore never holds
+//! more than `MAX_QUEUE_SERIES + 1` series per kind, and a queue that went away does not
+//! linger.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use keel_engine::model::TaskKind;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::server::AppState;
+
+/// Most queues with their own backlog series (per kind).
+pub const MAX_QUEUE_SERIES: usize = 50;
+/// Most namespaces whose queues a scrape reads.
+pub const MAX_SCRAPE_NAMESPACES: usize = 100;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Counters of a storage backend's commit path, sampled at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StorageStats {
+    /// Transactions with writes that committed.
+    pub commits: u64,
+    /// Transactions refused by the conflict check.
+    pub conflicts: u64,
+    /// Group commits (durable writes) issued.
+    pub batches: u64,
+    /// Most transactions in one group commit.
+    pub largest_batch: u64,
+}
+
+/// A source of [`StorageStats`] (the backend's counters).
+pub type StatsSource = Box<dyn Fn() -> StorageStats + Send + Sync>;
+
+/// Installs the Prometheus recorder once per process and returns its handle (`None` if
+/// another recorder was installed first: metrics are then not served).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// Records one answered request.
+pub fn record_request(route: &str, status: u16, elapsed: Duration) {
+    metrics::counter!(
+        "keel_http_requests_total",
+        "route" => route.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("keel_http_request_duration_seconds", "route" => route.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn kind_label(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Workflow => "workflow",
+        TaskKind::Activity => "activity",
+    }
+}
+
+/// Renders the whole scrape: the registry, then the sampled series.
+pub async fn scrape(state: &AppState) -> String {
+    let mut out = match handle() {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    };
+    if let Some(stats) = state.storage_stats() {
+        let s = stats();
+        let mean = if s.batches == 0 {
+            0.0
+        } else {
+            s.commits as f64 / s.batches as f64
+        };
+        let _ = write!(
+            out,
+            "# HELP keel_storage_group_commits_total Durable group-commit writes issued.\n\
+             # TYPE keel_storage_group_commits_total counter\n\
+             keel_storage_group_commits_total {}\n\
+             # HELP keel_storage_committed_transactions_total Transactions with writes committed.\n\
+             # TYPE keel_storage_committed_transactions_total counter\n\
+             keel_storage_committed_transactions_total {}\n\
+             # HELP keel_storage_conflicts_total Transactions refused by the conflict check.\n\
+             # TYPE keel_storage_conflicts_total counter\n\
+             keel_storage_conflicts_total {}\n\
+             # HELP keel_storage_group_commit_batch_size_mean Mean transactions per group commit since start.\n\
+             # TYPE keel_storage_group_commit_batch_size_mean gauge\n\
+             keel_storage_group_commit_batch_size_mean {mean}\n\
+             # HELP keel_storage_group_commit_batch_size_max Most transactions in one group commit since start.\n\
+             # TYPE keel_storage_group_commit_batch_size_max gauge\n\
+             keel_storage_group_commit_batch_size_max {}\n",
+            s.batches, s.commits, s.conflicts, s.largest_batch
+        );
+    }
+    render_backlog(state, &mut out).await;
+    out
+}
+
+async fn render_backlog(state: &AppState, out: &mut String) {
+    let engine = &state.engine;
+    let Ok(namespaces) = engine.list_namespaces(MAX_SCRAPE_NAMESPACES).await else {
+        return;
+    };
+    let mut rows: Vec<(String, String, TaskKind, u64, u64)> = Vec::new();
+    for ns in namespaces {
+        if let Ok(counts) = engine.queue_counts(&ns.name).await {
+            rows.extend(
+                counts
+                    .into_iter()
+                    .map(|c| (ns.name.clone(), c.queue, c.kind, c.ready, c.leased)),
+            );
+        }
+    }
+    let queues = rows.len();
+    rows.sort_by(|a, b| b.3.cmp(&a.3).then(b.4.cmp(&a.4)));
+    let _ = writeln!(
+        out,
+        "# HELP keel_task_queues Distinct (namespace, queue, kind) with task counters.\n\
+         # TYPE keel_task_queues gauge\nkeel_task_queues {queues}"
+    );
+    for (name, help, pick) in [
+        (
+            "keel_task_backlog",
+            "Tasks ready to be polled, per queue (top queues; the rest under _other).",
+            3usize,
+        ),
+        ("keel_task_leased", "Tasks leased to workers, per queue.", 4),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for kind in [TaskKind::Workflow, TaskKind::Activity] {
+            let mut other = 0u64;
+            let mut shown = 0usize;
+            for row in rows.iter().filter(|r| r.2 == kind) {
+                let value = if pick == 3 { row.3 } else { row.4 };
+                if shown < MAX_QUEUE_SERIES {
+                    shown += 1;
+                    let _ = writeln!(
+                        out,
+                        "{name}{{namespace=\"{}\",queue=\"{}\",kind=\"{}\"}} {value}",
+                        escape(&row.0),
+                        escape(&row.1),
+                        kind_label(kind)
+                    );
+                } else {
+                    other += value;
+                }
+            }
+            if other > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}{{namespace=\"_other\",queue=\"_other\",kind=\"{}\"}} {other}",
+                    kind_label(kind)
+                );
+            }
+        }
+    }
+}

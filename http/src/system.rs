@@ -1,0 +1,265 @@
+//! The admin system routes: namespace-scoped health and metrics snapshots, and the
+//! repair, activity-timeout and retention passes with their inspection routes. Every
+//! response is bounded: scans stop at fixed limits and say so (`truncated`).
+
+use hyper::StatusCode;
+use keel_engine::clock::format_timestamp;
+use keel_engine::model::TaskKind;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::router::Op;
+use crate::server::{AppState, Call, Reply};
+use crate::validate::Fields;
+
+/// Runs examined by the run-count and repair scans of a snapshot.
+const SNAPSHOT_SCAN: usize = 5_000;
+/// Queues listed in a snapshot.
+const SNAPSHOT_QUEUES: usize = 100;
+/// Default and largest batch of a pass.
+const DEFAULT_PASS_LIMIT: i64 = 100;
+const MAX_PASS_LIMIT: i64 = 1000;
+
+/// Whether this module serves `op`.
+pub fn handles(op: Op) -> bool {
+    matches!(
+        op,
+        Op::SystemHealth
+            | Op::SystemMetrics
+            | Op::SystemOperatorMetrics
+            | Op::SystemRepair
+            | Op::SystemRepairPass
+            | Op::SystemActivityTimeouts
+            | Op::SystemActivityTimeoutsPass
+            | Op::SystemRetention
+            | Op::SystemRetentionPass
+    )
+}
+
+fn kind(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Workflow => "workflow",
+        TaskKind::Activity => "activity",
+    }
+}
+
+/// The namespace-scoped operator metrics snapshot.
+async fn operator_metrics(state: &AppState, ns: &str) -> Result<Value, ApiError> {
+    let engine = &state.engine;
+    let runs = engine.run_counts(ns, SNAPSHOT_SCAN).await?;
+    let mut queues = engine.queue_counts(ns).await?;
+    queues.sort_by(|a, b| b.ready.cmp(&a.ready));
+    let (ready, leased) = queues
+        .iter()
+        .fold((0u64, 0u64), |(r, l), q| (r + q.ready, l + q.leased));
+    let queue_count = queues.len();
+    let workers = engine.workers(ns, 1000).await?;
+    let now = engine.now_ms();
+    let active = workers
+        .iter()
+        .filter(|w| now - w.last_heartbeat_at_ms <= 120_000)
+        .count();
+    let repair = engine.repair_scan(ns, SNAPSHOT_SCAN).await?;
+    let retention = engine.retention_backlog(ns, 1000).await?;
+    let overdue = engine.overdue_activity_timers(ns, 1000).await?;
+    Ok(json!({
+        "namespace": ns,
+        "generated_at": format_timestamp(now),
+        "runs": {
+            "open": runs.open,
+            "by_status": runs.by_status,
+            "scanned": runs.scanned,
+            "truncated": runs.truncated,
+        },
+        "backlog": {
+            "ready_tasks": ready,
+            "leased_tasks": leased,
+            "queue_count": queue_count,
+            "queues": queues.iter().take(SNAPSHOT_QUEUES).map(|q| json!({
+                "task_queue": q.queue, "kind": kind(q.kind), "ready": q.ready, "leased": q.leased,
+            })).collect::<Vec<_>>(),
+            "queues_truncated": queue_count > SNAPSHOT_QUEUES,
+        },
+        "repair": {
+            "candidates": repair.candidates.len(),
+            "scanned": repair.scanned,
+            "truncated": repair.truncated,
+        },
+        "retention": {
+            "retention_days": retention.retention_days,
+            "eligible": retention.eligible,
+            "truncated": retention.truncated,
+        },
+        "activity_timeouts": {"overdue": overdue.len()},
+        "workers": {"registered": workers.len(), "active": active},
+        "structural_limits": structural_limits(),
+    }))
+}
+
+fn structural_limits() -> Value {
+    json!({
+        "max_payload_bytes": crate::discovery::MAX_PAYLOAD_BYTES,
+        "max_search_attributes": keel_engine::namespaces::MAX_SEARCH_ATTRIBUTES,
+        "max_value_bytes": keel_engine::storage::MAX_VALUE_BYTES,
+        "max_transaction_bytes": keel_engine::storage::MAX_TXN_BYTES,
+    })
+}
+
+fn pass_limit(f: &mut Fields<'_>) -> usize {
+    f.optional_int("limit", 1, MAX_PASS_LIMIT)
+        .unwrap_or(DEFAULT_PASS_LIMIT) as usize
+}
+
+fn run_ids(f: &mut Fields<'_>, field: &str) -> Option<Vec<String>> {
+    let ids = f.optional_str_list(field);
+    (!ids.is_empty()).then_some(ids)
+}
+
+/// System routes.
+pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
+    let engine = &state.engine;
+    let ns = call.namespace.as_str();
+    let ok = |v: Value| Ok(Reply::json(StatusCode::OK, &v));
+    match op {
+        Op::SystemHealth => {
+            let metrics = operator_metrics(state, ns).await?;
+            let snap = state.readiness.snapshot();
+            let blocked = snap.blocked_by();
+            let coordination = crate::probes::coordination_health(state, ns).await;
+            let repair = metrics["repair"]["candidates"].as_u64().unwrap_or(0);
+            let overdue = metrics["activity_timeouts"]["overdue"].as_u64().unwrap_or(0);
+            let checks = json!({
+                "bootstrap": {"status": if blocked.is_empty() { "ok" } else { "blocked" }, "blocked_by": blocked},
+                "task_repair": {"status": if repair == 0 { "ok" } else { "warning" }, "candidates": repair},
+                "activity_timeouts": {"status": if overdue == 0 { "ok" } else { "warning" }, "overdue": overdue},
+                "coordination": {"status": coordination["status"]},
+            });
+            let healthy = blocked.is_empty();
+            let status = if !healthy {
+                "unhealthy"
+            } else if repair > 0 || overdue > 0 {
+                "degraded"
+            } else {
+                "healthy"
+            };
+            ok(json!({
+                "namespace": ns,
+                "health": {
+                    "status": status,
+                    "healthy": healthy,
+                    "checks": checks,
+                    "categories": {
+                        "readiness": {"status": if healthy { "ok" } else { "blocked" }},
+                        "repair": {"status": checks["task_repair"]["status"]},
+                        "timeouts": {"status": checks["activity_timeouts"]["status"]},
+                        "coordination": {"status": coordination["status"]},
+                    },
+                    "operator_metrics": metrics,
+                    "structural_limits": structural_limits(),
+                },
+            }))
+        }
+        Op::SystemMetrics => {
+            let metrics = operator_metrics(state, ns).await?;
+            let storage = state.storage_stats().map(|s| {
+                let s = s();
+                json!({"commits": s.commits, "conflicts": s.conflicts, "group_commits": s.batches, "largest_group_commit": s.largest_batch})
+            });
+            ok(json!({
+                "namespace": ns,
+                "generated_at": metrics["generated_at"],
+                "bounded": true,
+                "metrics": {
+                    "runs": metrics["runs"],
+                    "backlog": metrics["backlog"],
+                    "workers": metrics["workers"],
+                    "storage": storage,
+                },
+            }))
+        }
+        Op::SystemOperatorMetrics => {
+            let metrics = operator_metrics(state, ns).await?;
+            ok(json!({"namespace": ns, "operator_metrics": metrics}))
+        }
+        Op::SystemRepair => {
+            let scan = engine.repair_scan(ns, keel_engine::system::MAX_SCAN).await?;
+            ok(json!({
+                "namespace": ns,
+                "policy": {"mode": "operator_pass", "scan_limit": keel_engine::system::MAX_SCAN},
+                "scanned": scan.scanned,
+                "truncated": scan.truncated,
+                "candidate_count": scan.candidates.len(),
+                "candidates": scan.candidates.iter().take(100).collect::<Vec<_>>(),
+            }))
+        }
+        Op::SystemRepairPass => {
+            let mut f = Fields::new(&call.body)?;
+            let mut ids = run_ids(&mut f, "run_ids");
+            let instance = f.optional_str("instance_id", 255);
+            let limit = pass_limit(&mut f);
+            f.finish()?;
+            if let Some(workflow_id) = instance {
+                let view = engine.describe(ns, &workflow_id, None).await?;
+                ids.get_or_insert_with(Vec::new).push(view.run.run_id);
+            }
+            let repaired = engine.repair_pass(ns, limit, ids.as_deref()).await?;
+            ok(json!({
+                "namespace": ns,
+                "outcome": if repaired.is_empty() { "repair_not_needed" } else { "repair_dispatched" },
+                "repaired_count": repaired.len(),
+                "repaired": repaired,
+            }))
+        }
+        Op::SystemActivityTimeouts => {
+            let overdue = engine.overdue_activity_timers(ns, 1000).await?;
+            ok(json!({
+                "namespace": ns,
+                "grace_seconds": keel_engine::system::OVERDUE_GRACE_MS / 1000,
+                "overdue_count": overdue.len(),
+                "overdue": overdue.iter().take(100).collect::<Vec<_>>(),
+            }))
+        }
+        Op::SystemActivityTimeoutsPass => {
+            let mut f = Fields::new(&call.body)?;
+            f.optional_str_list("execution_ids");
+            let limit = pass_limit(&mut f);
+            f.finish()?;
+            let fired = engine.activity_timeout_pass(ns, limit).await?;
+            ok(json!({
+                "namespace": ns,
+                "fired_count": fired.len(),
+                "fired": fired,
+            }))
+        }
+        Op::SystemRetention => {
+            let backlog = engine.retention_backlog(ns, 1000).await?;
+            ok(json!({
+                "namespace": ns,
+                "retention_days": backlog.retention_days,
+                "cutoff": format_timestamp(backlog.cutoff_ms),
+                "eligible_count": backlog.eligible,
+                "truncated": backlog.truncated,
+                "eligible_run_ids": backlog.candidates.iter().map(|c| c.run_id.as_str()).collect::<Vec<_>>(),
+            }))
+        }
+        Op::SystemRetentionPass => {
+            let mut f = Fields::new(&call.body)?;
+            let ids = run_ids(&mut f, "run_ids");
+            let limit = pass_limit(&mut f);
+            f.finish()?;
+            let out = engine.retention_pass(ns, limit, ids.as_deref()).await?;
+            ok(json!({
+                "namespace": ns,
+                "deleted_runs": out.deleted_runs,
+                "deleted_instances": out.deleted_instances,
+                "run_ids": out.run_ids,
+                "more": out.more,
+            }))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such system route",
+        )),
+    }
+}
