@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project-local Python venv used by the end-to-end tests
-# in tests/e2e: pytest, pytest-timeout and the durable-workflow Python SDK.
+# in tests/e2e: pytest, pytest-timeout, jsonschema (cluster/info is validated against
+# the upstream envelope schema) and the durable-workflow Python SDK.
 #
 #   bash scripts/setup-venv.sh            # creates $REPO/.venv
 #   .venv/bin/pytest tests/e2e -q
@@ -32,6 +33,7 @@ import sys
 from importlib.metadata import version
 
 import durable_workflow  # noqa: F401
+import jsonschema  # noqa: F401
 import pytest  # noqa: F401
 import pytest_timeout  # noqa: F401
 
@@ -54,10 +56,10 @@ fi
 PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 # durable-workflow 2.12.0 pins certifi>=2026.10.19, which the registry may not
 # have; install its real dependencies first and the SDK itself without deps.
-"${PIP[@]}" install httpx "fastavro>=1.12.2,<2" certifi pytest pytest-timeout
+"${PIP[@]}" install httpx "fastavro>=1.12.2,<2" certifi pytest pytest-timeout jsonschema
 "${PIP[@]}" install --no-deps "durable-workflow==$SDK_VERSION"
 
 if ! venv_is_ready; then
-    echo "setup-venv: $VENV was set up but cannot import durable_workflow==$SDK_VERSION, pytest and pytest_timeout" >&2
+    echo "setup-venv: $VENV was set up but cannot import durable_workflow==$SDK_VERSION, jsonschema, pytest and pytest_timeout" >&2
     exit 1
 fi

@@ -47,10 +47,13 @@ pub enum Step {
     FailActivity(u8),
     /// Heartbeat the `n`-th lease (maybe stale).
     Heartbeat(u8),
-    /// Move time past every lease and fire due timers.
+    /// Move time past every lease (timers fire only at `FireTimers`, so the window
+    /// between a lease's expiry and its timer is exercised too).
     Expire,
     /// Move time a little (leases stay live).
     Tick,
+    /// Fire every due timer.
+    FireTimers,
     /// Restart a node's engine on the same store.
     Restart(u8),
 }
@@ -66,6 +69,7 @@ pub fn steps(max_len: usize) -> impl Strategy<Value = Vec<Step>> {
         1 => any::<u8>().prop_map(Step::Heartbeat),
         1 => Just(Step::Expire),
         1 => Just(Step::Tick),
+        2 => Just(Step::FireTimers),
         1 => any::<u8>().prop_map(Step::Restart),
     ];
     proptest::collection::vec(step, 1..max_len)
@@ -104,11 +108,17 @@ struct Model {
 }
 
 fn config() -> EngineConfig {
-    EngineConfig { workflow_task_lease: LEASE, activity_task_lease: LEASE, ..EngineConfig::default() }
+    EngineConfig {
+        workflow_task_lease: LEASE,
+        activity_task_lease: LEASE,
+        ..EngineConfig::default()
+    }
 }
 
 async fn open(store: Arc<dyn KvStore>, clock: &ManualClock) -> Engine {
-    let engine = Engine::open(store, Arc::new(clock.clone()) as Arc<dyn Clock>, config()).await.expect("engine opens");
+    let engine = Engine::open(store, Arc::new(clock.clone()) as Arc<dyn Clock>, config())
+        .await
+        .expect("engine opens");
     for (id, queue) in [("w-a", QUEUE), ("w-b", QUEUE), ("w-other", OTHER_QUEUE)] {
         let worker = WorkerRecord {
             worker_id: id.into(),
@@ -164,11 +174,24 @@ impl Model {
     /// Records a lease a poll handed out, checking it against the model.
     fn leased(&mut self, held: Held, queue: &str, task_queue: &str) {
         assert_eq!(task_queue, queue, "a poll returned a task of another queue");
-        assert!(!self.completed.contains(&held.workflow_id), "task handed out after its workflow completed: {held:?}");
+        assert!(
+            !self.completed.contains(&held.workflow_id),
+            "task handed out after its workflow completed: {held:?}"
+        );
         if let Some((_, LeaseState::Live(expires))) = self.latest.get(&held.task_id) {
-            assert!(self.now() >= *expires, "task {} leased again while its lease was live", held.task_id);
+            assert!(
+                self.now() >= *expires,
+                "task {} leased again while its lease was live",
+                held.task_id
+            );
         }
-        self.latest.insert(held.task_id.clone(), (attempt_key(&held), LeaseState::Live(self.now() + LEASE.as_millis() as i64)));
+        self.latest.insert(
+            held.task_id.clone(),
+            (
+                attempt_key(&held),
+                LeaseState::Live(self.now() + LEASE.as_millis() as i64),
+            ),
+        );
         self.held.push(held);
     }
 
@@ -176,7 +199,9 @@ impl Model {
     /// (`Some(false)`), or is unpredictable (`None`).
     fn expect(&self, h: &Held) -> Option<bool> {
         match self.latest.get(&h.task_id) {
-            Some((key, LeaseState::Live(expires))) if *key == attempt_key(h) => Some(self.now() < *expires),
+            Some((key, LeaseState::Live(expires))) if *key == attempt_key(h) => {
+                Some(self.now() < *expires)
+            }
             Some((_, LeaseState::Unknown)) => None,
             _ => Some(false),
         }
@@ -186,15 +211,19 @@ impl Model {
         let expected = self.expect(h);
         match (expected, result) {
             (_, Err(e)) if is_storage(e) => {
-                self.latest.insert(h.task_id.clone(), (attempt_key(h), LeaseState::Unknown));
+                self.latest
+                    .insert(h.task_id.clone(), (attempt_key(h), LeaseState::Unknown));
             }
             (Some(true), Ok(())) => {
                 if closes {
-                    self.latest.insert(h.task_id.clone(), (attempt_key(h), LeaseState::Closed));
+                    self.latest
+                        .insert(h.task_id.clone(), (attempt_key(h), LeaseState::Closed));
                 }
             }
             (Some(false), Err(_)) | (None, _) => {}
-            (Some(want), got) => panic!("report through {h:?} expected success={want}, got {got:?}"),
+            (Some(want), got) => {
+                panic!("report through {h:?} expected success={want}, got {got:?}")
+            }
         }
     }
 
@@ -223,19 +252,32 @@ impl Model {
                     Ok(_) => {
                         self.started.insert(id, queue);
                     }
-                    Err(Error::Rejected { reason: "duplicate_not_allowed", .. }) => {}
+                    Err(Error::Rejected {
+                        reason: "duplicate_not_allowed",
+                        ..
+                    }) => {}
                     Err(e) if is_storage(&e) => {}
                     Err(e) => panic!("start failed: {e:?}"),
                 }
             }
             Step::PollWorkflow(n) => {
                 let worker = if n % 2 == 0 { "w-a" } else { "w-b" };
-                if let Ok(Some(t)) = self.node(n / 2).poll_workflow_task(&self.poll(worker, QUEUE)).await {
+                if let Ok(Some(t)) = self
+                    .node(n / 2)
+                    .poll_workflow_task(&self.poll(worker, QUEUE))
+                    .await
+                {
                     assert_eq!(t.workflow_type, "wf");
                     let history = t
                         .history_events
                         .iter()
-                        .map(|e| serde_json::from_str::<Value>(e.get()).expect("event json")["event_type"].as_str().unwrap_or("").to_string())
+                        .map(|e| {
+                            serde_json::from_str::<Value>(e.get()).expect("event json")
+                                ["event_type"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string()
+                        })
                         .collect();
                     let held = Held {
                         task_id: t.task_id,
@@ -251,7 +293,11 @@ impl Model {
             }
             Step::PollActivity(n) => {
                 let worker = if n % 2 == 0 { "w-a" } else { "w-b" };
-                if let Ok(Some(t)) = self.node(n / 2).poll_activity_task(&self.poll(worker, QUEUE)).await {
+                if let Ok(Some(t)) = self
+                    .node(n / 2)
+                    .poll_activity_task(&self.poll(worker, QUEUE))
+                    .await
+                {
                     assert_eq!(t.activity_type, "act");
                     let held = Held {
                         task_id: t.task_id,
@@ -265,52 +311,73 @@ impl Model {
                     self.leased(held, QUEUE, &t.task_queue);
                 }
             }
-            Step::Complete(i) | Step::FailActivity(i) | Step::Heartbeat(i) if !self.held.is_empty() => {
+            Step::Complete(i) | Step::FailActivity(i) | Step::Heartbeat(i)
+                if !self.held.is_empty() =>
+            {
                 let h = self.held[i as usize % self.held.len()].clone();
                 let engine = self.node(i).clone();
                 match (step, h.kind) {
                     (Step::Heartbeat(_), TaskKind::Workflow) => {
-                        let r = engine.heartbeat_workflow_task(NS, &h.task_id, &h.owner, h.attempt).await.map(|_| ());
+                        let r = engine
+                            .heartbeat_workflow_task(NS, &h.task_id, &h.owner, h.attempt)
+                            .await
+                            .map(|_| ());
                         let renews = r.is_ok() && self.expect(&h) == Some(true);
                         self.settle(&h, &r, false);
                         if renews {
                             let expires = self.now() + LEASE.as_millis() as i64;
-                            self.latest.insert(h.task_id.clone(), (attempt_key(&h), LeaseState::Live(expires)));
+                            self.latest.insert(
+                                h.task_id.clone(),
+                                (attempt_key(&h), LeaseState::Live(expires)),
+                            );
                         }
                     }
                     (Step::Heartbeat(_), TaskKind::Activity) => {
-                        let r = engine.heartbeat_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, None).await.map(|_| ());
+                        let r = engine
+                            .heartbeat_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, None)
+                            .await
+                            .map(|_| ());
                         let renews = r.is_ok() && self.expect(&h) == Some(true);
                         self.settle(&h, &r, false);
                         if renews {
                             let expires = self.now() + LEASE.as_millis() as i64;
-                            self.latest.insert(h.task_id.clone(), (attempt_key(&h), LeaseState::Live(expires)));
+                            self.latest.insert(
+                                h.task_id.clone(),
+                                (attempt_key(&h), LeaseState::Live(expires)),
+                            );
                         }
                     }
                     (_, TaskKind::Workflow) => self.complete_workflow_task(&engine, &h).await,
                     (Step::FailActivity(_), TaskKind::Activity) => {
                         let failure = json!({"message": "boom", "type": "RuntimeError"});
-                        let r = engine.fail_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, &failure).await.map(|_| ());
+                        let r = engine
+                            .fail_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, &failure)
+                            .await
+                            .map(|_| ());
                         self.settle(&h, &r, true);
                     }
                     (_, TaskKind::Activity) => {
-                        let r = engine.complete_activity_task(NS, &h.task_id, &h.attempt_id, &h.owner, &json!("r")).await.map(|_| ());
+                        let r = engine
+                            .complete_activity_task(
+                                NS,
+                                &h.task_id,
+                                &h.attempt_id,
+                                &h.owner,
+                                &json!("r"),
+                            )
+                            .await
+                            .map(|_| ());
                         self.settle(&h, &r, true);
                     }
                 }
             }
             Step::Complete(_) | Step::FailActivity(_) | Step::Heartbeat(_) => {}
-            Step::Expire => {
-                self.clock.advance(LEASE + Duration::from_secs(1));
-                self.fire_timers().await;
-            }
-            Step::Tick => {
-                self.clock.advance(Duration::from_secs(1));
-                self.fire_timers().await;
-            }
+            Step::Expire => self.clock.advance(LEASE + Duration::from_secs(1)),
+            Step::Tick => self.clock.advance(Duration::from_secs(1)),
+            Step::FireTimers => self.fire_timers().await,
             Step::Restart(n) => {
                 let i = n as usize % self.engines.len();
-                self.engines[i].shutdown();
+                self.engines[i].stop().await;
                 self.engines[i] = open(self.stores[i].clone(), &self.clock).await;
             }
         }
@@ -333,7 +400,11 @@ impl Model {
         let certain = self.expect(h) == Some(true) && r.is_ok();
         self.settle(h, &r, true);
         if completes && certain {
-            assert!(self.completed.insert(h.workflow_id.clone()), "workflow {} completed twice", h.workflow_id);
+            assert!(
+                self.completed.insert(h.workflow_id.clone()),
+                "workflow {} completed twice",
+                h.workflow_id
+            );
         }
     }
 
@@ -349,19 +420,35 @@ impl Model {
         }
     }
 
-    async fn check_one_workflow_task_per_run(&self) {
-        let Ok(mut txn) = self.stores[0].begin().await else { return };
+    async fn task_records(&self) -> Vec<TaskRecord> {
+        let Ok(mut txn) = self.stores[0].begin().await else {
+            return Vec::new();
+        };
         let tasks = KeyRange::prefix(&[keel_engine::keys::prefix::TASK]);
-        let Ok(pairs) = txn.get_range(&tasks, ReadOptions::limit(100_000).snapshot()).await else { return };
+        let Ok(pairs) = txn
+            .get_range(&tasks, ReadOptions::limit(100_000).snapshot())
+            .await
+        else {
+            return Vec::new();
+        };
         let (records, _) = keel_engine::tables::assemble(pairs).expect("task records decode");
+        records
+            .into_iter()
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).expect("task record"))
+            .collect()
+    }
+
+    async fn check_one_workflow_task_per_run(&self) {
         let mut per_run: HashMap<String, usize> = HashMap::new();
-        for (_, bytes) in records {
-            let task: TaskRecord = serde_json::from_slice(&bytes).expect("task record");
+        for task in self.task_records().await {
             if task.kind == TaskKind::Workflow {
                 *per_run.entry(task.run_id).or_default() += 1;
             }
         }
-        assert!(per_run.values().all(|&n| n <= 1), "a run has more than one workflow task: {per_run:?}");
+        assert!(
+            per_run.values().all(|&n| n <= 1),
+            "a run has more than one workflow task: {per_run:?}"
+        );
     }
 
     /// Moves time on and runs every workflow to completion with well-behaved workers.
@@ -369,7 +456,10 @@ impl Model {
         for _round in 0..200 {
             let mut all_done = true;
             for (id, _) in self.started.clone() {
-                let status = self.engines[0].describe(NS, &id, None).await.map(|v| v.run.status);
+                let status = self.engines[0]
+                    .describe(NS, &id, None)
+                    .await
+                    .map(|v| v.run.status);
                 if !matches!(status, Ok(RunStatus::Completed)) {
                     all_done = false;
                 }
@@ -382,11 +472,18 @@ impl Model {
             for node in 0..self.engines.len() as u8 {
                 for (worker, queue) in [("w-a", QUEUE), ("w-other", OTHER_QUEUE)] {
                     let engine = self.node(node).clone();
-                    while let Ok(Some(t)) = engine.poll_workflow_task(&self.poll(worker, queue)).await {
+                    while let Ok(Some(t)) =
+                        engine.poll_workflow_task(&self.poll(worker, queue)).await
+                    {
                         let history: Vec<String> = t
                             .history_events
                             .iter()
-                            .map(|e| serde_json::from_str::<Value>(e.get()).expect("json")["event_type"].as_str().unwrap_or("").to_string())
+                            .map(|e| {
+                                serde_json::from_str::<Value>(e.get()).expect("json")["event_type"]
+                                    .as_str()
+                                    .unwrap_or("")
+                                    .to_string()
+                            })
                             .collect();
                         let held = Held {
                             task_id: t.task_id.clone(),
@@ -400,7 +497,9 @@ impl Model {
                         self.leased(held.clone(), queue, &t.task_queue);
                         self.complete_workflow_task(&engine, &held).await;
                     }
-                    while let Ok(Some(t)) = engine.poll_activity_task(&self.poll(worker, queue)).await {
+                    while let Ok(Some(t)) =
+                        engine.poll_activity_task(&self.poll(worker, queue)).await
+                    {
                         let held = Held {
                             task_id: t.task_id.clone(),
                             kind: TaskKind::Activity,
@@ -411,13 +510,34 @@ impl Model {
                             history: vec![],
                         };
                         self.leased(held.clone(), queue, &t.task_queue);
-                        let r = engine.complete_activity_task(NS, &t.task_id, &t.activity_attempt_id, worker, &json!("r")).await.map(|_| ());
+                        let r = engine
+                            .complete_activity_task(
+                                NS,
+                                &t.task_id,
+                                &t.activity_attempt_id,
+                                worker,
+                                &json!("r"),
+                            )
+                            .await
+                            .map(|_| ());
                         self.settle(&held, &r, true);
                     }
                 }
             }
         }
-        panic!("not every started workflow completed: {:?}", self.started.keys().collect::<Vec<_>>());
+        let mut stuck = Vec::new();
+        for id in self.started.keys() {
+            if let Ok(v) = self.engines[0].describe(NS, id, None).await {
+                if v.run.status != RunStatus::Completed {
+                    stuck.push(format!(
+                        "{id}: {:?} workflow_task={:?} activities={:?}",
+                        v.run.status, v.run.workflow_task, v.run.open_activities
+                    ));
+                }
+            }
+        }
+        let tasks = self.task_records().await;
+        panic!("not every started workflow completed: {stuck:#?}\ntasks: {tasks:#?}");
     }
 }
 
@@ -443,6 +563,6 @@ pub async fn check_engine_model(stores: Vec<Arc<dyn KvStore>>, scenario: &[Step]
     }
     model.drain().await;
     for engine in &model.engines {
-        engine.shutdown();
+        engine.stop().await;
     }
 }

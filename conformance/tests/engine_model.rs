@@ -11,7 +11,7 @@ use keel_engine::storage::KvStore;
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_keeps_lease_invariants_on_the_memory_store(scenario in steps(60)) {

@@ -111,7 +111,9 @@ impl AvroValue {
             AvroValue::Bool(b) => Value::Bool(*b),
             AvroValue::Long(i) => Value::from(*i),
             AvroValue::Double(d) => Number::from_f64(*d).map_or(Value::Null, Value::Number),
-            AvroValue::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+            AvroValue::Bytes(b) => {
+                Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+            }
             AvroValue::String(s) => Value::String(s.clone()),
             AvroValue::Array(items) => Value::Array(items.iter().map(Self::to_json).collect()),
             AvroValue::Map(entries) => Value::Object(
@@ -311,10 +313,8 @@ mod tests {
     use super::*;
 
     fn golden() -> Value {
-        serde_json::from_str(include_str!(
-            "../testdata/avro-value-v1-golden.json"
-        ))
-        .expect("golden file parses")
+        serde_json::from_str(include_str!("../testdata/avro-value-v1-golden.json"))
+            .expect("golden file parses")
     }
 
     #[test]
@@ -340,7 +340,10 @@ mod tests {
     fn sdk_argument_list_decodes() {
         // ["world"], as the SDK encodes a start input.
         let value = decode_blob("wwHioz3/VYAiNwwCCgp3b3JsZAA=").expect("decodes");
-        assert_eq!(value, AvroValue::Array(vec![AvroValue::String("world".into())]));
+        assert_eq!(
+            value,
+            AvroValue::Array(vec![AvroValue::String("world".into())])
+        );
         assert_eq!(value.to_json(), json!(["world"]));
     }
 

@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     /// Query tasks and callers waiting on updates (in memory only).
     pub queries: crate::queries::Queries,
     pub stop: watch::Sender<bool>,
+    /// The timer service task, awaited by [`Engine::stop`].
+    pub timer_service: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The engine. Cheap to clone.
@@ -133,6 +135,7 @@ impl Engine {
             poll_requests: Default::default(),
             queries: Default::default(),
             stop,
+            timer_service: Mutex::new(None),
         });
         let engine = Engine { inner };
         engine.ensure_schema_version().await?;
@@ -141,18 +144,38 @@ impl Engine {
             .await?;
         engine.rebuild_ready_index().await?;
         let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
-        tokio::spawn(engine.inner.timers.clone().run(
+        let service = tokio::spawn(engine.inner.timers.clone().run(
             engine.inner.store.clone(),
             engine.inner.clock.clone(),
             handler,
             stop_rx,
         ));
+        *engine
+            .inner
+            .timer_service
+            .lock()
+            .expect("invariant: handle lock not poisoned") = Some(service);
         Ok(engine)
     }
 
-    /// Stops the timer service. In-flight requests finish; the store stays open.
+    /// Asks the timer service to stop. In-flight requests finish; the store stays open.
     pub fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
+    }
+
+    /// Stops the timer service and waits until it has (a timer it was firing has then
+    /// committed or not, and nothing of this engine fires any more).
+    pub async fn stop(&self) {
+        self.shutdown();
+        let service = self
+            .inner
+            .timer_service
+            .lock()
+            .expect("invariant: handle lock not poisoned")
+            .take();
+        if let Some(service) = service {
+            let _ = service.await;
+        }
     }
 
     /// The current time on the engine's clock.
@@ -171,23 +194,73 @@ impl Engine {
     }
 
     /// Runs `body` as one transaction through the retry runner, then applies its effects.
-    pub(crate) async fn transact<T, F, Fut>(&self, mut body: F) -> Result<T>
+    pub(crate) async fn transact<T, F, Fut>(&self, body: F) -> Result<T>
     where
         F: FnMut(Box<dyn KvTxn>, Effects) -> Fut,
         Fut: std::future::Future<Output = Result<(Box<dyn KvTxn>, (T, Effects))>>,
     {
+        self.transact_noting_unknown(body).await.0
+    }
+
+    /// Like [`Engine::transact`], for a worker's report on a task it leased. When an
+    /// attempt's commit result was unknown and the retry then finds the lease gone, that
+    /// attempt applied the report: the caller gets success, not a lease error.
+    pub(crate) async fn transact_report<F, Fut>(
+        &self,
+        task_id: &str,
+        outcome: &'static str,
+        body: F,
+    ) -> Result<crate::workflow::TaskOutcome>
+    where
+        F: FnMut(Box<dyn KvTxn>, Effects) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<(Box<dyn KvTxn>, (crate::workflow::TaskOutcome, Effects))>,
+        >,
+    {
+        match self.transact_noting_unknown(body).await {
+            (Err(Error::Rejected { reason, .. }), true)
+                if crate::workflow::is_lease_loss(reason) =>
+            {
+                Ok(crate::workflow::TaskOutcome {
+                    task_id: task_id.to_string(),
+                    outcome,
+                    recorded: true,
+                    run_id: String::new(),
+                    run_status: "unknown",
+                    next_task_id: None,
+                })
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Runs a transaction; also tells whether some attempt's commit result was unknown.
+    async fn transact_noting_unknown<T, F, Fut>(&self, mut body: F) -> (Result<T>, bool)
+    where
+        F: FnMut(Box<dyn KvTxn>, Effects) -> Fut,
+        Fut: std::future::Future<Output = Result<(Box<dyn KvTxn>, (T, Effects))>>,
+    {
+        let mut unknown = false;
         // Effects of an attempt whose commit may have applied are applied too: hints and
         // timers are re-checked against storage, so a spurious one costs a lookup, while a
         // missing one would strand a ready task or a lease.
-        let (value, effects) = retry::run_reporting_unknown(
+        let result = retry::run_reporting_unknown(
             self.inner.store.as_ref(),
             RetryPolicy::default(),
             |txn, _| body(txn, Effects::default()),
-            |(_, effects): (T, Effects)| self.apply(effects),
+            |(_, effects): (T, Effects)| {
+                unknown = true;
+                self.apply(effects);
+            },
         )
-        .await?;
-        self.apply(effects);
-        Ok(value)
+        .await;
+        match result {
+            Ok((value, effects)) => {
+                self.apply(effects);
+                (Ok(value), unknown)
+            }
+            Err(e) => (Err(e), unknown),
+        }
     }
 
     pub(crate) fn apply(&self, effects: Effects) {
@@ -333,8 +406,16 @@ impl Engine {
     }
 
     /// Adjusts a per-queue counter (an atomic add: never a conflict between transitions).
-    pub(crate) fn count(txn: &mut dyn KvTxn, task: &TaskRecord, counter: tables::QueueCounter, delta: i64) {
-        txn.atomic_add(&tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, counter), delta);
+    pub(crate) fn count(
+        txn: &mut dyn KvTxn,
+        task: &TaskRecord,
+        counter: tables::QueueCounter,
+        delta: i64,
+    ) {
+        txn.atomic_add(
+            &tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, counter),
+            delta,
+        );
     }
 
     /// Writes a timer row and returns its key.
@@ -419,13 +500,21 @@ impl Engine {
     pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
         let due = {
             let mut txn = self.inner.store.begin().await?;
-            txn.get_range(&tables::timers_before(self.now_ms() + 1), ReadOptions::limit(limit).snapshot()).await?
+            txn.get_range(
+                &tables::timers_before(self.now_ms() + 1),
+                ReadOptions::limit(limit).snapshot(),
+            )
+            .await?
         };
         let mut fired = 0;
         for (key, _) in due {
             let mut r = keys::KeyReader::new(&key);
             if let (Some(fire_at_ms), Some(timer_id)) = (r.i64(), r.str()) {
-                self.fire_timer(TimerKey { fire_at_ms, timer_id }).await?;
+                self.fire_timer(TimerKey {
+                    fire_at_ms,
+                    timer_id,
+                })
+                .await?;
                 fired += 1;
             }
         }

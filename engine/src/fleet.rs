@@ -12,7 +12,6 @@ use crate::sync::Arc;
 use crate::tables;
 
 impl Engine {
-
     /// Registers (or re-registers) a worker.
     pub async fn register_worker(&self, mut worker: WorkerRecord) -> Result<WorkerRecord> {
         let now = self.now_ms();
@@ -113,7 +112,13 @@ impl Engine {
 
     /// The poll filter of a registered worker for `kind`: checks its registration and
     /// queue, and refuses it while its build-id cohort is draining.
-    pub(crate) async fn poll_filter(&self, ns: &str, worker_id: &str, queue: &str, kind: TaskKind) -> Result<PollFilter> {
+    pub(crate) async fn poll_filter(
+        &self,
+        ns: &str,
+        worker_id: &str,
+        queue: &str,
+        kind: TaskKind,
+    ) -> Result<PollFilter> {
         let Some(worker) = self.worker(ns, worker_id).await? else {
             return Err(Error::reject(
                 RejectKind::Precondition,
@@ -124,13 +129,21 @@ impl Engine {
         if worker.task_queue != queue {
             return Err(Error::conflict(
                 "task_queue_mismatch",
-                format!("worker '{worker_id}' registered for queue '{}', polled '{queue}'", worker.task_queue),
+                format!(
+                    "worker '{worker_id}' registered for queue '{}', polled '{queue}'",
+                    worker.task_queue
+                ),
             ));
         }
-        if self.cohort_draining(ns, queue, worker.build_id.as_deref()).await? {
+        if self
+            .cohort_draining(ns, queue, worker.build_id.as_deref())
+            .await?
+        {
             return Err(Error::conflict(
                 "worker_draining",
-                format!("the build-id cohort of worker '{worker_id}' is draining; it gets no new tasks"),
+                format!(
+                    "the build-id cohort of worker '{worker_id}' is draining; it gets no new tasks"
+                ),
             )
             .with("poll_status", "draining")
             .with("task", serde_json::Value::Null)
@@ -141,46 +154,75 @@ impl Engine {
             TaskKind::Activity => &worker.supported_activity_types,
         };
         Ok(PollFilter {
-            types: (!types.is_empty()).then(|| Arc::new(types.iter().cloned().collect::<HashSet<_>>())),
+            types: (!types.is_empty())
+                .then(|| Arc::new(types.iter().cloned().collect::<HashSet<_>>())),
             build_id: worker.build_id.as_deref().map(Into::into),
         })
     }
 
     /// Statistics of one matching queue (in-memory).
-    pub fn queue_stats(&self, ns: &str, queue: &str, kind: TaskKind) -> crate::matching::QueueStats {
+    pub fn queue_stats(
+        &self,
+        ns: &str,
+        queue: &str,
+        kind: TaskKind,
+    ) -> crate::matching::QueueStats {
         self.inner.matching.stats(&QueueKey::new(ns, queue, kind))
     }
 
     /// Whether the cohort is draining (cached; drains and resumes update the cache).
-    pub async fn cohort_draining(&self, ns: &str, queue: &str, build_id: Option<&str>) -> Result<bool> {
+    pub async fn cohort_draining(
+        &self,
+        ns: &str,
+        queue: &str,
+        build_id: Option<&str>,
+    ) -> Result<bool> {
         let key = tables::cohort_key(ns, queue, build_id);
-        if let Some(d) = self.inner.cohorts.lock().expect("invariant: cohort cache not poisoned").get(&key) {
+        if let Some(d) = self
+            .inner
+            .cohorts
+            .lock()
+            .expect("invariant: cohort cache not poisoned")
+            .get(&key)
+        {
             return Ok(*d);
         }
         let mut txn = self.inner.store.begin().await?;
         let record: Option<CohortRecord> = tables::get_snapshot(txn.as_mut(), &key).await?;
         let draining = record.is_some_and(|c| c.draining);
-        self.inner.cohorts.lock().expect("invariant: cohort cache not poisoned").insert(key, draining);
+        self.inner
+            .cohorts
+            .lock()
+            .expect("invariant: cohort cache not poisoned")
+            .insert(key, draining);
         Ok(draining)
     }
 
     /// Sets a cohort's drain intent (idempotent) and returns the cohort.
-    pub async fn set_cohort_draining(&self, ns: &str, queue: &str, build_id: Option<&str>, draining: bool) -> Result<CohortRecord> {
+    pub async fn set_cohort_draining(
+        &self,
+        ns: &str,
+        queue: &str,
+        build_id: Option<&str>,
+        draining: bool,
+    ) -> Result<CohortRecord> {
         let now = self.now_ms();
         let key = tables::cohort_key(ns, queue, build_id);
         let key_ref = &key;
         let record = self
             .transact(move |mut txn, fx| async move {
                 Self::require_namespace(txn.as_mut(), ns).await?;
-                let mut record = tables::get::<CohortRecord>(txn.as_mut(), key_ref).await?.unwrap_or(CohortRecord {
-                    namespace: ns.to_string(),
-                    task_queue: queue.to_string(),
-                    build_id: build_id.map(str::to_string),
-                    draining: false,
-                    drained_at_ms: None,
-                    resumed_at_ms: None,
-                    updated_at_ms: now,
-                });
+                let mut record = tables::get::<CohortRecord>(txn.as_mut(), key_ref)
+                    .await?
+                    .unwrap_or(CohortRecord {
+                        namespace: ns.to_string(),
+                        task_queue: queue.to_string(),
+                        build_id: build_id.map(str::to_string),
+                        draining: false,
+                        drained_at_ms: None,
+                        resumed_at_ms: None,
+                        updated_at_ms: now,
+                    });
                 if record.draining != draining {
                     record.draining = draining;
                     record.updated_at_ms = now;
@@ -194,43 +236,79 @@ impl Engine {
                 Ok((txn, (record, fx)))
             })
             .await?;
-        self.inner.cohorts.lock().expect("invariant: cohort cache not poisoned").insert(key, draining);
+        self.inner
+            .cohorts
+            .lock()
+            .expect("invariant: cohort cache not poisoned")
+            .insert(key, draining);
         Ok(record)
     }
 
     /// The cohorts with a recorded drain intent on one queue.
     pub async fn cohorts(&self, ns: &str, queue: &str) -> Result<Vec<CohortRecord>> {
         let mut txn = self.inner.store.begin().await?;
-        let pairs = txn.get_range(&tables::cohorts_range(ns, queue), ReadOptions::limit(1000).snapshot()).await?;
+        let pairs = txn
+            .get_range(
+                &tables::cohorts_range(ns, queue),
+                ReadOptions::limit(1000).snapshot(),
+            )
+            .await?;
         let (records, _) = tables::assemble(pairs)?;
-        records.into_iter().map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt)).collect()
+        records
+            .into_iter()
+            .map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt))
+            .collect()
     }
 
     /// Registered workers of a namespace (at most `limit`).
     pub async fn workers(&self, ns: &str, limit: usize) -> Result<Vec<WorkerRecord>> {
         let mut txn = self.inner.store.begin().await?;
         Self::require_namespace(txn.as_mut(), ns).await?;
-        let pairs = txn.get_range(&tables::workers_range(ns), ReadOptions::limit(limit).snapshot()).await?;
+        let pairs = txn
+            .get_range(
+                &tables::workers_range(ns),
+                ReadOptions::limit(limit).snapshot(),
+            )
+            .await?;
         let (records, _) = tables::assemble(pairs)?;
-        records.into_iter().map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt)).collect()
+        records
+            .into_iter()
+            .map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt))
+            .collect()
     }
 
     /// Durable per-queue counts of a namespace: `(queue, kind, ready, leased)`.
     pub async fn queue_counts(&self, ns: &str) -> Result<Vec<QueueCounts>> {
         let mut txn = self.inner.store.begin().await?;
-        let pairs = txn.get_range(&tables::queue_counters_range(ns), ReadOptions::limit(100_000).snapshot()).await?;
+        let pairs = txn
+            .get_range(
+                &tables::queue_counters_range(ns),
+                ReadOptions::limit(100_000).snapshot(),
+            )
+            .await?;
         let mut out: Vec<QueueCounts> = Vec::new();
         for (key, value) in pairs {
             let mut r = crate::keys::KeyReader::new(&key);
-            let (Some(_), Some(queue), Some(kind), Some(counter)) = (r.str(), r.str(), r.u8(), r.u8()) else {
+            let (Some(_), Some(queue), Some(kind), Some(counter)) =
+                (r.str(), r.str(), r.u8(), r.u8())
+            else {
                 return Err(Error::corrupt("queue counter key"));
             };
-            let kind = if kind == TaskKind::Workflow.code() { TaskKind::Workflow } else { TaskKind::Activity };
+            let kind = if kind == TaskKind::Workflow.code() {
+                TaskKind::Workflow
+            } else {
+                TaskKind::Activity
+            };
             let n = crate::storage::decode_counter(Some(&value)).max(0) as u64;
             let entry = match out.iter_mut().find(|c| c.queue == queue && c.kind == kind) {
                 Some(e) => e,
                 None => {
-                    out.push(QueueCounts { queue, kind, ready: 0, leased: 0 });
+                    out.push(QueueCounts {
+                        queue,
+                        kind,
+                        ready: 0,
+                        leased: 0,
+                    });
                     out.last_mut().expect("invariant: just pushed")
                 }
             };

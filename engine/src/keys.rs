@@ -34,7 +34,7 @@ pub mod prefix {
     /// Closed runs by close time (retention's index): `(namespace, closed_at, run_id)`.
     pub const CLOSED_RUN: u8 = 0x0D;
     /// Workflow list (visibility), one entry per workflow id at its current run, newest
-    /// first: `(namespace, u64::MAX - started_at, run_id)`.
+    /// first: `(namespace, u64::MAX - started_at, bytewise-inverted run_id)`.
     pub const WORKFLOW_LIST: u8 = 0x10;
     /// Workflow counts per status bucket (atomic-add counters): `(namespace, bucket)`.
     pub const WORKFLOW_COUNT: u8 = 0x11;

@@ -23,5 +23,5 @@ pub mod timers;
 pub mod workflow;
 
 pub use engine::{Engine, EngineConfig};
-pub use fleet::QueueCounts;
 pub use error::{Error, RejectKind, Result};
+pub use fleet::QueueCounts;

@@ -69,8 +69,13 @@ pub struct PollFilter {
 impl PollFilter {
     /// Whether a poller with this filter may take the task behind `hint`.
     pub fn accepts(&self, hint: &TaskHint) -> bool {
-        self.types.as_ref().is_none_or(|types| types.contains(&*hint.type_name))
-            && hint.compatibility.as_ref().is_none_or(|c| self.build_id.as_ref() == Some(c))
+        self.types
+            .as_ref()
+            .is_none_or(|types| types.contains(&*hint.type_name))
+            && hint
+                .compatibility
+                .as_ref()
+                .is_none_or(|c| self.build_id.as_ref() == Some(c))
     }
 }
 
@@ -85,7 +90,10 @@ pub struct ParkLimits {
 
 impl Default for ParkLimits {
     fn default() -> Self {
-        ParkLimits { per_node: 10_000, per_queue: 2_000 }
+        ParkLimits {
+            per_node: 10_000,
+            per_queue: 2_000,
+        }
     }
 }
 
@@ -189,7 +197,10 @@ impl Matching {
             return;
         }
         if let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) {
-            let waiter = state.waiters.remove(pos).expect("invariant: position is in range");
+            let waiter = state
+                .waiters
+                .remove(pos)
+                .expect("invariant: position is in range");
             self.parked.fetch_sub(1, Ordering::Relaxed);
             *lock(&waiter.slot.hint) = Some(hint);
             waiter.slot.notify.notify_one();
@@ -198,7 +209,9 @@ impl Matching {
         state.indexed.insert(hint.task_id.clone());
         let arrival = state.arrivals;
         state.arrivals += 1;
-        state.ready.insert((hint.priority, hint.ready_at_ms, arrival), hint);
+        state
+            .ready
+            .insert((hint.priority, hint.ready_at_ms, arrival), hint);
     }
 
     /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.
@@ -206,9 +219,16 @@ impl Matching {
     pub fn take_or_park(&self, key: &QueueKey, filter: &PollFilter, waiter_id: u64) -> Take {
         let mut shard = lock(self.shard(key));
         let state = shard.entry(key.clone()).or_default();
-        let found = state.ready.iter().find(|(_, h)| filter.accepts(h)).map(|(k, _)| *k);
+        let found = state
+            .ready
+            .iter()
+            .find(|(_, h)| filter.accepts(h))
+            .map(|(k, _)| *k);
         if let Some(k) = found {
-            let hint = state.ready.remove(&k).expect("invariant: key was just found");
+            let hint = state
+                .ready
+                .remove(&k)
+                .expect("invariant: key was just found");
             state.indexed.remove(&hint.task_id);
             return Take::Hint(hint);
         }
@@ -219,7 +239,11 @@ impl Matching {
             return Take::Full;
         }
         let slot = Arc::new(Slot::default());
-        state.waiters.push_back(Waiter { id: waiter_id, filter: filter.clone(), slot: slot.clone() });
+        state.waiters.push_back(Waiter {
+            id: waiter_id,
+            filter: filter.clone(),
+            slot: slot.clone(),
+        });
         self.parked.fetch_add(1, Ordering::Relaxed);
         Take::Parked(slot)
     }
@@ -239,16 +263,6 @@ impl Matching {
             }
         }
         lock(&slot.hint).take()
-    }
-
-    /// Drops the hint of a task that is no longer ready (deleted or leased elsewhere).
-    pub fn forget(&self, key: &QueueKey, task_id: &str) {
-        let mut shard = lock(self.shard(key));
-        if let Some(state) = shard.get_mut(key) {
-            if state.indexed.remove(task_id) {
-                state.ready.retain(|_, h| &*h.task_id != task_id);
-            }
-        }
     }
 
     /// The counts of one queue.
@@ -289,10 +303,12 @@ mod tests {
         m.offer(&key(), hint("early", "a", 5, 10));
         m.offer(&key(), hint("urgent", "a", 0, 30));
         let order: Vec<String> = (0..3)
-            .map(|_| match m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()) {
-                Take::Hint(h) => h.task_id.to_string(),
-                _ => panic!("expected a hint"),
-            })
+            .map(
+                |_| match m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()) {
+                    Take::Hint(h) => h.task_id.to_string(),
+                    _ => panic!("expected a hint"),
+                },
+            )
             .collect();
         assert_eq!(order, ["urgent", "early", "late"]);
     }
@@ -300,7 +316,10 @@ mod tests {
     #[test]
     fn offer_goes_straight_to_a_parked_poller_that_accepts_the_type() {
         let m = Matching::new();
-        let only_b = PollFilter { types: Some(Arc::new(["b".to_string()].into_iter().collect())), build_id: None };
+        let only_b = PollFilter {
+            types: Some(Arc::new(["b".to_string()].into_iter().collect())),
+            build_id: None,
+        };
         let (id_b, id_any) = (m.waiter_id(), m.waiter_id());
         let Take::Parked(slot_b) = m.take_or_park(&key(), &only_b, id_b) else {
             panic!("parks")
@@ -332,5 +351,68 @@ mod tests {
         assert_eq!(m.unpark(&key(), id, &slot), None);
         m.offer(&key(), hint("t1", "a", 5, 1));
         assert_eq!(m.stats(&key()).ready, 1, "the hint waits in the index");
+    }
+
+    #[test]
+    fn pinned_tasks_go_only_to_pollers_of_their_build_id() {
+        let m = Matching::new();
+        let mut pinned = hint("t1", "a", 5, 1);
+        pinned.compatibility = Some("v2".into());
+        m.offer(&key(), pinned);
+        let v1 = PollFilter {
+            types: None,
+            build_id: Some("v1".into()),
+        };
+        let v2 = PollFilter {
+            types: None,
+            build_id: Some("v2".into()),
+        };
+        let id = m.waiter_id();
+        let Take::Parked(slot) = m.take_or_park(&key(), &v1, id) else {
+            panic!("v1 must not get a v2 task")
+        };
+        assert_eq!(m.unpark(&key(), id, &slot), None);
+        assert!(
+            matches!(
+                m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()),
+                Take::Parked(_)
+            ),
+            "unversioned poller skips it"
+        );
+        assert!(matches!(
+            m.take_or_park(&key(), &v2, m.waiter_id()),
+            Take::Hint(_)
+        ));
+    }
+
+    #[test]
+    fn parking_beyond_the_queue_limit_is_refused() {
+        let m = Matching::with_limits(ParkLimits {
+            per_node: 10,
+            per_queue: 1,
+        });
+        let id = m.waiter_id();
+        let Take::Parked(slot) = m.take_or_park(&key(), &PollFilter::default(), id) else {
+            panic!("parks")
+        };
+        assert!(matches!(
+            m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()),
+            Take::Full
+        ));
+        assert_eq!(m.parked(), 1);
+        m.unpark(&key(), id, &slot);
+        assert_eq!(m.parked(), 0);
+        assert!(matches!(
+            m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()),
+            Take::Parked(_)
+        ));
+    }
+
+    #[test]
+    fn a_task_announced_twice_is_indexed_once() {
+        let m = Matching::new();
+        m.offer(&key(), hint("t1", "a", 5, 1));
+        m.offer(&key(), hint("t1", "a", 5, 2));
+        assert_eq!(m.stats(&key()).ready, 1);
     }
 }

@@ -87,7 +87,9 @@ impl SearchAttributeType {
     pub fn accepts(self, value: &Value) -> bool {
         match self {
             SearchAttributeType::Keyword | SearchAttributeType::Text => value.is_string(),
-            SearchAttributeType::Int => value.is_i64() || value.is_u64() && value.as_i64().is_some(),
+            SearchAttributeType::Int => {
+                value.is_i64() || value.is_u64() && value.as_i64().is_some()
+            }
             SearchAttributeType::Double => value.is_number(),
             SearchAttributeType::Bool => value.is_boolean(),
             SearchAttributeType::Datetime => value.as_str().is_some_and(|s| {
@@ -267,7 +269,10 @@ impl Engine {
     pub async fn list_namespaces(&self, limit: usize) -> Result<Vec<NamespaceRecord>> {
         let mut txn = self.inner.store.begin().await?;
         let pairs = txn
-            .get_range(&tables::namespaces_range(), ReadOptions::limit(limit).snapshot())
+            .get_range(
+                &tables::namespaces_range(),
+                ReadOptions::limit(limit).snapshot(),
+            )
             .await?;
         let (records, _) = tables::assemble(pairs)?;
         records
@@ -327,8 +332,7 @@ impl Engine {
         let change = &change;
         self.transact(move |mut txn, fx| async move {
             let key = tables::namespace_key(ns);
-            let Some(mut record) = tables::get::<NamespaceRecord>(txn.as_mut(), &key).await?
-            else {
+            let Some(mut record) = tables::get::<NamespaceRecord>(txn.as_mut(), &key).await? else {
                 return Err(namespace_not_found(ns));
             };
             change(&mut record)?;
@@ -478,10 +482,15 @@ pub fn check_attributes(
         let field = format!("search_attributes.{name}");
         let mut fail = |m: String| errors.entry(field.clone()).or_default().push(m);
         if is_system_attribute(name) {
-            fail(format!("'{name}' is a system search attribute and cannot be set."));
+            fail(format!(
+                "'{name}' is a system search attribute and cannot be set."
+            ));
             continue;
         }
-        let Some(kind) = registry.get(name).and_then(|t| SearchAttributeType::parse(t)) else {
+        let Some(kind) = registry
+            .get(name)
+            .and_then(|t| SearchAttributeType::parse(t))
+        else {
             fail(format!(
                 "'{name}' is not a registered search attribute of this namespace; register it with POST /api/search-attributes."
             ));
@@ -491,10 +500,15 @@ pub fn check_attributes(
             continue;
         }
         if !kind.accepts(value) {
-            fail(format!("The value of '{name}' must be of type {}.", kind.as_str()));
+            fail(format!(
+                "The value of '{name}' must be of type {}.",
+                kind.as_str()
+            ));
             continue;
         }
-        let size = serde_json::to_vec(value).map(|b| b.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(value)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_SEARCH_ATTRIBUTE_VALUE_BYTES {
             fail(format!(
                 "The value of '{name}' must not exceed {MAX_SEARCH_ATTRIBUTE_VALUE_BYTES} bytes."
@@ -514,10 +528,17 @@ mod tests {
     use serde_json::json;
 
     fn registry() -> BTreeMap<String, String> {
-        [("CustomerId", "keyword"), ("Amount", "double"), ("Count", "int"), ("Tags", "keyword_list"), ("At", "datetime"), ("Vip", "bool")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        [
+            ("CustomerId", "keyword"),
+            ("Amount", "double"),
+            ("Count", "int"),
+            ("Tags", "keyword_list"),
+            ("At", "datetime"),
+            ("Vip", "bool"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     #[test]
@@ -528,8 +549,11 @@ mod tests {
 
     #[test]
     fn wrong_types_unknown_and_system_attributes_are_field_errors() {
-        let v = json!({"Count": "three", "Nope": 1, "WorkflowId": "x", "At": "yesterday", "Tags": [1]});
-        let Err(Error::Validation(errors)) = check_attributes(&registry(), v.as_object().expect("object")) else {
+        let v =
+            json!({"Count": "three", "Nope": 1, "WorkflowId": "x", "At": "yesterday", "Tags": [1]});
+        let Err(Error::Validation(errors)) =
+            check_attributes(&registry(), v.as_object().expect("object"))
+        else {
             panic!("expected a validation error");
         };
         let fields: Vec<&str> = errors.keys().map(String::as_str).collect();

@@ -276,7 +276,9 @@ fn can_answer(w: &WorkerRecord, queue: &str, workflow_type: &str, now: Millis) -
     w.task_queue == queue
         && w.capabilities.iter().any(|c| c == "query_tasks")
         && (w.supported_workflow_types.is_empty()
-            || w.supported_workflow_types.iter().any(|t| t == workflow_type))
+            || w.supported_workflow_types
+                .iter()
+                .any(|t| t == workflow_type))
         && now - w.last_heartbeat_at_ms <= WORKER_STALE_MS
 }
 
@@ -414,7 +416,10 @@ impl Engine {
             .ok_or_else(|| {
                 Error::not_found(
                     "run_not_found",
-                    format!("run '{run_id}' of workflow '{}' does not exist", req.workflow_id),
+                    format!(
+                        "run '{run_id}' of workflow '{}' does not exist",
+                        req.workflow_id
+                    ),
                 )
             })?;
         if let Some(contract) = crate::workflow::waits::declared_contract(txn, &run).await? {
@@ -479,8 +484,8 @@ impl Engine {
         )
         .await?;
         let joined: Vec<&str> = page.events.iter().map(|e| e.get()).collect();
-        let history_events = RawValue::from_string(format!("[{}]", joined.join(",")))
-            .map_err(Error::corrupt)?;
+        let history_events =
+            RawValue::from_string(format!("[{}]", joined.join(","))).map_err(Error::corrupt)?;
         let arguments = history::event_payload(txn, ns, &run.run_id, 1)
             .await?
             .and_then(|mut p| p.get_mut("input").map(Value::take))

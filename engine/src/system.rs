@@ -142,11 +142,7 @@ pub struct RunCounts {
     pub by_status: std::collections::BTreeMap<&'static str, usize>,
 }
 
-async fn scan_runs(
-    txn: &mut dyn KvTxn,
-    ns: &str,
-    limit: usize,
-) -> Result<(Vec<RunRecord>, bool)> {
+async fn scan_runs(txn: &mut dyn KvTxn, ns: &str, limit: usize) -> Result<(Vec<RunRecord>, bool)> {
     let range = Key::new(prefix::RUN).str(ns).range();
     let pairs = txn
         .get_range(&range, ReadOptions::limit(limit).snapshot())
@@ -183,8 +179,7 @@ async fn repair_reason(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<Option<Re
     }
     match &run.workflow_task {
         Some(task_id) => {
-            let task =
-                tables::get_snapshot::<TaskRecord>(txn, &tables::task_key(task_id)).await?;
+            let task = tables::get_snapshot::<TaskRecord>(txn, &tables::task_key(task_id)).await?;
             Ok(task.is_none().then_some(RepairReason::WorkflowTaskDangling))
         }
         None => Ok(last_event_is_external(txn, run)
@@ -240,7 +235,14 @@ impl Engine {
     ) -> Result<RetentionOutcome> {
         let limit = limit.clamp(1, 1000);
         let backlog = self
-            .retention_backlog(ns, if run_ids.is_some() { MAX_SCAN } else { limit + 1 })
+            .retention_backlog(
+                ns,
+                if run_ids.is_some() {
+                    MAX_SCAN
+                } else {
+                    limit + 1
+                },
+            )
             .await?;
         let mut out = RetentionOutcome::default();
         let mut eligible: Vec<&RetentionCandidate> = backlog
@@ -257,7 +259,11 @@ impl Engine {
             out.run_ids.push(candidate.run_id.clone());
         }
         if out.deleted_runs > 0 {
-            tracing::info!(namespace = ns, runs = out.deleted_runs, "retention pass deleted closed runs");
+            tracing::info!(
+                namespace = ns,
+                runs = out.deleted_runs,
+                "retention pass deleted closed runs"
+            );
         }
         Ok(out)
     }
@@ -293,8 +299,7 @@ impl Engine {
     pub async fn repair_scan(&self, ns: &str, scan_limit: usize) -> Result<RepairScan> {
         self.check_namespace(ns).await?;
         let mut txn = self.inner.store.begin().await?;
-        let (runs, truncated) =
-            scan_runs(txn.as_mut(), ns, scan_limit.clamp(1, MAX_SCAN)).await?;
+        let (runs, truncated) = scan_runs(txn.as_mut(), ns, scan_limit.clamp(1, MAX_SCAN)).await?;
         let mut candidates = Vec::new();
         for run in &runs {
             if let Some(reason) = repair_reason(txn.as_mut(), run).await? {
@@ -335,8 +340,7 @@ impl Engine {
             let done = self
                 .transact(move |mut txn, mut fx| async move {
                     let rkey = tables::run_key(ns, run_id);
-                    let Some(mut run) = tables::get::<RunRecord>(txn.as_mut(), &rkey).await?
-                    else {
+                    let Some(mut run) = tables::get::<RunRecord>(txn.as_mut(), &rkey).await? else {
                         return Ok((txn, (false, fx)));
                     };
                     if repair_reason(txn.as_mut(), &run).await?.is_none() {
@@ -414,11 +418,7 @@ impl Engine {
     }
 
     /// Fires up to `limit` overdue activity timers now; returns the ones fired.
-    pub async fn activity_timeout_pass(
-        &self,
-        ns: &str,
-        limit: usize,
-    ) -> Result<Vec<OverdueTimer>> {
+    pub async fn activity_timeout_pass(&self, ns: &str, limit: usize) -> Result<Vec<OverdueTimer>> {
         let overdue = self.overdue_activity_timers(ns, limit).await?;
         for timer in &overdue {
             self.fire_timer(timer.key.clone()).await?;

@@ -125,7 +125,9 @@ pub fn ready_value(type_name: &str, compatibility: Option<&str>) -> Vec<u8> {
 pub fn decode_ready_value(value: &[u8]) -> (String, Option<String>) {
     let mut parts = value.splitn(2, |b| *b == 0);
     let type_name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let compatibility = parts.next().map(|c| String::from_utf8_lossy(c).into_owned());
+    let compatibility = parts
+        .next()
+        .map(|c| String::from_utf8_lossy(c).into_owned());
     (type_name, compatibility)
 }
 
@@ -154,7 +156,12 @@ pub enum QueueCounter {
 
 /// Key of a per-queue task counter (an atomic-add counter).
 pub fn queue_counter_key(ns: &str, queue: &str, kind: TaskKind, counter: QueueCounter) -> Vec<u8> {
-    Key::new(prefix::QUEUE_COUNTER).str(ns).str(queue).u8(kind.code()).u8(counter as u8).into_bytes()
+    Key::new(prefix::QUEUE_COUNTER)
+        .str(ns)
+        .str(queue)
+        .u8(kind.code())
+        .u8(counter as u8)
+        .into_bytes()
 }
 
 /// Every per-queue counter of a namespace.

@@ -18,7 +18,13 @@ fn key() -> QueueKey {
 }
 
 fn hint(id: &str) -> TaskHint {
-    TaskHint { task_id: id.into(), type_name: "t".into(), priority: 5, ready_at_ms: 0, compatibility: None }
+    TaskHint {
+        task_id: id.into(),
+        type_name: "t".into(),
+        priority: 5,
+        ready_at_ms: 0,
+        compatibility: None,
+    }
 }
 
 /// A poller that gives up (timeout) right after parking: returns the hint it ended with.
@@ -57,7 +63,11 @@ fn dispatch_racing_a_poll_timeout_never_loses_the_hint() {
         m.offer(&key(), hint("t1"));
         let got = poller.join().expect("poller thread");
         let indexed = drain_index(&m);
-        assert_eq!(got.iter().count() + indexed.len(), 1, "the hint is with the poller xor in the index");
+        assert_eq!(
+            got.iter().count() + indexed.len(),
+            1,
+            "the hint is with the poller xor in the index"
+        );
         assert_eq!(m.parked(), 0);
     });
 }
@@ -73,7 +83,10 @@ fn two_pollers_racing_for_one_task_get_it_at_most_once() {
             })
             .collect();
         m.offer(&key(), hint("t1"));
-        let got: usize = pollers.into_iter().map(|p| p.join().expect("poller").iter().count()).sum();
+        let got: usize = pollers
+            .into_iter()
+            .map(|p| p.join().expect("poller").iter().count())
+            .sum();
         let indexed = drain_index(&m).len();
         assert_eq!(got + indexed, 1);
     });
@@ -145,7 +158,10 @@ fn completion_racing_lease_expiry_never_leases_a_completed_task() {
         let final_state = task.lock().expect("model lock").0;
         if completed {
             assert_eq!(final_state, State::Done, "a completed task stays completed");
-            assert!(leased_again.is_none() && leftover.iter().all(Option::is_none), "no lease after completion");
+            assert!(
+                leased_again.is_none() && leftover.iter().all(Option::is_none),
+                "no lease after completion"
+            );
         } else {
             // Expiry won: the stale completion was refused and the task is handed out again.
             let leases = leased_again.iter().count() + leftover.iter().flatten().count();

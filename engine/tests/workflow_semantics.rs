@@ -470,7 +470,7 @@ async fn a_reopened_engine_rebuilds_its_ready_index_from_storage() {
             .await
             .expect("starts");
     }
-    h.engine.shutdown();
+    h.engine.stop().await;
     let reopened = open(&h.store, &h.clock).await;
     let mut seen = Vec::new();
     while let Some(t) = poll_wf(&reopened).await {

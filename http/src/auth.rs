@@ -140,7 +140,10 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the secrets.
         f.debug_struct("AuthConfig")
-            .field("tokens", &self.tokens.iter().map(|t| &t.label).collect::<Vec<_>>())
+            .field(
+                "tokens",
+                &self.tokens.iter().map(|t| &t.label).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -203,7 +206,9 @@ fn parse_namespaces(list: Vec<String>) -> Result<Arc<[String]>, String> {
         out.push(ns);
     }
     if out.is_empty() {
-        return Err("a token's namespace list must not be empty (omit it for all namespaces)".into());
+        return Err(
+            "a token's namespace list must not be empty (omit it for all namespaces)".into(),
+        );
     }
     Ok(out.into())
 }
@@ -315,7 +320,12 @@ impl AuthConfig {
     pub fn summary(&self) -> Vec<(&'static str, usize)> {
         [Role::Worker, Role::Operator, Role::Admin]
             .into_iter()
-            .map(|r| (r.as_str(), self.tokens.iter().filter(|t| t.roles.has(r)).count()))
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.tokens.iter().filter(|t| t.roles.has(r)).count(),
+                )
+            })
             .collect()
     }
 
@@ -350,7 +360,10 @@ impl AuthConfig {
             let eq = entry.secret.as_slice().ct_eq(presented.as_bytes());
             found = u64::conditional_select(&found, &(i as u64 + 1), eq);
         }
-        match found.checked_sub(1).and_then(|i| self.tokens.get(i as usize)) {
+        match found
+            .checked_sub(1)
+            .and_then(|i| self.tokens.get(i as usize))
+        {
             Some(entry) => Ok(Principal {
                 roles: entry.roles,
                 namespaces: entry.namespaces.clone(),
@@ -442,7 +455,10 @@ mod tests {
         ] {
             let e = c.authenticate(&h).expect_err("rejected");
             assert_eq!(e.status, StatusCode::UNAUTHORIZED);
-            assert_eq!(e.extra.get("auth_failure").and_then(|v| v.as_str()), Some(detail));
+            assert_eq!(
+                e.extra.get("auth_failure").and_then(|v| v.as_str()),
+                Some(detail)
+            );
             assert!(!e.body().to_string().contains("nope-secret"));
         }
     }
@@ -468,7 +484,9 @@ mod tests {
         assert!(AuthConfig::open().add_env("root:x").is_err());
         assert!(AuthConfig::open().add_env("worker:x,admin:x").is_err());
         assert!(AuthConfig::open().add_env("worker:").is_err());
-        assert!(AuthConfig::open().add_toml("[[tokens]]\nrole = \"worker\"\n").is_err());
+        assert!(AuthConfig::open()
+            .add_toml("[[tokens]]\nrole = \"worker\"\n")
+            .is_err());
     }
 
     #[test]

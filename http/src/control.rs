@@ -125,6 +125,12 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         }
     };
     f.finish()?;
+    if let Some(attributes) = &search_attributes {
+        state
+            .engine
+            .validate_search_attributes(&call.namespace, attributes)
+            .await?;
+    }
     let request = StartWorkflow {
         workflow_id,
         workflow_type: workflow_type.unwrap_or_default(),
@@ -235,6 +241,32 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
         "control_plane": control_block(operation, &run.workflow_id, json!({"run_id": run.run_id, "status": run.status.as_str()})),
     });
     let obj = out.as_object_mut().expect("invariant: built as an object");
+    // Repair serves open runs; archive closed runs not archived yet.
+    if let Some(actions) = obj.get_mut("actions").and_then(Value::as_object_mut) {
+        actions.insert("can_repair".into(), json!(!terminal));
+        actions.insert(
+            "can_archive".into(),
+            json!(terminal && run.lifecycle.archived_at_ms.is_none()),
+        );
+    }
+    let lifecycle = &run.lifecycle;
+    obj.insert("archived_at".into(), json!(ts(lifecycle.archived_at_ms)));
+    obj.insert(
+        "continued_from_run_id".into(),
+        json!(lifecycle.continued_from_run_id),
+    );
+    obj.insert(
+        "continued_to_run_id".into(),
+        json!(lifecycle.continued_to_run_id),
+    );
+    obj.insert(
+        "parent_workflow_id".into(),
+        json!(lifecycle.parent.as_ref().map(|p| &p.workflow_id)),
+    );
+    obj.insert(
+        "parent_run_id".into(),
+        json!(lifecycle.parent.as_ref().map(|p| &p.run_id)),
+    );
     if is_envelope(&view.input) {
         obj.insert("input_envelope".into(), view.input.clone());
     }

@@ -13,8 +13,21 @@ pub const CONTROL_PLANE_VERSION: &str = "2";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Commands a workflow task completion may carry.
-pub const SUPPORTED_COMMANDS: &[&str] =
-    &["schedule_activity", "complete_workflow", "fail_workflow"];
+pub const SUPPORTED_COMMANDS: &[&str] = &[
+    "schedule_activity",
+    "complete_workflow",
+    "fail_workflow",
+    "start_child_workflow",
+    "continue_as_new",
+    "start_timer",
+    "open_condition_wait",
+    "record_side_effect",
+    "record_version_marker",
+    "upsert_search_attributes",
+    "upsert_memo",
+    "complete_update",
+    "fail_update",
+];
 
 /// The limits Keel enforces.
 pub const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
@@ -22,7 +35,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
 /// The worker-plane capabilities, merged into every worker response.
 pub fn server_capabilities() -> Value {
     json!({
-        "query_tasks": false,
+        "query_tasks": true,
+        "workflow_memo_updates": {"supported": true},
         "poll_status": true,
         "long_poll_timeout": 30,
         "workflow_task_poll_request_idempotency": false,
@@ -30,13 +44,17 @@ pub fn server_capabilities() -> Value {
         "history_page_size_default": 500,
         "history_page_size_max": 1000,
         "activity_retry_policy": true,
-        "activity_timeouts": false,
+        "activity_timeouts": true,
         "non_retryable_failures": true,
     })
 }
 
 /// The role topology of a standalone node hosting `node`'s roles.
-pub fn topology(node: &crate::gates::NodeRoles, workflow_lease_s: u64, activity_lease_s: u64) -> Value {
+pub fn topology(
+    node: &crate::gates::NodeRoles,
+    workflow_lease_s: u64,
+    activity_lease_s: u64,
+) -> Value {
     json!({
         "schema": "durable-workflow.v2.role-topology",
         "version": 4,
@@ -75,11 +93,11 @@ pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) 
         "capabilities": {
             "workflow_tasks": true,
             "activity_tasks": true,
-            "signals": false,
-            "queries": false,
-            "updates": false,
+            "signals": true,
+            "queries": true,
+            "updates": true,
             "schedules": false,
-            "history_export": false,
+            "history_export": true,
             "payload_codec_envelope": true,
             "payload_codec_envelope_responses": true,
             "bridge_adapter_outcome_contract": false,

@@ -42,12 +42,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::DescribeWorker => {
             let worker = find_worker(state, ns, call.param(0)).await?;
             let drains = DrainView::load(state, ns, Some(&worker.task_queue)).await?;
-            Ok(Reply::json(StatusCode::OK, &worker_json(state, &worker, &drains)))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &worker_json(state, &worker, &drains),
+            ))
         }
         Op::DeleteWorker => {
             let id = call.param(0);
             state.engine.deregister_worker(ns, id).await?;
-            Ok(Reply::json(StatusCode::OK, &json!({"worker_id": id, "namespace": ns, "outcome": "deregistered"})))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({"worker_id": id, "namespace": ns, "outcome": "deregistered"}),
+            ))
         }
         Op::ListTaskQueues => {
             let counts = state.engine.queue_counts(ns).await?;
@@ -57,35 +63,57 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .map(|c| c.queue.clone())
                 .chain(workers.iter().map(|w| w.task_queue.clone()))
                 .collect();
-            let queues: Vec<Value> = names.iter().map(|q| queue_json(state, ns, q, &counts, &workers)).collect();
-            Ok(Reply::json(StatusCode::OK, &json!({"namespace": ns, "task_queues": queues})))
+            let queues: Vec<Value> = names
+                .iter()
+                .map(|q| queue_json(state, ns, q, &counts, &workers))
+                .collect();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({"namespace": ns, "task_queues": queues}),
+            ))
         }
         Op::DescribeTaskQueue => {
             let queue = call.param(0);
             let counts = state.engine.queue_counts(ns).await?;
             let workers = state.engine.workers(ns, MAX_WORKERS).await?;
-            Ok(Reply::json(StatusCode::OK, &queue_json(state, ns, queue, &counts, &workers)))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &queue_json(state, ns, queue, &counts, &workers),
+            ))
         }
         Op::ListBuildIds => build_ids(state, ns, call.param(0)).await,
         Op::DrainBuildId | Op::ResumeBuildId => {
             let build_id = match call.body.get("build_id") {
                 Some(Value::String(b)) if !b.is_empty() => Some(b.clone()),
                 Some(Value::Null) => None,
-                _ => return Err(ApiError::field("build_id", "The build_id field is required: a string, or null for the unversioned cohort.")),
+                _ => return Err(ApiError::field(
+                    "build_id",
+                    "The build_id field is required: a string, or null for the unversioned cohort.",
+                )),
             };
             let queue = call.param(0);
-            let record =
-                state.engine.set_cohort_draining(ns, queue, build_id.as_deref(), op == Op::DrainBuildId).await?;
+            let record = state
+                .engine
+                .set_cohort_draining(ns, queue, build_id.as_deref(), op == Op::DrainBuildId)
+                .await?;
             Ok(Reply::json(StatusCode::OK, &cohort_json(&record)))
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such fleet route")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such fleet route",
+        )),
     }
 }
 
 async fn find_worker(state: &AppState, ns: &str, id: &str) -> Result<WorkerRecord, ApiError> {
     match state.engine.worker(ns, id).await? {
         Some(w) => Ok((*w).clone()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "worker_not_found", format!("worker '{id}' is not registered"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "worker_not_found",
+            format!("worker '{id}' is not registered"),
+        )),
     }
 }
 
@@ -116,7 +144,9 @@ impl DrainView {
     }
 
     fn draining(&self, queue: &str, build_id: Option<&str>) -> bool {
-        self.0.get(&(queue.to_string(), build_id.map(str::to_string))).is_some_and(|c| c.draining)
+        self.0
+            .get(&(queue.to_string(), build_id.map(str::to_string)))
+            .is_some_and(|c| c.draining)
     }
 }
 
@@ -180,7 +210,8 @@ fn queue_json(
         .collect();
     let workflow = kind_stats(TaskKind::Workflow);
     let activity = kind_stats(TaskKind::Activity);
-    let leases = workflow["leased"].as_u64().unwrap_or(0) + activity["leased"].as_u64().unwrap_or(0);
+    let leases =
+        workflow["leased"].as_u64().unwrap_or(0) + activity["leased"].as_u64().unwrap_or(0);
     json!({
         "name": queue,
         "namespace": ns,
@@ -211,8 +242,13 @@ fn cohort_json(c: &CohortRecord) -> Value {
 }
 
 async fn build_ids(state: &AppState, ns: &str, queue: &str) -> Result<Reply, ApiError> {
-    let workers: Vec<WorkerRecord> =
-        state.engine.workers(ns, MAX_WORKERS).await?.into_iter().filter(|w| w.task_queue == queue).collect();
+    let workers: Vec<WorkerRecord> = state
+        .engine
+        .workers(ns, MAX_WORKERS)
+        .await?
+        .into_iter()
+        .filter(|w| w.task_queue == queue)
+        .collect();
     let cohorts = state.engine.cohorts(ns, queue).await?;
     let mut ids: BTreeSet<Option<String>> = workers.iter().map(|w| w.build_id.clone()).collect();
     ids.extend(cohorts.iter().map(|c| c.build_id.clone()));

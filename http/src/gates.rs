@@ -92,7 +92,12 @@ impl NodeRoles {
     /// The standalone-server process class this role bundle corresponds to.
     pub fn process_class(&self) -> &'static str {
         let has_all = |set: &[&str]| set.iter().all(|r| self.has(r));
-        if has_all(&["api_ingress", "control_plane", "matching", "history_projection"]) {
+        if has_all(&[
+            "api_ingress",
+            "control_plane",
+            "matching",
+            "history_projection",
+        ]) {
             "server_http_node"
         } else if self.roles == ["scheduler"] {
             "scheduler_node"
@@ -243,7 +248,10 @@ impl Readiness {
                 tracing::warn!(blocked_by = ?after, "readiness check failed; the bootstrap gate refuses workflow traffic");
             }
         }
-        *self.last.write().expect("invariant: readiness lock not poisoned") = snap.clone();
+        *self
+            .last
+            .write()
+            .expect("invariant: readiness lock not poisoned") = snap.clone();
         snap
     }
 
@@ -300,7 +308,12 @@ mod tests {
         let node = NodeRoles::parse("control_plane, api_ingress").expect("parses");
         assert_eq!(node.roles(), ["api_ingress", "control_plane"]);
         assert_eq!(node.process_class(), "custom_node");
-        assert_eq!(NodeRoles::parse("scheduler").expect("parses").process_class(), "scheduler_node");
+        assert_eq!(
+            NodeRoles::parse("scheduler")
+                .expect("parses")
+                .process_class(),
+            "scheduler_node"
+        );
         assert_eq!(NodeRoles::default().process_class(), "server_http_node");
         assert!(NodeRoles::parse("api_ingress,bogus").is_err());
         assert!(NodeRoles::parse("").is_err());
@@ -313,7 +326,10 @@ mod tests {
         let e = topology(&node, &policy).expect_err("rejected");
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.reason, "topology_role_unavailable");
-        assert_eq!(e.extra["missing_roles"], json!(["api_ingress", "control_plane"]));
+        assert_eq!(
+            e.extra["missing_roles"],
+            json!(["api_ingress", "control_plane"])
+        );
         assert_eq!(e.extra["current_process_class"], json!("scheduler_node"));
         let health = crate::router::policy(crate::router::Op::Health);
         assert!(topology(&node, &health).is_ok());
@@ -324,7 +340,10 @@ mod tests {
         let mut snap = ReadySnapshot::unchecked();
         assert!(snap.blocked_by().is_empty());
         snap.checked = true;
-        snap.schema = Some(SchemaStatus { stored: Some(99), expected: 1 });
+        snap.schema = Some(SchemaStatus {
+            stored: Some(99),
+            expected: 1,
+        });
         assert_eq!(snap.blocked_by(), vec!["migrations"]);
         assert!(snap.remediation().contains("99"));
         snap.storage_ok = false;

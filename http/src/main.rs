@@ -9,7 +9,7 @@ use std::time::Duration;
 use keel_engine::clock::SystemClock;
 use keel_engine::storage::KvStore;
 use keel_engine::{Engine, EngineConfig};
-use keel_http::{serve, AppState};
+use keel_http::{serve, AppState, AuthConfig, NodeRoles};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
@@ -17,12 +17,19 @@ use tokio::net::TcpListener;
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 const USAGE: &str = "usage: keel serve [--listen ADDR] [--data-dir DIR] \
-[--workflow-task-lease-seconds N] [--activity-task-lease-seconds N]
+[--workflow-task-lease-seconds N] [--activity-task-lease-seconds N] \
+[--auth-file FILE] [--roles ROLE,...]
 
   --listen ADDR                      address to listen on (default 127.0.0.1:8080)
   --data-dir DIR                     RocksDB data directory (default ./keel-data)
   --workflow-task-lease-seconds N    workflow task lease (default 300)
   --activity-task-lease-seconds N    activity task lease (default 300)
+  --max-parked-polls N               long-polls parked on this node at once (default 10000)
+  --max-parked-polls-per-queue N     long-polls parked on one queue at once (default 2000)
+  --auth-file FILE                   bearer tokens (TOML); KEEL_TOKENS=role:token,... adds more.
+                                     Without any token Keel serves only on a loopback address.
+  --roles ROLE,...                   topology roles this node hosts (default api_ingress,
+                                     control_plane,matching,history_projection,scheduler)
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
 
@@ -31,6 +38,9 @@ struct ServeArgs {
     data_dir: PathBuf,
     workflow_lease: u64,
     activity_lease: u64,
+    park_limits: keel_engine::matching::ParkLimits,
+    auth_file: Option<PathBuf>,
+    roles: NodeRoles,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -47,6 +57,9 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         data_dir: PathBuf::from("./keel-data"),
         workflow_lease: 300,
         activity_lease: 300,
+        park_limits: keel_engine::matching::ParkLimits::default(),
+        auth_file: None,
+        roles: NodeRoles::default(),
     };
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -54,17 +67,23 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
                 .cloned()
                 .ok_or_else(|| format!("{flag} needs a value"))
         };
-        let seconds = |v: String| match v.parse::<u64>() {
+        let positive = |v: String| match v.parse::<u64>() {
             Ok(n) if n >= 1 => Ok(n),
-            _ => Err(format!(
-                "{flag} must be a whole number of seconds, at least 1"
-            )),
+            _ => Err(format!("{flag} must be a whole number, at least 1")),
         };
         match flag.as_str() {
             "--listen" => parsed.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
             "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
-            "--workflow-task-lease-seconds" => parsed.workflow_lease = seconds(value()?)?,
-            "--activity-task-lease-seconds" => parsed.activity_lease = seconds(value()?)?,
+            "--workflow-task-lease-seconds" => parsed.workflow_lease = positive(value()?)?,
+            "--activity-task-lease-seconds" => parsed.activity_lease = positive(value()?)?,
+            "--max-parked-polls" => parsed.park_limits.per_node = positive(value()?)? as usize,
+            "--max-parked-polls-per-queue" => {
+                parsed.park_limits.per_queue = positive(value()?)? as usize
+            }
+            "--auth-file" => parsed.auth_file = Some(PathBuf::from(value()?)),
+            "--roles" => {
+                parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
+            }
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
         }
@@ -106,7 +125,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the tokens of `--auth-file` and `KEEL_TOKENS`, and applies the open-mode rule:
+/// without tokens Keel serves only on loopback, and says so.
+fn load_auth(args: &ServeArgs) -> Result<AuthConfig, String> {
+    let mut auth = AuthConfig::open();
+    if let Some(path) = &args.auth_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the auth file {}: {e}", path.display()))?;
+        auth.add_toml(&text)
+            .map_err(|e| format!("invalid auth file {}: {e}", path.display()))?;
+    }
+    if let Ok(value) = std::env::var("KEEL_TOKENS") {
+        auth.add_env(&value)
+            .map_err(|e| format!("invalid KEEL_TOKENS: {e}"))?;
+    }
+    if auth.is_open() {
+        if !args.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve on {} without authentication: configure tokens with \
+                 --auth-file FILE or KEEL_TOKENS=role:token,... (roles: worker, operator, admin), \
+                 or listen on a loopback address such as 127.0.0.1",
+                args.listen
+            ));
+        }
+        tracing::warn!(
+            addr = %args.listen,
+            "AUTHENTICATION IS DISABLED: no tokens are configured, every request is accepted \
+             with every role; serving on loopback only"
+        );
+    } else {
+        let summary = auth
+            .summary()
+            .into_iter()
+            .map(|(role, n)| format!("{role}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info!(tokens = auth.len(), by_role = %summary, "bearer-token authentication enabled");
+    }
+    Ok(auth)
+}
+
 async fn run(args: ServeArgs) -> Result<(), String> {
+    let auth = load_auth(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
     let store = RocksStore::open(&args.data_dir, RocksOptions::default()).map_err(|e| {
@@ -115,13 +175,17 @@ async fn run(args: ServeArgs) -> Result<(), String> {
             args.data_dir.display()
         )
     })?;
-    let store: Arc<dyn KvStore> = Arc::new(store);
+    let rocks = Arc::new(store);
+    let store: Arc<dyn KvStore> = rocks.clone();
+    let metered: Arc<dyn KvStore> =
+        Arc::new(keel_engine::metrics::MeteredStore::new(store.clone()));
     let config = EngineConfig {
         workflow_task_lease: Duration::from_secs(args.workflow_lease),
         activity_task_lease: Duration::from_secs(args.activity_lease),
+        park_limits: args.park_limits,
         ..EngineConfig::default()
     };
-    let engine = Engine::open(store.clone(), Arc::new(SystemClock), config)
+    let engine = Engine::open(metered, Arc::new(SystemClock), config)
         .await
         .map_err(|e| format!("cannot open the engine: {e}"))?;
     let listener = TcpListener::bind(args.listen)
@@ -135,14 +199,20 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         tracing::info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
-    serve(
-        listener,
-        Arc::new(AppState::new(engine.clone())),
-        stop_rx,
-        Duration::from_secs(10),
-    )
-    .await;
-    engine.shutdown();
+    let state = AppState::new(engine.clone())
+        .with_auth(auth)
+        .with_roles(args.roles.clone())
+        .with_storage_stats(Box::new(move || {
+            let s = rocks.stats();
+            keel_http::metrics::StorageStats {
+                commits: s.commits,
+                conflicts: s.conflicts,
+                batches: s.batches,
+                largest_batch: s.largest_batch,
+            }
+        }));
+    serve(listener, Arc::new(state), stop_rx, Duration::from_secs(10)).await;
+    engine.stop().await;
     store
         .shutdown()
         .await

@@ -8,8 +8,8 @@ use hyper::StatusCode;
 use keel_engine::clock::format_timestamp;
 use keel_engine::model::NamespaceRecord;
 use keel_engine::namespaces::{
-    valid_attribute_name, valid_namespace_name, NamespacePatch, NamespaceSpec,
-    SearchAttributeType, DEFAULT_RETENTION_DAYS, SYSTEM_SEARCH_ATTRIBUTES,
+    valid_attribute_name, valid_namespace_name, NamespacePatch, NamespaceSpec, SearchAttributeType,
+    DEFAULT_RETENTION_DAYS, SYSTEM_SEARCH_ATTRIBUTES,
 };
 use serde_json::{json, Map, Value};
 
@@ -124,7 +124,10 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::CreateNamespace => {
             let mut f = Fields::new(&call.body)?;
             let name = f.required_str("name", 128).map(|n| n.to_ascii_lowercase());
-            if name.as_deref().is_some_and(|n| !n.is_empty() && !valid_namespace_name(n)) {
+            if name
+                .as_deref()
+                .is_some_and(|n| !n.is_empty() && !valid_namespace_name(n))
+            {
                 f.error(
                     "name",
                     "The name field may contain only letters, digits, '.', '_' and '-'.",
@@ -195,7 +198,10 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::CreateSearchAttribute => {
             let mut f = Fields::new(&call.body)?;
             let name = f.required_str("name", 128);
-            if name.as_deref().is_some_and(|n| !n.is_empty() && !valid_attribute_name(n)) {
+            if name
+                .as_deref()
+                .is_some_and(|n| !n.is_empty() && !valid_attribute_name(n))
+            {
                 f.error(
                     "name",
                     "The name field must start with a letter and contain only letters, digits and '_'.",
@@ -259,7 +265,10 @@ fn external_storage_policy(body: &Value) -> Result<Value, ApiError> {
         .as_deref()
         .is_some_and(|d| !d.is_empty() && !DRIVERS.contains(&d))
     {
-        f.error("driver", "The driver field must be one of: local, s3, gcs, azure.");
+        f.error(
+            "driver",
+            "The driver field must be one of: local, s3, gcs, azure.",
+        );
     }
     let enabled = match body.get("enabled") {
         None | Some(Value::Null) => true,
@@ -276,7 +285,10 @@ fn external_storage_policy(body: &Value) -> Result<Value, ApiError> {
             if !CONFIG_KEYS.contains(&k.as_str()) {
                 f.error(
                     &format!("config.{k}"),
-                    format!("Unknown config key; expected one of: {}.", CONFIG_KEYS.join(", ")),
+                    format!(
+                        "Unknown config key; expected one of: {}.",
+                        CONFIG_KEYS.join(", ")
+                    ),
                 );
             } else if !(v.is_string() || v.is_null()) {
                 f.error(&format!("config.{k}"), "Config values must be strings.");

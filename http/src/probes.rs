@@ -82,7 +82,13 @@ fn auth_check(state: &AppState) -> Value {
 async fn ready(state: &AppState) -> Reply {
     let snap: ReadySnapshot = state.readiness.refresh(&state.engine).await;
     let blocked = snap.blocked_by();
-    let status = |ok: bool, bad: &str| if ok { "ok".to_string() } else { bad.to_string() };
+    let status = |ok: bool, bad: &str| {
+        if ok {
+            "ok".to_string()
+        } else {
+            bad.to_string()
+        }
+    };
     let schema_current = snap.schema.is_some_and(|s| s.is_current());
     let mut migrations = json!({
         "status": status(schema_current, if snap.storage_ok { "pending" } else { "unavailable" }),
@@ -257,8 +263,14 @@ pub fn add_manifests(info: &mut Value) {
     if let Some(limits) = obj.get_mut("limits").and_then(Value::as_object_mut) {
         for (k, v) in [
             ("max_search_attributes", json!(MAX_SEARCH_ATTRIBUTES)),
-            ("max_search_attribute_key_length", json!(MAX_SEARCH_ATTRIBUTE_KEY_BYTES)),
-            ("max_search_attribute_value_bytes", json!(MAX_SEARCH_ATTRIBUTE_VALUE_BYTES)),
+            (
+                "max_search_attribute_key_length",
+                json!(MAX_SEARCH_ATTRIBUTE_KEY_BYTES),
+            ),
+            (
+                "max_search_attribute_value_bytes",
+                json!(MAX_SEARCH_ATTRIBUTE_VALUE_BYTES),
+            ),
             ("max_operation_name_length", json!(256)),
             ("max_pending_activities", json!(2000)),
             ("max_pending_children", json!(2000)),

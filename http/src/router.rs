@@ -177,9 +177,24 @@ fn routes() -> &'static [Route] {
             route!(DELETE, [L("workers"), P], Control, DeleteWorker),
             route!(GET, [L("task-queues")], Control, ListTaskQueues),
             route!(GET, [L("task-queues"), P], Control, DescribeTaskQueue),
-            route!(GET, [L("task-queues"), P, L("build-ids")], Control, ListBuildIds),
-            route!(POST, [L("task-queues"), P, L("build-ids"), L("drain")], Control, DrainBuildId),
-            route!(POST, [L("task-queues"), P, L("build-ids"), L("resume")], Control, ResumeBuildId),
+            route!(
+                GET,
+                [L("task-queues"), P, L("build-ids")],
+                Control,
+                ListBuildIds
+            ),
+            route!(
+                POST,
+                [L("task-queues"), P, L("build-ids"), L("drain")],
+                Control,
+                DrainBuildId
+            ),
+            route!(
+                POST,
+                [L("task-queues"), P, L("build-ids"), L("resume")],
+                Control,
+                ResumeBuildId
+            ),
             route!(GET, [L("cluster"), L("info")], Discovery, ClusterInfo),
             // Prometheus text at the root; any role, so a scraper can hold the least
             // powerful credential.
@@ -203,11 +218,39 @@ fn routes() -> &'static [Route] {
                 Admin
             ),
             route!(GET, [L("search-attributes")], Control, ListSearchAttributes),
-            route!(POST, [L("search-attributes")], Control, CreateSearchAttribute),
-            route!(DELETE, [L("search-attributes"), P], Control, DeleteSearchAttribute),
-            route!(GET, [L("system"), L("health")], Control, SystemHealth, Admin),
-            route!(GET, [L("system"), L("metrics")], Control, SystemMetrics, Admin),
-            route!(POST, [L("system"), L("metrics")], Control, SystemMetrics, Admin),
+            route!(
+                POST,
+                [L("search-attributes")],
+                Control,
+                CreateSearchAttribute
+            ),
+            route!(
+                DELETE,
+                [L("search-attributes"), P],
+                Control,
+                DeleteSearchAttribute
+            ),
+            route!(
+                GET,
+                [L("system"), L("health")],
+                Control,
+                SystemHealth,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("system"), L("metrics")],
+                Control,
+                SystemMetrics,
+                Admin
+            ),
+            route!(
+                POST,
+                [L("system"), L("metrics")],
+                Control,
+                SystemMetrics,
+                Admin
+            ),
             route!(
                 GET,
                 [L("system"), L("operator-metrics")],
@@ -215,7 +258,13 @@ fn routes() -> &'static [Route] {
                 SystemOperatorMetrics,
                 Admin
             ),
-            route!(GET, [L("system"), L("repair")], Control, SystemRepair, Admin),
+            route!(
+                GET,
+                [L("system"), L("repair")],
+                Control,
+                SystemRepair,
+                Admin
+            ),
             route!(
                 POST,
                 [L("system"), L("repair"), L("pass")],
@@ -237,7 +286,13 @@ fn routes() -> &'static [Route] {
                 SystemActivityTimeoutsPass,
                 Admin
             ),
-            route!(GET, [L("system"), L("retention")], Control, SystemRetention, Admin),
+            route!(
+                GET,
+                [L("system"), L("retention")],
+                Control,
+                SystemRetention,
+                Admin
+            ),
             route!(
                 POST,
                 [L("system"), L("retention"), L("pass")],
@@ -261,14 +316,24 @@ fn routes() -> &'static [Route] {
                 Control,
                 DebugRun
             ),
-            route!(POST, [L("workflows"), P, L("repair")], Control, RepairWorkflow),
+            route!(
+                POST,
+                [L("workflows"), P, L("repair")],
+                Control,
+                RepairWorkflow
+            ),
             route!(
                 POST,
                 [L("workflows"), P, L("runs"), P, L("repair")],
                 Control,
                 RepairRun
             ),
-            route!(POST, [L("workflows"), P, L("archive")], Control, ArchiveWorkflow),
+            route!(
+                POST,
+                [L("workflows"), P, L("archive")],
+                Control,
+                ArchiveWorkflow
+            ),
             route!(
                 POST,
                 [L("workflows"), P, L("runs"), P, L("archive")],
@@ -279,19 +344,84 @@ fn routes() -> &'static [Route] {
             route!(GET, [L("workflows"), P, L("runs"), P], Control, DescribeRun),
             // Workflow commands (signal, query, update, cancel, terminate); the run-targeted
             // forms reject a run that is not current, except queries.
-            route!(POST, [L("workflows"), P, L("signal"), P], Control, SignalWorkflow),
-            route!(POST, [L("workflows"), P, L("runs"), P, L("signal"), P], Control, SignalRun),
-            route!(POST, [L("workflows"), P, L("query"), P], Control, QueryWorkflow),
-            route!(POST, [L("workflows"), P, L("runs"), P, L("query"), P], Control, QueryRun),
-            route!(POST, [L("workflows"), P, L("update"), P], Control, UpdateWorkflow),
-            route!(POST, [L("workflows"), P, L("runs"), P, L("update"), P], Control, UpdateRun),
-            route!(POST, [L("workflows"), P, L("cancel")], Control, CancelWorkflow),
-            route!(POST, [L("workflows"), P, L("runs"), P, L("cancel")], Control, CancelRun),
-            route!(POST, [L("workflows"), P, L("terminate")], Control, TerminateWorkflow),
-            route!(POST, [L("workflows"), P, L("runs"), P, L("terminate")], Control, TerminateRun),
-            route!(POST, [L("worker"), L("query-tasks"), L("poll")], Worker, PollQueryTask),
-            route!(POST, [L("worker"), L("query-tasks"), P, L("complete")], Worker, CompleteQueryTask),
-            route!(POST, [L("worker"), L("query-tasks"), P, L("fail")], Worker, FailQueryTask),
+            route!(
+                POST,
+                [L("workflows"), P, L("signal"), P],
+                Control,
+                SignalWorkflow
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("signal"), P],
+                Control,
+                SignalRun
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("query"), P],
+                Control,
+                QueryWorkflow
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("query"), P],
+                Control,
+                QueryRun
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("update"), P],
+                Control,
+                UpdateWorkflow
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("update"), P],
+                Control,
+                UpdateRun
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("cancel")],
+                Control,
+                CancelWorkflow
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("cancel")],
+                Control,
+                CancelRun
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("terminate")],
+                Control,
+                TerminateWorkflow
+            ),
+            route!(
+                POST,
+                [L("workflows"), P, L("runs"), P, L("terminate")],
+                Control,
+                TerminateRun
+            ),
+            route!(
+                POST,
+                [L("worker"), L("query-tasks"), L("poll")],
+                Worker,
+                PollQueryTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("query-tasks"), P, L("complete")],
+                Worker,
+                CompleteQueryTask
+            ),
+            route!(
+                POST,
+                [L("worker"), L("query-tasks"), P, L("fail")],
+                Worker,
+                FailQueryTask
+            ),
             route!(
                 GET,
                 [L("workflows"), P, L("runs"), P, L("history")],
@@ -468,8 +598,7 @@ fn bootstrap_gated(r: &Route) -> bool {
         Plane::Worker => true,
         Plane::Control => match lit(0) {
             Some("workflows") => {
-                !(r.method == Method::GET
-                    && matches!(last, Some("history" | "debug" | "export")))
+                !(r.method == Method::GET && matches!(last, Some("history" | "debug" | "export")))
             }
             Some("schedules") => r.method != Method::GET,
             Some("bridge-adapters" | "activities") => true,

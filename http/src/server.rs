@@ -22,10 +22,10 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{AuthConfig, Principal};
 use crate::discovery::{
     self, CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION,
 };
-use crate::auth::{AuthConfig, Principal};
 use crate::error::ApiError;
 use crate::gates::{NodeRoles, Readiness};
 use crate::metrics::StatsSource;
@@ -378,13 +378,13 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
         _ if crate::namespaces::handles(op) => crate::namespaces::handle(state, op, call).await,
         _ if crate::system::handles(op) => crate::system::handle(state, op, call).await,
         _ => match plane {
-        Plane::Public | Plane::Discovery => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such discovery route",
-        )),
-        Plane::Control => control::handle(state, op, call).await,
-        Plane::Worker => worker::handle(state, op, call).await,
+            Plane::Public | Plane::Discovery => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such discovery route",
+            )),
+            Plane::Control => control::handle(state, op, call).await,
+            Plane::Worker => worker::handle(state, op, call).await,
         },
     }
     .map_err(fail)?;

@@ -48,7 +48,7 @@ async fn operator_metrics(state: &AppState, ns: &str) -> Result<Value, ApiError>
     let engine = &state.engine;
     let runs = engine.run_counts(ns, SNAPSHOT_SCAN).await?;
     let mut queues = engine.queue_counts(ns).await?;
-    queues.sort_by(|a, b| b.ready.cmp(&a.ready));
+    queues.sort_by_key(|q| std::cmp::Reverse(q.ready));
     let (ready, leased) = queues
         .iter()
         .fold((0u64, 0u64), |(r, l), q| (r + q.ready, l + q.leased));
@@ -127,7 +127,9 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let blocked = snap.blocked_by();
             let coordination = crate::probes::coordination_health(state, ns).await;
             let repair = metrics["repair"]["candidates"].as_u64().unwrap_or(0);
-            let overdue = metrics["activity_timeouts"]["overdue"].as_u64().unwrap_or(0);
+            let overdue = metrics["activity_timeouts"]["overdue"]
+                .as_u64()
+                .unwrap_or(0);
             let checks = json!({
                 "bootstrap": {"status": if blocked.is_empty() { "ok" } else { "blocked" }, "blocked_by": blocked},
                 "task_repair": {"status": if repair == 0 { "ok" } else { "warning" }, "candidates": repair},
@@ -182,7 +184,9 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             ok(json!({"namespace": ns, "operator_metrics": metrics}))
         }
         Op::SystemRepair => {
-            let scan = engine.repair_scan(ns, keel_engine::system::MAX_SCAN).await?;
+            let scan = engine
+                .repair_scan(ns, keel_engine::system::MAX_SCAN)
+                .await?;
             ok(json!({
                 "namespace": ns,
                 "policy": {"mode": "operator_pass", "scan_limit": keel_engine::system::MAX_SCAN},

@@ -53,8 +53,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         }
         Op::PollWorkflowTask => {
             let poll = poll_request(&call, true)?;
-            let task = state.engine.poll_workflow_task(&poll).await?;
+            let task = state
+                .engine
+                .poll_workflow_task(&poll)
+                .await
+                .inspect_err(|_| {
+                    keel_engine::metrics::poll_outcome(
+                        keel_engine::model::TaskKind::Workflow,
+                        "error",
+                    )
+                })?;
             let status = if task.is_some() { "leased" } else { "empty" };
+            keel_engine::metrics::poll_outcome(keel_engine::model::TaskKind::Workflow, status);
             reply(
                 state,
                 StatusCode::OK,
@@ -66,8 +76,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         }
         Op::PollActivityTask => {
             let poll = poll_request(&call, false)?;
-            let task = state.engine.poll_activity_task(&poll).await?;
+            let task = state
+                .engine
+                .poll_activity_task(&poll)
+                .await
+                .inspect_err(|_| {
+                    keel_engine::metrics::poll_outcome(
+                        keel_engine::model::TaskKind::Activity,
+                        "error",
+                    )
+                })?;
             let status = if task.is_some() { "leased" } else { "empty" };
+            keel_engine::metrics::poll_outcome(keel_engine::model::TaskKind::Activity, status);
             reply(
                 state,
                 StatusCode::OK,
@@ -133,7 +153,12 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 // The run closed and deleted the task: tell the attempt to stop.
                 Err(e) => {
                     let body = crate::query_tasks::closed_activity_reply(
-                        state, &call, task_id, &attempt_id, &owner, e,
+                        state,
+                        &call,
+                        task_id,
+                        &attempt_id,
+                        &owner,
+                        e,
                     )
                     .await?;
                     return reply(state, StatusCode::OK, body);

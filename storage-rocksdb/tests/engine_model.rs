@@ -9,7 +9,7 @@ use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_keeps_lease_invariants_on_rocksdb(scenario in steps(40)) {

@@ -154,6 +154,8 @@ class KeelServer:
         activity_task_lease_seconds: int = 30,
         startup_timeout: float | None = None,
         shutdown_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.binary = Path(binary) if binary is not None else keel_binary()
         self.data_dir = Path(data_dir)
@@ -166,6 +168,10 @@ class KeelServer:
             else float(os.environ.get("KEEL_E2E_STARTUP_TIMEOUT", "30"))
         )
         self.shutdown_timeout = shutdown_timeout
+        # Extra `keel serve` flags, and environment variables for the process (e.g.
+        # KEEL_TOKENS). KEEL_TOKENS from the test runner's own environment never leaks in.
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.port = free_loopback_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -189,6 +195,7 @@ class KeelServer:
             "--data-dir", str(self.data_dir),
             "--workflow-task-lease-seconds", str(self.workflow_task_lease_seconds),
             "--activity-task-lease-seconds", str(self.activity_task_lease_seconds),
+            *self.extra_args,
         ]
 
     def check_binary(self) -> None:
@@ -212,6 +219,8 @@ class KeelServer:
             log.write(f"\n===== e2e: start #{self.starts}: {' '.join(command)}\n".encode())
             log.flush()
             env = dict(os.environ)
+            env.pop("KEEL_TOKENS", None)
+            env.update(self.env)
             env.setdefault("RUST_BACKTRACE", "1")
             self.proc = subprocess.Popen(
                 command,

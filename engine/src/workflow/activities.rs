@@ -13,7 +13,7 @@ impl Engine {
         result: &Value,
     ) -> Result<TaskOutcome> {
         let now = self.now_ms();
-        self.transact(move |mut txn, mut fx| async move {
+        self.transact_report(task_id, "completed", move |mut txn, mut fx| async move {
             let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
             check_activity_lease(&task, owner, attempt_id, now)?;
             let activity = task
@@ -56,7 +56,7 @@ impl Engine {
         failure: &Value,
     ) -> Result<TaskOutcome> {
         let now = self.now_ms();
-        self.transact(move |mut txn, mut fx| async move {
+        self.transact_report(task_id, "failed", move |mut txn, mut fx| async move {
             let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
             check_activity_lease(&task, owner, attempt_id, now)?;
             let activity = task

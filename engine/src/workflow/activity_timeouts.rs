@@ -310,7 +310,8 @@ pub(crate) async fn fire(
     }
     tracing::info!(task_id, run_id = %task.run_id, timeout_kind = kind,
         attempt = activity.attempt_number, "activity timed out");
-    let deadline = |timer: &Option<TimerKey>| timer.as_ref().map(|k| format_timestamp(k.fire_at_ms));
+    let deadline =
+        |timer: &Option<TimerKey>| timer.as_ref().map(|k| format_timestamp(k.fire_at_ms));
     let mut payload = json!({
         "sequence": activity.sequence,
         "activity_type": task.type_name,
@@ -331,7 +332,15 @@ pub(crate) async fn fire(
     });
     payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
     tables::put(txn, &tkey, &task)?;
-    Engine::resolve_activity(txn, &task.namespace.clone(), &task, "ActivityTimedOut", payload, now, fx)
-        .await
-        .map(|_| ())
+    Engine::resolve_activity(
+        txn,
+        &task.namespace.clone(),
+        &task,
+        "ActivityTimedOut",
+        payload,
+        now,
+        fx,
+    )
+    .await
+    .map(|_| ())
 }

@@ -19,9 +19,15 @@ use super::*;
 use crate::model::{ChildLink, ParentLink, RunLifecycle};
 
 /// Parent-close policies the SDK may send (`request_cancel` is the legacy spelling).
-const PARENT_CLOSE_POLICIES: &[&str] = &["abandon", "request_cancel", "request_cancellation", "terminate"];
+const PARENT_CLOSE_POLICIES: &[&str] = &[
+    "abandon",
+    "request_cancel",
+    "request_cancellation",
+    "terminate",
+];
 /// Child cancellation policies the SDK may send.
-const CHILD_CANCELLATION_POLICIES: &[&str] = &["try_cancel", "wait_cancellation_completed", "abandon"];
+const CHILD_CANCELLATION_POLICIES: &[&str] =
+    &["try_cancel", "wait_cancellation_completed", "abandon"];
 
 /// The Avro single-object encoding of an empty argument list.
 const EMPTY_ARGUMENTS_BLOB: &str = "wwHioz3/VYAiNwwA";
@@ -130,7 +136,9 @@ fn optional_str<'a>(cmd: &'a Map<String, Value>, field: &str) -> Result<Option<&
     match cmd.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-        Some(_) => Err(invalid_commands(format!("{field} must be a non-empty string")).with("field", field)),
+        Some(_) => Err(
+            invalid_commands(format!("{field} must be a non-empty string")).with("field", field),
+        ),
     }
 }
 
@@ -139,8 +147,10 @@ fn optional_seconds(cmd: &Map<String, Value>, field: &str) -> Result<Option<u64>
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if (1..=10 * 365 * 86_400).contains(&n) => Ok(Some(n)),
-            _ => Err(invalid_commands(format!("{field} must be an integer number of seconds >= 1"))
-                .with("field", field)),
+            _ => Err(invalid_commands(format!(
+                "{field} must be an integer number of seconds >= 1"
+            ))
+            .with("field", field)),
         },
     }
 }
@@ -178,7 +188,9 @@ pub(super) async fn start_child(
     };
     let parent_close_policy = policy(cmd, "parent_close_policy", PARENT_CLOSE_POLICIES)?;
     let cancellation_policy = policy(cmd, "cancellation_policy", CHILD_CANCELLATION_POLICIES)?;
-    let queue = optional_str(cmd, "queue")?.unwrap_or(&run.task_queue).to_string();
+    let queue = optional_str(cmd, "queue")?
+        .unwrap_or(&run.task_queue)
+        .to_string();
     let execution_timeout_seconds = optional_seconds(cmd, "execution_timeout_seconds")?;
     let run_timeout_seconds = optional_seconds(cmd, "run_timeout_seconds")?;
     run.last_workflow_sequence += 1;
@@ -261,7 +273,14 @@ pub(super) async fn start_child(
         ),
         &group,
     );
-    history::append(txn, run, "ChildWorkflowScheduled", scheduled, now, Some(task_id));
+    history::append(
+        txn,
+        run,
+        "ChildWorkflowScheduled",
+        scheduled,
+        now,
+        Some(task_id),
+    );
     let started = merge(
         merge(
             ids,
@@ -332,7 +351,10 @@ pub(super) async fn continue_as_new(
     let mut started_extra = Map::new();
     started_extra.insert("continued_from_run_id".into(), json!(run.run_id));
     if let Some(parent) = &run.lifecycle.parent {
-        started_extra.insert("parent_workflow_instance_id".into(), json!(parent.workflow_id));
+        started_extra.insert(
+            "parent_workflow_instance_id".into(),
+            json!(parent.workflow_id),
+        );
         started_extra.insert("parent_workflow_run_id".into(), json!(parent.run_id));
         started_extra.insert("parent_sequence".into(), json!(parent.sequence));
     }

@@ -27,16 +27,22 @@ struct Snapshot {
     activities: Vec<TaskRecord>,
 }
 
-async fn load(txn: &mut dyn KvTxn, ns: &str, workflow_id: &str, run_id: Option<&str>) -> Result<Snapshot> {
+async fn load(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    workflow_id: &str,
+    run_id: Option<&str>,
+) -> Result<Snapshot> {
     Engine::require_namespace(txn, ns).await?;
-    let instance: InstanceRecord = tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
-        .await?
-        .ok_or_else(|| {
-            Error::not_found(
-                "instance_not_found",
-                format!("workflow '{workflow_id}' does not exist"),
-            )
-        })?;
+    let instance: InstanceRecord =
+        tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(
+                    "instance_not_found",
+                    format!("workflow '{workflow_id}' does not exist"),
+                )
+            })?;
     let run_id = run_id.unwrap_or(&instance.current_run_id).to_string();
     let run: RunRecord = tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, &run_id))
         .await?
@@ -92,13 +98,22 @@ fn task_json(task: &TaskRecord) -> Value {
         Some(a) => {
             let t = &a.timeouts;
             let at = |k: &Option<TimerKey>| ts(k.as_ref().map(|k| k.fire_at_ms));
-            obj.insert("activity_execution_id".into(), json!(a.activity_execution_id));
+            obj.insert(
+                "activity_execution_id".into(),
+                json!(a.activity_execution_id),
+            );
             obj.insert("sequence".into(), json!(a.sequence));
             obj.insert("attempt_number".into(), json!(a.attempt_number));
             obj.insert("activity_attempt_id".into(), json!(a.attempt_id));
-            obj.insert("scheduled_at".into(), json!(format_timestamp(a.scheduled_at_ms)));
+            obj.insert(
+                "scheduled_at".into(),
+                json!(format_timestamp(a.scheduled_at_ms)),
+            );
             obj.insert("last_heartbeat_at".into(), ts(t.last_heartbeat_at_ms));
-            obj.insert("heartbeat_details".into(), a.heartbeat_details.clone().unwrap_or(Value::Null));
+            obj.insert(
+                "heartbeat_details".into(),
+                a.heartbeat_details.clone().unwrap_or(Value::Null),
+            );
             obj.insert(
                 "deadlines".into(),
                 json!({
@@ -113,7 +128,12 @@ fn task_json(task: &TaskRecord) -> Value {
     v
 }
 
-async fn all_events(store: &dyn KvStore, ns: &str, run_id: &str, through: u64) -> Result<Vec<Value>> {
+async fn all_events(
+    store: &dyn KvStore,
+    ns: &str,
+    run_id: &str,
+    through: u64,
+) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut from = 1;
     while from <= through {
@@ -185,7 +205,13 @@ impl Engine {
             load(txn.as_mut(), ns, workflow_id, Some(run_id)).await?
         };
         let run = &snap.run;
-        let events = all_events(self.inner.store.as_ref(), ns, &run.run_id, run.last_event_seq).await?;
+        let events = all_events(
+            self.inner.store.as_ref(),
+            ns,
+            &run.run_id,
+            run.last_event_seq,
+        )
+        .await?;
         let now = self.now_ms();
         let started = events.first().map(|e| &e["payload"]);
         let input = started
@@ -198,7 +224,10 @@ impl Engine {
             .find(|e| e["sequence"].as_u64() == Some(close_seq) && run.status.is_terminal())
             .map(|e| &e["payload"]);
         let output = if run.status == RunStatus::Completed {
-            close.and_then(|p| p.get("output")).cloned().unwrap_or(Value::Null)
+            close
+                .and_then(|p| p.get("output"))
+                .cloned()
+                .unwrap_or(Value::Null)
         } else {
             Value::Null
         };
@@ -216,7 +245,8 @@ impl Engine {
                     "status": "scheduled",
                     "scheduled_event_sequence": e["sequence"],
                 })),
-                "ActivityCompleted" | "ActivityFailed" | "ActivityTimedOut" | "ActivityCancelled" => {
+                "ActivityCompleted" | "ActivityFailed" | "ActivityTimedOut"
+                | "ActivityCancelled" => {
                     let status = match kind {
                         "ActivityCompleted" => "completed",
                         "ActivityFailed" => "failed",
@@ -240,7 +270,8 @@ impl Engine {
                     "parent_close_policy": p["parent_close_policy"],
                     "status": "running",
                 })),
-                "ChildRunCompleted" | "ChildRunFailed" | "ChildRunCancelled" | "ChildRunTerminated" => {
+                "ChildRunCompleted" | "ChildRunFailed" | "ChildRunCancelled"
+                | "ChildRunTerminated" => {
                     if let Some(c) = children.iter_mut().find(|c| c["sequence"] == p["sequence"]) {
                         c["status"] = p["child_status"].clone();
                         c["closed_run_id"] = p["child_workflow_run_id"].clone();
@@ -281,9 +312,7 @@ impl Engine {
                 "link_type": "continue_as_new",
             }));
         }
-        let avro_entry = |path: &str, available: bool| {
-            json!({"path": path, "available": available, "codec": "avro", "redacted": false, "avro_framing": "single_object"})
-        };
+        let avro_entry = |path: &str, available: bool| json!({"path": path, "available": available, "codec": "avro", "redacted": false, "avro_framing": "single_object"});
         let mut bundle = json!({
             "schema": "durable-workflow.v2.history-export",
             "schema_version": 1,
@@ -371,15 +400,23 @@ impl Engine {
         let snap = load(txn.as_mut(), ns, workflow_id, run_id).await?;
         let run = &snap.run;
         let now = self.now_ms();
-        let from = run.last_event_seq.saturating_sub(DEBUG_TAIL_EVENTS - 1).max(1);
-        let tail = all_events(self.inner.store.as_ref(), ns, &run.run_id, run.last_event_seq)
-            .await
-            .map(|events| {
-                events
-                    .into_iter()
-                    .filter(|e| e["sequence"].as_u64().is_some_and(|s| s >= from))
-                    .collect::<Vec<_>>()
-            })?;
+        let from = run
+            .last_event_seq
+            .saturating_sub(DEBUG_TAIL_EVENTS - 1)
+            .max(1);
+        let tail = all_events(
+            self.inner.store.as_ref(),
+            ns,
+            &run.run_id,
+            run.last_event_seq,
+        )
+        .await
+        .map(|events| {
+            events
+                .into_iter()
+                .filter(|e| e["sequence"].as_u64().is_some_and(|s| s >= from))
+                .collect::<Vec<_>>()
+        })?;
         let recent_failures: Vec<Value> = tail
             .iter()
             .rev()
@@ -407,8 +444,11 @@ impl Engine {
             .await?;
             let child_run = match &current {
                 Some(i) => {
-                    tables::get_snapshot::<RunRecord>(txn.as_mut(), &tables::run_key(ns, &i.current_run_id))
-                        .await?
+                    tables::get_snapshot::<RunRecord>(
+                        txn.as_mut(),
+                        &tables::run_key(ns, &i.current_run_id),
+                    )
+                    .await?
                 }
                 None => None,
             };
@@ -423,7 +463,9 @@ impl Engine {
         }
         let mut timers = Vec::new();
         if let Some(t) = &run.deadline_timer {
-            timers.push(json!({"timer_kind": "run_deadline", "fire_at": format_timestamp(t.fire_at_ms)}));
+            timers.push(
+                json!({"timer_kind": "run_deadline", "fire_at": format_timestamp(t.fire_at_ms)}),
+            );
         }
         for a in &snap.activities {
             if let Some(state) = &a.activity {

@@ -1,7 +1,7 @@
 //! The workflow list (visibility) and a workflow id's chain of runs.
 //!
 //! Every workflow id has one list entry, at its current run, keyed
-//! `(namespace, u64::MAX - started_at, run_id)` so a forward scan is newest first. Each
+//! `(namespace, u64::MAX - started_at, !run_id)` so a forward scan is newest first. Each
 //! entry is its own key, written by the transactions that create and close runs: two
 //! transitions never write the same list key, so the index adds no conflicts. Counters
 //! per status bucket are atomic adds, for the same reason. An entry keeps what the
@@ -31,11 +31,15 @@ struct ListEntry {
 }
 
 fn entry_key(ns: &str, started_at_ms: Millis, run_id: &str) -> Vec<u8> {
-    Key::new(prefix::WORKFLOW_LIST)
+    let mut key = Key::new(prefix::WORKFLOW_LIST)
         .str(ns)
-        .u64(u64::MAX - started_at_ms.max(0) as u64)
-        .str(run_id)
-        .into_bytes()
+        .u64(u64::MAX - started_at_ms.max(0) as u64);
+    // Runs started in the same millisecond: the later id (ids grow with creation) first.
+    // Inverted ASCII bytes are never 0, and run ids have one length, so no terminator.
+    for b in run_id.bytes() {
+        key = key.u8(!b);
+    }
+    key.into_bytes()
 }
 
 fn namespace_prefix(ns: &str) -> Key {
@@ -168,11 +172,9 @@ impl Engine {
                         .as_ref()
                         .is_none_or(|n| entry.workflow_id.to_lowercase().contains(n));
                 if wanted {
-                    let run = tables::get_snapshot::<RunRecord>(
-                        txn,
-                        &tables::run_key(ns, &entry.run_id),
-                    )
-                    .await?;
+                    let run =
+                        tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, &entry.run_id))
+                            .await?;
                     // The run record is the truth; a stale entry is skipped.
                     if let Some(run) = run.filter(|r| {
                         q.status_bucket
@@ -202,9 +204,8 @@ impl Engine {
             let mut total = 0i64;
             for bucket in ["running", "completed", "failed"] {
                 if q.status_bucket.as_deref().is_none_or(|b| b == bucket) {
-                    total += decode_counter(
-                        txn.get_snapshot(&count_key(ns, bucket)).await?.as_deref(),
-                    );
+                    total +=
+                        decode_counter(txn.get_snapshot(&count_key(ns, bucket)).await?.as_deref());
                 }
             }
             Some(total.max(0) as u64)
@@ -220,25 +221,31 @@ impl Engine {
 
     /// The runs of a workflow id, oldest first (following the continue-as-new chain back
     /// from the current run; at most [`MAX_CHAIN_RUNS`] of the newest).
-    pub async fn list_runs(&self, ns: &str, workflow_id: &str) -> Result<(InstanceRecord, Vec<RunRecord>)> {
+    pub async fn list_runs(
+        &self,
+        ns: &str,
+        workflow_id: &str,
+    ) -> Result<(InstanceRecord, Vec<RunRecord>)> {
         let mut txn = self.inner.store.begin().await?;
         let txn = txn.as_mut();
         Self::require_namespace(txn, ns).await?;
-        let instance: InstanceRecord = tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(
-                    "instance_not_found",
-                    format!("workflow '{workflow_id}' does not exist"),
-                )
-            })?;
+        let instance: InstanceRecord =
+            tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(
+                        "instance_not_found",
+                        format!("workflow '{workflow_id}' does not exist"),
+                    )
+                })?;
         let mut runs = Vec::new();
         let mut next = Some(instance.current_run_id.clone());
         while let Some(run_id) = next.take() {
             if runs.len() >= MAX_CHAIN_RUNS {
                 break;
             }
-            let Some(run) = tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, &run_id)).await?
+            let Some(run) =
+                tables::get_snapshot::<RunRecord>(txn, &tables::run_key(ns, &run_id)).await?
             else {
                 break;
             };

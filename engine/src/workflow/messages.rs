@@ -209,7 +209,12 @@ fn not_active(run: &RunRecord, operation: &str) -> Error {
     .with("control_plane_operation", operation)
     .with(
         "control_plane",
-        control_plane(operation, "rejected_not_active", &run.workflow_id, &run.run_id),
+        control_plane(
+            operation,
+            "rejected_not_active",
+            &run.workflow_id,
+            &run.run_id,
+        ),
     )
 }
 
@@ -258,7 +263,10 @@ fn replay_receipt(
     )
     .with("conflict", "intent_mismatch")
     .with("control_plane_operation", kind)
-    .with("control_plane", json!({"operation": kind, "outcome": "rejected_request_id_conflict"})))
+    .with(
+        "control_plane",
+        json!({"operation": kind, "outcome": "rejected_request_id_conflict"}),
+    ))
 }
 
 /// Applies a `complete_update` or `fail_update` command: records `UpdateApplied` (so
@@ -375,7 +383,11 @@ impl Engine {
             for (workflow_type, contract) in contracts {
                 let mut record = contract.clone();
                 record.declared_at_ms = now;
-                tables::put(txn.as_mut(), &contract_key(ns, queue, workflow_type), &record)?;
+                tables::put(
+                    txn.as_mut(),
+                    &contract_key(ns, queue, workflow_type),
+                    &record,
+                )?;
             }
             Ok((txn, ((), fx)))
         })
@@ -419,7 +431,9 @@ impl Engine {
                 return Err(not_active(&run, "signal"));
             }
             let declared = contract(txn.as_mut(), &run).await?;
-            if let Some(declared) = declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX)) {
+            if let Some(declared) =
+                declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
+            {
                 if !declared.signals.iter().any(|s| *s == req.signal_name) {
                     return Err(Error::not_found(
                         "unknown_signal",
@@ -436,21 +450,27 @@ impl Engine {
                     .with("run_id", run.run_id.as_str())
                     .with(
                         "control_plane",
-                        control_plane("signal", "rejected_unknown_signal", &run.workflow_id, &run.run_id),
+                        control_plane(
+                            "signal",
+                            "rejected_unknown_signal",
+                            &run.workflow_id,
+                            &run.run_id,
+                        ),
                     ));
                 }
             }
             let signal_id = command_id.clone();
             let payload = json!({
-                    "workflow_command_id": command_id,
-                    "signal_id": signal_id,
-                    "workflow_instance_id": run.workflow_id,
-                    "workflow_run_id": run.run_id,
-                    "signal_name": req.signal_name,
-                    "arguments": req.input,
-                    "payload_codec": "avro",
-                });
-            let command_sequence = history::append(txn.as_mut(), &mut run, "SignalReceived", payload, now, None);
+                "workflow_command_id": command_id,
+                "signal_id": signal_id,
+                "workflow_instance_id": run.workflow_id,
+                "workflow_run_id": run.run_id,
+                "signal_name": req.signal_name,
+                "arguments": req.input,
+                "payload_codec": "avro",
+            });
+            let command_sequence =
+                history::append(txn.as_mut(), &mut run, "SignalReceived", payload, now, None);
             ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
             tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
             let receipt = json!({
@@ -591,6 +611,7 @@ impl Engine {
                         // leased one is left alone and its close hands the update on.
                         let tkey = tables::task_key(&task_id);
                         if let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? {
+                            tracing::info!(task_id = %task.task_id, status = ?task.status, attempt = task.attempt, "DEBUG accept sees task");
                             if task.status != TaskStatus::Leased && task.workflow_update_id.is_none() {
                                 task.workflow_update_id = run.waits.pending_updates.first().cloned();
                                 tables::put(txn.as_mut(), &tkey, &task)?;
@@ -696,25 +717,28 @@ impl Engine {
             };
             let message = format!("workflow was {outcome}");
             // `get_result` raises with the terminal event's `reason`: never leave it null.
-            let reason = reason.map(str::to_string).unwrap_or_else(|| message.clone());
+            let reason = reason
+                .map(str::to_string)
+                .unwrap_or_else(|| message.clone());
             let payload = json!({
-                    "workflow_command_id": command_id,
-                    "workflow_instance_id": run.workflow_id,
-                    "workflow_run_id": run.run_id,
-                    "command_type": operation,
-                    "reason": reason,
-                });
+                "workflow_command_id": command_id,
+                "workflow_instance_id": run.workflow_id,
+                "workflow_run_id": run.run_id,
+                "command_type": operation,
+                "reason": reason,
+            });
             history::append(txn.as_mut(), &mut run, requested, payload, now, None);
             let payload = json!({
-                    "workflow_command_id": command_id,
-                    "workflow_instance_id": run.workflow_id,
-                    "workflow_run_id": run.run_id,
-                    "failure_category": category,
-                    "closed_reason": outcome,
-                    "message": message,
-                    "reason": reason,
-                });
-            let command_sequence = history::append(txn.as_mut(), &mut run, closed, payload, now, None);
+                "workflow_command_id": command_id,
+                "workflow_instance_id": run.workflow_id,
+                "workflow_run_id": run.run_id,
+                "failure_category": category,
+                "closed_reason": outcome,
+                "message": message,
+                "reason": reason,
+            });
+            let command_sequence =
+                history::append(txn.as_mut(), &mut run, closed, payload, now, None);
             close_run(txn.as_mut(), &mut run, status, outcome, now, &mut fx).await?;
             tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
             let receipt = json!({

@@ -28,18 +28,21 @@ mod children;
 mod commands;
 mod export;
 mod listing;
-mod repair;
 mod messages;
-pub mod waits;
 mod poll;
+mod repair;
+pub mod waits;
 
-pub use poll::PollRequests;
-pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
-pub use export::DebugView;
-pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
-pub use repair::{CommandOutcome, RunTarget};
-pub(crate) use activity_timeouts::{arm_on_lease as arm_activity_timeouts_on_lease, clear_all as clear_activity_timeouts, fire as fire_activity_timeout};
+pub(crate) use activity_timeouts::{
+    arm_on_lease as arm_activity_timeouts_on_lease, clear_all as clear_activity_timeouts,
+    fire as fire_activity_timeout,
+};
 pub(crate) use children::apply_parent_close_policy;
+pub use export::{checksum as bundle_checksum, DebugView};
+pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
+pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
+pub use poll::PollRequests;
+pub use repair::{CommandOutcome, RunTarget};
 mod tasks;
 
 /// How a start treats an existing workflow id.
@@ -141,6 +144,9 @@ pub struct WorkflowTaskView {
     pub task_queue: String,
     /// Run status.
     pub run_status: &'static str,
+    /// The accepted update this task runs; the worker runs only its handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_update_id: Option<String>,
 }
 
 /// An activity task handed to a worker, in the protocol's shape.
@@ -344,6 +350,18 @@ fn check_lease(task: &TaskRecord, owner: &str, now: Millis) -> Result<()> {
         .with("task_status", "leased"));
     }
     Ok(())
+}
+
+/// Rejections that mean "you no longer hold this lease".
+pub(crate) fn is_lease_loss(reason: &str) -> bool {
+    matches!(
+        reason,
+        "task_not_found"
+            | "task_not_leased"
+            | "lease_expired"
+            | "lease_owner_mismatch"
+            | "workflow_task_attempt_mismatch"
+    )
 }
 
 async fn load_task(

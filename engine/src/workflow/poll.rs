@@ -13,7 +13,9 @@ impl Engine {
     /// lost) gets the task the first one leased, while that lease is still the worker's;
     /// concurrent duplicates wait for the first one's result.
     async fn poll_task(&self, poll: &Poll, kind: TaskKind) -> Result<Option<TaskRecord>> {
-        let filter = self.poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind).await?;
+        let filter = self
+            .poll_filter(&poll.namespace, &poll.worker_id, &poll.task_queue, kind)
+            .await?;
         let Some(request_id) = poll.poll_request_id.as_deref() else {
             return self.poll_once(poll, kind, &filter).await;
         };
@@ -37,7 +39,10 @@ impl Engine {
                     let _ = done.changed().await;
                 }
                 Begin::Done(Some((task_id, attempt))) => {
-                    if let Some(task) = self.still_leased(&poll.namespace, &task_id, attempt, &poll.worker_id).await? {
+                    if let Some(task) = self
+                        .still_leased(&poll.namespace, &task_id, attempt, &poll.worker_id)
+                        .await?
+                    {
                         return Ok(Some(task));
                     }
                     self.inner.poll_requests.forget(&key);
@@ -48,20 +53,34 @@ impl Engine {
     }
 
     /// The task if it is still leased to `owner` at `attempt` with an unexpired lease.
-    async fn still_leased(&self, ns: &str, task_id: &str, attempt: u32, owner: &str) -> Result<Option<TaskRecord>> {
+    async fn still_leased(
+        &self,
+        ns: &str,
+        task_id: &str,
+        attempt: u32,
+        owner: &str,
+    ) -> Result<Option<TaskRecord>> {
         let mut txn = self.inner.store.begin().await?;
-        let task: Option<TaskRecord> = tables::get_snapshot(txn.as_mut(), &tables::task_key(task_id)).await?;
+        let task: Option<TaskRecord> =
+            tables::get_snapshot(txn.as_mut(), &tables::task_key(task_id)).await?;
         let now = self.now_ms();
         Ok(task.filter(|t| {
             t.namespace == ns
                 && t.status == TaskStatus::Leased
                 && t.attempt == attempt
-                && t.lease.as_ref().is_some_and(|l| l.owner == owner && l.expires_at_ms > now)
+                && t.lease
+                    .as_ref()
+                    .is_some_and(|l| l.owner == owner && l.expires_at_ms > now)
         }))
     }
 
     /// One long-poll without idempotency.
-    async fn poll_once(&self, poll: &Poll, kind: TaskKind, filter: &crate::matching::PollFilter) -> Result<Option<TaskRecord>> {
+    async fn poll_once(
+        &self,
+        poll: &Poll,
+        kind: TaskKind,
+        filter: &crate::matching::PollFilter,
+    ) -> Result<Option<TaskRecord>> {
         let key = QueueKey::new(&poll.namespace, &poll.task_queue, kind);
         let timeout = poll.timeout.min(self.inner.config.max_poll_timeout);
         let deadline = self.now_ms() + timeout.as_millis() as Millis;
@@ -77,16 +96,25 @@ impl Engine {
                     )
                     .with("poll_status", "long_poll_capacity_exhausted")
                     .with("task", Value::Null)
-                    .with("task_kind", match kind {
-                        TaskKind::Workflow => "workflow_task",
-                        TaskKind::Activity => "activity_task",
-                    })
+                    .with(
+                        "task_kind",
+                        match kind {
+                            TaskKind::Workflow => "workflow_task",
+                            TaskKind::Activity => "activity_task",
+                        },
+                    )
                     .with("task_queue", poll.task_queue.as_str())
                     .with("retryable", true)
                     .with("retry_after_seconds", 1));
                 }
                 Take::Parked(slot) => {
-                    let guard = ParkGuard { engine: self, key: &key, waiter_id, slot: &slot, armed: true };
+                    let guard = ParkGuard {
+                        engine: self,
+                        key: &key,
+                        waiter_id,
+                        slot: &slot,
+                        armed: true,
+                    };
                     if self.now_ms() < deadline {
                         tokio::select! {
                             _ = slot.notify.notified() => {}
@@ -102,11 +130,9 @@ impl Engine {
             };
             match self.lease(&key, &poll.worker_id, &hint).await {
                 Ok(Some(task)) => return Ok(Some(task)),
-                Ok(None) => {
-                    if self.now_ms() >= deadline {
-                        return Ok(None);
-                    }
-                }
+                // A stale hint (the task was leased elsewhere or is gone): try the next
+                // one; the loop ends when the index has nothing left for this poller.
+                Ok(None) => {}
                 Err(e) => {
                     self.inner.matching.offer(&key, hint);
                     return Err(e);
@@ -223,6 +249,7 @@ impl Engine {
             namespace: task.namespace.clone(),
             task_queue: task.task_queue.clone(),
             run_status: "running",
+            workflow_update_id: task.workflow_update_id,
             task_id: task.task_id,
         }))
     }
@@ -414,7 +441,9 @@ impl Drop for Leader<'_> {
 
 impl PollRequests {
     fn lock(&self) -> std::sync::MutexGuard<'_, PollRequestsInner> {
-        self.inner.lock().expect("invariant: poll request lock not poisoned")
+        self.inner
+            .lock()
+            .expect("invariant: poll request lock not poisoned")
     }
 
     fn begin(&self, key: &PollRequestKey, now: Millis) -> Begin<'_> {
@@ -435,7 +464,12 @@ impl PollRequests {
                 let (done, rx) = tokio::sync::watch::channel(false);
                 inner.entries.insert(key.clone(), Entry::InFlight(rx));
                 inner.order.push_back((now, key.clone()));
-                Begin::Lead(Leader { requests: self, key: key.clone(), done, finished: false })
+                Begin::Lead(Leader {
+                    requests: self,
+                    key: key.clone(),
+                    done,
+                    finished: false,
+                })
             }
         }
     }

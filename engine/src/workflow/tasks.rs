@@ -17,7 +17,7 @@ impl Engine {
             return Err(invalid_commands("a completion needs at least one command"));
         }
         let now = self.now_ms();
-        self.transact(move |mut txn, mut fx| async move {
+        self.transact_report(task_id, "completed", move |mut txn, mut fx| async move {
             let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
             check_workflow_lease(&task, owner, attempt, now)?;
             let rkey = tables::run_key(ns, &task.run_id);
@@ -88,7 +88,7 @@ impl Engine {
         let now = self.now_ms();
         let waiting =
             failure.get("type").and_then(Value::as_str) == Some("WorkflowTaskWaitingForHistory");
-        self.transact(move |mut txn, mut fx| async move {
+        self.transact_report(task_id, "failed", move |mut txn, mut fx| async move {
             let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
             check_workflow_lease(&task, owner, attempt, now)?;
             let rkey = tables::run_key(ns, &task.run_id);

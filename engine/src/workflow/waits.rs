@@ -110,7 +110,14 @@ pub(super) async fn apply(
                 "sequence": sequence, "change_id": change_id, "version": version,
                 "min_supported": min, "max_supported": max,
             });
-            history::append(txn, run, "VersionMarkerRecorded", payload, now, Some(task_id));
+            history::append(
+                txn,
+                run,
+                "VersionMarkerRecorded",
+                payload,
+                now,
+                Some(task_id),
+            );
             Ok(())
         }
         "upsert_search_attributes" => {
@@ -119,7 +126,11 @@ pub(super) async fn apply(
                     "upsert_search_attributes needs an attributes object",
                 ));
             };
-            let mut merged = run.search_attributes.as_object().cloned().unwrap_or_default();
+            let mut merged = run
+                .search_attributes
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             for (k, v) in attributes {
                 if v.is_null() {
                     merged.remove(k);
@@ -135,14 +146,23 @@ pub(super) async fn apply(
             let sequence = next_sequence(run);
             run.search_attributes = Value::Object(merged.clone());
             let payload = json!({"sequence": sequence, "attributes": attributes, "merged": merged});
-            history::append(txn, run, "SearchAttributesUpserted", payload, now, Some(task_id));
+            history::append(
+                txn,
+                run,
+                "SearchAttributesUpserted",
+                payload,
+                now,
+                Some(task_id),
+            );
             Ok(())
         }
         "upsert_memo" => upsert_memo(txn, run, cmd, task_id, now),
         "complete_update" | "fail_update" => {
             super::messages::finish_update(txn, run, kind, cmd, task_id, now, fx).await
         }
-        other => Err(invalid_commands(format!("unsupported command type '{other}'"))),
+        other => Err(invalid_commands(format!(
+            "unsupported command type '{other}'"
+        ))),
     }
 }
 
@@ -197,7 +217,8 @@ fn start_timer(
 /// Whether an open wait and a new open are one logical wait, as the SDK decides it.
 fn same_logical_wait(open: &OpenCondition, key: Option<&str>, fingerprint: Option<&str>) -> bool {
     (key.is_some() && open.condition_key.as_deref() == key)
-        || (fingerprint.is_some() && open.condition_definition_fingerprint.as_deref() == fingerprint)
+        || (fingerprint.is_some()
+            && open.condition_definition_fingerprint.as_deref() == fingerprint)
 }
 
 fn open_condition_wait(
@@ -235,7 +256,9 @@ fn open_condition_wait(
     history::append(txn, run, "ConditionWaitOpened", payload, now, Some(task_id));
     let previous = run.waits.condition.take();
     let timer = match previous {
-        Some(open) if same_logical_wait(&open, condition_key.as_deref(), fingerprint.as_deref()) => {
+        Some(open)
+            if same_logical_wait(&open, condition_key.as_deref(), fingerprint.as_deref()) =>
+        {
             open.timer
         }
         previous => {
@@ -289,10 +312,16 @@ fn upsert_memo(
         .filter(|e| e.get("codec").and_then(Value::as_str) == Some("avro"))
         .and_then(|e| e.get("blob"))
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid_commands("upsert_memo needs entries as an avro {codec, blob} envelope"))?;
+        .ok_or_else(|| {
+            invalid_commands("upsert_memo needs entries as an avro {codec, blob} envelope")
+        })?;
     let entries = match avro::decode_blob(blob) {
         Ok(AvroValue::Map(entries)) if !entries.is_empty() => entries,
-        Ok(_) => return Err(invalid_commands("upsert_memo entries must be a non-empty map")),
+        Ok(_) => {
+            return Err(invalid_commands(
+                "upsert_memo entries must be a non-empty map",
+            ))
+        }
         Err(e) => return Err(invalid_commands(format!("upsert_memo entries: {e}"))),
     };
     if entries.len() > MAX_MEMO_ENTRIES {
@@ -307,7 +336,11 @@ fn upsert_memo(
     let mut merged: std::collections::BTreeMap<String, AvroValue> = run
         .memo
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), AvroValue::from_json(v))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), AvroValue::from_json(v)))
+                .collect()
+        })
         .unwrap_or_default();
     for (k, v) in &entries {
         if *v == AvroValue::Null {
@@ -358,11 +391,7 @@ pub(super) fn check_completion(task: &TaskRecord, commands: &[Value]) -> Result<
 /// the run needs another workflow task even though history did not grow during the
 /// lease: after an update task (so the main body sees the update), and while accepted
 /// updates wait for a task of their own.
-pub(super) fn end_completion(
-    txn: &mut dyn KvTxn,
-    run: &mut RunRecord,
-    task: &TaskRecord,
-) -> bool {
+pub(super) fn end_completion(txn: &mut dyn KvTxn, run: &mut RunRecord, task: &TaskRecord) -> bool {
     if task.workflow_update_id.is_none() {
         // The main body ran: a condition wait it did not reopen was satisfied.
         if run
@@ -418,7 +447,10 @@ pub(super) async fn on_close(
         let Some(task) = tables::get::<TaskRecord>(txn, &tables::task_key(task_id)).await? else {
             continue;
         };
-        let Some(lease) = task.lease.as_ref().filter(|_| task.status == TaskStatus::Leased)
+        let Some(lease) = task
+            .lease
+            .as_ref()
+            .filter(|_| task.status == TaskStatus::Leased)
         else {
             continue;
         };
@@ -514,7 +546,8 @@ pub(crate) async fn fire(
                         namespace: namespace.clone(),
                         run_id: run_id.clone(),
                     };
-                    let next = Engine::put_timer(txn, now + CONDITION_TIMEOUT_RETRY_MS, &action, fx)?;
+                    let next =
+                        Engine::put_timer(txn, now + CONDITION_TIMEOUT_RETRY_MS, &action, fx)?;
                     if let Some(c) = run.waits.condition.as_mut() {
                         c.timer = Some(next);
                     }
