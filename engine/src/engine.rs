@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub max_poll_timeout: Duration,
     /// Bounds on parked long-polls.
     pub park_limits: crate::matching::ParkLimits,
+    /// Admission: at most this many leased tasks per queue and kind (`None`: unbounded).
+    pub max_leases_per_queue: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +45,7 @@ impl Default for EngineConfig {
             default_namespace: "default".into(),
             max_poll_timeout: Duration::from_secs(60),
             park_limits: crate::matching::ParkLimits::default(),
+            max_leases_per_queue: None,
         }
     }
 }

@@ -26,6 +26,7 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--data-dir DIR] \
   --activity-task-lease-seconds N    activity task lease (default 300)
   --max-parked-polls N               long-polls parked on this node at once (default 10000)
   --max-parked-polls-per-queue N     long-polls parked on one queue at once (default 2000)
+  --max-leases-per-queue N           admission: leased tasks per queue and kind (default unbounded)
   --auth-file FILE                   bearer tokens (TOML); KEEL_TOKENS=role:token,... adds more.
                                      Without any token Keel serves only on a loopback address.
   --roles ROLE,...                   topology roles this node hosts (default api_ingress,
@@ -39,6 +40,7 @@ struct ServeArgs {
     workflow_lease: u64,
     activity_lease: u64,
     park_limits: keel_engine::matching::ParkLimits,
+    max_leases_per_queue: Option<u64>,
     auth_file: Option<PathBuf>,
     roles: NodeRoles,
 }
@@ -58,6 +60,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         workflow_lease: 300,
         activity_lease: 300,
         park_limits: keel_engine::matching::ParkLimits::default(),
+        max_leases_per_queue: None,
         auth_file: None,
         roles: NodeRoles::default(),
     };
@@ -80,6 +83,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             "--max-parked-polls-per-queue" => {
                 parsed.park_limits.per_queue = positive(value()?)? as usize
             }
+            "--max-leases-per-queue" => parsed.max_leases_per_queue = Some(positive(value()?)?),
             "--auth-file" => parsed.auth_file = Some(PathBuf::from(value()?)),
             "--roles" => {
                 parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
@@ -183,6 +187,7 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         workflow_task_lease: Duration::from_secs(args.workflow_lease),
         activity_task_lease: Duration::from_secs(args.activity_lease),
         park_limits: args.park_limits,
+        max_leases_per_queue: args.max_leases_per_queue,
         ..EngineConfig::default()
     };
     let engine = Engine::open(metered, Arc::new(SystemClock), config)

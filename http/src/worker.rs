@@ -62,7 +62,8 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                         keel_engine::model::TaskKind::Workflow,
                         "error",
                     )
-                })?;
+                })
+                .map_err(poll_error)?;
             let status = if task.is_some() { "leased" } else { "empty" };
             keel_engine::metrics::poll_outcome(keel_engine::model::TaskKind::Workflow, status);
             reply(
@@ -85,7 +86,8 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                         keel_engine::model::TaskKind::Activity,
                         "error",
                     )
-                })?;
+                })
+                .map_err(poll_error)?;
             let status = if task.is_some() { "leased" } else { "empty" };
             keel_engine::metrics::poll_outcome(keel_engine::model::TaskKind::Activity, status);
             reply(
@@ -211,6 +213,15 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             "no such worker route",
         )),
     }
+}
+
+/// A poll that could not be served still says so in `poll_status`, with `task: null`.
+fn poll_error(e: keel_engine::Error) -> ApiError {
+    let e = ApiError::from(e);
+    if e.status == StatusCode::SERVICE_UNAVAILABLE && !e.extra.contains_key("poll_status") {
+        return e.with("poll_status", "unavailable").with("task", Value::Null);
+    }
+    e
 }
 
 fn reply<T: Serialize>(state: &AppState, status: StatusCode, body: T) -> Result<Reply, ApiError> {

@@ -131,3 +131,20 @@ def test_fleet_routes_report_workers_backlog_and_leases(api: RawApi) -> None:
     assert sorted(str(b["build_id"]) for b in ids["build_ids"]) == ["None", "b1"]
     expect_status(api.control("DELETE", "/workers/w1"), 200, "delete worker")
     expect_error(api.control("GET", "/workers/w1"), 404, "worker_not_found")
+
+
+def test_lease_admission_limit_throttles_polls_until_a_lease_ends(keel_factory: Any) -> None:
+    server = keel_factory(extra_args=["--max-leases-per-queue", "1"])
+    queue = unique("admit")
+    with RawApi(server.url) as api:
+        register(api, "w1", queue)
+        api.start_workflow(unique("wf"), "t", queue)
+        api.start_workflow(unique("wf"), "t", queue)
+        first = poll(api, "w1", queue).json()["task"]
+        assert first is not None
+        body = expect_error(poll(api, "w1", queue), 429, "queue_lease_limit_reached")
+        assert body["poll_status"] == "throttled" and body["task"] is None
+        failure = {"message": "waiting", "type": "WorkflowTaskWaitingForHistory"}
+        lease = {"lease_owner": "w1", "workflow_task_attempt": first["workflow_task_attempt"]}
+        expect_status(api.worker("POST", f"/worker/workflow-tasks/{first['task_id']}/fail", json={**lease, "failure": failure}), 200, "close")
+        assert poll(api, "w1", queue).json()["task"] is not None

@@ -154,6 +154,7 @@ impl Engine {
             TaskKind::Activity => self.inner.config.activity_task_lease,
         }
         .as_millis() as Millis;
+        let max_leases = self.inner.config.max_leases_per_queue;
         self.transact(move |mut txn, mut fx| async move {
             let tkey = tables::task_key(&hint.task_id);
             let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? else {
@@ -164,6 +165,21 @@ impl Engine {
                 || task.task_queue != *key.queue
             {
                 return Ok((txn, (None, fx)));
+            }
+            if let Some(max) = max_leases {
+                let counter = tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, tables::QueueCounter::Leased);
+                let leased = crate::storage::decode_counter(txn.get_snapshot(&counter).await?.as_deref());
+                if leased >= max as i64 {
+                    return Err(Error::reject(
+                        RejectKind::Throttled,
+                        "queue_lease_limit_reached",
+                        format!("queue '{}' already has {leased} leased tasks (limit {max})", task.task_queue),
+                    )
+                    .with("poll_status", "throttled")
+                    .with("task", Value::Null)
+                    .with("retryable", true)
+                    .with("retry_after_seconds", 1));
+                }
             }
             Self::clear_task_state(txn.as_mut(), &task);
             if task.kind == TaskKind::Workflow {
@@ -201,6 +217,7 @@ impl Engine {
                 activity.attempt_id = Some(ids::new_id(now));
             }
             super::arm_activity_timeouts_on_lease(txn.as_mut(), &mut task, now, &mut fx)?;
+            tracing::info!(task_id = %task.task_id, attempt = task.attempt, upd = ?task.workflow_update_id, rv = txn.read_version(), "DEBUG lease");
             tables::put(txn.as_mut(), &tkey, &task)?;
             Ok((txn, (Some(task), fx)))
         })
