@@ -1,1 +1,3 @@
-//! Benchmarks live here (criterion benches and the `keel-bench` load generator).
+//! Keel's benchmarks: criterion benches (`benches/`) and the `keel-bench` end-to-end load
+//! generator (`src/bin/keel-bench.rs`), which drives any server that speaks the Durable
+//! Workflow HTTP protocol like a fleet of workers.

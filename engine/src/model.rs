@@ -192,6 +192,13 @@ pub struct ChildLink {
     pub workflow_type: String,
     /// `abandon`, `request_cancel`, `request_cancellation` or `terminate`.
     pub parent_close_policy: String,
+    /// The child retry policy as the command sent it (a failed run is retried as the
+    /// next run of the child's workflow id while attempts remain).
+    #[serde(default)]
+    pub retry_policy: Option<Value>,
+    /// The child's current attempt (1-based; 0 in records written before retries).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// Facts about a run's place among other runs and what happened after it closed. Every

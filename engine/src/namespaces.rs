@@ -464,6 +464,20 @@ impl Engine {
     }
 }
 
+/// The custom search attributes of `ns` read inside `txn` (for a command applied in a
+/// workflow-task transaction, e.g. an upsert: pair it with [`check_attributes`]).
+pub async fn search_attribute_registry(
+    txn: &mut dyn crate::storage::KvTxn,
+    ns: &str,
+) -> Result<BTreeMap<String, String>> {
+    Ok(
+        tables::get_snapshot::<NamespaceRecord>(txn, &tables::namespace_key(ns))
+            .await?
+            .ok_or_else(|| namespace_not_found(ns))?
+            .search_attributes,
+    )
+}
+
 /// The pure part of [`Engine::validate_search_attributes`].
 pub fn check_attributes(
     registry: &BTreeMap<String, String>,

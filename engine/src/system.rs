@@ -268,8 +268,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Deletes one closed run: its record, history and index entry, and its workflow
-    /// instance when it is the instance's current run. Older runs of a continue-as-new
+    /// Deletes one closed run: its record, history, updates and index entry, and its
+    /// workflow instance (with its command receipts) when it is the instance's current
+    /// run. Older runs of a continue-as-new
     /// chain closed before the current one, so they are past retention too and go in
     /// the same or an earlier pass. Returns whether the instance was deleted.
     async fn purge_run(&self, ns: &str, c: &RetentionCandidate) -> Result<bool> {
@@ -280,11 +281,21 @@ impl Engine {
             let mut deleted_instance = false;
             if let Some(run) = run.filter(|r| r.status.is_terminal()) {
                 txn.clear_range(&Key::new(prefix::HISTORY).str(ns).str(&run.run_id).range());
+                txn.clear_range(&Key::new(prefix::UPDATE).str(ns).str(&run.run_id).range());
                 tables::delete(txn.as_mut(), &rkey).await?;
                 let ikey = tables::instance_key(ns, &run.workflow_id);
                 if let Some(instance) = tables::get::<InstanceRecord>(txn.as_mut(), &ikey).await? {
                     if instance.current_run_id == run.run_id {
                         tables::delete(txn.as_mut(), &ikey).await?;
+                        // Command receipts are per workflow id: they go with the instance.
+                        txn.clear_range(
+                            &Key::new(prefix::COMMAND_RECEIPT)
+                                .str(ns)
+                                .str(&run.workflow_id)
+                                .range(),
+                        );
+                        // Older runs of a chain left the workflow list when continued.
+                        crate::workflow::unlist_run(txn.as_mut(), &run);
                         deleted_instance = true;
                     }
                 }

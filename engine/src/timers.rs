@@ -62,15 +62,6 @@ impl Timers {
         }
     }
 
-    /// Number of timers loaded in memory.
-    pub fn loaded(&self) -> usize {
-        self.loaded
-            .lock()
-            .expect("invariant: timer lock not poisoned")
-            .due
-            .len()
-    }
-
     async fn scan(&self, store: &dyn KvStore, now: Millis) -> Result<()> {
         let until = now + WINDOW_MS;
         let mut found = Vec::new();

@@ -865,3 +865,55 @@ async fn archive_needs_a_closed_current_run_and_happens_once() {
         ["ArchiveRequested", "WorkflowArchived"]
     );
 }
+
+#[tokio::test]
+async fn a_failed_child_is_retried_per_its_retry_policy_before_the_parent_hears() {
+    let h = harness().await;
+    let mut cmd = start_child("abandon");
+    cmd["retry_policy"] =
+        json!({"max_attempts": 2, "backoff_seconds": [2], "non_retryable_error_types": ["Fatal"]});
+    let parent_run = start_parent_with(&h, &[cmd]).await;
+    let first = poll_wf(&h.engine).await.expect("the child's first run");
+    let fail = json!({"type": "fail_workflow", "message": "flaky", "exception_type": "Flaky"});
+    complete(&h.engine, &first, std::slice::from_ref(&fail)).await;
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "the retry waits out its backoff"
+    );
+    let parent_events = history(&h.engine, "p", &parent_run).await;
+    let last = parent_events.last().expect("events");
+    assert_eq!(last["event_type"], "ChildRunStarted");
+    assert_eq!(last["payload"]["retry_attempt"], json!(2));
+    assert_eq!(
+        last["payload"]["retry_of_child_workflow_run_id"],
+        json!(first.run_id)
+    );
+    h.clock.advance(Duration::from_secs(2));
+    let second = eventually!("the child's retry", poll_wf(&h.engine).await);
+    assert_eq!(second.workflow_id, first.workflow_id);
+    assert_ne!(second.run_id, first.run_id);
+    assert_eq!(
+        second.arguments,
+        args(),
+        "the retry gets the original input"
+    );
+    let (instance, runs) = h
+        .engine
+        .list_runs(NS, &first.workflow_id)
+        .await
+        .expect("runs");
+    assert_eq!(instance.run_count, 2);
+    assert_eq!(
+        runs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [RunStatus::Failed, RunStatus::Pending]
+    );
+    // The last attempt's failure is final.
+    complete(&h.engine, &second, &[fail]).await;
+    let parent_task = poll_wf(&h.engine).await.expect("parent woken");
+    let last = events_of(&parent_task).pop().expect("events");
+    assert_eq!(last["event_type"], "ChildRunFailed");
+    assert_eq!(
+        last["payload"]["child_workflow_run_id"],
+        json!(second.run_id)
+    );
+}

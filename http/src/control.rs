@@ -198,6 +198,9 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
         RunStatus::Waiting if !run.open_activities.is_empty() => {
             (json!("activity"), json!("waiting for activity results"))
         }
+        RunStatus::Waiting if !run.lifecycle.open_children.is_empty() => {
+            (json!("child"), json!("waiting for child workflows"))
+        }
         RunStatus::Pending | RunStatus::Running => (
             json!("workflow_task"),
             json!("workflow task ready or running"),

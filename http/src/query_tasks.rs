@@ -152,6 +152,60 @@ pub fn parse_contracts(body: &Value) -> Result<BTreeMap<String, CommandContract>
     Ok(out)
 }
 
+/// The reply to a completion or failure of an attempt whose run closed under it: the
+/// report is ignored (`outcome: ignored`), since the run no longer waits for it.
+pub async fn closed_activity_report(
+    state: &AppState,
+    call: &Call,
+    task_id: &str,
+    attempt_id: &str,
+    owner: &str,
+    error: keel_engine::Error,
+) -> Result<Value, ApiError> {
+    let Some(closed) = closed_task(state, call, task_id, attempt_id, owner, &error).await? else {
+        return Err(error.into());
+    };
+    Ok(json!({
+        "task_id": task_id,
+        "activity_attempt_id": attempt_id,
+        "outcome": "ignored",
+        "recorded": false,
+        "run_id": closed.run_id,
+        "run_status": closed.run_status.as_str(),
+        "next_task_id": null,
+        "reason": stop_reason(closed.run_status),
+    }))
+}
+
+fn stop_reason(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Cancelled => "run_cancelled",
+        RunStatus::Terminated => "run_terminated",
+        RunStatus::Completed => "run_completed",
+        RunStatus::Failed => "run_failed",
+        _ => "run_closed",
+    }
+}
+
+/// The tombstone of the caller's attempt when `error` says its task is gone.
+async fn closed_task(
+    state: &AppState,
+    call: &Call,
+    task_id: &str,
+    attempt_id: &str,
+    owner: &str,
+    error: &keel_engine::Error,
+) -> Result<Option<keel_engine::model::ClosedTaskRecord>, ApiError> {
+    let missing = matches!(error, keel_engine::Error::Rejected { reason, .. } if *reason == "task_not_found");
+    if !missing {
+        return Ok(None);
+    }
+    Ok(state
+        .engine
+        .closed_activity_task(&call.namespace, task_id, owner, attempt_id)
+        .await?)
+}
+
 /// The heartbeat reply for an attempt whose task was deleted because its run closed:
 /// a cancelled run asks the activity to cancel (`cancel_requested`), any other close
 /// withdraws its authority (`can_continue: false`). Any other failure passes through.
@@ -163,25 +217,11 @@ pub async fn closed_activity_reply(
     owner: &str,
     error: keel_engine::Error,
 ) -> Result<Value, ApiError> {
-    let missing = matches!(&error, keel_engine::Error::Rejected { reason, .. } if *reason == "task_not_found");
-    if !missing {
-        return Err(error.into());
-    }
-    let Some(closed) = state
-        .engine
-        .closed_activity_task(&call.namespace, task_id, owner, attempt_id)
-        .await?
-    else {
+    let Some(closed) = closed_task(state, call, task_id, attempt_id, owner, &error).await? else {
         return Err(error.into());
     };
     let cancelled = closed.run_status == RunStatus::Cancelled;
-    let stop_reason = match closed.run_status {
-        RunStatus::Cancelled => "run_cancelled",
-        RunStatus::Terminated => "run_terminated",
-        RunStatus::Completed => "run_completed",
-        RunStatus::Failed => "run_failed",
-        _ => "run_closed",
-    };
+    let stop_reason = stop_reason(closed.run_status);
     Ok(json!({
         "task_id": task_id,
         "activity_attempt_id": attempt_id,

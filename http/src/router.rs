@@ -174,7 +174,7 @@ fn routes() -> &'static [Route] {
             route!(GET, [L("ready")], Public, Ready),
             route!(GET, [L("workers")], Control, ListWorkers),
             route!(GET, [L("workers"), P], Control, DescribeWorker),
-            route!(DELETE, [L("workers"), P], Control, DeleteWorker),
+            route!(DELETE, [L("workers"), P], Control, DeleteWorker, Admin),
             route!(GET, [L("task-queues")], Control, ListTaskQueues),
             route!(GET, [L("task-queues"), P], Control, DescribeTaskQueue),
             route!(

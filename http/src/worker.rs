@@ -189,7 +189,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                     &owner,
                     &result,
                 )
-                .await?;
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                // The run closed and deleted the task: the report is moot, not an error.
+                Err(e) => {
+                    let body = crate::query_tasks::closed_activity_report(
+                        state, &call, call.param(0), &attempt_id, &owner, e,
+                    )
+                    .await?;
+                    return reply(state, StatusCode::OK, body);
+                }
+            };
             reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
         }
         Op::FailActivityTask => {
@@ -204,7 +215,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                     &owner,
                     &failure,
                 )
-                .await?;
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                // The run closed and deleted the task: the report is moot, not an error.
+                Err(e) => {
+                    let body = crate::query_tasks::closed_activity_report(
+                        state, &call, call.param(0), &attempt_id, &owner, e,
+                    )
+                    .await?;
+                    return reply(state, StatusCode::OK, body);
+                }
+            };
             reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
         }
         _ => Err(ApiError::new(

@@ -45,7 +45,6 @@ async fn every_route_enforces_its_role() {
         // Polls return at once (timeout 0); every other body is a harmless `{}`.
         let body = (r.method != hyper::Method::GET).then(|| json!({"timeout_seconds": 0}));
         let call = |auth: Option<String>| {
-            let version = version;
             let body = body.clone();
             let (method, path) = (r.method.to_string(), r.path.clone());
             async move {

@@ -20,9 +20,35 @@ from typing import Any
 
 import pytest
 
-from keel_harness import KeelServer, RawApi, expect_status, keel_binary
+import httpx
+
+from keel_harness import E2E_TOKEN, KeelServer, RawApi, expect_status, keel_binary
 
 KeelFactory = Callable[..., KeelServer]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _send_e2e_token() -> Iterator[None]:
+    """With KEEL_E2E_TOKEN set, every httpx client of this process sends it by default
+    (the SDK's clients included; a header set per request, e.g. a test's own token,
+    still wins)."""
+    if not E2E_TOKEN:
+        yield
+        return
+    patched = []
+    for cls in (httpx.Client, httpx.AsyncClient):
+        original = cls.__init__
+
+        def init(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> None:
+            headers = httpx.Headers(kwargs.pop("headers", None) or {})
+            headers.setdefault("Authorization", f"Bearer {E2E_TOKEN}")
+            __original(self, *args, headers=headers, **kwargs)
+
+        cls.__init__ = init  # type: ignore[method-assign]
+        patched.append((cls, original))
+    yield
+    for cls, original in patched:
+        cls.__init__ = original  # type: ignore[method-assign]
 
 
 @pytest.hookimpl(hookwrapper=True)

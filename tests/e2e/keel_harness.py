@@ -34,6 +34,12 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BINARY = REPO_ROOT / "target" / "debug" / "keel"
 
+# When set, every server the suite starts requires this bearer token (roles admin and
+# worker) unless a test configures its own KEEL_TOKENS, and conftest.py makes every HTTP
+# client of the test process (the SDK's included) send it: the whole suite then runs
+# with authentication on. `KEEL_E2E_TOKEN=... pytest tests/e2e`.
+E2E_TOKEN = os.environ.get("KEEL_E2E_TOKEN") or None
+
 CONTROL_PLANE_VERSION = "2"
 WORKER_PROTOCOL_VERSION = "1.20"
 NAMESPACE = "default"
@@ -220,6 +226,9 @@ class KeelServer:
             log.flush()
             env = dict(os.environ)
             env.pop("KEEL_TOKENS", None)
+            env.pop("KEEL_E2E_TOKEN", None)
+            if E2E_TOKEN:
+                env["KEEL_TOKENS"] = f"admin+worker:{E2E_TOKEN}"
             env.update(self.env)
             env.setdefault("RUST_BACKTRACE", "1")
             self.proc = subprocess.Popen(

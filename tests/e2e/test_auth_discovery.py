@@ -74,7 +74,8 @@ def test_cluster_info_validates_against_the_upstream_schema(keel: KeelServer) ->
     assert "external_payload_storage" not in info.get("namespace", {})
 
 
-def test_health_and_ready_carry_topology_and_checks(keel: KeelServer) -> None:
+def test_health_and_ready_carry_topology_and_checks(keel_factory) -> None:  # type: ignore[no-untyped-def]
+    keel = keel_factory(env={"KEEL_TOKENS": ""})  # open mode, even under KEEL_E2E_TOKEN
     with RawApi(keel.url) as api:
         health = api.health()
         expect_status(health, 200, "GET /api/health")
@@ -138,7 +139,8 @@ def test_without_tokens_a_non_loopback_listener_refuses_to_start(tmp_path: Path)
     assert b"without authentication" in proc.stderr, proc.stderr.decode(errors="replace")
 
 
-def test_open_mode_warns_loudly(keel: KeelServer) -> None:
+def test_open_mode_warns_loudly(keel_factory) -> None:  # type: ignore[no-untyped-def]
+    keel = keel_factory(env={"KEEL_TOKENS": ""})
     assert "AUTHENTICATION IS DISABLED" in keel.log_tail(200)
     with httpx.Client() as http:
         response = http.get(f"{keel.url}/api/namespaces", headers=CONTROL_HEADERS)

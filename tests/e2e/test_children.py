@@ -6,7 +6,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from durable_workflow import ChildWorkflowFailed, Client, WorkflowTimedOut, activity, workflow
+import threading
+from collections import Counter
+
+from durable_workflow import (
+    ActivityRetryPolicy,
+    ChildWorkflowFailed,
+    ChildWorkflowRetryPolicy,
+    Client,
+    WorkflowTimedOut,
+    activity,
+    workflow,
+)
 
 from keel_harness import KeelServer, async_wait_until, event_types, history_events, running_worker, unique, wait_for_results
 
@@ -58,6 +69,43 @@ class DoomedParent:
         return (
             yield ctx.start_child_workflow(
                 "e2e.children.waits_forever", [idle_queue], parent_close_policy=policy
+            )
+        )
+
+
+_flaky_calls: Counter[str] = Counter()
+_flaky_lock = threading.Lock()
+
+
+@activity.defn(name="e2e.children.flaky_once")
+def flaky_once(key: str) -> str:
+    with _flaky_lock:
+        _flaky_calls[key] += 1
+        calls = _flaky_calls[key]
+    if calls == 1:
+        raise RuntimeError("first call fails")
+    return f"call {calls} worked"
+
+
+@workflow.defn(name="e2e.children.flaky_child")
+class FlakyChild:
+    # Fails its first run (the activity is not retried), succeeds when retried.
+    def run(self, ctx, key):  # type: ignore[no-untyped-def]
+        return (
+            yield ctx.schedule_activity(
+                "e2e.children.flaky_once", [key], start_to_close_timeout=30,
+                retry_policy=ActivityRetryPolicy(max_attempts=1),
+            )
+        )
+
+
+@workflow.defn(name="e2e.children.retrying_parent")
+class RetryingParent:
+    def run(self, ctx, key):  # type: ignore[no-untyped-def]
+        return (
+            yield ctx.start_child_workflow(
+                "e2e.children.flaky_child", [key],
+                retry_policy=ChildWorkflowRetryPolicy(max_attempts=2, initial_interval_seconds=1),
             )
         )
 
@@ -146,5 +194,34 @@ def test_parent_close_policy_is_applied_when_the_parent_closes(keel: KeelServer,
                 assert child_events[-1] == "WorkflowCancelled", child_events
             else:
                 assert child_events[-1] == "ActivityScheduled", child_events
+
+    asyncio.run(scenario())
+
+
+def test_failed_child_is_retried_per_its_retry_policy(keel: KeelServer) -> None:
+    async def scenario() -> None:
+        task_queue = unique("e2e-children-retry")
+        key = unique("flaky")
+        async with Client(keel.url) as client:
+            async with running_worker(
+                client, task_queue=task_queue, workflows=[RetryingParent, FlakyChild], activities=[flaky_once]
+            ) as worker:
+                handle = await client.start_workflow(
+                    workflow_type="e2e.children.retrying_parent",
+                    task_queue=task_queue,
+                    workflow_id=unique("e2e-retrying"),
+                    input=[key],
+                )
+                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+            assert result == "call 2 worked"
+
+            events = await history_events(client, handle.workflow_id, handle.run_id)
+            started = [e["payload"] for e in events if e["event_type"] == "ChildRunStarted"]
+            assert [p.get("retry_attempt") for p in started] == [1, 2]
+            child_id = started[0]["child_workflow_instance_id"]
+            runs = await client.list_workflow_runs(child_id)
+            assert [r.status for r in runs.runs] == ["failed", "completed"]
+            assert started[1]["retry_of_child_workflow_run_id"] == runs.runs[0].run_id
+            assert event_types(events)[-2:] == ["ChildRunCompleted", "WorkflowCompleted"]
 
     asyncio.run(scenario())

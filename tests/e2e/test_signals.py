@@ -184,7 +184,13 @@ def test_unknown_signal_and_closed_run_are_rejected(keel: KeelServer, api: RawAp
                     workflow_id=unique("e2e-reject"),
                     input=[1],
                 )
-                # The worker registered with Collector's contract: "add" only.
+                # Once the worker has run a task it has registered, with Collector's
+                # contract: "add" only.
+                async def wait_opened() -> bool:
+                    events = await history_events(client, handle.workflow_id, handle.run_id)
+                    return "ConditionWaitOpened" in event_types(events)
+
+                await async_wait_until(wait_opened, 30, "ConditionWaitOpened")
                 with pytest.raises(SignalFailed):
                     await client.signal_workflow(handle.workflow_id, "no_such_signal", args=[1])
                 response = api.control(

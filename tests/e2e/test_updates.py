@@ -133,7 +133,9 @@ def test_update_accepted_only_and_request_id_idempotency(keel: KeelServer, api: 
                 body = expect_error(response, 404, "unknown_update")
                 assert body["outcome"] == "rejected_unknown_update"
                 # Run-targeted update on the current run.
-                response = api.control(
+                # (In a thread: the worker shares this event loop and must run the update.)
+                response = await asyncio.to_thread(
+                    api.control,
                     "POST",
                     f"/workflows/{handle.workflow_id}/runs/{handle.run_id}/update/close",
                     json={"wait_for": "completed", "wait_timeout_seconds": 30},

@@ -304,6 +304,8 @@ pub(super) async fn start_child(
         first_run_id: child_run_id,
         workflow_type: child_type.to_string(),
         parent_close_policy,
+        retry_policy: cmd.get("retry_policy").filter(|p| p.is_object()).cloned(),
+        attempt: 1,
     });
     Ok(())
 }
@@ -418,10 +420,11 @@ pub(super) async fn on_run_closed(
     Ok(())
 }
 
-/// Records a closed child's outcome in its parent's history and wakes the parent.
+/// Records a closed child's outcome in its parent's history and wakes the parent, or,
+/// when the child failed and its retry policy has attempts left, starts the retry.
 async fn notify_parent(
     txn: &mut dyn KvTxn,
-    child: &RunRecord,
+    child: &mut RunRecord,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
@@ -444,10 +447,17 @@ async fn notify_parent(
     else {
         return Ok(());
     };
-    let entry = parent.lifecycle.open_children.remove(index);
     let close = history::event_payload(txn, &child.namespace, &child.run_id, child.last_event_seq)
         .await?
         .unwrap_or(Value::Null);
+    if child.status == RunStatus::Failed {
+        let entry = &parent.lifecycle.open_children[index];
+        if let Some(backoff_s) = child_retry_backoff_s(entry, &close) {
+            retry_child(txn, child, &mut parent, index, backoff_s, now, fx).await?;
+            return tables::put(txn, &pkey, &parent);
+        }
+    }
+    let entry = parent.lifecycle.open_children.remove(index);
     let text = |k: &str| close.get(k).cloned().unwrap_or(Value::Null);
     let mut payload = json!({
         "sequence": link.sequence,
@@ -502,6 +512,151 @@ async fn notify_parent(
     history::append(txn, &mut parent, event, payload, now, None);
     ensure_workflow_task(txn, &mut parent, now, fx)?;
     tables::put(txn, &pkey, &parent)
+}
+
+/// The backoff before retrying a failed child, or `None` when its retry policy (if any)
+/// has no attempt left or rules the failure out. An exhausted execution budget is final.
+fn child_retry_backoff_s(entry: &ChildLink, close: &Value) -> Option<u64> {
+    let policy = entry.retry_policy.as_ref()?;
+    let attempt = entry.attempt.max(1);
+    let max_attempts = as_u64(policy.get("max_attempts")).unwrap_or(1).max(1) as u32;
+    let non_retryable = close.get("non_retryable").and_then(Value::as_bool) == Some(true)
+        || close.get("timeout_kind").and_then(Value::as_str) == Some("execution_timeout");
+    let listed = policy
+        .get("non_retryable_error_types")
+        .and_then(Value::as_array)
+        .is_some_and(|types| {
+            types.iter().filter_map(Value::as_str).any(|t| {
+                ["exception_type", "exception_class"]
+                    .iter()
+                    .any(|k| close.get(*k).and_then(Value::as_str) == Some(t))
+            })
+        });
+    if non_retryable || listed || attempt >= max_attempts {
+        return None;
+    }
+    let backoffs = policy.get("backoff_seconds").and_then(Value::as_array);
+    Some(
+        backoffs
+            .and_then(|b| b.get(attempt as usize - 1).or(b.last()))
+            .and_then(Value::as_u64)
+            .unwrap_or(1),
+    )
+}
+
+/// Starts the next attempt of a failed child as the next run of its workflow id, whose
+/// first workflow task waits out `backoff_s`; the parent records `ChildRunStarted` for it
+/// and keeps waiting.
+async fn retry_child(
+    txn: &mut dyn KvTxn,
+    failed: &mut RunRecord,
+    parent: &mut RunRecord,
+    index: usize,
+    backoff_s: u64,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let ns = failed.namespace.clone();
+    let ikey = tables::instance_key(&ns, &failed.workflow_id);
+    let mut instance: InstanceRecord = tables::get(txn, &ikey)
+        .await?
+        .ok_or_else(|| Error::corrupt("run without its instance"))?;
+    let input = history::event_payload(txn, &ns, &failed.run_id, 1)
+        .await?
+        .and_then(|mut p| p.get_mut("input").map(Value::take))
+        .unwrap_or(Value::Null);
+    let entry = &mut parent.lifecycle.open_children[index];
+    entry.attempt = entry.attempt.max(1) + 1;
+    let attempt = entry.attempt;
+    let new_run_id = ids::new_id(now);
+    failed.lifecycle.continued_to_run_id = Some(new_run_id.clone());
+    // The workflow id is listed at its newest run.
+    listing::unindex(txn, failed);
+    let link = failed
+        .lifecycle
+        .parent
+        .clone()
+        .expect("invariant: only a child is retried");
+    let mut started_extra = Map::new();
+    started_extra.insert(
+        "parent_workflow_instance_id".into(),
+        json!(link.workflow_id),
+    );
+    started_extra.insert("parent_workflow_run_id".into(), json!(link.run_id));
+    started_extra.insert("parent_sequence".into(), json!(link.sequence));
+    started_extra.insert("retry_attempt".into(), json!(attempt));
+    started_extra.insert(
+        "retry_of_child_workflow_run_id".into(),
+        json!(failed.run_id),
+    );
+    started_extra.insert("continued_from_run_id".into(), json!(failed.run_id));
+    let mut run = create_run(
+        txn,
+        NewRun {
+            namespace: &ns,
+            workflow_id: failed.workflow_id.clone(),
+            run_id: new_run_id.clone(),
+            run_number: failed.run_number + 1,
+            workflow_type: failed.workflow_type.clone(),
+            task_queue: failed.task_queue.clone(),
+            input,
+            priority: failed.priority,
+            build_id: failed.build_id.clone(),
+            memo: failed.memo.clone(),
+            search_attributes: failed.search_attributes.clone(),
+            execution_timeout_seconds: failed.execution_timeout_seconds,
+            run_timeout_seconds: failed.run_timeout_seconds,
+            execution_deadline_ms: failed.execution_deadline_ms,
+            lifecycle: RunLifecycle {
+                parent: Some(link.clone()),
+                continued_from_run_id: Some(failed.run_id.clone()),
+                ..RunLifecycle::default()
+            },
+            started_extra,
+        },
+        now,
+        fx,
+    )?;
+    if backoff_s > 0 {
+        // Hold the first workflow task back for the backoff (a hint already handed to
+        // the matcher is re-checked at lease time and skipped).
+        if let Some(task_id) = run.workflow_task.clone() {
+            let tkey = tables::task_key(&task_id);
+            if let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? {
+                Engine::clear_task_state(txn, &task);
+                let action = TimerAction::TaskBackoff {
+                    task_id: task_id.clone(),
+                };
+                let timer = Engine::put_timer(txn, now + backoff_s as Millis * 1000, &action, fx)?;
+                task.status = TaskStatus::Backoff;
+                task.backoff_timer = Some(timer);
+                tables::put(txn, &tkey, &task)?;
+            }
+        }
+    }
+    run.status = RunStatus::Pending;
+    tables::put(txn, &tables::run_key(&ns, &run.run_id), &run)?;
+    instance.current_run_id = new_run_id.clone();
+    instance.run_count = instance.run_count.max(failed.run_number) + 1;
+    tables::put(txn, &ikey, &instance)?;
+    let entry = &parent.lifecycle.open_children[index];
+    let payload = json!({
+        "sequence": link.sequence,
+        "child_workflow_instance_id": failed.workflow_id,
+        "child_workflow_run_id": new_run_id,
+        "child_workflow_type": entry.workflow_type,
+        "child_run_number": run.run_number,
+        "child_status": run.status.as_str(),
+        "parent_close_policy": entry.parent_close_policy,
+        "retry_attempt": attempt,
+        "retry_of_child_workflow_run_id": failed.run_id,
+        "retry_backoff_seconds": backoff_s,
+        "execution_deadline_at": run.execution_deadline_ms.map(format_timestamp),
+        "run_deadline_at": run.run_deadline_ms.map(format_timestamp),
+    });
+    tracing::info!(workflow_id = %failed.workflow_id, failed_run_id = %failed.run_id, attempt, backoff_s, "retrying a failed child workflow");
+    history::append(txn, parent, "ChildRunStarted", payload, now, None);
+    Ok(())
 }
 
 /// Applies a closed parent's close policy to its child's current run (a fired

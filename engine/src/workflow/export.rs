@@ -128,14 +128,15 @@ fn task_json(task: &TaskRecord) -> Value {
     v
 }
 
-async fn all_events(
+/// History events `from..=through`, parsed.
+async fn events_between(
     store: &dyn KvStore,
     ns: &str,
     run_id: &str,
+    mut from: u64,
     through: u64,
 ) -> Result<Vec<Value>> {
     let mut out = Vec::new();
-    let mut from = 1;
     while from <= through {
         let page = history::read_page(store, ns, run_id, from, through, 1000).await?;
         if page.events.is_empty() {
@@ -205,10 +206,11 @@ impl Engine {
             load(txn.as_mut(), ns, workflow_id, Some(run_id)).await?
         };
         let run = &snap.run;
-        let events = all_events(
+        let events = events_between(
             self.inner.store.as_ref(),
             ns,
             &run.run_id,
+            1,
             run.last_event_seq,
         )
         .await?;
@@ -404,19 +406,14 @@ impl Engine {
             .last_event_seq
             .saturating_sub(DEBUG_TAIL_EVENTS - 1)
             .max(1);
-        let tail = all_events(
+        let tail = events_between(
             self.inner.store.as_ref(),
             ns,
             &run.run_id,
+            from,
             run.last_event_seq,
         )
-        .await
-        .map(|events| {
-            events
-                .into_iter()
-                .filter(|e| e["sequence"].as_u64().is_some_and(|s| s >= from))
-                .collect::<Vec<_>>()
-        })?;
+        .await?;
         let recent_failures: Vec<Value> = tail
             .iter()
             .rev()

@@ -82,8 +82,9 @@ pub(super) fn on_close(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<()> {
     Ok(())
 }
 
-/// Removes a run's entry (its workflow id continued in a newer run).
-pub(super) fn unindex(txn: &mut dyn KvTxn, run: &RunRecord) {
+/// Removes a run's entry: its workflow id continued in a newer run, or the run (the
+/// current one of its id) was purged.
+pub(crate) fn unindex(txn: &mut dyn KvTxn, run: &RunRecord) {
     txn.clear(&entry_key(&run.namespace, run.started_at_ms, &run.run_id));
     txn.atomic_add(&count_key(&run.namespace, run.status.bucket()), -1);
 }

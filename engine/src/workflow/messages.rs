@@ -611,7 +611,6 @@ impl Engine {
                         // leased one is left alone and its close hands the update on.
                         let tkey = tables::task_key(&task_id);
                         if let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? {
-                            tracing::info!(task_id = %task.task_id, status = ?task.status, attempt = task.attempt, "DEBUG accept sees task");
                             if task.status != TaskStatus::Leased && task.workflow_update_id.is_none() {
                                 task.workflow_update_id = run.waits.pending_updates.first().cloned();
                                 tables::put(txn.as_mut(), &tkey, &task)?;

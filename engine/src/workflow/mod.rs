@@ -39,6 +39,7 @@ pub(crate) use activity_timeouts::{
 };
 pub(crate) use children::apply_parent_close_policy;
 pub use export::{checksum as bundle_checksum, DebugView};
+pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::PollRequests;

@@ -217,7 +217,6 @@ impl Engine {
                 activity.attempt_id = Some(ids::new_id(now));
             }
             super::arm_activity_timeouts_on_lease(txn.as_mut(), &mut task, now, &mut fx)?;
-            tracing::info!(task_id = %task.task_id, attempt = task.attempt, upd = ?task.workflow_update_id, rv = txn.read_version(), "DEBUG lease");
             tables::put(txn.as_mut(), &tkey, &task)?;
             Ok((txn, (Some(task), fx)))
         })

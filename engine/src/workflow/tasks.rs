@@ -19,7 +19,6 @@ impl Engine {
         let now = self.now_ms();
         self.transact_report(task_id, "completed", move |mut txn, mut fx| async move {
             let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
-            tracing::info!(task_id, status = ?task.status, attempt = task.attempt, upd = ?task.workflow_update_id, rv = txn.read_version(), "DEBUG complete sees task");
             check_workflow_lease(&task, owner, attempt, now)?;
             let rkey = tables::run_key(ns, &task.run_id);
             let mut run: RunRecord = tables::get(txn.as_mut(), &rkey)

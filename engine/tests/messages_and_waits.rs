@@ -1,0 +1,487 @@
+//! Signals, updates, queries, cancel/terminate, durable timers and condition waits over
+//! the in-memory store with an injected clock: time moves only when a test advances it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::clock::{Clock, ManualClock};
+use keel_engine::model::{RunStatus, UpdateStatus, WorkerRecord};
+use keel_engine::queries::QueryRequest;
+use keel_engine::storage::memory::MemoryStore;
+use keel_engine::storage::KvStore;
+use keel_engine::workflow::{
+    CloseCommand, DuplicatePolicy, Poll, SignalRequest, StartWorkflow, UpdateRequest, UpdateWait,
+    WorkflowTaskView,
+};
+use keel_engine::{Engine, EngineConfig, Error};
+use serde_json::{json, Value};
+
+const NS: &str = "default";
+const QUEUE: &str = "q";
+const START: i64 = 1_780_000_000_000;
+const WORKER: &str = "w1";
+
+struct Harness {
+    engine: Engine,
+    clock: ManualClock,
+}
+
+async fn harness() -> Harness {
+    let store = MemoryStore::new();
+    let clock = ManualClock::new(START);
+    let config = EngineConfig {
+        workflow_task_lease: Duration::from_secs(10),
+        activity_task_lease: Duration::from_secs(10),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(
+        Arc::new(store) as Arc<dyn KvStore>,
+        Arc::new(clock.clone()) as Arc<dyn Clock>,
+        config,
+    )
+    .await
+    .expect("engine opens");
+    engine
+        .register_worker(WorkerRecord {
+            worker_id: WORKER.into(),
+            namespace: NS.into(),
+            task_queue: QUEUE.into(),
+            runtime: Some("test".into()),
+            sdk_version: None,
+            build_id: None,
+            supported_workflow_types: vec![],
+            supported_activity_types: vec![],
+            capabilities: vec!["query_tasks".into()],
+            registered_at_ms: START,
+            last_heartbeat_at_ms: START,
+        })
+        .await
+        .expect("worker registers");
+    Harness { engine, clock }
+}
+
+fn start_request(id: &str) -> StartWorkflow {
+    StartWorkflow {
+        workflow_id: Some(id.into()),
+        workflow_type: "wf".into(),
+        task_queue: QUEUE.into(),
+        input: json!({"codec": "avro", "blob": "AA=="}),
+        execution_timeout_seconds: Some(3600),
+        run_timeout_seconds: Some(600),
+        duplicate_policy: DuplicatePolicy::Fail,
+        memo: json!({}),
+        search_attributes: json!({}),
+        priority: 5,
+        build_id: None,
+    }
+}
+
+fn probe() -> Poll {
+    Poll {
+        namespace: NS.into(),
+        worker_id: WORKER.into(),
+        task_queue: QUEUE.into(),
+        timeout: Duration::ZERO,
+        history_page_size: 500,
+        poll_request_id: None,
+    }
+}
+
+async fn poll_wf(engine: &Engine) -> Option<WorkflowTaskView> {
+    engine
+        .poll_workflow_task(&probe())
+        .await
+        .expect("poll succeeds")
+}
+
+/// Probes until a workflow task arrives or a real-time deadline passes (the timer
+/// service runs on its own task).
+async fn wait_wf(engine: &Engine) -> WorkflowTaskView {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = poll_wf(engine).await {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no workflow task became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn events(task: &WorkflowTaskView) -> Vec<Value> {
+    task.history_events
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e.get()).expect("event is json"))
+        .collect()
+}
+
+fn types(task: &WorkflowTaskView) -> Vec<String> {
+    events(task)
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn last_payload(task: &WorkflowTaskView, event_type: &str) -> Value {
+    events(task)
+        .into_iter()
+        .rev()
+        .find(|e| e["event_type"] == event_type)
+        .map(|e| e["payload"].clone())
+        .unwrap_or_else(|| panic!("no {event_type} in {:?}", types(task)))
+}
+
+async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
+    engine
+        .complete_workflow_task(NS, &task.task_id, WORKER, task.workflow_task_attempt, &commands)
+        .await
+        .expect("completion accepted");
+}
+
+fn reason(e: Error) -> &'static str {
+    match e {
+        Error::Rejected { reason, .. } => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn signal(id: &str, name: &str, request_id: Option<&str>) -> SignalRequest {
+    SignalRequest {
+        workflow_id: id.into(),
+        run_id: None,
+        signal_name: name.into(),
+        input: json!({"codec": "avro", "blob": "AA=="}),
+        request_id: request_id.map(str::to_string),
+    }
+}
+
+fn update(id: &str, name: &str, wait_for: UpdateWait) -> UpdateRequest {
+    UpdateRequest {
+        workflow_id: id.into(),
+        run_id: None,
+        update_name: name.into(),
+        input: json!({"codec": "avro", "blob": "AA=="}),
+        request_id: None,
+        wait_for,
+        wait_timeout: Duration::from_secs(30),
+    }
+}
+
+#[tokio::test]
+async fn timer_fires_only_when_its_time_comes() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("t")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 30})]).await;
+    h.clock.advance(Duration::from_secs(29));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(poll_wf(&h.engine).await.is_none(), "fired early");
+    h.clock.advance(Duration::from_secs(1));
+    let task = wait_wf(&h.engine).await;
+    let scheduled = last_payload(&task, "TimerScheduled");
+    let fired = last_payload(&task, "TimerFired");
+    assert_eq!(scheduled["sequence"], 1);
+    assert_eq!(fired["sequence"], 1);
+    assert_eq!(fired["timer_id"], scheduled["timer_id"]);
+    assert_eq!(fired["timer_kind"], "workflow_timer");
+}
+
+#[tokio::test]
+async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("c")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    complete(
+        &h.engine,
+        &task,
+        vec![
+            json!({"type": "record_side_effect", "result": "AA=="}),
+            json!({"type": "record_version_marker", "change_id": "x", "version": 2, "min_supported": 1, "max_supported": 2}),
+            json!({"type": "upsert_search_attributes", "attributes": {"A": 1}}),
+            json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f", "timeout_seconds": 5}),
+        ],
+    )
+    .await;
+    // A signal that leaves the predicate false: the worker reopens the same wait.
+    h.clock.advance(Duration::from_secs(3));
+    h.engine
+        .signal_workflow(NS, &signal("c", "s", None))
+        .await
+        .expect("signal");
+    let task = poll_wf(&h.engine).await.expect("woken by the signal");
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f", "timeout_seconds": 5})],
+    )
+    .await;
+    // The logical wait keeps its first deadline (t+5), not the reopen's (t+8).
+    h.clock.advance(Duration::from_secs(2));
+    let task = wait_wf(&h.engine).await;
+    let evs = events(&task);
+    let seqs: Vec<(String, Value)> = evs
+        .iter()
+        .filter(|e| e["payload"].get("sequence").is_some())
+        .map(|e| (e["event_type"].as_str().unwrap_or("").to_string(), e["payload"]["sequence"].clone()))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            ("SideEffectRecorded".into(), json!(1)),
+            ("VersionMarkerRecorded".into(), json!(2)),
+            ("SearchAttributesUpserted".into(), json!(3)),
+            ("ConditionWaitOpened".into(), json!(4)),
+            ("ConditionWaitOpened".into(), json!(5)),
+            ("TimerFired".into(), json!(5)),
+        ]
+    );
+    let fired = last_payload(&task, "TimerFired");
+    let reopened = last_payload(&task, "ConditionWaitOpened");
+    assert_eq!(fired["timer_kind"], "condition_timeout");
+    assert_eq!(fired["condition_wait_id"], reopened["condition_wait_id"]);
+    // The next sequenced command takes 6.
+    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 1})]).await;
+    h.clock.advance(Duration::from_secs(1));
+    let task = wait_wf(&h.engine).await;
+    assert_eq!(last_payload(&task, "TimerScheduled")["sequence"], 6);
+}
+
+#[tokio::test]
+async fn satisfied_condition_wait_never_times_out() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("s")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "open_condition_wait", "condition_key": "k", "timeout_seconds": 5})],
+    )
+    .await;
+    h.engine.signal_workflow(NS, &signal("s", "go", None)).await.expect("signal");
+    let task = poll_wf(&h.engine).await.expect("woken");
+    // The predicate held: the worker moved on without reopening the wait.
+    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 60})]).await;
+    h.clock.advance(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(poll_wf(&h.engine).await.is_none(), "the satisfied wait's timeout fired");
+}
+
+#[tokio::test]
+async fn condition_timeout_waits_for_a_leased_task_to_close() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("l")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "open_condition_wait", "condition_key": "k", "timeout_seconds": 5})],
+    )
+    .await;
+    h.engine.signal_workflow(NS, &signal("l", "go", None)).await.expect("signal");
+    let leased = poll_wf(&h.engine).await.expect("woken");
+    // Due while the worker holds the task: nothing is recorded behind its back.
+    h.clock.advance(Duration::from_secs(6));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The worker satisfied the wait: the timeout is gone for good.
+    complete(&h.engine, &leased, vec![json!({"type": "start_timer", "delay_seconds": 600})]).await;
+    h.clock.advance(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(poll_wf(&h.engine).await.is_none(), "a stale condition timeout fired");
+}
+
+#[tokio::test]
+async fn signal_during_a_lease_grows_history_and_wakes_the_next_task() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("g")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    let receipt = h
+        .engine
+        .signal_workflow(NS, &signal("g", "s", Some("r1")))
+        .await
+        .expect("signal");
+    assert_eq!(receipt["outcome"], "signal_received");
+    let again = h
+        .engine
+        .signal_workflow(NS, &signal("g", "s", Some("r1")))
+        .await
+        .expect("resend");
+    assert_eq!(again["command_id"], receipt["command_id"]);
+    assert_eq!(again["retained"], true);
+    assert!(poll_wf(&h.engine).await.is_none(), "one workflow task per run");
+    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 600})]).await;
+    let next = poll_wf(&h.engine).await.expect("the signal wakes the run");
+    assert_eq!(types(&next).iter().filter(|t| *t == "SignalReceived").count(), 1);
+}
+
+#[tokio::test]
+async fn update_accepted_during_a_lease_runs_in_the_next_task_then_the_body_resumes() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("u")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    let accepted = h
+        .engine
+        .update_workflow(NS, &update("u", "inc", UpdateWait::Accepted))
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.update.status, UpdateStatus::Accepted);
+    let update_id = accepted.update.update_id.clone();
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "open_condition_wait", "condition_key": "k"})],
+    )
+    .await;
+    let update_task = poll_wf(&h.engine).await.expect("the update's task");
+    assert_eq!(update_task.workflow_update_id.as_deref(), Some(update_id.as_str()));
+    // The main body must not advance in an update task.
+    let refused = h
+        .engine
+        .complete_workflow_task(
+            NS,
+            &update_task.task_id,
+            WORKER,
+            update_task.workflow_task_attempt,
+            &[json!({"type": "start_timer", "delay_seconds": 1})],
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(reason(refused), "invalid_commands");
+    // A second update, accepted while the first is leased; a caller then waits for it
+    // (the same request_id resent with wait_for=completed).
+    let second_request = UpdateRequest {
+        request_id: Some("second".into()),
+        ..update("u", "inc", UpdateWait::Accepted)
+    };
+    let second = h
+        .engine
+        .update_workflow(NS, &second_request)
+        .await
+        .expect("second accepted");
+    let waiter = {
+        let engine = h.engine.clone();
+        let request = UpdateRequest {
+            wait_for: UpdateWait::Completed,
+            ..second_request.clone()
+        };
+        tokio::spawn(async move { engine.update_workflow(NS, &request).await })
+    };
+    complete(
+        &h.engine,
+        &update_task,
+        vec![json!({"type": "complete_update", "update_id": update_id, "result": {"codec": "avro", "blob": "AA=="}})],
+    )
+    .await;
+    let body = poll_wf(&h.engine).await.expect("the next task");
+    assert_eq!(
+        body.workflow_update_id.as_deref(),
+        Some(second.update.update_id.as_str()),
+        "the second update runs before the body"
+    );
+    complete(
+        &h.engine,
+        &body,
+        vec![json!({"type": "fail_update", "update_id": second.update.update_id, "message": "nope"})],
+    )
+    .await;
+    let outcome = waiter.await.expect("joins").expect("update answered");
+    assert!(outcome.retained);
+    assert_eq!(outcome.update.status, UpdateStatus::Failed);
+    assert_eq!(outcome.update.failure_message.as_deref(), Some("nope"));
+    let resumed = poll_wf(&h.engine).await.expect("the body resumes");
+    assert!(resumed.workflow_update_id.is_none());
+    let t = types(&resumed);
+    assert_eq!(t.iter().filter(|x| *x == "UpdateAccepted").count(), 2);
+    assert_eq!(t.iter().filter(|x| *x == "UpdateApplied").count(), 1, "{t:?}");
+    assert_eq!(t.iter().filter(|x| *x == "UpdateCompleted").count(), 2);
+}
+
+#[tokio::test]
+async fn query_times_out_on_the_engine_clock_and_is_answered_by_a_poller() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("q")).await.expect("starts");
+    let request = QueryRequest {
+        workflow_id: "q".into(),
+        run_id: None,
+        query_name: "state".into(),
+        input: json!(null),
+        timeout: Duration::from_secs(5),
+    };
+    let asking = {
+        let engine = h.engine.clone();
+        let request = request.clone();
+        tokio::spawn(async move { engine.query_workflow(NS, &request).await })
+    };
+    let task = loop {
+        if let Some(t) = h
+            .engine
+            .poll_query_task(NS, WORKER, QUEUE, Duration::ZERO)
+            .await
+            .expect("poll")
+        {
+            break t;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(task.query_name, "state");
+    assert_eq!(task.query_task_attempt, 1);
+    h.engine
+        .complete_query_task(NS, &task.query_task_id, WORKER, 1, json!(42), json!(null))
+        .expect("answered");
+    let answer = asking.await.expect("joins").expect("answered");
+    assert_eq!(answer.result, json!(42));
+
+    let asking = {
+        let engine = h.engine.clone();
+        tokio::spawn(async move { engine.query_workflow(NS, &request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.clock.advance(Duration::from_secs(5));
+    let e = asking.await.expect("joins").expect_err("nobody answered");
+    assert_eq!(reason(e), "query_worker_timeout");
+}
+
+#[tokio::test]
+async fn cancel_closes_the_run_and_ends_its_waits() {
+    let h = harness().await;
+    h.engine.start_workflow(NS, start_request("x")).await.expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 5})]).await;
+    let pending = h
+        .engine
+        .update_workflow(NS, &update("x", "u", UpdateWait::Accepted))
+        .await
+        .expect("accepted");
+    let receipt = h
+        .engine
+        .close_workflow(NS, "x", None, CloseCommand::Cancel, Some("why"))
+        .await
+        .expect("cancelled");
+    assert_eq!(receipt["outcome"], "cancelled");
+    let view = h.engine.describe(NS, "x", None).await.expect("describe");
+    assert_eq!(view.run.status, RunStatus::Cancelled);
+    assert!(view.run.waits.timers.is_empty() && view.run.waits.pending_updates.is_empty());
+    let again = h
+        .engine
+        .update_workflow(
+            NS,
+            &UpdateRequest {
+                request_id: None,
+                ..update("x", "u", UpdateWait::Completed)
+            },
+        )
+        .await
+        .expect_err("closed");
+    assert_eq!(reason(again), "run_not_active");
+    let _ = pending;
+    h.clock.advance(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(poll_wf(&h.engine).await.is_none(), "the deleted timer fired");
+    let e = h
+        .engine
+        .close_workflow(NS, "x", None, CloseCommand::Terminate, None)
+        .await
+        .expect_err("already closed");
+    assert_eq!(reason(e), "run_not_active");
+}
