@@ -584,6 +584,12 @@ impl Engine {
                     )
                     .await?;
                 }
+                crate::model::TimerAction::ScheduleFire { namespace, schedule_id } => {
+                    crate::schedules::fire(txn.as_mut(), &namespace, &schedule_id, timer, now, &mut fx).await?;
+                }
+                crate::model::TimerAction::ScheduleRunClosed { namespace, schedule_id, workflow_id } => {
+                    crate::schedules::run_closed(txn.as_mut(), &namespace, &schedule_id, &workflow_id, now, &mut fx).await?;
+                }
                 action @ (crate::model::TimerAction::WorkflowTimer { .. }
                 | crate::model::TimerAction::ConditionTimeout { .. }
                 | crate::model::TimerAction::ForgetClosedTask { .. }) => {

@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::matching::{PollFilter, QueueKey};
 use crate::model::{CohortRecord, TaskKind, WorkerRecord};
-use crate::storage::ReadOptions;
+use crate::storage::{KvTxn, ReadOptions};
 use crate::sync::Arc;
 use crate::tables;
 
@@ -19,13 +19,7 @@ impl Engine {
         let w = &worker;
         let saved = self
             .transact(move |mut txn, fx| async move {
-                Self::require_namespace(txn.as_mut(), &w.namespace).await?;
-                let key = tables::worker_key(&w.namespace, &w.worker_id);
-                let mut record = w.clone();
-                if let Some(existing) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await? {
-                    record.registered_at_ms = existing.registered_at_ms;
-                }
-                tables::put(txn.as_mut(), &key, &record)?;
+                let record = Self::put_worker(txn.as_mut(), w).await?;
                 Ok((txn, (record, fx)))
             })
             .await?;
@@ -33,7 +27,19 @@ impl Engine {
         Ok(saved)
     }
 
-    fn cache_worker(&self, worker: WorkerRecord) {
+    /// Writes a worker registration inside `txn` (keeping its first registration time).
+    pub(crate) async fn put_worker(txn: &mut dyn KvTxn, w: &WorkerRecord) -> Result<WorkerRecord> {
+        Self::require_namespace(txn, &w.namespace).await?;
+        let key = tables::worker_key(&w.namespace, &w.worker_id);
+        let mut record = w.clone();
+        if let Some(existing) = tables::get::<WorkerRecord>(txn, &key).await? {
+            record.registered_at_ms = existing.registered_at_ms;
+        }
+        tables::put(txn, &key, &record)?;
+        Ok(record)
+    }
+
+    pub(crate) fn cache_worker(&self, worker: WorkerRecord) {
         let key = (worker.namespace.clone(), worker.worker_id.clone());
         self.inner
             .workers
@@ -208,31 +214,12 @@ impl Engine {
     ) -> Result<CohortRecord> {
         let now = self.now_ms();
         let key = tables::cohort_key(ns, queue, build_id);
-        let key_ref = &key;
         let record = self
             .transact(move |mut txn, fx| async move {
                 Self::require_namespace(txn.as_mut(), ns).await?;
-                let mut record = tables::get::<CohortRecord>(txn.as_mut(), key_ref)
-                    .await?
-                    .unwrap_or(CohortRecord {
-                        namespace: ns.to_string(),
-                        task_queue: queue.to_string(),
-                        build_id: build_id.map(str::to_string),
-                        draining: false,
-                        drained_at_ms: None,
-                        resumed_at_ms: None,
-                        updated_at_ms: now,
-                    });
-                if record.draining != draining {
-                    record.draining = draining;
-                    record.updated_at_ms = now;
-                    if draining {
-                        record.drained_at_ms = Some(now);
-                    } else {
-                        record.resumed_at_ms = Some(now);
-                    }
-                    tables::put(txn.as_mut(), key_ref, &record)?;
-                }
+                let record =
+                    Self::put_cohort_draining(txn.as_mut(), ns, queue, build_id, draining, now)
+                        .await?;
                 Ok((txn, (record, fx)))
             })
             .await?;
@@ -242,6 +229,51 @@ impl Engine {
             .expect("invariant: cohort cache not poisoned")
             .insert(key, draining);
         Ok(record)
+    }
+
+    /// Writes a cohort's drain intent inside `txn` (idempotent: unchanged intent writes
+    /// nothing) and returns the cohort. The caller refreshes the cache after the commit
+    /// ([`Engine::forget_cohort`]).
+    pub(crate) async fn put_cohort_draining(
+        txn: &mut dyn KvTxn,
+        ns: &str,
+        queue: &str,
+        build_id: Option<&str>,
+        draining: bool,
+        now: crate::clock::Millis,
+    ) -> Result<CohortRecord> {
+        let key = tables::cohort_key(ns, queue, build_id);
+        let mut record = tables::get::<CohortRecord>(txn, &key)
+            .await?
+            .unwrap_or(CohortRecord {
+                namespace: ns.to_string(),
+                task_queue: queue.to_string(),
+                build_id: build_id.map(str::to_string),
+                draining: false,
+                drained_at_ms: None,
+                resumed_at_ms: None,
+                updated_at_ms: now,
+            });
+        if record.draining != draining {
+            record.draining = draining;
+            record.updated_at_ms = now;
+            if draining {
+                record.drained_at_ms = Some(now);
+            } else {
+                record.resumed_at_ms = Some(now);
+            }
+            tables::put(txn, &key, &record)?;
+        }
+        Ok(record)
+    }
+
+    /// Drops a cohort's cached drain intent, so the next poll reads it from storage.
+    pub(crate) fn forget_cohort(&self, ns: &str, queue: &str, build_id: Option<&str>) {
+        self.inner
+            .cohorts
+            .lock()
+            .expect("invariant: cohort cache not poisoned")
+            .remove(&tables::cohort_key(ns, queue, build_id));
     }
 
     /// The cohorts with a recorded drain intent on one queue.

@@ -48,6 +48,23 @@ pub mod prefix {
     pub const COMMAND_CONTRACT: u8 = 0x1A;
     /// Tombstones of activity tasks deleted with their closed run: `(task_id)`.
     pub const CLOSED_TASK: u8 = 0x1B;
+    /// Operator deployments (a `serviceUrl` bound to worker cohorts):
+    /// `(namespace, deployment_id)`.
+    pub const DEPLOYMENT: u8 = 0x1C;
+    /// Operator service registry (active revision of each workflow/activity type):
+    /// `(namespace, kind, name)`.
+    pub const SERVICE: u8 = 0x1D;
+    /// The `service_url` a worker announced at registration: `(namespace, worker_id)`.
+    pub const WORKER_ENDPOINT: u8 = 0x1E;
+    /// Operator audit log, oldest first: `(audit_id)` (ids sort by time).
+    pub const OPERATOR_AUDIT: u8 = 0x1F;
+    /// Schedules (live and soft-deleted): `(namespace, schedule_id)`.
+    pub const SCHEDULE: u8 = 0x20;
+    /// Schedule list (visibility), newest first:
+    /// `(namespace, u64::MAX - created_at, schedule_id)`.
+    pub const SCHEDULE_LIST: u8 = 0x21;
+    /// Schedule audit history: `(namespace, schedule_id, sequence)`.
+    pub const SCHEDULE_EVENT: u8 = 0x22;
 }
 
 /// Builds a key field by field.

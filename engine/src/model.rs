@@ -223,6 +223,10 @@ pub struct RunLifecycle {
     /// When an operator archived the closed run.
     #[serde(default)]
     pub archived_at_ms: Option<Millis>,
+    /// The schedule that started this run (kept across continue-as-new), so its close can
+    /// start a buffered fire.
+    #[serde(default)]
+    pub schedule_id: Option<String>,
 }
 
 /// The kinds of task.
@@ -308,6 +312,21 @@ pub struct ActivityState {
     /// Timeouts of the execution and the timers enforcing them.
     #[serde(default)]
     pub timeouts: ActivityTimeouts,
+    /// The last attempt that failed or timed out and was retried (operators see it as
+    /// the failure of a run that is backing off).
+    #[serde(default)]
+    pub last_failure: Option<AttemptFailure>,
+}
+
+/// A failed attempt of a task that was retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptFailure {
+    /// When the attempt failed.
+    pub at_ms: Millis,
+    /// The attempt that failed (1-based).
+    pub attempt_number: u32,
+    /// The failure message as reported (or the timeout that ended the attempt).
+    pub message: String,
 }
 
 /// An activity's timeouts (whole seconds, as scheduled) and the durable timers that
@@ -475,6 +494,23 @@ pub enum TimerAction {
     ForgetClosedTask {
         /// The activity task.
         task_id: String,
+    },
+    /// Fires a schedule's next occurrence (`schedules`); stale unless the schedule still
+    /// names this timer.
+    ScheduleFire {
+        /// Namespace.
+        namespace: String,
+        /// The schedule.
+        schedule_id: String,
+    },
+    /// A run a schedule started has closed: a buffered fire may start now.
+    ScheduleRunClosed {
+        /// Namespace.
+        namespace: String,
+        /// The schedule.
+        schedule_id: String,
+        /// The closed run's workflow id.
+        workflow_id: String,
     },
 }
 

@@ -113,6 +113,9 @@ pub const SYSTEM_SEARCH_ATTRIBUTES: &[(&str, SearchAttributeType)] = &[
     ("StartTime", SearchAttributeType::Datetime),
     ("CloseTime", SearchAttributeType::Datetime),
     ("BuildId", SearchAttributeType::Keyword),
+    // Set on runs a schedule starts (`schedules`).
+    ("DurableWorkflowScheduleId", SearchAttributeType::Keyword),
+    ("DurableWorkflowScheduledStartTime", SearchAttributeType::Datetime),
 ];
 
 fn is_system_attribute(name: &str) -> bool {

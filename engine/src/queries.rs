@@ -423,7 +423,7 @@ impl Engine {
                 )
             })?;
         if let Some(contract) = crate::workflow::waits::declared_contract(txn, &run).await? {
-            if !contract.queries.iter().any(|q| *q == req.query_name) {
+            if !contract.queries.contains(&req.query_name) {
                 return Err(Error::not_found(
                     "query_not_found",
                     format!(

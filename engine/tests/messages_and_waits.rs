@@ -135,7 +135,13 @@ fn last_payload(task: &WorkflowTaskView, event_type: &str) -> Value {
 
 async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
     engine
-        .complete_workflow_task(NS, &task.task_id, WORKER, task.workflow_task_attempt, &commands)
+        .complete_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &commands,
+        )
         .await
         .expect("completion accepted");
 }
@@ -172,9 +178,17 @@ fn update(id: &str, name: &str, wait_for: UpdateWait) -> UpdateRequest {
 #[tokio::test]
 async fn timer_fires_only_when_its_time_comes() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("t")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("t"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
-    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 30})]).await;
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "start_timer", "delay_seconds": 30})],
+    )
+    .await;
     h.clock.advance(Duration::from_secs(29));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(poll_wf(&h.engine).await.is_none(), "fired early");
@@ -191,7 +205,10 @@ async fn timer_fires_only_when_its_time_comes() {
 #[tokio::test]
 async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("c")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("c"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
     complete(
         &h.engine,
@@ -224,7 +241,12 @@ async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
     let seqs: Vec<(String, Value)> = evs
         .iter()
         .filter(|e| e["payload"].get("sequence").is_some())
-        .map(|e| (e["event_type"].as_str().unwrap_or("").to_string(), e["payload"]["sequence"].clone()))
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap_or("").to_string(),
+                e["payload"]["sequence"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         seqs,
@@ -242,7 +264,12 @@ async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
     assert_eq!(fired["timer_kind"], "condition_timeout");
     assert_eq!(fired["condition_wait_id"], reopened["condition_wait_id"]);
     // The next sequenced command takes 6.
-    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 1})]).await;
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "start_timer", "delay_seconds": 1})],
+    )
+    .await;
     h.clock.advance(Duration::from_secs(1));
     let task = wait_wf(&h.engine).await;
     assert_eq!(last_payload(&task, "TimerScheduled")["sequence"], 6);
@@ -251,7 +278,10 @@ async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
 #[tokio::test]
 async fn satisfied_condition_wait_never_times_out() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("s")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("s"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
     complete(
         &h.engine,
@@ -259,19 +289,33 @@ async fn satisfied_condition_wait_never_times_out() {
         vec![json!({"type": "open_condition_wait", "condition_key": "k", "timeout_seconds": 5})],
     )
     .await;
-    h.engine.signal_workflow(NS, &signal("s", "go", None)).await.expect("signal");
+    h.engine
+        .signal_workflow(NS, &signal("s", "go", None))
+        .await
+        .expect("signal");
     let task = poll_wf(&h.engine).await.expect("woken");
     // The predicate held: the worker moved on without reopening the wait.
-    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 60})]).await;
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "start_timer", "delay_seconds": 60})],
+    )
+    .await;
     h.clock.advance(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(poll_wf(&h.engine).await.is_none(), "the satisfied wait's timeout fired");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "the satisfied wait's timeout fired"
+    );
 }
 
 #[tokio::test]
 async fn condition_timeout_waits_for_a_leased_task_to_close() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("l")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("l"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
     complete(
         &h.engine,
@@ -279,22 +323,36 @@ async fn condition_timeout_waits_for_a_leased_task_to_close() {
         vec![json!({"type": "open_condition_wait", "condition_key": "k", "timeout_seconds": 5})],
     )
     .await;
-    h.engine.signal_workflow(NS, &signal("l", "go", None)).await.expect("signal");
+    h.engine
+        .signal_workflow(NS, &signal("l", "go", None))
+        .await
+        .expect("signal");
     let leased = poll_wf(&h.engine).await.expect("woken");
     // Due while the worker holds the task: nothing is recorded behind its back.
     h.clock.advance(Duration::from_secs(6));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The worker satisfied the wait: the timeout is gone for good.
-    complete(&h.engine, &leased, vec![json!({"type": "start_timer", "delay_seconds": 600})]).await;
+    complete(
+        &h.engine,
+        &leased,
+        vec![json!({"type": "start_timer", "delay_seconds": 600})],
+    )
+    .await;
     h.clock.advance(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(poll_wf(&h.engine).await.is_none(), "a stale condition timeout fired");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "a stale condition timeout fired"
+    );
 }
 
 #[tokio::test]
 async fn signal_during_a_lease_grows_history_and_wakes_the_next_task() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("g")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("g"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
     let receipt = h
         .engine
@@ -309,16 +367,33 @@ async fn signal_during_a_lease_grows_history_and_wakes_the_next_task() {
         .expect("resend");
     assert_eq!(again["command_id"], receipt["command_id"]);
     assert_eq!(again["retained"], true);
-    assert!(poll_wf(&h.engine).await.is_none(), "one workflow task per run");
-    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 600})]).await;
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "one workflow task per run"
+    );
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "start_timer", "delay_seconds": 600})],
+    )
+    .await;
     let next = poll_wf(&h.engine).await.expect("the signal wakes the run");
-    assert_eq!(types(&next).iter().filter(|t| *t == "SignalReceived").count(), 1);
+    assert_eq!(
+        types(&next)
+            .iter()
+            .filter(|t| *t == "SignalReceived")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn update_accepted_during_a_lease_runs_in_the_next_task_then_the_body_resumes() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("u")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("u"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
     let accepted = h
         .engine
@@ -334,7 +409,10 @@ async fn update_accepted_during_a_lease_runs_in_the_next_task_then_the_body_resu
     )
     .await;
     let update_task = poll_wf(&h.engine).await.expect("the update's task");
-    assert_eq!(update_task.workflow_update_id.as_deref(), Some(update_id.as_str()));
+    assert_eq!(
+        update_task.workflow_update_id.as_deref(),
+        Some(update_id.as_str())
+    );
     // The main body must not advance in an update task.
     let refused = h
         .engine
@@ -382,7 +460,9 @@ async fn update_accepted_during_a_lease_runs_in_the_next_task_then_the_body_resu
     complete(
         &h.engine,
         &body,
-        vec![json!({"type": "fail_update", "update_id": second.update.update_id, "message": "nope"})],
+        vec![
+            json!({"type": "fail_update", "update_id": second.update.update_id, "message": "nope"}),
+        ],
     )
     .await;
     let outcome = waiter.await.expect("joins").expect("update answered");
@@ -393,14 +473,21 @@ async fn update_accepted_during_a_lease_runs_in_the_next_task_then_the_body_resu
     assert!(resumed.workflow_update_id.is_none());
     let t = types(&resumed);
     assert_eq!(t.iter().filter(|x| *x == "UpdateAccepted").count(), 2);
-    assert_eq!(t.iter().filter(|x| *x == "UpdateApplied").count(), 1, "{t:?}");
+    assert_eq!(
+        t.iter().filter(|x| *x == "UpdateApplied").count(),
+        1,
+        "{t:?}"
+    );
     assert_eq!(t.iter().filter(|x| *x == "UpdateCompleted").count(), 2);
 }
 
 #[tokio::test]
 async fn query_times_out_on_the_engine_clock_and_is_answered_by_a_poller() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("q")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("q"))
+        .await
+        .expect("starts");
     let request = QueryRequest {
         workflow_id: "q".into(),
         run_id: None,
@@ -445,9 +532,17 @@ async fn query_times_out_on_the_engine_clock_and_is_answered_by_a_poller() {
 #[tokio::test]
 async fn cancel_closes_the_run_and_ends_its_waits() {
     let h = harness().await;
-    h.engine.start_workflow(NS, start_request("x")).await.expect("starts");
+    h.engine
+        .start_workflow(NS, start_request("x"))
+        .await
+        .expect("starts");
     let task = poll_wf(&h.engine).await.expect("first task");
-    complete(&h.engine, &task, vec![json!({"type": "start_timer", "delay_seconds": 5})]).await;
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "start_timer", "delay_seconds": 5})],
+    )
+    .await;
     let pending = h
         .engine
         .update_workflow(NS, &update("x", "u", UpdateWait::Accepted))
@@ -477,7 +572,10 @@ async fn cancel_closes_the_run_and_ends_its_waits() {
     let _ = pending;
     h.clock.advance(Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(poll_wf(&h.engine).await.is_none(), "the deleted timer fired");
+    assert!(
+        poll_wf(&h.engine).await.is_none(),
+        "the deleted timer fired"
+    );
     let e = h
         .engine
         .close_workflow(NS, "x", None, CloseCommand::Terminate, None)

@@ -201,6 +201,13 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
         RunStatus::Waiting if !run.lifecycle.open_children.is_empty() => {
             (json!("child"), json!("waiting for child workflows"))
         }
+        RunStatus::Waiting if !run.waits.timers.is_empty() => {
+            (json!("timer"), json!("waiting for a durable timer"))
+        }
+        RunStatus::Waiting if run.waits.condition.is_some() => (
+            json!("condition"),
+            json!("waiting for a condition (signals and updates wake it)"),
+        ),
         RunStatus::Pending | RunStatus::Running => (
             json!("workflow_task"),
             json!("workflow task ready or running"),
@@ -238,8 +245,11 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
         "wait_reason": wait_reason,
         "history_event_count": run.last_event_seq,
         "actions": {
-            "can_signal": false, "can_query": false, "can_update": false,
-            "can_cancel": false, "can_terminate": false, "can_repair": false, "can_archive": false,
+            "can_signal": !terminal && view.is_current_run, "can_query": true,
+            "can_update": !terminal && view.is_current_run,
+            "can_cancel": !terminal && view.is_current_run,
+            "can_terminate": !terminal && view.is_current_run,
+            "can_repair": false, "can_archive": false,
         },
         "control_plane": control_block(operation, &run.workflow_id, json!({"run_id": run.run_id, "status": run.status.as_str()})),
     });

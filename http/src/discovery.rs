@@ -96,7 +96,7 @@ pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) 
             "signals": true,
             "queries": true,
             "updates": true,
-            "schedules": false,
+            "schedules": true,
             "history_export": true,
             "payload_codec_envelope": true,
             "payload_codec_envelope_responses": true,

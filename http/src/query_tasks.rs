@@ -196,7 +196,8 @@ async fn closed_task(
     owner: &str,
     error: &keel_engine::Error,
 ) -> Result<Option<keel_engine::model::ClosedTaskRecord>, ApiError> {
-    let missing = matches!(error, keel_engine::Error::Rejected { reason, .. } if *reason == "task_not_found");
+    let missing =
+        matches!(error, keel_engine::Error::Rejected { reason, .. } if *reason == "task_not_found");
     if !missing {
         return Ok(None);
     }

@@ -77,6 +77,16 @@ pub enum Op {
     SystemActivityTimeoutsPass,
     SystemRetention,
     SystemRetentionPass,
+    ListSchedules,
+    CreateSchedule,
+    DescribeSchedule,
+    UpdateSchedule,
+    DeleteSchedule,
+    PauseSchedule,
+    ResumeSchedule,
+    TriggerSchedule,
+    BackfillSchedule,
+    ScheduleHistory,
     StartWorkflow,
     ListWorkflows,
     ListRuns,
@@ -123,6 +133,11 @@ pub enum Op {
     ListBuildIds,
     DrainBuildId,
     ResumeBuildId,
+    OperatorDoctor,
+    OperatorForceRedeploy,
+    OperatorCleanupStaleDeployments,
+    OperatorRecoverStuckWorkflow,
+    OperatorAudit,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,6 +210,56 @@ fn routes() -> &'static [Route] {
                 Control,
                 ResumeBuildId
             ),
+            // The operator recovery surface (`crate::operator`): its version is in the
+            // path, so the control-plane header is optional (a wrong one is still a 400,
+            // as on discovery); the operator role is required (admin included).
+            route!(
+                POST,
+                [L("v2"), L("admin"), L("operator"), L("restate"), L("doctor")],
+                Discovery,
+                OperatorDoctor,
+                Operator
+            ),
+            route!(
+                POST,
+                [L("v2"), L("admin"), L("operator"), L("restate"), L("force-redeploy")],
+                Discovery,
+                OperatorForceRedeploy,
+                Operator
+            ),
+            route!(
+                POST,
+                [
+                    L("v2"),
+                    L("admin"),
+                    L("operator"),
+                    L("restate"),
+                    L("cleanup-stale-deployments")
+                ],
+                Discovery,
+                OperatorCleanupStaleDeployments,
+                Operator
+            ),
+            route!(
+                POST,
+                [
+                    L("v2"),
+                    L("admin"),
+                    L("operator"),
+                    L("restate"),
+                    L("recover-stuck-workflow")
+                ],
+                Discovery,
+                OperatorRecoverStuckWorkflow,
+                Operator
+            ),
+            route!(
+                GET,
+                [L("v2"), L("admin"), L("operator"), L("audit")],
+                Discovery,
+                OperatorAudit,
+                Operator
+            ),
             route!(GET, [L("cluster"), L("info")], Discovery, ClusterInfo),
             // Prometheus text at the root; any role, so a scraper can hold the least
             // powerful credential.
@@ -229,6 +294,32 @@ fn routes() -> &'static [Route] {
                 [L("search-attributes"), P],
                 Control,
                 DeleteSearchAttribute
+            ),
+            // Schedules (`crate::schedules`); reads stay open under the bootstrap gate.
+            route!(GET, [L("schedules")], Control, ListSchedules),
+            route!(POST, [L("schedules")], Control, CreateSchedule),
+            route!(GET, [L("schedules"), P], Control, DescribeSchedule),
+            route!(PUT, [L("schedules"), P], Control, UpdateSchedule),
+            route!(DELETE, [L("schedules"), P], Control, DeleteSchedule),
+            route!(POST, [L("schedules"), P, L("pause")], Control, PauseSchedule),
+            route!(POST, [L("schedules"), P, L("resume")], Control, ResumeSchedule),
+            route!(
+                POST,
+                [L("schedules"), P, L("trigger")],
+                Control,
+                TriggerSchedule
+            ),
+            route!(
+                POST,
+                [L("schedules"), P, L("backfill")],
+                Control,
+                BackfillSchedule
+            ),
+            route!(
+                GET,
+                [L("schedules"), P, L("history")],
+                Control,
+                ScheduleHistory
             ),
             route!(
                 GET,
@@ -725,6 +816,32 @@ mod tests {
         assert!(!policy(Op::ListNamespaces).bootstrap_gated);
         assert!(!policy(Op::SystemRepairPass).bootstrap_gated);
         assert!(!policy(Op::ClusterInfo).bootstrap_gated);
+    }
+
+    #[test]
+    fn schedule_mutations_are_bootstrap_gated_and_schedule_reads_are_not() {
+        for op in [
+            Op::CreateSchedule,
+            Op::UpdateSchedule,
+            Op::DeleteSchedule,
+            Op::PauseSchedule,
+            Op::ResumeSchedule,
+            Op::TriggerSchedule,
+            Op::BackfillSchedule,
+        ] {
+            assert!(policy(op).bootstrap_gated, "{op:?}");
+        }
+        for op in [
+            Op::ListSchedules,
+            Op::DescribeSchedule,
+            Op::ScheduleHistory,
+        ] {
+            assert!(!policy(op).bootstrap_gated, "{op:?}");
+        }
+        assert_eq!(
+            route(&Method::POST, "/api/schedules/nightly/trigger"),
+            Match::Found(Op::TriggerSchedule, Plane::Control, vec!["nightly".into()])
+        );
     }
 
     #[test]

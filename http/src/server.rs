@@ -54,6 +54,9 @@ pub struct AppState {
     /// This process's id in discovery documents.
     pub server_id: String,
     storage_stats: Option<StatsSource>,
+    /// The address the listener is bound to (set by [`serve`]); `doctor` probes its own
+    /// ingress through it over loopback.
+    listen_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             readiness: Readiness::default(),
             server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
             storage_stats: None,
+            listen_addr: std::sync::OnceLock::new(),
             engine,
         };
         state.render_discovery();
@@ -107,6 +111,11 @@ impl AppState {
     /// The storage counters source, if any.
     pub fn storage_stats(&self) -> Option<&StatsSource> {
         self.storage_stats.as_ref()
+    }
+
+    /// The address this server listens on, once [`serve`] has started.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr.get().copied()
     }
 }
 
@@ -183,6 +192,10 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    if let Ok(addr) = listener.local_addr() {
+        // First `serve` wins: one state serves one listener.
+        let _ = state.listen_addr.set(addr);
+    }
     crate::metrics::handle();
     state.readiness.refresh(&state.engine).await;
     let refresher = {
@@ -376,7 +389,9 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
             crate::probes::handle(state, op, call).await
         }
         _ if crate::namespaces::handles(op) => crate::namespaces::handle(state, op, call).await,
+        _ if crate::schedules::handles(op) => crate::schedules::handle(state, op, call).await,
         _ if crate::system::handles(op) => crate::system::handle(state, op, call).await,
+        _ if crate::operator::handles(op) => crate::operator::handle(state, op, call).await,
         _ => match plane {
             Plane::Public | Plane::Discovery => Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -195,7 +195,12 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 // The run closed and deleted the task: the report is moot, not an error.
                 Err(e) => {
                     let body = crate::query_tasks::closed_activity_report(
-                        state, &call, call.param(0), &attempt_id, &owner, e,
+                        state,
+                        &call,
+                        call.param(0),
+                        &attempt_id,
+                        &owner,
+                        e,
                     )
                     .await?;
                     return reply(state, StatusCode::OK, body);
@@ -221,7 +226,12 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 // The run closed and deleted the task: the report is moot, not an error.
                 Err(e) => {
                     let body = crate::query_tasks::closed_activity_report(
-                        state, &call, call.param(0), &attempt_id, &owner, e,
+                        state,
+                        &call,
+                        call.param(0),
+                        &attempt_id,
+                        &owner,
+                        e,
                     )
                     .await?;
                     return reply(state, StatusCode::OK, body);
@@ -241,7 +251,9 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
 fn poll_error(e: keel_engine::Error) -> ApiError {
     let e = ApiError::from(e);
     if e.status == StatusCode::SERVICE_UNAVAILABLE && !e.extra.contains_key("poll_status") {
-        return e.with("poll_status", "unavailable").with("task", Value::Null);
+        return e
+            .with("poll_status", "unavailable")
+            .with("task", Value::Null);
     }
     e
 }
@@ -266,6 +278,14 @@ async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     let supported_workflow_types = f.optional_str_list("supported_workflow_types");
     let supported_activity_types = f.optional_str_list("supported_activity_types");
     let capabilities = f.optional_str_list("capabilities");
+    // Keel extension: the operator deployment (`force-redeploy`) this worker answers for.
+    let service_url = f.optional_str("service_url", 2048);
+    if let Some(Err(m)) = service_url
+        .as_deref()
+        .map(keel_engine::operator::normalize_service_url)
+    {
+        f.error("service_url", format!("The service_url field {m}."));
+    }
     f.finish()?;
     let contracts = crate::query_tasks::parse_contracts(&call.body)?;
     let now = state.engine.now_ms();
@@ -282,7 +302,10 @@ async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         registered_at_ms: now,
         last_heartbeat_at_ms: now,
     };
-    let saved = state.engine.register_worker(worker).await?;
+    let saved = state
+        .engine
+        .register_worker_endpoint(worker, service_url)
+        .await?;
     state
         .engine
         .declare_command_contracts(&call.namespace, &saved.task_queue, &contracts)

@@ -233,3 +233,56 @@ def test_signal_bad_input_gets_named_4xx(api: RawApi) -> None:
     # With no worker contract declared for the type, any name is accepted.
     response = api.control("POST", f"/workflows/{workflow_id}/signal/anything", json={"input": ["a", 1]})
     assert response.status_code == 202, response.text
+
+
+@workflow.defn(name="e2e.signals.renewing")
+class Renewing:
+    """Continues as new once, then waits for a poke."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    @workflow.signal("poke")
+    def poke(self, value: str) -> None:
+        self.got.append(value)
+
+    def run(self, ctx, generation):  # type: ignore[no-untyped-def]
+        if generation == 0:
+            return ctx.continue_as_new(1)
+        yield ctx.wait_condition(lambda: bool(self.got), key="poked")
+        return {"generation": generation, "got": self.got}
+
+
+def test_run_targeted_signal_rejects_a_run_that_is_not_current(keel: KeelServer, api: RawApi) -> None:
+    async def scenario() -> None:
+        task_queue = unique("e2e-signal-runs")
+        async with Client(keel.url) as client:
+            async with running_worker(client, task_queue=task_queue, workflows=[Renewing]) as worker:
+                handle = await client.start_workflow(
+                    workflow_type="e2e.signals.renewing",
+                    task_queue=task_queue,
+                    workflow_id=unique("e2e-renewing"),
+                    input=[0],
+                )
+
+                async def continued() -> str | None:
+                    described = await client.describe_workflow(handle.workflow_id)
+                    return described.run_id if described.run_id != handle.run_id else None
+
+                current = await async_wait_until(continued, 30, "the continued run")
+                response = await asyncio.to_thread(
+                    api.control,
+                    "POST",
+                    f"/workflows/{handle.workflow_id}/runs/{handle.run_id}/signal/poke",
+                    json={"input": ["old"]},
+                )
+                body = expect_error(response, 409, "historical_run_command_rejected")
+                assert body["outcome"] == "rejected_not_current"
+                assert body["current_run_id"] == current
+                receipt = await client.signal_workflow(handle.workflow_id, "poke", args=["new"], run_id=current)
+                assert receipt["run_id"] == current
+                latest = client.get_workflow_handle(handle.workflow_id)
+                [result] = await wait_for_results(client, [latest], worker=worker, timeout=60)
+            assert result == {"generation": 1, "got": ["new"]}
+
+    asyncio.run(scenario())

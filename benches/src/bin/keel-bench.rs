@@ -78,20 +78,41 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: Method, path: &str, worker: bool, body: &Value) -> Result<(u16, Value), String> {
-        let mut req = Request::builder().method(method).uri(format!("{}/api{path}", self.base));
-        req = req.header("content-type", "application/json").header("x-namespace", "default");
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        worker: bool,
+        body: &Value,
+    ) -> Result<(u16, Value), String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}/api{path}", self.base));
+        req = req
+            .header("content-type", "application/json")
+            .header("x-namespace", "default");
         req = if worker {
             req.header("x-durable-workflow-protocol-version", "1.20")
         } else {
             req.header("x-durable-workflow-control-plane-version", "2")
         };
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| e.to_string())?;
+        let req = req
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| e.to_string())?;
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).map_err(|e| e.to_string())? };
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| e.to_string())?
+        };
         Ok((status, value))
     }
 }
@@ -106,14 +127,19 @@ struct Shared {
 }
 
 fn history_has(task: &Value, event: &str) -> bool {
-    task["history_events"].as_array().is_some_and(|events| events.iter().any(|e| e["event_type"] == event))
+    task["history_events"]
+        .as_array()
+        .is_some_and(|events| events.iter().any(|e| e["event_type"] == event))
 }
 
 async fn workflow_poller(api: Api, shared: Arc<Shared>, worker_id: String, queue: String) {
     let input = json!({"codec": "avro", "blob": INPUT_BLOB});
     while shared.done.load(Ordering::Relaxed) < shared.total {
         let poll = json!({"worker_id": worker_id, "task_queue": queue, "timeout_seconds": 1});
-        let Ok((200, reply)) = api.call(Method::POST, "/worker/workflow-tasks/poll", true, &poll).await else {
+        let Ok((200, reply)) = api
+            .call(Method::POST, "/worker/workflow-tasks/poll", true, &poll)
+            .await
+        else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -126,20 +152,33 @@ async fn workflow_poller(api: Api, shared: Arc<Shared>, worker_id: String, queue
         let completes = history_has(task, "ActivityCompleted");
         let (path, body) = if completes {
             let cmd = json!([{"type": "complete_workflow", "result": input}]);
-            (format!("/worker/workflow-tasks/{id}/complete"), json!({"lease_owner": lease["lease_owner"], "workflow_task_attempt": lease["workflow_task_attempt"], "commands": cmd}))
+            (
+                format!("/worker/workflow-tasks/{id}/complete"),
+                json!({"lease_owner": lease["lease_owner"], "workflow_task_attempt": lease["workflow_task_attempt"], "commands": cmd}),
+            )
         } else if !history_has(task, "ActivityScheduled") {
             let cmd = json!([{"type": "schedule_activity", "activity_type": "bench.echo", "arguments": input, "queue": queue}]);
-            (format!("/worker/workflow-tasks/{id}/complete"), json!({"lease_owner": lease["lease_owner"], "workflow_task_attempt": lease["workflow_task_attempt"], "commands": cmd}))
+            (
+                format!("/worker/workflow-tasks/{id}/complete"),
+                json!({"lease_owner": lease["lease_owner"], "workflow_task_attempt": lease["workflow_task_attempt"], "commands": cmd}),
+            )
         } else {
             let failure = json!({"message": "waiting", "type": "WorkflowTaskWaitingForHistory"});
-            (format!("/worker/workflow-tasks/{id}/fail"), json!({"lease_owner": lease["lease_owner"], "workflow_task_attempt": lease["workflow_task_attempt"], "failure": failure}))
+            (
+                format!("/worker/workflow-tasks/{id}/fail"),
+                json!({"lease_owner": lease["lease_owner"], "workflow_task_attempt": lease["workflow_task_attempt"], "failure": failure}),
+            )
         };
         match api.call(Method::POST, &path, true, &body).await {
             Ok((200, _)) if completes => {
                 let wf = task["workflow_id"].as_str().unwrap_or_default();
                 let started = shared.started_at.lock().expect("bench lock").remove(wf);
                 if let Some((started, waiter)) = started {
-                    shared.latencies.lock().expect("bench lock").push(started.elapsed());
+                    shared
+                        .latencies
+                        .lock()
+                        .expect("bench lock")
+                        .push(started.elapsed());
                     let _ = waiter.send(());
                 }
                 shared.done.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +194,10 @@ async fn workflow_poller(api: Api, shared: Arc<Shared>, worker_id: String, queue
 async fn activity_poller(api: Api, shared: Arc<Shared>, worker_id: String, queue: String) {
     while shared.done.load(Ordering::Relaxed) < shared.total {
         let poll = json!({"worker_id": worker_id, "task_queue": queue, "timeout_seconds": 1});
-        let Ok((200, reply)) = api.call(Method::POST, "/worker/activity-tasks/poll", true, &poll).await else {
+        let Ok((200, reply)) = api
+            .call(Method::POST, "/worker/activity-tasks/poll", true, &poll)
+            .await
+        else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -165,7 +207,16 @@ async fn activity_poller(api: Api, shared: Arc<Shared>, worker_id: String, queue
         }
         let id = task["task_id"].as_str().unwrap_or_default();
         let body = json!({"activity_attempt_id": task["activity_attempt_id"], "lease_owner": worker_id, "result": task["arguments"]});
-        if !matches!(api.call(Method::POST, &format!("/worker/activity-tasks/{id}/complete"), true, &body).await, Ok((200, _))) {
+        if !matches!(
+            api.call(
+                Method::POST,
+                &format!("/worker/activity-tasks/{id}/complete"),
+                true,
+                &body
+            )
+            .await,
+            Ok((200, _))
+        ) {
             shared.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -198,8 +249,13 @@ async fn main() {
     };
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build(connector);
-    let api = Api { client, base: args.url.trim_end_matches('/').to_string() };
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(connector);
+    let api = Api {
+        client,
+        base: args.url.trim_end_matches('/').to_string(),
+    };
     let shared = Arc::new(Shared {
         started_at: Mutex::new(HashMap::new()),
         latencies: Mutex::new(Vec::new()),
@@ -210,7 +266,10 @@ async fn main() {
     let worker_id = format!("keel-bench-{}", std::process::id());
     let register = json!({"worker_id": worker_id, "task_queue": args.queue, "runtime": "rust",
         "supported_workflow_types": ["bench.workflow"], "supported_activity_types": ["bench.echo"]});
-    match api.call(Method::POST, "/worker/register", true, &register).await {
+    match api
+        .call(Method::POST, "/worker/register", true, &register)
+        .await
+    {
         Ok((200 | 201, _)) => {}
         other => {
             eprintln!("cannot register the bench worker: {other:?}");
@@ -221,15 +280,29 @@ async fn main() {
     let began = Instant::now();
     let mut pollers = Vec::new();
     for _ in 0..args.workflow_pollers {
-        pollers.push(tokio::spawn(workflow_poller(api.clone(), shared.clone(), worker_id.clone(), args.queue.clone())));
+        pollers.push(tokio::spawn(workflow_poller(
+            api.clone(),
+            shared.clone(),
+            worker_id.clone(),
+            args.queue.clone(),
+        )));
     }
     for _ in 0..args.activity_pollers {
-        pollers.push(tokio::spawn(activity_poller(api.clone(), shared.clone(), worker_id.clone(), args.queue.clone())));
+        pollers.push(tokio::spawn(activity_poller(
+            api.clone(),
+            shared.clone(),
+            worker_id.clone(),
+            args.queue.clone(),
+        )));
     }
     let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut starters = Vec::new();
     for i in 0..args.workflows {
-        let permit = gate.clone().acquire_owned().await.expect("semaphore is never closed");
+        let permit = gate
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
         let (api, shared, queue) = (api.clone(), shared.clone(), args.queue.clone());
         starters.push(tokio::spawn(async move {
             let id = format!("{queue}-{i}");
@@ -257,8 +330,15 @@ async fn main() {
     latencies.sort();
     let n = shared.done.load(Ordering::Relaxed);
     let rate = n as f64 / elapsed.as_secs_f64();
-    println!("workflows: {n} in {:.2} s (concurrency {})", elapsed.as_secs_f64(), args.concurrency);
-    println!("throughput: {rate:.0} workflows/s, {:.0} state transitions/s", rate * TRANSITIONS_PER_WORKFLOW);
+    println!(
+        "workflows: {n} in {:.2} s (concurrency {})",
+        elapsed.as_secs_f64(),
+        args.concurrency
+    );
+    println!(
+        "throughput: {rate:.0} workflows/s, {:.0} state transitions/s",
+        rate * TRANSITIONS_PER_WORKFLOW
+    );
     println!(
         "start-to-result latency ms: p50 {:.1}, p95 {:.1}, p99 {:.1}",
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,

@@ -74,6 +74,14 @@ impl Engine {
                 reported_non_retryable,
             );
             if let Some(backoff_s) = retry {
+                if let Some(a) = task.activity.as_mut() {
+                    let message = failure.get("message").and_then(Value::as_str).unwrap_or("");
+                    a.last_failure = Some(crate::model::AttemptFailure {
+                        at_ms: now,
+                        attempt_number: a.attempt_number,
+                        message: crate::operator::truncate_message(message),
+                    });
+                }
                 super::activity_timeouts::schedule_retry(
                     txn.as_mut(),
                     &mut task,

@@ -305,6 +305,13 @@ pub(crate) async fn fire(
         if let Some(backoff) = retry_backoff_s(&activity, "ActivityTimedOut", false) {
             tracing::info!(task_id, run_id = %task.run_id, timeout_kind = kind,
                 attempt = activity.attempt_number, "activity attempt timed out; retrying");
+            if let Some(a) = task.activity.as_mut() {
+                a.last_failure = Some(crate::model::AttemptFailure {
+                    at_ms: now,
+                    attempt_number: a.attempt_number,
+                    message: format!("activity {} timeout of {seconds}s exceeded", kind.replace('_', "-")),
+                });
+            }
             return schedule_retry(txn, &mut task, backoff, now, fx);
         }
     }

@@ -380,6 +380,7 @@ pub(super) async fn continue_as_new(
             lifecycle: RunLifecycle {
                 parent: run.lifecycle.parent.clone(),
                 continued_from_run_id: Some(run.run_id.clone()),
+                schedule_id: run.lifecycle.schedule_id.clone(),
                 ..RunLifecycle::default()
             },
             started_extra,

@@ -61,6 +61,7 @@ pub(super) async fn apply_command(
                 scheduled_at_ms: now,
                 heartbeat_details: None,
                 timeouts: super::activity_timeouts::from_command(cmd)?,
+                last_failure: None,
             };
             let payload = merge(
                 json!({

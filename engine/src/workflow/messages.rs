@@ -434,7 +434,7 @@ impl Engine {
             if let Some(declared) =
                 declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
             {
-                if !declared.signals.iter().any(|s| *s == req.signal_name) {
+                if !declared.signals.contains(&req.signal_name) {
                     return Err(Error::not_found(
                         "unknown_signal",
                         format!(
@@ -553,7 +553,7 @@ impl Engine {
                     return Err(not_active(&run, "update"));
                 }
                 if let Some(declared) = contract(txn.as_mut(), &run).await? {
-                    if !declared.updates.iter().any(|u| *u == req.update_name) {
+                    if !declared.updates.contains(&req.update_name) {
                         return Err(Error::not_found(
                             "unknown_update",
                             format!(
@@ -569,22 +569,28 @@ impl Engine {
                         .with("run_id", run.run_id.as_str())
                         .with(
                             "control_plane",
-                            control_plane("update", "rejected_unknown_update", &run.workflow_id, &run.run_id),
+                            control_plane(
+                                "update",
+                                "rejected_unknown_update",
+                                &run.workflow_id,
+                                &run.run_id,
+                            ),
                         ));
                     }
                 }
                 let update_id = new_update_id.clone();
                 let command_id = update_id.clone();
                 let payload = json!({
-                        "workflow_command_id": command_id,
-                        "update_id": update_id,
-                        "workflow_instance_id": run.workflow_id,
-                        "workflow_run_id": run.run_id,
-                        "update_name": req.update_name,
-                        "arguments": req.input,
-                        "payload_codec": "avro",
-                    });
-                let accepted_event_seq = history::append(txn.as_mut(), &mut run, "UpdateAccepted", payload, now, None);
+                    "workflow_command_id": command_id,
+                    "update_id": update_id,
+                    "workflow_instance_id": run.workflow_id,
+                    "workflow_run_id": run.run_id,
+                    "update_name": req.update_name,
+                    "arguments": req.input,
+                    "payload_codec": "avro",
+                });
+                let accepted_event_seq =
+                    history::append(txn.as_mut(), &mut run, "UpdateAccepted", payload, now, None);
                 let record = UpdateRecord {
                     update_id: update_id.clone(),
                     namespace: ns.to_string(),
@@ -602,7 +608,11 @@ impl Engine {
                     accepted_at_ms: now,
                     closed_at_ms: None,
                 };
-                tables::put(txn.as_mut(), &update_key(ns, &run.run_id, &update_id), &record)?;
+                tables::put(
+                    txn.as_mut(),
+                    &update_key(ns, &run.run_id, &update_id),
+                    &record,
+                )?;
                 run.waits.pending_updates.push(update_id.clone());
                 match run.workflow_task.clone() {
                     None => ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?,
@@ -610,9 +620,14 @@ impl Engine {
                         // A ready task no worker holds yet runs the update first; a
                         // leased one is left alone and its close hands the update on.
                         let tkey = tables::task_key(&task_id);
-                        if let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? {
-                            if task.status != TaskStatus::Leased && task.workflow_update_id.is_none() {
-                                task.workflow_update_id = run.waits.pending_updates.first().cloned();
+                        if let Some(mut task) =
+                            tables::get::<TaskRecord>(txn.as_mut(), &tkey).await?
+                        {
+                            if task.status != TaskStatus::Leased
+                                && task.workflow_update_id.is_none()
+                            {
+                                task.workflow_update_id =
+                                    run.waits.pending_updates.first().cloned();
                                 tables::put(txn.as_mut(), &tkey, &task)?;
                             }
                         }
@@ -693,70 +708,99 @@ impl Engine {
         let command_id = ids::new_id(now);
         let command_id = &command_id;
         self.transact(move |mut txn, mut fx| async move {
-            let operation = command.name();
-            let mut run = target_run(txn.as_mut(), ns, workflow_id, run_id, operation).await?;
-            if run.status.is_terminal() {
-                return Err(not_active(&run, operation));
-            }
-            let (requested, closed, status, outcome, category) = match command {
-                CloseCommand::Cancel => (
-                    "CancelRequested",
-                    "WorkflowCancelled",
-                    RunStatus::Cancelled,
-                    "cancelled",
-                    "cancelled",
-                ),
-                CloseCommand::Terminate => (
-                    "TerminateRequested",
-                    "WorkflowTerminated",
-                    RunStatus::Terminated,
-                    "terminated",
-                    "terminated",
-                ),
-            };
-            let message = format!("workflow was {outcome}");
-            // `get_result` raises with the terminal event's `reason`: never leave it null.
-            let reason = reason
-                .map(str::to_string)
-                .unwrap_or_else(|| message.clone());
-            let payload = json!({
-                "workflow_command_id": command_id,
-                "workflow_instance_id": run.workflow_id,
-                "workflow_run_id": run.run_id,
-                "command_type": operation,
-                "reason": reason,
-            });
-            history::append(txn.as_mut(), &mut run, requested, payload, now, None);
-            let payload = json!({
-                "workflow_command_id": command_id,
-                "workflow_instance_id": run.workflow_id,
-                "workflow_run_id": run.run_id,
-                "failure_category": category,
-                "closed_reason": outcome,
-                "message": message,
-                "reason": reason,
-            });
-            let command_sequence =
-                history::append(txn.as_mut(), &mut run, closed, payload, now, None);
-            close_run(txn.as_mut(), &mut run, status, outcome, now, &mut fx).await?;
-            tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
-            let receipt = json!({
-                "outcome": outcome,
-                "command_id": command_id,
-                "command_type": operation,
-                "command_status": "accepted",
-                "command_sequence": command_sequence,
-                "target_scope": if run_id.is_some() { "run" } else { "instance" },
-                "workflow_id": run.workflow_id,
-                "run_id": run.run_id,
-                "requested_run_id": run_id,
-                "resolved_run_id": run.run_id,
-                "workflow_type": run.workflow_type,
-                "status": run.status.as_str(),
-                "reason": reason,
-            });
+            let receipt = close_in_txn(
+                txn.as_mut(),
+                ns,
+                workflow_id,
+                run_id,
+                command,
+                reason,
+                command_id,
+                now,
+                &mut fx,
+            )
+            .await?;
             Ok((txn, (receipt, fx)))
         })
         .await
     }
+}
+
+/// Cancels or terminates a run inside `txn` (the body of [`Engine::close_workflow`], also
+/// used by schedules' `cancel_other` and `terminate_other` overlap policies); returns the
+/// command receipt.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn close_in_txn(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    workflow_id: &str,
+    run_id: Option<&str>,
+    command: CloseCommand,
+    reason: Option<&str>,
+    command_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<Value> {
+    let operation = command.name();
+    let mut run = target_run(txn, ns, workflow_id, run_id, operation).await?;
+    if run.status.is_terminal() {
+        return Err(not_active(&run, operation));
+    }
+    let (requested, closed, status, outcome, category) = match command {
+        CloseCommand::Cancel => (
+            "CancelRequested",
+            "WorkflowCancelled",
+            RunStatus::Cancelled,
+            "cancelled",
+            "cancelled",
+        ),
+        CloseCommand::Terminate => (
+            "TerminateRequested",
+            "WorkflowTerminated",
+            RunStatus::Terminated,
+            "terminated",
+            "terminated",
+        ),
+    };
+    let message = format!("workflow was {outcome}");
+    // `get_result` raises with the terminal event's `reason`: never leave it null.
+    let reason = reason
+        .map(str::to_string)
+        .unwrap_or_else(|| message.clone());
+    let payload = json!({
+        "workflow_command_id": command_id,
+        "workflow_instance_id": run.workflow_id,
+        "workflow_run_id": run.run_id,
+        "command_type": operation,
+        "reason": reason,
+    });
+    history::append(txn, &mut run, requested, payload, now, None);
+    let payload = json!({
+        "workflow_command_id": command_id,
+        "workflow_instance_id": run.workflow_id,
+        "workflow_run_id": run.run_id,
+        "failure_category": category,
+        "closed_reason": outcome,
+        "message": message,
+        "reason": reason,
+    });
+    let command_sequence = history::append(txn, &mut run, closed, payload, now, None);
+    close_run(txn, &mut run, status, outcome, now, fx).await?;
+    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
+    let receipt = json!({
+        "outcome": outcome,
+        "command_id": command_id,
+        "command_type": operation,
+        "command_status": "accepted",
+        "command_sequence": command_sequence,
+        "target_scope": if run_id.is_some() { "run" } else { "instance" },
+        "workflow_id": run.workflow_id,
+        "run_id": run.run_id,
+        "requested_run_id": run_id,
+        "resolved_run_id": run.run_id,
+        "workflow_type": run.workflow_type,
+        "status": run.status.as_str(),
+        "reason": reason,
+    });
+    Ok(receipt)
 }

@@ -42,6 +42,7 @@ pub use export::{checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
+pub(crate) use messages::close_in_txn;
 pub use poll::PollRequests;
 pub use repair::{CommandOutcome, RunTarget};
 mod tasks;
@@ -282,6 +283,8 @@ async fn close_run(
     if let Some(timer) = run.deadline_timer.take() {
         txn.clear(&tables::timer_key(&timer));
     }
+    // A schedule waiting for this run (buffered fires) learns of the close.
+    crate::schedules::on_run_closed(txn, run, now, fx)?;
     // Visibility, the parent's wake-up and the parent-close policy of open children.
     children::on_run_closed(txn, run, now, fx).await
 }
@@ -444,6 +447,130 @@ fn invalid_commands(message: impl Into<String>) -> Error {
     Error::reject(RejectKind::Invalid, "invalid_commands", message)
 }
 
+/// Starts a run inside `txn` (the body of [`Engine::start_workflow`]): checks the
+/// workflow id against its instance, then writes `WorkflowStarted`, the deadline timer,
+/// the first workflow task, the run, the instance and the list entry. `run_id` is chosen
+/// by the caller before its transaction, so a retry after an unknown commit recognizes
+/// its own run.
+pub(crate) async fn start_in_txn(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    req: &StartWorkflow,
+    workflow_id: &str,
+    run_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<StartOutcome> {
+    Engine::require_namespace(txn, ns).await?;
+    let ikey = tables::instance_key(ns, workflow_id);
+    if let Some(instance) = tables::get::<InstanceRecord>(txn, &ikey).await? {
+        let run: RunRecord = tables::get(txn, &tables::run_key(ns, &instance.current_run_id))
+            .await?
+            .ok_or_else(|| Error::corrupt("instance without its current run"))?;
+        if instance.current_run_id == run_id {
+            // Our own earlier attempt committed (commit-unknown retry).
+            return Ok(StartOutcome {
+                started_new: true,
+                run,
+            });
+        }
+        if req.duplicate_policy == DuplicatePolicy::UseExisting && !run.status.is_terminal() {
+            return Ok(StartOutcome {
+                started_new: false,
+                run,
+            });
+        }
+        return Err(Error::conflict(
+            "duplicate_not_allowed",
+            format!(
+                "workflow '{workflow_id}' already exists (run '{}', {})",
+                run.run_id,
+                run.status.as_str()
+            ),
+        )
+        .with("workflow_id", workflow_id)
+        .with("run_id", run.run_id.as_str())
+        .with("outcome", "rejected_duplicate"));
+    }
+    let execution_deadline_ms = req.execution_timeout_seconds.map(|s| now + s as i64 * 1000);
+    let run_deadline_ms = req.run_timeout_seconds.map(|s| now + s as i64 * 1000);
+    let mut run = RunRecord {
+        namespace: ns.to_string(),
+        workflow_id: workflow_id.to_string(),
+        run_id: run_id.to_string(),
+        run_number: 1,
+        workflow_type: req.workflow_type.clone(),
+        task_queue: req.task_queue.clone(),
+        status: RunStatus::Pending,
+        priority: req.priority,
+        build_id: req.build_id.clone(),
+        memo: req.memo.clone(),
+        search_attributes: req.search_attributes.clone(),
+        started_at_ms: now,
+        closed_at_ms: None,
+        last_progress_at_ms: now,
+        execution_timeout_seconds: req.execution_timeout_seconds,
+        run_timeout_seconds: req.run_timeout_seconds,
+        execution_deadline_ms,
+        run_deadline_ms,
+        deadline_timer: None,
+        last_event_seq: 0,
+        last_workflow_sequence: 0,
+        workflow_task: None,
+        open_activities: Vec::new(),
+        closed_reason: None,
+        lifecycle: Default::default(),
+        waits: Default::default(),
+    };
+    history::append(
+        txn,
+        &mut run,
+        "WorkflowStarted",
+        json!({
+            "workflow_type": req.workflow_type,
+            "workflow_instance_id": workflow_id,
+            "workflow_run_id": run_id,
+            "task_queue": req.task_queue,
+            "input": req.input,
+            "payload_codec": "avro",
+            "memo": req.memo,
+            "search_attributes": req.search_attributes,
+            "execution_timeout_seconds": req.execution_timeout_seconds,
+            "run_timeout_seconds": req.run_timeout_seconds,
+            "execution_deadline_at": execution_deadline_ms.map(format_timestamp),
+            "run_deadline_at": run_deadline_ms.map(format_timestamp),
+            "timestamp": format_timestamp(now),
+        }),
+        now,
+        None,
+    );
+    let deadline = match (execution_deadline_ms, run_deadline_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(at) = deadline {
+        let action = TimerAction::RunDeadline {
+            namespace: ns.to_string(),
+            run_id: run_id.to_string(),
+        };
+        run.deadline_timer = Some(Engine::put_timer(txn, at, &action, fx)?);
+    }
+    ensure_workflow_task(txn, &mut run, now, fx)?;
+    let instance = InstanceRecord {
+        workflow_id: workflow_id.to_string(),
+        current_run_id: run_id.to_string(),
+        run_count: 1,
+        created_at_ms: now,
+    };
+    tables::put(txn, &ikey, &instance)?;
+    tables::put(txn, &tables::run_key(ns, run_id), &run)?;
+    listing::index_new_run(txn, &run)?;
+    Ok(StartOutcome {
+        started_new: true,
+        run,
+    })
+}
+
 impl Engine {
     /// Starts a workflow run (or returns the open one under `UseExisting`).
     pub async fn start_workflow(&self, ns: &str, req: StartWorkflow) -> Result<StartOutcome> {
@@ -452,135 +579,9 @@ impl Engine {
         let workflow_id = req.workflow_id.clone().unwrap_or_else(|| ids::new_id(now));
         let (req, run_id, workflow_id) = (&req, &run_id, &workflow_id);
         self.transact(move |mut txn, mut fx| async move {
-            Self::require_namespace(txn.as_mut(), ns).await?;
-            let ikey = tables::instance_key(ns, workflow_id);
-            if let Some(instance) = tables::get::<InstanceRecord>(txn.as_mut(), &ikey).await? {
-                let run: RunRecord =
-                    tables::get(txn.as_mut(), &tables::run_key(ns, &instance.current_run_id))
-                        .await?
-                        .ok_or_else(|| Error::corrupt("instance without its current run"))?;
-                if instance.current_run_id == *run_id {
-                    // Our own earlier attempt committed (commit-unknown retry).
-                    return Ok((
-                        txn,
-                        (
-                            StartOutcome {
-                                started_new: true,
-                                run,
-                            },
-                            fx,
-                        ),
-                    ));
-                }
-                if req.duplicate_policy == DuplicatePolicy::UseExisting && !run.status.is_terminal()
-                {
-                    return Ok((
-                        txn,
-                        (
-                            StartOutcome {
-                                started_new: false,
-                                run,
-                            },
-                            fx,
-                        ),
-                    ));
-                }
-                return Err(Error::conflict(
-                    "duplicate_not_allowed",
-                    format!(
-                        "workflow '{workflow_id}' already exists (run '{}', {})",
-                        run.run_id,
-                        run.status.as_str()
-                    ),
-                )
-                .with("workflow_id", workflow_id.as_str())
-                .with("run_id", run.run_id.as_str())
-                .with("outcome", "rejected_duplicate"));
-            }
-            let execution_deadline_ms =
-                req.execution_timeout_seconds.map(|s| now + s as i64 * 1000);
-            let run_deadline_ms = req.run_timeout_seconds.map(|s| now + s as i64 * 1000);
-            let mut run = RunRecord {
-                namespace: ns.to_string(),
-                workflow_id: workflow_id.clone(),
-                run_id: run_id.clone(),
-                run_number: 1,
-                workflow_type: req.workflow_type.clone(),
-                task_queue: req.task_queue.clone(),
-                status: RunStatus::Pending,
-                priority: req.priority,
-                build_id: req.build_id.clone(),
-                memo: req.memo.clone(),
-                search_attributes: req.search_attributes.clone(),
-                started_at_ms: now,
-                closed_at_ms: None,
-                last_progress_at_ms: now,
-                execution_timeout_seconds: req.execution_timeout_seconds,
-                run_timeout_seconds: req.run_timeout_seconds,
-                execution_deadline_ms,
-                run_deadline_ms,
-                deadline_timer: None,
-                last_event_seq: 0,
-                last_workflow_sequence: 0,
-                workflow_task: None,
-                open_activities: Vec::new(),
-                closed_reason: None,
-                lifecycle: Default::default(),
-                waits: Default::default(),
-            };
-            history::append(
-                txn.as_mut(),
-                &mut run,
-                "WorkflowStarted",
-                json!({
-                    "workflow_type": req.workflow_type,
-                    "workflow_instance_id": workflow_id,
-                    "workflow_run_id": run_id,
-                    "task_queue": req.task_queue,
-                    "input": req.input,
-                    "payload_codec": "avro",
-                    "memo": req.memo,
-                    "search_attributes": req.search_attributes,
-                    "execution_timeout_seconds": req.execution_timeout_seconds,
-                    "run_timeout_seconds": req.run_timeout_seconds,
-                    "execution_deadline_at": execution_deadline_ms.map(format_timestamp),
-                    "run_deadline_at": run_deadline_ms.map(format_timestamp),
-                    "timestamp": format_timestamp(now),
-                }),
-                now,
-                None,
-            );
-            let deadline = match (execution_deadline_ms, run_deadline_ms) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if let Some(at) = deadline {
-                let action = TimerAction::RunDeadline {
-                    namespace: ns.to_string(),
-                    run_id: run_id.clone(),
-                };
-                run.deadline_timer = Some(Self::put_timer(txn.as_mut(), at, &action, &mut fx)?);
-            }
-            ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
-            let instance = InstanceRecord {
-                workflow_id: workflow_id.clone(),
-                current_run_id: run_id.clone(),
-                run_count: 1,
-                created_at_ms: now,
-            };
-            tables::put(txn.as_mut(), &ikey, &instance)?;
-            tables::put(txn.as_mut(), &tables::run_key(ns, run_id), &run)?;
-            listing::index_new_run(txn.as_mut(), &run)?;
-            Ok((
-                txn,
-                (
-                    StartOutcome {
-                        started_new: true,
-                        run,
-                    },
-                    fx,
-                ),
-            ))
+            let outcome =
+                start_in_txn(txn.as_mut(), ns, req, workflow_id, run_id, now, &mut fx).await?;
+            Ok((txn, (outcome, fx)))
         })
         .await
     }

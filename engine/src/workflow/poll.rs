@@ -167,13 +167,22 @@ impl Engine {
                 return Ok((txn, (None, fx)));
             }
             if let Some(max) = max_leases {
-                let counter = tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, tables::QueueCounter::Leased);
-                let leased = crate::storage::decode_counter(txn.get_snapshot(&counter).await?.as_deref());
+                let counter = tables::queue_counter_key(
+                    &task.namespace,
+                    &task.task_queue,
+                    task.kind,
+                    tables::QueueCounter::Leased,
+                );
+                let leased =
+                    crate::storage::decode_counter(txn.get_snapshot(&counter).await?.as_deref());
                 if leased >= max as i64 {
                     return Err(Error::reject(
                         RejectKind::Throttled,
                         "queue_lease_limit_reached",
-                        format!("queue '{}' already has {leased} leased tasks (limit {max})", task.task_queue),
+                        format!(
+                            "queue '{}' already has {leased} leased tasks (limit {max})",
+                            task.task_queue
+                        ),
                     )
                     .with("poll_status", "throttled")
                     .with("task", Value::Null)
