@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     pub poll_requests: crate::workflow::PollRequests,
     /// Query tasks and callers waiting on updates (in memory only).
     pub queries: crate::queries::Queries,
+    /// Which worker cached which run's history, and until when (advisory, in memory).
+    pub sticky: crate::workflow::StickyRuns,
     pub stop: watch::Sender<bool>,
     /// The timer service task, awaited by [`Engine::stop`].
     pub timer_service: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -137,6 +139,7 @@ impl Engine {
             cohorts: Mutex::new(HashMap::new()),
             poll_requests: Default::default(),
             queries: Default::default(),
+            sticky: Default::default(),
             stop,
             timer_service: Mutex::new(None),
         });

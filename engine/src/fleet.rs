@@ -105,6 +105,8 @@ impl Engine {
                 ));
             }
             txn.clear(&key);
+            // The service URL it announced goes with it.
+            txn.clear(&crate::operator::endpoint_key(ns, worker_id));
             Ok((txn, ((), fx)))
         })
         .await?;

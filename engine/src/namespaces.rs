@@ -115,7 +115,10 @@ pub const SYSTEM_SEARCH_ATTRIBUTES: &[(&str, SearchAttributeType)] = &[
     ("BuildId", SearchAttributeType::Keyword),
     // Set on runs a schedule starts (`schedules`).
     ("DurableWorkflowScheduleId", SearchAttributeType::Keyword),
-    ("DurableWorkflowScheduledStartTime", SearchAttributeType::Datetime),
+    (
+        "DurableWorkflowScheduledStartTime",
+        SearchAttributeType::Datetime,
+    ),
 ];
 
 fn is_system_attribute(name: &str) -> bool {

@@ -16,8 +16,7 @@ use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
 use keel_engine::storage::{KvStore, ReadOptions};
 use keel_engine::workflow::{
-    CloseCommand, DuplicatePolicy, ListQuery, Poll, SignalRequest, StartWorkflow,
-    WorkflowTaskView,
+    CloseCommand, DuplicatePolicy, ListQuery, Poll, SignalRequest, StartWorkflow, WorkflowTaskView,
 };
 use keel_engine::{Engine, EngineConfig, Error};
 use serde_json::{json, Value};
@@ -121,7 +120,13 @@ async fn workflow_task(engine: &Engine) -> WorkflowTaskView {
 
 async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: &[Value]) {
     engine
-        .complete_workflow_task(NS, &task.task_id, "w1", task.workflow_task_attempt, commands)
+        .complete_workflow_task(
+            NS,
+            &task.task_id,
+            "w1",
+            task.workflow_task_attempt,
+            commands,
+        )
         .await
         .expect("completion recorded");
 }
@@ -159,7 +164,12 @@ async fn keys_of_run(engine: &Engine, table: u8, run_id: &str) -> usize {
 }
 
 /// Starts `id` and has its first task schedule an activity; returns the run id.
-async fn start_with_activity(engine: &Engine, id: &str, workflow_type: &str, attempts: u64) -> String {
+async fn start_with_activity(
+    engine: &Engine,
+    id: &str,
+    workflow_type: &str,
+    attempts: u64,
+) -> String {
     let run = engine
         .start_workflow(NS, start_request(id, workflow_type))
         .await
@@ -185,7 +195,12 @@ async fn recover_refuses_an_active_run_and_a_succeeded_one_and_changes_nothing()
     assert_eq!(extra["blockedReason"], "run_active");
     assert_eq!(extra["invocationIds"], json!([run_id]));
     assert_eq!(
-        engine.describe(NS, "order-1", None).await.expect("still there").run.status,
+        engine
+            .describe(NS, "order-1", None)
+            .await
+            .expect("still there")
+            .run
+            .status,
         RunStatus::Waiting
     );
 
@@ -196,11 +211,22 @@ async fn recover_refuses_an_active_run_and_a_succeeded_one_and_changes_nothing()
         .expect("poll")
         .expect("activity task");
     engine
-        .complete_activity_task(NS, &act.task_id, &act.activity_attempt_id, "w1", &json!({"codec": "avro", "blob": "AA=="}))
+        .complete_activity_task(
+            NS,
+            &act.task_id,
+            &act.activity_attempt_id,
+            "w1",
+            &json!({"codec": "avro", "blob": "AA=="}),
+        )
         .await
         .expect("activity completes");
     let task = workflow_task(&engine).await;
-    complete(&engine, &task, &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": "AA=="}})]).await;
+    complete(
+        &engine,
+        &task,
+        &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": "AA=="}})],
+    )
+    .await;
     let err = engine
         .recover_stuck_workflow(NS, &recover_request("Checkout", "order-1"), &actor())
         .await
@@ -245,14 +271,22 @@ async fn recover_terminates_a_run_whose_activity_keeps_failing_and_frees_its_id(
         .expect("poll")
         .expect("activity task");
     engine
-        .fail_activity_task(NS, &act.task_id, &act.activity_attempt_id, "w1", &json!({"message": "card declined", "type": "Declined"}))
+        .fail_activity_task(
+            NS,
+            &act.task_id,
+            &act.activity_attempt_id,
+            "w1",
+            &json!({"message": "card declined", "type": "Declined"}),
+        )
         .await
         .expect("failure recorded");
     // Doctor's view: the run is stuck, with the attempt's failure.
     let counts = engine.invocation_counts(NS).await.expect("counts");
     assert_eq!(counts.stuck, 1);
     assert_eq!(counts.open_failures[0].id, run_id);
-    assert!(counts.open_failures[0].error_message.contains("card declined"));
+    assert!(counts.open_failures[0]
+        .error_message
+        .contains("card declined"));
     assert_eq!(counts.total, 1);
 
     let outcome = engine
@@ -262,7 +296,12 @@ async fn recover_terminates_a_run_whose_activity_keeps_failing_and_frees_its_id(
     assert_eq!(outcome.terminated, vec![run_id.clone()]);
     assert_eq!(outcome.purged, vec![run_id.clone()]);
     assert!(outcome.state_cleared);
-    let (reason, _) = rejection(engine.describe(NS, "order-2", None).await.expect_err("purged"));
+    let (reason, _) = rejection(
+        engine
+            .describe(NS, "order-2", None)
+            .await
+            .expect_err("purged"),
+    );
     assert_eq!(reason, "instance_not_found");
     assert_eq!(keys_of_run(&engine, prefix::HISTORY, &run_id).await, 0);
     assert_eq!(keys_of_run(&engine, prefix::RUN, &run_id).await, 0);
@@ -287,7 +326,10 @@ async fn recover_terminates_a_run_whose_activity_keeps_failing_and_frees_its_id(
         .expect("the id is free again");
     assert!(again.started_new);
     assert_ne!(again.run.run_id, run_id);
-    let view = engine.describe(NS, "order-2", None).await.expect("describes");
+    let view = engine
+        .describe(NS, "order-2", None)
+        .await
+        .expect("describes");
     assert_eq!(view.run_count, 1);
     assert_eq!(view.run.last_event_seq, 1);
 }
@@ -308,7 +350,12 @@ async fn recover_purges_every_run_of_a_continued_chain_oldest_first() {
         &[json!({"type": "continue_as_new", "arguments": {"codec": "avro", "blob": "AA=="}})],
     )
     .await;
-    let second = engine.describe(NS, "chain", None).await.expect("describes").run.run_id;
+    let second = engine
+        .describe(NS, "chain", None)
+        .await
+        .expect("describes")
+        .run
+        .run_id;
     assert_ne!(first, second);
     let task = workflow_task(&engine).await;
     complete(
@@ -317,9 +364,15 @@ async fn recover_purges_every_run_of_a_continued_chain_oldest_first() {
         &[json!({"type": "fail_workflow", "message": "gave up"})],
     )
     .await;
-    let failures = engine.recent_closed_failures(NS, 20).await.expect("failures");
+    let failures = engine
+        .recent_closed_failures(NS, 20)
+        .await
+        .expect("failures");
     assert_eq!(failures.len(), 1);
-    assert_eq!((failures[0].id.as_str(), failures[0].error_message.as_str()), (second.as_str(), "gave up"));
+    assert_eq!(
+        (failures[0].id.as_str(), failures[0].error_message.as_str()),
+        (second.as_str(), "gave up")
+    );
 
     let outcome = engine
         .recover_stuck_workflow(NS, &recover_request("Looper", "chain"), &actor())
@@ -332,7 +385,13 @@ async fn recover_purges_every_run_of_a_continued_chain_oldest_first() {
         assert_eq!(keys_of_run(&engine, prefix::RUN, run).await, 0);
     }
     let page = engine
-        .list_workflows(NS, &ListQuery { page_size: 10, ..ListQuery::default() })
+        .list_workflows(
+            NS,
+            &ListQuery {
+                page_size: 10,
+                ..ListQuery::default()
+            },
+        )
         .await
         .expect("lists");
     assert!(page.runs.is_empty());
@@ -388,7 +447,12 @@ async fn concurrent_recovers_of_one_workflow_serialize_and_leave_it_blank() {
         .await
         .expect("starts");
     let task = workflow_task(&engine).await;
-    complete(&engine, &task, &[json!({"type": "fail_workflow", "message": "boom"})]).await;
+    complete(
+        &engine,
+        &task,
+        &[json!({"type": "fail_workflow", "message": "boom"})],
+    )
+    .await;
     let req = recover_request("Checkout", "twice");
     let who = actor();
     let (a, b) = tokio::join!(
@@ -415,7 +479,15 @@ async fn concurrent_recovers_of_one_workflow_serialize_and_leave_it_blank() {
 #[tokio::test]
 async fn force_redeploy_binds_announcing_workers_and_bumps_revisions_when_types_change() {
     let engine = engine().await;
-    register(&engine, "a1", "orders", Some("v1"), &["Checkout"], Some("https://a.example/svc")).await;
+    register(
+        &engine,
+        "a1",
+        "orders",
+        Some("v1"),
+        &["Checkout"],
+        Some("https://a.example/svc"),
+    )
+    .await;
     let first = engine
         .force_redeploy(
             NS,
@@ -433,7 +505,10 @@ async fn force_redeploy_binds_announcing_workers_and_bumps_revisions_when_types_
     assert!(first.deployment.deployment_id.starts_with("dp_"));
     assert_eq!(
         first.deployment.cohorts,
-        vec![CohortRef { task_queue: "orders".into(), build_id: Some("v1".into()) }]
+        vec![CohortRef {
+            task_queue: "orders".into(),
+            build_id: Some("v1".into())
+        }]
     );
     assert_eq!(first.deployment.services.len(), 1);
     assert_eq!(first.deployment.services[0].revision, 1);
@@ -445,18 +520,49 @@ async fn force_redeploy_binds_announcing_workers_and_bumps_revisions_when_types_
         task_queue: None,
         build_id: None,
     };
-    let again = engine.force_redeploy(NS, &redo(true), &actor()).await.expect("again");
-    assert_eq!((again.result, again.deployment.deployment_id.as_str()), ("rediscovered", first.deployment.deployment_id.as_str()));
+    let again = engine
+        .force_redeploy(NS, &redo(true), &actor())
+        .await
+        .expect("again");
+    assert_eq!(
+        (again.result, again.deployment.deployment_id.as_str()),
+        ("rediscovered", first.deployment.deployment_id.as_str())
+    );
     assert!(again.bumped.is_empty());
-    register(&engine, "a1", "orders", Some("v1"), &["Checkout", "Refund"], Some("https://a.example/svc")).await;
-    let grown = engine.force_redeploy(NS, &redo(true), &actor()).await.expect("grown");
+    register(
+        &engine,
+        "a1",
+        "orders",
+        Some("v1"),
+        &["Checkout", "Refund"],
+        Some("https://a.example/svc"),
+    )
+    .await;
+    let grown = engine
+        .force_redeploy(NS, &redo(true), &actor())
+        .await
+        .expect("grown");
     assert_eq!(grown.result, "updated");
-    let revisions: Vec<(String, u64)> = grown.deployment.services.iter().map(|s| (s.name.clone(), s.revision)).collect();
-    assert_eq!(revisions, vec![("Checkout".into(), 2), ("Refund".into(), 1)]);
-    let unchanged = engine.force_redeploy(NS, &redo(false), &actor()).await.expect("unchanged");
+    let revisions: Vec<(String, u64)> = grown
+        .deployment
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.revision))
+        .collect();
+    assert_eq!(
+        revisions,
+        vec![("Checkout".into(), 2), ("Refund".into(), 1)]
+    );
+    let unchanged = engine
+        .force_redeploy(NS, &redo(false), &actor())
+        .await
+        .expect("unchanged");
     assert_eq!(unchanged.result, "unchanged");
     let services = engine.services(NS).await.expect("services");
-    assert!(services.iter().all(|s| s.kind == ServiceKind::Workflow && s.deployment_id == first.deployment.deployment_id));
+    assert!(services
+        .iter()
+        .all(|s| s.kind == ServiceKind::Workflow
+            && s.deployment_id == first.deployment.deployment_id));
 
     let (reason, _) = rejection(
         engine
@@ -493,49 +599,107 @@ async fn cleanup_drains_stale_cohorts_and_keeps_a_pinned_deployment_until_forced
         .await
         .expect("old")
         .deployment;
-    let new = engine.force_redeploy(NS, &redeploy("http://new", Some("new"), QUEUE), &actor()).await.expect("new").deployment;
+    let new = engine
+        .force_redeploy(NS, &redeploy("http://new", Some("new"), QUEUE), &actor())
+        .await
+        .expect("new")
+        .deployment;
 
     // Unknown URL: nothing drained.
     let (reason, extra) = rejection(
         engine
-            .cleanup_stale_deployments(NS, &CleanupRequest { service_url: "http://elsewhere".into(), force_drain: false }, &actor())
+            .cleanup_stale_deployments(
+                NS,
+                &CleanupRequest {
+                    service_url: "http://elsewhere".into(),
+                    force_drain: false,
+                },
+                &actor(),
+            )
             .await
             .expect_err("unknown url"),
     );
     assert_eq!(reason, "deployment_not_found");
-    assert_eq!(extra["registeredServiceUrls"].as_array().map(Vec::len), Some(2));
-    assert!(!engine.cohort_draining(NS, QUEUE, Some("old")).await.expect("reads"));
+    assert_eq!(
+        extra["registeredServiceUrls"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert!(!engine
+        .cohort_draining(NS, QUEUE, Some("old"))
+        .await
+        .expect("reads"));
 
     // A run pinned to the old build id keeps the old deployment until forceDrain.
     let mut pinned = start_request("pinned", "Checkout");
     pinned.build_id = Some("old".into());
-    let pinned_run = engine.start_workflow(NS, pinned).await.expect("starts").run.run_id;
+    let pinned_run = engine
+        .start_workflow(NS, pinned)
+        .await
+        .expect("starts")
+        .run
+        .run_id;
     let out = engine
-        .cleanup_stale_deployments(NS, &CleanupRequest { service_url: "http://new".into(), force_drain: false }, &actor())
+        .cleanup_stale_deployments(
+            NS,
+            &CleanupRequest {
+                service_url: "http://new".into(),
+                force_drain: false,
+            },
+            &actor(),
+        )
         .await
         .expect("cleanup");
     assert_eq!(out.kept.deployment_id, new.deployment_id);
     assert_eq!(out.drained, vec![old.deployment_id.clone()]);
     assert!(out.removed.is_empty());
     assert_eq!(out.skipped[0].run_ids, vec![pinned_run.clone()]);
-    assert!(engine.cohort_draining(NS, QUEUE, Some("old")).await.expect("reads"));
-    assert!(!engine.cohort_draining(NS, QUEUE, Some("new")).await.expect("reads"));
+    assert!(engine
+        .cohort_draining(NS, QUEUE, Some("old"))
+        .await
+        .expect("reads"));
+    assert!(!engine
+        .cohort_draining(NS, QUEUE, Some("new"))
+        .await
+        .expect("reads"));
     let mut old_poll = poll();
     old_poll.worker_id = "old-w".into();
-    let (reason, _) = rejection(engine.poll_workflow_task(&old_poll).await.expect_err("draining"));
+    let (reason, _) = rejection(
+        engine
+            .poll_workflow_task(&old_poll)
+            .await
+            .expect_err("draining"),
+    );
     assert_eq!(reason, "worker_draining");
 
     let out = engine
-        .cleanup_stale_deployments(NS, &CleanupRequest { service_url: "http://new".into(), force_drain: true }, &actor())
+        .cleanup_stale_deployments(
+            NS,
+            &CleanupRequest {
+                service_url: "http://new".into(),
+                force_drain: true,
+            },
+            &actor(),
+        )
         .await
         .expect("forced cleanup");
     assert_eq!(out.terminated_runs, vec![pinned_run]);
     assert_eq!(out.removed, vec![old.deployment_id]);
     assert_eq!(
-        engine.describe(NS, "pinned", None).await.expect("describes").run.status,
+        engine
+            .describe(NS, "pinned", None)
+            .await
+            .expect("describes")
+            .run
+            .status,
         RunStatus::Terminated
     );
-    let left: Vec<String> = engine.deployments(NS).await.expect("list").into_iter().map(|d| d.deployment_id).collect();
+    let left: Vec<String> = engine
+        .deployments(NS)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.deployment_id)
+        .collect();
     assert_eq!(left, vec![new.deployment_id]);
 }
 
@@ -548,15 +712,37 @@ async fn cleanup_never_drains_a_cohort_the_kept_deployment_uses_too() {
         task_queue: Some("shared".into()),
         build_id: None,
     };
-    engine.force_redeploy(NS, &bind("http://one"), &actor()).await.expect("one");
-    engine.force_redeploy(NS, &bind("http://two"), &actor()).await.expect("two");
+    engine
+        .force_redeploy(NS, &bind("http://one"), &actor())
+        .await
+        .expect("one");
+    engine
+        .force_redeploy(NS, &bind("http://two"), &actor())
+        .await
+        .expect("two");
     let out = engine
-        .cleanup_stale_deployments(NS, &CleanupRequest { service_url: "http://two".into(), force_drain: false }, &actor())
+        .cleanup_stale_deployments(
+            NS,
+            &CleanupRequest {
+                service_url: "http://two".into(),
+                force_drain: false,
+            },
+            &actor(),
+        )
         .await
         .expect("cleanup");
-    assert_eq!(out.shared_cohorts, vec![CohortRef { task_queue: "shared".into(), build_id: None }]);
+    assert_eq!(
+        out.shared_cohorts,
+        vec![CohortRef {
+            task_queue: "shared".into(),
+            build_id: None
+        }]
+    );
     assert_eq!(out.removed.len(), 1);
-    assert!(!engine.cohort_draining(NS, "shared", None).await.expect("reads"));
+    assert!(!engine
+        .cohort_draining(NS, "shared", None)
+        .await
+        .expect("reads"));
 }
 
 #[tokio::test]
@@ -568,16 +754,33 @@ async fn every_operator_action_is_audited_newest_first_with_its_actor() {
     engine
         .force_redeploy(
             NS,
-            &RedeployRequest { service_url: "http://svc".into(), force: true, task_queue: Some(QUEUE.into()), build_id: None },
+            &RedeployRequest {
+                service_url: "http://svc".into(),
+                force: true,
+                task_queue: Some(QUEUE.into()),
+                build_id: None,
+            },
             &actor(),
         )
         .await
         .expect("registers");
     let log = engine.audit_log(NS, 10).await.expect("audit log");
     assert_eq!(log.len(), 2);
-    assert_eq!((log[0].action.as_str(), log[0].outcome.as_str()), ("force-redeploy", "acknowledged"));
-    assert_eq!((log[1].action.as_str(), log[1].outcome.as_str()), ("recover-stuck-workflow", "refused"));
+    assert_eq!(
+        (log[0].action.as_str(), log[0].outcome.as_str()),
+        ("force-redeploy", "acknowledged")
+    );
+    assert_eq!(
+        (log[1].action.as_str(), log[1].outcome.as_str()),
+        ("recover-stuck-workflow", "refused")
+    );
     assert_eq!(log[1].reason.as_deref(), Some("instance_not_found"));
-    assert!(log.iter().all(|e| e.actor.principal == "ops-team" && e.actor.roles == ["operator"]));
-    assert!(engine.audit_log("other", 10).await.expect("other namespace").is_empty());
+    assert!(log
+        .iter()
+        .all(|e| e.actor.principal == "ops-team" && e.actor.roles == ["operator"]));
+    assert!(engine
+        .audit_log("other", 10)
+        .await
+        .expect("other namespace")
+        .is_empty());
 }

@@ -72,7 +72,13 @@ impl Harness {
 
     async fn settle(&self) {
         for _ in 0..50 {
-            if self.engine.fire_due_timers(1000).await.expect("timers fire") == 0 {
+            if self
+                .engine
+                .fire_due_timers(1000)
+                .await
+                .expect("timers fire")
+                == 0
+            {
                 return;
             }
         }
@@ -228,7 +234,10 @@ async fn a_refired_timer_never_starts_a_second_run() {
         .expect("backfill runs");
     assert!(matches!(
         &backfill.fires[0].outcome,
-        FireOutcome::Skipped { reason: "already_started", .. }
+        FireOutcome::Skipped {
+            reason: "already_started",
+            ..
+        }
     ));
     assert_eq!(h.describe("once").await.fires_count, 1);
 }
@@ -464,10 +473,22 @@ async fn backfill_fires_every_occurrence_of_a_half_open_window_in_order() {
     // A backwards window is refused.
     let err = h
         .engine
-        .backfill_schedule(NS, "bf", at("2026-01-05T08:00:00Z"), at("2026-01-05T08:00:00Z"), None)
+        .backfill_schedule(
+            NS,
+            "bf",
+            at("2026-01-05T08:00:00Z"),
+            at("2026-01-05T08:00:00Z"),
+            None,
+        )
         .await
         .expect_err("empty window");
-    assert!(matches!(err, Error::Rejected { reason: "invalid_time_range", .. }));
+    assert!(matches!(
+        err,
+        Error::Rejected {
+            reason: "invalid_time_range",
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
@@ -599,7 +620,10 @@ async fn overlap_cancel_other_cancels_the_open_run_then_starts() {
         h.status("co-2026-01-05T00:01:00Z").await,
         RunStatus::Cancelled
     );
-    assert_eq!(h.status("co-2026-01-05T00:02:00Z").await, RunStatus::Pending);
+    assert_eq!(
+        h.status("co-2026-01-05T00:02:00Z").await,
+        RunStatus::Pending
+    );
     let s = h.describe("co").await;
     assert_eq!(s.running, ["co-2026-01-05T00:02:00Z"]);
 }
@@ -614,7 +638,10 @@ async fn overlap_terminate_other_terminates_the_open_run_then_starts() {
         h.status("to-2026-01-05T00:01:00Z").await,
         RunStatus::Terminated
     );
-    assert_eq!(h.status("to-2026-01-05T00:02:00Z").await, RunStatus::Pending);
+    assert_eq!(
+        h.status("to-2026-01-05T00:02:00Z").await,
+        RunStatus::Pending
+    );
     let view = h
         .engine
         .describe(NS, "to-2026-01-05T00:01:00Z", None)
@@ -796,7 +823,10 @@ async fn update_replaces_the_spec_and_rearms_from_now() {
     assert_eq!(s.note.as_deref(), Some("faster"));
     let updated = h.history("upd").await.pop().expect("an event");
     assert_eq!(updated["event_type"], "ScheduleUpdated");
-    assert_eq!(updated["payload"]["changed_fields"], json!(["spec", "note"]));
+    assert_eq!(
+        updated["payload"]["changed_fields"],
+        json!(["spec", "note"])
+    );
     h.advance_to("2026-01-05T00:05:00Z").await;
     assert_eq!(h.started("upd").await, ["upd-2026-01-05T00:05:00Z"]);
 }
@@ -867,10 +897,7 @@ async fn delete_stops_fires_hides_the_schedule_and_keeps_its_history() {
     let h = harness("2026-01-05T00:00:30Z").await;
     h.create(every_minute("gone", "allow_all")).await;
     h.advance_to("2026-01-05T00:01:00Z").await;
-    h.engine
-        .delete_schedule(NS, "gone")
-        .await
-        .expect("deletes");
+    h.engine.delete_schedule(NS, "gone").await.expect("deletes");
     h.advance_to("2026-01-05T00:05:00Z").await;
     assert_eq!(h.started("gone").await.len(), 1);
     assert!(h.engine.describe_schedule(NS, "gone").await.is_err());
@@ -910,7 +937,10 @@ async fn delete_stops_fires_hides_the_schedule_and_keeps_its_history() {
 #[tokio::test]
 async fn list_filters_pages_and_queries() {
     let h = harness("2026-01-05T00:00:00Z").await;
-    for (i, (ty, queue)) in [("a.wf", "q1"), ("b.wf", "q1"), ("a.wf", "q2")].iter().enumerate() {
+    for (i, (ty, queue)) in [("a.wf", "q1"), ("b.wf", "q1"), ("a.wf", "q2")]
+        .iter()
+        .enumerate()
+    {
         h.create(json!({
             "schedule_id": format!("s{i}"),
             "spec": {"cron_expressions": ["0 0 * * *"]},
@@ -972,7 +1002,10 @@ async fn list_filters_pages_and_queries() {
         ["s0"]
     );
     for (query, reason) in [
-        ("WorkflowType = 'a' OR Status = 'x'", "unsupported_schedule_visibility_predicate"),
+        (
+            "WorkflowType = 'a' OR Status = 'x'",
+            "unsupported_schedule_visibility_predicate",
+        ),
         ("Nope = 'x'", "unsupported_schedule_visibility_field"),
         ("WorkflowType = ", "invalid_schedule_visibility_query"),
     ] {
@@ -1087,7 +1120,10 @@ async fn each_occurrence_starts_exactly_once_under_injected_storage_faults() {
                 if let Ok(0) = h.engine.fire_due_timers(1000).await {
                     break;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "timers did not settle");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "timers did not settle"
+                );
             }
         }
         sim.set_faults(FaultConfig::none());
@@ -1107,4 +1143,101 @@ async fn each_occurrence_starts_exactly_once_under_injected_storage_faults() {
         faults.0 > 0 && faults.1 > 0,
         "both kinds of unknown commit were injected: {faults:?}"
     );
+}
+
+#[tokio::test]
+async fn control_plane_requests_apply_once_under_unknown_commits() {
+    let sim = SimulatedStore::new(FaultConfig::none());
+    let store: Arc<dyn KvStore> = Arc::new(sim.clone());
+    let clock = ManualClock::new(at("2026-01-05T12:00:00Z"));
+    let engine = open_on(store.clone(), &clock).await;
+    let h = Harness {
+        engine,
+        clock,
+        store,
+    };
+    h.create(json!({
+        "schedule_id": "cp",
+        "spec": {"cron_expressions": ["0 * * * *"]},
+        "action": {"workflow_type": "sched.wf", "task_queue": QUEUE},
+        "overlap_policy": "allow_all",
+        "paused": true,
+    }))
+    .await;
+    sim.set_faults(FaultConfig {
+        conflict: 0.1,
+        unknown_applied: 0.25,
+        unknown_not_applied: 0.1,
+        ..FaultConfig::chaos(7)
+    });
+    let mut triggered = Vec::new();
+    for _ in 0..20 {
+        h.clock.advance(Duration::from_millis(1));
+        if let Ok(result) = h.engine.trigger_schedule(NS, "cp", None).await {
+            if let FireOutcome::Started { workflow_id, .. } = result.outcome {
+                triggered.push(workflow_id);
+            }
+        }
+    }
+    // Two backfill batches of hourly occurrences. (Twenty attempts per transaction make a
+    // spurious failure here practically impossible.)
+    let backfill = h
+        .engine
+        .backfill_schedule(
+            NS,
+            "cp",
+            at("2026-01-03T00:00:00Z"),
+            at("2026-01-04T06:00:00Z"),
+            None,
+        )
+        .await
+        .expect("backfills");
+    let patch = SchedulePatch {
+        note: Some("noted".into()),
+        ..SchedulePatch::default()
+    };
+    let update = h
+        .engine
+        .update_schedule(NS, "cp", patch)
+        .await
+        .expect("updates");
+    assert_eq!(update.note.as_deref(), Some("noted"));
+    let unknown = sim.fault_stats().unknown_applied;
+    sim.set_faults(FaultConfig::none());
+    assert!(
+        unknown > 0,
+        "some commits were applied but reported unknown"
+    );
+
+    let started = h.started("cp").await;
+    let mut distinct = started.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), started.len(), "no run started twice");
+    assert_eq!(
+        started.len(),
+        triggered.len() + 30,
+        "one run per trigger and per backfilled occurrence"
+    );
+    for id in &triggered {
+        assert_eq!(
+            started.iter().filter(|s| *s == id).count(),
+            1,
+            "{id} started once"
+        );
+    }
+    assert_eq!(backfill.fires.len(), 30);
+    // A re-run backfill batch reports its first answer: every occurrence started (the
+    // earlier attempt's runs), none "already_started".
+    assert!(backfill
+        .fires
+        .iter()
+        .all(|f| matches!(f.outcome, FireOutcome::Started { .. })));
+    let updates = h
+        .event_types("cp")
+        .await
+        .into_iter()
+        .filter(|t| t == "ScheduleUpdated")
+        .count();
+    assert_eq!(updates, 1, "the update is recorded once");
 }

@@ -21,6 +21,8 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
@@ -111,7 +113,10 @@ fn admin_unreachable() -> ApiError {
     )
     .with("retryable", true)
     .with("retry_after_seconds", 1)
-    .with("remediation", "Check storage connectivity, then rerun doctor.")
+    .with(
+        "remediation",
+        "Check storage connectivity, then rerun doctor.",
+    )
 }
 
 fn op_error(e: keel_engine::Error) -> ApiError {
@@ -170,8 +175,14 @@ async fn audit_refusal(state: &AppState, call: &Call, action: &str, e: &ApiError
     };
     let entry = AuditEntry {
         completed_at_ms: Some(now),
-        ..AuditEntry::new(&call.namespace, action, &actor(&call.principal), request, now)
-            .with_outcome("refused", Some(e.reason), Value::Null)
+        ..AuditEntry::new(
+            &call.namespace,
+            action,
+            &actor(&call.principal),
+            request,
+            now,
+        )
+        .with_outcome("refused", Some(e.reason), Value::Null)
     };
     if let Err(write) = engine.record_audit(&entry).await {
         tracing::warn!(action, error = %write, "could not record an operator audit entry");
@@ -437,13 +448,20 @@ where
         }
     };
     let latency = started.elapsed().as_millis() as u64;
-    let (status, mut fields, error) = match outcome {
-        Ok(found) => (found.status, found.fields, Value::Null),
-        Err(failure) => (failure.status, empty, Value::from(failure.message)),
+    let (status, mut fields) = match outcome {
+        Ok(found) => {
+            let mut fields = found.fields;
+            fields.entry("error").or_insert(Value::Null);
+            (found.status, fields)
+        }
+        Err(failure) => {
+            let mut fields = empty;
+            fields.insert("error".into(), Value::from(failure.message));
+            (failure.status, fields)
+        }
     };
     fields.insert("status".into(), Value::from(status));
     fields.insert("latencyMs".into(), Value::from(latency));
-    fields.entry("error").or_insert(error);
     Value::Object(fields)
 }
 
@@ -464,9 +482,12 @@ fn ingress_target(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// `GET /api/health` on the server's own listener: proves it accepts connections and
-/// serves requests, not just that this handler runs.
-async fn probe_ingress(addr: Option<SocketAddr>) -> ProbeResult {
+/// `GET /api/health` on the server's own listener (the token-free health route, as
+/// Restate's ingress `/restate/health`): proves it accepts connections and serves
+/// requests, not just that this handler runs. Health reads storage, so with storage down
+/// it answers 503 (`degraded`) and with storage stuck it does not answer in time
+/// (`unreachable`); `connected` tells those apart from a listener that is gone.
+async fn probe_ingress(addr: Option<SocketAddr>, connected: Arc<AtomicBool>) -> ProbeResult {
     let unreachable = |message: String| ProbeFailure {
         status: "unreachable",
         message,
@@ -476,6 +497,7 @@ async fn probe_ingress(addr: Option<SocketAddr>) -> ProbeResult {
     let mut stream = tokio::net::TcpStream::connect(target)
         .await
         .map_err(|e| unreachable(format!("cannot connect to {target}: {e}")))?;
+    connected.store(true, Ordering::SeqCst);
     let request = format!(
         "GET /api/health HTTP/1.1\r\nHost: {target}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
     );
@@ -499,6 +521,7 @@ async fn probe_ingress(addr: Option<SocketAddr>) -> ProbeResult {
     let serving = health.get("status").and_then(Value::as_str);
     let mut out = Map::new();
     out.insert("url".into(), format!("http://{target}/api/health").into());
+    out.insert("connected".into(), Value::from(true));
     out.insert("httpStatus".into(), code.map_or(Value::Null, Value::from));
     let status = match (code, serving) {
         (Some(200), Some(_)) => "ok",
@@ -642,7 +665,11 @@ async fn probe_services(engine: Engine, ns: String) -> ProbeResult {
     let deployments = engine.deployments(&ns).await?;
     let dangling: Vec<String> = services
         .iter()
-        .filter(|s| !deployments.iter().any(|d| d.deployment_id == s.deployment_id))
+        .filter(|s| {
+            !deployments
+                .iter()
+                .any(|d| d.deployment_id == s.deployment_id)
+        })
         .map(|s| s.name.clone())
         .collect();
     let mut out = fields(json!({"items": services.iter().map(service_json).collect::<Vec<_>>()}));
@@ -715,14 +742,23 @@ async fn doctor(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
     let deadline = Duration::from_millis(timeout_ms as u64);
     let (engine, ns) = (&state.engine, &call.namespace);
     let list = || fields(json!({"items": [], "error": null}));
-    let (ingress, admin, deployments, services, invocations, audit) = tokio::join!(
-        run_probe(deadline, Map::new(), probe_ingress(state.listen_addr())),
+    let connected = Arc::new(AtomicBool::new(false));
+    let (mut ingress, admin, deployments, services, invocations, audit) = tokio::join!(
+        run_probe(
+            deadline,
+            Map::new(),
+            probe_ingress(state.listen_addr(), connected.clone())
+        ),
         run_probe(
             deadline,
             fields(json!({"version": env!("CARGO_PKG_VERSION")})),
             probe_admin(engine.clone())
         ),
-        run_probe(deadline, list(), probe_deployments(engine.clone(), ns.clone())),
+        run_probe(
+            deadline,
+            list(),
+            probe_deployments(engine.clone(), ns.clone())
+        ),
         run_probe(deadline, list(), probe_services(engine.clone(), ns.clone())),
         run_probe(
             deadline,
@@ -731,6 +767,18 @@ async fn doctor(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
         ),
         run_probe(deadline, list(), probe_audit(engine.clone(), ns.clone())),
     );
+    if let Some(obj) = ingress.as_object_mut() {
+        let connected = connected.load(Ordering::SeqCst);
+        obj.entry("connected").or_insert(Value::from(connected));
+        if connected && obj.get("status").and_then(Value::as_str) == Some("unreachable") {
+            obj.insert(
+                "error".into(),
+                Value::from(format!(
+                    "the listener accepted the connection but /api/health did not answer within {timeout_ms} ms (it reads storage)"
+                )),
+            );
+        }
+    }
     let status_of = |v: &Value| v["status"].as_str().unwrap_or("unreachable").to_string();
     let statuses: Vec<String> = [&ingress, &admin, &deployments, &services, &invocations]
         .iter()
@@ -754,11 +802,8 @@ async fn doctor(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
     // answer (the entry is then missing, which doctor's own output explains).
     let entry = AuditEntry {
         completed_at_ms: Some(now),
-        ..AuditEntry::new(ns, "doctor", &actor(&call.principal), json!({}), now).with_outcome(
-            "ok",
-            None,
-            summary,
-        )
+        ..AuditEntry::new(ns, "doctor", &actor(&call.principal), json!({}), now)
+            .with_outcome("ok", None, summary)
     };
     let writer = engine.clone();
     let write = tokio::spawn(async move { writer.record_audit(&entry).await });

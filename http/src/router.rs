@@ -215,14 +215,26 @@ fn routes() -> &'static [Route] {
             // as on discovery); the operator role is required (admin included).
             route!(
                 POST,
-                [L("v2"), L("admin"), L("operator"), L("restate"), L("doctor")],
+                [
+                    L("v2"),
+                    L("admin"),
+                    L("operator"),
+                    L("restate"),
+                    L("doctor")
+                ],
                 Discovery,
                 OperatorDoctor,
                 Operator
             ),
             route!(
                 POST,
-                [L("v2"), L("admin"), L("operator"), L("restate"), L("force-redeploy")],
+                [
+                    L("v2"),
+                    L("admin"),
+                    L("operator"),
+                    L("restate"),
+                    L("force-redeploy")
+                ],
                 Discovery,
                 OperatorForceRedeploy,
                 Operator
@@ -301,8 +313,18 @@ fn routes() -> &'static [Route] {
             route!(GET, [L("schedules"), P], Control, DescribeSchedule),
             route!(PUT, [L("schedules"), P], Control, UpdateSchedule),
             route!(DELETE, [L("schedules"), P], Control, DeleteSchedule),
-            route!(POST, [L("schedules"), P, L("pause")], Control, PauseSchedule),
-            route!(POST, [L("schedules"), P, L("resume")], Control, ResumeSchedule),
+            route!(
+                POST,
+                [L("schedules"), P, L("pause")],
+                Control,
+                PauseSchedule
+            ),
+            route!(
+                POST,
+                [L("schedules"), P, L("resume")],
+                Control,
+                ResumeSchedule
+            ),
             route!(
                 POST,
                 [L("schedules"), P, L("trigger")],
@@ -831,11 +853,7 @@ mod tests {
         ] {
             assert!(policy(op).bootstrap_gated, "{op:?}");
         }
-        for op in [
-            Op::ListSchedules,
-            Op::DescribeSchedule,
-            Op::ScheduleHistory,
-        ] {
+        for op in [Op::ListSchedules, Op::DescribeSchedule, Op::ScheduleHistory] {
             assert!(!policy(op).bootstrap_gated, "{op:?}");
         }
         assert_eq!(

@@ -127,11 +127,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 // The SDK documents the limit as clamped by the server.
                 Some(Ok(n)) => n.clamp(1, MAX_HISTORY_PAGE as i64) as usize,
                 Some(Err(_)) => {
-                    errors.insert("limit".to_string(), vec!["The limit must be an integer.".to_string()]);
+                    errors.insert(
+                        "limit".to_string(),
+                        vec!["The limit must be an integer.".to_string()],
+                    );
                     DEFAULT_HISTORY_LIMIT
                 }
             };
-            let after = match call.query.get("after_sequence").map(|v| v.trim().parse::<u64>()) {
+            let after = match call
+                .query
+                .get("after_sequence")
+                .map(|v| v.trim().parse::<u64>())
+            {
                 None => 0,
                 Some(Ok(n)) => n,
                 Some(Err(_)) => {
@@ -223,7 +230,12 @@ fn list_error(mut e: ApiError, default_field: &str, anchor: Option<&(i64, String
 
 async fn list(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
     let ns = call.namespace.as_str();
-    let q = |k: &str| call.query.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let q = |k: &str| {
+        call.query
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
     let status_text = q("status");
     let status = match status_text {
         None => None,
@@ -231,7 +243,10 @@ async fn list(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
         Some("paused") => Some(ScheduleStatus::Paused),
         Some(other) => {
             return Err(list_error(
-                ApiError::field("status", format!("The status must be active or paused, not '{other}'.")),
+                ApiError::field(
+                    "status",
+                    format!("The status must be active or paused, not '{other}'."),
+                ),
                 "status",
                 None,
             ))
@@ -240,7 +255,10 @@ async fn list(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
     let workflow_type = q("workflow_type");
     if workflow_type.is_some_and(|t| t.len() > 255) {
         return Err(list_error(
-            ApiError::field("workflow_type", "The workflow_type must not exceed 255 characters."),
+            ApiError::field(
+                "workflow_type",
+                "The workflow_type must not exceed 255 characters.",
+            ),
             "workflow_type",
             None,
         ));

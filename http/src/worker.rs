@@ -131,6 +131,11 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .engine
                 .complete_workflow_task(&call.namespace, call.param(0), &owner, attempt, commands)
                 .await?;
+            if !out.run_id.is_empty() {
+                state
+                    .engine
+                    .note_sticky_cache(&out.run_id, call.body.get("sticky_cache"));
+            }
             reply(state, StatusCode::OK, with_attempt(out, attempt))
         }
         Op::FailWorkflowTask => {

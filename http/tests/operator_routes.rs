@@ -101,7 +101,10 @@ async fn doctor_answers_within_its_deadline_when_storage_hangs() {
     // The probes run concurrently under one deadline, then the audit write under the
     // same: well under a second and a half, however long storage stays stuck.
     assert!(took < Duration::from_millis(1_500), "doctor took {took:?}");
-    assert_eq!(report["ingress"]["status"], "ok", "{report}");
+    // The listener takes the connection, but its health route reads storage too.
+    let ingress = &report["ingress"];
+    assert_eq!(ingress["status"], "unreachable", "{report}");
+    assert_eq!(ingress["connected"], true, "{report}");
     for component in ["admin", "deployments", "services", "invocations"] {
         let c = &report[component];
         assert_eq!(c["status"], "unreachable", "{component}: {c}");
@@ -135,29 +138,41 @@ async fn write_routes_answer_admin_unreachable_when_storage_is_down_and_doctor_s
 
     s.engine.store().shutdown().await.expect("store stops");
     let report = doctor(s.addr, json!({})).await;
-    assert_eq!(report["ingress"]["status"], "ok", "{report}");
+    // The listener answers, with an error status: degraded.
+    assert_eq!(report["ingress"]["status"], "degraded", "{report}");
+    assert_eq!(report["ingress"]["httpStatus"], 503, "{report}");
     for component in ["admin", "deployments", "services", "invocations"] {
-        assert_eq!(report[component]["status"], "unreachable", "{component}: {report}");
+        assert_eq!(
+            report[component]["status"], "unreachable",
+            "{component}: {report}"
+        );
         assert!(report[component]["error"].is_string());
     }
     assert_eq!(report["status"], "unreachable");
 
-    for (route, body) in [
-        (
+    let call = |route: &'static str, body: Value| {
+        let addr = s.addr;
+        async move {
+            let path = format!("/api/v2/admin/operator/restate/{route}");
+            (route, send(addr, "POST", &path, &[], Some(&body)).await)
+        }
+    };
+    // Concurrently: each waits out the retry runner before it gives up.
+    let (a, b, c) = tokio::join!(
+        call(
             "cleanup-stale-deployments",
-            json!({"serviceUrl": "http://svc.internal"}),
+            json!({"serviceUrl": "http://svc.internal"})
         ),
-        (
+        call(
             "force-redeploy",
-            json!({"serviceUrl": "http://svc.internal", "taskQueue": "q"}),
+            json!({"serviceUrl": "http://svc.internal", "taskQueue": "q"})
         ),
-        (
+        call(
             "recover-stuck-workflow",
-            json!({"serviceName": "Checkout", "serviceKey": "order-1"}),
+            json!({"serviceName": "Checkout", "serviceKey": "order-1"})
         ),
-    ] {
-        let path = format!("/api/v2/admin/operator/restate/{route}");
-        let r = send(s.addr, "POST", &path, &[], Some(&body)).await;
+    );
+    for (route, r) in [a, b, c] {
         expect(&r, 503, "admin_unreachable");
         let body = r.json();
         assert_eq!(body["retryable"], true, "{route}: {body}");
@@ -185,24 +200,48 @@ async fn operator_routes_refuse_bad_bodies_with_named_reasons() {
     let r = post("force-redeploy", json!({})).await;
     expect(&r, 422, "validation_failed");
     assert!(r.json()["errors"]["serviceUrl"].is_array());
-    let r = post("force-redeploy", json!({"serviceUrl": "ftp://x", "force": "yes"})).await;
+    let r = post(
+        "force-redeploy",
+        json!({"serviceUrl": "ftp://x", "force": "yes"}),
+    )
+    .await;
     expect(&r, 422, "validation_failed");
     assert!(r.json()["errors"]["force"].is_array(), "{}", r.text);
     let r = post("force-redeploy", json!({"serviceUrl": "ftp://x"})).await;
     expect(&r, 422, "validation_failed");
     assert!(r.json()["errors"]["serviceUrl"].is_array(), "{}", r.text);
-    let r = post("force-redeploy", json!({"serviceUrl": "http://x", "buildId": "v1"})).await;
+    let r = post(
+        "force-redeploy",
+        json!({"serviceUrl": "http://x", "buildId": "v1"}),
+    )
+    .await;
     expect(&r, 422, "validation_failed");
     let r = post("cleanup-stale-deployments", json!({"serviceUrl": 5})).await;
     expect(&r, 422, "validation_failed");
-    let r = post("cleanup-stale-deployments", json!({"serviceUrl": "http://x", "forceDrain": 1})).await;
+    let r = post(
+        "cleanup-stale-deployments",
+        json!({"serviceUrl": "http://x", "forceDrain": 1}),
+    )
+    .await;
     expect(&r, 422, "validation_failed");
-    let r = post("cleanup-stale-deployments", json!({"serviceUrl": "http://x"})).await;
+    let r = post(
+        "cleanup-stale-deployments",
+        json!({"serviceUrl": "http://x"}),
+    )
+    .await;
     expect(&r, 404, "deployment_not_found");
-    let r = post("recover-stuck-workflow", json!({"serviceName": "a b", "serviceKey": ""})).await;
+    let r = post(
+        "recover-stuck-workflow",
+        json!({"serviceName": "a b", "serviceKey": ""}),
+    )
+    .await;
     expect(&r, 422, "validation_failed");
     let errors = &r.json()["errors"];
-    assert!(errors["serviceName"].is_array() && errors["serviceKey"].is_array(), "{}", r.text);
+    assert!(
+        errors["serviceName"].is_array() && errors["serviceKey"].is_array(),
+        "{}",
+        r.text
+    );
     let r = post("recover-stuck-workflow", json!(["not", "an", "object"])).await;
     expect(&r, 422, "validation_failed");
     let r = post("doctor", json!({"probeTimeoutMs": 0})).await;
@@ -220,7 +259,9 @@ async fn operator_routes_refuse_bad_bodies_with_named_reasons() {
     expect_status(&r, 200);
     let items = r.json()["items"].as_array().cloned().unwrap_or_default();
     assert!(
-        items.iter().any(|i| i["outcome"] == "refused" && i["reason"] == "validation_failed"),
+        items
+            .iter()
+            .any(|i| i["outcome"] == "refused" && i["reason"] == "validation_failed"),
         "{}",
         r.text
     );

@@ -131,8 +131,21 @@ impl Engine {
             completed_at_ms: Some(self.now_ms()),
             ..entry.with_outcome(outcome, Some(&reason), Value::Null)
         };
-        if let Err(write) = self.record_audit(&entry).await {
-            tracing::warn!(action = %entry.action, error = %write, "could not record an operator audit entry");
+        // An action that failed on storage is answered promptly: the audit write gets a
+        // short bound rather than the retry runner's full patience.
+        let bound = if matches!(e, Error::Storage(_)) {
+            std::time::Duration::from_millis(500)
+        } else {
+            std::time::Duration::from_secs(10)
+        };
+        match tokio::time::timeout(bound, self.record_audit(&entry)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(write)) => {
+                tracing::warn!(action = %entry.action, error = %write, "could not record an operator audit entry");
+            }
+            Err(_) => {
+                tracing::warn!(action = %entry.action, "the operator audit entry was not written in time");
+            }
         }
     }
 

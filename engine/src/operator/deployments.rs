@@ -247,7 +247,10 @@ pub fn normalize_service_url(url: &str) -> std::result::Result<String, String> {
         let (h, after) = stripped
             .split_once(']')
             .ok_or_else(|| "has an unterminated IPv6 host".to_string())?;
-        (format!("[{}]", h.to_ascii_lowercase()), after.strip_prefix(':'))
+        (
+            format!("[{}]", h.to_ascii_lowercase()),
+            after.strip_prefix(':'),
+        )
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
@@ -300,7 +303,8 @@ fn services_range(ns: &str) -> KeyRange {
     Key::new(prefix::SERVICE).str(ns).range()
 }
 
-fn endpoint_key(ns: &str, worker_id: &str) -> Vec<u8> {
+/// Key of the service URL a worker announced.
+pub(crate) fn endpoint_key(ns: &str, worker_id: &str) -> Vec<u8> {
     Key::new(prefix::WORKER_ENDPOINT)
         .str(ns)
         .str(worker_id)
@@ -892,8 +896,11 @@ impl Engine {
                     if !current.draining {
                         return Ok((txn, (false, fx)));
                     }
-                    let rest: Vec<DeploymentRecord> =
-                        all.iter().filter(|x| x.deployment_id != *id).cloned().collect();
+                    let rest: Vec<DeploymentRecord> = all
+                        .iter()
+                        .filter(|x| x.deployment_id != *id)
+                        .cloned()
+                        .collect();
                     for s in &current.services {
                         release_service(t, ns, s.kind, &s.name, id, &rest, now).await?;
                     }
@@ -986,7 +993,14 @@ mod tests {
         assert_eq!(n("http://[::1]:9080").as_deref(), Ok("[::1]:9080"));
         assert_eq!(n("https://user@h.example").as_deref(), Ok("h.example"));
         assert_eq!(n("https://h").ok(), n("http://H/").ok());
-        for bad in ["", "h.example", "ftp://h", "http://", "http://h:99999", "http://h h"] {
+        for bad in [
+            "",
+            "h.example",
+            "ftp://h",
+            "http://",
+            "http://h:99999",
+            "http://h h",
+        ] {
             assert!(n(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -82,7 +82,10 @@ pub(crate) async fn failure_evidence(
     }
     let mut best: Option<FailureItem> = None;
     let mut consider = |item: FailureItem| {
-        if best.as_ref().is_none_or(|b| item.failed_at_ms > b.failed_at_ms) {
+        if best
+            .as_ref()
+            .is_none_or(|b| item.failed_at_ms > b.failed_at_ms)
+        {
             best = Some(item);
         }
     };
@@ -256,7 +259,6 @@ impl Engine {
         }
         Ok(out)
     }
-
 }
 
 /// Recent failures of both kinds, newest first (ties by run id), at most `limit` (≤ 20).

@@ -21,6 +21,7 @@ mod inspect;
 mod recover;
 
 pub use audit::{Actor, AuditEntry, AUDIT_PAGE_MAX};
+pub(crate) use deployments::endpoint_key;
 pub use deployments::{
     normalize_service_url, CleanupOutcome, CleanupRequest, CohortRef, DeploymentRecord,
     DeploymentService, RedeployOutcome, RedeployRequest, ServiceKind, ServiceRecord,

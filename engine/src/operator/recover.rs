@@ -59,7 +59,12 @@ struct Plan {
     terminated: Vec<String>,
 }
 
-fn retry_blocked(blocked: &'static str, message: String, req: &RecoverRequest, run: &RunRecord) -> Error {
+fn retry_blocked(
+    blocked: &'static str,
+    message: String,
+    req: &RecoverRequest,
+    run: &RunRecord,
+) -> Error {
     Error::conflict("retry_blocked", message)
         .with("blockedReason", blocked)
         .with("invocationIds", vec![run.run_id.clone()])

@@ -116,7 +116,10 @@ impl<'a> Reader<'a> {
             None => None,
             Some(Value::String(s)) if s.len() <= max => Some(s.clone()),
             Some(Value::String(_)) => {
-                self.error(field, format!("The {field} field must not exceed {max} characters."));
+                self.error(
+                    field,
+                    format!("The {field} field must not exceed {max} characters."),
+                );
                 None
             }
             Some(_) => {
@@ -195,7 +198,9 @@ impl<'a> Reader<'a> {
             Some(Value::String(s)) => record.cron_expressions.push(s.clone()),
             Some(_) => self.error(
                 "spec.cron_expressions",
-                format!("The cron_expressions must be a list of at most {MAX_SPEC_ENTRIES} strings."),
+                format!(
+                    "The cron_expressions must be a list of at most {MAX_SPEC_ENTRIES} strings."
+                ),
             ),
         }
         match spec.get("intervals").filter(|v| !v.is_null()) {
@@ -243,7 +248,10 @@ impl<'a> Reader<'a> {
             },
             Some(_) => self.error("spec.timezone", "The timezone must be a string."),
         }
-        for (field, slot) in [("start_at", &mut record.start_at_ms), ("end_at", &mut record.end_at_ms)] {
+        for (field, slot) in [
+            ("start_at", &mut record.start_at_ms),
+            ("end_at", &mut record.end_at_ms),
+        ] {
             match spec.get(field).filter(|v| !v.is_null()) {
                 None => {}
                 Some(Value::String(text)) => match parse_instant(text) {
@@ -289,7 +297,10 @@ impl<'a> Reader<'a> {
         if inner.get("workflow_type").is_none() {
             inner.error("workflow_type", "The workflow_type field is required.");
         } else if workflow_type.as_deref() == Some("") {
-            inner.error("workflow_type", "The workflow_type field must not be empty.");
+            inner.error(
+                "workflow_type",
+                "The workflow_type field must not be empty.",
+            );
         }
         let task_queue = inner.string("task_queue", MAX_NAME);
         if task_queue.as_deref() == Some("") {
@@ -305,7 +316,10 @@ impl<'a> Reader<'a> {
             None => Value::Null,
             Some(v @ (Value::Object(_) | Value::Array(_) | Value::String(_))) => v.clone(),
             Some(_) => {
-                inner.error("input", "The input must be a payload envelope, an array or a blob string.");
+                inner.error(
+                    "input",
+                    "The input must be a payload envelope, an array or a blob string.",
+                );
                 Value::Null
             }
         };
@@ -344,7 +358,9 @@ pub fn parse_instant(text: &str) -> Option<Millis> {
 
 fn check_memo(memo: &Option<Value>) -> Result<()> {
     if let Some(memo) = memo {
-        let size = serde_json::to_vec(memo).map(|b| b.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(memo)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_MEMO_BYTES {
             return Err(Error::reject(
                 RejectKind::Invalid,
@@ -486,7 +502,9 @@ mod tests {
         ] {
             assert!(e.contains_key(field), "{field} missing from {e:?}");
         }
-        let e = errors(json!({"spec": {"intervals": [{"every": "soon"}]}, "action": {"workflow_type": "w"}}));
+        let e = errors(
+            json!({"spec": {"intervals": [{"every": "soon"}]}, "action": {"workflow_type": "w"}}),
+        );
         assert!(e.contains_key("spec.intervals.0.every"), "{e:?}");
         let e = errors(json!({}));
         assert!(e.contains_key("spec") && e.contains_key("action"));
@@ -501,6 +519,12 @@ mod tests {
             "memo": {"big": big},
         }))
         .expect_err("too large");
-        assert!(matches!(err, Error::Rejected { reason: "memo_too_large", .. }));
+        assert!(matches!(
+            err,
+            Error::Rejected {
+                reason: "memo_too_large",
+                ..
+            }
+        ));
     }
 }

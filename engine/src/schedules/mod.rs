@@ -301,6 +301,98 @@ pub struct ScheduleRecord {
     /// Sequence of the last audit event.
     #[serde(default)]
     pub last_event_seq: u64,
+    /// The last control-plane request applied (see [`RequestReceipt`]).
+    #[serde(default)]
+    pub last_request: Option<RequestReceipt>,
+}
+
+/// The answer of the last control-plane request applied to a schedule. A transaction may
+/// run again after a commit whose result was unknown; finding its own request id here,
+/// it returns the recorded answer instead of applying the request twice.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RequestReceipt {
+    /// Chosen by the caller before its transaction.
+    pub request_id: String,
+    /// What its fires did (trigger, backfill batch).
+    #[serde(default)]
+    pub fires: Vec<StoredFire>,
+}
+
+/// A [`FireOutcome`] as stored in a receipt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredFire {
+    /// Nominal time.
+    pub occurrence_ms: Millis,
+    /// `started`, `buffered`, `buffer_full` or `skipped`.
+    pub outcome: String,
+    /// Workflow id, when one applies.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    /// Run id, when started.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Why it was skipped.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Every reason a fire is skipped for.
+const SKIP_REASONS: &[&str] = &[
+    "overlap",
+    "buffer_full",
+    "already_started",
+    "max_runs_reached",
+];
+
+impl FireOutcome {
+    fn store(&self, occurrence_ms: Millis) -> StoredFire {
+        let (outcome, workflow_id, run_id, reason) = match self {
+            FireOutcome::Started {
+                workflow_id,
+                run_id,
+            } => ("started", Some(workflow_id), Some(run_id), None),
+            FireOutcome::Buffered { workflow_id } => ("buffered", Some(workflow_id), None, None),
+            FireOutcome::BufferFull => ("buffer_full", None, None, None),
+            FireOutcome::Skipped {
+                reason,
+                workflow_id,
+            } => ("skipped", Some(workflow_id), None, Some(*reason)),
+        };
+        StoredFire {
+            occurrence_ms,
+            outcome: outcome.to_string(),
+            workflow_id: workflow_id.cloned(),
+            run_id: run_id.cloned(),
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    fn restore(f: &StoredFire) -> FireOutcome {
+        let workflow_id = f.workflow_id.clone().unwrap_or_default();
+        match f.outcome.as_str() {
+            "started" => FireOutcome::Started {
+                workflow_id,
+                run_id: f.run_id.clone().unwrap_or_default(),
+            },
+            "buffered" => FireOutcome::Buffered { workflow_id },
+            "buffer_full" => FireOutcome::BufferFull,
+            _ => FireOutcome::Skipped {
+                reason: SKIP_REASONS
+                    .iter()
+                    .find(|r| Some(**r) == f.reason.as_deref())
+                    .copied()
+                    .unwrap_or("overlap"),
+                workflow_id,
+            },
+        }
+    }
+}
+
+/// The receipt of `request_id`, if it is the last request the schedule applied.
+fn receipt<'a>(s: &'a ScheduleRecord, request_id: &str) -> Option<&'a RequestReceipt> {
+    s.last_request
+        .as_ref()
+        .filter(|r| r.request_id == request_id)
 }
 
 fn default_catchup() -> u64 {
@@ -570,8 +662,11 @@ async fn load(txn: &mut dyn KvTxn, ns: &str, id: &str) -> Result<Option<Schedule
 }
 
 fn not_found(id: &str) -> Error {
-    Error::not_found("schedule_not_found", format!("schedule '{id}' does not exist"))
-        .with("schedule_id", id)
+    Error::not_found(
+        "schedule_not_found",
+        format!("schedule '{id}' does not exist"),
+    )
+    .with("schedule_id", id)
 }
 
 async fn load_live(txn: &mut dyn KvTxn, ns: &str, id: &str) -> Result<ScheduleRecord> {
@@ -842,16 +937,9 @@ async fn start(
         priority: 5,
         build_id: None,
     };
-    let started = crate::workflow::start_in_txn(
-        txn,
-        &ns,
-        &req,
-        &fire.workflow_id,
-        &fire.run_id,
-        now,
-        fx,
-    )
-    .await?;
+    let started =
+        crate::workflow::start_in_txn(txn, &ns, &req, &fire.workflow_id, &fire.run_id, now, fx)
+            .await?;
     let mut run = started.run;
     if run.lifecycle.schedule_id.as_deref() != Some(s.schedule_id.as_str()) {
         run.lifecycle.schedule_id = Some(s.schedule_id.clone());
@@ -908,7 +996,12 @@ async fn start(
 }
 
 /// Starts the oldest buffered fire if the schedule is active and none of its runs is open.
-async fn drain(txn: &mut dyn KvTxn, s: &mut ScheduleRecord, now: Millis, fx: &mut Effects) -> Result<()> {
+async fn drain(
+    txn: &mut dyn KvTxn,
+    s: &mut ScheduleRecord,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
     if s.buffer.is_empty() || s.status != ScheduleStatus::Active {
         return Ok(());
     }
@@ -1031,7 +1124,9 @@ pub(crate) async fn run_closed(
     let Some(mut s) = load(txn, ns, id).await? else {
         return Ok(());
     };
-    if s.status == ScheduleStatus::Deleted || (s.buffer.is_empty() && !s.running.iter().any(|w| w == workflow_id)) {
+    if s.status == ScheduleStatus::Deleted
+        || (s.buffer.is_empty() && !s.running.iter().any(|w| w == workflow_id))
+    {
         return Ok(());
     }
     // Prunes closed runs even when nothing is buffered.
@@ -1156,7 +1251,10 @@ pub fn schedule_json(s: &ScheduleRecord) -> Value {
 /// `ScheduleId`, `Status`, `WorkflowType`, `TaskQueue`, `Note`, and the namespace's
 /// registered search attributes. Literals: quoted strings, integers, doubles, `true`,
 /// `false`. Anything else is refused with a typed reason.
-pub fn parse_visibility_query(query: &str, registered: &BTreeMap<String, String>) -> Result<Vec<(String, Value)>> {
+pub fn parse_visibility_query(
+    query: &str,
+    registered: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Value)>> {
     let invalid = |reason: &'static str, message: String| {
         Error::reject(RejectKind::Invalid, reason, message).with("field", "query")
     };
@@ -1172,7 +1270,12 @@ pub fn parse_visibility_query(query: &str, registered: &BTreeMap<String, String>
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => return Err(invalid("invalid_schedule_visibility_query", "unterminated string literal".into())),
+                    None => {
+                        return Err(invalid(
+                            "invalid_schedule_visibility_query",
+                            "unterminated string literal".into(),
+                        ))
+                    }
                     Some('\\') => {
                         if let Some(n) = chars.get(i + 1) {
                             s.push(*n);
@@ -1200,7 +1303,13 @@ pub fn parse_visibility_query(query: &str, registered: &BTreeMap<String, String>
             i += 1;
         } else {
             let start = i;
-            while i < chars.len() && !chars[i].is_whitespace() && !matches!(chars[i], '=' | '!' | '<' | '>' | '(' | ')' | ',' | '\'' | '"') {
+            while i < chars.len()
+                && !chars[i].is_whitespace()
+                && !matches!(
+                    chars[i],
+                    '=' | '!' | '<' | '>' | '(' | ')' | ',' | '\'' | '"'
+                )
+            {
                 i += 1;
             }
             tokens.push((false, chars[start..i].iter().collect()));
@@ -1210,17 +1319,34 @@ pub fn parse_visibility_query(query: &str, registered: &BTreeMap<String, String>
     let mut rest = tokens.as_slice();
     loop {
         let [(false, field), (false, op), (quoted, literal), tail @ ..] = rest else {
-            if let Some((_, t)) = rest.iter().find(|(q, t)| !q && matches!(t.to_ascii_uppercase().as_str(), "OR" | "NOT" | "IN" | "LIKE" | "BETWEEN" | "<" | ">" | "<=" | ">=" | "!=")) {
-                return Err(invalid("unsupported_schedule_visibility_predicate", format!("'{t}' is not supported; use equality predicates joined by AND")));
+            if let Some((_, t)) = rest.iter().find(|(q, t)| {
+                !q && matches!(
+                    t.to_ascii_uppercase().as_str(),
+                    "OR" | "NOT" | "IN" | "LIKE" | "BETWEEN" | "<" | ">" | "<=" | ">=" | "!="
+                )
+            }) {
+                return Err(invalid(
+                    "unsupported_schedule_visibility_predicate",
+                    format!("'{t}' is not supported; use equality predicates joined by AND"),
+                ));
             }
-            return Err(invalid("invalid_schedule_visibility_query", format!("cannot parse the query '{query}'; expected Field = value [AND ...]")));
+            return Err(invalid(
+                "invalid_schedule_visibility_query",
+                format!("cannot parse the query '{query}'; expected Field = value [AND ...]"),
+            ));
         };
         if op != "=" {
-            return Err(invalid("unsupported_schedule_visibility_predicate", format!("operator '{op}' is not supported; only '=' is")));
+            return Err(invalid(
+                "unsupported_schedule_visibility_predicate",
+                format!("operator '{op}' is not supported; only '=' is"),
+            ));
         }
         let system = ["ScheduleId", "Status", "WorkflowType", "TaskQueue", "Note"];
         if !system.contains(&field.as_str()) && !registered.contains_key(field) {
-            return Err(invalid("unsupported_schedule_visibility_field", format!("'{field}' is not a searchable schedule field")));
+            return Err(invalid(
+                "unsupported_schedule_visibility_field",
+                format!("'{field}' is not a searchable schedule field"),
+            ));
         }
         let value = if *quoted {
             json!(literal)
@@ -1231,7 +1357,10 @@ pub fn parse_visibility_query(query: &str, registered: &BTreeMap<String, String>
         } else if let Ok(f) = literal.parse::<f64>() {
             json!(f)
         } else {
-            return Err(invalid("invalid_schedule_visibility_query", format!("'{literal}' is not a literal; quote strings")));
+            return Err(invalid(
+                "invalid_schedule_visibility_query",
+                format!("'{literal}' is not a literal; quote strings"),
+            ));
         };
         predicates.push((field.clone(), value));
         match tail {
@@ -1243,7 +1372,10 @@ pub fn parse_visibility_query(query: &str, registered: &BTreeMap<String, String>
                 } else {
                     "invalid_schedule_visibility_query"
                 };
-                return Err(invalid(reason, format!("unexpected '{t}'; predicates are joined by AND")));
+                return Err(invalid(
+                    reason,
+                    format!("unexpected '{t}'; predicates are joined by AND"),
+                ));
             }
         }
     }
@@ -1253,7 +1385,10 @@ fn matches(s: &ScheduleRecord, q: &ScheduleListQuery) -> bool {
     if s.status == ScheduleStatus::Deleted || q.status.is_some_and(|st| st != s.status) {
         return false;
     }
-    if q.workflow_type.as_ref().is_some_and(|t| *t != s.action.workflow_type) {
+    if q.workflow_type
+        .as_ref()
+        .is_some_and(|t| *t != s.action.workflow_type)
+    {
         return false;
     }
     q.predicates.iter().all(|(field, value)| {
@@ -1263,7 +1398,11 @@ fn matches(s: &ScheduleRecord, q: &ScheduleListQuery) -> bool {
             "WorkflowType" => json!(s.action.workflow_type),
             "TaskQueue" => json!(s.action.task_queue),
             "Note" => json!(s.note),
-            other => s.search_attributes.get(other).cloned().unwrap_or(Value::Null),
+            other => s
+                .search_attributes
+                .get(other)
+                .cloned()
+                .unwrap_or(Value::Null),
         };
         match &actual {
             Value::Array(items) => items.contains(value),
@@ -1283,7 +1422,10 @@ impl Engine {
         }
         let now = self.now_ms();
         let ulid = ids::new_id(now);
-        let id = input.schedule_id.clone().unwrap_or_else(|| ulid.to_ascii_lowercase());
+        let id = input
+            .schedule_id
+            .clone()
+            .unwrap_or_else(|| ulid.to_ascii_lowercase());
         let (input, id, ulid) = (&input, &id, &ulid);
         self.transact(move |mut txn, mut fx| async move {
             Self::require_namespace(txn.as_mut(), ns).await?;
@@ -1342,6 +1484,7 @@ impl Engine {
                 deleted_at_ms: None,
                 // A re-created id continues the old audit stream.
                 last_event_seq: existing.as_ref().map_or(0, |e| e.last_event_seq),
+                last_request: None,
             };
             arm(txn.as_mut(), &mut s, now, &mut fx)?;
             let view = schedule_json(&s);
@@ -1372,7 +1515,11 @@ impl Engine {
     }
 
     /// One page of live schedules, newest first (`created_at` descending, then id).
-    pub async fn list_schedules(&self, ns: &str, q: &ScheduleListQuery) -> Result<ScheduleListPage> {
+    pub async fn list_schedules(
+        &self,
+        ns: &str,
+        q: &ScheduleListQuery,
+    ) -> Result<ScheduleListPage> {
         let mut txn = self.inner.store.begin().await?;
         Self::require_namespace(txn.as_mut(), ns).await?;
         let page_size = q.page_size.clamp(1, MAX_LIST_PAGE);
@@ -1380,8 +1527,12 @@ impl Engine {
         let mut range: KeyRange = base.range();
         if let Some((created_at, anchor)) = &q.after {
             // A token whose anchor is gone or was re-created is stale.
-            let current = tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, anchor)).await?;
-            if current.is_none_or(|s| s.created_at_ms != *created_at || s.status == ScheduleStatus::Deleted) {
+            let current =
+                tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, anchor))
+                    .await?;
+            if current.is_none_or(|s| {
+                s.created_at_ms != *created_at || s.status == ScheduleStatus::Deleted
+            }) {
                 return Err(Error::conflict(
                     "stale_schedule_page_token",
                     "the page token's anchor schedule was deleted or re-created; start the listing again",
@@ -1392,14 +1543,19 @@ impl Engine {
         }
         let mut found = Vec::new();
         'scan: loop {
-            let batch = txn.get_range(&range, ReadOptions::limit(256).snapshot()).await?;
+            let batch = txn
+                .get_range(&range, ReadOptions::limit(256).snapshot())
+                .await?;
             let full = batch.len() == 256;
             for (key, _) in &batch {
                 let mut r = KeyReader::new(key);
                 let (Some(_), Some(_), Some(id)) = (r.str(), r.u64(), r.str()) else {
                     return Err(Error::corrupt("schedule list key"));
                 };
-                if let Some(s) = tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, &id)).await? {
+                if let Some(s) =
+                    tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, &id))
+                        .await?
+                {
                     if matches(&s, q) {
                         found.push(s);
                         if found.len() > page_size {
@@ -1416,7 +1572,11 @@ impl Engine {
         let more = found.len() > page_size;
         found.truncate(page_size);
         let next = more
-            .then(|| found.last().map(|s| (s.created_at_ms, s.schedule_id.clone())))
+            .then(|| {
+                found
+                    .last()
+                    .map(|s| (s.created_at_ms, s.schedule_id.clone()))
+            })
             .flatten();
         Ok(ScheduleListPage {
             schedules: found,
@@ -1425,14 +1585,28 @@ impl Engine {
     }
 
     /// Replaces the fields `patch` carries; re-arms from now.
-    pub async fn update_schedule(&self, ns: &str, id: &str, patch: SchedulePatch) -> Result<ScheduleRecord> {
+    pub async fn update_schedule(
+        &self,
+        ns: &str,
+        id: &str,
+        patch: SchedulePatch,
+    ) -> Result<ScheduleRecord> {
         if let Some(attributes) = &patch.search_attributes {
             self.validate_search_attributes(ns, attributes).await?;
         }
         let now = self.now_ms();
-        let patch = &patch;
+        let request_id = ids::new_id(now);
+        let (patch, request_id) = (&patch, &request_id);
         self.transact(move |mut txn, mut fx| async move {
             let mut s = load_live(txn.as_mut(), ns, id).await?;
+            if receipt(&s, request_id).is_some() {
+                // Our own earlier attempt committed (commit-unknown retry).
+                return Ok((txn, (s, fx)));
+            }
+            s.last_request = Some(RequestReceipt {
+                request_id: request_id.clone(),
+                fires: Vec::new(),
+            });
             let mut changed = Vec::new();
             if let Some(spec) = &patch.spec {
                 s.spec = spec.clone();
@@ -1493,7 +1667,12 @@ impl Engine {
     }
 
     /// Pauses a schedule (no fires until resumed; idempotent). `note` replaces the note.
-    pub async fn pause_schedule(&self, ns: &str, id: &str, note: Option<String>) -> Result<ScheduleRecord> {
+    pub async fn pause_schedule(
+        &self,
+        ns: &str,
+        id: &str,
+        note: Option<String>,
+    ) -> Result<ScheduleRecord> {
         let now = self.now_ms();
         let note = &note;
         self.transact(move |mut txn, fx| async move {
@@ -1522,7 +1701,12 @@ impl Engine {
 
     /// Resumes a paused schedule: the next fire is computed from now (the paused window is
     /// not caught up); a buffered fire starts if nothing is running. Idempotent.
-    pub async fn resume_schedule(&self, ns: &str, id: &str, note: Option<String>) -> Result<ScheduleRecord> {
+    pub async fn resume_schedule(
+        &self,
+        ns: &str,
+        id: &str,
+        note: Option<String>,
+    ) -> Result<ScheduleRecord> {
         let now = self.now_ms();
         let note = &note;
         self.transact(move |mut txn, mut fx| async move {
@@ -1551,20 +1735,37 @@ impl Engine {
     }
 
     /// Fires a schedule now (also when paused), under `overlap` or the schedule's policy.
-    pub async fn trigger_schedule(&self, ns: &str, id: &str, overlap: Option<OverlapPolicy>) -> Result<TriggerResult> {
+    pub async fn trigger_schedule(
+        &self,
+        ns: &str,
+        id: &str,
+        overlap: Option<OverlapPolicy>,
+    ) -> Result<TriggerResult> {
         let now = self.now_ms();
         let run_id = ids::new_id(now);
         let run_id = &run_id;
         self.transact(move |mut txn, mut fx| async move {
             let mut s = load_live(txn.as_mut(), ns, id).await?;
+            if let Some(done) = receipt(&s, run_id) {
+                // Our own earlier attempt committed (commit-unknown retry).
+                let outcome = done
+                    .fires
+                    .first()
+                    .map(FireOutcome::restore)
+                    .unwrap_or(FireOutcome::BufferFull);
+                let result = TriggerResult {
+                    schedule_id: id.to_string(),
+                    outcome,
+                    buffer_depth: s.buffer.len(),
+                };
+                return Ok((txn, (result, fx)));
+            }
             let mut workflow_id = format!("{id}-{}", format_timestamp(now));
-            if let Some(instance) = tables::get::<InstanceRecord>(txn.as_mut(), &tables::instance_key(ns, &workflow_id)).await? {
-                if instance.current_run_id == *run_id {
-                    // Our own earlier attempt committed (commit-unknown retry).
-                    let outcome = FireOutcome::Started { workflow_id, run_id: run_id.clone() };
-                    let result = TriggerResult { schedule_id: id.to_string(), outcome, buffer_depth: s.buffer.len() };
-                    return Ok((txn, (result, fx)));
-                }
+            let ikey = tables::instance_key(ns, &workflow_id);
+            if tables::get::<InstanceRecord>(txn.as_mut(), &ikey)
+                .await?
+                .is_some()
+            {
                 // Two manual triggers in one microsecond: keep the ids apart.
                 workflow_id = format!("{workflow_id}-{}", s.trigger_count + 1);
             }
@@ -1582,8 +1783,16 @@ impl Engine {
             if s.remaining_actions == Some(0) {
                 disarm(txn.as_mut(), &mut s);
             }
+            s.last_request = Some(RequestReceipt {
+                request_id: run_id.clone(),
+                fires: vec![outcome.store(now)],
+            });
             save(txn.as_mut(), &s)?;
-            let result = TriggerResult { schedule_id: id.to_string(), outcome, buffer_depth: s.buffer.len() };
+            let result = TriggerResult {
+                schedule_id: id.to_string(),
+                outcome,
+                buffer_depth: s.buffer.len(),
+            };
             Ok((txn, (result, fx)))
         })
         .await
@@ -1606,11 +1815,17 @@ impl Engine {
                 "invalid_time_range",
                 "end_time must be after start_time (the window is [start_time, end_time))",
             )
-            .with("errors", json!({"end_time": ["The end_time must be after the start_time."]})));
+            .with(
+                "errors",
+                json!({"end_time": ["The end_time must be after the start_time."]}),
+            ));
         }
         let s = self.describe_schedule(ns, id).await?;
         let Some(spec) = compile(&s) else {
-            return Ok(BackfillResult { schedule_id: id.to_string(), fires: Vec::new() });
+            return Ok(BackfillResult {
+                schedule_id: id.to_string(),
+                fires: Vec::new(),
+            });
         };
         let mut occurrences = Vec::new();
         let mut t = start_ms - 1;
@@ -1632,9 +1847,23 @@ impl Engine {
         let mut fires = Vec::with_capacity(occurrences.len());
         for batch in occurrences.chunks(BACKFILL_BATCH) {
             let now = self.now_ms();
+            let request_id = ids::new_id(now);
+            let request_id = &request_id;
             let done = self
                 .transact(move |mut txn, mut fx| async move {
                     let mut s = load_live(txn.as_mut(), ns, id).await?;
+                    if let Some(done) = receipt(&s, request_id) {
+                        // Our own earlier attempt committed (commit-unknown retry).
+                        let out = done
+                            .fires
+                            .iter()
+                            .map(|f| BackfillFire {
+                                occurrence_ms: f.occurrence_ms,
+                                outcome: FireOutcome::restore(f),
+                            })
+                            .collect();
+                        return Ok((txn, (out, fx)));
+                    }
                     drain(txn.as_mut(), &mut s, now, &mut fx).await?;
                     let policy = overlap.unwrap_or(s.overlap_policy);
                     let mut out = Vec::with_capacity(batch.len());
@@ -1646,27 +1875,53 @@ impl Engine {
                             trigger: TriggerKind::Backfill,
                             cron_expression: source_cron(&s, Some(*source)),
                         };
-                        let outcome = apply_fire(txn.as_mut(), &mut s, fire, policy, now, &mut fx).await?;
-                        out.push(BackfillFire { occurrence_ms: *at, outcome });
+                        let outcome =
+                            apply_fire(txn.as_mut(), &mut s, fire, policy, now, &mut fx).await?;
+                        out.push(BackfillFire {
+                            occurrence_ms: *at,
+                            outcome,
+                        });
                     }
                     if s.remaining_actions == Some(0) {
                         disarm(txn.as_mut(), &mut s);
                     }
+                    s.last_request = Some(RequestReceipt {
+                        request_id: request_id.clone(),
+                        fires: out
+                            .iter()
+                            .map(|f: &BackfillFire| f.outcome.store(f.occurrence_ms))
+                            .collect(),
+                    });
                     save(txn.as_mut(), &s)?;
                     Ok((txn, (out, fx)))
                 })
                 .await?;
             fires.extend(done);
         }
-        Ok(BackfillResult { schedule_id: id.to_string(), fires })
+        Ok(BackfillResult {
+            schedule_id: id.to_string(),
+            fires,
+        })
     }
 
     /// Soft-deletes a schedule: no more fires, gone from list and describe; its history
     /// stays readable. Runs it started are not touched.
     pub async fn delete_schedule(&self, ns: &str, id: &str) -> Result<()> {
         let now = self.now_ms();
+        let request_id = ids::new_id(now);
+        let request_id = &request_id;
         self.transact(move |mut txn, fx| async move {
-            let mut s = load_live(txn.as_mut(), ns, id).await?;
+            Self::require_namespace(txn.as_mut(), ns).await?;
+            let mut s = match load(txn.as_mut(), ns, id).await? {
+                Some(s) if s.status != ScheduleStatus::Deleted => s,
+                // Our own earlier attempt committed (commit-unknown retry).
+                Some(s) if receipt(&s, request_id).is_some() => return Ok((txn, ((), fx))),
+                _ => return Err(not_found(id)),
+            };
+            s.last_request = Some(RequestReceipt {
+                request_id: request_id.clone(),
+                fires: Vec::new(),
+            });
             disarm(txn.as_mut(), &mut s);
             s.status = ScheduleStatus::Deleted;
             s.deleted_at_ms = Some(now);
@@ -1688,11 +1943,20 @@ impl Engine {
 
     /// One page of a schedule's audit history after `after_sequence` (also for a deleted
     /// schedule; 404 only when the id never existed).
-    pub async fn schedule_history(&self, ns: &str, id: &str, after_sequence: u64, limit: usize) -> Result<HistoryPage> {
+    pub async fn schedule_history(
+        &self,
+        ns: &str,
+        id: &str,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<HistoryPage> {
         let limit = limit.clamp(1, MAX_HISTORY_PAGE);
         let mut txn = self.inner.store.begin().await?;
         Self::require_namespace(txn.as_mut(), ns).await?;
-        if tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, id)).await?.is_none() {
+        if tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, id))
+            .await?
+            .is_none()
+        {
             return Err(not_found(id));
         }
         let base = Key::new(prefix::SCHEDULE_EVENT).str(ns).str(id);
@@ -1714,6 +1978,10 @@ impl Engine {
         } else {
             None
         };
-        Ok(HistoryPage { events, has_more, next_cursor })
+        Ok(HistoryPage {
+            events,
+            has_more,
+            next_cursor,
+        })
     }
 }

@@ -507,7 +507,9 @@ impl Cron {
     /// The instants a matching civil time stands for in `tz` (see the module docs on DST).
     fn instants(&self, tz: &TimeZone, civil: DateTime) -> Vec<Timestamp> {
         match tz.to_ambiguous_timestamp(civil).offset() {
-            AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(civil).ok().into_iter().collect(),
+            AmbiguousOffset::Unambiguous { offset } => {
+                offset.to_timestamp(civil).ok().into_iter().collect()
+            }
             AmbiguousOffset::Gap { after, .. } => {
                 if self.every_hour() {
                     // Elapsed-time semantics: this wall-clock minute never happened.
@@ -552,14 +554,22 @@ impl Cron {
         } else {
             jiff::SignedDuration::ZERO
         };
-        let mut civil = local.checked_sub(lookback).ok()?.with().subsec_nanosecond(0).build().ok()?;
+        let mut civil = local
+            .checked_sub(lookback)
+            .ok()?
+            .with()
+            .subsec_nanosecond(0)
+            .build()
+            .ok()?;
         let mut best: Option<Timestamp> = None;
         let mut best_civil: Option<DateTime> = None;
         loop {
             let candidate = self.next_civil(civil)?;
             if let Some(bc) = best_civil {
                 // No candidate this far past the best one can map to an earlier instant.
-                let horizon = bc.checked_add(jiff::SignedDuration::from_millis(TRANSITION_WINDOW_MS)).ok()?;
+                let horizon = bc
+                    .checked_add(jiff::SignedDuration::from_millis(TRANSITION_WINDOW_MS))
+                    .ok()?;
                 if candidate > horizon {
                     break;
                 }
@@ -577,7 +587,9 @@ impl Cron {
                     break;
                 }
             }
-            civil = candidate.checked_add(jiff::SignedDuration::from_secs(1)).ok()?;
+            civil = candidate
+                .checked_add(jiff::SignedDuration::from_secs(1))
+                .ok()?;
         }
         best.map(|b| b.as_millisecond())
     }
@@ -614,7 +626,13 @@ fn parse_value(text: &str, names: &[&str], min: u32) -> Result<u32, String> {
         .ok_or_else(|| format!("'{text}' is not a number or a known name"))
 }
 
-fn parse_field(text: &str, min: u32, max: u32, names: &[&str], question: bool) -> Result<u64, String> {
+fn parse_field(
+    text: &str,
+    min: u32,
+    max: u32,
+    names: &[&str],
+    question: bool,
+) -> Result<u64, String> {
     let mut mask = 0u64;
     for part in text.split(',') {
         if part.is_empty() {
@@ -622,7 +640,9 @@ fn parse_field(text: &str, min: u32, max: u32, names: &[&str], question: bool) -
         }
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s.parse().map_err(|_| format!("step '{s}' is not a number"))?;
+                let step: u32 = s
+                    .parse()
+                    .map_err(|_| format!("step '{s}' is not a number"))?;
                 if step == 0 {
                     return Err("a step must be at least 1".into());
                 }
@@ -659,11 +679,15 @@ mod tests {
     use super::*;
 
     fn ms(s: &str) -> Millis {
-        s.parse::<Timestamp>().expect("valid timestamp").as_millisecond()
+        s.parse::<Timestamp>()
+            .expect("valid timestamp")
+            .as_millisecond()
     }
 
     fn iso(t: Millis) -> String {
-        Timestamp::from_millisecond(t).expect("in range").to_string()
+        Timestamp::from_millisecond(t)
+            .expect("in range")
+            .to_string()
     }
 
     fn spec(crons: &[&str], tz: Option<&str>) -> Spec {
@@ -691,7 +715,11 @@ mod tests {
         let s = spec(&["*/15 * * * *"], None);
         assert_eq!(
             fires(&s, "2026-01-01T00:07:00Z", 3),
-            ["2026-01-01T00:15:00Z", "2026-01-01T00:30:00Z", "2026-01-01T00:45:00Z"]
+            [
+                "2026-01-01T00:15:00Z",
+                "2026-01-01T00:30:00Z",
+                "2026-01-01T00:45:00Z"
+            ]
         );
         let s = spec(&["30 */2 * * * *"], None);
         assert_eq!(
@@ -712,23 +740,46 @@ mod tests {
         let s = spec(&["0 0 1 * 7"], None);
         assert_eq!(
             fires(&s, "2026-01-01T00:00:00Z", 3),
-            ["2026-01-04T00:00:00Z", "2026-01-11T00:00:00Z", "2026-01-18T00:00:00Z"]
+            [
+                "2026-01-04T00:00:00Z",
+                "2026-01-11T00:00:00Z",
+                "2026-01-18T00:00:00Z"
+            ]
         );
         let s = spec(&["@monthly"], None);
-        assert_eq!(fires(&s, "2026-01-15T00:00:00Z", 1), ["2026-02-01T00:00:00Z"]);
+        assert_eq!(
+            fires(&s, "2026-01-15T00:00:00Z", 1),
+            ["2026-02-01T00:00:00Z"]
+        );
         let s = spec(&["0 0 29 2 *"], None);
-        assert_eq!(fires(&s, "2026-01-01T00:00:00Z", 1), ["2028-02-29T00:00:00Z"]);
+        assert_eq!(
+            fires(&s, "2026-01-01T00:00:00Z", 1),
+            ["2028-02-29T00:00:00Z"]
+        );
     }
 
     #[test]
     fn bad_cron_expressions_are_field_errors() {
-        for bad in ["", "* * * *", "61 * * * *", "* * * * * * *", "5-1 * * * *", "*/0 * * * *", "@fortnightly", "* * L * *", "a b c d e"] {
+        for bad in [
+            "",
+            "* * * *",
+            "61 * * * *",
+            "* * * * * * *",
+            "5-1 * * * *",
+            "*/0 * * * *",
+            "@fortnightly",
+            "* * L * *",
+            "a b c d e",
+        ] {
             let err = Spec::compile(&SpecRecord {
                 cron_expressions: vec![bad.to_string()],
                 ..SpecRecord::default()
             })
             .expect_err(bad);
-            assert!(err.contains_key("spec.cron_expressions.0"), "{bad}: {err:?}");
+            assert!(
+                err.contains_key("spec.cron_expressions.0"),
+                "{bad}: {err:?}"
+            );
         }
     }
 
@@ -745,7 +796,11 @@ mod tests {
         .expect("compiles");
         assert_eq!(
             fires(&s, "2026-03-08T06:00:00Z", 3),
-            ["2026-03-08T06:05:00Z", "2026-03-08T06:35:00Z", "2026-03-08T07:05:00Z"]
+            [
+                "2026-03-08T06:05:00Z",
+                "2026-03-08T06:35:00Z",
+                "2026-03-08T07:05:00Z"
+            ]
         );
         assert_eq!(parse_duration_ms("P1DT1H").expect("ok"), 90_000_000);
         assert_eq!(parse_duration_ms("PT1.5S").expect("ok"), 1_500);
@@ -758,8 +813,14 @@ mod tests {
     fn bad_intervals_and_zones_are_field_errors() {
         let err = Spec::compile(&SpecRecord {
             intervals: vec![
-                IntervalRecord { every: "P1Y".into(), offset: None },
-                IntervalRecord { every: "PT5M".into(), offset: Some("PT5M".into()) },
+                IntervalRecord {
+                    every: "P1Y".into(),
+                    offset: None,
+                },
+                IntervalRecord {
+                    every: "PT5M".into(),
+                    offset: Some("PT5M".into()),
+                },
             ],
             timezone: Some("Mars/Olympus".into()),
             ..SpecRecord::default()

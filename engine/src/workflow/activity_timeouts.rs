@@ -309,7 +309,10 @@ pub(crate) async fn fire(
                 a.last_failure = Some(crate::model::AttemptFailure {
                     at_ms: now,
                     attempt_number: a.attempt_number,
-                    message: format!("activity {} timeout of {seconds}s exceeded", kind.replace('_', "-")),
+                    message: format!(
+                        "activity {} timeout of {seconds}s exceeded",
+                        kind.replace('_', "-")
+                    ),
                 });
             }
             return schedule_retry(txn, &mut task, backoff, now, fx);

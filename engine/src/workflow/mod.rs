@@ -41,9 +41,9 @@ pub(crate) use children::apply_parent_close_policy;
 pub use export::{checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
-pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub(crate) use messages::close_in_txn;
-pub use poll::PollRequests;
+pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
+pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
 mod tasks;
 
@@ -149,6 +149,11 @@ pub struct WorkflowTaskView {
     /// The accepted update this task runs; the worker runs only its handler.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workflow_update_id: Option<String>,
+    /// `sticky_hit_expected` when the polling worker cached this run's history at its
+    /// last completion: the inline page is then only the first event, and the worker
+    /// fetches just the tail after its cached prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky_replay_mode: Option<&'static str>,
 }
 
 /// An activity task handed to a worker, in the protocol's shape.

@@ -237,13 +237,32 @@ impl Engine {
         let Some(task) = self.poll_task(poll, TaskKind::Workflow).await? else {
             return Ok(None);
         };
+        let lease = task
+            .lease
+            .as_ref()
+            .expect("invariant: a polled task is leased");
+        let sticky_hit = self
+            .inner
+            .sticky
+            .expects_hit(&task.run_id, &lease.owner, self.now_ms());
+        // A sticky-capable worker gets only the first event inline, so it pages (and so
+        // learns a resume token): later tasks then send only the tail after its cache.
+        let sticky_capable = self
+            .worker(&poll.namespace, &poll.worker_id)
+            .await?
+            .is_some_and(|w| w.capabilities.iter().any(|c| c == "sticky_execution"));
+        let inline = if sticky_capable {
+            1
+        } else {
+            poll.history_page_size
+        };
         let page = history::read_page(
             self.inner.store.as_ref(),
             &task.namespace,
             &task.run_id,
             1,
             task.history_seen,
-            poll.history_page_size,
+            inline,
         )
         .await?;
         let arguments = {
@@ -253,10 +272,6 @@ impl Engine {
                 .and_then(|mut p| p.get_mut("input").map(Value::take))
                 .unwrap_or(Value::Null)
         };
-        let lease = task
-            .lease
-            .as_ref()
-            .expect("invariant: a polled task is leased");
         Ok(Some(WorkflowTaskView {
             task_kind: "workflow",
             workflow_task_attempt: task.attempt,
@@ -274,8 +289,9 @@ impl Engine {
             namespace: task.namespace.clone(),
             task_queue: task.task_queue.clone(),
             run_status: "running",
-            workflow_update_id: task.workflow_update_id,
-            task_id: task.task_id,
+            workflow_update_id: task.workflow_update_id.clone(),
+            sticky_replay_mode: sticky_hit.then_some("sticky_hit_expected"),
+            task_id: task.task_id.clone(),
         }))
     }
 
@@ -503,6 +519,72 @@ impl PollRequests {
         let mut inner = self.lock();
         if matches!(inner.entries.get(key), Some(Entry::Done(_))) {
             inner.entries.remove(key);
+        }
+    }
+}
+
+/// How long a sticky claim is trusted at most, whatever the worker asks.
+const MAX_STICKY_TTL_MS: Millis = 3_600_000;
+/// Runs remembered at most (oldest claims are dropped first when full).
+const MAX_STICKY_RUNS: usize = 100_000;
+
+/// Runs whose history a worker cached at its last completion (`sticky_cache` in the
+/// completion body). Advisory: lost on restart, and the worker re-checks every cached
+/// prefix against the server's history, so a wrong guess only costs a full replay.
+#[derive(Default)]
+pub struct StickyRuns {
+    claims: std::sync::Mutex<HashMap<String, (String, Millis)>>,
+}
+
+impl StickyRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Millis)>> {
+        self.claims
+            .lock()
+            .expect("invariant: sticky lock not poisoned")
+    }
+
+    /// Records that `worker_id` cached `run_id`'s history until `now + ttl`.
+    pub fn remember(&self, run_id: &str, worker_id: &str, ttl_seconds: u64, now: Millis) {
+        let until = now + (ttl_seconds as Millis * 1000).min(MAX_STICKY_TTL_MS);
+        let mut claims = self.lock();
+        if claims.len() >= MAX_STICKY_RUNS {
+            claims.retain(|_, (_, u)| *u > now);
+            if claims.len() >= MAX_STICKY_RUNS {
+                claims.clear();
+            }
+        }
+        claims.insert(run_id.to_string(), (worker_id.to_string(), until));
+    }
+
+    /// Forgets a run (its worker dropped the cache, or the run closed).
+    pub fn forget(&self, run_id: &str) {
+        self.lock().remove(run_id);
+    }
+
+    fn expects_hit(&self, run_id: &str, worker_id: &str, now: Millis) -> bool {
+        self.lock()
+            .get(run_id)
+            .is_some_and(|(w, until)| w == worker_id && *until > now)
+    }
+}
+
+impl Engine {
+    /// Notes a completion's `sticky_cache` claim (or its absence) for the run.
+    pub fn note_sticky_cache(&self, run_id: &str, claim: Option<&Value>) {
+        let worker = claim
+            .and_then(|c| c.get("worker_id"))
+            .and_then(Value::as_str);
+        match worker {
+            Some(worker) => {
+                let ttl = claim
+                    .and_then(|c| c.get("ttl_seconds"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(300);
+                self.inner
+                    .sticky
+                    .remember(run_id, worker, ttl, self.now_ms());
+            }
+            None => self.inner.sticky.forget(run_id),
         }
     }
 }
