@@ -79,7 +79,7 @@ async def main(signals: int, sticky: bool) -> None:
                 mark = (time.monotonic(), cpu_seconds(proc.pid), 0, 0)
                 print(f"sticky={sticky} signals={signals}")
                 for i in range(1, signals + 1):
-                    await client.signal_workflow(handle.workflow_id, "tick", [])
+                    await client.signal_workflow(handle.workflow_id, "tick")
                     if i % 1000 == 0:
                         _, cpu0, tasks0, bytes0 = mark
                         tasks = stats["tasks"] - tasks0

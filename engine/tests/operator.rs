@@ -281,7 +281,10 @@ async fn recover_terminates_a_run_whose_activity_keeps_failing_and_frees_its_id(
         .await
         .expect("failure recorded");
     // Doctor's view: the run is stuck, with the attempt's failure.
-    let counts = engine.invocation_counts(NS).await.expect("counts");
+    let counts = engine
+        .invocation_counts(NS, Duration::from_secs(10))
+        .await
+        .expect("counts");
     assert_eq!(counts.stuck, 1);
     assert_eq!(counts.open_failures[0].id, run_id);
     assert!(counts.open_failures[0]
@@ -311,7 +314,10 @@ async fn recover_terminates_a_run_whose_activity_keeps_failing_and_frees_its_id(
         .await
         .expect("poll")
         .is_none());
-    let counts = engine.invocation_counts(NS).await.expect("counts");
+    let counts = engine
+        .invocation_counts(NS, Duration::from_secs(10))
+        .await
+        .expect("counts");
     assert_eq!((counts.total, counts.stuck, counts.scanned), (0, 0, 0));
     assert!(engine
         .recent_closed_failures(NS, 20)

@@ -792,6 +792,20 @@ async fn jitter_delays_the_fire_but_keeps_the_nominal_workflow_id() {
     h.advance_to("2026-01-05T01:00:00Z").await;
     if fire_at > nominal {
         assert!(h.started("jit").await.is_empty(), "fired before its jitter");
+        // An update while the occurrence waits out its jitter keeps it.
+        let s = h
+            .engine
+            .update_schedule(
+                NS,
+                "jit",
+                SchedulePatch {
+                    note: Some("still on".into()),
+                    ..SchedulePatch::default()
+                },
+            )
+            .await
+            .expect("updates");
+        assert_eq!(s.next_fire_at_ms, Some(fire_at));
     }
     h.advance(Duration::from_secs(600)).await;
     assert_eq!(h.started("jit").await, ["jit-2026-01-05T01:00:00Z"]);

@@ -705,8 +705,13 @@ fn failure_json(f: &FailureItem) -> Value {
 
 /// Runs by status and recent failures. Business failures do not degrade it: only an
 /// infrastructure problem does.
-async fn probe_invocations(engine: Engine, ns: String, failure_limit: usize) -> ProbeResult {
-    let counts = engine.invocation_counts(&ns).await?;
+async fn probe_invocations(
+    engine: Engine,
+    ns: String,
+    failure_limit: usize,
+    budget: Duration,
+) -> ProbeResult {
+    let counts = engine.invocation_counts(&ns, budget).await?;
     let closed = engine.recent_closed_failures(&ns, failure_limit).await?;
     let recent = operator::merge_failures(closed, &counts.open_failures, failure_limit);
     Ok(Found {
@@ -763,7 +768,9 @@ async fn doctor(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
         run_probe(
             deadline,
             fields(json!({"byStatus": {}, "recentFailures": []})),
-            probe_invocations(engine.clone(), ns.clone(), failure_limit)
+            // Counting stops at three quarters of the deadline: partial counts
+            // (`truncated`) beat an unreachable probe.
+            probe_invocations(engine.clone(), ns.clone(), failure_limit, deadline * 3 / 4)
         ),
         run_probe(deadline, list(), probe_audit(engine.clone(), ns.clone())),
     );

@@ -534,11 +534,20 @@ def test_operator_routes_require_the_operator_role_and_audit_who_called(keel_fac
         ("POST", f"{OPERATOR}/recover-stuck-workflow", {"serviceName": "X", "serviceKey": "nobody"}),
         ("GET", "/v2/admin/operator/audit", None),
     ]
+    # A refusal before the body is read ends the connection (the server does not drain
+    # an unread body), so refused requests do not ask to keep it.
+    close = {"Connection": "close"}
     with RawApi(server.url) as api:
         for method, path, body in routes:
             kwargs: dict[str, Any] = {} if body is None else {"json": body}
-            expect_error(api.request(method, path, headers={"Authorization": "Bearer wrong"}, **kwargs), 401, "unauthorized")
-            forbidden = expect_error(api.request(method, path, headers=bearer["worker"], **kwargs), 403, "forbidden")
+            expect_error(
+                api.request(method, path, headers={"Authorization": "Bearer wrong", **close}, **kwargs),
+                401,
+                "unauthorized",
+            )
+            forbidden = expect_error(
+                api.request(method, path, headers={**bearer["worker"], **close}, **kwargs), 403, "forbidden"
+            )
             assert forbidden["actual_roles"] == ["worker"] and "operator" in forbidden["required_roles"]
             for role in ("operator", "admin"):
                 response = api.request(method, path, headers=bearer[role], **kwargs)
@@ -547,7 +556,7 @@ def test_operator_routes_require_the_operator_role_and_audit_who_called(keel_fac
         # A wrong version header is still refused; the right one is accepted.
         expect_error(
             api.request("POST", f"{OPERATOR}/doctor", json={},
-                        headers={**bearer["operator"], "X-Durable-Workflow-Control-Plane-Version": "9"}),
+                        headers={**bearer["operator"], **close, "X-Durable-Workflow-Control-Plane-Version": "9"}),
             400,
             "unsupported_control_plane_version",
         )

@@ -169,8 +169,15 @@ async fn close_message(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<String> {
 
 impl Engine {
     /// Counts the namespace's workflow ids by the status of their current run, and
-    /// collects failure evidence of open runs.
-    pub async fn invocation_counts(&self, ns: &str) -> Result<InvocationCounts> {
+    /// collects failure evidence of open runs. Stops early (`truncated`) after
+    /// [`RUN_SCAN_CAP`] entries or once `budget` of real time is spent, so a large
+    /// namespace yields partial counts rather than a probe that never answers.
+    pub async fn invocation_counts(
+        &self,
+        ns: &str,
+        budget: std::time::Duration,
+    ) -> Result<InvocationCounts> {
+        let started = std::time::Instant::now();
         let mut counts = InvocationCounts::default();
         let mut token: Option<String> = None;
         let mut open: Vec<RunRecord> = Vec::new();
@@ -196,7 +203,9 @@ impl Engine {
                 }
             }
             match page.next_page_token {
-                Some(t) if counts.scanned < RUN_SCAN_CAP => token = Some(t),
+                Some(t) if counts.scanned < RUN_SCAN_CAP && started.elapsed() < budget => {
+                    token = Some(t)
+                }
                 Some(_) => {
                     counts.truncated = true;
                     break;
@@ -206,6 +215,10 @@ impl Engine {
         }
         let mut txn = self.inner.store.begin().await?;
         for run in &open {
+            if started.elapsed() >= budget {
+                counts.truncated = true;
+                break;
+            }
             if let Some(item) = failure_evidence(txn.as_mut(), run).await? {
                 counts.stuck += 1;
                 counts.open_failures.push(item);

@@ -1647,7 +1647,13 @@ impl Engine {
             }
             s.updated_at_ms = now;
             if s.status == ScheduleStatus::Active {
-                arm(txn.as_mut(), &mut s, now, &mut fx)?;
+                // An occurrence already due but waiting out its jitter is kept unless the
+                // spec itself changed.
+                let from = match s.next_occurrence_ms {
+                    Some(pending) if pending <= now && patch.spec.is_none() => pending - 1,
+                    _ => now,
+                };
+                arm(txn.as_mut(), &mut s, from, &mut fx)?;
                 drain(txn.as_mut(), &mut s, now, &mut fx).await?;
             }
             let view = schedule_json(&s);
