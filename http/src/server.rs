@@ -322,7 +322,12 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
 type Dispatched = Result<(Op, Option<Plane>, Reply), (Option<Op>, Option<Plane>, ApiError)>;
 
 async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
-    let (op, plane, params) = match router::route(req.method(), req.uri().path()) {
+    // The body is read before any check can refuse the request: a response sent with
+    // the body unread would force hyper to drop the keep-alive connection under the
+    // client. Errors in the body itself are reported after auth, version and gates.
+    let (parts, incoming) = req.into_parts();
+    let body = read_body(&parts.headers, incoming).await;
+    let (op, plane, params) = match router::route(&parts.method, parts.uri.path()) {
         Match::Found(op, plane, params) => (op, plane, params),
         Match::MethodNotAllowed => {
             return Err((
@@ -331,7 +336,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
-                    format!("{} is not allowed here", req.method()),
+                    format!("{} is not allowed here", &parts.method),
                 ),
             ))
         }
@@ -342,7 +347,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not_found",
-                    format!("no route for {}", req.uri().path()),
+                    format!("no route for {}", parts.uri.path()),
                 ),
             ))
         }
@@ -352,16 +357,16 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
     let principal = if policy.access == router::Access::Public {
         Principal::open()
     } else {
-        let p = state.auth.authenticate(req.headers()).map_err(fail)?;
+        let p = state.auth.authenticate(&parts.headers).map_err(fail)?;
         crate::auth::authorize(&p, policy.access).map_err(fail)?;
         p
     };
-    check_version(plane, req.headers()).map_err(fail)?;
+    check_version(plane, &parts.headers).map_err(fail)?;
     crate::gates::topology(&state.node, &policy).map_err(fail)?;
     state.readiness.gate(&policy).map_err(fail)?;
-    let query = parse_query(req.uri().query());
-    let namespace = req
-        .headers()
+    let query = parse_query(parts.uri.query());
+    let namespace = parts
+        .headers
         .get("x-namespace")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
@@ -376,7 +381,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
             .await
             .map_err(fail)?;
     }
-    let body = read_body(req).await.map_err(fail)?;
+    let body = body.map_err(fail)?;
     let call = Call {
         params,
         query,
@@ -489,7 +494,7 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     out
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
+async fn read_body(headers: &hyper::HeaderMap, body: Incoming) -> Result<Value, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -498,20 +503,18 @@ async fn read_body(req: Request<Incoming>) -> Result<Value, ApiError> {
         )
         .with("limit", MAX_PAYLOAD_BYTES)
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > MAX_PAYLOAD_BYTES) {
         return Err(too_large());
     }
-    let content_type = req
-        .headers()
+    let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
-    let bytes = Limited::new(req.into_body(), MAX_PAYLOAD_BYTES)
+    let bytes = Limited::new(body, MAX_PAYLOAD_BYTES)
         .collect()
         .await
         .map_err(|e| {
