@@ -1,127 +1,29 @@
 //! Signals, updates, queries, cancel/terminate, durable timers and condition waits over
 //! the in-memory store with an injected clock: time moves only when a test advances it.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use keel_engine::clock::{Clock, ManualClock};
-use keel_engine::model::{RunStatus, UpdateStatus, WorkerRecord};
+use keel_engine::model::{RunStatus, UpdateStatus};
 use keel_engine::queries::QueryRequest;
-use keel_engine::storage::memory::MemoryStore;
-use keel_engine::storage::KvStore;
 use keel_engine::workflow::{
-    CloseCommand, DuplicatePolicy, Poll, SignalRequest, StartWorkflow, UpdateRequest, UpdateWait,
-    WorkflowTaskView,
+    CloseCommand, SignalRequest, StartWorkflow, UpdateRequest, UpdateWait, WorkflowTaskView,
 };
-use keel_engine::{Engine, EngineConfig, Error};
+use keel_engine::Engine;
 use serde_json::{json, Value};
-
-const NS: &str = "default";
-const QUEUE: &str = "q";
-const START: i64 = 1_780_000_000_000;
-const WORKER: &str = "w1";
-
-struct Harness {
-    engine: Engine,
-    clock: ManualClock,
-}
+use support::*;
 
 async fn harness() -> Harness {
-    let store = MemoryStore::new();
-    let clock = ManualClock::new(START);
-    let config = EngineConfig {
-        workflow_task_lease: Duration::from_secs(10),
-        activity_task_lease: Duration::from_secs(10),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(
-        Arc::new(store) as Arc<dyn KvStore>,
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        config,
-    )
-    .await
-    .expect("engine opens");
-    engine
-        .register_worker(WorkerRecord {
-            worker_id: WORKER.into(),
-            namespace: NS.into(),
-            task_queue: QUEUE.into(),
-            runtime: Some("test".into()),
-            sdk_version: None,
-            build_id: None,
-            supported_workflow_types: vec![],
-            supported_activity_types: vec![],
-            capabilities: vec!["query_tasks".into()],
-            registered_at_ms: START,
-            last_heartbeat_at_ms: START,
-        })
-        .await
-        .expect("worker registers");
-    Harness { engine, clock }
+    support::harness(Duration::from_secs(10), &["query_tasks"]).await
 }
 
 fn start_request(id: &str) -> StartWorkflow {
     StartWorkflow {
-        workflow_id: Some(id.into()),
-        workflow_type: "wf".into(),
-        task_queue: QUEUE.into(),
-        input: json!({"codec": "avro", "blob": "AA=="}),
         execution_timeout_seconds: Some(3600),
         run_timeout_seconds: Some(600),
-        duplicate_policy: DuplicatePolicy::Fail,
-        memo: json!({}),
-        search_attributes: json!({}),
-        priority: 5,
-        build_id: None,
+        ..start(id, "wf")
     }
-}
-
-fn probe() -> Poll {
-    Poll {
-        namespace: NS.into(),
-        worker_id: WORKER.into(),
-        task_queue: QUEUE.into(),
-        timeout: Duration::ZERO,
-        history_page_size: 500,
-        poll_request_id: None,
-    }
-}
-
-async fn poll_wf(engine: &Engine) -> Option<WorkflowTaskView> {
-    engine
-        .poll_workflow_task(&probe())
-        .await
-        .expect("poll succeeds")
-}
-
-/// Probes until a workflow task arrives or a real-time deadline passes (the timer
-/// service runs on its own task).
-async fn wait_wf(engine: &Engine) -> WorkflowTaskView {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(t) = poll_wf(engine).await {
-            return t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no workflow task became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn events(task: &WorkflowTaskView) -> Vec<Value> {
-    task.history_events
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e.get()).expect("event is json"))
-        .collect()
-}
-
-fn types(task: &WorkflowTaskView) -> Vec<String> {
-    events(task)
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap_or("").to_string())
-        .collect()
 }
 
 fn last_payload(task: &WorkflowTaskView, event_type: &str) -> Value {
@@ -130,7 +32,7 @@ fn last_payload(task: &WorkflowTaskView, event_type: &str) -> Value {
         .rev()
         .find(|e| e["event_type"] == event_type)
         .map(|e| e["payload"].clone())
-        .unwrap_or_else(|| panic!("no {event_type} in {:?}", types(task)))
+        .unwrap_or_else(|| panic!("no {event_type} in {:?}", event_types(task)))
 }
 
 async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
@@ -144,13 +46,6 @@ async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>
         )
         .await
         .expect("completion accepted");
-}
-
-fn reason(e: Error) -> &'static str {
-    match e {
-        Error::Rejected { reason, .. } => reason,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
 }
 
 fn signal(id: &str, name: &str, request_id: Option<&str>) -> SignalRequest {
@@ -379,7 +274,7 @@ async fn signal_during_a_lease_grows_history_and_wakes_the_next_task() {
     .await;
     let next = poll_wf(&h.engine).await.expect("the signal wakes the run");
     assert_eq!(
-        types(&next)
+        event_types(&next)
             .iter()
             .filter(|t| *t == "SignalReceived")
             .count(),
@@ -471,7 +366,7 @@ async fn update_accepted_during_a_lease_runs_in_the_next_task_then_the_body_resu
     assert_eq!(outcome.update.failure_message.as_deref(), Some("nope"));
     let resumed = poll_wf(&h.engine).await.expect("the body resumes");
     assert!(resumed.workflow_update_id.is_none());
-    let t = types(&resumed);
+    let t = event_types(&resumed);
     assert_eq!(t.iter().filter(|x| *x == "UpdateAccepted").count(), 2);
     assert_eq!(
         t.iter().filter(|x| *x == "UpdateApplied").count(),

@@ -3,102 +3,18 @@
 //! fire on the engine's own timer task, so tests advance the clock and then poll with a
 //! real-time deadline.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use keel_engine::clock::{Clock, ManualClock};
-use keel_engine::model::{RunStatus, WorkerRecord};
-use keel_engine::storage::memory::MemoryStore;
-use keel_engine::storage::KvStore;
-use keel_engine::workflow::{
-    ActivityTaskView, DuplicatePolicy, ListQuery, Poll, RunTarget, StartWorkflow, WorkflowTaskView,
-};
-use keel_engine::{Engine, EngineConfig, Error};
+use keel_engine::model::RunStatus;
+use keel_engine::workflow::{ListQuery, RunTarget, WorkflowTaskView};
+use keel_engine::Engine;
 use serde_json::{json, Value};
-
-const NS: &str = "default";
-const QUEUE: &str = "q";
-const START: i64 = 1_780_000_000_000;
-const ARGS: &str = "AA==";
-
-struct Harness {
-    engine: Engine,
-    clock: ManualClock,
-}
+use support::*;
 
 async fn harness() -> Harness {
-    let store = MemoryStore::new();
-    let clock = ManualClock::new(START);
-    let config = EngineConfig {
-        workflow_task_lease: Duration::from_secs(60),
-        activity_task_lease: Duration::from_secs(60),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(
-        Arc::new(store) as Arc<dyn KvStore>,
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        config,
-    )
-    .await
-    .expect("engine opens");
-    engine
-        .register_worker(WorkerRecord {
-            worker_id: "w1".into(),
-            namespace: NS.into(),
-            task_queue: QUEUE.into(),
-            runtime: Some("test".into()),
-            sdk_version: None,
-            build_id: None,
-            supported_workflow_types: vec![],
-            supported_activity_types: vec![],
-            capabilities: vec![],
-            registered_at_ms: START,
-            last_heartbeat_at_ms: START,
-        })
-        .await
-        .expect("worker registers");
-    Harness { engine, clock }
-}
-
-fn start_request(id: &str, workflow_type: &str) -> StartWorkflow {
-    StartWorkflow {
-        workflow_id: Some(id.into()),
-        workflow_type: workflow_type.into(),
-        task_queue: QUEUE.into(),
-        input: json!({"codec": "avro", "blob": ARGS}),
-        execution_timeout_seconds: None,
-        run_timeout_seconds: None,
-        duplicate_policy: DuplicatePolicy::Fail,
-        memo: json!({}),
-        search_attributes: json!({}),
-        priority: 5,
-        build_id: None,
-    }
-}
-
-fn probe() -> Poll {
-    Poll {
-        namespace: NS.into(),
-        worker_id: "w1".into(),
-        task_queue: QUEUE.into(),
-        timeout: Duration::ZERO,
-        history_page_size: 500,
-        poll_request_id: None,
-    }
-}
-
-async fn poll_wf(engine: &Engine) -> Option<WorkflowTaskView> {
-    engine
-        .poll_workflow_task(&probe())
-        .await
-        .expect("poll succeeds")
-}
-
-async fn poll_act(engine: &Engine) -> Option<ActivityTaskView> {
-    engine
-        .poll_activity_task(&probe())
-        .await
-        .expect("poll succeeds")
+    support::harness(Duration::from_secs(60), &[]).await
 }
 
 /// Polls until `probe` yields something or a real-time deadline passes.
@@ -117,20 +33,6 @@ macro_rules! eventually {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }};
-}
-
-fn events_of(task: &WorkflowTaskView) -> Vec<Value> {
-    task.history_events
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e.get()).expect("event is json"))
-        .collect()
-}
-
-fn types(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap_or("").to_string())
-        .collect()
 }
 
 async fn history(engine: &Engine, workflow_id: &str, run_id: &str) -> Vec<Value> {
@@ -155,13 +57,6 @@ async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: &[Value]) 
         )
         .await
         .expect("completion recorded");
-}
-
-fn reason(e: Error) -> &'static str {
-    match e {
-        Error::Rejected { reason, .. } => reason,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
 }
 
 fn args() -> Value {
@@ -190,7 +85,7 @@ async fn status_of(engine: &Engine, workflow_id: &str) -> RunStatus {
 async fn start_parent_with(h: &Harness, commands: &[Value]) -> String {
     let started = h
         .engine
-        .start_workflow(NS, start_request("p", "parent"))
+        .start_workflow(NS, start("p", "parent"))
         .await
         .expect("starts");
     let task = poll_wf(&h.engine).await.expect("parent task");
@@ -205,7 +100,7 @@ async fn child_result_is_recorded_in_the_parent_and_wakes_it() {
     let child_task = poll_wf(&h.engine).await.expect("the child's first task");
     assert_eq!(child_task.workflow_type, "child");
     assert_eq!(child_task.workflow_id, format!("{parent_run}:1"));
-    let started = &events_of(&child_task)[0];
+    let started = &events(&child_task)[0];
     assert_eq!(
         started["payload"]["parent_workflow_run_id"],
         json!(parent_run)
@@ -214,7 +109,7 @@ async fn child_result_is_recorded_in_the_parent_and_wakes_it() {
     assert_eq!(child_task.arguments, args());
     let parent_events = history(&h.engine, "p", &parent_run).await;
     assert_eq!(
-        types(&parent_events),
+        types_of(&parent_events),
         [
             "WorkflowStarted",
             "ChildWorkflowScheduled",
@@ -238,7 +133,7 @@ async fn child_result_is_recorded_in_the_parent_and_wakes_it() {
     complete(&h.engine, &child_task, &[complete_cmd()]).await;
     let parent_task = poll_wf(&h.engine).await.expect("the parent is woken");
     assert_eq!(parent_task.workflow_id, "p");
-    let last = events_of(&parent_task).pop().expect("events");
+    let last = events(&parent_task).pop().expect("events");
     assert_eq!(last["event_type"], "ChildRunCompleted");
     assert_eq!(last["payload"]["sequence"], json!(1));
     assert_eq!(
@@ -259,7 +154,7 @@ async fn failed_child_is_reported_as_child_run_failed() {
     let fail = json!({"type": "fail_workflow", "message": "child broke", "exception_class": "builtins.ValueError"});
     complete(&h.engine, &child_task, &[fail]).await;
     let parent_task = poll_wf(&h.engine).await.expect("parent woken");
-    let last = events_of(&parent_task).pop().expect("events");
+    let last = events(&parent_task).pop().expect("events");
     assert_eq!(last["event_type"], "ChildRunFailed");
     assert_eq!(last["payload"]["message"], "child broke");
     assert_eq!(last["payload"]["exception_class"], "builtins.ValueError");
@@ -299,7 +194,7 @@ async fn continue_as_new_starts_the_next_run_of_the_same_workflow_id() {
     let h = harness().await;
     let first = h
         .engine
-        .start_workflow(NS, start_request("c", "looper"))
+        .start_workflow(NS, start("c", "looper"))
         .await
         .expect("starts");
     let task = poll_wf(&h.engine).await.expect("task");
@@ -314,7 +209,7 @@ async fn continue_as_new_starts_the_next_run_of_the_same_workflow_id() {
     assert_eq!(second_task.workflow_id, "c");
     assert_ne!(second_task.run_id, first.run.run_id);
     assert_eq!(second_task.arguments, next_args);
-    let started = &events_of(&second_task)[0];
+    let started = &events(&second_task)[0];
     assert_eq!(
         started["payload"]["continued_from_run_id"],
         json!(first.run.run_id)
@@ -390,7 +285,7 @@ async fn a_continued_child_reports_its_last_run_to_the_parent() {
     );
     complete(&h.engine, &second, &[complete_cmd()]).await;
     let parent_task = poll_wf(&h.engine).await.expect("parent woken");
-    let last = events_of(&parent_task).pop().expect("events");
+    let last = events(&parent_task).pop().expect("events");
     assert_eq!(last["event_type"], "ChildRunCompleted");
     assert_eq!(
         last["payload"]["child_workflow_run_id"],
@@ -409,7 +304,7 @@ fn schedule(extra: Value) -> Value {
 /// Starts `a` and schedules one activity with `extra` options.
 async fn start_with_activity(h: &Harness, extra: Value) {
     h.engine
-        .start_workflow(NS, start_request("a", "wf"))
+        .start_workflow(NS, start("a", "wf"))
         .await
         .expect("starts");
     let task = poll_wf(&h.engine).await.expect("task");
@@ -418,7 +313,7 @@ async fn start_with_activity(h: &Harness, extra: Value) {
 
 async fn last_event_when_woken(h: &Harness) -> Value {
     let task = eventually!("the workflow to be woken", poll_wf(&h.engine).await);
-    events_of(&task).pop().expect("events")
+    events(&task).pop().expect("events")
 }
 
 #[tokio::test]
@@ -558,7 +453,7 @@ async fn an_activity_that_finishes_in_time_leaves_no_timeout_behind() {
         .expect("completes");
     let task = poll_wf(&h.engine).await.expect("woken");
     assert_eq!(
-        events_of(&task).pop().expect("events")["event_type"],
+        events(&task).pop().expect("events")["event_type"],
         "ActivityCompleted"
     );
     complete(&h.engine, &task, &[complete_cmd()]).await;
@@ -567,7 +462,7 @@ async fn an_activity_that_finishes_in_time_leaves_no_timeout_behind() {
     let view = h.engine.describe(NS, "a", None).await.expect("describes");
     assert_eq!(view.run.status, RunStatus::Completed);
     assert_eq!(
-        types(&history(&h.engine, "a", &view.run.run_id).await)
+        types_of(&history(&h.engine, "a", &view.run.run_id).await)
             .last()
             .map(String::as_str),
         Some("WorkflowCompleted")
@@ -578,7 +473,7 @@ async fn an_activity_that_finishes_in_time_leaves_no_timeout_behind() {
 async fn bad_activity_timeouts_are_invalid_commands() {
     let h = harness().await;
     h.engine
-        .start_workflow(NS, start_request("a", "wf"))
+        .start_workflow(NS, start("a", "wf"))
         .await
         .expect("starts");
     let task = poll_wf(&h.engine).await.expect("task");
@@ -608,7 +503,7 @@ async fn workflow_list_is_newest_first_with_filters_and_pages() {
     for (i, id) in ["w-1", "w-2", "w-3", "other-4"].iter().enumerate() {
         let kind = if i == 3 { "other" } else { "wf" };
         h.engine
-            .start_workflow(NS, start_request(id, kind))
+            .start_workflow(NS, start(id, kind))
             .await
             .expect("starts");
         h.clock.advance(Duration::from_millis(10));
@@ -730,7 +625,7 @@ async fn export_bundle_carries_history_and_a_checksum_of_its_canonical_json() {
     let h = harness().await;
     let run = h
         .engine
-        .start_workflow(NS, start_request("x", "wf"))
+        .start_workflow(NS, start("x", "wf"))
         .await
         .expect("starts")
         .run;
@@ -751,7 +646,7 @@ async fn export_bundle_carries_history_and_a_checksum_of_its_canonical_json() {
         json!({"codec": "avro", "blob": "Ag=="})
     );
     assert_eq!(
-        types(bundle["history_events"].as_array().expect("events")),
+        types_of(bundle["history_events"].as_array().expect("events")),
         ["WorkflowStarted", "WorkflowCompleted"]
     );
     let checksum = bundle["integrity"]["checksum"]
@@ -769,7 +664,7 @@ async fn repair_readies_a_failed_workflow_task_and_reports_when_nothing_is_neede
     let h = harness().await;
     let run = h
         .engine
-        .start_workflow(NS, start_request("r", "wf"))
+        .start_workflow(NS, start("r", "wf"))
         .await
         .expect("starts")
         .run;
@@ -806,7 +701,7 @@ async fn repair_readies_a_failed_workflow_task_and_reports_when_nothing_is_neede
         .expect("ready again without waiting out the backoff");
     assert_eq!(again.task_id, task.task_id);
     assert_eq!(
-        types(&events_of(&again)).last().map(String::as_str),
+        types_of(&events(&again)).last().map(String::as_str),
         Some("RepairRequested")
     );
 }
@@ -816,7 +711,7 @@ async fn archive_needs_a_closed_current_run_and_happens_once() {
     let h = harness().await;
     let first = h
         .engine
-        .start_workflow(NS, start_request("z", "wf"))
+        .start_workflow(NS, start("z", "wf"))
         .await
         .expect("starts")
         .run;
@@ -861,7 +756,7 @@ async fn archive_needs_a_closed_current_run_and_happens_once() {
     );
     let events = history(&h.engine, "z", &view.run.run_id).await;
     assert_eq!(
-        types(&events[events.len() - 2..]),
+        types_of(&events[events.len() - 2..]),
         ["ArchiveRequested", "WorkflowArchived"]
     );
 }
@@ -910,7 +805,7 @@ async fn a_failed_child_is_retried_per_its_retry_policy_before_the_parent_hears(
     // The last attempt's failure is final.
     complete(&h.engine, &second, &[fail]).await;
     let parent_task = poll_wf(&h.engine).await.expect("parent woken");
-    let last = events_of(&parent_task).pop().expect("events");
+    let last = events(&parent_task).pop().expect("events");
     assert_eq!(last["event_type"], "ChildRunFailed");
     assert_eq!(
         last["payload"]["child_workflow_run_id"],

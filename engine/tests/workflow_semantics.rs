@@ -1,149 +1,30 @@
 //! Engine behaviour over the in-memory reference store with an injected clock.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use keel_engine::clock::{Clock, ManualClock};
-use keel_engine::model::{RunStatus, WorkerRecord};
-use keel_engine::storage::memory::MemoryStore;
-use keel_engine::storage::KvStore;
-use keel_engine::workflow::{
-    ActivityTaskView, DuplicatePolicy, Poll, StartWorkflow, WorkflowTaskView,
-};
-use keel_engine::{Engine, EngineConfig, Error};
+use keel_engine::model::RunStatus;
+use keel_engine::workflow::{DuplicatePolicy, StartWorkflow};
 use serde_json::{json, Value};
+use support::*;
 
-const NS: &str = "default";
-const QUEUE: &str = "q";
-const START: i64 = 1_780_000_000_000;
-
-struct Harness {
-    engine: Engine,
-    clock: ManualClock,
-    store: MemoryStore,
-}
+const LEASE: Duration = Duration::from_secs(10);
 
 async fn harness() -> Harness {
-    let store = MemoryStore::new();
-    let clock = ManualClock::new(START);
-    let engine = open(&store, &clock).await;
-    Harness {
-        engine,
-        clock,
-        store,
-    }
-}
-
-async fn open(store: &MemoryStore, clock: &ManualClock) -> Engine {
-    let config = EngineConfig {
-        workflow_task_lease: Duration::from_secs(10),
-        activity_task_lease: Duration::from_secs(10),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(
-        Arc::new(store.clone()) as Arc<dyn KvStore>,
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        config,
-    )
-    .await
-    .expect("engine opens");
-    engine
-        .register_worker(WorkerRecord {
-            worker_id: "w1".into(),
-            namespace: NS.into(),
-            task_queue: QUEUE.into(),
-            runtime: Some("test".into()),
-            sdk_version: None,
-            build_id: None,
-            supported_workflow_types: vec![],
-            supported_activity_types: vec![],
-            capabilities: vec![],
-            registered_at_ms: START,
-            last_heartbeat_at_ms: START,
-        })
-        .await
-        .expect("worker registers");
-    engine
+    support::harness(LEASE, &[]).await
 }
 
 fn start_request(id: &str) -> StartWorkflow {
     StartWorkflow {
-        workflow_id: Some(id.into()),
-        workflow_type: "wf".into(),
-        task_queue: QUEUE.into(),
-        input: json!({"codec": "avro", "blob": "AA=="}),
         execution_timeout_seconds: Some(3600),
         run_timeout_seconds: Some(600),
-        duplicate_policy: DuplicatePolicy::Fail,
-        memo: json!({}),
-        search_attributes: json!({}),
-        priority: 5,
-        build_id: None,
+        ..start(id, "wf")
     }
-}
-
-fn probe() -> Poll {
-    Poll {
-        namespace: NS.into(),
-        worker_id: "w1".into(),
-        task_queue: QUEUE.into(),
-        timeout: Duration::ZERO,
-        history_page_size: 500,
-        poll_request_id: None,
-    }
-}
-
-async fn poll_wf(engine: &Engine) -> Option<WorkflowTaskView> {
-    engine
-        .poll_workflow_task(&probe())
-        .await
-        .expect("poll succeeds")
-}
-
-async fn poll_act(engine: &Engine) -> Option<ActivityTaskView> {
-    engine
-        .poll_activity_task(&probe())
-        .await
-        .expect("poll succeeds")
-}
-
-/// Probes until a workflow task arrives or a real-time deadline passes (the timer
-/// service runs on its own task).
-async fn wait_wf(engine: &Engine) -> WorkflowTaskView {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(t) = poll_wf(engine).await {
-            return t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no workflow task became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn event_types(task: &WorkflowTaskView) -> Vec<String> {
-    task.history_events
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<Value>(e.get()).expect("event is json")["event_type"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect()
 }
 
 fn schedule(activity: &str) -> Value {
     json!({"type": "schedule_activity", "activity_type": activity, "arguments": {"codec": "avro", "blob": "AA=="}, "queue": QUEUE})
-}
-
-fn reason(e: Error) -> &'static str {
-    match e {
-        Error::Rejected { reason, .. } => reason,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -471,7 +352,7 @@ async fn a_reopened_engine_rebuilds_its_ready_index_from_storage() {
             .expect("starts");
     }
     h.engine.stop().await;
-    let reopened = open(&h.store, &h.clock).await;
+    let reopened = open(&h.store, &h.clock, LEASE, &[]).await;
     let mut seen = Vec::new();
     while let Some(t) = poll_wf(&reopened).await {
         seen.push(t.workflow_id);
