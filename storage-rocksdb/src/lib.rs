@@ -42,7 +42,6 @@
 
 #![warn(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -178,6 +177,9 @@ impl Shared {
         } else {
             DBCompressionType::None
         });
+        // Atomic adds are merge operands, summed by RocksDB itself: the committer never
+        // reads a counter to write it.
+        db_options.set_merge_operator_associative("keel_counter_add", add_counters);
         let cfs = [
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_options.clone()),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
@@ -597,10 +599,6 @@ impl GroupCommitter {
         // Conflicts with requests accepted earlier in this batch, which the shared
         // tracker has not recorded yet.
         let mut in_batch = ConflictTracker::new(0);
-        // Values this batch has produced so far (None: deleted), and its cleared ranges,
-        // to resolve atomic adds of later requests.
-        let mut overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        let mut cleared: Vec<KeyRange> = Vec::new();
         let mut write_batch = WriteBatch::default();
         for (request, reply) in batch {
             // Locked per request, not across `stage`'s reads, so `watch` never waits on I/O.
@@ -619,12 +617,7 @@ impl GroupCommitter {
                 let _ = reply.send(Ok(CommitInfo { version: 0 }));
                 continue;
             }
-            if let Err(e) = self.stage(&request, &mut overlay, &mut cleared, &mut write_batch) {
-                // A failed read of a counter's current value: nothing of this request is
-                // in the batch, so it fails unapplied.
-                let _ = reply.send(Err(e));
-                continue;
-            }
+            self.stage(&request, &mut write_batch);
             self.version += 1;
             in_batch.record(self.version, &request);
             accepted.push((self.version, request, reply));
@@ -676,54 +669,36 @@ impl GroupCommitter {
         }
     }
 
-    /// Adds `request`'s writes to `write_batch`, resolving atomic adds against the
-    /// database overlaid with the batch's earlier writes, and updates that overlay.
-    fn stage(
-        &self,
-        request: &CommitRequest,
-        overlay: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-        cleared: &mut Vec<KeyRange>,
-        write_batch: &mut WriteBatch,
-    ) -> Result<()> {
-        // Resolve every add first: a failed read must leave the batch untouched.
-        let mut sums = BTreeMap::new();
-        for (key, write) in &request.writes {
-            if let Write::Add(delta) = write {
-                let current = if request.cleared_ranges.iter().any(|r| r.contains(key)) {
-                    None
-                } else if let Some(value) = overlay.get(key) {
-                    value.clone()
-                } else if cleared.iter().any(|r| r.contains(key)) {
-                    None
-                } else {
-                    self.shared.db.get(key).map_err(backend_error)?
-                };
-                let sum = decode_counter(current.as_deref()).wrapping_add(*delta);
-                sums.insert(key.clone(), sum.to_le_bytes().to_vec());
-            }
-        }
+    /// Adds `request`'s writes to `write_batch`: cleared ranges first, then point writes,
+    /// atomic adds as merge operands (summed by [`add_counters`] in write order).
+    fn stage(&self, request: &CommitRequest, write_batch: &mut WriteBatch) {
         for range in &request.cleared_ranges {
             let (begin, end) = delete_bounds(range);
             write_batch.delete_range(begin, end);
-            for value in overlay.range_mut::<[u8], _>(range.as_bounds()) {
-                *value.1 = None;
-            }
-            cleared.push(range.clone());
         }
         for (key, write) in &request.writes {
-            let value = match write {
-                Write::Set(v) => Some(v.clone()),
-                Write::Clear => None,
-                Write::Add(_) => Some(sums.remove(key).expect("invariant: every add was resolved")),
-            };
-            match &value {
-                Some(v) => write_batch.put(key, v),
-                None => write_batch.delete(key),
+            match write {
+                Write::Set(v) => write_batch.put(key, v),
+                Write::Clear => write_batch.delete(key),
+                Write::Add(delta) => write_batch.merge(key, delta.to_le_bytes()),
             }
-            overlay.insert(key.clone(), value);
         }
-        Ok(())
     }
+}
+
+/// The merge operator of atomic adds: the sum of the existing little-endian `i64` (a
+/// missing or malformed value counts as 0, as in `decode_counter`) and every operand.
+fn add_counters(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let sum = operands
+        .iter()
+        .fold(decode_counter(existing), |acc, operand| {
+            acc.wrapping_add(decode_counter(Some(operand)))
+        });
+    Some(sum.to_le_bytes().to_vec())
 }
 
 #[cfg(test)]
