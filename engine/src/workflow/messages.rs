@@ -435,27 +435,11 @@ impl Engine {
                 declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
             {
                 if !declared.signals.contains(&req.signal_name) {
-                    return Err(Error::not_found(
-                        "unknown_signal",
-                        format!(
-                            "workflow type '{}' declares no signal '{}'",
-                            run.workflow_type, req.signal_name
-                        ),
-                    )
-                    .with("outcome", "rejected_unknown_signal")
-                    .with("command_status", "rejected")
-                    .with("signal_name", req.signal_name.as_str())
-                    .with("declared_signals", declared.signals.clone())
-                    .with("workflow_id", run.workflow_id.as_str())
-                    .with("run_id", run.run_id.as_str())
-                    .with(
-                        "control_plane",
-                        control_plane(
-                            "signal",
-                            "rejected_unknown_signal",
-                            &run.workflow_id,
-                            &run.run_id,
-                        ),
+                    return Err(unknown_operation(
+                        &run,
+                        Operation::Signal,
+                        &req.signal_name,
+                        &declared.signals,
                     ));
                 }
             }
@@ -554,27 +538,11 @@ impl Engine {
                 }
                 if let Some(declared) = contract(txn.as_mut(), &run).await? {
                     if !declared.updates.contains(&req.update_name) {
-                        return Err(Error::not_found(
-                            "unknown_update",
-                            format!(
-                                "workflow type '{}' declares no update '{}'",
-                                run.workflow_type, req.update_name
-                            ),
-                        )
-                        .with("outcome", "rejected_unknown_update")
-                        .with("command_status", "rejected")
-                        .with("update_name", req.update_name.as_str())
-                        .with("declared_updates", declared.updates.clone())
-                        .with("workflow_id", run.workflow_id.as_str())
-                        .with("run_id", run.run_id.as_str())
-                        .with(
-                            "control_plane",
-                            control_plane(
-                                "update",
-                                "rejected_unknown_update",
-                                &run.workflow_id,
-                                &run.run_id,
-                            ),
+                        return Err(unknown_operation(
+                            &run,
+                            Operation::Update,
+                            &req.update_name,
+                            &declared.updates,
                         ));
                     }
                 }
@@ -803,4 +771,48 @@ pub(crate) async fn close_in_txn(
         "reason": reason,
     });
     Ok(receipt)
+}
+
+/// The message kinds a workflow declares in its command contract.
+#[derive(Clone, Copy)]
+enum Operation {
+    Signal,
+    Update,
+}
+
+/// 404 for a signal or update name outside the contract the worker declared.
+fn unknown_operation(run: &RunRecord, op: Operation, name: &str, declared: &[String]) -> Error {
+    let (kind, reason, outcome, name_field, declared_field) = match op {
+        Operation::Signal => (
+            "signal",
+            "unknown_signal",
+            "rejected_unknown_signal",
+            "signal_name",
+            "declared_signals",
+        ),
+        Operation::Update => (
+            "update",
+            "unknown_update",
+            "rejected_unknown_update",
+            "update_name",
+            "declared_updates",
+        ),
+    };
+    Error::not_found(
+        reason,
+        format!(
+            "workflow type '{}' declares no {kind} '{name}'",
+            run.workflow_type
+        ),
+    )
+    .with("outcome", outcome)
+    .with("command_status", "rejected")
+    .with(name_field, name)
+    .with(declared_field, declared.to_vec())
+    .with("workflow_id", run.workflow_id.as_str())
+    .with("run_id", run.run_id.as_str())
+    .with(
+        "control_plane",
+        control_plane(kind, outcome, &run.workflow_id, &run.run_id),
+    )
 }
