@@ -13,6 +13,12 @@ use keel_http::{serve, AppState, AuthConfig, NodeRoles};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
+/// mimalloc instead of glibc malloc: the request path allocates many small, short-lived
+/// buffers (JSON values, keys, hyper headers), where glibc's arena bookkeeping showed
+/// up as ~15 % of server CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The documented default listen address.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 

@@ -22,6 +22,11 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+/// The same allocator as the server: the generator shares the server's cores, so its
+/// own CPU per request matters.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The argument list `["world"]`, Avro-encoded (sdk-protocol §3.2).
 const INPUT_BLOB: &str = "wwHioz3/VYAiNwwCCgp3b3JsZAA=";
 /// Durable transitions per one-activity workflow: start, workflow-task lease, complete
