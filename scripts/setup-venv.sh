@@ -36,6 +36,7 @@ import durable_workflow  # noqa: F401
 import jsonschema  # noqa: F401
 import pytest  # noqa: F401
 import pytest_timeout  # noqa: F401
+import sniffio  # noqa: F401
 
 sys.exit(0 if version("durable-workflow") == sys.argv[1] else 1)
 EOF
@@ -56,7 +57,9 @@ fi
 PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 # durable-workflow 2.12.0 pins certifi>=2026.10.19, which the registry may not
 # have; install its real dependencies first and the SDK itself without deps.
-"${PIP[@]}" install httpx "fastavro>=1.12.2,<2" certifi pytest pytest-timeout jsonschema
+# sniffio: without it httpcore retries a failing `import sniffio` on every request,
+# about a third of the SDK client's CPU.
+"${PIP[@]}" install httpx "fastavro>=1.12.2,<2" certifi sniffio pytest pytest-timeout jsonschema
 "${PIP[@]}" install --no-deps "durable-workflow==$SDK_VERSION"
 
 if ! venv_is_ready; then

@@ -1,31 +1,42 @@
-"""Keel driven by the real Python SDK, on the same workload and harness as the peers in
-../shared/perf/peers (harness.py): one workflow = one durable invocation running exactly
+"""Keel driven by the real Python SDK (durable-workflow 2.12.0), on the same workload and harness as
+the peers in ../shared/perf/peers (harness.py): one workflow = one durable invocation running exactly
 one activity that returns its 32-byte input; N workflows with at most C in flight.
 
-The worker runs in its own process (like Restate's Python endpoint in the peer runs);
-the client starts each workflow and waits for its result with `get_result`, polling
-every --result-poll seconds (the SDK default of 0.5 s would cap C=100 at 200 wf/s).
+Two processes, like Restate's SDK endpoint + client and Temporal's worker + client in the peer runs,
+so the harness reports their CPU separately (WATCH_PIDS=server=PID,worker=PID; the client is added by
+the harness itself):
 
-    KEEL_URL=http://127.0.0.1:8080 WATCH_PIDS=server=PID \\
-      .venv/bin/python benches/peers/keel_sdk_bench.py --mode throughput -n 1000 --reps 3
+    python keel_sdk_bench.py worker --url http://127.0.0.1:8380 &
+    WATCH_PIDS=server=$SRV,worker=$! python keel_sdk_bench.py client --url http://127.0.0.1:8380 \\
+        --mode throughput -n 1000 -c 100 --warmup 200 --reps 1 --label keel-fsync
+
+`run_keel.sh` does exactly this. The client starts each workflow with `Client.start_workflow` and
+waits with `Client.get_result(poll_interval=--result-poll)`, which calls `describe_workflow` every
+interval and `get_history` once the run is closed (only public SDK calls, no raw HTTP). Each SDK call
+costs the client ~1-2 ms of CPU, so a short interval makes the Python client the bottleneck and a long
+one caps throughput at about C / (latency + interval / 2). `--result-delay` sleeps once before the
+first describe (saves the describe that would find the run still open).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 
 from durable_workflow import Client, Worker, activity, workflow
 
-PEERS = Path(os.environ.get("PEERS_HARNESS", Path(__file__).resolve().parents[3] / "shared" / "perf" / "peers"))
-sys.path.insert(0, str(PEERS))
-import harness  # noqa: E402  (the shared peer harness)
+PEERS_HARNESS = Path(os.environ.get("PEERS_HARNESS", Path(__file__).resolve().parents[3] / "shared" / "perf" / "peers"))
+sys.path.insert(0, str(PEERS_HARNESS))
+import harness  # noqa: E402  (the shared peer harness, used unchanged)
 
 QUEUE = "keel-sdk-bench"
+DEFAULT_URL = os.environ.get("KEEL_URL", "http://127.0.0.1:8380")
+# Chosen by measurement (benches/README-peers.md, "Result-poll interval"): highest SDK throughput at C=100.
+DEFAULT_RESULT_POLL = 0.2
 
 
 @activity.defn(name="bench.echo")
@@ -40,14 +51,13 @@ class EchoWorkflow:
         return result
 
 
-def run_worker(url: str, slots: int) -> None:
-    async def main() -> None:
-        async with Client(url) as client:
-            worker = Worker(client, task_queue=QUEUE, workflows=[EchoWorkflow], activities=[echo], poll_timeout=5.0,
-                            max_concurrent_workflow_tasks=slots, max_concurrent_activity_tasks=slots)
-            await worker.run()
-
-    asyncio.run(main())
+async def worker_main(args: argparse.Namespace) -> None:
+    async with Client(args.url) as client:
+        worker = Worker(client, task_queue=QUEUE, workflows=[EchoWorkflow], activities=[echo],
+                        poll_timeout=args.poll_timeout, max_concurrent_workflow_tasks=args.slots,
+                        max_concurrent_activity_tasks=args.slots)
+        print(f"worker ready (pid {os.getpid()}, queue {QUEUE}, {args.slots} slots)", flush=True)
+        await worker.run()
 
 
 async def client_main(args: argparse.Namespace) -> None:
@@ -55,25 +65,41 @@ async def client_main(args: argparse.Namespace) -> None:
         async def one(wid: str, payload: str) -> str:
             handle = await client.start_workflow(workflow_type="bench.echo_wf", task_queue=QUEUE,
                                                  workflow_id=f"sdk-{wid}", input=[payload])
+            if args.result_delay:
+                await asyncio.sleep(args.result_delay)
             return await client.get_result(handle, timeout=120, poll_interval=args.result_poll)
 
-        await harness.drive(one, args, {"system": "keel", "durable": True, "result_poll_s": args.result_poll})
+        # One untimed round trip first: the worker process may still be registering.
+        t0 = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(one(f"ping-{os.getpid()}-{time.time_ns()}", "ping"), 30)
+                break
+            except Exception as e:  # noqa: BLE001 - keep trying for a while, then give up loudly
+                if time.monotonic() - t0 > 60:
+                    raise SystemExit(f"keel_sdk_bench: no round trip through the worker in 60 s: {e!r}")
+                await asyncio.sleep(0.5)
+        meta = {"system": "keel", "driver": "python-sdk", "durable": True, "durable_mode": args.durable_mode,
+                "result_poll_s": args.result_poll, "result_delay_s": args.result_delay}
+        await harness.drive(one, args, meta)
 
 
 def main() -> None:
-    parser = harness.common_args(argparse.ArgumentParser())
-    parser.add_argument("--url", default=os.environ.get("KEEL_URL", "http://127.0.0.1:8080"))
-    parser.add_argument("--worker-slots", type=int, default=100)
-    parser.add_argument("--result-poll", type=float, default=0.02)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="role", required=True)
+    w = sub.add_parser("worker", help="the SDK worker (workflow + activity), its own process")
+    w.add_argument("--url", default=DEFAULT_URL)
+    w.add_argument("--slots", type=int, default=100, help="max concurrent workflow and activity tasks")
+    w.add_argument("--poll-timeout", type=float, default=5.0)
+    c = harness.common_args(sub.add_parser("client", help="the harness client (start + get_result)"))
+    c.add_argument("--url", default=DEFAULT_URL)
+    c.add_argument("--result-poll", type=float, default=DEFAULT_RESULT_POLL,
+                   help=f"get_result poll_interval in seconds (default {DEFAULT_RESULT_POLL})")
+    c.add_argument("--result-delay", type=float, default=0.0,
+                   help="sleep this long after start_workflow before the first describe (default 0)")
+    c.add_argument("--durable-mode", default="fsync", help="stored in every result line")
     args = parser.parse_args()
-    worker = multiprocessing.Process(target=run_worker, args=(args.url, args.worker_slots), daemon=True)
-    worker.start()
-    os.environ["WATCH_PIDS"] = ",".join(filter(None, [os.environ.get("WATCH_PIDS", ""), f"worker={worker.pid}"]))
-    try:
-        asyncio.run(client_main(args))
-    finally:
-        worker.terminate()
-        worker.join(timeout=10)
+    asyncio.run(worker_main(args) if args.role == "worker" else client_main(args))
 
 
 if __name__ == "__main__":
