@@ -118,6 +118,10 @@ impl KvTxn for MeteredTxn {
         self.inner.add_read_conflict(key)
     }
 
+    fn relax_durability(&mut self) {
+        self.inner.relax_durability()
+    }
+
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {
         let started = Instant::now();
         let result = self.inner.commit().await;

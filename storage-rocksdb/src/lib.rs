@@ -16,7 +16,10 @@
 //!    batch's earlier writes) and builds **one** `WriteBatch` holding every accepted
 //!    request plus the new version counter;
 //! 4. writes it with `sync = true` (the write-ahead log is fsynced) — one fsync for the
-//!    whole batch;
+//!    whole batch. A batch made only of transactions that called
+//!    [`KvTxn::relax_durability`] is written without the sync: RocksDB hands it to the OS
+//!    before answering (it survives `kill -9`), and the next synced batch, written after
+//!    it in the same log, makes it durable too;
 //! 5. records the batch in the conflict tracker, advances the durable version, fires
 //!    watches and answers each request.
 //!
@@ -32,7 +35,7 @@
 //! Reads run synchronously on the calling task: RocksDB serves them from the memtable or
 //! block cache, and the committer thread keeps the fsync off the async runtime.
 //!
-//! If the synced write fails, every request of the batch gets
+//! If the write fails, every request of the batch gets
 //! [`StorageError::CommitUnknown`] and the store turns unavailable: the process should
 //! restart and reopen, which recovers exactly the durable prefix.
 //!
@@ -101,11 +104,12 @@ pub struct RocksStats {
     pub commits: u64,
     /// Transactions rejected by the conflict check (`Conflict` or `TransactionTooOld`).
     pub conflicts: u64,
-    /// Group commits that wrote something (each one synced write).
+    /// Group commits that wrote something (one `WriteBatch` write each).
     pub batches: u64,
-    /// Synced `WriteBatch` writes issued (failed ones included).
+    /// Synced `WriteBatch` writes issued (failed ones included); a batch of only
+    /// relaxed-durability transactions is written without a sync.
     pub synced_writes: u64,
-    /// Most transactions committed by one synced write.
+    /// Most transactions committed by one write.
     pub largest_batch: u64,
 }
 
@@ -134,7 +138,8 @@ struct Counters {
 /// State shared by the store handle, its transactions and the committer thread.
 struct Shared {
     db: DB,
-    /// The last version whose write is synced; transactions read at it.
+    /// The last version whose write is applied (synced, unless every transaction of its
+    /// batch relaxed durability); transactions read at it.
     durable: AtomicU64,
     /// The last version whose write may be visible to readers: raised *before* each
     /// write, so a read that saw a batch's data implies this covers the batch.
@@ -211,15 +216,18 @@ impl Shared {
         })
     }
 
-    /// Writes `batch` with the write-ahead log synced.
-    fn write_synced(&self, batch: WriteBatch) -> std::result::Result<(), String> {
+    /// Writes `batch` to the write-ahead log (handed to the OS, so it survives a crash
+    /// of this process), synced to the disk when `sync`.
+    fn write(&self, batch: WriteBatch, sync: bool) -> std::result::Result<(), String> {
         #[cfg(test)]
         if self.fail_next_write.swap(false, Ordering::SeqCst) {
             return Err("injected write failure".into());
         }
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.write_opt(batch, &sync).map_err(|e| e.into_string())
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| e.into_string())
     }
 
     fn meta_cf(&self) -> &rocksdb::ColumnFamily {
@@ -643,12 +651,16 @@ impl GroupCommitter {
         }
         write_batch.put_cf(shared.meta_cf(), VERSION_KEY, self.version.to_be_bytes());
         shared.written.store(self.version, Ordering::SeqCst);
-        shared
-            .counters
-            .synced_writes
-            .fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = shared.write_synced(write_batch) {
-            tracing::error!(error = %e, "synced rocksdb write failed; store is now unavailable");
+        // One sync covers the whole batch and everything written before it.
+        let sync = accepted.iter().any(|(_, request, _)| !request.relaxed);
+        if sync {
+            shared
+                .counters
+                .synced_writes
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = shared.write(write_batch, sync) {
+            tracing::error!(error = %e, "rocksdb write failed; store is now unavailable");
             *shared
                 .failure
                 .lock()
@@ -924,6 +936,43 @@ mod tests {
                 .load(Ordering::Relaxed),
             2
         );
+    }
+
+    #[test]
+    fn only_batches_of_relaxed_transactions_skip_the_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reopened = tempfile::tempdir().expect("tempdir");
+        {
+            let mut committer = bare_committer(dir.path());
+            let relaxed = |key: &'static [u8]| CommitRequest {
+                relaxed: true,
+                ..request(&[], vec![(key, Write::Set(b"v".to_vec()))])
+            };
+            let shared = committer.shared.clone();
+            let synced = || shared.counters.synced_writes.load(Ordering::Relaxed);
+            let answers = run_batch(&mut committer, vec![relaxed(b"a"), relaxed(b"b")]);
+            assert!(answers.iter().all(|a| a.is_ok()));
+            assert_eq!(synced(), 0, "a batch of relaxed commits is not synced");
+            // Copy the files while the store is open, as a crashed process leaves them:
+            // the unsynced batch is already in the log the OS holds.
+            for entry in std::fs::read_dir(dir.path()).expect("read dir") {
+                let entry = entry.expect("entry");
+                std::fs::copy(entry.path(), reopened.path().join(entry.file_name())).expect("copy");
+            }
+            let answers = run_batch(
+                &mut committer,
+                vec![
+                    relaxed(b"c"),
+                    request(&[], vec![(b"d", Write::Set(b"v".to_vec()))]),
+                ],
+            );
+            assert!(answers.iter().all(|a| a.is_ok()));
+            assert_eq!(synced(), 1, "one synced commit syncs its whole batch");
+        }
+        let committer = bare_committer(reopened.path());
+        for key in [b"a", b"b"] {
+            assert!(committer.shared.db.get(key).expect("get").is_some());
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!   at commit time *without* a read conflict, so shared counters never make transitions
 //!   conflict with each other.
 //! * [`KvTxn::commit`] returns `Ok` **only after the writes are durable** (for an
-//!   on-disk backend: synced to its write-ahead log). It fails with
+//!   on-disk backend: synced to its write-ahead log), unless the transaction opted into
+//!   [`KvTxn::relax_durability`]. It fails with
 //!   [`StorageError::Conflict`] when another transaction committed, after this one's read
 //!   version, a write to anything in this one's read conflict set; nothing was written
 //!   then. It fails with [`StorageError::CommitUnknown`] when the backend cannot tell
@@ -297,6 +298,14 @@ pub trait KvTxn: Send {
 
     /// Adds `key` to the read conflict set without reading it.
     fn add_read_conflict(&mut self, key: &[u8]);
+
+    /// Lets [`KvTxn::commit`] return once the writes are applied, in commit order, and
+    /// survive a crash of this process, before they are synced: an OS crash or power loss
+    /// may lose them (with every later relaxed commit), never a synced commit after them,
+    /// whose sync covers everything ordered before it. Only for writes whose loss is an
+    /// outcome that already happens, such as a task lease (lost = expired). Backends that
+    /// sync every commit ignore it.
+    fn relax_durability(&mut self) {}
 
     /// Commits durably; see the module docs for the failure semantics.
     async fn commit(self: Box<Self>) -> Result<CommitInfo>;

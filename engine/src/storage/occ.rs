@@ -46,6 +46,8 @@ pub struct CommitRequest {
     pub cleared_ranges: Vec<KeyRange>,
     /// Point writes, applied after the cleared ranges.
     pub writes: BTreeMap<Vec<u8>, Write>,
+    /// May be acknowledged before it is synced ([`KvTxn::relax_durability`]).
+    pub relaxed: bool,
 }
 
 impl CommitRequest {
@@ -310,6 +312,10 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
 
     fn add_read_conflict(&mut self, key: &[u8]) {
         self.request.read_keys.push(key.to_vec());
+    }
+
+    fn relax_durability(&mut self) {
+        self.request.relaxed = true;
     }
 
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {

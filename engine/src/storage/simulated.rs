@@ -276,6 +276,10 @@ impl KvTxn for SimTxn {
         self.txn.add_read_conflict(key)
     }
 
+    fn relax_durability(&mut self) {
+        self.txn.relax_durability()
+    }
+
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {
         if let Err(e) = self.check_age() {
             SimState::bump(&self.state.counters.limit_rejections);
