@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! keel-bench --url http://127.0.0.1:8080 --workflows 5000 --concurrency 200 \
-//!            --workflow-pollers 8 --activity-pollers 8 [--server-pid PID]
+//!            --workflow-pollers 64 --activity-pollers 64 [--server-pid PID]
 //! ```
 
 use std::collections::HashMap;
@@ -49,8 +49,8 @@ fn parse_args() -> Result<Args, String> {
         url: "http://127.0.0.1:8080".into(),
         workflows: 1000,
         concurrency: 100,
-        workflow_pollers: 8,
-        activity_pollers: 8,
+        workflow_pollers: 64,
+        activity_pollers: 64,
         server_pid: None,
         queue: format!("bench-{}", std::process::id()),
     };
