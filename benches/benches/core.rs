@@ -227,9 +227,30 @@ fn completion_json(c: &mut Criterion) {
     group.bench_function("decode_workflow_task_completion_serde_json", |b| {
         b.iter(|| serde_json::from_slice::<Value>(&body).expect("valid json"));
     });
+    // simd-json parses in place, so each iteration pays for the copy it needs.
+    group.bench_function("decode_workflow_task_completion_simd_json", |b| {
+        b.iter_batched(
+            || body.clone(),
+            |mut bytes| simd_json::serde::from_slice::<Value>(&mut bytes).expect("valid json"),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function(
+        "decode_workflow_task_completion_simd_json_owned_value",
+        |b| {
+            b.iter_batched(
+                || body.clone(),
+                |mut bytes| simd_json::to_owned_value(&mut bytes).expect("valid json"),
+                BatchSize::SmallInput,
+            );
+        },
+    );
     let value: Value = serde_json::from_slice(&body).expect("valid json");
     group.bench_function("encode_workflow_task_completion_serde_json", |b| {
         b.iter(|| serde_json::to_vec(&value).expect("encodes"));
+    });
+    group.bench_function("encode_workflow_task_completion_simd_json", |b| {
+        b.iter(|| simd_json::serde::to_vec(&value).expect("encodes"));
     });
     group.finish();
 }
