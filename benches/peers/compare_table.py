@@ -15,7 +15,8 @@ from collections import defaultdict
 # Durability of each configuration as compare.sh runs it (label prefix -> statement).
 DURABILITY = {
     "keel-fsync": "durable: each transition in a RocksDB WriteBatch written with sync=true (WAL fsync), "
-                  "group-committed, before the reply",
+                  "group-committed, before the reply; task leases only handed to the OS (survive kill -9; "
+                  "lost on an OS crash = expired) and synced by the next synced batch",
     "restate-default": "durable: server defaults, log-server + bifrost RocksDB WAL fsync on (group commit), "
                        "24 partitions",
     "restate-nofsync": "NOT durable: log-server + bifrost WAL fsync off",
