@@ -944,6 +944,51 @@ pub async fn acknowledged_commits_survive_crash_and_reopen(factory: &dyn StoreFa
     assert_eq!(counter(store, b"count").await, i64::from(N));
 }
 
+/// A transaction that relaxed its durability is still a transaction: visible to later
+/// ones once committed, in commit order, conflicting like any other; and (for `durable`,
+/// `reopenable` stores) it survives a crash of the process, here a drop without
+/// shutdown, whether or not a synced commit followed it.
+pub async fn relaxed_commits_are_ordered_visible_and_survive_a_process_crash(
+    factory: &dyn StoreFactory,
+) {
+    let Fixture { store, location } = fresh(factory);
+    let relaxed_put = |key: &'static [u8], value: &'static [u8]| {
+        let store = store.clone();
+        async move {
+            let mut txn = store.begin().await.expect("begin");
+            txn.relax_durability();
+            txn.set(key, value);
+            txn.commit().await.expect("relaxed commit")
+        }
+    };
+    let first = relaxed_put(b"relaxed-1", b"a").await;
+    put(store.as_ref(), &[(b"synced", b"b")]).await;
+    let last = relaxed_put(b"relaxed-2", b"c").await;
+    assert!(
+        last.version > first.version,
+        "relaxed commits take versions in order"
+    );
+    assert_eq!(get(store.as_ref(), b"relaxed-2").await, Some(b"c".to_vec()));
+
+    // A relaxed write to a key another transaction read makes that one conflict.
+    let mut reader = begin(store.as_ref()).await;
+    assert!(reader.get(b"relaxed-1").await.expect("get").is_some());
+    reader.set(b"out", b"stale");
+    relaxed_put(b"relaxed-1", b"a2").await;
+    assert_conflict(reader.commit().await, "relaxed write to a read key");
+
+    let caps = store.capabilities();
+    if !(caps.reopenable && caps.durable) {
+        return;
+    }
+    drop(store); // the crash: no shutdown, no flush
+    let store = factory.reopen(&location).expect("reopen after crash");
+    let store = store.as_ref();
+    assert_eq!(get(store, b"relaxed-1").await, Some(b"a2".to_vec()));
+    assert_eq!(get(store, b"synced").await, Some(b"b".to_vec()));
+    assert_eq!(get(store, b"relaxed-2").await, Some(b"c".to_vec()));
+}
+
 /// Commit versions keep increasing across a reopen. Not applicable (returns at once)
 /// unless the backend is `reopenable`.
 pub async fn versions_stay_monotonic_across_reopen(factory: &dyn StoreFactory) {

@@ -179,6 +179,7 @@ macro_rules! conformance_suite {
             large_value_split_across_keys_round_trips,
             concurrent_increments_through_retry_runner_are_exact,
             acknowledged_commits_survive_crash_and_reopen,
+            relaxed_commits_are_ordered_visible_and_survive_a_process_crash,
             versions_stay_monotonic_across_reopen,
             shutdown_rejects_later_transactions,
         );
