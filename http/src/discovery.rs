@@ -25,6 +25,7 @@ pub const SUPPORTED_COMMANDS: &[&str] = &[
     "record_version_marker",
     "upsert_search_attributes",
     "upsert_memo",
+    "record_local_activity",
     "complete_update",
     "fail_update",
 ];
@@ -47,6 +48,7 @@ pub fn server_capabilities() -> Value {
         "activity_retry_policy": true,
         "activity_timeouts": true,
         "non_retryable_failures": true,
+        "local_activities": {"supported": true, "implementation": "record_local_activity"},
     })
 }
 

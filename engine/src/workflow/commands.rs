@@ -97,6 +97,7 @@ pub(super) async fn apply_command(
             Engine::put_ready_task(txn, &task, fx)?;
             run.open_activities.push(task.task_id);
         }
+        "record_local_activity" => record_local_activity(txn, run, cmd, task_id, now)?,
         "start_child_workflow" => {
             super::children::start_child(txn, run, cmd, task_id, now, fx).await?;
         }
@@ -144,5 +145,103 @@ pub(super) async fn apply_command(
             );
         }
     }
+    Ok(())
+}
+
+/// Records an activity the worker already ran inside its workflow task (sdk-protocol
+/// §7.2): `ActivityScheduled` and the terminal event at one workflow sequence, both with
+/// `execution_mode: "local"` so replay matches them to the local call and never to a
+/// scheduled activity. No task is created.
+fn record_local_activity(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    cmd: &Map<String, Value>,
+    task_id: &str,
+    now: Millis,
+) -> Result<()> {
+    let Some(activity_type) = cmd
+        .get("activity_type")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return Err(invalid_commands(
+            "record_local_activity needs activity_type",
+        ));
+    };
+    let outcome = cmd.get("outcome").and_then(Value::as_str).unwrap_or("");
+    let event = match outcome {
+        "completed" if cmd.contains_key("result") => "ActivityCompleted",
+        "completed" => {
+            return Err(invalid_commands(
+                "record_local_activity with outcome completed needs result",
+            ))
+        }
+        "failed" => "ActivityFailed",
+        "timed_out" => "ActivityTimedOut",
+        "cancelled" => "ActivityCancelled",
+        _ => {
+            return Err(invalid_commands(
+                "record_local_activity needs outcome completed, failed, timed_out or cancelled",
+            ))
+        }
+    };
+    let attempts = cmd.get("attempts").and_then(Value::as_array);
+    let last_attempt = attempts.and_then(|a| a.last());
+    let attempt_number = last_attempt
+        .and_then(|a| a.get("attempt_number"))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| attempts.map_or(1, |a| a.len().max(1) as u64));
+    run.last_workflow_sequence += 1;
+    let sequence = run.last_workflow_sequence;
+    let field = |k: &str| cmd.get(k).cloned().unwrap_or(Value::Null);
+    let group = group_fields(cmd);
+    let base = merge(
+        json!({
+            "sequence": sequence,
+            "activity_type": activity_type,
+            "execution_mode": "local",
+            "local_activity": true,
+        }),
+        &group,
+    );
+    let scheduled = merge(
+        json!({"arguments": field("arguments"), "retry_policy": field("retry_policy")}),
+        base.as_object().unwrap_or(&Map::new()),
+    );
+    history::append(txn, run, "ActivityScheduled", scheduled, now, Some(task_id));
+    let closing = match event {
+        "ActivityCompleted" => json!({"result": field("result"), "payload_codec": "avro"}),
+        _ => {
+            let message = cmd
+                .get("message")
+                .cloned()
+                .unwrap_or_else(|| json!(format!("local activity {outcome}")));
+            let exception_type = cmd.get("exception_type").cloned().unwrap_or_else(|| {
+                json!(match event {
+                    "ActivityTimedOut" => "ActivityTimedOut",
+                    "ActivityCancelled" => "ActivityCancelled",
+                    _ => "ActivityFailed",
+                })
+            });
+            json!({
+                "message": message,
+                "exception_type": exception_type,
+                "exception_class": exception_type,
+                "non_retryable": cmd.get("non_retryable").and_then(Value::as_bool).unwrap_or(event != "ActivityFailed"),
+                "timeout_kind": field("timeout_kind"),
+                "failure_category": if event == "ActivityTimedOut" { "timeout" } else { "activity" },
+                "exception": {"type": exception_type, "message": message},
+            })
+        }
+    };
+    let mut closing = merge(closing, base.as_object().unwrap_or(&Map::new()));
+    if let Some(obj) = closing.as_object_mut() {
+        obj.insert("attempt_number".into(), json!(attempt_number));
+        obj.insert("attempts".into(), field("attempts"));
+        if let Some(id) = last_attempt.and_then(|a| a.get("attempt_id")) {
+            obj.insert("activity_attempt_id".into(), id.clone());
+        }
+    }
+    history::append(txn, run, event, closing, now, Some(task_id));
     Ok(())
 }
