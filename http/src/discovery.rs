@@ -48,7 +48,6 @@ pub fn server_capabilities() -> Value {
         "activity_retry_policy": true,
         "activity_timeouts": true,
         "non_retryable_failures": true,
-        "local_activities": {"supported": true, "implementation": "record_local_activity"},
     })
 }
 
