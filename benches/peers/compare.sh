@@ -92,6 +92,10 @@ for r in $(seq 1 "$REPS"); do
   run "rep$r-keel-fsync" env KEEL_REP="$r" KEEL_BENCH_LAT_N="$KB_LAT_N" KEEL_BENCH_CEIL_N="$KB_CEIL_N" \
     KEEL_BENCH_CEIL_C="$KB_CEIL_C" bash "$HERE/run_keel.sh" fsync --mode throughput -n "$N" -c "$C" \
     --warmup "$W" --reps 1
+  # The same workflow with its step as a local activity: Restate's `ctx.run` step is also
+  # run inline by the endpoint and journaled, not dispatched as a separate task.
+  run "rep$r-keel-fsync-local" env KEEL_REP="$r" KEEL_STEP=local KEEL_BENCH="" \
+    bash "$HERE/run_keel.sh" fsync --mode throughput -n "$N" -c "$C" --warmup "$W" --reps 1
   if [ "$WITH_TEMPORAL" = 1 ]; then
     run "rep$r-temporal-file" bash "$PEERS_HARNESS/run_temporal.sh" file --mode both -n "$T_N" -c "$C" \
       --lat-n "$T_LAT" --lat-gap-ms 0 --warmup "$T_W" --reps 1

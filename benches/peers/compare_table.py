@@ -25,6 +25,7 @@ DURABILITY = {
 }
 PEER_CONFIGS = ["restate-default", "temporal-file"]  # durable peers the ratios are taken against
 KEEL_SDK = "keel-fsync"
+KEEL_SDK_LOCAL = "keel-fsync-local"  # the same workflow with its step as a local activity
 KEEL_BENCH = "keel-fsync-keelbench"
 
 
@@ -161,6 +162,11 @@ def print_ratios(summary: dict) -> None:
             row(f"worker/endpoint CPU ms/wf ÷ {peer}", ks["worker"], ps["worker"], 2)
             row(f"client CPU ms/wf ÷ {peer}", ks["client"], ps["client"], 2)
             row(f"total CPU ms/wf (server + worker + client) ÷ {peer}", ks["total"], ps["total"], 2)
+        for ks in (v for k, v in summary.items() if k[0] == "thr" and k[1] == KEEL_SDK_LOCAL):
+            ps = thr_for(summary, peer, ks["n"], ks["c"])
+            if ps is not None:
+                row(f"SDK wf/s, Keel with the step as a local activity ÷ {peer}", ks["wf"], ps["wf"], 0)
+                row(f"total CPU ms/wf, Keel local-activity step ÷ {peer}", ks["total"], ps["total"], 2)
         ps = summary.get(("lat", peer, "latency_seq"))
         if keel_seq and ps:
             row(f"sequential p50 ms, Keel (keel-bench, Rust worker) ÷ {peer} (its Python SDK)", keel_seq["p50"], ps["p50"], 1)

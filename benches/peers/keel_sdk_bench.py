@@ -51,9 +51,22 @@ class EchoWorkflow:
         return result
 
 
+@workflow.defn(name="bench.echo_local_wf")
+class EchoLocalWorkflow:
+    """The same step as a local activity: run inside the workflow task and recorded with its
+    result, like Restate's `ctx.run` step (no activity task, no second poll)."""
+
+    def run(self, ctx, x):  # type: ignore[no-untyped-def]
+        result = yield ctx.local_activity("bench.echo", [x], start_to_close_timeout=30)
+        return result
+
+
+WORKFLOW_TYPES = {"activity": "bench.echo_wf", "local": "bench.echo_local_wf"}
+
+
 async def worker_main(args: argparse.Namespace) -> None:
     async with Client(args.url) as client:
-        worker = Worker(client, task_queue=QUEUE, workflows=[EchoWorkflow], activities=[echo],
+        worker = Worker(client, task_queue=QUEUE, workflows=[EchoWorkflow, EchoLocalWorkflow], activities=[echo],
                         poll_timeout=args.poll_timeout, max_concurrent_workflow_tasks=args.slots,
                         max_concurrent_activity_tasks=args.slots)
         print(f"worker ready (pid {os.getpid()}, queue {QUEUE}, {args.slots} slots)", flush=True)
@@ -63,7 +76,7 @@ async def worker_main(args: argparse.Namespace) -> None:
 async def client_main(args: argparse.Namespace) -> None:
     async with Client(args.url, timeout=60) as client:
         async def one(wid: str, payload: str) -> str:
-            handle = await client.start_workflow(workflow_type="bench.echo_wf", task_queue=QUEUE,
+            handle = await client.start_workflow(workflow_type=WORKFLOW_TYPES[args.step], task_queue=QUEUE,
                                                  workflow_id=f"sdk-{wid}", input=[payload])
             if args.result_delay:
                 await asyncio.sleep(args.result_delay)
@@ -80,7 +93,7 @@ async def client_main(args: argparse.Namespace) -> None:
                     raise SystemExit(f"keel_sdk_bench: no round trip through the worker in 60 s: {e!r}")
                 await asyncio.sleep(0.5)
         meta = {"system": "keel", "driver": "python-sdk", "durable": True, "durable_mode": args.durable_mode,
-                "result_poll_s": args.result_poll, "result_delay_s": args.result_delay}
+                "result_poll_s": args.result_poll, "result_delay_s": args.result_delay, "step": args.step}
         await harness.drive(one, args, meta)
 
 
@@ -98,6 +111,8 @@ def main() -> None:
     c.add_argument("--result-delay", type=float, default=0.0,
                    help="sleep this long after start_workflow before the first describe (default 0)")
     c.add_argument("--durable-mode", default="fsync", help="stored in every result line")
+    c.add_argument("--step", choices=sorted(WORKFLOW_TYPES), default="activity",
+                   help="the workflow's one step: an activity task (default) or a local activity")
     args = parser.parse_args()
     asyncio.run(worker_main(args) if args.role == "worker" else client_main(args))
 

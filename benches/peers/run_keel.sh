@@ -9,7 +9,8 @@
 # Env: PEERS (install/data dir, default ${TMPDIR:-/tmp}/keel-peers), PEERS_HARNESS (the shared harness,
 #      default <repo>/../shared/perf/peers), RESULTS (JSONL to append to),
 #      KEEL_BIN / KEEL_BENCH_BIN (default <repo>/target/release/keel, keel-bench), KEEL_PORT (default:
-#      first free port from 8380), KEEL_RESULT_POLL (client --result-poll),
+#      first free port from 8380), KEEL_RESULT_POLL (client --result-poll), KEEL_STEP=local (the step as a local
+#      activity; label keel-MODE-local),
 #      KEEL_SDK=0 (skip the SDK harness run), KEEL_BENCH="lat ceil" (keel-bench steps; "" = none),
 #      KEEL_BENCH_LAT_N (200), KEEL_BENCH_CEIL_N (5000), KEEL_BENCH_CEIL_C (200), KEEL_REP (rep index
 #      stored in the keel-bench lines), FSYNC_COUNT=1 (count fsync-family syscalls machine-wide during
@@ -64,6 +65,7 @@ curl -fs "$URL/api/health" >/dev/null || { echo "run_keel.sh: keel not healthy a
 export WATCH_PIDS="server=$SRV,worker=$WRK"
 label="keel-$MODE"
 cflags=(--url "$URL" --durable-mode "$MODE")
+if [ "${KEEL_STEP:-activity}" = local ]; then label="keel-$MODE-local"; cflags+=(--step local); fi
 [ -n "${KEEL_RESULT_POLL:-}" ] && cflags+=(--result-poll "$KEEL_RESULT_POLL")
 
 if [ "${FSYNC_COUNT:-0}" = 1 ]; then
