@@ -211,28 +211,7 @@ fn record_local_activity(
     history::append(txn, run, "ActivityScheduled", scheduled, now, Some(task_id));
     let closing = match event {
         "ActivityCompleted" => json!({"result": field("result"), "payload_codec": "avro"}),
-        _ => {
-            let message = cmd
-                .get("message")
-                .cloned()
-                .unwrap_or_else(|| json!(format!("local activity {outcome}")));
-            let exception_type = cmd.get("exception_type").cloned().unwrap_or_else(|| {
-                json!(match event {
-                    "ActivityTimedOut" => "ActivityTimedOut",
-                    "ActivityCancelled" => "ActivityCancelled",
-                    _ => "ActivityFailed",
-                })
-            });
-            json!({
-                "message": message,
-                "exception_type": exception_type,
-                "exception_class": exception_type,
-                "non_retryable": cmd.get("non_retryable").and_then(Value::as_bool).unwrap_or(event != "ActivityFailed"),
-                "timeout_kind": field("timeout_kind"),
-                "failure_category": if event == "ActivityTimedOut" { "timeout" } else { "activity" },
-                "exception": {"type": exception_type, "message": message},
-            })
-        }
+        _ => local_failure(cmd, event, outcome),
     };
     let mut closing = merge(closing, base.as_object().unwrap_or(&Map::new()));
     if let Some(obj) = closing.as_object_mut() {
@@ -244,4 +223,35 @@ fn record_local_activity(
     }
     history::append(txn, run, event, closing, now, Some(task_id));
     Ok(())
+}
+
+/// The failure fields of a local activity's terminal event, as the worker reported them;
+/// a timeout or cancellation is non-retryable unless the worker said otherwise.
+fn local_failure(cmd: &Map<String, Value>, event: &str, outcome: &str) -> Value {
+    let message = cmd
+        .get("message")
+        .cloned()
+        .unwrap_or_else(|| json!(format!("local activity {outcome}")));
+    let exception_type = cmd
+        .get("exception_type")
+        .cloned()
+        .unwrap_or_else(|| json!(event));
+    let non_retryable = cmd
+        .get("non_retryable")
+        .and_then(Value::as_bool)
+        .unwrap_or(event != "ActivityFailed");
+    let category = if event == "ActivityTimedOut" {
+        "timeout"
+    } else {
+        "activity"
+    };
+    json!({
+        "message": message,
+        "exception_type": exception_type,
+        "exception_class": exception_type,
+        "non_retryable": non_retryable,
+        "timeout_kind": cmd.get("timeout_kind").cloned().unwrap_or(Value::Null),
+        "failure_category": category,
+        "exception": {"type": exception_type, "message": message},
+    })
 }

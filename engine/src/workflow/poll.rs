@@ -156,10 +156,10 @@ impl Engine {
         .as_millis() as Millis;
         let max_leases = self.inner.config.max_leases_per_queue;
         self.transact(move |mut txn, mut fx| async move {
-            // A lease lost to an OS crash is a lease that expired: the task is ready again
-            // at its old attempt, and a report through the lost lease finds it not leased
-            // (or leased to another owner) and is refused. So a lease need not wait for a
-            // sync; the report that completes the task does.
+            // A lease lost to an OS crash is a lease that expired: the task is ready again,
+            // and a report through the lost lease is refused unless the same worker has
+            // leased the task again. So a lease need not wait for a sync; the report that
+            // completes the task does.
             txn.relax_durability();
             let tkey = tables::task_key(&hint.task_id);
             let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? else {
