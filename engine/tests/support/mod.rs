@@ -61,9 +61,15 @@ pub async fn open(
     )
     .await
     .expect("engine opens");
+    register(&engine, WORKER, capabilities).await;
+    engine
+}
+
+/// Registers `worker_id` on `QUEUE` with `capabilities`.
+pub async fn register(engine: &Engine, worker_id: &str, capabilities: &[&str]) {
     engine
         .register_worker(WorkerRecord {
-            worker_id: WORKER.into(),
+            worker_id: worker_id.into(),
             namespace: NS.into(),
             task_queue: QUEUE.into(),
             runtime: Some("test".into()),
@@ -77,7 +83,6 @@ pub async fn open(
         })
         .await
         .expect("worker registers");
-    engine
 }
 
 /// A start of `workflow_type` with id `id` on `QUEUE`, no timeouts.
