@@ -65,6 +65,9 @@ pub mod prefix {
     pub const SCHEDULE_LIST: u8 = 0x21;
     /// Schedule audit history: `(namespace, schedule_id, sequence)`.
     pub const SCHEDULE_EVENT: u8 = 0x22;
+    /// Signals accepted while the run's workflow task was leased, in arrival order,
+    /// held out of history until that lease ends: `(namespace, run_id, index, chunk)`.
+    pub const DEFERRED_SIGNAL: u8 = 0x23;
 }
 
 /// Builds a key field by field.

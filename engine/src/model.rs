@@ -151,6 +151,13 @@ pub struct RunRecord {
     pub last_event_seq: u64,
     /// Last workflow (command) sequence handed out.
     pub last_workflow_sequence: u64,
+    /// Last control-plane command sequence (signals, cancel, terminate) handed out.
+    #[serde(default)]
+    pub last_command_sequence: u64,
+    /// Signals held out of history while the workflow task is leased
+    /// (`tables::deferred_signal_key` 0..this); zero whenever no task is leased.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferred_signals: u64,
     /// The run's one workflow task, ready or leased.
     #[serde(default)]
     pub workflow_task: Option<String>,
@@ -739,4 +746,8 @@ pub struct ClosedTaskRecord {
     pub attempt_id: Option<String>,
     /// The run's terminal status.
     pub run_status: RunStatus,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

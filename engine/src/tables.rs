@@ -59,6 +59,23 @@ pub fn history_range(ns: &str, run_id: &str, from: u64) -> KeyRange {
     range
 }
 
+/// Key of the `index`-th signal deferred while a run's workflow task is leased.
+pub fn deferred_signal_key(ns: &str, run_id: &str, index: u64) -> Vec<u8> {
+    Key::new(prefix::DEFERRED_SIGNAL)
+        .str(ns)
+        .str(run_id)
+        .u64(index)
+        .into_bytes()
+}
+
+/// All deferred signals of a run, chunks included.
+pub fn deferred_signals_range(ns: &str, run_id: &str) -> KeyRange {
+    Key::new(prefix::DEFERRED_SIGNAL)
+        .str(ns)
+        .str(run_id)
+        .range()
+}
+
 /// Key of a task.
 pub fn task_key(task_id: &str) -> Vec<u8> {
     Key::new(prefix::TASK).str(task_id).into_bytes()

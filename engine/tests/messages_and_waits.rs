@@ -242,7 +242,7 @@ async fn condition_timeout_waits_for_a_leased_task_to_close() {
 }
 
 #[tokio::test]
-async fn signal_during_a_lease_grows_history_and_wakes_the_next_task() {
+async fn a_resent_signal_during_a_lease_is_recorded_once_and_wakes_the_next_task() {
     let h = harness().await;
     h.engine
         .start_workflow(NS, start_request("g"))
@@ -477,4 +477,215 @@ async fn cancel_closes_the_run_and_ends_its_waits() {
         .await
         .expect_err("already closed");
     assert_eq!(reason(e), "run_not_active");
+}
+
+/// The run's whole history, as stored.
+async fn history_of(engine: &Engine, workflow_id: &str) -> Vec<Value> {
+    let view = engine
+        .describe(NS, workflow_id, None)
+        .await
+        .expect("describe");
+    let page = engine
+        .history(NS, workflow_id, &view.run.run_id, 0, 1000)
+        .await
+        .expect("history");
+    page.events
+        .iter()
+        .map(|e| serde_json::from_str(e.get()).expect("event json"))
+        .collect()
+}
+
+/// `(event type, signal name)` of the events, signal names only for `SignalReceived`.
+fn with_signal_names(events: &[Value]) -> Vec<(String, Option<String>)> {
+    events
+        .iter()
+        .map(|e| {
+            let name = e["payload"]["signal_name"].as_str().map(str::to_string);
+            (e["event_type"].as_str().unwrap_or("").to_string(), name)
+        })
+        .collect()
+}
+
+fn signal_names(events: &[Value]) -> Vec<String> {
+    with_signal_names(events)
+        .into_iter()
+        .filter_map(|(_, name)| name)
+        .collect()
+}
+
+fn open_wait() -> Value {
+    json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f"})
+}
+
+#[tokio::test]
+async fn signals_sent_during_a_lease_are_recorded_after_that_tasks_commands_in_arrival_order() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("d"))
+        .await
+        .expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    let first = h
+        .engine
+        .signal_workflow(NS, &signal("d", "a", None))
+        .await
+        .expect("a");
+    let second = h
+        .engine
+        .signal_workflow(NS, &signal("d", "b", None))
+        .await
+        .expect("b");
+    assert_eq!(
+        (
+            first["command_sequence"].as_u64(),
+            second["command_sequence"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert!(
+        signal_names(&history_of(&h.engine, "d").await).is_empty(),
+        "signals reached history while the task that has not seen them was leased"
+    );
+    complete(&h.engine, &task, vec![open_wait()]).await;
+
+    let task = poll_wf(&h.engine)
+        .await
+        .expect("woken by the deferred signals");
+    let types = event_types(&task);
+    let opened = types
+        .iter()
+        .position(|t| t == "ConditionWaitOpened")
+        .expect("wait opened");
+    assert_eq!(
+        &types[opened + 1..],
+        ["SignalReceived", "SignalReceived"],
+        "{types:?}"
+    );
+    assert_eq!(signal_names(&events(&task)), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn a_failed_or_expired_attempt_hands_its_deferred_signals_to_the_next_attempt_in_order() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("f"))
+        .await
+        .expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    h.engine
+        .signal_workflow(NS, &signal("f", "during-failed", None))
+        .await
+        .expect("signal");
+    h.engine
+        .fail_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &json!({"type": "Boom", "message": "x"}),
+        )
+        .await
+        .expect("failure recorded");
+    // Backing off, the task is not leased: this one goes straight to history, after.
+    h.engine
+        .signal_workflow(NS, &signal("f", "during-backoff", None))
+        .await
+        .expect("signal");
+    h.clock.advance(Duration::from_secs(2));
+    let task = wait_wf(&h.engine).await;
+    assert_eq!(
+        signal_names(&events(&task)),
+        ["during-failed", "during-backoff"]
+    );
+
+    // This lease ends by expiring: its deferred signal joins history at the next lease.
+    h.engine
+        .signal_workflow(NS, &signal("f", "during-expired", None))
+        .await
+        .expect("signal");
+    h.clock.advance(Duration::from_secs(11));
+    let task = wait_wf(&h.engine).await;
+    assert_eq!(
+        signal_names(&events(&task)),
+        ["during-failed", "during-backoff", "during-expired"]
+    );
+}
+
+#[tokio::test]
+async fn a_closing_command_is_dropped_while_its_worker_has_not_seen_a_signal() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("c"))
+        .await
+        .expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    h.engine
+        .signal_workflow(NS, &signal("c", "late", None))
+        .await
+        .expect("signal");
+    complete(
+        &h.engine,
+        &task,
+        vec![
+            json!({"type": "record_side_effect", "result": ARGS}),
+            json!({"type": "complete_workflow", "result": ARGS}),
+        ],
+    )
+    .await;
+    let view = h.engine.describe(NS, "c", None).await.expect("describe");
+    assert!(
+        !view.run.status.is_terminal(),
+        "closed over an unseen signal"
+    );
+
+    let task = poll_wf(&h.engine)
+        .await
+        .expect("decides again with the signal");
+    let types = event_types(&task);
+    assert_eq!(
+        types.iter().filter(|t| *t == "SideEffectRecorded").count(),
+        1,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("SignalReceived"),
+        "{types:?}"
+    );
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "complete_workflow", "result": ARGS})],
+    )
+    .await;
+    let view = h.engine.describe(NS, "c", None).await.expect("describe");
+    assert_eq!(view.run.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn terminating_during_a_lease_records_the_deferred_signals_before_the_close() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("t"))
+        .await
+        .expect("starts");
+    let _leased = poll_wf(&h.engine).await.expect("first task");
+    h.engine
+        .signal_workflow(NS, &signal("t", "s", None))
+        .await
+        .expect("signal");
+    h.engine
+        .close_workflow(NS, "t", None, CloseCommand::Terminate, None)
+        .await
+        .expect("terminated");
+    let types: Vec<String> = with_signal_names(&history_of(&h.engine, "t").await)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let tail = &types[types.len() - 3..];
+    assert_eq!(
+        tail,
+        ["SignalReceived", "TerminateRequested", "WorkflowTerminated"],
+        "{types:?}"
+    );
 }

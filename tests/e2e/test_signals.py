@@ -4,6 +4,7 @@ wait, idempotent resends by ``request_id``, unknown names and closed runs."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from durable_workflow import Client, activity, workflow
@@ -36,6 +37,50 @@ class Collector:
         self.items.append(item)
 
     def run(self, ctx, count):  # type: ignore[no-untyped-def]
+        yield ctx.wait_condition(lambda: len(self.items) >= count, key="enough-items")
+        return self.items
+
+
+class _Turnstile:
+    """Holds each workflow task of ``GatedCollector`` at the top of ``run()`` (the SDK
+    replays in a thread, while the task is leased) until the test lets that pass
+    through, so a test can send signals while a given task is in flight."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.entered = 0
+        self.allowed = 0
+
+    def pass_through(self) -> None:
+        with self._cond:
+            self.entered += 1
+            mine = self.entered
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: self.allowed >= mine, timeout=30):
+                raise TimeoutError(f"turnstile pass {mine} was never allowed")
+
+    def allow(self, passes: int) -> None:
+        with self._cond:
+            self.allowed = passes
+            self._cond.notify_all()
+
+
+_turnstile = _Turnstile()
+
+
+@workflow.defn(name="e2e.signals.gated_collector")
+class GatedCollector:
+    """``Collector`` whose every workflow task waits at ``_turnstile`` first."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    @workflow.signal("add")
+    def add(self, item: str) -> None:
+        self.items.append(item)
+
+    def run(self, ctx, count):  # type: ignore[no-untyped-def]
+        _turnstile.pass_through()
         yield ctx.wait_condition(lambda: len(self.items) >= count, key="enough-items")
         return self.items
 
@@ -169,6 +214,75 @@ def test_resent_signal_with_the_same_request_id_is_applied_once(keel: KeelServer
             assert result == ["x", "y"]
             types = event_types(await history_events(client, handle.workflow_id, handle.run_id))
             assert types.count("SignalReceived") == 2, types
+
+    asyncio.run(scenario())
+
+
+async def _signal_in_flight(client: Client, workflow_id: str, task_pass: int, item: str | None = None) -> None:
+    """Waits until workflow task ``task_pass`` is held at ``_turnstile`` (leased, its
+    worker deciding), signals ``item`` if given, then lets the task through."""
+    await async_wait_until(lambda: _turnstile.entered >= task_pass, 30, f"workflow task pass {task_pass}")
+    if item is not None:
+        await client.signal_workflow(workflow_id, "add", args=[item])
+    _turnstile.allow(task_pass)
+
+
+def test_signals_sent_while_workflow_tasks_are_in_flight_replay_in_the_order_the_worker_saw(keel: KeelServer) -> None:
+    # Each signal lands while a workflow task is leased and its worker has not seen it:
+    # "x" during the first task (which then opens the wait), "y" during the task that
+    # "x" woke (which reopens it). History must place each signal after the commands
+    # of the task that did not see it, or the SDK's replay binds both signals to the
+    # first wait and rejects its own reopen as non-deterministic.
+    async def scenario() -> None:
+        task_queue = unique("e2e-signal-in-flight")
+        async with Client(keel.url) as client:
+            async with running_worker(client, task_queue=task_queue, workflows=[GatedCollector]) as worker:
+                base = _turnstile.entered
+                handle = await client.start_workflow(
+                    workflow_type="e2e.signals.gated_collector",
+                    task_queue=task_queue,
+                    workflow_id=unique("e2e-in-flight"),
+                    input=[2],
+                )
+                await _signal_in_flight(client, handle.workflow_id, base + 1, "x")
+                await _signal_in_flight(client, handle.workflow_id, base + 2, "y")
+                _turnstile.allow(1 << 30)
+                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+
+            assert result == ["x", "y"]
+            types = event_types(await history_events(client, handle.workflow_id, handle.run_id))
+            waits_and_signals = [t for t in types if t in ("ConditionWaitOpened", "SignalReceived")]
+            assert waits_and_signals == [
+                "ConditionWaitOpened", "SignalReceived", "ConditionWaitOpened", "SignalReceived"
+            ], types
+            assert types[-1] == "WorkflowCompleted", types
+
+    asyncio.run(scenario())
+
+
+def test_a_signal_sent_while_the_closing_task_is_in_flight_is_handled_before_the_run_closes(keel: KeelServer) -> None:
+    # The task woken by "x" returns ["x"], but "y" arrived while it was deciding: the
+    # run must not close over a signal its worker never saw.
+    async def scenario() -> None:
+        task_queue = unique("e2e-signal-closing")
+        async with Client(keel.url) as client:
+            async with running_worker(client, task_queue=task_queue, workflows=[GatedCollector]) as worker:
+                base = _turnstile.entered
+                handle = await client.start_workflow(
+                    workflow_type="e2e.signals.gated_collector",
+                    task_queue=task_queue,
+                    workflow_id=unique("e2e-closing"),
+                    input=[1],
+                )
+                await _signal_in_flight(client, handle.workflow_id, base + 1)  # opens the wait
+                await client.signal_workflow(handle.workflow_id, "add", args=["x"])
+                await _signal_in_flight(client, handle.workflow_id, base + 2, "y")
+                _turnstile.allow(1 << 30)
+                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+
+            assert result == ["x", "y"]
+            types = event_types(await history_events(client, handle.workflow_id, handle.run_id))
+            assert types.count("WorkflowCompleted") == 1 and types[-1] == "WorkflowCompleted", types
 
     asyncio.run(scenario())
 

@@ -89,6 +89,8 @@ pub(super) fn create_run(
         deadline_timer: None,
         last_event_seq: 0,
         last_workflow_sequence: 0,
+        last_command_sequence: 0,
+        deferred_signals: 0,
         workflow_task: None,
         open_activities: Vec::new(),
         closed_reason: None,
@@ -704,6 +706,7 @@ pub(crate) async fn apply_parent_close_policy(
             "failure_category": category,
             "parent_close_policy": policy,
     });
+    super::flush_deferred_signals(txn, &mut run, now).await?;
     history::append(txn, &mut run, event, payload, now, None);
     close_run(txn, &mut run, status, category, now, fx).await?;
     tables::put(txn, &rkey, &run)

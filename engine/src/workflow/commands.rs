@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// Whether `command` closes the run (it must then be the completion's last).
+pub(super) fn is_terminal_command(command: &Value) -> bool {
+    matches!(
+        command.get("type").and_then(Value::as_str),
+        Some("complete_workflow" | "fail_workflow" | "continue_as_new")
+    )
+}
+
 /// Applies one command of a workflow-task completion to the run.
 pub(super) async fn apply_command(
     txn: &mut dyn KvTxn,
@@ -16,11 +24,7 @@ pub(super) async fn apply_command(
         return Err(invalid_commands("each command must be an object"));
     };
     let kind = cmd.get("type").and_then(Value::as_str).unwrap_or("");
-    let terminal = matches!(
-        kind,
-        "complete_workflow" | "fail_workflow" | "continue_as_new"
-    );
-    if terminal && !is_last {
+    if is_terminal_command(command) && !is_last {
         return Err(invalid_commands(format!(
             "terminal command '{kind}' must be the last command"
         )));

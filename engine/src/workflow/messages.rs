@@ -4,7 +4,17 @@
 //!
 //! Every command is one transaction: it resolves the target run, checks it is open,
 //! appends its history and wakes the workflow through `ensure_workflow_task` (one
-//! workflow task per run: a signal arriving during a lease only grows history).
+//! workflow task per run).
+//!
+//! Invariant (signals in the order workers saw them): a signal accepted while the run's
+//! workflow task is leased is held out of history (`DEFERRED_SIGNAL`) until that lease
+//! ends, then recorded after the task's commands (`flush_deferred_signals`). The SDK
+//! binds a `SignalReceived` to the condition wait it follows (sdk-protocol §8.4): one
+//! recorded before the commands of a task whose worker never saw it would be replayed
+//! at an earlier wait than the one it woke, and the replay would contradict the
+//! worker's own reopened wait. Every transaction that ends a lease, closes the run, or
+//! records a signal with no lease held flushes first, so deferred signals never outlive
+//! the lease and keep their arrival order.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -453,9 +463,17 @@ impl Engine {
                 "arguments": req.input,
                 "payload_codec": "avro",
             });
-            let command_sequence =
+            run.last_command_sequence += 1;
+            let command_sequence = run.last_command_sequence;
+            if workflow_task_is_leased(txn.as_mut(), &run).await? {
+                let key = tables::deferred_signal_key(ns, &run.run_id, run.deferred_signals);
+                tables::put(txn.as_mut(), &key, &payload)?;
+                run.deferred_signals += 1;
+            } else {
+                flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
                 history::append(txn.as_mut(), &mut run, "SignalReceived", payload, now, None);
-            ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
+                ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
+            }
             tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
             let receipt = json!({
                 "outcome": "signal_received",
@@ -694,6 +712,38 @@ impl Engine {
     }
 }
 
+/// Whether the run's workflow task is leased (read with a conflict, so a lease or
+/// report racing this transaction retries it).
+async fn workflow_task_is_leased(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<bool> {
+    let Some(task_id) = run.workflow_task.as_deref() else {
+        return Ok(false);
+    };
+    let task: Option<TaskRecord> = tables::get(txn, &tables::task_key(task_id)).await?;
+    Ok(task.is_some_and(|t| t.status == TaskStatus::Leased))
+}
+
+/// Records the run's deferred signals in history, in arrival order; returns whether
+/// there were any. Callers that end a lease create the next workflow task.
+pub(crate) async fn flush_deferred_signals(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    now: Millis,
+) -> Result<bool> {
+    if run.deferred_signals == 0 {
+        return Ok(false);
+    }
+    for index in 0..run.deferred_signals {
+        let key = tables::deferred_signal_key(&run.namespace, &run.run_id, index);
+        let payload: Value = tables::get(txn, &key)
+            .await?
+            .ok_or_else(|| Error::corrupt("missing deferred signal"))?;
+        history::append(txn, run, "SignalReceived", payload, now, None);
+    }
+    txn.clear_range(&tables::deferred_signals_range(&run.namespace, &run.run_id));
+    run.deferred_signals = 0;
+    Ok(true)
+}
+
 /// Cancels or terminates a run inside `txn` (the body of [`Engine::close_workflow`], also
 /// used by schedules' `cancel_other` and `terminate_other` overlap policies); returns the
 /// command receipt.
@@ -742,6 +792,9 @@ pub(crate) async fn close_in_txn(
         "command_type": operation,
         "reason": reason,
     });
+    flush_deferred_signals(txn, &mut run, now).await?;
+    run.last_command_sequence += 1;
+    let command_sequence = run.last_command_sequence;
     history::append(txn, &mut run, requested, payload, now, None);
     let payload = json!({
         "workflow_command_id": command_id,
@@ -752,7 +805,7 @@ pub(crate) async fn close_in_txn(
         "message": message,
         "reason": reason,
     });
-    let command_sequence = history::append(txn, &mut run, closed, payload, now, None);
+    history::append(txn, &mut run, closed, payload, now, None);
     close_run(txn, &mut run, status, outcome, now, fx).await?;
     tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
     let receipt = json!({

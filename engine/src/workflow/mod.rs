@@ -3,8 +3,9 @@
 //!
 //! Invariant (one workflow task per run): `RunRecord::workflow_task` names the run's only
 //! workflow task, ready, leased or backing off. Events that arrive while it is leased only
-//! grow history; when the task closes, the same transaction creates the next task if
-//! history grew past `TaskRecord::history_seen`, the last event the worker was given.
+//! grow history (signals are held out of it until the lease ends: `messages`); when the
+//! task closes, the same transaction creates the next task if history grew past
+//! `TaskRecord::history_seen`, the last event the worker was given.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -41,7 +42,7 @@ pub(crate) use children::apply_parent_close_policy;
 pub use export::{checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
-pub(crate) use messages::close_in_txn;
+pub(crate) use messages::{close_in_txn, flush_deferred_signals};
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
@@ -324,6 +325,7 @@ pub(crate) async fn time_out_run(
             "execution_deadline_at": run.execution_deadline_ms.map(format_timestamp),
             "run_deadline_at": run.run_deadline_ms.map(format_timestamp),
     });
+    flush_deferred_signals(txn, &mut run, now).await?;
     history::append(txn, &mut run, "WorkflowTimedOut", payload, now, None);
     close_run(txn, &mut run, RunStatus::Failed, "timed_out", now, fx).await?;
     tables::put(txn, &key, &run)
@@ -521,6 +523,8 @@ pub(crate) async fn start_in_txn(
         deadline_timer: None,
         last_event_seq: 0,
         last_workflow_sequence: 0,
+        last_command_sequence: 0,
+        deferred_signals: 0,
         workflow_task: None,
         open_activities: Vec::new(),
         closed_reason: None,

@@ -203,7 +203,16 @@ impl Engine {
                 )
                 .await?;
                 match run {
-                    Some(run) if !run.status.is_terminal() => {
+                    Some(mut run) if !run.status.is_terminal() => {
+                        // Signals deferred under a lease that ended without a report
+                        // (it expired, or the task was repaired) join history now.
+                        if flush_deferred_signals(txn.as_mut(), &mut run, now).await? {
+                            tables::put(
+                                txn.as_mut(),
+                                &tables::run_key(&run.namespace, &run.run_id),
+                                &run,
+                            )?;
+                        }
                         task.history_seen = run.last_event_seq
                     }
                     _ => {

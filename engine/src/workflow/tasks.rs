@@ -1,6 +1,6 @@
 //! Workflow task reports: completion (applying commands) and failure.
 
-use super::commands::apply_command;
+use super::commands::{apply_command, is_terminal_command};
 use super::*;
 
 impl Engine {
@@ -38,7 +38,15 @@ impl Engine {
             Self::delete_task(txn.as_mut(), task_id).await?;
             run.workflow_task = None;
             let last = commands.len() - 1;
-            for (i, command) in commands.iter().enumerate() {
+            // A run does not close over signals its worker has not seen: with signals
+            // deferred during this lease, the closing command is dropped and the next
+            // task decides again with them in history.
+            let applied = if run.deferred_signals > 0 && is_terminal_command(&commands[last]) {
+                last
+            } else {
+                commands.len()
+            };
+            for (i, command) in commands.iter().enumerate().take(applied) {
                 apply_command(
                     txn.as_mut(),
                     &mut run,
@@ -53,7 +61,8 @@ impl Engine {
             let mut next_task_id = None;
             if !run.status.is_terminal() {
                 let wake = waits::end_completion(txn.as_mut(), &mut run, &task);
-                if grew || wake {
+                let signalled = flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
+                if grew || wake || signalled {
                     ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
                     next_task_id = run.workflow_task.clone();
                 } else {
@@ -93,6 +102,8 @@ impl Engine {
             check_workflow_lease(&task, owner, attempt, now)?;
             let rkey = tables::run_key(ns, &task.run_id);
             let mut run: RunRecord = tables::get(txn.as_mut(), &rkey).await?.ok_or_else(|| Error::corrupt("task without run"))?;
+            // The next attempt decides with the signals deferred during this one.
+            let signalled = flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
             let mut next_task_id = None;
             let outcome = if waiting {
                 let grew = run.last_event_seq > task.history_seen;
@@ -119,6 +130,9 @@ impl Engine {
                 task.lease = None;
                 task.backoff_timer = Some(timer);
                 tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
+                if signalled {
+                    tables::put(txn.as_mut(), &rkey, &run)?;
+                }
                 "failed"
             };
             let result = TaskOutcome {
