@@ -22,6 +22,24 @@ pub fn append(
     run.last_event_seq += 1;
     run.last_progress_at_ms = now;
     let seq = run.last_event_seq;
+    let bytes = event_bytes(run, seq, event_type, payload, now, task_id);
+    tables::put_bytes(
+        txn,
+        &tables::history_key(&run.namespace, &run.run_id, seq),
+        &bytes,
+    );
+    seq
+}
+
+/// The stored form of event `seq` of `run`.
+pub fn event_bytes(
+    run: &RunRecord,
+    seq: u64,
+    event_type: &str,
+    payload: Value,
+    now: Millis,
+    task_id: Option<&str>,
+) -> Vec<u8> {
     let recorded_at = format_timestamp(now);
     let event = json!({
         "id": format!("{}:{}", run.run_id, seq),
@@ -35,13 +53,7 @@ pub fn append(
         "namespace": run.namespace,
         "payload": payload,
     });
-    let bytes = serde_json::to_vec(&event).expect("invariant: a json Value always serializes");
-    tables::put_bytes(
-        txn,
-        &tables::history_key(&run.namespace, &run.run_id, seq),
-        &bytes,
-    );
-    seq
+    serde_json::to_vec(&event).expect("invariant: a json Value always serializes")
 }
 
 /// One page of a run's history: events with sequence in `from..=through`, at most `limit`.

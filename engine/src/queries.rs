@@ -483,7 +483,20 @@ impl Engine {
             MAX_QUERY_HISTORY,
         )
         .await?;
-        let joined: Vec<&str> = page.events.iter().map(|e| e.get()).collect();
+        let mut joined: Vec<&str> = page.events.iter().map(|e| e.get()).collect();
+        // Signals deferred while a workflow task is leased are accepted state: a query
+        // sees them, at the end of history where they will be recorded.
+        let now = self.now_ms();
+        let deferred: Vec<String> = crate::workflow::deferred_signals(txn, &run)
+            .await?
+            .into_iter()
+            .zip(run.last_event_seq + 1..)
+            .map(|(payload, seq)| {
+                let bytes = history::event_bytes(&run, seq, "SignalReceived", payload, now, None);
+                String::from_utf8(bytes).expect("invariant: serde_json writes UTF-8")
+            })
+            .collect();
+        joined.extend(deferred.iter().map(String::as_str));
         let history_events =
             RawValue::from_string(format!("[{}]", joined.join(","))).map_err(Error::corrupt)?;
         let arguments = history::event_payload(txn, ns, &run.run_id, 1)

@@ -689,3 +689,58 @@ async fn terminating_during_a_lease_records_the_deferred_signals_before_the_clos
         "{types:?}"
     );
 }
+
+#[tokio::test]
+async fn a_query_during_a_lease_replays_the_signals_that_lease_deferred() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("qd"))
+        .await
+        .expect("starts");
+    let _leased = poll_wf(&h.engine).await.expect("first task");
+    h.engine
+        .signal_workflow(NS, &signal("qd", "s", None))
+        .await
+        .expect("signal");
+    let request = QueryRequest {
+        workflow_id: "qd".into(),
+        run_id: None,
+        query_name: "state".into(),
+        input: json!(null),
+        timeout: Duration::from_secs(5),
+    };
+    let asking = {
+        let engine = h.engine.clone();
+        tokio::spawn(async move { engine.query_workflow(NS, &request).await })
+    };
+    let task = loop {
+        if let Some(t) = h
+            .engine
+            .poll_query_task(NS, WORKER, QUEUE, Duration::ZERO)
+            .await
+            .expect("poll")
+        {
+            break t;
+        }
+        tokio::task::yield_now().await;
+    };
+    let replayed: Vec<Value> = serde_json::from_str(task.history_events.get()).expect("events");
+    let types = types_of(&replayed);
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("SignalReceived"),
+        "{types:?}"
+    );
+    let sequences: Vec<u64> = replayed
+        .iter()
+        .filter_map(|e| e["sequence"].as_u64())
+        .collect();
+    assert!(
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequences:?}"
+    );
+    h.engine
+        .complete_query_task(NS, &task.query_task_id, WORKER, 1, json!(1), json!(null))
+        .expect("answered");
+    asking.await.expect("joins").expect("answered");
+}

@@ -722,6 +722,19 @@ async fn workflow_task_is_leased(txn: &mut dyn KvTxn, run: &RunRecord) -> Result
     Ok(task.is_some_and(|t| t.status == TaskStatus::Leased))
 }
 
+/// The payloads of the run's deferred signals, in arrival order.
+pub(crate) async fn deferred_signals(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<Vec<Value>> {
+    let mut payloads = Vec::with_capacity(run.deferred_signals as usize);
+    for index in 0..run.deferred_signals {
+        let key = tables::deferred_signal_key(&run.namespace, &run.run_id, index);
+        let payload: Value = tables::get(txn, &key)
+            .await?
+            .ok_or_else(|| Error::corrupt("missing deferred signal"))?;
+        payloads.push(payload);
+    }
+    Ok(payloads)
+}
+
 /// Records the run's deferred signals in history, in arrival order; returns whether
 /// there were any. Callers that end a lease create the next workflow task.
 pub(crate) async fn flush_deferred_signals(
@@ -732,11 +745,7 @@ pub(crate) async fn flush_deferred_signals(
     if run.deferred_signals == 0 {
         return Ok(false);
     }
-    for index in 0..run.deferred_signals {
-        let key = tables::deferred_signal_key(&run.namespace, &run.run_id, index);
-        let payload: Value = tables::get(txn, &key)
-            .await?
-            .ok_or_else(|| Error::corrupt("missing deferred signal"))?;
+    for payload in deferred_signals(txn, run).await? {
         history::append(txn, run, "SignalReceived", payload, now, None);
     }
     txn.clear_range(&tables::deferred_signals_range(&run.namespace, &run.run_id));

@@ -42,7 +42,7 @@ pub(crate) use children::apply_parent_close_policy;
 pub use export::{checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
-pub(crate) use messages::{close_in_txn, flush_deferred_signals};
+pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals};
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
