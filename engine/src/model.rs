@@ -155,7 +155,7 @@ pub struct RunRecord {
     #[serde(default)]
     pub last_command_sequence: u64,
     /// Signals held out of history while the workflow task is leased
-    /// (`tables::deferred_signal_key` 0..this); zero whenever no task is leased.
+    /// (`tables::deferred_signal_key` 0..this) until a flush (`workflow::messages`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deferred_signals: u64,
     /// The run's one workflow task, ready or leased.

@@ -12,9 +12,10 @@
 //! binds a `SignalReceived` to the condition wait it follows (sdk-protocol §8.4): one
 //! recorded before the commands of a task whose worker never saw it would be replayed
 //! at an earlier wait than the one it woke, and the replay would contradict the
-//! worker's own reopened wait. Every transaction that ends a lease, closes the run, or
-//! records a signal with no lease held flushes first, so deferred signals never outlive
-//! the lease and keep their arrival order.
+//! worker's own reopened wait. The task's completion or failure flushes them, as does
+//! any close of the run (before its closing events); a lease that ends otherwise
+//! (expiry, repair) leaves them to the next lease, and a signal recorded with no lease
+//! held flushes them first, so they keep their arrival order and are never stranded.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
