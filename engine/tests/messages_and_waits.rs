@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use keel_engine::model::{RunStatus, UpdateStatus};
-use keel_engine::queries::QueryRequest;
+use keel_engine::queries::{QueryRequest, QueryTaskView};
 use keel_engine::workflow::{
     CloseCommand, SignalRequest, StartWorkflow, UpdateRequest, UpdateWait, WorkflowTaskView,
 };
@@ -67,6 +67,31 @@ fn update(id: &str, name: &str, wait_for: UpdateWait) -> UpdateRequest {
         request_id: None,
         wait_for,
         wait_timeout: Duration::from_secs(30),
+    }
+}
+
+/// Query "state" of workflow `id`, answered within 5 s of engine time.
+fn state_query(id: &str) -> QueryRequest {
+    QueryRequest {
+        workflow_id: id.into(),
+        run_id: None,
+        query_name: "state".into(),
+        input: json!(null),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+/// Polls until the query task a spawned `query_workflow` queued is taken.
+async fn take_query_task(engine: &Engine) -> QueryTaskView {
+    loop {
+        if let Some(t) = engine
+            .poll_query_task(NS, WORKER, QUEUE, Duration::ZERO)
+            .await
+            .expect("poll")
+        {
+            return t;
+        }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -383,29 +408,13 @@ async fn query_times_out_on_the_engine_clock_and_is_answered_by_a_poller() {
         .start_workflow(NS, start_request("q"))
         .await
         .expect("starts");
-    let request = QueryRequest {
-        workflow_id: "q".into(),
-        run_id: None,
-        query_name: "state".into(),
-        input: json!(null),
-        timeout: Duration::from_secs(5),
-    };
+    let request = state_query("q");
     let asking = {
         let engine = h.engine.clone();
         let request = request.clone();
         tokio::spawn(async move { engine.query_workflow(NS, &request).await })
     };
-    let task = loop {
-        if let Some(t) = h
-            .engine
-            .poll_query_task(NS, WORKER, QUEUE, Duration::ZERO)
-            .await
-            .expect("poll")
-        {
-            break t;
-        }
-        tokio::task::yield_now().await;
-    };
+    let task = take_query_task(&h.engine).await;
     assert_eq!(task.query_name, "state");
     assert_eq!(task.query_task_attempt, 1);
     h.engine
@@ -702,28 +711,12 @@ async fn a_query_during_a_lease_replays_the_signals_that_lease_deferred() {
         .signal_workflow(NS, &signal("qd", "s", None))
         .await
         .expect("signal");
-    let request = QueryRequest {
-        workflow_id: "qd".into(),
-        run_id: None,
-        query_name: "state".into(),
-        input: json!(null),
-        timeout: Duration::from_secs(5),
-    };
+    let request = state_query("qd");
     let asking = {
         let engine = h.engine.clone();
         tokio::spawn(async move { engine.query_workflow(NS, &request).await })
     };
-    let task = loop {
-        if let Some(t) = h
-            .engine
-            .poll_query_task(NS, WORKER, QUEUE, Duration::ZERO)
-            .await
-            .expect("poll")
-        {
-            break t;
-        }
-        tokio::task::yield_now().await;
-    };
+    let task = take_query_task(&h.engine).await;
     let replayed: Vec<Value> = serde_json::from_str(task.history_events.get()).expect("events");
     let types = types_of(&replayed);
     assert_eq!(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 
 import pytest
 from durable_workflow import Client, activity, workflow
@@ -227,64 +228,59 @@ async def _signal_in_flight(client: Client, workflow_id: str, task_pass: int, it
     _turnstile.allow(task_pass)
 
 
+async def _run_gated_collector(
+    keel: KeelServer, count: int, drive: Callable[[Client, str, int], Awaitable[None]]
+) -> tuple[list[str], list[str]]:
+    """Runs a ``GatedCollector`` for ``count`` items: ``drive(client, workflow_id,
+    base)`` sends the signals (task pass ``base + n`` is the run's n-th workflow task),
+    then every later task is let through. Returns the result and the history's types."""
+    task_queue = unique("e2e-signal-gated")
+    async with Client(keel.url) as client:
+        async with running_worker(client, task_queue=task_queue, workflows=[GatedCollector]) as worker:
+            base = _turnstile.entered
+            handle = await client.start_workflow(
+                workflow_type="e2e.signals.gated_collector",
+                task_queue=task_queue,
+                workflow_id=unique("e2e-gated"),
+                input=[count],
+            )
+            await drive(client, handle.workflow_id, base)
+            _turnstile.allow(1 << 30)
+            [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+        types = event_types(await history_events(client, handle.workflow_id, handle.run_id))
+    return result, types
+
+
 def test_signals_sent_while_workflow_tasks_are_in_flight_replay_in_the_order_the_worker_saw(keel: KeelServer) -> None:
     # Each signal lands while a workflow task is leased and its worker has not seen it:
     # "x" during the first task (which then opens the wait), "y" during the task that
     # "x" woke (which reopens it). History must place each signal after the commands
     # of the task that did not see it, or the SDK's replay binds both signals to the
     # first wait and rejects its own reopen as non-deterministic.
-    async def scenario() -> None:
-        task_queue = unique("e2e-signal-in-flight")
-        async with Client(keel.url) as client:
-            async with running_worker(client, task_queue=task_queue, workflows=[GatedCollector]) as worker:
-                base = _turnstile.entered
-                handle = await client.start_workflow(
-                    workflow_type="e2e.signals.gated_collector",
-                    task_queue=task_queue,
-                    workflow_id=unique("e2e-in-flight"),
-                    input=[2],
-                )
-                await _signal_in_flight(client, handle.workflow_id, base + 1, "x")
-                await _signal_in_flight(client, handle.workflow_id, base + 2, "y")
-                _turnstile.allow(1 << 30)
-                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+    async def drive(client: Client, workflow_id: str, base: int) -> None:
+        await _signal_in_flight(client, workflow_id, base + 1, "x")
+        await _signal_in_flight(client, workflow_id, base + 2, "y")
 
-            assert result == ["x", "y"]
-            types = event_types(await history_events(client, handle.workflow_id, handle.run_id))
-            waits_and_signals = [t for t in types if t in ("ConditionWaitOpened", "SignalReceived")]
-            assert waits_and_signals == [
-                "ConditionWaitOpened", "SignalReceived", "ConditionWaitOpened", "SignalReceived"
-            ], types
-            assert types[-1] == "WorkflowCompleted", types
-
-    asyncio.run(scenario())
+    result, types = asyncio.run(_run_gated_collector(keel, 2, drive))
+    assert result == ["x", "y"]
+    waits_and_signals = [t for t in types if t in ("ConditionWaitOpened", "SignalReceived")]
+    assert waits_and_signals == [
+        "ConditionWaitOpened", "SignalReceived", "ConditionWaitOpened", "SignalReceived"
+    ], types
+    assert types[-1] == "WorkflowCompleted", types
 
 
 def test_a_signal_sent_while_the_closing_task_is_in_flight_is_handled_before_the_run_closes(keel: KeelServer) -> None:
     # The task woken by "x" returns ["x"], but "y" arrived while it was deciding: the
     # run must not close over a signal its worker never saw.
-    async def scenario() -> None:
-        task_queue = unique("e2e-signal-closing")
-        async with Client(keel.url) as client:
-            async with running_worker(client, task_queue=task_queue, workflows=[GatedCollector]) as worker:
-                base = _turnstile.entered
-                handle = await client.start_workflow(
-                    workflow_type="e2e.signals.gated_collector",
-                    task_queue=task_queue,
-                    workflow_id=unique("e2e-closing"),
-                    input=[1],
-                )
-                await _signal_in_flight(client, handle.workflow_id, base + 1)  # opens the wait
-                await client.signal_workflow(handle.workflow_id, "add", args=["x"])
-                await _signal_in_flight(client, handle.workflow_id, base + 2, "y")
-                _turnstile.allow(1 << 30)
-                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+    async def drive(client: Client, workflow_id: str, base: int) -> None:
+        await _signal_in_flight(client, workflow_id, base + 1)  # opens the wait
+        await client.signal_workflow(workflow_id, "add", args=["x"])
+        await _signal_in_flight(client, workflow_id, base + 2, "y")
 
-            assert result == ["x", "y"]
-            types = event_types(await history_events(client, handle.workflow_id, handle.run_id))
-            assert types.count("WorkflowCompleted") == 1 and types[-1] == "WorkflowCompleted", types
-
-    asyncio.run(scenario())
+    result, types = asyncio.run(_run_gated_collector(keel, 1, drive))
+    assert result == ["x", "y"]
+    assert types.count("WorkflowCompleted") == 1 and types[-1] == "WorkflowCompleted", types
 
 
 def test_unknown_signal_and_closed_run_are_rejected(keel: KeelServer, api: RawApi) -> None:

@@ -1,5 +1,6 @@
 //! The commands of a workflow task completion, each applied to the run's history.
 
+use super::waits::opt_str;
 use super::*;
 
 /// Whether `command` closes the run (it must then be the completion's last).
@@ -32,13 +33,8 @@ pub(super) async fn apply_command(
     let field = |k: &str| cmd.get(k).cloned().unwrap_or(Value::Null);
     match kind {
         "schedule_activity" => {
-            let Some(activity_type) = cmd
-                .get("activity_type")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            else {
-                return Err(invalid_commands("schedule_activity needs activity_type"));
-            };
+            let activity_type = opt_str(cmd, "activity_type")
+                .ok_or_else(|| invalid_commands("schedule_activity needs activity_type"))?;
             run.last_workflow_sequence += 1;
             let sequence = run.last_workflow_sequence;
             let queue = cmd
@@ -84,7 +80,7 @@ pub(super) async fn apply_command(
                 task_queue: queue,
                 workflow_id: run.workflow_id.clone(),
                 run_id: run.run_id.clone(),
-                type_name: activity_type.to_string(),
+                type_name: activity_type.clone(),
                 priority: run.priority,
                 status: TaskStatus::Ready,
                 attempt: 0,
@@ -163,15 +159,8 @@ fn record_local_activity(
     task_id: &str,
     now: Millis,
 ) -> Result<()> {
-    let Some(activity_type) = cmd
-        .get("activity_type")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    else {
-        return Err(invalid_commands(
-            "record_local_activity needs activity_type",
-        ));
-    };
+    let activity_type = opt_str(cmd, "activity_type")
+        .ok_or_else(|| invalid_commands("record_local_activity needs activity_type"))?;
     let outcome = cmd.get("outcome").and_then(Value::as_str).unwrap_or("");
     let event = match outcome {
         "completed" if cmd.contains_key("result") => "ActivityCompleted",

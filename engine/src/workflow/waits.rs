@@ -55,7 +55,8 @@ fn next_sequence(run: &mut RunRecord) -> u64 {
     run.last_workflow_sequence
 }
 
-fn opt_str(cmd: &Map<String, Value>, key: &str) -> Option<String> {
+/// A non-empty string field of a command.
+pub(super) fn opt_str(cmd: &Map<String, Value>, key: &str) -> Option<String> {
     cmd.get(key)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
