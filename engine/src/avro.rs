@@ -104,16 +104,19 @@ impl AvroValue {
         }
     }
 
-    /// A JSON projection (bytes become base64 strings).
+    /// The typed JSON projection the SDKs compare memos with: bytes become
+    /// `{"$type": "bytes", "base64": ...}`, an integral double an integer.
     pub fn to_json(&self) -> Value {
         match self {
             AvroValue::Null => Value::Null,
             AvroValue::Bool(b) => Value::Bool(*b),
             AvroValue::Long(i) => Value::from(*i),
+            AvroValue::Double(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => Value::from(*d as i64),
             AvroValue::Double(d) => Number::from_f64(*d).map_or(Value::Null, Value::Number),
-            AvroValue::Bytes(b) => {
-                Value::String(base64::engine::general_purpose::STANDARD.encode(b))
-            }
+            AvroValue::Bytes(b) => json!({
+                "$type": "bytes",
+                "base64": base64::engine::general_purpose::STANDARD.encode(b),
+            }),
             AvroValue::String(s) => Value::String(s.clone()),
             AvroValue::Array(items) => Value::Array(items.iter().map(Self::to_json).collect()),
             AvroValue::Map(entries) => Value::Object(
@@ -345,6 +348,19 @@ mod tests {
             AvroValue::Array(vec![AvroValue::String("world".into())])
         );
         assert_eq!(value.to_json(), json!(["world"]));
+    }
+
+    #[test]
+    fn projection_types_bytes_and_prints_integral_doubles_as_integers() {
+        let value = AvroValue::Map(vec![
+            ("b".into(), AvroValue::Bytes(b"same".to_vec())),
+            ("d".into(), AvroValue::Double(7.0)),
+            ("f".into(), AvroValue::Double(2.5)),
+        ]);
+        assert_eq!(
+            value.to_json(),
+            json!({"b": {"$type": "bytes", "base64": "c2FtZQ=="}, "d": 7, "f": 2.5})
+        );
     }
 
     #[test]

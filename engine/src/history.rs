@@ -44,8 +44,8 @@ pub fn event_bytes(
     let event = json!({
         "id": format!("{}:{}", run.run_id, seq),
         "sequence": seq,
+        // One key only: the Rust SDK aliases `type` to `event_type`, so both is an error.
         "event_type": event_type,
-        "type": event_type,
         "recorded_at": recorded_at,
         "timestamp": recorded_at,
         "workflow_task_id": task_id,

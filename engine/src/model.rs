@@ -119,9 +119,18 @@ pub struct RunRecord {
     /// Build id the run is pinned to, if any.
     #[serde(default)]
     pub build_id: Option<String>,
-    /// Memo, a JSON object.
+    /// Memo, a JSON object: as started, then the typed projection of the merged upserts.
     #[serde(default)]
     pub memo: Value,
+    /// The failures of the current workflow task since the run last made progress (a
+    /// task that fails on every attempt must be visible, not an invisible retry loop);
+    /// cleared by the next completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_task_failure: Option<WorkflowTaskFailure>,
+    /// The merged memo after the latest `upsert_memo`, as an Avro blob: the base of the
+    /// next merge, since the projection loses the long/double distinction.
+    #[serde(default)]
+    pub memo_blob: Option<String>,
     /// Search attributes, a JSON object.
     #[serde(default)]
     pub search_attributes: Value,
@@ -323,6 +332,19 @@ pub struct ActivityState {
     /// the failure of a run that is backing off).
     #[serde(default)]
     pub last_failure: Option<AttemptFailure>,
+}
+
+/// Consecutive failures of a run's workflow task, and the latest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowTaskFailure {
+    /// Failed attempts since the last completion.
+    pub failures: u32,
+    /// The latest failure's `type` as the worker sent it (e.g. the SDK's error kind).
+    pub failure_type: String,
+    /// The latest failure's message (at most 1 KiB).
+    pub message: String,
+    /// When the latest attempt failed.
+    pub at_ms: Millis,
 }
 
 /// A failed attempt of a task that was retried.
@@ -591,6 +613,38 @@ pub struct RunWaits {
     /// first of them (`TaskRecord::workflow_update_id`).
     #[serde(default)]
     pub pending_updates: Vec<String>,
+    /// Open `open_signal_wait` waits, oldest first. Invariant: a wait is open only while
+    /// no signal of its name is buffered (received and applied counts are equal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signal_waits: Vec<OpenSignalWait>,
+    /// Per signal name: signals recorded and signals applied to a signal wait. Waits take
+    /// signals first in, first out, so the applied ones are always the oldest received.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub signal_tallies: std::collections::BTreeMap<String, SignalTally>,
+    /// Set when a completion's own `open_signal_wait` took a buffered signal: the run
+    /// needs another workflow task to see it. Never stored.
+    #[serde(skip)]
+    pub signal_applied_in_completion: bool,
+}
+
+/// An open signal wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSignalWait {
+    /// Id recorded in `SignalWaitOpened` and `SignalApplied`.
+    pub signal_wait_id: String,
+    /// Its workflow sequence.
+    pub sequence: u64,
+    /// The signal it waits for.
+    pub signal_name: String,
+}
+
+/// Signals of one name recorded in a run's history, and how many of them signal waits took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalTally {
+    /// `SignalReceived` events of the name.
+    pub received: u64,
+    /// Of those, the ones recorded as `SignalApplied` to a wait.
+    pub applied: u64,
 }
 
 /// An open workflow timer.
@@ -620,6 +674,13 @@ pub struct OpenCondition {
     /// `condition_definition_fingerprint` as sent.
     #[serde(default)]
     pub condition_definition_fingerprint: Option<String>,
+    /// `condition_wait_occurrence_id` as sent (the Rust SDK's authored occurrence); every
+    /// event of this wait repeats it, or the SDK's replay refuses the history.
+    #[serde(default)]
+    pub condition_wait_occurrence_id: Option<String>,
+    /// `timeout_seconds` of the latest open, repeated on `ConditionWaitTimedOut`.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
     /// The workflow task whose completion opened it.
     pub opened_by_task: String,
     /// The timeout timer; a reopened logical wait keeps the first open's deadline.

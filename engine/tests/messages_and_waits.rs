@@ -123,7 +123,8 @@ async fn timer_fires_only_when_its_time_comes() {
 }
 
 #[tokio::test]
-async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
+async fn sequences_follow_command_order_and_the_condition_timeout_takes_none_keeping_the_occurrence(
+) {
     let h = harness().await;
     h.engine
         .start_workflow(NS, start_request("c"))
@@ -137,7 +138,7 @@ async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
             json!({"type": "record_side_effect", "result": "AA=="}),
             json!({"type": "record_version_marker", "change_id": "x", "version": 2, "min_supported": 1, "max_supported": 2}),
             json!({"type": "upsert_search_attributes", "attributes": {"A": 1}}),
-            json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f", "timeout_seconds": 5}),
+            json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f", "timeout_seconds": 5, "condition_wait_occurrence_id": "rust:condition-wait:0"}),
         ],
     )
     .await;
@@ -151,7 +152,7 @@ async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
     complete(
         &h.engine,
         &task,
-        vec![json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f", "timeout_seconds": 5})],
+        vec![json!({"type": "open_condition_wait", "condition_key": "k", "condition_definition_fingerprint": "sha256:f", "timeout_seconds": 5, "condition_wait_occurrence_id": "rust:condition-wait:0"})],
     )
     .await;
     // The logical wait keeps its first deadline (t+5), not the reopen's (t+8).
@@ -176,13 +177,25 @@ async fn sequences_follow_command_order_and_the_condition_timeout_takes_none() {
             ("SearchAttributesUpserted".into(), json!(3)),
             ("ConditionWaitOpened".into(), json!(4)),
             ("ConditionWaitOpened".into(), json!(5)),
-            ("TimerFired".into(), json!(5)),
+            ("ConditionWaitTimedOut".into(), json!(5)),
         ]
     );
-    let fired = last_payload(&task, "TimerFired");
+    let timed_out = last_payload(&task, "ConditionWaitTimedOut");
     let reopened = last_payload(&task, "ConditionWaitOpened");
-    assert_eq!(fired["timer_kind"], "condition_timeout");
-    assert_eq!(fired["condition_wait_id"], reopened["condition_wait_id"]);
+    assert_eq!(
+        timed_out["condition_wait_id"],
+        reopened["condition_wait_id"]
+    );
+    assert_eq!(timed_out["timeout_seconds"], 5);
+    // The authored occurrence travels on every event of the wait (the Rust SDK needs it).
+    assert_eq!(
+        reopened["condition_wait_occurrence_id"],
+        "rust:condition-wait:0"
+    );
+    assert_eq!(
+        timed_out["condition_wait_occurrence_id"],
+        "rust:condition-wait:0"
+    );
     // The next sequenced command takes 6.
     complete(
         &h.engine,
@@ -736,4 +749,166 @@ async fn a_query_during_a_lease_replays_the_signals_that_lease_deferred() {
         .complete_query_task(NS, &task.query_task_id, WORKER, 1, json!(1), json!(null))
         .expect("answered");
     asking.await.expect("joins").expect("answered");
+}
+
+fn signal_with(id: &str, name: &str, blob: &str) -> SignalRequest {
+    SignalRequest {
+        input: json!({"codec": "avro", "blob": blob}),
+        ..signal(id, name, None)
+    }
+}
+
+#[tokio::test]
+async fn a_signal_wait_takes_the_next_signal_of_its_name_at_its_own_sequence() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("sw"))
+        .await
+        .expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    complete(
+        &h.engine,
+        &task,
+        vec![
+            json!({"type": "record_side_effect", "result": "AA=="}),
+            json!({"type": "open_signal_wait", "signal_name": "first"}),
+        ],
+    )
+    .await;
+    // Another name does not satisfy it (and does not wake the run into the wait).
+    h.engine
+        .signal_workflow(NS, &signal_with("sw", "other", "AQ=="))
+        .await
+        .expect("signal");
+    let task = poll_wf(&h.engine).await.expect("woken by the signal");
+    assert!(!event_types(&task).contains(&"SignalApplied".to_string()));
+    // Replay finds the wait still pending: nothing new to decide.
+    h.engine
+        .fail_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &json!({"type": "WorkflowTaskWaitingForHistory"}),
+        )
+        .await
+        .expect("waiting outcome");
+    h.engine
+        .signal_workflow(NS, &signal_with("sw", "first", "Ag=="))
+        .await
+        .expect("signal");
+    let task = poll_wf(&h.engine).await.expect("woken by the signal");
+    let opened = last_payload(&task, "SignalWaitOpened");
+    let applied = last_payload(&task, "SignalApplied");
+    assert_eq!(opened["sequence"], 2);
+    assert_eq!(applied["sequence"], 2, "applied at the wait's sequence");
+    assert_eq!(applied["signal_wait_id"], opened["signal_wait_id"]);
+    assert_eq!(applied["signal_name"], "first");
+    assert_eq!(applied["arguments"]["blob"], "Ag==");
+}
+
+#[tokio::test]
+async fn a_signal_that_came_before_its_wait_is_applied_when_the_wait_opens() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("sb"))
+        .await
+        .expect("starts");
+    let task = poll_wf(&h.engine).await.expect("first task");
+    // Two signals arrive while the first task is leased: both are held, then recorded.
+    for blob in ["AQ==", "Ag=="] {
+        h.engine
+            .signal_workflow(NS, &signal_with("sb", "go", blob))
+            .await
+            .expect("signal");
+    }
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "open_signal_wait", "signal_name": "go"})],
+    )
+    .await;
+    // The wait opened in the same completion that recorded the held signals: it takes
+    // the oldest, and the run has a task to see it.
+    let task = poll_wf(&h.engine)
+        .await
+        .expect("a task for the applied signal");
+    assert_eq!(
+        last_payload(&task, "SignalApplied")["arguments"]["blob"],
+        "AQ=="
+    );
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "open_signal_wait", "signal_name": "go"})],
+    )
+    .await;
+    // The second wait takes the buffered second signal at once, from history.
+    let task = poll_wf(&h.engine)
+        .await
+        .expect("a task for the second signal");
+    let applied: Vec<Value> = events(&task)
+        .into_iter()
+        .filter(|e| e["event_type"] == "SignalApplied")
+        .map(|e| e["payload"].clone())
+        .collect();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[1]["arguments"]["blob"], "Ag==");
+    assert_eq!(applied[1]["sequence"], 2);
+}
+
+#[tokio::test]
+async fn a_workflow_task_that_keeps_failing_is_visible_on_the_run_until_one_completes() {
+    let h = harness().await;
+    h.engine
+        .start_workflow(NS, start_request("fails"))
+        .await
+        .expect("starts");
+    let failure = json!({"type": "NonDeterministicReplay", "message": "condition_wait_occurrence_id_missing"});
+    for attempt in 1..=2u32 {
+        if attempt > 1 {
+            h.clock.advance(Duration::from_secs(2));
+        }
+        let task = wait_wf(&h.engine).await;
+        h.engine
+            .fail_workflow_task(
+                NS,
+                &task.task_id,
+                WORKER,
+                task.workflow_task_attempt,
+                &failure,
+            )
+            .await
+            .expect("failure accepted");
+        let run = h
+            .engine
+            .describe(NS, "fails", None)
+            .await
+            .expect("describes")
+            .run;
+        let seen = run
+            .workflow_task_failure
+            .expect("the failure is on the run");
+        assert_eq!(seen.failures, attempt);
+        assert_eq!(seen.failure_type, "NonDeterministicReplay");
+        assert_eq!(seen.message, "condition_wait_occurrence_id_missing");
+    }
+    h.clock.advance(Duration::from_secs(4));
+    let task = wait_wf(&h.engine).await;
+    complete(
+        &h.engine,
+        &task,
+        vec![json!({"type": "start_timer", "delay_seconds": 60})],
+    )
+    .await;
+    let run = h
+        .engine
+        .describe(NS, "fails", None)
+        .await
+        .expect("describes")
+        .run;
+    assert!(
+        run.workflow_task_failure.is_none(),
+        "a completion clears it"
+    );
 }

@@ -204,9 +204,16 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
         RunStatus::Waiting if !run.waits.timers.is_empty() => {
             (json!("timer"), json!("waiting for a durable timer"))
         }
+        RunStatus::Waiting if !run.waits.signal_waits.is_empty() => {
+            (json!("signal"), json!("waiting for a signal"))
+        }
         RunStatus::Waiting if run.waits.condition.is_some() => (
             json!("condition"),
             json!("waiting for a condition (signals and updates wake it)"),
+        ),
+        RunStatus::Pending | RunStatus::Running if run.workflow_task_failure.is_some() => (
+            json!("workflow_task"),
+            json!("workflow task failing; retried with backoff (see workflow_task_failure)"),
         ),
         RunStatus::Pending | RunStatus::Running => (
             json!("workflow_task"),
@@ -244,6 +251,12 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
         "wait_kind": wait_kind,
         "wait_reason": wait_reason,
         "history_event_count": run.last_event_seq,
+        "workflow_task_failure": run.workflow_task_failure.as_ref().map(|f| json!({
+            "failure_count": f.failures,
+            "failure_type": f.failure_type,
+            "message": f.message,
+            "last_failed_at": format_timestamp(f.at_ms),
+        })),
         "actions": {
             "can_signal": !terminal && view.is_current_run, "can_query": true,
             "can_update": !terminal && view.is_current_run,

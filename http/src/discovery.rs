@@ -21,6 +21,7 @@ pub const SUPPORTED_COMMANDS: &[&str] = &[
     "continue_as_new",
     "start_timer",
     "open_condition_wait",
+    "open_signal_wait",
     "record_side_effect",
     "record_version_marker",
     "upsert_search_attributes",
@@ -29,6 +30,32 @@ pub const SUPPORTED_COMMANDS: &[&str] = &[
     "complete_update",
     "fail_update",
 ];
+
+/// Worker-registration capabilities Keel honours; a registration's reply echoes those
+/// of its request found here (the Rust SDK confirms a feature only from that echo).
+pub const WORKER_CAPABILITIES: &[&str] = &[
+    "condition_wait_occurrence_identity",
+    "local_activities",
+    "memo_upserts",
+    "query_tasks",
+    "sticky_execution",
+    "typed_search_attributes",
+    "workflow_updates",
+];
+
+/// Portable worker-affinity features as the registration reply's `capability_manifest`
+/// states them (worker protocol 1.18): what Keel does for every worker, whatever it asked.
+pub fn worker_capability_manifest() -> Value {
+    json!({
+        "sticky_execution": {"supported": true, "minimum_protocol_version": "1.18"},
+        "local_activities": {"supported": true, "minimum_protocol_version": "1.18"},
+        "worker_sessions": {
+            "supported": false,
+            "minimum_protocol_version": "1.18",
+            "reason": "worker_sessions_not_implemented",
+        },
+    })
+}
 
 /// The limits Keel enforces.
 pub const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;

@@ -267,6 +267,12 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
                     reason = e.reason,
                     "request failed"
                 );
+            } else {
+                tracing::debug!(
+                    status = e.status.as_u16(),
+                    reason = e.reason,
+                    "request refused"
+                );
             }
             let mut body = e.body();
             if plane == Some(Plane::Worker) {
@@ -284,11 +290,10 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
             )
         }
     };
-    crate::metrics::record_request(
-        op.map(Op::name).as_deref().unwrap_or("unmatched"),
-        status.as_u16(),
-        started.elapsed(),
-    );
+    let op_name = op.map(Op::name);
+    let op_name = op_name.as_deref().unwrap_or("unmatched");
+    crate::metrics::record_request(op_name, status.as_u16(), started.elapsed());
+    tracing::trace!(op = op_name, status = status.as_u16(), "request");
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::discovery::{worker_capability_manifest, WORKER_CAPABILITIES};
 use crate::error::ApiError;
 use crate::router::Op;
 use crate::server::{AppState, Call, Reply, WorkerReply};
@@ -103,7 +104,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::HeartbeatWorkflowTask => {
             let (owner, attempt) = workflow_lease(&call)?;
             let task_id = call.param(0);
-            let expires = state
+            let (expires, run_status) = state
                 .engine
                 .heartbeat_workflow_task(&call.namespace, task_id, &owner, attempt)
                 .await?;
@@ -113,6 +114,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 json!({
                     "task_id": task_id, "lease_owner": owner, "workflow_task_attempt": attempt, "renewed": true,
                     "lease_expires_at": format_timestamp(expires), "task_status": "leased", "reason": null,
+                    "run_status": run_status.as_str(), "cancellation_request": null,
                 }),
             )
         }
@@ -315,12 +317,19 @@ async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         .engine
         .declare_command_contracts(&call.namespace, &saved.task_queue, &contracts)
         .await?;
+    let accepted: Vec<&String> = saved
+        .capabilities
+        .iter()
+        .filter(|c| WORKER_CAPABILITIES.contains(&c.as_str()))
+        .collect();
     reply(
         state,
         StatusCode::CREATED,
         json!({
             "worker_id": saved.worker_id, "registered": true, "namespace": saved.namespace,
             "task_queue": saved.task_queue, "heartbeat_interval_seconds": HEARTBEAT_INTERVAL_SECONDS,
+            "build_id": saved.build_id, "capabilities": accepted,
+            "capability_manifest": worker_capability_manifest(),
         }),
     )
 }

@@ -473,3 +473,44 @@ async fn metrics_scrape_has_the_named_series() {
         "unauthorized",
     );
 }
+
+#[tokio::test]
+async fn registration_reply_confirms_what_keel_honours_of_the_workers_request() {
+    let s = start(TOKENS, None).await;
+    let r = worker(
+        &s,
+        "wk",
+        "default",
+        "POST",
+        "/api/worker/register",
+        Some(&json!({
+            "worker_id": "w-rust", "task_queue": "q", "runtime": "rust", "build_id": "b-7",
+            "capabilities": ["sticky_execution", "local_activities", "worker_sessions",
+                             "condition_wait_occurrence_identity", "message_streams"],
+        })),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    let body = r.json();
+    // The Rust SDK confirms sticky execution and local activities from exactly these.
+    assert_eq!(body["build_id"], "b-7");
+    assert_eq!(body["namespace"], "default");
+    assert_eq!(body["task_queue"], "q");
+    assert_eq!(
+        body["capabilities"],
+        json!([
+            "sticky_execution",
+            "local_activities",
+            "condition_wait_occurrence_identity"
+        ]),
+        "only what Keel honours is echoed"
+    );
+    let manifest = &body["capability_manifest"];
+    assert_eq!(manifest["sticky_execution"]["supported"], true);
+    assert_eq!(manifest["local_activities"]["supported"], true);
+    assert_eq!(manifest["worker_sessions"]["supported"], false);
+    assert_eq!(
+        body["server_capabilities"]["sticky_execution"]["supported"],
+        true
+    );
+}

@@ -218,7 +218,8 @@ def test_history_export_bundle_verifies_and_matches_the_schema(keel: KeelServer,
     assert bundle["workflow"]["status"] == "completed"
     assert bundle["history_complete"] is True
     assert bundle["workflow"]["memo"] == {"owner": "ops"}
-    types = [e["type"] for e in bundle["history_events"]]
+    types = [e["event_type"] for e in bundle["history_events"]]
+    assert all("type" not in e for e in bundle["history_events"])
     assert types == ["WorkflowStarted", "ActivityScheduled", "ActivityCompleted", "WorkflowCompleted"]
     assert [e["sequence"] for e in bundle["history_events"]] == [1, 2, 3, 4]
     assert bundle["payloads"]["output"]["available"] is True

@@ -119,9 +119,8 @@ def test_condition_wait_times_out_without_taking_a_sequence(keel: KeelServer) ->
             events = await history_events(client, handle.workflow_id, handle.run_id)
             opened = [e["payload"] for e in events if e["event_type"] == "ConditionWaitOpened"]
             assert len(opened) == 1 and opened[0]["sequence"] == 1 and opened[0]["timeout_seconds"] == 1
-            fired = [e["payload"] for e in events if e["event_type"] == "TimerFired"]
-            timeout = [p for p in fired if p.get("timer_kind") == "condition_timeout"]
-            assert len(timeout) == 1, fired
+            timeout = [e["payload"] for e in events if e["event_type"] == "ConditionWaitTimedOut"]
+            assert len(timeout) == 1, events
             assert timeout[0]["condition_wait_id"] == opened[0]["condition_wait_id"]
             assert timeout[0]["sequence"] == 1
             # The plain timer after the wait takes sequence 2: the timeout took no slot.
@@ -153,9 +152,7 @@ def test_condition_wait_satisfied_before_its_timeout(keel: KeelServer) -> None:
 
             assert result == {"came": True}
             events = await history_events(client, handle.workflow_id, handle.run_id)
-            assert not [
-                e for e in events if e["payload"].get("timer_kind") == "condition_timeout"
-            ], "the satisfied wait's timeout must not fire"
+            assert "ConditionWaitTimedOut" not in event_types(events), "the satisfied wait's timeout must not fire"
 
     asyncio.run(scenario())
 

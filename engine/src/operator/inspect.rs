@@ -128,13 +128,26 @@ pub(crate) async fn failure_evidence(
             None => {}
         }
     }
-    if let Some(task_id) = &run.workflow_task {
+    if let Some(f) = &run.workflow_task_failure {
+        let kind = if f.failure_type.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", f.failure_type)
+        };
+        consider(item(
+            f.at_ms,
+            format!(
+                "workflow task failed {} time(s){kind}: {}",
+                f.failures, f.message
+            ),
+        ));
+    } else if let Some(task_id) = &run.workflow_task {
         if let Some(task) =
             tables::get_snapshot::<TaskRecord>(txn, &tables::task_key(task_id)).await?
         {
             if task.failures > 0 {
-                // The failure time is not kept; the task's last ready time is the
-                // nearest known instant.
+                // A record from before failures were kept on the run: the task's last
+                // ready time is the nearest known instant.
                 consider(item(
                     task.ready_at_ms,
                     format!("workflow task failed {} time(s)", task.failures),

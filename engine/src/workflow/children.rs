@@ -78,6 +78,8 @@ pub(super) fn create_run(
         priority: new.priority,
         build_id: new.build_id,
         memo: new.memo,
+        memo_blob: None,
+        workflow_task_failure: None,
         search_attributes: new.search_attributes,
         started_at_ms: now,
         closed_at_ms: None,

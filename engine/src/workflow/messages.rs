@@ -472,7 +472,7 @@ impl Engine {
                 run.deferred_signals += 1;
             } else {
                 flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
-                history::append(txn.as_mut(), &mut run, "SignalReceived", payload, now, None);
+                waits::record_signal(txn.as_mut(), &mut run, payload, now);
                 ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
             }
             tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
@@ -747,7 +747,7 @@ pub(crate) async fn flush_deferred_signals(
         return Ok(false);
     }
     for payload in deferred_signals(txn, run).await? {
-        history::append(txn, run, "SignalReceived", payload, now, None);
+        waits::record_signal(txn, run, payload, now);
     }
     txn.clear_range(&tables::deferred_signals_range(&run.namespace, &run.run_id));
     run.deferred_signals = 0;

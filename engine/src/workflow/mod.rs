@@ -512,6 +512,8 @@ pub(crate) async fn start_in_txn(
         priority: req.priority,
         build_id: req.build_id.clone(),
         memo: req.memo.clone(),
+        memo_blob: None,
+        workflow_task_failure: None,
         search_attributes: req.search_attributes.clone(),
         started_at_ms: now,
         closed_at_ms: None,

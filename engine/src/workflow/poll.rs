@@ -369,25 +369,30 @@ impl Engine {
         .await
     }
 
-    /// Renews a workflow task lease; returns the new expiry.
+    /// Renews a workflow task lease; returns the new expiry and the run's status (the
+    /// Rust SDK keeps a claim only while the run is still open).
     pub async fn heartbeat_workflow_task(
         &self,
         ns: &str,
         task_id: &str,
         owner: &str,
         attempt: u32,
-    ) -> Result<Millis> {
+    ) -> Result<(Millis, RunStatus)> {
         let now = self.now_ms();
         let lease_ms = self.inner.config.workflow_task_lease.as_millis() as Millis;
         self.transact(move |mut txn, fx| async move {
             let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
             check_workflow_lease(&task, owner, attempt, now)?;
+            let run: RunRecord =
+                tables::get_snapshot(txn.as_mut(), &tables::run_key(ns, &task.run_id))
+                    .await?
+                    .ok_or_else(|| Error::corrupt("task without run"))?;
             let expires = now + lease_ms;
             if let Some(lease) = task.lease.as_mut() {
                 lease.expires_at_ms = expires;
             }
             tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
-            Ok((txn, (expires, fx)))
+            Ok((txn, ((expires, run.status), fx)))
         })
         .await
     }

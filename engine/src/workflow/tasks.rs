@@ -2,6 +2,7 @@
 
 use super::commands::{apply_command, is_terminal_command};
 use super::*;
+use crate::model::WorkflowTaskFailure;
 
 impl Engine {
     /// Completes a workflow task with its commands.
@@ -69,6 +70,7 @@ impl Engine {
                     run.status = RunStatus::Waiting;
                 }
             }
+            run.workflow_task_failure = None;
             tables::put(txn.as_mut(), &rkey, &run)?;
             let outcome = TaskOutcome {
                 task_id: task_id.to_string(),
@@ -102,8 +104,9 @@ impl Engine {
             check_workflow_lease(&task, owner, attempt, now)?;
             let rkey = tables::run_key(ns, &task.run_id);
             let mut run: RunRecord = tables::get(txn.as_mut(), &rkey).await?.ok_or_else(|| Error::corrupt("task without run"))?;
-            // The next attempt decides with the signals deferred during this one.
-            let signalled = flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
+            // The next attempt decides with the signals deferred during this one; the run
+            // record is written on both paths below.
+            flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
             let mut next_task_id = None;
             let outcome = if waiting {
                 let grew = run.last_event_seq > task.history_seen;
@@ -123,16 +126,22 @@ impl Engine {
                 let backoff_s = 1i64 << (task.failures - 1).min(6);
                 let action = TimerAction::TaskBackoff { task_id: task_id.to_string() };
                 let timer = Self::put_timer(txn.as_mut(), now + backoff_s.min(60) * 1000, &action, &mut fx)?;
-                let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
+                let text = |k: &str| failure.get(k).and_then(Value::as_str).unwrap_or("");
+                let failure_type = text("type");
                 tracing::warn!(task_id, run_id = %task.run_id, failures = task.failures, failure_type,
                     "workflow task failed; retrying after backoff");
                 task.status = TaskStatus::Backoff;
                 task.lease = None;
                 task.backoff_timer = Some(timer);
                 tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
-                if signalled {
-                    tables::put(txn.as_mut(), &rkey, &run)?;
-                }
+                let message = if text("message").is_empty() { text("reason") } else { text("message") };
+                run.workflow_task_failure = Some(WorkflowTaskFailure {
+                    failures: task.failures,
+                    failure_type: failure_type.to_string(),
+                    message: crate::operator::truncate_message(message),
+                    at_ms: now,
+                });
+                tables::put(txn.as_mut(), &rkey, &run)?;
                 "failed"
             };
             let result = TaskOutcome {

@@ -4,8 +4,10 @@
 //!
 //! Sequence numbering (sdk-protocol §8.5): every sequenced command of a completion takes
 //! `run.last_workflow_sequence + 1`, in command order, exactly as the SDK computes it.
-//! Internal timers (a condition's timeout) take no sequence of their own: their
-//! `TimerFired` carries the wait's sequence plus `timer_kind: "condition_timeout"`.
+//! A condition's timeout takes no sequence of its own: it is recorded as
+//! `ConditionWaitTimedOut` at the wait's sequence, as the upstream server does (both SDKs
+//! read it; the Rust SDK refuses a condition-timeout `TimerFired` that has no
+//! `TimerScheduled`).
 //!
 //! Condition waits (sdk-protocol §8.4): the SDK re-sends `open_condition_wait` after every
 //! wake that leaves the predicate false, and replay treats that chain of physical waits
@@ -15,13 +17,13 @@
 
 use super::*;
 use crate::avro::{self, AvroValue};
-use crate::model::{ClosedTaskRecord, OpenCondition, OpenTimer, UpdateRecord, UpdateStatus};
+use crate::model::{
+    ClosedTaskRecord, OpenCondition, OpenSignalWait, OpenTimer, UpdateRecord, UpdateStatus,
+};
 
 /// `timer_kind` of a workflow's own timers. Naming it keeps the SDK from reading a timer
 /// that follows a condition wait as a legacy, metadata-poor condition timeout.
 const WORKFLOW_TIMER_KIND: &str = "workflow_timer";
-/// `timer_kind` of a condition's timeout.
-const CONDITION_TIMEOUT_KIND: &str = "condition_timeout";
 /// A condition timeout due while a workflow task is leased waits this long and looks
 /// again: the leased task's completion may satisfy or reopen the wait, and a timeout
 /// recorded behind the worker's back would contradict the commands it is about to send.
@@ -41,6 +43,7 @@ pub(super) fn handles(kind: &str) -> bool {
         kind,
         "start_timer"
             | "open_condition_wait"
+            | "open_signal_wait"
             | "record_side_effect"
             | "record_version_marker"
             | "upsert_search_attributes"
@@ -76,6 +79,7 @@ pub(super) async fn apply(
     match kind {
         "start_timer" => start_timer(txn, run, cmd, task_id, now, fx),
         "open_condition_wait" => open_condition_wait(txn, run, cmd, task_id, now, fx),
+        "open_signal_wait" => open_signal_wait(txn, run, cmd, task_id, now).await,
         "record_side_effect" => {
             let result = match cmd.get("result") {
                 Some(v @ (Value::String(_) | Value::Object(_))) => v.clone(),
@@ -232,6 +236,7 @@ fn open_condition_wait(
 ) -> Result<()> {
     let condition_key = opt_str(cmd, "condition_key");
     let fingerprint = opt_str(cmd, "condition_definition_fingerprint");
+    let occurrence_id = opt_str(cmd, "condition_wait_occurrence_id");
     let timeout_seconds = match cmd.get("timeout_seconds") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -244,7 +249,7 @@ fn open_condition_wait(
     };
     let sequence = next_sequence(run);
     let condition_wait_id = ids::new_id(now);
-    let payload = merge(
+    let mut payload = merge(
         json!({
             "condition_wait_id": condition_wait_id,
             "sequence": sequence,
@@ -254,6 +259,9 @@ fn open_condition_wait(
         }),
         &group_fields(cmd),
     );
+    if let Some(occurrence) = &occurrence_id {
+        payload["condition_wait_occurrence_id"] = json!(occurrence);
+    }
     history::append(txn, run, "ConditionWaitOpened", payload, now, Some(task_id));
     let previous = run.waits.condition.take();
     let timer = match previous {
@@ -283,10 +291,132 @@ fn open_condition_wait(
         sequence,
         condition_key,
         condition_definition_fingerprint: fingerprint,
+        condition_wait_occurrence_id: occurrence_id,
+        timeout_seconds,
         opened_by_task: task_id.to_string(),
         timer,
     });
     Ok(())
+}
+
+/// `open_signal_wait` (the Rust SDK's `wait_signal`): records `SignalWaitOpened` at the
+/// next sequence; the oldest buffered signal of the name, if any, is applied at once,
+/// otherwise the next one recorded is (see [`record_signal`]).
+async fn open_signal_wait(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    cmd: &Map<String, Value>,
+    task_id: &str,
+    now: Millis,
+) -> Result<()> {
+    let signal_name = opt_str(cmd, "signal_name")
+        .ok_or_else(|| invalid_commands("open_signal_wait needs a signal_name"))?;
+    let sequence = next_sequence(run);
+    let wait = OpenSignalWait {
+        signal_wait_id: ids::new_id(now),
+        sequence,
+        signal_name,
+    };
+    let payload = merge(
+        json!({
+            "sequence": sequence,
+            "signal_wait_id": wait.signal_wait_id,
+            "signal_name": wait.signal_name,
+        }),
+        &group_fields(cmd),
+    );
+    history::append(txn, run, "SignalWaitOpened", payload, now, Some(task_id));
+    let tally = run
+        .waits
+        .signal_tallies
+        .get(&wait.signal_name)
+        .copied()
+        .unwrap_or_default();
+    if tally.received > tally.applied {
+        let signal = nth_signal(txn, run, &wait.signal_name, tally.applied + 1).await?;
+        apply_signal(txn, run, &wait, &signal, now);
+        run.waits.signal_applied_in_completion = true;
+    } else {
+        run.waits.signal_waits.push(wait);
+    }
+    Ok(())
+}
+
+/// Records a `SignalReceived` and hands the signal to the oldest open wait for its name.
+pub(crate) fn record_signal(txn: &mut dyn KvTxn, run: &mut RunRecord, payload: Value, now: Millis) {
+    let name = payload["signal_name"].as_str().unwrap_or_default();
+    run.waits
+        .signal_tallies
+        .entry(name.to_string())
+        .or_default()
+        .received += 1;
+    let waiting = run
+        .waits
+        .signal_waits
+        .iter()
+        .position(|w| w.signal_name == name);
+    let wait = waiting.map(|i| run.waits.signal_waits.remove(i));
+    let applied = wait.as_ref().map(|_| payload.clone());
+    history::append(txn, run, "SignalReceived", payload, now, None);
+    if let (Some(wait), Some(signal)) = (wait, applied) {
+        apply_signal(txn, run, &wait, &signal, now);
+    }
+}
+
+/// Records `signal` (a `SignalReceived` payload) as applied to `wait`.
+fn apply_signal(
+    txn: &mut dyn KvTxn,
+    run: &mut RunRecord,
+    wait: &OpenSignalWait,
+    signal: &Value,
+    now: Millis,
+) {
+    run.waits
+        .signal_tallies
+        .entry(wait.signal_name.clone())
+        .or_default()
+        .applied += 1;
+    let payload = json!({
+        "sequence": wait.sequence,
+        "signal_wait_id": wait.signal_wait_id,
+        "signal_name": wait.signal_name,
+        "signal_id": signal["signal_id"],
+        "arguments": signal["arguments"],
+        "payload_codec": signal["payload_codec"],
+    });
+    history::append(txn, run, "SignalApplied", payload, now, None);
+}
+
+/// The payload of the `n`th (1-based) `SignalReceived` of `name` in the run's history.
+async fn nth_signal(txn: &mut dyn KvTxn, run: &RunRecord, name: &str, n: u64) -> Result<Value> {
+    let mut seen = 0;
+    let mut from = 1;
+    while from <= run.last_event_seq {
+        let page = history::read_page_in(
+            txn,
+            &run.namespace,
+            &run.run_id,
+            from,
+            run.last_event_seq,
+            500,
+        )
+        .await?;
+        for raw in &page.events {
+            let event: Value = serde_json::from_str(raw.get())
+                .map_err(|_| Error::corrupt("undecodable history event"))?;
+            if event["event_type"] == "SignalReceived" && event["payload"]["signal_name"] == name {
+                seen += 1;
+                if seen == n {
+                    return Ok(event["payload"].clone());
+                }
+            }
+        }
+        if page.events.is_empty() {
+            break;
+        }
+        from = page.last_seq + 1;
+    }
+    Err(Error::corrupt("a buffered signal is missing from history"))
 }
 
 /// The memo keys the SDK allows: `^(?!-?[0-9]+$)[A-Za-z0-9_.:-]{1,64}$`.
@@ -334,15 +464,14 @@ fn upsert_memo(
         return Err(invalid_commands(format!("memo key '{bad}' is not allowed")));
     }
     // The merged memo, sorted by key like the SDK's canonical maps; null deletes.
-    let mut merged: std::collections::BTreeMap<String, AvroValue> = run
-        .memo
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), AvroValue::from_json(v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let base = match run.memo_blob.as_deref().map(avro::decode_blob) {
+        Some(Ok(AvroValue::Map(entries))) => entries,
+        _ => match AvroValue::from_json(&run.memo) {
+            AvroValue::Map(entries) => entries,
+            _ => Vec::new(),
+        },
+    };
+    let mut merged: std::collections::BTreeMap<String, AvroValue> = base.into_iter().collect();
     for (k, v) in &entries {
         if *v == AvroValue::Null {
             merged.remove(k);
@@ -357,12 +486,14 @@ fn upsert_memo(
     }
     let merged = AvroValue::Map(merged.into_iter().collect());
     run.memo = merged.to_json();
+    let merged_blob = avro::encode_blob(&merged);
+    run.memo_blob = Some(merged_blob.clone());
     let sequence = next_sequence(run);
     // Replay requires both envelopes to be exactly `{codec, blob}`.
     let payload = json!({
         "sequence": sequence,
         "entries": {"codec": "avro", "blob": blob},
-        "merged": avro::envelope(&merged),
+        "merged": {"codec": "avro", "blob": merged_blob},
     });
     history::append(txn, run, "MemoUpserted", payload, now, Some(task_id));
     Ok(())
@@ -411,7 +542,9 @@ pub(super) fn end_completion(txn: &mut dyn KvTxn, run: &mut RunRecord, task: &Ta
 
 /// Whether the run needs a new workflow task after `task` closed, besides history growth.
 pub(super) fn needs_task(run: &RunRecord, task: &TaskRecord) -> bool {
-    task.workflow_update_id.is_some() || !run.waits.pending_updates.is_empty()
+    task.workflow_update_id.is_some()
+        || !run.waits.pending_updates.is_empty()
+        || run.waits.signal_applied_in_completion
 }
 
 /// Ends the run's waits when it closes: deletes timer rows, fails accepted updates and
@@ -561,16 +694,19 @@ pub(crate) async fn fire(
                 .take()
                 .expect("invariant: checked present above");
             // The wait's own sequence: the timeout takes no command slot.
-            let payload = json!({
+            let mut payload = json!({
                 "sequence": wait.sequence,
                 "timer_id": timer.timer_id,
-                "timer_kind": CONDITION_TIMEOUT_KIND,
                 "condition_wait_id": wait.condition_wait_id,
                 "condition_key": wait.condition_key,
                 "condition_definition_fingerprint": wait.condition_definition_fingerprint,
-                "fired_at": format_timestamp(now),
+                "timeout_seconds": wait.timeout_seconds,
+                "timed_out_at": format_timestamp(now),
             });
-            history::append(txn, &mut run, "TimerFired", payload, now, None);
+            if let Some(occurrence) = &wait.condition_wait_occurrence_id {
+                payload["condition_wait_occurrence_id"] = json!(occurrence);
+            }
+            history::append(txn, &mut run, "ConditionWaitTimedOut", payload, now, None);
             ensure_workflow_task(txn, &mut run, now, fx)?;
             tables::put(txn, &key, &run)
         }
