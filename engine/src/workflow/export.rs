@@ -153,6 +153,18 @@ async fn events_between(
     Ok(out)
 }
 
+/// An event as the export bundle carries it: its type under `type` alone. The Python
+/// SDK's bundle verifier requires `type`; the Rust SDK reads `type` as an alias of
+/// `event_type` and refuses an event with both.
+fn exported_event(mut event: Value) -> Value {
+    if let Some(map) = event.as_object_mut() {
+        if let Some(kind) = map.remove("event_type") {
+            map.insert("type".into(), kind);
+        }
+    }
+    event
+}
+
 fn is_failure_event(event_type: &str) -> bool {
     event_type.ends_with("Failed") || event_type.ends_with("TimedOut")
 }
@@ -361,7 +373,7 @@ impl Engine {
                 "timers_projection_source": "run_record",
                 "lineage_projection_source": "run_record",
             },
-            "history_events": events,
+            "history_events": events.into_iter().map(exported_event).collect::<Vec<_>>(),
             "commands": [],
             "signals": [],
             "updates": [],
