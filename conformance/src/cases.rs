@@ -7,8 +7,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_engine::storage::retry::{self, RetryPolicy};
-use keel_engine::storage::{
+use keel_storage::retry::{self, RetryPolicy};
+use keel_storage::{
     decode_counter, CommitInfo, KeyRange, KvStore, KvTxn, ReadOptions, StorageError, Version,
     MAX_KEY_BYTES, MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use keel_engine::clock::{Clock, ManualClock};
 use keel_engine::model::{RunStatus, TaskKind, TaskRecord, WorkerRecord};
-use keel_engine::storage::{KeyRange, KvStore, ReadOptions};
 use keel_engine::workflow::{DuplicatePolicy, Poll, StartWorkflow};
 use keel_engine::{Engine, EngineConfig, Error};
+use keel_storage::{KeyRange, KvStore, ReadOptions};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

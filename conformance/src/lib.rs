@@ -1,5 +1,5 @@
 //! The storage conformance suite: every Keel backend is held to the contract of
-//! [`keel_engine::storage`] by the same cases.
+//! [`keel_storage`] by the same cases.
 //!
 //! This is an ordinary public crate, not `cfg(test)` code, so a backend in another
 //! repository can run the suite too. A backend provides a [`StoreFactory`] and stamps out
@@ -8,7 +8,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use keel_conformance::{conformance_suite, EnforcedLimits, Fixture, StoreFactory};
-//! use keel_engine::storage::{memory::MemoryStore, Result};
+//! use keel_storage::{memory::MemoryStore, Result};
 //!
 //! struct MemoryFactory;
 //!
@@ -27,7 +27,7 @@
 //!
 //! Each case is also a plain `pub async fn` in [`cases`], taking `&dyn StoreFactory`, for
 //! callers that want to run one under their own harness (for example with faults on).
-//! Cases that depend on a capability ([`keel_engine::storage::Capabilities`] or
+//! Cases that depend on a capability ([`keel_storage::Capabilities`] or
 //! [`EnforcedLimits`]) return early, passing, where it does not apply.
 
 #![warn(missing_docs)]
@@ -36,9 +36,10 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
-use keel_engine::storage::{KvStore, Result, StorageError};
+use keel_storage::{KvStore, Result, StorageError};
 
 pub mod cases;
+#[cfg(feature = "engine-model")]
 pub mod engine_model;
 
 /// Where a store lives, kept opaque to the suite: the factory puts whatever it needs to
@@ -101,7 +102,10 @@ pub trait StoreFactory: Send + Sync {
     /// dropped. Called only when the store's capabilities say `reopenable`.
     fn reopen(&self, location: &Location) -> Result<Arc<dyn KvStore>> {
         let _ = location;
-        Err(StorageError::NotImplemented("StoreFactory::reopen"))
+        Err(StorageError::NotImplemented {
+            backend: "this factory",
+            operation: "StoreFactory::reopen",
+        })
     }
 
     /// The limits this backend enforces; the limit cases check only these.

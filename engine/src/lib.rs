@@ -1,4 +1,4 @@
-//! Keel's engine: the storage contract and its domain tables, workflow semantics,
+//! Keel's engine: the domain tables over the storage contract (`keel-storage`), workflow semantics,
 //! the matching and lease core, and the durable timer service. No HTTP, no backend code.
 #![warn(missing_docs)]
 
@@ -17,12 +17,14 @@ pub mod namespaces;
 pub mod operator;
 pub mod queries;
 pub mod schedules;
-pub mod storage;
 pub mod sync;
 pub mod system;
 pub mod tables;
 pub mod timers;
 pub mod workflow;
+
+/// The storage contract the engine is built on (the `keel-storage` crate).
+pub use keel_storage as storage;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, RejectKind, Result};

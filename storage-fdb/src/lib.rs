@@ -1,8 +1,8 @@
 //! Keel's FoundationDB backend: several Keel nodes share one FoundationDB cluster.
 //!
 //! Not yet implemented: this crate reserves its place in the workspace. The storage
-//! contract in `keel_engine::storage` already respects FoundationDB's limits (5 s and
-//! 10 MB transactions, 100 kB values), and `keel_engine::storage::simulated` exercises
+//! contract in `keel_storage` already respects FoundationDB's limits (5 s and
+//! 10 MB transactions, 100 kB values), and `keel_storage::simulated` exercises
 //! the engine under them, so the backend maps the contract one-to-one onto FDB
 //! transactions. The client library is opt-in behind the `fdb` feature.
 #![warn(missing_docs)]

@@ -52,10 +52,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use keel_engine::storage::occ::{
+use keel_storage::occ::{
     CommitRequest, CommittedReader, Committer, ConflictTracker, OccTxn, Watches, Write,
 };
-use keel_engine::storage::{
+use keel_storage::{
     decode_counter, Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, Result,
     StorageError, Version, WatchFuture, MAX_KEY_BYTES,
 };
@@ -732,7 +732,7 @@ fn add_counters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keel_engine::storage::ReadOptions;
+    use keel_storage::ReadOptions;
 
     fn open(dir: &Path) -> RocksStore {
         RocksStore::open(dir, RocksOptions::default()).expect("open")

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keel_conformance::{conformance_suite, EnforcedLimits, Fixture, Location, StoreFactory};
-use keel_engine::storage::{KvStore, Result, StorageError};
+use keel_storage::{KvStore, Result, StorageError};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use tempfile::TempDir;
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use keel_conformance::block_on;
 use keel_conformance::engine_model::{check_engine_model, steps};
-use keel_engine::storage::KvStore;
+use keel_storage::KvStore;
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use proptest::prelude::*;
 

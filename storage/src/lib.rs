@@ -70,8 +70,10 @@ pub const MAX_TXN_DURATION: Duration = Duration::from_secs(5);
 /// A monotonically increasing commit version. Version 0 is the empty store.
 pub type Version = u64;
 
-/// Everything a storage operation can fail with.
+/// Everything a storage operation can fail with. Non-exhaustive: a later contract may
+/// add kinds, so callers match the ones they handle and treat the rest as fatal.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StorageError {
     /// Another transaction wrote something this one read; nothing was written.
     #[error("transaction conflict")]
@@ -92,8 +94,13 @@ pub enum StorageError {
     #[error("storage corruption: {0}")]
     Corruption(String),
     /// The backend does not implement this operation (porting skeleton).
-    #[error("not implemented by this backend: {0}")]
-    NotImplemented(&'static str),
+    #[error("{operation} is not implemented by the {backend} backend")]
+    NotImplemented {
+        /// The backend's name, e.g. `not_implemented`.
+        backend: &'static str,
+        /// The operation, e.g. `KvTxn::get`.
+        operation: &'static str,
+    },
     /// An I/O or backend-internal error, with its source kept.
     #[error("storage backend error")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -23,7 +23,7 @@ impl KvStore for NotImplementedStore {
         Ok(Box::new(NotImplementedTxn))
     }
     fn watch(&self, _key: &[u8], _since: Version) -> WatchFuture {
-        Box::pin(async { Err(StorageError::NotImplemented("KvStore::watch")) })
+        Box::pin(async { Err(not_implemented("KvStore::watch")) })
     }
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -33,7 +33,7 @@ impl KvStore for NotImplementedStore {
         }
     }
     async fn shutdown(&self) -> Result<()> {
-        Err(StorageError::NotImplemented("KvStore::shutdown"))
+        Err(not_implemented("KvStore::shutdown"))
     }
 }
 
@@ -43,13 +43,13 @@ impl KvTxn for NotImplementedTxn {
         0
     }
     async fn get(&mut self, _key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Err(StorageError::NotImplemented("KvTxn::get"))
+        Err(not_implemented("KvTxn::get"))
     }
     async fn get_snapshot(&mut self, _key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Err(StorageError::NotImplemented("KvTxn::get_snapshot"))
+        Err(not_implemented("KvTxn::get_snapshot"))
     }
     async fn get_range(&mut self, _range: &KeyRange, _opts: ReadOptions) -> Result<Vec<KeyValue>> {
-        Err(StorageError::NotImplemented("KvTxn::get_range"))
+        Err(not_implemented("KvTxn::get_range"))
     }
     fn set(&mut self, _key: &[u8], _value: &[u8]) {}
     fn clear(&mut self, _key: &[u8]) {}
@@ -57,6 +57,17 @@ impl KvTxn for NotImplementedTxn {
     fn atomic_add(&mut self, _key: &[u8], _delta: i64) {}
     fn add_read_conflict(&mut self, _key: &[u8]) {}
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {
-        Err(StorageError::NotImplemented("KvTxn::commit"))
+        Err(not_implemented("KvTxn::commit"))
     }
 }
+
+/// The error every operation of the skeleton answers: rename `BACKEND` in your copy.
+fn not_implemented(operation: &'static str) -> StorageError {
+    StorageError::NotImplemented {
+        backend: BACKEND,
+        operation,
+    }
+}
+
+/// The backend name errors carry.
+const BACKEND: &str = "not_implemented";

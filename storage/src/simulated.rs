@@ -414,7 +414,7 @@ impl KvStore for SimulatedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+    use crate::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
     async fn read(store: &SimulatedStore, key: &[u8]) -> Option<Vec<u8>> {
         let mut txn = store.begin().await.expect("begin");
