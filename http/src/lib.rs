@@ -3,24 +3,15 @@
 #![warn(missing_docs)]
 
 mod auth;
-mod commands;
-mod control;
+pub mod call;
 mod discovery;
 pub mod error;
-mod fleet;
 mod gates;
+mod handlers;
 pub mod metrics;
-mod namespaces;
-mod operator;
-mod probes;
-mod query_tasks;
-mod reads;
 mod router;
-mod schedules;
 pub mod server;
-mod system;
 mod validate;
-mod worker;
 
 pub use auth::{AuthConfig, Role};
 pub use gates::NodeRoles;

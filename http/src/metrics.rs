@@ -30,7 +30,7 @@ use std::time::Duration;
 use keel_engine::model::TaskKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::server::AppState;
+use keel_engine::Engine;
 
 /// Most queues with their own backlog series (per kind).
 pub const MAX_QUEUE_SERIES: usize = 50;
@@ -103,7 +103,7 @@ fn kind_label(kind: TaskKind) -> &'static str {
 }
 
 /// Renders the whole scrape: the registry, then the sampled series.
-pub async fn scrape(state: &AppState) -> String {
+pub async fn scrape(engine: &Engine, storage_stats: Option<&StatsSource>) -> String {
     let mut out = match handle() {
         Some(h) => {
             h.run_upkeep();
@@ -111,7 +111,7 @@ pub async fn scrape(state: &AppState) -> String {
         }
         None => String::new(),
     };
-    if let Some(stats) = state.storage_stats() {
+    if let Some(stats) = storage_stats {
         let s = stats();
         let mean = if s.batches == 0 {
             0.0
@@ -138,12 +138,11 @@ pub async fn scrape(state: &AppState) -> String {
             s.batches, s.commits, s.conflicts, s.largest_batch
         );
     }
-    render_backlog(state, &mut out).await;
+    render_backlog(engine, &mut out).await;
     out
 }
 
-async fn render_backlog(state: &AppState, out: &mut String) {
-    let engine = &state.engine;
+async fn render_backlog(engine: &Engine, out: &mut String) {
     let Ok(namespaces) = engine.list_namespaces(MAX_SCRAPE_NAMESPACES).await else {
         return;
     };

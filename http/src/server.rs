@@ -16,170 +16,23 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use keel_engine::Engine;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::{AuthConfig, Principal};
+use crate::auth::Principal;
+pub use crate::call::{AppState, Call, Reply, WorkerReply};
 use crate::discovery::{
-    self, CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION,
+    CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION,
 };
 use crate::error::ApiError;
-use crate::gates::{NodeRoles, Readiness};
-use crate::metrics::StatsSource;
 use crate::router::{self, Match, Op, Plane};
-use crate::{control, worker};
 
 const CONTROL_HEADER: &str = "x-durable-workflow-control-plane-version";
 const WORKER_HEADER: &str = "x-durable-workflow-protocol-version";
 
-/// Shared state of the HTTP front.
-pub struct AppState {
-    /// The engine.
-    pub engine: Engine,
-    /// The static part of `cluster/info` (live blocks are added per request).
-    pub cluster_info: Value,
-    /// The topology block of health and ready.
-    pub topology: Value,
-    /// The worker capabilities merged into worker replies.
-    pub capabilities: Value,
-    /// Tokens (empty: open mode).
-    pub auth: AuthConfig,
-    /// The topology roles this node hosts.
-    pub node: NodeRoles,
-    /// The last readiness checks (the bootstrap gate reads them).
-    pub readiness: Readiness,
-    /// This process's id in discovery documents.
-    pub server_id: String,
-    storage_stats: Option<StatsSource>,
-    /// The address the listener is bound to (set by [`serve`]); `doctor` probes its own
-    /// ingress through it over loopback.
-    listen_addr: std::sync::OnceLock<SocketAddr>,
-}
-
-impl AppState {
-    /// Builds the state for `engine`: open mode, the default roles.
-    pub fn new(engine: Engine) -> Self {
-        let mut state = AppState {
-            cluster_info: Value::Null,
-            topology: Value::Null,
-            capabilities: discovery::server_capabilities(),
-            auth: AuthConfig::open(),
-            node: NodeRoles::default(),
-            readiness: Readiness::default(),
-            server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
-            storage_stats: None,
-            listen_addr: std::sync::OnceLock::new(),
-            engine,
-        };
-        state.render_discovery();
-        state
-    }
-
-    fn render_discovery(&mut self) {
-        let cfg = self.engine.config();
-        self.topology = discovery::topology(
-            &self.node,
-            cfg.workflow_task_lease.as_secs(),
-            cfg.activity_task_lease.as_secs(),
-        );
-        self.cluster_info =
-            discovery::cluster_info(&self.server_id, &cfg.default_namespace, &self.topology);
-    }
-
-    /// Uses `auth` for every request.
-    pub fn with_auth(mut self, auth: AuthConfig) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// Serves as a node hosting only `node`'s roles.
-    pub fn with_roles(mut self, node: NodeRoles) -> Self {
-        self.node = node;
-        self.render_discovery();
-        self
-    }
-
-    /// Samples the storage backend's commit counters at each `/metrics` scrape.
-    pub fn with_storage_stats(mut self, source: StatsSource) -> Self {
-        self.storage_stats = Some(source);
-        self
-    }
-
-    /// The storage counters source, if any.
-    pub fn storage_stats(&self) -> Option<&StatsSource> {
-        self.storage_stats.as_ref()
-    }
-
-    /// The address this server listens on, once [`serve`] has started.
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen_addr.get().copied()
-    }
-}
-
 /// How often the readiness checks run in the background.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
-
-/// A parsed request, as handlers see it.
-pub struct Call {
-    /// Decoded path parameters, in order.
-    pub params: Vec<String>,
-    /// Query parameters.
-    pub query: HashMap<String, String>,
-    /// Resolved namespace.
-    pub namespace: String,
-    /// JSON body (`Null` when empty).
-    pub body: Value,
-    /// The authenticated caller.
-    pub principal: Principal,
-}
-
-impl Call {
-    /// The `i`-th path parameter.
-    pub fn param(&self, i: usize) -> &str {
-        self.params.get(i).map(String::as_str).unwrap_or("")
-    }
-}
-
-/// A successful reply: status and serialized JSON.
-pub struct Reply {
-    /// Status.
-    pub status: StatusCode,
-    /// JSON bytes.
-    pub body: Bytes,
-}
-
-impl Reply {
-    /// Serializes `value` as the reply body.
-    pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
-        Reply {
-            status,
-            body: Bytes::from(serde_json::to_vec(value).expect("invariant: reply types serialize")),
-        }
-    }
-}
-
-/// Wraps a worker-plane body with the protocol fields every worker reply carries.
-#[derive(Serialize)]
-pub struct WorkerReply<'a, T: Serialize> {
-    #[serde(flatten)]
-    body: T,
-    protocol_version: &'static str,
-    server_capabilities: &'a Value,
-}
-
-impl<'a, T: Serialize> WorkerReply<'a, T> {
-    /// Wraps `body`.
-    pub fn new(state: &'a AppState, body: T) -> Self {
-        WorkerReply {
-            body,
-            protocol_version: WORKER_PROTOCOL_VERSION,
-            server_capabilities: &state.capabilities,
-        }
-    }
-}
 
 type Body = Full<Bytes>;
 
@@ -194,7 +47,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
         // First `serve` wins: one state serves one listener.
-        let _ = state.listen_addr.set(addr);
+        state.set_listen_addr(addr);
     }
     crate::metrics::handle();
     state.readiness.refresh(&state.engine).await;
@@ -380,9 +233,10 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
         .or_else(|| query.get("namespace").cloned())
         .unwrap_or_else(|| state.engine.config().default_namespace.clone())
         .to_ascii_lowercase();
-    if matches!(plane, Plane::Control | Plane::Worker) && !crate::namespaces::is_namespace_admin(op)
+    if matches!(plane, Plane::Control | Plane::Worker)
+        && !crate::handlers::namespaces::is_namespace_admin(op)
     {
-        crate::namespaces::resolve(state, &principal, &namespace)
+        crate::handlers::namespaces::resolve(state, &principal, &namespace)
             .await
             .map_err(fail)?;
     }
@@ -394,25 +248,9 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
         body,
         principal,
     };
-    let reply = match op {
-        Op::Health | Op::Ready | Op::ClusterInfo | Op::PrometheusMetrics => {
-            crate::probes::handle(state, op, call).await
-        }
-        _ if crate::namespaces::handles(op) => crate::namespaces::handle(state, op, call).await,
-        _ if crate::schedules::handles(op) => crate::schedules::handle(state, op, call).await,
-        _ if crate::system::handles(op) => crate::system::handle(state, op, call).await,
-        _ if crate::operator::handles(op) => crate::operator::handle(state, op, call).await,
-        _ => match plane {
-            Plane::Public | Plane::Discovery => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such discovery route",
-            )),
-            Plane::Control => control::handle(state, op, call).await,
-            Plane::Worker => worker::handle(state, op, call).await,
-        },
-    }
-    .map_err(fail)?;
+    let reply = crate::handlers::handle(state, op, call)
+        .await
+        .map_err(fail)?;
     Ok((op, Some(plane), reply))
 }
 

@@ -14,9 +14,9 @@ use keel_engine::namespaces::{
 use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Most namespaces a list returns.
@@ -34,15 +34,6 @@ pub fn is_namespace_admin(op: Op) -> bool {
             | Op::UpdateNamespace
             | Op::SetNamespaceExternalStorage
     )
-}
-
-/// Whether this module serves `op`.
-pub fn handles(op: Op) -> bool {
-    is_namespace_admin(op)
-        || matches!(
-            op,
-            Op::ListSearchAttributes | Op::CreateSearchAttribute | Op::DeleteSearchAttribute
-        )
 }
 
 fn not_visible(ns: &str) -> ApiError {
@@ -239,11 +230,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 &json!({"namespace": call.namespace, "name": name, "outcome": "deleted"}),
             ))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such namespace route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

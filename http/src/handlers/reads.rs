@@ -7,10 +7,10 @@ use keel_engine::model::RunRecord;
 use keel_engine::workflow::{CommandOutcome, ListQuery, RunTarget, MAX_PAGE_SIZE};
 use serde_json::{json, Value};
 
-use crate::control::control_block;
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
+use crate::handlers::control::control_block;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Serves the operations of this module.
@@ -60,11 +60,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .await?;
             Ok(Reply::json(StatusCode::OK, &command_json(&out, "archive")))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such control-plane route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

@@ -7,9 +7,9 @@ use keel_engine::clock::format_timestamp;
 use keel_engine::model::TaskKind;
 use serde_json::{json, Value};
 
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Runs examined by the run-count and repair scans of a snapshot.
@@ -19,22 +19,6 @@ const SNAPSHOT_QUEUES: usize = 100;
 /// Default and largest batch of a pass.
 const DEFAULT_PASS_LIMIT: i64 = 100;
 const MAX_PASS_LIMIT: i64 = 1000;
-
-/// Whether this module serves `op`.
-pub fn handles(op: Op) -> bool {
-    matches!(
-        op,
-        Op::SystemHealth
-            | Op::SystemMetrics
-            | Op::SystemOperatorMetrics
-            | Op::SystemRepair
-            | Op::SystemRepairPass
-            | Op::SystemActivityTimeouts
-            | Op::SystemActivityTimeoutsPass
-            | Op::SystemRetention
-            | Op::SystemRetentionPass
-    )
-}
 
 fn kind(kind: TaskKind) -> &'static str {
     match kind {
@@ -125,7 +109,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let metrics = operator_metrics(state, ns).await?;
             let snap = state.readiness.snapshot();
             let blocked = snap.blocked_by();
-            let coordination = crate::probes::coordination_health(state, ns).await;
+            let coordination = crate::handlers::probes::coordination_health(state, ns).await;
             let repair = metrics["repair"]["candidates"].as_u64().unwrap_or(0);
             let overdue = metrics["activity_timeouts"]["overdue"]
                 .as_u64()
@@ -260,10 +244,6 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 "more": out.more,
             }))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such system route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }

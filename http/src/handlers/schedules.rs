@@ -20,32 +20,15 @@ use keel_engine::schedules::{
 };
 use serde_json::{json, Value};
 
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Default page size of a schedule list.
 const DEFAULT_PAGE_SIZE: usize = 50;
 /// Default page size of a schedule history page.
 const DEFAULT_HISTORY_LIMIT: usize = 100;
-
-/// Whether this module serves `op`.
-pub fn handles(op: Op) -> bool {
-    matches!(
-        op,
-        Op::ListSchedules
-            | Op::CreateSchedule
-            | Op::DescribeSchedule
-            | Op::UpdateSchedule
-            | Op::DeleteSchedule
-            | Op::PauseSchedule
-            | Op::ResumeSchedule
-            | Op::TriggerSchedule
-            | Op::BackfillSchedule
-            | Op::ScheduleHistory
-    )
-}
 
 /// Serves a schedule route.
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
@@ -164,11 +147,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 }),
             ))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such schedule route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

@@ -8,9 +8,9 @@ use keel_engine::clock::format_timestamp;
 use keel_engine::model::{CohortRecord, TaskKind, WorkerRecord};
 use serde_json::{json, Value};
 
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 
 /// A worker with no heartbeat for this long is reported stale (the SDK heartbeats every
 /// 60 s).
@@ -98,11 +98,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .await?;
             Ok(Reply::json(StatusCode::OK, &cohort_json(&record)))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such fleet route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

@@ -36,9 +36,9 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::Principal;
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::{self, Access, Op};
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Default probe deadline of `doctor`.
@@ -51,18 +51,6 @@ const DOCTOR_AUDIT_ITEMS: usize = 10;
 const LIVE_WORKER_MS: i64 = 120_000;
 /// Largest ingress answer read.
 const INGRESS_READ_LIMIT: u64 = 64 * 1024;
-
-/// Whether this module serves `op`.
-pub fn handles(op: Op) -> bool {
-    matches!(
-        op,
-        Op::OperatorDoctor
-            | Op::OperatorForceRedeploy
-            | Op::OperatorCleanupStaleDeployments
-            | Op::OperatorRecoverStuckWorkflow
-            | Op::OperatorAudit
-    )
-}
 
 /// Serves one operator route.
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
@@ -88,11 +76,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::OperatorCleanupStaleDeployments => cleanup(state, &call).await,
         Op::OperatorRecoverStuckWorkflow => recover(state, &call).await,
         Op::OperatorAudit => audit_log(state, &call).await,
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such operator route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

@@ -11,10 +11,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::call::{AppState, Call, Reply, WorkerReply};
 use crate::discovery::{worker_capability_manifest, WORKER_CAPABILITIES};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply, WorkerReply};
 use crate::validate::Fields;
 
 const HEARTBEAT_INTERVAL_SECONDS: u64 = 60;
@@ -23,9 +23,6 @@ const HEARTBEAT_INTERVAL_SECONDS: u64 = 60;
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
     match op {
         Op::RegisterWorker => register(state, call).await,
-        Op::PollQueryTask | Op::CompleteQueryTask | Op::FailQueryTask => {
-            crate::query_tasks::handle(state, op, call).await
-        }
         Op::HeartbeatWorker => {
             let mut f = Fields::new(&call.body)?;
             let worker_id = f.required_id_str("worker_id", 255);
@@ -161,7 +158,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 Ok(expires) => expires,
                 // The run closed and deleted the task: tell the attempt to stop.
                 Err(e) => {
-                    let body = crate::query_tasks::closed_activity_reply(
+                    let body = crate::handlers::query_tasks::closed_activity_reply(
                         state,
                         &call,
                         task_id,
@@ -201,7 +198,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 Ok(out) => out,
                 // The run closed and deleted the task: the report is moot, not an error.
                 Err(e) => {
-                    let body = crate::query_tasks::closed_activity_report(
+                    let body = crate::handlers::query_tasks::closed_activity_report(
                         state,
                         &call,
                         call.param(0),
@@ -232,7 +229,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 Ok(out) => out,
                 // The run closed and deleted the task: the report is moot, not an error.
                 Err(e) => {
-                    let body = crate::query_tasks::closed_activity_report(
+                    let body = crate::handlers::query_tasks::closed_activity_report(
                         state,
                         &call,
                         call.param(0),
@@ -246,11 +243,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             };
             reply(state, StatusCode::OK, activity_outcome(out, &attempt_id))
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such worker route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 
@@ -294,7 +287,7 @@ async fn register(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         f.error("service_url", format!("The service_url field {m}."));
     }
     f.finish()?;
-    let contracts = crate::query_tasks::parse_contracts(&call.body)?;
+    let contracts = crate::handlers::query_tasks::parse_contracts(&call.body)?;
     let now = state.engine.now_ms();
     let worker = WorkerRecord {
         worker_id: worker_id.unwrap_or_else(|| keel_engine::ids::new_id(now)),

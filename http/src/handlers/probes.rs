@@ -15,10 +15,10 @@ use hyper::StatusCode;
 use keel_engine::clock::format_timestamp;
 use serde_json::{json, Map, Value};
 
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::gates::{Readiness, ReadySnapshot};
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 
 /// A worker is counted active when it heartbeated within this window.
 const ACTIVE_WORKER_WINDOW_MS: i64 = 120_000;
@@ -33,13 +33,11 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::ClusterInfo => cluster_info(state, &call).await,
         Op::PrometheusMetrics => Ok(Reply {
             status: StatusCode::OK,
-            body: crate::metrics::scrape(state).await.into(),
+            body: crate::metrics::scrape(&state.engine, state.storage_stats())
+                .await
+                .into(),
         }),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such discovery route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 
@@ -249,110 +247,4 @@ async fn cluster_info(state: &AppState, call: &Call) -> Result<Reply, ApiError> 
         );
     }
     Ok(Reply::json(StatusCode::OK, &info))
-}
-
-/// Adds the contract manifests the envelope schema requires, and fills in limits others
-/// did not set. Values already present win (other modules own their capabilities).
-pub fn add_manifests(info: &mut Value) {
-    use keel_engine::namespaces::{
-        MAX_SEARCH_ATTRIBUTES, MAX_SEARCH_ATTRIBUTE_KEY_BYTES, MAX_SEARCH_ATTRIBUTE_VALUE_BYTES,
-    };
-    let Some(obj) = info.as_object_mut() else {
-        return;
-    };
-    if let Some(limits) = obj.get_mut("limits").and_then(Value::as_object_mut) {
-        for (k, v) in [
-            ("max_search_attributes", json!(MAX_SEARCH_ATTRIBUTES)),
-            (
-                "max_search_attribute_key_length",
-                json!(MAX_SEARCH_ATTRIBUTE_KEY_BYTES),
-            ),
-            (
-                "max_search_attribute_value_bytes",
-                json!(MAX_SEARCH_ATTRIBUTE_VALUE_BYTES),
-            ),
-            ("max_operation_name_length", json!(256)),
-            ("max_pending_activities", json!(2000)),
-            ("max_pending_children", json!(2000)),
-        ] {
-            limits.entry(k).or_insert(v);
-        }
-    }
-    let defaults = json!({
-        "supported_sdk_versions": {"python": ">=2.12.0"},
-        "structural_limits": {
-            "max_payload_bytes": crate::discovery::MAX_PAYLOAD_BYTES,
-            "max_value_bytes": keel_engine::storage::MAX_VALUE_BYTES,
-            "max_transaction_bytes": keel_engine::storage::MAX_TXN_BYTES,
-            "history_page_size_max": 1000,
-        },
-        "client_compatibility": {
-            "authority": "protocol_manifests",
-            "manifests": ["control_plane", "worker_protocol", "auth_composition_contract"],
-        },
-        "surface_stability_contract": {
-            "schema": "durable-workflow.v2.surface-stability.contract",
-            "version": 1,
-            "authority_url": "https://durable-workflow.github.io/docs/2.0/compatibility",
-            "stability_levels": ["stable", "experimental", "deprecated"],
-            "release_rules": {"additive_minor_breaking_major": true},
-            "field_visibility_rule": "unknown_fields_ignored",
-            "surface_families": {
-                "server_api": {"stability": "stable", "authority_manifest": "control_plane"},
-                "worker_protocol": {"stability": "stable", "authority_manifest": "worker_protocol"},
-                "cluster_info_manifests": {"stability": "stable", "authority_manifest": "cluster_info"},
-            },
-            "release_check": {"status": "not_run_by_this_server"},
-        },
-        "platform_protocol_specs": {
-            "schema": "durable-workflow.v2.platform-protocol-specs.catalog",
-            "version": 16,
-            "catalog_url": "https://durable-workflow.github.io/platform-protocol-specs.json",
-            "authority_url": "https://durable-workflow.github.io/docs/2.0/platform-protocol-specs",
-            "formats": ["openapi", "json_schema", "asyncapi"],
-            "owner_repos": ["durable-workflow/workflow", "durable-workflow/server"],
-            "status_levels": ["published", "in_progress", "planned"],
-            "evolution_rules": ["additive_minor_breaking_major", "parallel_primitive_only"],
-            "specs": {
-                "control_plane_api": {"spec_id": "durable-workflow.v2.control-plane-api", "format": "openapi", "server_coverage": "partial"},
-                "worker_protocol_api": {"spec_id": "durable-workflow.v2.worker-protocol-api", "format": "openapi", "server_coverage": "partial"},
-                "cluster_info_envelope": {"spec_id": "durable-workflow.v2.cluster-info-envelope", "format": "json_schema", "server_coverage": "full_with_documented_deviation"},
-            },
-            "release_check": {"status": "not_run_by_this_server"},
-        },
-        "platform_conformance_suite": {
-            "schema": "durable-workflow.v2.platform-conformance.suite",
-            "version": 41,
-            "authority_doc": "https://durable-workflow.github.io/docs/2.0/platform-conformance",
-            "surface_stability_authority": "surface_stability_contract",
-            "result_schema": "durable-workflow.v2.platform-conformance.result",
-            "result_version": 1,
-            "conformance_levels": ["full", "partial", "provisional", "nonconforming"],
-            "targets": {"standalone_server": {"claimed_level": "partial"}},
-            "fixture_catalog": {},
-            "pass_fail_rules": {},
-            "harness_contract": {},
-            "release_gates": {},
-        },
-        "sdk_neutrality_contract": {
-            "schema": "durable-workflow.v2.sdk-neutrality.contract",
-            "version": 1,
-            "authority_url": "https://durable-workflow.github.io/docs/2.0/sdk-neutrality",
-        },
-        "bridge_adapter_outcome_contract": {
-            "schema": "durable-workflow.v2.bridge-adapter-outcome.contract",
-            "version": 1,
-            "supported": false,
-        },
-        "replay_verification_contract": {
-            "schema": "durable-workflow.v2.replay-verification.contract",
-            "version": 1,
-            "supported": false,
-        },
-    });
-    if let Value::Object(defaults) = defaults {
-        for (k, v) in defaults {
-            obj.entry(k).or_insert(v);
-        }
-    }
 }

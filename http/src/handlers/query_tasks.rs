@@ -11,9 +11,9 @@ use keel_engine::model::{CommandContract, RunStatus};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::call::{AppState, Call, Reply, WorkerReply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply, WorkerReply};
 use crate::validate::Fields;
 
 fn reply<T: Serialize>(state: &AppState, status: StatusCode, body: T) -> Result<Reply, ApiError> {
@@ -91,11 +91,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             )?;
             reply(state, StatusCode::OK, out)
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such query-task route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

@@ -18,9 +18,9 @@ use keel_engine::queries::QueryRequest;
 use keel_engine::workflow::{CloseCommand, SignalRequest, UpdateRequest, UpdateWait};
 use serde_json::{json, Value};
 
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Longest name of a signal, query or update.
@@ -50,11 +50,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::TerminateWorkflow | Op::TerminateRun => {
             close(state, &call, run_id, CloseCommand::Terminate).await
         }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such workflow command route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

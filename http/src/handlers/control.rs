@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
-use crate::server::{AppState, Call, Reply};
 use crate::validate::Fields;
 
 /// Control-plane operations.
@@ -36,38 +36,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             ))
         }
         Op::RunHistory => run_history(state, call).await,
-        Op::SignalWorkflow
-        | Op::SignalRun
-        | Op::QueryWorkflow
-        | Op::QueryRun
-        | Op::UpdateWorkflow
-        | Op::UpdateRun
-        | Op::CancelWorkflow
-        | Op::CancelRun
-        | Op::TerminateWorkflow
-        | Op::TerminateRun => crate::commands::handle(state, op, call).await,
-        Op::ListWorkflows
-        | Op::ListRuns
-        | Op::ExportRunHistory
-        | Op::DebugWorkflow
-        | Op::DebugRun
-        | Op::RepairWorkflow
-        | Op::RepairRun
-        | Op::ArchiveWorkflow
-        | Op::ArchiveRun => crate::reads::handle(state, op, call).await,
-        Op::ListWorkers
-        | Op::DescribeWorker
-        | Op::DeleteWorker
-        | Op::ListTaskQueues
-        | Op::DescribeTaskQueue
-        | Op::ListBuildIds
-        | Op::DrainBuildId
-        | Op::ResumeBuildId => crate::fleet::handle(state, op, call).await,
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such control-plane route",
-        )),
+        _ => Err(super::unrouted(op)),
     }
 }
 

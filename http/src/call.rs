@@ -1,0 +1,164 @@
+//! What handlers work with: the shared state of the HTTP front, the parsed request
+//! ([`Call`]) and the reply types. Handlers import this module, never the server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use keel_engine::Engine;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::{AuthConfig, Principal};
+use crate::discovery::{self, WORKER_PROTOCOL_VERSION};
+use crate::gates::{NodeRoles, Readiness};
+use crate::metrics::StatsSource;
+
+/// Shared state of the HTTP front.
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// The static part of `cluster/info` (live blocks are added per request).
+    pub cluster_info: Value,
+    /// The topology block of health and ready.
+    pub topology: Value,
+    /// The worker capabilities merged into worker replies.
+    pub capabilities: Value,
+    /// Tokens (empty: open mode).
+    pub auth: AuthConfig,
+    /// The topology roles this node hosts.
+    pub node: NodeRoles,
+    /// The last readiness checks (the bootstrap gate reads them).
+    pub readiness: Readiness,
+    /// This process's id in discovery documents.
+    pub server_id: String,
+    storage_stats: Option<StatsSource>,
+    /// The address the listener is bound to (set by `serve`); `doctor` probes its own
+    /// ingress through it over loopback.
+    listen_addr: std::sync::OnceLock<SocketAddr>,
+}
+
+impl AppState {
+    /// Builds the state for `engine`: open mode, the default roles.
+    pub fn new(engine: Engine) -> Self {
+        let mut state = AppState {
+            cluster_info: Value::Null,
+            topology: Value::Null,
+            capabilities: discovery::server_capabilities(),
+            auth: AuthConfig::open(),
+            node: NodeRoles::default(),
+            readiness: Readiness::default(),
+            server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
+            storage_stats: None,
+            listen_addr: std::sync::OnceLock::new(),
+            engine,
+        };
+        state.render_discovery();
+        state
+    }
+
+    fn render_discovery(&mut self) {
+        let cfg = self.engine.config();
+        self.topology = discovery::topology(
+            &self.node,
+            cfg.workflow_task_lease.as_secs(),
+            cfg.activity_task_lease.as_secs(),
+        );
+        self.cluster_info =
+            discovery::cluster_info(&self.server_id, &cfg.default_namespace, &self.topology);
+    }
+
+    /// Uses `auth` for every request.
+    pub fn with_auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Serves as a node hosting only `node`'s roles.
+    pub fn with_roles(mut self, node: NodeRoles) -> Self {
+        self.node = node;
+        self.render_discovery();
+        self
+    }
+
+    /// Samples the storage backend's commit counters at each `/metrics` scrape.
+    pub fn with_storage_stats(mut self, source: StatsSource) -> Self {
+        self.storage_stats = Some(source);
+        self
+    }
+
+    /// The storage counters source, if any.
+    pub fn storage_stats(&self) -> Option<&StatsSource> {
+        self.storage_stats.as_ref()
+    }
+
+    /// The address this server listens on, once `serve` has started.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr.get().copied()
+    }
+
+    /// Records the listener's address; the first `serve` wins (one state, one listener).
+    pub(crate) fn set_listen_addr(&self, addr: SocketAddr) {
+        let _ = self.listen_addr.set(addr);
+    }
+}
+
+/// A parsed request, as handlers see it.
+pub struct Call {
+    /// Decoded path parameters, in order.
+    pub params: Vec<String>,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// Resolved namespace.
+    pub namespace: String,
+    /// JSON body (`Null` when empty).
+    pub body: Value,
+    /// The authenticated caller.
+    pub principal: Principal,
+}
+
+impl Call {
+    /// The `i`-th path parameter.
+    pub fn param(&self, i: usize) -> &str {
+        self.params.get(i).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A successful reply: status and serialized JSON.
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// JSON bytes.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// Serializes `value` as the reply body.
+    pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+        Reply {
+            status,
+            body: Bytes::from(serde_json::to_vec(value).expect("invariant: reply types serialize")),
+        }
+    }
+}
+
+/// Wraps a worker-plane body with the protocol fields every worker reply carries.
+#[derive(Serialize)]
+pub struct WorkerReply<'a, T: Serialize> {
+    #[serde(flatten)]
+    body: T,
+    protocol_version: &'static str,
+    server_capabilities: &'a Value,
+}
+
+impl<'a, T: Serialize> WorkerReply<'a, T> {
+    /// Wraps `body`.
+    pub fn new(state: &'a AppState, body: T) -> Self {
+        WorkerReply {
+            body,
+            protocol_version: WORKER_PROTOCOL_VERSION,
+            server_capabilities: &state.capabilities,
+        }
+    }
+}
