@@ -893,6 +893,18 @@ async fn a_workflow_task_that_keeps_failing_is_visible_on_the_run_until_one_comp
         assert_eq!(seen.failure_type, "NonDeterministicReplay");
         assert_eq!(seen.message, "condition_wait_occurrence_id_missing");
     }
+    // The operator doctor's view: the run is stuck, with the worker's reason.
+    let counts = h
+        .engine
+        .invocation_counts(NS, Duration::from_secs(10))
+        .await
+        .expect("counts");
+    assert_eq!(counts.stuck, 1);
+    let message = &counts.open_failures[0].error_message;
+    assert!(
+        message.contains("2 time(s)") && message.contains("condition_wait_occurrence_id_missing"),
+        "{message}"
+    );
     h.clock.advance(Duration::from_secs(4));
     let task = wait_wf(&h.engine).await;
     complete(
