@@ -684,9 +684,14 @@ async fn exported_history_replays_offline_without_the_server() {
         )
         .await
         .expect("exports");
-    let exported = export["history_events"].as_array().cloned().unwrap_or_default();
+    let exported = export["history_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        exported.iter().all(|e| e["type"].is_string() && e.get("event_type").is_none()),
+        exported
+            .iter()
+            .all(|e| e["type"].is_string() && e.get("event_type").is_none()),
         "the bundle names each event's type once, as `type`"
     );
     drop(keel);
