@@ -1,6 +1,6 @@
 """Markdown tables for a compare.sh results file (JSON lines from ../shared/perf/peers/harness.py,
-keel_bench_json.py and fsync_record.py): one row per configuration, medians over repetitions, and the
-Keel ÷ peer ratios.
+keel_bench_json.py, fsync_record.py, keel-rust-sdk-bench and restate-native's restate-driver): one row
+per configuration, medians over repetitions, and the Keel ÷ peer ratios.
 
     python benches/peers/compare_table.py $PEERS/out/compare-<timestamp>.jsonl
 """
@@ -17,6 +17,10 @@ DURABILITY = {
     "keel-fsync": "durable: each transition in a RocksDB WriteBatch written with sync=true (WAL fsync), "
                   "group-committed, before the reply; task leases only handed to the OS (survive kill -9; "
                   "lost on an OS crash = expired) and synced by the next synced batch",
+    "keel-rust-sdk": "durable: `keel serve` as shipped, as keel-fsync (each transition in a synced RocksDB "
+                     "WriteBatch, group-committed, before the reply)",
+    "restate-native": "durable: server defaults (as restate-default), log-server + bifrost RocksDB WAL fsync on "
+                      "(group commit), 24 partitions",
     "restate-default": "durable: server defaults, log-server + bifrost RocksDB WAL fsync on (group commit), "
                        "24 partitions",
     "restate-nofsync": "NOT durable: log-server + bifrost WAL fsync off",
@@ -27,6 +31,9 @@ PEER_CONFIGS = ["restate-default", "temporal-file"]  # durable peers the ratios 
 KEEL_SDK = "keel-fsync"
 KEEL_SDK_LOCAL = "keel-fsync-local"  # the same workflow with its step as a local activity
 KEEL_BENCH = "keel-fsync-keelbench"
+# SDK to SDK, both from Rust: Keel via the official Rust SDK ÷ Restate via its Rust SDK (restate-native).
+KEEL_RUST_SDK = "keel-rust-sdk"
+RESTATE_NATIVE = "restate-native"
 
 
 def durability(label: str) -> str:
@@ -124,6 +131,7 @@ def main(path: str) -> None:
         print(f"| {label} | {durability(label)} |")
 
     print_ratios(summary)
+    print_rust_sdk(summary, thr)
 
 
 def thr_for(summary: dict, label: str, n=None, c=None):
@@ -175,7 +183,7 @@ def print_ratios(summary: dict) -> None:
         if kf is not None and pf is not None:
             row(f"fsync-family syscalls per workflow, whole machine ÷ {peer}", kf, pf, 2)
     if not any_row:
-        print("| (no Keel and peer pair in this file) | - | - | - |")
+        print("| (no Keel Python SDK and peer pair in this file) | - | - | - |")
 
     ceil = [v for k, v in summary.items() if k[0] == "thr" and k[1] == KEEL_BENCH]
     if ceil or keel_seq:
@@ -187,6 +195,47 @@ def print_ratios(summary: dict) -> None:
         if keel_seq:
             print(f"- sequential latency: p50 {fmt(keel_seq['p50'], 1)} ms, p99 {fmt(keel_seq['p99'], 1)} ms "
                   f"({keel_seq['runs']} x {keel_seq['n']} workflows)")
+
+
+def print_rust_sdk(summary: dict, thr: dict) -> None:
+    """The SDK-to-SDK row pair: Keel via its Rust SDK beside Restate via its Rust SDK (native)."""
+    ks, ps = thr_for(summary, KEEL_RUST_SDK), thr_for(summary, RESTATE_NATIVE)
+    if ks is None and ps is None:
+        return
+    if ks is not None and ps is not None and (ks["n"], ks["c"]) != (ps["n"], ps["c"]):
+        ps = thr_for(summary, RESTATE_NATIVE, ks["n"], ks["c"])
+    print("\n### SDK to SDK, both driven from Rust (same run, interleaved)\n")
+    print("Keel via the official Rust SDK (durable-workflow 4.10.2, unmodified: SDK worker process + SDK client "
+          "process, `handle.result` polling describe) beside Restate via its Rust SDK (restate-sdk 0.13 endpoint + "
+          "Rust ingress driver, ../shared/perf/peers/restate-native). CPU from /proc/PID/stat utime+stime deltas "
+          "(process trees) over the measured run.\n")
+    print("| system | N | C | runs | wf/s median (range) | p50 / p99 ms | CPU ms/wf server | worker / endpoint | "
+          "client | total | describe req/wf (Keel /metrics) | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, label, s in (("Keel via its Rust SDK", KEEL_RUST_SDK, ks),
+                           ("Restate via its Rust SDK (native)", RESTATE_NATIVE, ps)):
+        if s is None:
+            print(f"| {name} | - | - | 0 | - | - | - | - | - | - | - | - |")
+            continue
+        rs = thr[(label, s["n"], s["c"])]
+        w = [r["wf_per_s"] for r in rs]
+        desc = med([r.get("describe_per_wf") for r in rs])
+        poll = rs[0].get("result_poll_ms")
+        extra = f" (poll {poll} ms)" if poll is not None else ""
+        print(f"| {name}{extra} | {s['n']} | {s['c']} | {s['runs']} | {fmt(s['wf'])} ({fmt(min(w))} – {fmt(max(w))}) | "
+              f"{fmt(s['p50'])} / {fmt(s['p99'])} | {fmt(s['server'], 2)} | {fmt(s['worker'], 2)} | "
+              f"{fmt(s['client'], 2)} | {fmt(s['total'], 2)} | {fmt(desc, 1)} | {sum(r.get('errors', 0) for r in rs)} |")
+    if ks is None or ps is None:
+        return
+    print("\n| ratio, Keel via its Rust SDK ÷ Restate via its Rust SDK (medians) | Keel | Restate | Keel ÷ Restate |")
+    print("|---|---|---|---|")
+    for name, k, nd in (("wf/s (> 1: Keel faster)", "wf", 0), ("server CPU ms/wf (< 1: Keel uses less)", "server", 2),
+                        ("worker / endpoint CPU ms/wf", "worker", 2), ("client CPU ms/wf", "client", 2),
+                        ("total CPU ms/wf", "total", 2), ("p50 ms under load", "p50", 0)):
+        a, b = ks.get(k), ps.get(k)
+        if a is None or b is None:
+            continue
+        print(f"| {name} | {fmt(a, nd)} | {fmt(b, nd)} | **{a / b:.2f}** |" if b else f"| {name} | {fmt(a, nd)} | {fmt(b, nd)} | - |")
 
 
 if __name__ == "__main__":
