@@ -392,6 +392,8 @@ async fn a_saga_compensates_completed_steps_in_reverse_when_a_later_step_fails()
     assert_eq!(description.status.as_deref(), Some("failed"));
 }
 
+// The predicate returns the SDK's own (large) error type.
+#[allow(clippy::result_large_err)]
 fn approval_worker(client: &Client, queue: &str, timeout: Duration) -> Worker {
     let mut w = worker(client, queue);
     w.register_workflow("approve-order", move |ctx, _input| async move {
