@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use keel_conformance::{conformance_suite, EnforcedLimits, Fixture, StoreFactory};
-use keel_engine::storage::memory::MemoryStore;
-use keel_engine::storage::Result;
+use keel_storage::memory::MemoryStore;
+use keel_storage::Result;
 
 struct MemoryFactory;
 

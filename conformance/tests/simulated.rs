@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use keel_conformance::{block_on, cases, conformance_suite, EnforcedLimits, Fixture, StoreFactory};
-use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
-use keel_engine::storage::{KvStore, Result};
+use keel_storage::simulated::{FaultConfig, SimulatedStore};
+use keel_storage::{KvStore, Result};
 
 /// Hands out the same simulated store (a clone) for every `create`.
 struct SimulatedFactory {
