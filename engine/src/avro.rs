@@ -85,8 +85,12 @@ pub fn envelope(value: &AvroValue) -> Value {
 }
 
 impl AvroValue {
-    /// The Value of a JSON document: integers become longs, other numbers doubles.
+    /// The Value of a JSON document: integers become longs, other numbers doubles, and the
+    /// typed projection of bytes (`{"$type": "bytes", "base64": ...}`) bytes again.
     pub fn from_json(v: &Value) -> AvroValue {
+        if let Some(bytes) = typed_bytes(v) {
+            return AvroValue::Bytes(bytes);
+        }
         match v {
             Value::Null => AvroValue::Null,
             Value::Bool(b) => AvroValue::Bool(*b),
@@ -127,6 +131,16 @@ impl AvroValue {
             ),
         }
     }
+}
+
+/// The bytes of a `{"$type": "bytes", "base64": ...}` projection, if `v` is one.
+fn typed_bytes(v: &Value) -> Option<Vec<u8>> {
+    let map = v.as_object().filter(|m| m.len() == 2)?;
+    if map.get("$type").and_then(Value::as_str) != Some("bytes") {
+        return None;
+    }
+    let text = map.get("base64").and_then(Value::as_str)?;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 struct Reader<'a> {
@@ -361,6 +375,12 @@ mod tests {
             value.to_json(),
             json!({"b": {"$type": "bytes", "base64": "c2FtZQ=="}, "d": 7, "f": 2.5})
         );
+    }
+
+    #[test]
+    fn typed_bytes_projection_reads_back_as_bytes() {
+        let value = AvroValue::Bytes(vec![0xff, 0x00]);
+        assert_eq!(AvroValue::from_json(&value.to_json()), value);
     }
 
     #[test]
