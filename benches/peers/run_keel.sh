@@ -35,31 +35,10 @@ for f in "$PY" "$KEEL" "$KEEL_BENCH_BIN"; do
 done
 [ -f "$PEERS_HARNESS/harness.py" ] || { echo "run_keel.sh: no harness.py in PEERS_HARNESS=$PEERS_HARNESS" >&2; exit 1; }
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT=${KEEL_PORT:-}
-if [ -z "$PORT" ]; then
-  for p in $(seq 8380 8399); do port_busy "$p" || { PORT=$p; break; }; done
-  [ -n "$PORT" ] || { echo "run_keel.sh: no free port in 8380-8399" >&2; exit 1; }
-elif port_busy "$PORT"; then
-  echo "run_keel.sh: 127.0.0.1:$PORT is already in use" >&2; exit 1
-fi
-URL=http://127.0.0.1:$PORT
-
-rm -rf "$DATA"; mkdir -p "$DATA"
-"$KEEL" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA/db" >"$DATA/server.log" 2>&1 & SRV=$!
-WRK=""
-cleanup() {
-  [ -n "$WRK" ] && kill "$WRK" 2>/dev/null
-  kill "$SRV" 2>/dev/null
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-for _ in $(seq 1 120); do
-  curl -fs "$URL/api/health" >/dev/null 2>&1 && break
-  kill -0 "$SRV" 2>/dev/null || { echo "run_keel.sh: keel exited at start:" >&2; tail -20 "$DATA/server.log" >&2; exit 1; }
-  sleep 0.5
-done
-curl -fs "$URL/api/health" >/dev/null || { echo "run_keel.sh: keel not healthy at $URL" >&2; exit 1; }
+KEEL_SCRIPT=run_keel.sh
+# shellcheck source=keel_server.sh
+source "$HERE/keel_server.sh"
+start_keel
 
 "$PY" "$HERE/keel_sdk_bench.py" worker --url "$URL" >"$DATA/worker.log" 2>&1 & WRK=$!
 export WATCH_PIDS="server=$SRV,worker=$WRK"

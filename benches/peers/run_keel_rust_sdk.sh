@@ -36,31 +36,10 @@ done
 [ -x "$KEEL" ] || die "$KEEL missing (set KEEL_BIN)"
 [ -x "$BENCH" ] || die "$BENCH missing (CARGO_TARGET_DIR=$REPO/target/sdk-rust cargo build --release --manifest-path tests/sdk-rust/Cargo.toml --bin keel-rust-sdk-bench)"
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-PORT=${KEEL_PORT:-}
-if [ -z "$PORT" ]; then
-  for p in $(seq 8380 8399); do port_busy "$p" || { PORT=$p; break; }; done
-  [ -n "$PORT" ] || die "no free port in 8380-8399"
-elif port_busy "$PORT"; then
-  die "127.0.0.1:$PORT is already in use"
-fi
-URL=http://127.0.0.1:$PORT
-
-rm -rf "$DATA"; mkdir -p "$DATA"
-"$KEEL" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA/db" >"$DATA/server.log" 2>&1 & SRV=$!
-WRK=""
-cleanup() {
-  [ -n "$WRK" ] && kill "$WRK" 2>/dev/null
-  kill "$SRV" 2>/dev/null
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-for _ in $(seq 1 120); do
-  curl -fs "$URL/api/health" >/dev/null 2>&1 && break
-  kill -0 "$SRV" 2>/dev/null || { tail -20 "$DATA/server.log" >&2; die "keel exited at start"; }
-  sleep 0.5
-done
-curl -fs "$URL/api/health" >/dev/null || die "keel not healthy at $URL"
+KEEL_SCRIPT=run_keel_rust_sdk.sh
+# shellcheck source=keel_server.sh
+source "$HERE/keel_server.sh"
+start_keel
 
 # Slots = C, so the worker never holds back a task the client is waiting for.
 "$BENCH" --role worker --url "$URL" --slots "$C" >"$DATA/worker.log" 2>&1 & WRK=$!
