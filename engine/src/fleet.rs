@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel;
 use crate::matching::{PollFilter, QueueKey};
 use crate::model::{CohortRecord, TaskKind, WorkerRecord};
 use crate::storage::{KvTxn, ReadOptions};
@@ -18,9 +19,12 @@ impl Engine {
         worker.last_heartbeat_at_ms = now;
         let w = &worker;
         let saved = self
-            .transact(move |mut txn, fx| async move {
-                let record = Self::put_worker(txn.as_mut(), w).await?;
-                Ok((txn, (record, fx)))
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    let record = Self::put_worker(txn, w).await?;
+                    Ok(record)
+                })
             })
             .await?;
         self.cache_worker(saved.clone());
@@ -29,7 +33,7 @@ impl Engine {
 
     /// Writes a worker registration inside `txn` (keeping its first registration time).
     pub(crate) async fn put_worker(txn: &mut dyn KvTxn, w: &WorkerRecord) -> Result<WorkerRecord> {
-        Self::require_namespace(txn, &w.namespace).await?;
+        kernel::require_namespace(txn, &w.namespace).await?;
         let key = tables::worker_key(&w.namespace, &w.worker_id);
         let mut record = w.clone();
         if let Some(existing) = tables::get::<WorkerRecord>(txn, &key).await? {
@@ -73,18 +77,20 @@ impl Engine {
     pub async fn heartbeat_worker(&self, ns: &str, worker_id: &str) -> Result<WorkerRecord> {
         let now = self.now_ms();
         let saved = self
-            .transact(move |mut txn, fx| async move {
-                let key = tables::worker_key(ns, worker_id);
-                let Some(mut record) = tables::get::<WorkerRecord>(txn.as_mut(), &key).await?
-                else {
-                    return Err(Error::not_found(
-                        "worker_not_registered",
-                        format!("worker '{worker_id}' is not registered"),
-                    ));
-                };
-                record.last_heartbeat_at_ms = now;
-                tables::put(txn.as_mut(), &key, &record)?;
-                Ok((txn, (record, fx)))
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    let key = tables::worker_key(ns, worker_id);
+                    let Some(mut record) = tables::get::<WorkerRecord>(txn, &key).await? else {
+                        return Err(Error::not_found(
+                            "worker_not_registered",
+                            format!("worker '{worker_id}' is not registered"),
+                        ));
+                    };
+                    record.last_heartbeat_at_ms = now;
+                    tables::put(txn, &key, &record)?;
+                    Ok(record)
+                })
             })
             .await?;
         self.cache_worker(saved.clone());
@@ -93,21 +99,21 @@ impl Engine {
 
     /// Removes a worker registration; `worker_not_found` if unknown.
     pub async fn deregister_worker(&self, ns: &str, worker_id: &str) -> Result<()> {
-        self.transact(move |mut txn, fx| async move {
-            let key = tables::worker_key(ns, worker_id);
-            if tables::get::<WorkerRecord>(txn.as_mut(), &key)
-                .await?
-                .is_none()
-            {
-                return Err(Error::not_found(
-                    "worker_not_found",
-                    format!("worker '{worker_id}' is not registered"),
-                ));
-            }
-            txn.clear(&key);
-            // The service URL it announced goes with it.
-            txn.clear(&crate::operator::endpoint_key(ns, worker_id));
-            Ok((txn, ((), fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let key = tables::worker_key(ns, worker_id);
+                if tables::get::<WorkerRecord>(txn, &key).await?.is_none() {
+                    return Err(Error::not_found(
+                        "worker_not_found",
+                        format!("worker '{worker_id}' is not registered"),
+                    ));
+                }
+                txn.clear(&key);
+                // The service URL it announced goes with it.
+                txn.clear(&crate::operator::endpoint_key(ns, worker_id));
+                Ok(())
+            })
         })
         .await?;
         self.inner
@@ -217,12 +223,14 @@ impl Engine {
         let now = self.now_ms();
         let key = tables::cohort_key(ns, queue, build_id);
         let record = self
-            .transact(move |mut txn, fx| async move {
-                Self::require_namespace(txn.as_mut(), ns).await?;
-                let record =
-                    Self::put_cohort_draining(txn.as_mut(), ns, queue, build_id, draining, now)
-                        .await?;
-                Ok((txn, (record, fx)))
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    kernel::require_namespace(txn, ns).await?;
+                    let record =
+                        Self::put_cohort_draining(txn, ns, queue, build_id, draining, now).await?;
+                    Ok(record)
+                })
             })
             .await?;
         self.inner
@@ -297,7 +305,7 @@ impl Engine {
     /// Registered workers of a namespace (at most `limit`).
     pub async fn workers(&self, ns: &str, limit: usize) -> Result<Vec<WorkerRecord>> {
         let mut txn = self.inner.store.begin().await?;
-        Self::require_namespace(txn.as_mut(), ns).await?;
+        kernel::require_namespace(txn.as_mut(), ns).await?;
         let pairs = txn
             .get_range(
                 &tables::workers_range(ns),

@@ -9,6 +9,7 @@ pub mod error;
 mod fleet;
 pub mod history;
 pub mod ids;
+mod kernel;
 pub mod keys;
 pub mod matching;
 pub mod metrics;

@@ -199,12 +199,15 @@ impl Engine {
     /// adopted at this version, since version 1 is the first layout). A newer stored
     /// version is left alone: readiness reports it.
     pub async fn ensure_schema_version(&self) -> Result<()> {
-        self.transact(|mut txn, fx| async move {
-            let key = tables::meta_key(SCHEMA_VERSION_KEY);
-            if tables::get::<u64>(txn.as_mut(), &key).await?.is_none() {
-                tables::put(txn.as_mut(), &key, &SCHEMA_VERSION)?;
-            }
-            Ok((txn, ((), fx)))
+        self.transact(|tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let key = tables::meta_key(SCHEMA_VERSION_KEY);
+                if tables::get::<u64>(txn, &key).await?.is_none() {
+                    tables::put(txn, &key, &SCHEMA_VERSION)?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -223,13 +226,12 @@ impl Engine {
 
     /// Overwrites the stored schema version. For tests and future migrations only.
     pub async fn set_schema_version(&self, version: u64) -> Result<()> {
-        self.transact(move |mut txn, fx| async move {
-            tables::put(
-                txn.as_mut(),
-                &tables::meta_key(SCHEMA_VERSION_KEY),
-                &version,
-            )?;
-            Ok((txn, ((), fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                tables::put(txn, &tables::meta_key(SCHEMA_VERSION_KEY), &version)?;
+                Ok(())
+            })
         })
         .await
     }
@@ -293,29 +295,29 @@ impl Engine {
         let name = spec.name.to_ascii_lowercase();
         let (spec, name) = (&spec, &name);
         let record = self
-            .transact(move |mut txn, fx| async move {
-                let key = tables::namespace_key(name);
-                if tables::get::<NamespaceRecord>(txn.as_mut(), &key)
-                    .await?
-                    .is_some()
-                {
-                    return Err(Error::conflict(
-                        "namespace_already_exists",
-                        format!("namespace '{name}' already exists"),
-                    )
-                    .with("namespace", name.as_str()));
-                }
-                let record = NamespaceRecord {
-                    name: name.clone(),
-                    description: spec.description.clone(),
-                    retention_days: spec.retention_days,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                    metadata: spec.metadata.clone(),
-                    ..NamespaceRecord::default()
-                };
-                tables::put(txn.as_mut(), &key, &record)?;
-                Ok((txn, (record, fx)))
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    let key = tables::namespace_key(name);
+                    if tables::get::<NamespaceRecord>(txn, &key).await?.is_some() {
+                        return Err(Error::conflict(
+                            "namespace_already_exists",
+                            format!("namespace '{name}' already exists"),
+                        )
+                        .with("namespace", name.as_str()));
+                    }
+                    let record = NamespaceRecord {
+                        name: name.clone(),
+                        description: spec.description.clone(),
+                        retention_days: spec.retention_days,
+                        created_at_ms: now,
+                        updated_at_ms: now,
+                        metadata: spec.metadata.clone(),
+                        ..NamespaceRecord::default()
+                    };
+                    tables::put(txn, &key, &record)?;
+                    Ok(record)
+                })
             })
             .await?;
         self.cache_namespace(&record.name);
@@ -336,15 +338,18 @@ impl Engine {
     {
         let now = self.now_ms();
         let change = &change;
-        self.transact(move |mut txn, fx| async move {
-            let key = tables::namespace_key(ns);
-            let Some(mut record) = tables::get::<NamespaceRecord>(txn.as_mut(), &key).await? else {
-                return Err(namespace_not_found(ns));
-            };
-            change(&mut record)?;
-            record.updated_at_ms = now;
-            tables::put(txn.as_mut(), &key, &record)?;
-            Ok((txn, (record, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let key = tables::namespace_key(ns);
+                let Some(mut record) = tables::get::<NamespaceRecord>(txn, &key).await? else {
+                    return Err(namespace_not_found(ns));
+                };
+                change(&mut record)?;
+                record.updated_at_ms = now;
+                tables::put(txn, &key, &record)?;
+                Ok(record)
+            })
         })
         .await
     }

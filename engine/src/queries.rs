@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::clock::{format_timestamp, Millis};
 use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel;
 use crate::model::{InstanceRecord, RunRecord, WorkerRecord};
 use crate::storage::ReadOptions;
 use crate::sync::Arc;
@@ -399,7 +400,7 @@ impl Engine {
         let now = self.now_ms();
         let mut txn = self.inner.store.begin().await?;
         let txn = txn.as_mut();
-        Self::require_namespace(txn, ns).await?;
+        kernel::require_namespace(txn, ns).await?;
         let instance: InstanceRecord =
             tables::get_snapshot(txn, &tables::instance_key(ns, &req.workflow_id))
                 .await?

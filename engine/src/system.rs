@@ -35,10 +35,16 @@ fn closed_before(ns: &str, cutoff_ms: Millis) -> KeyRange {
 
 /// Records a run's close in the retention index. Called by the run's close, in its
 /// transaction, so that the index holds exactly the closed runs.
-pub(crate) fn index_closed_run(txn: &mut dyn KvTxn, run: &RunRecord, closed_at_ms: Millis) {
+pub(crate) fn index_closed_run(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    workflow_id: &str,
+    run_id: &str,
+    closed_at_ms: Millis,
+) {
     txn.set(
-        &closed_run_key(&run.namespace, closed_at_ms, &run.run_id),
-        run.workflow_id.as_bytes(),
+        &closed_run_key(ns, closed_at_ms, run_id),
+        workflow_id.as_bytes(),
     );
 }
 
@@ -274,34 +280,37 @@ impl Engine {
     /// chain closed before the current one, so they are past retention too and go in
     /// the same or an earlier pass. Returns whether the instance was deleted.
     async fn purge_run(&self, ns: &str, c: &RetentionCandidate) -> Result<bool> {
-        self.transact(move |mut txn, fx| async move {
-            let index_key = closed_run_key(ns, c.closed_at_ms, &c.run_id);
-            let rkey = tables::run_key(ns, &c.run_id);
-            let run = tables::get::<RunRecord>(txn.as_mut(), &rkey).await?;
-            let mut deleted_instance = false;
-            if let Some(run) = run.filter(|r| r.status.is_terminal()) {
-                txn.clear_range(&Key::new(prefix::HISTORY).str(ns).str(&run.run_id).range());
-                txn.clear_range(&Key::new(prefix::UPDATE).str(ns).str(&run.run_id).range());
-                tables::delete(txn.as_mut(), &rkey).await?;
-                let ikey = tables::instance_key(ns, &run.workflow_id);
-                if let Some(instance) = tables::get::<InstanceRecord>(txn.as_mut(), &ikey).await? {
-                    if instance.current_run_id == run.run_id {
-                        tables::delete(txn.as_mut(), &ikey).await?;
-                        // Command receipts are per workflow id: they go with the instance.
-                        txn.clear_range(
-                            &Key::new(prefix::COMMAND_RECEIPT)
-                                .str(ns)
-                                .str(&run.workflow_id)
-                                .range(),
-                        );
-                        // Older runs of a chain left the workflow list when continued.
-                        crate::workflow::unlist_run(txn.as_mut(), &run);
-                        deleted_instance = true;
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let index_key = closed_run_key(ns, c.closed_at_ms, &c.run_id);
+                let rkey = tables::run_key(ns, &c.run_id);
+                let run = tables::get::<RunRecord>(txn, &rkey).await?;
+                let mut deleted_instance = false;
+                if let Some(run) = run.filter(|r| r.status.is_terminal()) {
+                    txn.clear_range(&Key::new(prefix::HISTORY).str(ns).str(&run.run_id).range());
+                    txn.clear_range(&Key::new(prefix::UPDATE).str(ns).str(&run.run_id).range());
+                    tables::delete(txn, &rkey).await?;
+                    let ikey = tables::instance_key(ns, &run.workflow_id);
+                    if let Some(instance) = tables::get::<InstanceRecord>(txn, &ikey).await? {
+                        if instance.current_run_id == run.run_id {
+                            tables::delete(txn, &ikey).await?;
+                            // Command receipts are per workflow id: they go with the instance.
+                            txn.clear_range(
+                                &Key::new(prefix::COMMAND_RECEIPT)
+                                    .str(ns)
+                                    .str(&run.workflow_id)
+                                    .range(),
+                            );
+                            // Older runs of a chain left the workflow list when continued.
+                            crate::workflow::unlist_run(txn, &run);
+                            deleted_instance = true;
+                        }
                     }
                 }
-            }
-            txn.clear(&index_key);
-            Ok((txn, (deleted_instance, fx)))
+                txn.clear(&index_key);
+                Ok(deleted_instance)
+            })
         })
         .await
     }
@@ -349,18 +358,22 @@ impl Engine {
             let run_id = &run_id;
             let now = self.now_ms();
             let done = self
-                .transact(move |mut txn, mut fx| async move {
-                    let rkey = tables::run_key(ns, run_id);
-                    let Some(mut run) = tables::get::<RunRecord>(txn.as_mut(), &rkey).await? else {
-                        return Ok((txn, (false, fx)));
-                    };
-                    if repair_reason(txn.as_mut(), &run).await?.is_none() {
-                        return Ok((txn, (false, fx)));
-                    }
-                    run.workflow_task = None;
-                    crate::workflow::ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
-                    tables::put(txn.as_mut(), &rkey, &run)?;
-                    Ok((txn, (true, fx)))
+                .transact(move |tx| {
+                    Box::pin(async move {
+                        let txn = tx.txn.as_mut();
+                        let fx = &mut tx.fx;
+                        let rkey = tables::run_key(ns, run_id);
+                        let Some(mut run) = tables::get::<RunRecord>(txn, &rkey).await? else {
+                            return Ok(false);
+                        };
+                        if repair_reason(txn, &run).await?.is_none() {
+                            return Ok(false);
+                        }
+                        run.workflow_task = None;
+                        crate::workflow::ensure_workflow_task(txn, &mut run, now, fx)?;
+                        tables::put(txn, &rkey, &run)?;
+                        Ok(true)
+                    })
                 })
                 .await?;
             if done {

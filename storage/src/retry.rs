@@ -72,12 +72,11 @@ where
     Fut: Future<Output = Result<(Box<dyn KvTxn>, T), E>>,
     U: FnMut(T),
 {
-    let mut backoff = policy.initial_backoff;
-    let mut attempt = 1;
+    let mut attempts = Attempts::new(policy);
     loop {
         let outcome = async {
             let txn = store.begin().await?;
-            let (txn, value) = body(txn, attempt).await?;
+            let (txn, value) = body(txn, attempts.number()).await?;
             match txn.commit().await {
                 Ok(_) => Ok(value),
                 Err(e) => {
@@ -90,17 +89,49 @@ where
         }
         .await;
         match outcome {
-            Err(e)
-                if attempt < policy.max_attempts
-                    && e.as_storage().is_some_and(StorageError::is_retryable) =>
-            {
-                tracing::debug!(attempt, error = ?e.as_storage(), "retrying transaction");
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(policy.max_backoff);
-                attempt += 1;
-            }
+            Err(e) if attempts.retry(e.as_storage()).await => {}
             other => return other,
         }
+    }
+}
+
+/// The attempt counter and backoff of one retried transaction, for runners that drive the
+/// attempt loop themselves (e.g. to lend a body a borrowed context): `retry` answers
+/// whether a failure is retried and sleeps the backoff first.
+#[derive(Debug)]
+pub struct Attempts {
+    policy: RetryPolicy,
+    backoff: Duration,
+    attempt: u32,
+}
+
+impl Attempts {
+    /// The first attempt under `policy`.
+    pub fn new(policy: RetryPolicy) -> Attempts {
+        Attempts {
+            policy,
+            backoff: policy.initial_backoff,
+            attempt: 1,
+        }
+    }
+
+    /// The current attempt, 1-based.
+    pub fn number(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether a failure with this storage error (`None`: a domain error, never retried)
+    /// gets another attempt; if so, waits the jittered backoff and counts the attempt.
+    pub async fn retry(&mut self, error: Option<&StorageError>) -> bool {
+        let retryable = error.is_some_and(StorageError::is_retryable);
+        if !retryable || self.attempt >= self.policy.max_attempts {
+            return false;
+        }
+        tracing::debug!(attempt = self.attempt, ?error, "retrying transaction");
+        tokio::time::sleep(jitter(self.backoff)).await;
+        self.backoff = (self.backoff * 2).min(self.policy.max_backoff);
+        self.attempt += 1;
+        true
     }
 }
 

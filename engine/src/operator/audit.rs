@@ -111,9 +111,12 @@ pub(crate) fn error_reason(e: &Error) -> String {
 impl Engine {
     /// Writes an audit entry in a transaction of its own.
     pub async fn record_audit(&self, entry: &AuditEntry) -> Result<()> {
-        self.transact(move |mut txn, fx| async move {
-            put_audit(txn.as_mut(), entry)?;
-            Ok((txn, ((), fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                put_audit(txn, entry)?;
+                Ok(())
+            })
         })
         .await
     }

@@ -27,6 +27,7 @@ use super::audit::{put_audit, Actor, AuditEntry};
 use crate::clock::Millis;
 use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel;
 use crate::keys::{prefix, Key};
 use crate::model::WorkerRecord;
 use crate::storage::{KeyRange, KvTxn, ReadOptions};
@@ -422,14 +423,17 @@ impl Engine {
         worker.last_heartbeat_at_ms = now;
         let (w, endpoint) = (&worker, &endpoint);
         let saved = self
-            .transact(move |mut txn, fx| async move {
-                let record = Self::put_worker(txn.as_mut(), w).await?;
-                let key = endpoint_key(&w.namespace, &w.worker_id);
-                match endpoint {
-                    Some(e) => tables::put(txn.as_mut(), &key, e)?,
-                    None => txn.clear(&key),
-                }
-                Ok((txn, (record, fx)))
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    let record = Self::put_worker(txn, w).await?;
+                    let key = endpoint_key(&w.namespace, &w.worker_id);
+                    match endpoint {
+                        Some(e) => tables::put(txn, &key, e)?,
+                        None => txn.clear(&key),
+                    }
+                    Ok(record)
+                })
             })
             .await?;
         self.cache_worker(saved.clone());
@@ -483,9 +487,10 @@ impl Engine {
         let touched: Mutex<BTreeSet<CohortRef>> = Mutex::new(BTreeSet::new());
         let (url_key, new_id, touched_ref, audit_ref) = (&url_key, &new_id, &touched, &audit);
         let result = self
-            .transact(move |mut txn, fx| async move {
-                let t = txn.as_mut();
-                Self::require_namespace(t, ns).await?;
+            .transact(move |tx| Box::pin(async move {
+let txn = tx.txn.as_mut();
+                let t = txn;
+                kernel::require_namespace(t, ns).await?;
                 let all: Vec<DeploymentRecord> =
                     read_all(t, &deployments_range(ns), MAX_DEPLOYMENTS, false).await?;
                 let existing = all
@@ -508,7 +513,7 @@ impl Engine {
                         result: "unchanged",
                         bumped: Vec::new(),
                     };
-                    return Ok((txn, (outcome, fx)));
+                    return Ok(outcome);
                 }
                 // Discovery: the cohorts of registered workers announcing the URL, and
                 // the request's own.
@@ -655,18 +660,12 @@ impl Engine {
                     )
                 };
                 put_audit(t, &entry)?;
-                Ok((
-                    txn,
-                    (
-                        RedeployOutcome {
-                            deployment: record,
-                            result,
-                            bumped,
-                        },
-                        fx,
-                    ),
-                ))
-            })
+                Ok(RedeployOutcome {
+                    deployment: record,
+                    result,
+                    bumped,
+                })
+            }))
             .await;
         // Whatever happened (a commit may have applied before an error), cached drain
         // intents of the cohorts touched are re-read from storage.
@@ -731,9 +730,10 @@ impl Engine {
         let touched: Mutex<BTreeSet<CohortRef>> = Mutex::new(BTreeSet::new());
         let (url_key, touched_ref) = (&url_key, &touched);
         let decided = self
-            .transact(move |mut txn, fx| async move {
-                let t = txn.as_mut();
-                Self::require_namespace(t, ns).await?;
+            .transact(move |tx| Box::pin(async move {
+let txn = tx.txn.as_mut();
+                let t = txn;
+                kernel::require_namespace(t, ns).await?;
                 let all: Vec<DeploymentRecord> =
                     read_all(t, &deployments_range(ns), MAX_DEPLOYMENTS, false).await?;
                 let Some(kept) = all
@@ -784,8 +784,8 @@ impl Engine {
                            "drained": stale.iter().map(|d| d.deployment_id.clone()).collect::<Vec<_>>()}),
                 );
                 put_audit(t, &entry)?;
-                Ok((txn, ((kept, stale, shared), fx)))
-            })
+                Ok((kept, stale, shared))
+            }))
             .await;
         for c in touched
             .lock()
@@ -886,26 +886,29 @@ impl Engine {
             }
             let id = &d.deployment_id;
             let gone = self
-                .transact(move |mut txn, fx| async move {
-                    let t = txn.as_mut();
-                    let all: Vec<DeploymentRecord> =
-                        read_all(t, &deployments_range(ns), MAX_DEPLOYMENTS, false).await?;
-                    let Some(current) = all.iter().find(|x| x.deployment_id == *id) else {
-                        return Ok((txn, (true, fx)));
-                    };
-                    if !current.draining {
-                        return Ok((txn, (false, fx)));
-                    }
-                    let rest: Vec<DeploymentRecord> = all
-                        .iter()
-                        .filter(|x| x.deployment_id != *id)
-                        .cloned()
-                        .collect();
-                    for s in &current.services {
-                        release_service(t, ns, s.kind, &s.name, id, &rest, now).await?;
-                    }
-                    tables::delete(t, &deployment_key(ns, id)).await?;
-                    Ok((txn, (true, fx)))
+                .transact(move |tx| {
+                    Box::pin(async move {
+                        let txn = tx.txn.as_mut();
+                        let t = txn;
+                        let all: Vec<DeploymentRecord> =
+                            read_all(t, &deployments_range(ns), MAX_DEPLOYMENTS, false).await?;
+                        let Some(current) = all.iter().find(|x| x.deployment_id == *id) else {
+                            return Ok(true);
+                        };
+                        if !current.draining {
+                            return Ok(false);
+                        }
+                        let rest: Vec<DeploymentRecord> = all
+                            .iter()
+                            .filter(|x| x.deployment_id != *id)
+                            .cloned()
+                            .collect();
+                        for s in &current.services {
+                            release_service(t, ns, s.kind, &s.name, id, &rest, now).await?;
+                        }
+                        tables::delete(t, &deployment_key(ns, id)).await?;
+                        Ok(true)
+                    })
                 })
                 .await?;
             if gone {

@@ -26,6 +26,7 @@ use super::inspect::failure_evidence;
 use crate::clock::Millis;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::kernel;
 use crate::keys::{prefix, Key};
 use crate::model::{InstanceRecord, RunRecord, RunStatus};
 use crate::storage::KvTxn;
@@ -101,7 +102,7 @@ async fn purge_run(
     // A closed run holds no task or timer; should one remain, it goes with the run
     // rather than be stranded.
     for task_id in run.workflow_task.iter().chain(run.open_activities.iter()) {
-        Engine::delete_task(txn, task_id).await?;
+        kernel::delete_task(txn, task_id).await?;
     }
     if let Some(timer) = &run.deadline_timer {
         txn.clear(&tables::timer_key(timer));
@@ -192,9 +193,11 @@ impl Engine {
         let (command_id, reason) = (&command_id, &reason);
         // The decision, under the workflow id's lock.
         let plan = self
-            .transact(move |mut txn, mut fx| async move {
-                let t = txn.as_mut();
-                Self::require_namespace(t, ns).await?;
+            .transact(move |tx| Box::pin(async move {
+let txn = tx.txn.as_mut();
+let fx = &mut tx.fx;
+                let t = txn;
+                kernel::require_namespace(t, ns).await?;
                 let Some(instance) =
                     tables::get::<InstanceRecord>(t, &tables::instance_key(ns, workflow_id)).await?
                 else {
@@ -257,7 +260,7 @@ impl Engine {
                         Some(reason),
                         command_id,
                         now,
-                        &mut fx,
+                        fx,
                     )
                     .await?;
                     terminated.push(current.run_id.clone());
@@ -280,26 +283,23 @@ impl Engine {
                            "currentRunId": current.run_id}),
                 );
                 put_audit(t, &entry)?;
-                Ok((
-                    txn,
-                    (
-                        Plan {
-                            current_run_id: current.run_id,
-                            older,
-                            terminated,
-                        },
-                        fx,
-                    ),
-                ))
-            })
+                Ok(Plan {
+                    current_run_id: current.run_id,
+                    older,
+                    terminated,
+                })
+            }))
             .await?;
 
         let mut purged = Vec::new();
         for run_id in &plan.older {
             let done = self
-                .transact(move |mut txn, fx| async move {
-                    let done = purge_run(txn.as_mut(), ns, workflow_id, run_id, false).await?;
-                    Ok((txn, (done, fx)))
+                .transact(move |tx| {
+                    Box::pin(async move {
+                        let txn = tx.txn.as_mut();
+                        let done = purge_run(txn, ns, workflow_id, run_id, false).await?;
+                        Ok(done)
+                    })
                 })
                 .await?;
             if done {
@@ -308,29 +308,32 @@ impl Engine {
         }
         let current_run_id = &plan.current_run_id;
         let (cleared, current_purged) = self
-            .transact(move |mut txn, fx| async move {
-                let t = txn.as_mut();
-                let ikey = tables::instance_key(ns, workflow_id);
-                match tables::get::<InstanceRecord>(t, &ikey).await? {
-                    // A concurrent recover finished first (and maybe a new run started):
-                    // nothing of ours is left to clear.
-                    None => return Ok((txn, ((false, false), fx))),
-                    Some(i) if i.current_run_id != *current_run_id => {
-                        return Ok((txn, ((false, false), fx)))
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    let t = txn;
+                    let ikey = tables::instance_key(ns, workflow_id);
+                    match tables::get::<InstanceRecord>(t, &ikey).await? {
+                        // A concurrent recover finished first (and maybe a new run started):
+                        // nothing of ours is left to clear.
+                        None => return Ok((false, false)),
+                        Some(i) if i.current_run_id != *current_run_id => {
+                            return Ok((false, false))
+                        }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
-                }
-                let done = purge_run(t, ns, workflow_id, current_run_id, true).await?;
-                tables::delete(t, &ikey).await?;
-                // Command receipts are per workflow id: a resent request id after the
-                // recovery must not return an answer about the purged runs.
-                t.clear_range(
-                    &Key::new(prefix::COMMAND_RECEIPT)
-                        .str(ns)
-                        .str(workflow_id)
-                        .range(),
-                );
-                Ok((txn, ((true, done), fx)))
+                    let done = purge_run(t, ns, workflow_id, current_run_id, true).await?;
+                    tables::delete(t, &ikey).await?;
+                    // Command receipts are per workflow id: a resent request id after the
+                    // recovery must not return an answer about the purged runs.
+                    t.clear_range(
+                        &Key::new(prefix::COMMAND_RECEIPT)
+                            .str(ns)
+                            .str(workflow_id)
+                            .range(),
+                    );
+                    Ok((true, done))
+                })
             })
             .await?;
         if current_purged {

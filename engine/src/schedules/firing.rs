@@ -3,8 +3,8 @@
 use serde_json::{json, Value};
 
 use crate::clock::{format_timestamp, Millis};
-use crate::engine::{Effects, Engine};
 use crate::error::{Error, Result};
+use crate::kernel::{self, Effects};
 use crate::model::{InstanceRecord, RunRecord, TimerAction, TimerKey};
 use crate::storage::KvTxn;
 use crate::workflow::{CloseCommand, DuplicatePolicy, StartWorkflow};
@@ -118,7 +118,7 @@ pub(super) fn not_found(id: &str) -> Error {
 }
 
 pub(super) async fn load_live(txn: &mut dyn KvTxn, ns: &str, id: &str) -> Result<ScheduleRecord> {
-    Engine::require_namespace(txn, ns).await?;
+    kernel::require_namespace(txn, ns).await?;
     match load(txn, ns, id).await? {
         Some(s) if s.status != ScheduleStatus::Deleted => Ok(s),
         _ => Err(not_found(id)),
@@ -185,7 +185,7 @@ pub(super) fn arm(
         namespace: s.namespace.clone(),
         schedule_id: s.schedule_id.clone(),
     };
-    s.fire_timer = Some(Engine::put_timer(txn, at, &action, fx)?);
+    s.fire_timer = Some(kernel::put_timer(txn, at, &action, fx)?);
     s.next_occurrence_ms = Some(occurrence);
     s.next_fire_at_ms = Some(at);
     Ok(())
@@ -595,22 +595,22 @@ pub(crate) async fn run_closed(
 /// schedule through a timer, so the close does not read or conflict on the schedule.
 pub(crate) fn on_run_closed(
     txn: &mut dyn KvTxn,
-    run: &RunRecord,
+    ns: &str,
+    schedule_id: &str,
+    workflow_id: &str,
+    reason: &str,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
-    let Some(schedule_id) = &run.lifecycle.schedule_id else {
-        return Ok(());
-    };
     // A continued run lives on in its successor, which keeps the link.
-    if run.closed_reason.as_deref() == Some("continued") {
+    if reason == "continued" {
         return Ok(());
     }
     let action = TimerAction::ScheduleRunClosed {
-        namespace: run.namespace.clone(),
-        schedule_id: schedule_id.clone(),
-        workflow_id: run.workflow_id.clone(),
+        namespace: ns.to_string(),
+        schedule_id: schedule_id.to_string(),
+        workflow_id: workflow_id.to_string(),
     };
-    Engine::put_timer(txn, now, &action, fx)?;
+    kernel::put_timer(txn, now, &action, fx)?;
     Ok(())
 }

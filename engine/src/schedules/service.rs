@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use crate::clock::{format_timestamp, Millis};
 use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel;
 use crate::keys::{prefix, Key, KeyReader};
 use crate::model::InstanceRecord;
 use crate::storage::{KeyRange, ReadOptions};
@@ -42,79 +43,83 @@ impl Engine {
             .clone()
             .unwrap_or_else(|| ulid.to_ascii_lowercase());
         let (input, id, ulid) = (&input, &id, &ulid);
-        self.transact(move |mut txn, mut fx| async move {
-            Self::require_namespace(txn.as_mut(), ns).await?;
-            let key = schedule_key(ns, id);
-            let existing = tables::get::<ScheduleRecord>(txn.as_mut(), &key).await?;
-            if let Some(e) = &existing {
-                if e.schedule_ulid == *ulid {
-                    // Our own earlier attempt committed (commit-unknown retry).
-                    return Ok((txn, (e.clone(), fx)));
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                kernel::require_namespace(txn, ns).await?;
+                let key = schedule_key(ns, id);
+                let existing = tables::get::<ScheduleRecord>(txn, &key).await?;
+                if let Some(e) = &existing {
+                    if e.schedule_ulid == *ulid {
+                        // Our own earlier attempt committed (commit-unknown retry).
+                        return Ok(e.clone());
+                    }
+                    if e.status != ScheduleStatus::Deleted {
+                        return Err(Error::conflict(
+                            "schedule_already_exists",
+                            format!("schedule '{id}' already exists"),
+                        )
+                        .with("schedule_id", id.as_str()));
+                    }
                 }
-                if e.status != ScheduleStatus::Deleted {
-                    return Err(Error::conflict(
-                        "schedule_already_exists",
-                        format!("schedule '{id}' already exists"),
-                    )
-                    .with("schedule_id", id.as_str()));
-                }
-            }
-            let mut s = ScheduleRecord {
-                namespace: ns.to_string(),
-                schedule_id: id.clone(),
-                schedule_ulid: ulid.clone(),
-                status: if input.paused {
-                    ScheduleStatus::Paused
-                } else {
-                    ScheduleStatus::Active
-                },
-                spec: input.spec.clone(),
-                action: input.action.clone(),
-                overlap_policy: input.overlap_policy.unwrap_or(OverlapPolicy::Skip),
-                jitter_seconds: input.jitter_seconds.unwrap_or(0),
-                max_runs: input.max_runs,
-                remaining_actions: input.max_runs,
-                memo: input.memo.clone().unwrap_or_else(|| json!({})),
-                search_attributes: input.search_attributes.clone().unwrap_or_else(|| json!({})),
-                note: input.note.clone(),
-                catchup_window_seconds: input
-                    .catchup_window_seconds
-                    .unwrap_or(DEFAULT_CATCHUP_WINDOW_SECONDS),
-                fires_count: 0,
-                failures_count: 0,
-                trigger_count: 0,
-                skipped_count: 0,
-                next_occurrence_ms: None,
-                next_fire_at_ms: None,
-                fire_timer: None,
-                last_fired_at_ms: None,
-                latest_workflow_id: None,
-                latest_run_id: None,
-                running: Vec::new(),
-                buffer: Vec::new(),
-                recent_actions: Vec::new(),
-                paused_at_ms: input.paused.then_some(now),
-                created_at_ms: now,
-                updated_at_ms: now,
-                deleted_at_ms: None,
-                // A re-created id continues the old audit stream.
-                last_event_seq: existing.as_ref().map_or(0, |e| e.last_event_seq),
-                last_request: None,
-            };
-            arm(txn.as_mut(), &mut s, now, &mut fx)?;
-            let view = schedule_json(&s);
-            let payload = json!({
-                "spec": view["spec"],
-                "action": view["action"],
-                "overlap_policy": s.overlap_policy.as_str(),
-                "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
-                "paused": input.paused,
-                "command_context": command_context("create"),
-            });
-            record_event(txn.as_mut(), &mut s, "ScheduleCreated", payload, None, now);
-            txn.set(&list_key(ns, now, id), &[]);
-            save(txn.as_mut(), &s)?;
-            Ok((txn, (s, fx)))
+                let mut s = ScheduleRecord {
+                    namespace: ns.to_string(),
+                    schedule_id: id.clone(),
+                    schedule_ulid: ulid.clone(),
+                    status: if input.paused {
+                        ScheduleStatus::Paused
+                    } else {
+                        ScheduleStatus::Active
+                    },
+                    spec: input.spec.clone(),
+                    action: input.action.clone(),
+                    overlap_policy: input.overlap_policy.unwrap_or(OverlapPolicy::Skip),
+                    jitter_seconds: input.jitter_seconds.unwrap_or(0),
+                    max_runs: input.max_runs,
+                    remaining_actions: input.max_runs,
+                    memo: input.memo.clone().unwrap_or_else(|| json!({})),
+                    search_attributes: input.search_attributes.clone().unwrap_or_else(|| json!({})),
+                    note: input.note.clone(),
+                    catchup_window_seconds: input
+                        .catchup_window_seconds
+                        .unwrap_or(DEFAULT_CATCHUP_WINDOW_SECONDS),
+                    fires_count: 0,
+                    failures_count: 0,
+                    trigger_count: 0,
+                    skipped_count: 0,
+                    next_occurrence_ms: None,
+                    next_fire_at_ms: None,
+                    fire_timer: None,
+                    last_fired_at_ms: None,
+                    latest_workflow_id: None,
+                    latest_run_id: None,
+                    running: Vec::new(),
+                    buffer: Vec::new(),
+                    recent_actions: Vec::new(),
+                    paused_at_ms: input.paused.then_some(now),
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    deleted_at_ms: None,
+                    // A re-created id continues the old audit stream.
+                    last_event_seq: existing.as_ref().map_or(0, |e| e.last_event_seq),
+                    last_request: None,
+                };
+                arm(txn, &mut s, now, fx)?;
+                let view = schedule_json(&s);
+                let payload = json!({
+                    "spec": view["spec"],
+                    "action": view["action"],
+                    "overlap_policy": s.overlap_policy.as_str(),
+                    "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
+                    "paused": input.paused,
+                    "command_context": command_context("create"),
+                });
+                record_event(txn, &mut s, "ScheduleCreated", payload, None, now);
+                txn.set(&list_key(ns, now, id), &[]);
+                save(txn, &s)?;
+                Ok(s)
+            })
         })
         .await
     }
@@ -122,7 +127,7 @@ impl Engine {
     /// Reads a live schedule (404 `schedule_not_found` when absent or deleted).
     pub async fn describe_schedule(&self, ns: &str, id: &str) -> Result<ScheduleRecord> {
         let mut txn = self.inner.store.begin().await?;
-        Self::require_namespace(txn.as_mut(), ns).await?;
+        kernel::require_namespace(txn.as_mut(), ns).await?;
         match tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, id)).await? {
             Some(s) if s.status != ScheduleStatus::Deleted => Ok(s),
             _ => Err(not_found(id)),
@@ -136,7 +141,7 @@ impl Engine {
         q: &ScheduleListQuery,
     ) -> Result<ScheduleListPage> {
         let mut txn = self.inner.store.begin().await?;
-        Self::require_namespace(txn.as_mut(), ns).await?;
+        kernel::require_namespace(txn.as_mut(), ns).await?;
         let page_size = q.page_size.clamp(1, MAX_LIST_PAGE);
         let base = Key::new(prefix::SCHEDULE_LIST).str(ns);
         let mut range: KeyRange = base.range();
@@ -212,77 +217,81 @@ impl Engine {
         let now = self.now_ms();
         let request_id = ids::new_id(now);
         let (patch, request_id) = (&patch, &request_id);
-        self.transact(move |mut txn, mut fx| async move {
-            let mut s = load_live(txn.as_mut(), ns, id).await?;
-            if receipt(&s, request_id).is_some() {
-                // Our own earlier attempt committed (commit-unknown retry).
-                return Ok((txn, (s, fx)));
-            }
-            s.last_request = Some(RequestReceipt {
-                request_id: request_id.clone(),
-                fires: Vec::new(),
-            });
-            let mut changed = Vec::new();
-            if let Some(spec) = &patch.spec {
-                s.spec = spec.clone();
-                changed.push("spec");
-            }
-            if let Some(action) = &patch.action {
-                s.action = action.clone();
-                changed.push("action");
-            }
-            if let Some(p) = patch.overlap_policy {
-                s.overlap_policy = p;
-                changed.push("overlap_policy");
-            }
-            if let Some(j) = patch.jitter_seconds {
-                s.jitter_seconds = j;
-                changed.push("jitter_seconds");
-            }
-            if let Some(m) = patch.max_runs {
-                s.max_runs = Some(m);
-                s.remaining_actions = Some(m.saturating_sub(s.fires_count));
-                changed.push("max_runs");
-            }
-            if let Some(m) = &patch.memo {
-                s.memo = m.clone();
-                changed.push("memo");
-            }
-            if let Some(a) = &patch.search_attributes {
-                s.search_attributes = a.clone();
-                changed.push("search_attributes");
-            }
-            if let Some(n) = &patch.note {
-                s.note = Some(n.clone());
-                changed.push("note");
-            }
-            if let Some(c) = patch.catchup_window_seconds {
-                s.catchup_window_seconds = c;
-                changed.push("catchup_window_seconds");
-            }
-            s.updated_at_ms = now;
-            if s.status == ScheduleStatus::Active {
-                // An occurrence already due but waiting out its jitter is kept unless the
-                // spec itself changed.
-                let from = match s.next_occurrence_ms {
-                    Some(pending) if pending <= now && patch.spec.is_none() => pending - 1,
-                    _ => now,
-                };
-                arm(txn.as_mut(), &mut s, from, &mut fx)?;
-                drain(txn.as_mut(), &mut s, now, &mut fx).await?;
-            }
-            let view = schedule_json(&s);
-            let payload = json!({
-                "changed_fields": changed,
-                "spec": view["spec"],
-                "action": view["action"],
-                "overlap_policy": s.overlap_policy.as_str(),
-                "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
-                "command_context": command_context("update"),
-            });
-            record_event(txn.as_mut(), &mut s, "ScheduleUpdated", payload, None, now);
-            save(txn.as_mut(), &s)?;
-            Ok((txn, (s, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let mut s = load_live(txn, ns, id).await?;
+                if receipt(&s, request_id).is_some() {
+                    // Our own earlier attempt committed (commit-unknown retry).
+                    return Ok(s);
+                }
+                s.last_request = Some(RequestReceipt {
+                    request_id: request_id.clone(),
+                    fires: Vec::new(),
+                });
+                let mut changed = Vec::new();
+                if let Some(spec) = &patch.spec {
+                    s.spec = spec.clone();
+                    changed.push("spec");
+                }
+                if let Some(action) = &patch.action {
+                    s.action = action.clone();
+                    changed.push("action");
+                }
+                if let Some(p) = patch.overlap_policy {
+                    s.overlap_policy = p;
+                    changed.push("overlap_policy");
+                }
+                if let Some(j) = patch.jitter_seconds {
+                    s.jitter_seconds = j;
+                    changed.push("jitter_seconds");
+                }
+                if let Some(m) = patch.max_runs {
+                    s.max_runs = Some(m);
+                    s.remaining_actions = Some(m.saturating_sub(s.fires_count));
+                    changed.push("max_runs");
+                }
+                if let Some(m) = &patch.memo {
+                    s.memo = m.clone();
+                    changed.push("memo");
+                }
+                if let Some(a) = &patch.search_attributes {
+                    s.search_attributes = a.clone();
+                    changed.push("search_attributes");
+                }
+                if let Some(n) = &patch.note {
+                    s.note = Some(n.clone());
+                    changed.push("note");
+                }
+                if let Some(c) = patch.catchup_window_seconds {
+                    s.catchup_window_seconds = c;
+                    changed.push("catchup_window_seconds");
+                }
+                s.updated_at_ms = now;
+                if s.status == ScheduleStatus::Active {
+                    // An occurrence already due but waiting out its jitter is kept unless the
+                    // spec itself changed.
+                    let from = match s.next_occurrence_ms {
+                        Some(pending) if pending <= now && patch.spec.is_none() => pending - 1,
+                        _ => now,
+                    };
+                    arm(txn, &mut s, from, fx)?;
+                    drain(txn, &mut s, now, fx).await?;
+                }
+                let view = schedule_json(&s);
+                let payload = json!({
+                    "changed_fields": changed,
+                    "spec": view["spec"],
+                    "action": view["action"],
+                    "overlap_policy": s.overlap_policy.as_str(),
+                    "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
+                    "command_context": command_context("update"),
+                });
+                record_event(txn, &mut s, "ScheduleUpdated", payload, None, now);
+                save(txn, &s)?;
+                Ok(s)
+            })
         })
         .await
     }
@@ -296,26 +305,29 @@ impl Engine {
     ) -> Result<ScheduleRecord> {
         let now = self.now_ms();
         let note = &note;
-        self.transact(move |mut txn, fx| async move {
-            let mut s = load_live(txn.as_mut(), ns, id).await?;
-            if s.status == ScheduleStatus::Paused {
-                return Ok((txn, (s, fx)));
-            }
-            s.status = ScheduleStatus::Paused;
-            s.paused_at_ms = Some(now);
-            s.updated_at_ms = now;
-            if let Some(n) = note {
-                s.note = Some(n.clone());
-            }
-            disarm(txn.as_mut(), &mut s);
-            let payload = json!({
-                "reason": note,
-                "paused_at": format_timestamp(now),
-                "command_context": command_context("pause"),
-            });
-            record_event(txn.as_mut(), &mut s, "SchedulePaused", payload, None, now);
-            save(txn.as_mut(), &s)?;
-            Ok((txn, (s, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let mut s = load_live(txn, ns, id).await?;
+                if s.status == ScheduleStatus::Paused {
+                    return Ok(s);
+                }
+                s.status = ScheduleStatus::Paused;
+                s.paused_at_ms = Some(now);
+                s.updated_at_ms = now;
+                if let Some(n) = note {
+                    s.note = Some(n.clone());
+                }
+                disarm(txn, &mut s);
+                let payload = json!({
+                    "reason": note,
+                    "paused_at": format_timestamp(now),
+                    "command_context": command_context("pause"),
+                });
+                record_event(txn, &mut s, "SchedulePaused", payload, None, now);
+                save(txn, &s)?;
+                Ok(s)
+            })
         })
         .await
     }
@@ -330,27 +342,31 @@ impl Engine {
     ) -> Result<ScheduleRecord> {
         let now = self.now_ms();
         let note = &note;
-        self.transact(move |mut txn, mut fx| async move {
-            let mut s = load_live(txn.as_mut(), ns, id).await?;
-            if s.status == ScheduleStatus::Active {
-                return Ok((txn, (s, fx)));
-            }
-            s.status = ScheduleStatus::Active;
-            s.paused_at_ms = None;
-            s.updated_at_ms = now;
-            if let Some(n) = note {
-                s.note = Some(n.clone());
-            }
-            arm(txn.as_mut(), &mut s, now, &mut fx)?;
-            drain(txn.as_mut(), &mut s, now, &mut fx).await?;
-            let payload = json!({
-                "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
-                "reason": note,
-                "command_context": command_context("resume"),
-            });
-            record_event(txn.as_mut(), &mut s, "ScheduleResumed", payload, None, now);
-            save(txn.as_mut(), &s)?;
-            Ok((txn, (s, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let mut s = load_live(txn, ns, id).await?;
+                if s.status == ScheduleStatus::Active {
+                    return Ok(s);
+                }
+                s.status = ScheduleStatus::Active;
+                s.paused_at_ms = None;
+                s.updated_at_ms = now;
+                if let Some(n) = note {
+                    s.note = Some(n.clone());
+                }
+                arm(txn, &mut s, now, fx)?;
+                drain(txn, &mut s, now, fx).await?;
+                let payload = json!({
+                    "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
+                    "reason": note,
+                    "command_context": command_context("resume"),
+                });
+                record_event(txn, &mut s, "ScheduleResumed", payload, None, now);
+                save(txn, &s)?;
+                Ok(s)
+            })
         })
         .await
     }
@@ -365,56 +381,57 @@ impl Engine {
         let now = self.now_ms();
         let run_id = ids::new_id(now);
         let run_id = &run_id;
-        self.transact(move |mut txn, mut fx| async move {
-            let mut s = load_live(txn.as_mut(), ns, id).await?;
-            if let Some(done) = receipt(&s, run_id) {
-                // Our own earlier attempt committed (commit-unknown retry).
-                let outcome = done
-                    .fires
-                    .first()
-                    .map(FireOutcome::restore)
-                    .unwrap_or(FireOutcome::BufferFull);
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let mut s = load_live(txn, ns, id).await?;
+                if let Some(done) = receipt(&s, run_id) {
+                    // Our own earlier attempt committed (commit-unknown retry).
+                    let outcome = done
+                        .fires
+                        .first()
+                        .map(FireOutcome::restore)
+                        .unwrap_or(FireOutcome::BufferFull);
+                    let result = TriggerResult {
+                        schedule_id: id.to_string(),
+                        outcome,
+                        buffer_depth: s.buffer.len(),
+                    };
+                    return Ok(result);
+                }
+                let mut workflow_id = format!("{id}-{}", format_timestamp(now));
+                let ikey = tables::instance_key(ns, &workflow_id);
+                if tables::get::<InstanceRecord>(txn, &ikey).await?.is_some() {
+                    // Two manual triggers in one microsecond: keep the ids apart.
+                    workflow_id = format!("{workflow_id}-{}", s.trigger_count + 1);
+                }
+                drain(txn, &mut s, now, fx).await?;
+                let fire = Fire {
+                    occurrence_ms: now,
+                    workflow_id,
+                    run_id: run_id.clone(),
+                    trigger: TriggerKind::Manual,
+                    cron_expression: None,
+                };
+                let policy = overlap.unwrap_or(s.overlap_policy);
+                let outcome = apply_fire(txn, &mut s, fire, policy, now, fx).await?;
+                // A schedule whose runs were used up has no timer any more.
+                if s.remaining_actions == Some(0) {
+                    disarm(txn, &mut s);
+                }
+                s.last_request = Some(RequestReceipt {
+                    request_id: run_id.clone(),
+                    fires: vec![outcome.store(now)],
+                });
+                save(txn, &s)?;
                 let result = TriggerResult {
                     schedule_id: id.to_string(),
                     outcome,
                     buffer_depth: s.buffer.len(),
                 };
-                return Ok((txn, (result, fx)));
-            }
-            let mut workflow_id = format!("{id}-{}", format_timestamp(now));
-            let ikey = tables::instance_key(ns, &workflow_id);
-            if tables::get::<InstanceRecord>(txn.as_mut(), &ikey)
-                .await?
-                .is_some()
-            {
-                // Two manual triggers in one microsecond: keep the ids apart.
-                workflow_id = format!("{workflow_id}-{}", s.trigger_count + 1);
-            }
-            drain(txn.as_mut(), &mut s, now, &mut fx).await?;
-            let fire = Fire {
-                occurrence_ms: now,
-                workflow_id,
-                run_id: run_id.clone(),
-                trigger: TriggerKind::Manual,
-                cron_expression: None,
-            };
-            let policy = overlap.unwrap_or(s.overlap_policy);
-            let outcome = apply_fire(txn.as_mut(), &mut s, fire, policy, now, &mut fx).await?;
-            // A schedule whose runs were used up has no timer any more.
-            if s.remaining_actions == Some(0) {
-                disarm(txn.as_mut(), &mut s);
-            }
-            s.last_request = Some(RequestReceipt {
-                request_id: run_id.clone(),
-                fires: vec![outcome.store(now)],
-            });
-            save(txn.as_mut(), &s)?;
-            let result = TriggerResult {
-                schedule_id: id.to_string(),
-                outcome,
-                buffer_depth: s.buffer.len(),
-            };
-            Ok((txn, (result, fx)))
+                Ok(result)
+            })
         })
         .await
     }
@@ -471,50 +488,53 @@ impl Engine {
             let request_id = ids::new_id(now);
             let request_id = &request_id;
             let done = self
-                .transact(move |mut txn, mut fx| async move {
-                    let mut s = load_live(txn.as_mut(), ns, id).await?;
-                    if let Some(done) = receipt(&s, request_id) {
-                        // Our own earlier attempt committed (commit-unknown retry).
-                        let out = done
-                            .fires
-                            .iter()
-                            .map(|f| BackfillFire {
-                                occurrence_ms: f.occurrence_ms,
-                                outcome: FireOutcome::restore(f),
-                            })
-                            .collect();
-                        return Ok((txn, (out, fx)));
-                    }
-                    drain(txn.as_mut(), &mut s, now, &mut fx).await?;
-                    let policy = overlap.unwrap_or(s.overlap_policy);
-                    let mut out = Vec::with_capacity(batch.len());
-                    for (at, source, run_id) in batch {
-                        let fire = Fire {
-                            occurrence_ms: *at,
-                            workflow_id: occurrence_workflow_id(id, *at),
-                            run_id: run_id.clone(),
-                            trigger: TriggerKind::Backfill,
-                            cron_expression: source_cron(&s, Some(*source)),
-                        };
-                        let outcome =
-                            apply_fire(txn.as_mut(), &mut s, fire, policy, now, &mut fx).await?;
-                        out.push(BackfillFire {
-                            occurrence_ms: *at,
-                            outcome,
+                .transact(move |tx| {
+                    Box::pin(async move {
+                        let txn = tx.txn.as_mut();
+                        let fx = &mut tx.fx;
+                        let mut s = load_live(txn, ns, id).await?;
+                        if let Some(done) = receipt(&s, request_id) {
+                            // Our own earlier attempt committed (commit-unknown retry).
+                            let out = done
+                                .fires
+                                .iter()
+                                .map(|f| BackfillFire {
+                                    occurrence_ms: f.occurrence_ms,
+                                    outcome: FireOutcome::restore(f),
+                                })
+                                .collect();
+                            return Ok(out);
+                        }
+                        drain(txn, &mut s, now, fx).await?;
+                        let policy = overlap.unwrap_or(s.overlap_policy);
+                        let mut out = Vec::with_capacity(batch.len());
+                        for (at, source, run_id) in batch {
+                            let fire = Fire {
+                                occurrence_ms: *at,
+                                workflow_id: occurrence_workflow_id(id, *at),
+                                run_id: run_id.clone(),
+                                trigger: TriggerKind::Backfill,
+                                cron_expression: source_cron(&s, Some(*source)),
+                            };
+                            let outcome = apply_fire(txn, &mut s, fire, policy, now, fx).await?;
+                            out.push(BackfillFire {
+                                occurrence_ms: *at,
+                                outcome,
+                            });
+                        }
+                        if s.remaining_actions == Some(0) {
+                            disarm(txn, &mut s);
+                        }
+                        s.last_request = Some(RequestReceipt {
+                            request_id: request_id.clone(),
+                            fires: out
+                                .iter()
+                                .map(|f: &BackfillFire| f.outcome.store(f.occurrence_ms))
+                                .collect(),
                         });
-                    }
-                    if s.remaining_actions == Some(0) {
-                        disarm(txn.as_mut(), &mut s);
-                    }
-                    s.last_request = Some(RequestReceipt {
-                        request_id: request_id.clone(),
-                        fires: out
-                            .iter()
-                            .map(|f: &BackfillFire| f.outcome.store(f.occurrence_ms))
-                            .collect(),
-                    });
-                    save(txn.as_mut(), &s)?;
-                    Ok((txn, (out, fx)))
+                        save(txn, &s)?;
+                        Ok(out)
+                    })
                 })
                 .await?;
             fires.extend(done);
@@ -531,33 +551,36 @@ impl Engine {
         let now = self.now_ms();
         let request_id = ids::new_id(now);
         let request_id = &request_id;
-        self.transact(move |mut txn, fx| async move {
-            Self::require_namespace(txn.as_mut(), ns).await?;
-            let mut s = match load(txn.as_mut(), ns, id).await? {
-                Some(s) if s.status != ScheduleStatus::Deleted => s,
-                // Our own earlier attempt committed (commit-unknown retry).
-                Some(s) if receipt(&s, request_id).is_some() => return Ok((txn, ((), fx))),
-                _ => return Err(not_found(id)),
-            };
-            s.last_request = Some(RequestReceipt {
-                request_id: request_id.clone(),
-                fires: Vec::new(),
-            });
-            disarm(txn.as_mut(), &mut s);
-            s.status = ScheduleStatus::Deleted;
-            s.deleted_at_ms = Some(now);
-            s.updated_at_ms = now;
-            s.buffer.clear();
-            s.running.clear();
-            txn.clear(&list_key(ns, s.created_at_ms, id));
-            let payload = json!({
-                "reason": "deleted",
-                "deleted_at": format_timestamp(now),
-                "command_context": command_context("delete"),
-            });
-            record_event(txn.as_mut(), &mut s, "ScheduleDeleted", payload, None, now);
-            save(txn.as_mut(), &s)?;
-            Ok((txn, ((), fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                kernel::require_namespace(txn, ns).await?;
+                let mut s = match load(txn, ns, id).await? {
+                    Some(s) if s.status != ScheduleStatus::Deleted => s,
+                    // Our own earlier attempt committed (commit-unknown retry).
+                    Some(s) if receipt(&s, request_id).is_some() => return Ok(()),
+                    _ => return Err(not_found(id)),
+                };
+                s.last_request = Some(RequestReceipt {
+                    request_id: request_id.clone(),
+                    fires: Vec::new(),
+                });
+                disarm(txn, &mut s);
+                s.status = ScheduleStatus::Deleted;
+                s.deleted_at_ms = Some(now);
+                s.updated_at_ms = now;
+                s.buffer.clear();
+                s.running.clear();
+                txn.clear(&list_key(ns, s.created_at_ms, id));
+                let payload = json!({
+                    "reason": "deleted",
+                    "deleted_at": format_timestamp(now),
+                    "command_context": command_context("delete"),
+                });
+                record_event(txn, &mut s, "ScheduleDeleted", payload, None, now);
+                save(txn, &s)?;
+                Ok(())
+            })
         })
         .await
     }
@@ -573,7 +596,7 @@ impl Engine {
     ) -> Result<HistoryPage> {
         let limit = limit.clamp(1, MAX_HISTORY_PAGE);
         let mut txn = self.inner.store.begin().await?;
-        Self::require_namespace(txn.as_mut(), ns).await?;
+        kernel::require_namespace(txn.as_mut(), ns).await?;
         if tables::get_snapshot::<ScheduleRecord>(txn.as_mut(), &schedule_key(ns, id))
             .await?
             .is_none()

@@ -1,6 +1,7 @@
 //! Activity task reports: completion, failure with server-side retries, heartbeats.
 
 use super::*;
+use crate::kernel;
 
 impl Engine {
     /// Completes an activity attempt with its result.
@@ -13,34 +14,31 @@ impl Engine {
         result: &Value,
     ) -> Result<TaskOutcome> {
         let now = self.now_ms();
-        self.transact_report(task_id, "completed", move |mut txn, mut fx| async move {
-            let task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
-            check_activity_lease(&task, owner, attempt_id, now)?;
-            let activity = task
-                .activity
-                .clone()
-                .ok_or_else(|| Error::corrupt("activity task without state"))?;
-            let mut payload = json!({
-                "sequence": activity.sequence,
-                "activity_type": task.type_name,
-                "activity_execution_id": activity.activity_execution_id,
-                "activity_attempt_id": attempt_id,
-                "attempt_number": activity.attempt_number,
-                "result": result,
-                "payload_codec": "avro",
-            });
-            payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
-            let outcome = Self::resolve_activity(
-                txn.as_mut(),
-                ns,
-                &task,
-                "ActivityCompleted",
-                payload,
-                now,
-                &mut fx,
-            )
-            .await?;
-            Ok((txn, (outcome, fx)))
+        self.transact_report(task_id, "completed", move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let task = load_task(txn, ns, task_id, TaskKind::Activity).await?;
+                check_activity_lease(&task, owner, attempt_id, now)?;
+                let activity = task
+                    .activity
+                    .clone()
+                    .ok_or_else(|| Error::corrupt("activity task without state"))?;
+                let mut payload = json!({
+                    "sequence": activity.sequence,
+                    "activity_type": task.type_name,
+                    "activity_execution_id": activity.activity_execution_id,
+                    "activity_attempt_id": attempt_id,
+                    "attempt_number": activity.attempt_number,
+                    "result": result,
+                    "payload_codec": "avro",
+                });
+                payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
+                let outcome =
+                    Self::resolve_activity(txn, ns, &task, "ActivityCompleted", payload, now, fx)
+                        .await?;
+                Ok(outcome)
+            })
         })
         .await
     }
@@ -56,91 +54,84 @@ impl Engine {
         failure: &Value,
     ) -> Result<TaskOutcome> {
         let now = self.now_ms();
-        self.transact_report(task_id, "failed", move |mut txn, mut fx| async move {
-            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
-            check_activity_lease(&task, owner, attempt_id, now)?;
-            let activity = task
-                .activity
-                .clone()
-                .ok_or_else(|| Error::corrupt("activity task without state"))?;
-            let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
-            let reported_non_retryable = failure
-                .get("non_retryable")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let retry = super::activity_timeouts::retry_backoff_s(
-                &activity,
-                failure_type,
-                reported_non_retryable,
-            );
-            if let Some(backoff_s) = retry {
-                if let Some(a) = task.activity.as_mut() {
-                    let message = failure.get("message").and_then(Value::as_str).unwrap_or("");
-                    a.last_failure = Some(crate::model::AttemptFailure {
-                        at_ms: now,
-                        attempt_number: a.attempt_number,
-                        message: crate::operator::truncate_message(message),
-                    });
+        self.transact_report(task_id, "failed", move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let mut task = load_task(txn, ns, task_id, TaskKind::Activity).await?;
+                check_activity_lease(&task, owner, attempt_id, now)?;
+                let activity = task
+                    .activity
+                    .clone()
+                    .ok_or_else(|| Error::corrupt("activity task without state"))?;
+                let failure_type = failure.get("type").and_then(Value::as_str).unwrap_or("");
+                let reported_non_retryable = failure
+                    .get("non_retryable")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let retry = super::activity_timeouts::retry_backoff_s(
+                    &activity,
+                    failure_type,
+                    reported_non_retryable,
+                );
+                if let Some(backoff_s) = retry {
+                    if let Some(a) = task.activity.as_mut() {
+                        let message = failure.get("message").and_then(Value::as_str).unwrap_or("");
+                        a.last_failure = Some(crate::model::AttemptFailure {
+                            at_ms: now,
+                            attempt_number: a.attempt_number,
+                            message: crate::operator::truncate_message(message),
+                        });
+                    }
+                    super::activity_timeouts::schedule_retry(txn, &mut task, backoff_s, now, fx)?;
+                    let outcome = TaskOutcome {
+                        task_id: task_id.to_string(),
+                        outcome: "failed",
+                        recorded: true,
+                        run_id: task.run_id.clone(),
+                        run_status: "running",
+                        next_task_id: Some(task_id.to_string()),
+                    };
+                    return Ok(outcome);
                 }
-                super::activity_timeouts::schedule_retry(
-                    txn.as_mut(),
-                    &mut task,
-                    backoff_s,
-                    now,
-                    &mut fx,
-                )?;
-                let outcome = TaskOutcome {
-                    task_id: task_id.to_string(),
-                    outcome: "failed",
-                    recorded: true,
-                    run_id: task.run_id.clone(),
-                    run_status: "running",
-                    next_task_id: Some(task_id.to_string()),
-                };
-                return Ok((txn, (outcome, fx)));
-            }
-            // No attempt remains; `non_retryable` says whether the failure itself ruled
-            // retries out (rather than the attempt budget).
-            let non_retryable = reported_non_retryable
-                || activity
-                    .retry_policy
-                    .as_ref()
-                    .and_then(|p| p.get("non_retryable_error_types"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|types| types.iter().any(|t| t.as_str() == Some(failure_type)));
-            let text = |k: &str| failure.get(k).cloned().unwrap_or(Value::Null);
-            let mut payload = json!({
-                "sequence": activity.sequence,
-                "activity_type": task.type_name,
-                "activity_execution_id": activity.activity_execution_id,
-                "activity_attempt_id": attempt_id,
-                "attempt_number": activity.attempt_number,
-                "message": text("message"),
-                "exception_type": text("type"),
-                "exception_class": text("class"),
-                "code": text("code"),
-                "non_retryable": non_retryable,
-                "failure_category": "activity",
-                "exception": {
-                    "type": text("type"),
-                    "class": text("class"),
+                // No attempt remains; `non_retryable` says whether the failure itself ruled
+                // retries out (rather than the attempt budget).
+                let non_retryable = reported_non_retryable
+                    || activity
+                        .retry_policy
+                        .as_ref()
+                        .and_then(|p| p.get("non_retryable_error_types"))
+                        .and_then(Value::as_array)
+                        .is_some_and(|types| {
+                            types.iter().any(|t| t.as_str() == Some(failure_type))
+                        });
+                let text = |k: &str| failure.get(k).cloned().unwrap_or(Value::Null);
+                let mut payload = json!({
+                    "sequence": activity.sequence,
+                    "activity_type": task.type_name,
+                    "activity_execution_id": activity.activity_execution_id,
+                    "activity_attempt_id": attempt_id,
+                    "attempt_number": activity.attempt_number,
                     "message": text("message"),
-                    "stack_trace": text("stack_trace"),
-                    "details": text("details"),
-                },
-            });
-            payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
-            let outcome = Self::resolve_activity(
-                txn.as_mut(),
-                ns,
-                &task,
-                "ActivityFailed",
-                payload,
-                now,
-                &mut fx,
-            )
-            .await?;
-            Ok((txn, (outcome, fx)))
+                    "exception_type": text("type"),
+                    "exception_class": text("class"),
+                    "code": text("code"),
+                    "non_retryable": non_retryable,
+                    "failure_category": "activity",
+                    "exception": {
+                        "type": text("type"),
+                        "class": text("class"),
+                        "message": text("message"),
+                        "stack_trace": text("stack_trace"),
+                        "details": text("details"),
+                    },
+                });
+                payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
+                let outcome =
+                    Self::resolve_activity(txn, ns, &task, "ActivityFailed", payload, now, fx)
+                        .await?;
+                Ok(outcome)
+            })
         })
         .await
     }
@@ -155,7 +146,7 @@ impl Engine {
         now: Millis,
         fx: &mut Effects,
     ) -> Result<TaskOutcome> {
-        Self::delete_task(txn, &task.task_id).await?;
+        kernel::delete_task(txn, &task.task_id).await?;
         let rkey = tables::run_key(ns, &task.run_id);
         let mut run: RunRecord = tables::get(txn, &rkey)
             .await?
@@ -200,19 +191,22 @@ impl Engine {
     ) -> Result<Millis> {
         let now = self.now_ms();
         let lease_ms = self.inner.config.activity_task_lease.as_millis() as Millis;
-        self.transact(move |mut txn, fx| async move {
-            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Activity).await?;
-            check_activity_lease(&task, owner, attempt_id, now)?;
-            let expires = now + lease_ms;
-            if let Some(lease) = task.lease.as_mut() {
-                lease.expires_at_ms = expires;
-            }
-            if let (Some(a), Some(d)) = (task.activity.as_mut(), details) {
-                a.heartbeat_details = Some(d.clone());
-            }
-            super::activity_timeouts::on_heartbeat(&mut task, now);
-            tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
-            Ok((txn, (expires, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let mut task = load_task(txn, ns, task_id, TaskKind::Activity).await?;
+                check_activity_lease(&task, owner, attempt_id, now)?;
+                let expires = now + lease_ms;
+                if let Some(lease) = task.lease.as_mut() {
+                    lease.expires_at_ms = expires;
+                }
+                if let (Some(a), Some(d)) = (task.activity.as_mut(), details) {
+                    a.heartbeat_details = Some(d.clone());
+                }
+                super::activity_timeouts::on_heartbeat(&mut task, now);
+                tables::put(txn, &tables::task_key(task_id), &task)?;
+                Ok(expires)
+            })
         })
         .await
     }

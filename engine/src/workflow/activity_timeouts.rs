@@ -17,6 +17,7 @@
 //! fires early, so a heartbeat writes no timer row.
 
 use super::*;
+use crate::kernel;
 use crate::model::ActivityTimeouts;
 
 /// Timeout kinds, as `ActivityTimedOut.timeout_kind` names them.
@@ -78,7 +79,7 @@ pub(super) fn arm_on_schedule(
     };
     if let Some(s) = t.schedule_to_close_s {
         let action = timer_action(task, SCHEDULE_TO_CLOSE, None);
-        let key = Engine::put_timer(txn, now + s as Millis * 1000, &action, fx)?;
+        let key = kernel::put_timer(txn, now + s as Millis * 1000, &action, fx)?;
         if let Some(a) = task.activity.as_mut() {
             a.timeouts.schedule_to_close_timer = Some(key);
         }
@@ -101,7 +102,7 @@ pub(super) fn arm_on_ready(
         return Ok(());
     };
     let action = timer_action(task, SCHEDULE_TO_START, None);
-    let key = Engine::put_timer(txn, ready_at + s as Millis * 1000, &action, fx)?;
+    let key = kernel::put_timer(txn, ready_at + s as Millis * 1000, &action, fx)?;
     if let Some(a) = task.activity.as_mut() {
         clear(txn, &mut a.timeouts.schedule_to_start_timer);
         a.timeouts.schedule_to_start_timer = Some(key);
@@ -125,7 +126,7 @@ pub(crate) fn arm_on_lease(
     let stc = t
         .start_to_close_s
         .map(|s| {
-            Engine::put_timer(
+            kernel::put_timer(
                 txn,
                 now + s as Millis * 1000,
                 &timer_action(task, START_TO_CLOSE, attempt_id.as_deref()),
@@ -137,7 +138,7 @@ pub(crate) fn arm_on_lease(
         .heartbeat_s
         .map(|s| {
             let at = now + s as Millis * 1000;
-            Engine::put_timer(
+            kernel::put_timer(
                 txn,
                 at,
                 &timer_action(task, HEARTBEAT, attempt_id.as_deref()),
@@ -169,15 +170,6 @@ pub(super) fn on_heartbeat(task: &mut TaskRecord, now: Millis) {
     }
 }
 
-/// Clears every timeout timer of an activity (its task is being deleted).
-pub(crate) fn clear_all(txn: &mut dyn KvTxn, task: &TaskRecord) {
-    if let Some(a) = &task.activity {
-        for t in a.timeouts.timers() {
-            txn.clear(&tables::timer_key(t));
-        }
-    }
-}
-
 /// How the retry policy answers a failed or timed-out attempt: the backoff before the next
 /// attempt, or `None` when no attempt remains.
 pub(super) fn retry_backoff_s(
@@ -186,7 +178,11 @@ pub(super) fn retry_backoff_s(
     non_retryable: bool,
 ) -> Option<u64> {
     let policy = activity.retry_policy.clone().unwrap_or(Value::Null);
-    let max_attempts = as_u64(policy.get("max_attempts")).unwrap_or(1).max(1) as u32;
+    let max_attempts = policy
+        .get("max_attempts")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1) as u32;
     let listed = policy
         .get("non_retryable_error_types")
         .and_then(Value::as_array)
@@ -213,12 +209,12 @@ pub(super) fn schedule_retry(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
-    Engine::clear_task_state(txn, task);
+    kernel::clear_task_state(txn, task);
     let ready_at = now + backoff_s as Millis * 1000;
     let action = TimerAction::TaskBackoff {
         task_id: task.task_id.clone(),
     };
-    let timer = Engine::put_timer(txn, ready_at, &action, fx)?;
+    let timer = kernel::put_timer(txn, ready_at, &action, fx)?;
     task.status = TaskStatus::Backoff;
     task.lease = None;
     task.backoff_timer = Some(timer);
@@ -276,7 +272,7 @@ pub(crate) async fn fire(
         if let Some(deadline) = t.heartbeat_deadline_ms.filter(|d| *d > now) {
             // Heartbeats moved the deadline since this timer was armed: follow it.
             let action = timer_action(&task, HEARTBEAT, attempt_id);
-            let next = Engine::put_timer(txn, deadline, &action, fx)?;
+            let next = kernel::put_timer(txn, deadline, &action, fx)?;
             if let Some(a) = task.activity.as_mut() {
                 a.timeouts.heartbeat_timer = Some(next);
             }

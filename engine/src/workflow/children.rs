@@ -16,6 +16,7 @@
 //!   A continued child keeps its parent link, so the parent hears from the last run.
 
 use super::*;
+use crate::kernel;
 use crate::model::{ChildLink, ParentLink, RunLifecycle};
 
 /// Parent-close policies the SDK may send (`request_cancel` is the legacy spelling).
@@ -128,7 +129,7 @@ pub(super) fn create_run(
             run_id: run.run_id.clone(),
         };
         // A deadline already behind (a long chain's execution budget) fires at once.
-        run.deadline_timer = Some(Engine::put_timer(txn, at.max(now), &action, fx)?);
+        run.deadline_timer = Some(kernel::put_timer(txn, at.max(now), &action, fx)?);
     }
     ensure_workflow_task(txn, &mut run, now, fx)?;
     listing::index_new_run(txn, &run)?;
@@ -420,7 +421,7 @@ pub(super) async fn on_run_closed(
             parent_run_id: run.run_id.clone(),
             policy: child.parent_close_policy.clone(),
         };
-        Engine::put_timer(txn, now, &action, fx)?;
+        kernel::put_timer(txn, now, &action, fx)?;
     }
     Ok(())
 }
@@ -524,7 +525,11 @@ async fn notify_parent(
 fn child_retry_backoff_s(entry: &ChildLink, close: &Value) -> Option<u64> {
     let policy = entry.retry_policy.as_ref()?;
     let attempt = entry.attempt.max(1);
-    let max_attempts = as_u64(policy.get("max_attempts")).unwrap_or(1).max(1) as u32;
+    let max_attempts = policy
+        .get("max_attempts")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1) as u32;
     let non_retryable = close.get("non_retryable").and_then(Value::as_bool) == Some(true)
         || close.get("timeout_kind").and_then(Value::as_str) == Some("execution_timeout");
     let listed = policy
@@ -628,11 +633,11 @@ async fn retry_child(
         if let Some(task_id) = run.workflow_task.clone() {
             let tkey = tables::task_key(&task_id);
             if let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? {
-                Engine::clear_task_state(txn, &task);
+                kernel::clear_task_state(txn, &task);
                 let action = TimerAction::TaskBackoff {
                     task_id: task_id.clone(),
                 };
-                let timer = Engine::put_timer(txn, now + backoff_s as Millis * 1000, &action, fx)?;
+                let timer = kernel::put_timer(txn, now + backoff_s as Millis * 1000, &action, fx)?;
                 task.status = TaskStatus::Backoff;
                 task.backoff_timer = Some(timer);
                 tables::put(txn, &tkey, &task)?;

@@ -2,6 +2,7 @@
 
 use super::waits::opt_str;
 use super::*;
+use crate::kernel;
 
 /// Whether `command` closes the run (it must then be the completion's last).
 pub(super) fn is_terminal_command(command: &Value) -> bool {
@@ -94,7 +95,7 @@ pub(super) async fn apply_command(
                 workflow_update_id: None,
             };
             super::activity_timeouts::arm_on_schedule(txn, &mut task, now, fx)?;
-            Engine::put_ready_task(txn, &task, fx)?;
+            kernel::put_ready_task(txn, &task, fx)?;
             run.open_activities.push(task.task_id);
         }
         "record_local_activity" => record_local_activity(txn, run, cmd, task_id, now)?,

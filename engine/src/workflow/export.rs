@@ -6,6 +6,7 @@
 //! characters escaped as UTF-16 `\uXXXX` (lowercase hex) and floats written the way the
 //! SDK's `verify_history_bundle` re-encodes them (`json-recursive-ksort-v1`).
 
+use crate::kernel;
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -33,7 +34,7 @@ async fn load(
     workflow_id: &str,
     run_id: Option<&str>,
 ) -> Result<Snapshot> {
-    Engine::require_namespace(txn, ns).await?;
+    kernel::require_namespace(txn, ns).await?;
     let instance: InstanceRecord =
         tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
             .await?

@@ -8,6 +8,7 @@
 //! filters need (type, bucket, id); the page itself is read from the run records, so
 //! statuses and attributes are current.
 
+use crate::kernel;
 use base64::Engine as _;
 
 use super::*;
@@ -128,7 +129,7 @@ impl Engine {
     pub async fn list_workflows(&self, ns: &str, q: &ListQuery) -> Result<WorkflowListPage> {
         let mut txn = self.inner.store.begin().await?;
         let txn = txn.as_mut();
-        Self::require_namespace(txn, ns).await?;
+        kernel::require_namespace(txn, ns).await?;
         let base = namespace_prefix(ns);
         let mut range = base.range();
         if let Some(token) = q.page_token.as_deref().filter(|t| !t.is_empty()) {
@@ -229,7 +230,7 @@ impl Engine {
     ) -> Result<(InstanceRecord, Vec<RunRecord>)> {
         let mut txn = self.inner.store.begin().await?;
         let txn = txn.as_mut();
-        Self::require_namespace(txn, ns).await?;
+        kernel::require_namespace(txn, ns).await?;
         let instance: InstanceRecord =
             tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
                 .await?

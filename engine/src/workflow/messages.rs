@@ -17,6 +17,7 @@
 //! (expiry, repair) leaves them to the next lease, and a signal recorded with no lease
 //! held flushes them first, so they keep their arrival order and are never stranded.
 
+use crate::kernel;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -160,7 +161,7 @@ async fn target_run(
     run_id: Option<&str>,
     operation: &str,
 ) -> Result<RunRecord> {
-    Engine::require_namespace(txn, ns).await?;
+    kernel::require_namespace(txn, ns).await?;
     let Some(instance) =
         tables::get::<InstanceRecord>(txn, &tables::instance_key(ns, workflow_id)).await?
     else {
@@ -390,17 +391,16 @@ impl Engine {
             return Ok(());
         }
         let now = self.now_ms();
-        self.transact(move |mut txn, fx| async move {
-            for (workflow_type, contract) in contracts {
-                let mut record = contract.clone();
-                record.declared_at_ms = now;
-                tables::put(
-                    txn.as_mut(),
-                    &contract_key(ns, queue, workflow_type),
-                    &record,
-                )?;
-            }
-            Ok((txn, ((), fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                for (workflow_type, contract) in contracts {
+                    let mut record = contract.clone();
+                    record.declared_at_ms = now;
+                    tables::put(txn, &contract_key(ns, queue, workflow_type), &record)?;
+                }
+                Ok(())
+            })
         })
         .await
     }
@@ -412,101 +412,99 @@ impl Engine {
         let command_id = ids::new_id(now);
         let arguments_digest = digest(&req.input);
         let (command_id, arguments_digest) = (&command_id, &arguments_digest);
-        self.transact(move |mut txn, mut fx| async move {
-            let rkey = req
-                .request_id
-                .as_deref()
-                .map(|r| receipt_key(ns, &req.workflow_id, "signal", r));
-            if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
-                if let Some(found) = tables::get::<CommandReceipt>(txn.as_mut(), rkey).await? {
-                    let receipt = replay_receipt(
-                        found,
-                        "signal",
-                        &req.signal_name,
-                        req.run_id.as_deref(),
-                        arguments_digest,
-                        request_id,
-                    )?;
-                    return Ok((txn, (receipt, fx)));
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let rkey = req
+                    .request_id
+                    .as_deref()
+                    .map(|r| receipt_key(ns, &req.workflow_id, "signal", r));
+                if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
+                    if let Some(found) = tables::get::<CommandReceipt>(txn, rkey).await? {
+                        let receipt = replay_receipt(
+                            found,
+                            "signal",
+                            &req.signal_name,
+                            req.run_id.as_deref(),
+                            arguments_digest,
+                            request_id,
+                        )?;
+                        return Ok(receipt);
+                    }
                 }
-            }
-            let mut run = target_run(
-                txn.as_mut(),
-                ns,
-                &req.workflow_id,
-                req.run_id.as_deref(),
-                "signal",
-            )
-            .await?;
-            if run.status.is_terminal() {
-                return Err(not_active(&run, "signal"));
-            }
-            let declared = contract(txn.as_mut(), &run).await?;
-            if let Some(declared) =
-                declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
-            {
-                if !declared.signals.contains(&req.signal_name) {
-                    return Err(unknown_operation(
-                        &run,
-                        Operation::Signal,
-                        &req.signal_name,
-                        &declared.signals,
-                    ));
+                let mut run =
+                    target_run(txn, ns, &req.workflow_id, req.run_id.as_deref(), "signal").await?;
+                if run.status.is_terminal() {
+                    return Err(not_active(&run, "signal"));
                 }
-            }
-            let signal_id = command_id.clone();
-            let payload = json!({
-                "workflow_command_id": command_id,
-                "signal_id": signal_id,
-                "workflow_instance_id": run.workflow_id,
-                "workflow_run_id": run.run_id,
-                "signal_name": req.signal_name,
-                "arguments": req.input,
-                "payload_codec": "avro",
-            });
-            run.last_command_sequence += 1;
-            let command_sequence = run.last_command_sequence;
-            if workflow_task_is_leased(txn.as_mut(), &run).await? {
-                let key = tables::deferred_signal_key(ns, &run.run_id, run.deferred_signals);
-                tables::put(txn.as_mut(), &key, &payload)?;
-                run.deferred_signals += 1;
-            } else {
-                flush_deferred_signals(txn.as_mut(), &mut run, now).await?;
-                waits::record_signal(txn.as_mut(), &mut run, payload, now);
-                ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
-            }
-            tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
-            let receipt = json!({
-                "outcome": "signal_received",
-                "command_id": command_id,
-                "command_type": "signal",
-                "command_status": "accepted",
-                "command_sequence": command_sequence,
-                "target_scope": if req.run_id.is_some() { "run" } else { "instance" },
-                "workflow_id": run.workflow_id,
-                "run_id": run.run_id,
-                "requested_run_id": req.run_id,
-                "resolved_run_id": run.run_id,
-                "workflow_type": run.workflow_type,
-                "signal_name": req.signal_name,
-                "signal_id": signal_id,
-                "request_id": req.request_id,
-                "retained": false,
-                "intent_verified": req.request_id.is_some(),
-            });
-            if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
-                let record = CommandReceipt {
-                    command_type: "signal".into(),
-                    command_id: command_id.clone(),
-                    name: req.signal_name.clone(),
-                    run_id: run.run_id.clone(),
-                    requested_run_id: req.run_id.clone(),
-                    arguments_digest: arguments_digest.clone(),
-                    receipt: receipt.clone(),
-                };
-                tables::put(txn.as_mut(), rkey, &record)?;
-            }
-            Ok((txn, (receipt, fx)))
+                let declared = contract(txn, &run).await?;
+                if let Some(declared) =
+                    declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
+                {
+                    if !declared.signals.contains(&req.signal_name) {
+                        return Err(unknown_operation(
+                            &run,
+                            Operation::Signal,
+                            &req.signal_name,
+                            &declared.signals,
+                        ));
+                    }
+                }
+                let signal_id = command_id.clone();
+                let payload = json!({
+                    "workflow_command_id": command_id,
+                    "signal_id": signal_id,
+                    "workflow_instance_id": run.workflow_id,
+                    "workflow_run_id": run.run_id,
+                    "signal_name": req.signal_name,
+                    "arguments": req.input,
+                    "payload_codec": "avro",
+                });
+                run.last_command_sequence += 1;
+                let command_sequence = run.last_command_sequence;
+                if workflow_task_is_leased(txn, &run).await? {
+                    let key = tables::deferred_signal_key(ns, &run.run_id, run.deferred_signals);
+                    tables::put(txn, &key, &payload)?;
+                    run.deferred_signals += 1;
+                } else {
+                    flush_deferred_signals(txn, &mut run, now).await?;
+                    waits::record_signal(txn, &mut run, payload, now);
+                    ensure_workflow_task(txn, &mut run, now, fx)?;
+                }
+                tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
+                let receipt = json!({
+                    "outcome": "signal_received",
+                    "command_id": command_id,
+                    "command_type": "signal",
+                    "command_status": "accepted",
+                    "command_sequence": command_sequence,
+                    "target_scope": if req.run_id.is_some() { "run" } else { "instance" },
+                    "workflow_id": run.workflow_id,
+                    "run_id": run.run_id,
+                    "requested_run_id": req.run_id,
+                    "resolved_run_id": run.run_id,
+                    "workflow_type": run.workflow_type,
+                    "signal_name": req.signal_name,
+                    "signal_id": signal_id,
+                    "request_id": req.request_id,
+                    "retained": false,
+                    "intent_verified": req.request_id.is_some(),
+                });
+                if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
+                    let record = CommandReceipt {
+                        command_type: "signal".into(),
+                        command_id: command_id.clone(),
+                        name: req.signal_name.clone(),
+                        run_id: run.run_id.clone(),
+                        requested_run_id: req.run_id.clone(),
+                        arguments_digest: arguments_digest.clone(),
+                        receipt: receipt.clone(),
+                    };
+                    tables::put(txn, rkey, &record)?;
+                }
+                Ok(receipt)
+            })
         })
         .await
     }
@@ -520,120 +518,113 @@ impl Engine {
         let arguments_digest = digest(&req.input);
         let (new_update_id, arguments_digest) = (&new_update_id, &arguments_digest);
         let (run_id, update_id, retained) = self
-            .transact(move |mut txn, mut fx| async move {
-                let rkey = req
-                    .request_id
-                    .as_deref()
-                    .map(|r| receipt_key(ns, &req.workflow_id, "update", r));
-                if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
-                    if let Some(found) = tables::get::<CommandReceipt>(txn.as_mut(), rkey).await? {
-                        let run_id = found.run_id.clone();
-                        let receipt = replay_receipt(
-                            found,
-                            "update",
-                            &req.update_name,
-                            req.run_id.as_deref(),
-                            arguments_digest,
-                            request_id,
-                        )?;
-                        let update_id = receipt
-                            .get("update_id")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| Error::corrupt("update receipt without update_id"))?
-                            .to_string();
-                        return Ok((txn, ((run_id, update_id, true), fx)));
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let txn = tx.txn.as_mut();
+                    let fx = &mut tx.fx;
+                    let rkey = req
+                        .request_id
+                        .as_deref()
+                        .map(|r| receipt_key(ns, &req.workflow_id, "update", r));
+                    if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
+                        if let Some(found) = tables::get::<CommandReceipt>(txn, rkey).await? {
+                            let run_id = found.run_id.clone();
+                            let receipt = replay_receipt(
+                                found,
+                                "update",
+                                &req.update_name,
+                                req.run_id.as_deref(),
+                                arguments_digest,
+                                request_id,
+                            )?;
+                            let update_id = receipt
+                                .get("update_id")
+                                .and_then(Value::as_str)
+                                .ok_or_else(|| Error::corrupt("update receipt without update_id"))?
+                                .to_string();
+                            return Ok((run_id, update_id, true));
+                        }
                     }
-                }
-                let mut run = target_run(
-                    txn.as_mut(),
-                    ns,
-                    &req.workflow_id,
-                    req.run_id.as_deref(),
-                    "update",
-                )
-                .await?;
-                if run.status.is_terminal() {
-                    return Err(not_active(&run, "update"));
-                }
-                if let Some(declared) = contract(txn.as_mut(), &run).await? {
-                    if !declared.updates.contains(&req.update_name) {
-                        return Err(unknown_operation(
-                            &run,
-                            Operation::Update,
-                            &req.update_name,
-                            &declared.updates,
-                        ));
+                    let mut run =
+                        target_run(txn, ns, &req.workflow_id, req.run_id.as_deref(), "update")
+                            .await?;
+                    if run.status.is_terminal() {
+                        return Err(not_active(&run, "update"));
                     }
-                }
-                let update_id = new_update_id.clone();
-                let command_id = update_id.clone();
-                let payload = json!({
-                    "workflow_command_id": command_id,
-                    "update_id": update_id,
-                    "workflow_instance_id": run.workflow_id,
-                    "workflow_run_id": run.run_id,
-                    "update_name": req.update_name,
-                    "arguments": req.input,
-                    "payload_codec": "avro",
-                });
-                let accepted_event_seq =
-                    history::append(txn.as_mut(), &mut run, "UpdateAccepted", payload, now, None);
-                let record = UpdateRecord {
-                    update_id: update_id.clone(),
-                    namespace: ns.to_string(),
-                    workflow_id: run.workflow_id.clone(),
-                    run_id: run.run_id.clone(),
-                    update_name: req.update_name.clone(),
-                    command_id: command_id.clone(),
-                    request_id: req.request_id.clone(),
-                    arguments: req.input.clone(),
-                    status: UpdateStatus::Accepted,
-                    result: None,
-                    failure_message: None,
-                    failure_type: None,
-                    accepted_event_seq,
-                    accepted_at_ms: now,
-                    closed_at_ms: None,
-                };
-                tables::put(
-                    txn.as_mut(),
-                    &update_key(ns, &run.run_id, &update_id),
-                    &record,
-                )?;
-                run.waits.pending_updates.push(update_id.clone());
-                match run.workflow_task.clone() {
-                    None => ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?,
-                    Some(task_id) => {
-                        // A ready task no worker holds yet runs the update first; a
-                        // leased one is left alone and its close hands the update on.
-                        let tkey = tables::task_key(&task_id);
-                        if let Some(mut task) =
-                            tables::get::<TaskRecord>(txn.as_mut(), &tkey).await?
-                        {
-                            if task.status != TaskStatus::Leased
-                                && task.workflow_update_id.is_none()
-                            {
-                                task.workflow_update_id =
-                                    run.waits.pending_updates.first().cloned();
-                                tables::put(txn.as_mut(), &tkey, &task)?;
+                    if let Some(declared) = contract(txn, &run).await? {
+                        if !declared.updates.contains(&req.update_name) {
+                            return Err(unknown_operation(
+                                &run,
+                                Operation::Update,
+                                &req.update_name,
+                                &declared.updates,
+                            ));
+                        }
+                    }
+                    let update_id = new_update_id.clone();
+                    let command_id = update_id.clone();
+                    let payload = json!({
+                        "workflow_command_id": command_id,
+                        "update_id": update_id,
+                        "workflow_instance_id": run.workflow_id,
+                        "workflow_run_id": run.run_id,
+                        "update_name": req.update_name,
+                        "arguments": req.input,
+                        "payload_codec": "avro",
+                    });
+                    let accepted_event_seq =
+                        history::append(txn, &mut run, "UpdateAccepted", payload, now, None);
+                    let record = UpdateRecord {
+                        update_id: update_id.clone(),
+                        namespace: ns.to_string(),
+                        workflow_id: run.workflow_id.clone(),
+                        run_id: run.run_id.clone(),
+                        update_name: req.update_name.clone(),
+                        command_id: command_id.clone(),
+                        request_id: req.request_id.clone(),
+                        arguments: req.input.clone(),
+                        status: UpdateStatus::Accepted,
+                        result: None,
+                        failure_message: None,
+                        failure_type: None,
+                        accepted_event_seq,
+                        accepted_at_ms: now,
+                        closed_at_ms: None,
+                    };
+                    tables::put(txn, &update_key(ns, &run.run_id, &update_id), &record)?;
+                    run.waits.pending_updates.push(update_id.clone());
+                    match run.workflow_task.clone() {
+                        None => ensure_workflow_task(txn, &mut run, now, fx)?,
+                        Some(task_id) => {
+                            // A ready task no worker holds yet runs the update first; a
+                            // leased one is left alone and its close hands the update on.
+                            let tkey = tables::task_key(&task_id);
+                            if let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? {
+                                if task.status != TaskStatus::Leased
+                                    && task.workflow_update_id.is_none()
+                                {
+                                    task.workflow_update_id =
+                                        run.waits.pending_updates.first().cloned();
+                                    tables::put(txn, &tkey, &task)?;
+                                }
                             }
                         }
                     }
-                }
-                tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
-                if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
-                    let receipt = CommandReceipt {
-                        command_type: "update".into(),
-                        command_id: command_id.clone(),
-                        name: req.update_name.clone(),
-                        run_id: run.run_id.clone(),
-                        requested_run_id: req.run_id.clone(),
-                        arguments_digest: arguments_digest.clone(),
-                        receipt: json!({"outcome": "update_accepted", "update_id": update_id}),
-                    };
-                    tables::put(txn.as_mut(), rkey, &receipt)?;
-                }
-                Ok((txn, ((run.run_id.clone(), update_id, false), fx)))
+                    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
+                    if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
+                        let receipt = CommandReceipt {
+                            command_type: "update".into(),
+                            command_id: command_id.clone(),
+                            name: req.update_name.clone(),
+                            run_id: run.run_id.clone(),
+                            requested_run_id: req.run_id.clone(),
+                            arguments_digest: arguments_digest.clone(),
+                            receipt: json!({"outcome": "update_accepted", "update_id": update_id}),
+                        };
+                        tables::put(txn, rkey, &receipt)?;
+                    }
+                    Ok((run.run_id.clone(), update_id, false))
+                })
             })
             .await?;
         let key = update_key(ns, &run_id, &update_id);
@@ -694,20 +685,24 @@ impl Engine {
         let now = self.now_ms();
         let command_id = ids::new_id(now);
         let command_id = &command_id;
-        self.transact(move |mut txn, mut fx| async move {
-            let receipt = close_in_txn(
-                txn.as_mut(),
-                ns,
-                workflow_id,
-                run_id,
-                command,
-                reason,
-                command_id,
-                now,
-                &mut fx,
-            )
-            .await?;
-            Ok((txn, (receipt, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let receipt = close_in_txn(
+                    txn,
+                    ns,
+                    workflow_id,
+                    run_id,
+                    command,
+                    reason,
+                    command_id,
+                    now,
+                    fx,
+                )
+                .await?;
+                Ok(receipt)
+            })
         })
         .await
     }

@@ -12,9 +12,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::clock::{format_timestamp, Millis};
-use crate::engine::{as_u64, Effects, Engine};
+use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::history;
+use crate::kernel::{self, Effects, Event};
 use crate::matching::{QueueKey, Take, TaskHint};
 use crate::model::{
     ActivityState, InstanceRecord, Lease, RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus,
@@ -35,8 +36,7 @@ mod repair;
 pub mod waits;
 
 pub(crate) use activity_timeouts::{
-    arm_on_lease as arm_activity_timeouts_on_lease, clear_all as clear_activity_timeouts,
-    fire as fire_activity_timeout,
+    arm_on_lease as arm_activity_timeouts_on_lease, fire as fire_activity_timeout,
 };
 pub(crate) use children::apply_parent_close_policy;
 pub use export::{checksum as bundle_checksum, DebugView};
@@ -255,7 +255,7 @@ pub(crate) fn ensure_workflow_task(
         // Accepted updates run before anything else; see `waits`.
         workflow_update_id: run.waits.pending_updates.first().cloned(),
     };
-    Engine::put_ready_task(txn, &task, fx)?;
+    kernel::put_ready_task(txn, &task, fx)?;
     run.workflow_task = Some(task.task_id);
     if run.status == RunStatus::Waiting {
         run.status = RunStatus::Running;
@@ -276,21 +276,26 @@ async fn close_run(
     run.status = status;
     run.closed_at_ms = Some(now);
     run.closed_reason = Some(reason.to_string());
-    crate::system::index_closed_run(txn, run, now);
+    fx.raise(Event::RunClosed {
+        namespace: run.namespace.clone(),
+        workflow_id: run.workflow_id.clone(),
+        run_id: run.run_id.clone(),
+        reason: reason.to_string(),
+        schedule_id: run.lifecycle.schedule_id.clone(),
+        closed_at_ms: now,
+    });
     // Timers, the condition wait and pending updates end with the run; leased activity
     // attempts get tombstones so their next heartbeat learns why.
     waits::on_close(txn, run, status, now, fx).await?;
     if let Some(task_id) = run.workflow_task.take() {
-        Engine::delete_task(txn, &task_id).await?;
+        kernel::delete_task(txn, &task_id).await?;
     }
     for task_id in std::mem::take(&mut run.open_activities) {
-        Engine::delete_task(txn, &task_id).await?;
+        kernel::delete_task(txn, &task_id).await?;
     }
     if let Some(timer) = run.deadline_timer.take() {
-        txn.clear(&tables::timer_key(&timer));
+        kernel::clear_timer(txn, &timer);
     }
-    // A schedule waiting for this run (buffered fires) learns of the close.
-    crate::schedules::on_run_closed(txn, run, now, fx)?;
     // Visibility, the parent's wake-up and the parent-close policy of open children.
     children::on_run_closed(txn, run, now, fx).await
 }
@@ -468,7 +473,7 @@ pub(crate) async fn start_in_txn(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<StartOutcome> {
-    Engine::require_namespace(txn, ns).await?;
+    kernel::require_namespace(txn, ns).await?;
     let ikey = tables::instance_key(ns, workflow_id);
     if let Some(instance) = tables::get::<InstanceRecord>(txn, &ikey).await? {
         let run: RunRecord = tables::get(txn, &tables::run_key(ns, &instance.current_run_id))
@@ -564,7 +569,7 @@ pub(crate) async fn start_in_txn(
             namespace: ns.to_string(),
             run_id: run_id.to_string(),
         };
-        run.deadline_timer = Some(Engine::put_timer(txn, at, &action, fx)?);
+        run.deadline_timer = Some(kernel::put_timer(txn, at, &action, fx)?);
     }
     ensure_workflow_task(txn, &mut run, now, fx)?;
     let instance = InstanceRecord {
@@ -589,10 +594,13 @@ impl Engine {
         let run_id = ids::new_id(now);
         let workflow_id = req.workflow_id.clone().unwrap_or_else(|| ids::new_id(now));
         let (req, run_id, workflow_id) = (&req, &run_id, &workflow_id);
-        self.transact(move |mut txn, mut fx| async move {
-            let outcome =
-                start_in_txn(txn.as_mut(), ns, req, workflow_id, run_id, now, &mut fx).await?;
-            Ok((txn, (outcome, fx)))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                let outcome = start_in_txn(txn, ns, req, workflow_id, run_id, now, fx).await?;
+                Ok(outcome)
+            })
         })
         .await
     }
@@ -606,7 +614,7 @@ impl Engine {
     ) -> Result<RunView> {
         let mut txn = self.inner.store.begin().await?;
         let txn = txn.as_mut();
-        Self::require_namespace(txn, ns).await?;
+        kernel::require_namespace(txn, ns).await?;
         let instance: InstanceRecord =
             tables::get_snapshot(txn, &tables::instance_key(ns, workflow_id))
                 .await?
@@ -664,7 +672,7 @@ impl Engine {
     ) -> Result<history::Page> {
         let view_run = {
             let mut txn = self.inner.store.begin().await?;
-            Self::require_namespace(txn.as_mut(), ns).await?;
+            kernel::require_namespace(txn.as_mut(), ns).await?;
             if tables::get_snapshot::<InstanceRecord>(
                 txn.as_mut(),
                 &tables::instance_key(ns, workflow_id),

@@ -1,6 +1,7 @@
 //! Long-polls and leases: a poll takes a ready hint or parks, then leases the task in a
 //! storage transaction that re-checks it.
 
+use crate::kernel;
 use std::collections::HashMap;
 
 use super::*;
@@ -155,93 +156,91 @@ impl Engine {
         }
         .as_millis() as Millis;
         let max_leases = self.inner.config.max_leases_per_queue;
-        self.transact(move |mut txn, mut fx| async move {
-            // A lease lost to an OS crash is a lease that expired: the task is ready again,
-            // and a report through the lost lease is refused unless the same worker has
-            // leased the task again. So a lease need not wait for a sync; the report that
-            // completes the task does.
-            txn.relax_durability();
-            let tkey = tables::task_key(&hint.task_id);
-            let Some(mut task) = tables::get::<TaskRecord>(txn.as_mut(), &tkey).await? else {
-                return Ok((txn, (None, fx)));
-            };
-            if task.status != TaskStatus::Ready
-                || task.namespace != *key.namespace
-                || task.task_queue != *key.queue
-            {
-                return Ok((txn, (None, fx)));
-            }
-            if let Some(max) = max_leases {
-                let counter = tables::queue_counter_key(
-                    &task.namespace,
-                    &task.task_queue,
-                    task.kind,
-                    tables::QueueCounter::Leased,
-                );
-                let leased =
-                    crate::storage::decode_counter(txn.get_snapshot(&counter).await?.as_deref());
-                if leased >= max as i64 {
-                    return Err(Error::reject(
-                        RejectKind::Throttled,
-                        "queue_lease_limit_reached",
-                        format!(
-                            "queue '{}' already has {leased} leased tasks (limit {max})",
-                            task.task_queue
-                        ),
-                    )
-                    .with("poll_status", "throttled")
-                    .with("task", Value::Null)
-                    .with("retryable", true)
-                    .with("retry_after_seconds", 1));
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let fx = &mut tx.fx;
+                // A lease lost to an OS crash is a lease that expired: the task is ready again,
+                // and a report through the lost lease is refused unless the same worker has
+                // leased the task again. So a lease need not wait for a sync; the report that
+                // completes the task does.
+                txn.relax_durability();
+                let tkey = tables::task_key(&hint.task_id);
+                let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? else {
+                    return Ok(None);
+                };
+                if task.status != TaskStatus::Ready
+                    || task.namespace != *key.namespace
+                    || task.task_queue != *key.queue
+                {
+                    return Ok(None);
                 }
-            }
-            Self::clear_task_state(txn.as_mut(), &task);
-            if task.kind == TaskKind::Workflow {
-                let run: Option<RunRecord> = tables::get(
-                    txn.as_mut(),
-                    &tables::run_key(&task.namespace, &task.run_id),
-                )
-                .await?;
-                match run {
-                    Some(mut run) if !run.status.is_terminal() => {
-                        // Signals deferred under a lease that ended without a report
-                        // (it expired, or the task was repaired) join history now.
-                        if flush_deferred_signals(txn.as_mut(), &mut run, now).await? {
-                            tables::put(
-                                txn.as_mut(),
-                                &tables::run_key(&run.namespace, &run.run_id),
-                                &run,
-                            )?;
+                if let Some(max) = max_leases {
+                    let counter = tables::queue_counter_key(
+                        &task.namespace,
+                        &task.task_queue,
+                        task.kind,
+                        tables::QueueCounter::Leased,
+                    );
+                    let leased = crate::storage::decode_counter(
+                        txn.get_snapshot(&counter).await?.as_deref(),
+                    );
+                    if leased >= max as i64 {
+                        return Err(Error::reject(
+                            RejectKind::Throttled,
+                            "queue_lease_limit_reached",
+                            format!(
+                                "queue '{}' already has {leased} leased tasks (limit {max})",
+                                task.task_queue
+                            ),
+                        )
+                        .with("poll_status", "throttled")
+                        .with("task", Value::Null)
+                        .with("retryable", true)
+                        .with("retry_after_seconds", 1));
+                    }
+                }
+                kernel::clear_task_state(txn, &task);
+                if task.kind == TaskKind::Workflow {
+                    let run: Option<RunRecord> =
+                        tables::get(txn, &tables::run_key(&task.namespace, &task.run_id)).await?;
+                    match run {
+                        Some(mut run) if !run.status.is_terminal() => {
+                            // Signals deferred under a lease that ended without a report
+                            // (it expired, or the task was repaired) join history now.
+                            if flush_deferred_signals(txn, &mut run, now).await? {
+                                tables::put(
+                                    txn,
+                                    &tables::run_key(&run.namespace, &run.run_id),
+                                    &run,
+                                )?;
+                            }
+                            task.history_seen = run.last_event_seq
                         }
-                        task.history_seen = run.last_event_seq
-                    }
-                    _ => {
-                        tables::delete(txn.as_mut(), &tkey).await?;
-                        return Ok((txn, (None, fx)));
+                        _ => {
+                            tables::delete(txn, &tkey).await?;
+                            return Ok(None);
+                        }
                     }
                 }
-            }
-            let expires_at_ms = now + lease_ms;
-            let timer = Self::put_timer(
-                txn.as_mut(),
-                expires_at_ms,
-                &lease_timer_action(&task.task_id),
-                &mut fx,
-            )?;
-            task.status = TaskStatus::Leased;
-            Self::count(txn.as_mut(), &task, tables::QueueCounter::Leased, 1);
-            task.attempt += 1;
-            task.lease = Some(Lease {
-                owner: worker_id.to_string(),
-                expires_at_ms,
-                timer,
-            });
-            if let Some(activity) = task.activity.as_mut() {
-                activity.attempt_id = Some(ids::new_id(now));
-            }
-            super::arm_activity_timeouts_on_lease(txn.as_mut(), &mut task, now, &mut fx)?;
-            tables::put(txn.as_mut(), &tkey, &task)?;
-            Ok((txn, (Some(task), fx)))
+                let expires_at_ms = now + lease_ms;
+                let timer =
+                    kernel::put_timer(txn, expires_at_ms, &lease_timer_action(&task.task_id), fx)?;
+                task.status = TaskStatus::Leased;
+                kernel::count(txn, &task, tables::QueueCounter::Leased, 1);
+                task.attempt += 1;
+                task.lease = Some(Lease {
+                    owner: worker_id.to_string(),
+                    expires_at_ms,
+                    timer,
+                });
+                if let Some(activity) = task.activity.as_mut() {
+                    activity.attempt_id = Some(ids::new_id(now));
+                }
+                super::arm_activity_timeouts_on_lease(txn, &mut task, now, fx)?;
+                tables::put(txn, &tkey, &task)?;
+                Ok(Some(task))
+            })
         })
         .await
     }
@@ -380,19 +379,21 @@ impl Engine {
     ) -> Result<(Millis, RunStatus)> {
         let now = self.now_ms();
         let lease_ms = self.inner.config.workflow_task_lease.as_millis() as Millis;
-        self.transact(move |mut txn, fx| async move {
-            let mut task = load_task(txn.as_mut(), ns, task_id, TaskKind::Workflow).await?;
-            check_workflow_lease(&task, owner, attempt, now)?;
-            let run: RunRecord =
-                tables::get_snapshot(txn.as_mut(), &tables::run_key(ns, &task.run_id))
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                let mut task = load_task(txn, ns, task_id, TaskKind::Workflow).await?;
+                check_workflow_lease(&task, owner, attempt, now)?;
+                let run: RunRecord = tables::get_snapshot(txn, &tables::run_key(ns, &task.run_id))
                     .await?
                     .ok_or_else(|| Error::corrupt("task without run"))?;
-            let expires = now + lease_ms;
-            if let Some(lease) = task.lease.as_mut() {
-                lease.expires_at_ms = expires;
-            }
-            tables::put(txn.as_mut(), &tables::task_key(task_id), &task)?;
-            Ok((txn, ((expires, run.status), fx)))
+                let expires = now + lease_ms;
+                if let Some(lease) = task.lease.as_mut() {
+                    lease.expires_at_ms = expires;
+                }
+                tables::put(txn, &tables::task_key(task_id), &task)?;
+                Ok((expires, run.status))
+            })
         })
         .await
     }

@@ -3,6 +3,7 @@
 //! a named run that must be the current one.
 
 use super::*;
+use crate::kernel;
 
 /// Which run a command targets.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +44,7 @@ async fn target_run(
     workflow_id: &str,
     target: RunTarget<'_>,
 ) -> Result<RunRecord> {
-    Engine::require_namespace(txn, ns).await?;
+    kernel::require_namespace(txn, ns).await?;
     let instance: InstanceRecord = tables::get(txn, &tables::instance_key(ns, workflow_id))
         .await?
         .ok_or_else(|| {
@@ -129,8 +130,8 @@ async fn repair_task(
                 &task.task_id,
             );
             if txn.get(&key).await?.is_none() {
-                Engine::clear_task_state(txn, &task);
-                Engine::make_ready(txn, &mut task, now, fx)?;
+                kernel::clear_task_state(txn, &task);
+                kernel::make_ready(txn, &mut task, now, fx)?;
                 tables::put(txn, &tkey, &task)?;
                 return Ok(Some(true));
             }
@@ -140,8 +141,8 @@ async fn repair_task(
         // A failed workflow task waiting out its retry backoff, or a lease whose expiry
         // timer has not fired: make it ready now.
         TaskStatus::Backoff => {
-            Engine::clear_task_state(txn, &task);
-            Engine::make_ready(txn, &mut task, now, fx)?;
+            kernel::clear_task_state(txn, &task);
+            kernel::make_ready(txn, &mut task, now, fx)?;
             tables::put(txn, &tkey, &task)?;
             Ok(Some(true))
         }
@@ -150,7 +151,7 @@ async fn repair_task(
             if let Some(lease) = &task.lease {
                 txn.clear(&tables::timer_key(&lease.timer));
             }
-            Engine::make_ready(txn, &mut task, now, fx)?;
+            kernel::make_ready(txn, &mut task, now, fx)?;
             tables::put(txn, &tkey, &task)?;
             Ok(Some(true))
         }
@@ -172,16 +173,18 @@ impl Engine {
         let now = self.now_ms();
         let command_id = ids::new_id(now);
         let command_id = &command_id;
-        self.transact(move |mut txn, mut fx| async move {
-            let mut run = target_run(txn.as_mut(), ns, workflow_id, target).await?;
+        self.transact(move |tx| Box::pin(async move {
+let txn = tx.txn.as_mut();
+let fx = &mut tx.fx;
+            let mut run = target_run(txn, ns, workflow_id, target).await?;
             if run.status.is_terminal() {
                 let out = outcome(&run, target, "repair_not_needed", command_id.clone());
-                return Ok((txn, (out, fx)));
+                return Ok(out);
             }
             let mut changed = false;
             let mut repaired_task: Option<(String, &'static str)> = None;
             if let Some(task_id) = run.workflow_task.clone() {
-                match repair_task(txn.as_mut(), &task_id, now, &mut fx).await? {
+                match repair_task(txn, &task_id, now, fx).await? {
                     Some(true) => {
                         changed = true;
                         repaired_task = Some((task_id, "workflow"));
@@ -192,7 +195,7 @@ impl Engine {
             }
             let mut live_activities = Vec::new();
             for task_id in run.open_activities.clone() {
-                match repair_task(txn.as_mut(), &task_id, now, &mut fx).await? {
+                match repair_task(txn, &task_id, now, fx).await? {
                     Some(fixed) => {
                         if fixed {
                             changed = true;
@@ -217,13 +220,13 @@ impl Engine {
                 "workflow_task"
             };
             if stuck {
-                ensure_workflow_task(txn.as_mut(), &mut run, now, &mut fx)?;
+                ensure_workflow_task(txn, &mut run, now, fx)?;
                 changed = true;
                 repaired_task = run.workflow_task.clone().map(|t| (t, "workflow"));
             }
             if !changed {
                 let out = outcome(&run, target, "repair_not_needed", command_id.clone());
-                return Ok((txn, (out, fx)));
+                return Ok(out);
             }
             let (task_id, task_type) = repaired_task.unwrap_or_default();
             let payload = json!({
@@ -237,12 +240,12 @@ impl Engine {
                     "task_id": task_id,
                     "task_type": task_type,
             });
-            history::append(txn.as_mut(), &mut run, "RepairRequested", payload, now, None);
-            tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
+            history::append(txn, &mut run, "RepairRequested", payload, now, None);
+            tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
             tracing::info!(workflow_id, run_id = %run.run_id, "repair dispatched");
             let out = outcome(&run, target, "repair_dispatched", command_id.clone());
-            Ok((txn, (out, fx)))
-        })
+            Ok(out)
+        }))
         .await
     }
 
@@ -258,8 +261,9 @@ impl Engine {
         let now = self.now_ms();
         let command_id = ids::new_id(now);
         let command_id = &command_id;
-        self.transact(move |mut txn, fx| async move {
-            let mut run = target_run(txn.as_mut(), ns, workflow_id, target).await?;
+        self.transact(move |tx| Box::pin(async move {
+let txn = tx.txn.as_mut();
+            let mut run = target_run(txn, ns, workflow_id, target).await?;
             if !run.status.is_terminal() {
                 return Err(Error::conflict(
                     "run_not_closed",
@@ -276,7 +280,7 @@ impl Engine {
             }
             if run.lifecycle.archived_at_ms.is_some() {
                 let out = outcome(&run, target, "archive_not_needed", command_id.clone());
-                return Ok((txn, (out, fx)));
+                return Ok(out);
             }
             let ids = json!({
                 "workflow_command_id": command_id,
@@ -290,19 +294,19 @@ impl Engine {
                     .as_object()
                     .expect("invariant: built as an object"),
             );
-            history::append(txn.as_mut(), &mut run, "ArchiveRequested", requested, now, None);
+            history::append(txn, &mut run, "ArchiveRequested", requested, now, None);
             let archived = merge(
                 ids,
                 json!({"archive_command_id": command_id})
                     .as_object()
                     .expect("invariant: built as an object"),
             );
-            history::append(txn.as_mut(), &mut run, "WorkflowArchived", archived, now, None);
+            history::append(txn, &mut run, "WorkflowArchived", archived, now, None);
             run.lifecycle.archived_at_ms = Some(now);
-            tables::put(txn.as_mut(), &tables::run_key(ns, &run.run_id), &run)?;
+            tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
             let out = outcome(&run, target, "archived", command_id.clone());
-            Ok((txn, (out, fx)))
-        })
+            Ok(out)
+        }))
         .await
     }
 }

@@ -17,6 +17,7 @@
 
 use super::*;
 use crate::avro::{self, AvroValue};
+use crate::kernel;
 use crate::model::{
     ClosedTaskRecord, OpenCondition, OpenSignalWait, OpenTimer, UpdateRecord, UpdateStatus,
 };
@@ -206,7 +207,7 @@ fn start_timer(
         run_id: run.run_id.clone(),
         sequence,
     };
-    let timer = Engine::put_timer(txn, fire_at_ms, &action, fx)?;
+    let timer = kernel::put_timer(txn, fire_at_ms, &action, fx)?;
     run.waits.timers.insert(
         sequence,
         OpenTimer {
@@ -280,7 +281,7 @@ fn open_condition_wait(
                         namespace: run.namespace.clone(),
                         run_id: run.run_id.clone(),
                     };
-                    Some(Engine::put_timer(txn, now + t as i64 * 1000, &action, fx)?)
+                    Some(kernel::put_timer(txn, now + t as i64 * 1000, &action, fx)?)
                 }
                 None => None,
             }
@@ -600,7 +601,7 @@ pub(super) async fn on_close(
         let forget = TimerAction::ForgetClosedTask {
             task_id: task_id.clone(),
         };
-        Engine::put_timer(
+        kernel::put_timer(
             txn,
             lease.expires_at_ms.max(now) + TOMBSTONE_GRACE_MS,
             &forget,
@@ -681,7 +682,7 @@ pub(crate) async fn fire(
                         run_id: run_id.clone(),
                     };
                     let next =
-                        Engine::put_timer(txn, now + CONDITION_TIMEOUT_RETRY_MS, &action, fx)?;
+                        kernel::put_timer(txn, now + CONDITION_TIMEOUT_RETRY_MS, &action, fx)?;
                     if let Some(c) = run.waits.condition.as_mut() {
                         c.timer = Some(next);
                     }

@@ -1,0 +1,53 @@
+//! Who reacts to which [`Event`]: the one list of cross-subsystem reactions. Each runs in
+//! the transaction that raised the event, before its commit.
+
+use crate::clock::Millis;
+use crate::kernel::{self, Effects, Event, TxFuture};
+use crate::storage::KvTxn;
+
+pub(super) struct Hooks;
+
+impl kernel::Hooks for Hooks {
+    fn react<'t>(
+        &'t self,
+        txn: &'t mut dyn KvTxn,
+        event: Event,
+        now: Millis,
+        fx: &'t mut Effects,
+    ) -> TxFuture<'t, ()> {
+        Box::pin(async move {
+            match event {
+                Event::RunClosed {
+                    namespace,
+                    workflow_id,
+                    run_id,
+                    reason,
+                    schedule_id,
+                    closed_at_ms,
+                } => {
+                    // Retention and closed-run visibility.
+                    crate::system::index_closed_run(
+                        txn,
+                        &namespace,
+                        &workflow_id,
+                        &run_id,
+                        closed_at_ms,
+                    );
+                    // A schedule waiting for this run (buffered fires) learns of the close.
+                    if let Some(schedule_id) = schedule_id {
+                        crate::schedules::on_run_closed(
+                            txn,
+                            &namespace,
+                            &schedule_id,
+                            &workflow_id,
+                            &reason,
+                            now,
+                            fx,
+                        )?;
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! What a transaction leaves for after its commit ([`Effects`]) and the reactions it asks
+//! of other subsystems before its commit ([`Event`]).
+
+use crate::clock::Millis;
+use crate::matching::{QueueKey, TaskHint};
+use crate::model::{TaskRecord, TimerKey};
+
+/// What a committed transaction asks of the in-memory side. Applied only once the
+/// transaction is durable (or may be: every effect is re-checked against storage, so a
+/// spurious one costs a lookup, while a missing one would strand a task or a lease).
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub ready: Vec<(QueueKey, TaskHint)>,
+    pub timers: Vec<TimerKey>,
+    /// Updates whose status changed: their waiting callers re-read them.
+    pub updates: Vec<String>,
+    /// Raised by in-transaction code, dispatched by the runner before commit.
+    events: Vec<Event>,
+}
+
+impl Effects {
+    /// Offers `task` to pollers once committed.
+    pub fn ready(&mut self, task: &TaskRecord) {
+        self.ready.push((
+            QueueKey::new(&task.namespace, &task.task_queue, task.kind),
+            TaskHint {
+                task_id: task.task_id.as_str().into(),
+                type_name: task.type_name.as_str().into(),
+                priority: task.priority,
+                ready_at_ms: task.ready_at_ms,
+                compatibility: task.compatibility.as_deref().map(Into::into),
+            },
+        ));
+    }
+
+    /// Raises `event` for the subsystems that react to it, in this same transaction. The
+    /// raiser does not know who listens (`engine/hooks.rs` does).
+    pub fn raise(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    pub(super) fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// Something that happened inside a transaction that other subsystems react to.
+#[derive(Debug, Clone)]
+pub(crate) enum Event {
+    /// A run reached a terminal status (`reason` is its close reason: "completed",
+    /// "continued", "timed_out", ...).
+    RunClosed {
+        namespace: String,
+        workflow_id: String,
+        run_id: String,
+        reason: String,
+        /// The schedule that started the run, if one did.
+        schedule_id: Option<String>,
+        closed_at_ms: Millis,
+    },
+}

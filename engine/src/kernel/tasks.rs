@@ -1,0 +1,165 @@
+//! Task rows, the ready index and the per-queue counters, kept in step.
+//!
+//! Invariant: a task row's status names the one index entry or timer it holds — `Ready`:
+//! its ready-index key (and the Ready counter); `Leased`: its lease timer (and the Leased
+//! counter); `Backoff`: its backoff timer. Every change of status goes through here.
+
+use crate::clock::Millis;
+use crate::error::Result;
+use crate::model::{TaskRecord, TaskStatus, TimerAction, TimerKey};
+use crate::storage::KvTxn;
+use crate::tables::{self, QueueCounter};
+
+use super::{put_timer, Effects};
+
+/// Creates a task record in `Ready` state with its ready-index entry.
+pub(crate) fn put_ready_task(
+    txn: &mut dyn KvTxn,
+    task: &TaskRecord,
+    fx: &mut Effects,
+) -> Result<()> {
+    tables::put(txn, &tables::task_key(&task.task_id), task)?;
+    txn.set(
+        &tables::ready_key(
+            &task.namespace,
+            &task.task_queue,
+            task.kind,
+            task.priority,
+            task.ready_at_ms,
+            &task.task_id,
+        ),
+        &tables::ready_value(&task.type_name, task.compatibility.as_deref()),
+    );
+    count(txn, task, QueueCounter::Ready, 1);
+    fx.ready(task);
+    Ok(())
+}
+
+/// Adjusts a per-queue counter (an atomic add: never a conflict between transitions).
+pub(crate) fn count(txn: &mut dyn KvTxn, task: &TaskRecord, counter: QueueCounter, delta: i64) {
+    txn.atomic_add(
+        &tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, counter),
+        delta,
+    );
+}
+
+/// Deletes a task with its index entry and timers.
+pub(crate) async fn delete_task(txn: &mut dyn KvTxn, task_id: &str) -> Result<()> {
+    let key = tables::task_key(task_id);
+    let Some(task) = tables::get::<TaskRecord>(txn, &key).await? else {
+        return Ok(());
+    };
+    clear_task_state(txn, &task);
+    clear_activity_timeouts(txn, &task);
+    tables::delete(txn, &key).await
+}
+
+/// Clears every timeout timer of an activity task (it is being deleted).
+fn clear_activity_timeouts(txn: &mut dyn KvTxn, task: &TaskRecord) {
+    if let Some(a) = &task.activity {
+        for t in a.timeouts.timers() {
+            txn.clear(&tables::timer_key(t));
+        }
+    }
+}
+
+/// Clears whatever index entry or timer the task's current state holds.
+pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord) {
+    match task.status {
+        TaskStatus::Ready => {
+            txn.clear(&tables::ready_key(
+                &task.namespace,
+                &task.task_queue,
+                task.kind,
+                task.priority,
+                task.ready_at_ms,
+                &task.task_id,
+            ));
+            count(txn, task, QueueCounter::Ready, -1);
+        }
+        TaskStatus::Leased => {
+            if let Some(lease) = &task.lease {
+                txn.clear(&tables::timer_key(&lease.timer));
+            }
+            count(txn, task, QueueCounter::Leased, -1);
+        }
+        TaskStatus::Backoff => {
+            if let Some(timer) = &task.backoff_timer {
+                txn.clear(&tables::timer_key(timer));
+            }
+        }
+    }
+}
+
+/// Returns a task to the ready index (after a lapsed lease or a backoff).
+pub(crate) fn make_ready(
+    txn: &mut dyn KvTxn,
+    task: &mut TaskRecord,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    // A lapsed lease's timer row is the one firing (already deleted): only the count.
+    if task.status == TaskStatus::Leased {
+        count(txn, task, QueueCounter::Leased, -1);
+    }
+    task.status = TaskStatus::Ready;
+    task.lease = None;
+    task.backoff_timer = None;
+    task.ready_at_ms = now;
+    if let Some(activity) = task.activity.as_mut() {
+        activity.attempt_id = None;
+    }
+    put_ready_task(txn, task, fx)
+}
+
+/// A lease timer fired: a lease renewed by heartbeats is re-armed at its new expiry; a
+/// lapsed one makes the task ready again. A timer that is no longer the task's current
+/// lease timer does nothing (a stale lease never touches the task).
+pub(crate) async fn fire_lease_expiry(
+    txn: &mut dyn KvTxn,
+    task_id: &str,
+    timer: &TimerKey,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let key = tables::task_key(task_id);
+    let Some(mut task) = tables::get::<TaskRecord>(txn, &key).await? else {
+        return Ok(());
+    };
+    let current = task.lease.as_ref().is_some_and(|l| l.timer == *timer);
+    if task.status != TaskStatus::Leased || !current {
+        return Ok(());
+    }
+    let expires = task.lease.as_ref().map_or(now, |l| l.expires_at_ms);
+    if expires > now {
+        let action = TimerAction::LeaseExpiry {
+            task_id: task_id.to_string(),
+        };
+        let next = put_timer(txn, expires, &action, fx)?;
+        if let Some(lease) = task.lease.as_mut() {
+            lease.timer = next;
+        }
+        tables::put(txn, &key, &task)
+    } else {
+        tracing::info!(task_id = %task.task_id, attempt = task.attempt, "lease expired; task is ready again");
+        crate::metrics::lease_expired(task.kind);
+        make_ready(txn, &mut task, now, fx)
+    }
+}
+
+/// A backoff timer fired: the task is ready again if this is still its backoff.
+pub(crate) async fn fire_task_backoff(
+    txn: &mut dyn KvTxn,
+    task_id: &str,
+    timer: &TimerKey,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let Some(mut task) = tables::get::<TaskRecord>(txn, &tables::task_key(task_id)).await? else {
+        return Ok(());
+    };
+    if task.status == TaskStatus::Backoff && task.backoff_timer.as_ref() == Some(timer) {
+        make_ready(txn, &mut task, now, fx)?;
+    }
+    Ok(())
+}
