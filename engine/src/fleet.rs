@@ -111,7 +111,7 @@ impl Engine {
                 }
                 txn.clear(&key);
                 // The service URL it announced goes with it.
-                txn.clear(&crate::operator::endpoint_key(ns, worker_id));
+                txn.clear(&tables::worker_endpoint_key(ns, worker_id));
                 Ok(())
             })
         })

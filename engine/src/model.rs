@@ -812,3 +812,32 @@ pub struct ClosedTaskRecord {
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
+
+/// Longest failure message kept or reported, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts `message` to at most [`MAX_MESSAGE_BYTES`] at a UTF-8 boundary.
+pub fn truncate_message(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = truncate_message(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_message("short"), "short");
+    }
+}

@@ -128,6 +128,14 @@ pub fn worker_key(ns: &str, worker_id: &str) -> Vec<u8> {
     Key::new(prefix::WORKER).str(ns).str(worker_id).into_bytes()
 }
 
+/// Key of the service URL a worker announced (it goes with the worker's registration).
+pub fn worker_endpoint_key(ns: &str, worker_id: &str) -> Vec<u8> {
+    Key::new(prefix::WORKER_ENDPOINT)
+        .str(ns)
+        .str(worker_id)
+        .into_bytes()
+}
+
 /// The ready index's value: the task type, then the pinned build id if any.
 pub fn ready_value(type_name: &str, compatibility: Option<&str>) -> Vec<u8> {
     let mut v = type_name.as_bytes().to_vec();

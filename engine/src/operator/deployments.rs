@@ -304,14 +304,6 @@ fn services_range(ns: &str) -> KeyRange {
     Key::new(prefix::SERVICE).str(ns).range()
 }
 
-/// Key of the service URL a worker announced.
-pub(crate) fn endpoint_key(ns: &str, worker_id: &str) -> Vec<u8> {
-    Key::new(prefix::WORKER_ENDPOINT)
-        .str(ns)
-        .str(worker_id)
-        .into_bytes()
-}
-
 /// Reads every record of `range` (at most `limit` values), conflict-tracked unless
 /// `snapshot`.
 async fn read_all<T: DeserializeOwned>(
@@ -427,7 +419,7 @@ impl Engine {
                 Box::pin(async move {
                     let txn = tx.txn.as_mut();
                     let record = Self::put_worker(txn, w).await?;
-                    let key = endpoint_key(&w.namespace, &w.worker_id);
+                    let key = tables::worker_endpoint_key(&w.namespace, &w.worker_id);
                     match endpoint {
                         Some(e) => tables::put(txn, &key, e)?,
                         None => txn.clear(&key),

@@ -20,8 +20,8 @@ mod deployments;
 mod inspect;
 mod recover;
 
+pub use crate::model::{truncate_message, MAX_MESSAGE_BYTES};
 pub use audit::{Actor, AuditEntry, AUDIT_PAGE_MAX};
-pub(crate) use deployments::endpoint_key;
 pub use deployments::{
     normalize_service_url, CleanupOutcome, CleanupRequest, CohortRef, DeploymentRecord,
     DeploymentService, RedeployOutcome, RedeployRequest, ServiceKind, ServiceRecord,
@@ -31,21 +31,6 @@ pub use inspect::{
     merge_failures, FailureItem, InvocationCounts, MAX_RECENT_FAILURES, RUN_SCAN_CAP,
 };
 pub use recover::{RecoverOutcome, RecoverRequest};
-
-/// Longest failure message kept or reported, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
-
-/// Cuts `message` to at most [`MAX_MESSAGE_BYTES`] at a UTF-8 boundary.
-pub fn truncate_message(message: &str) -> String {
-    if message.len() <= MAX_MESSAGE_BYTES {
-        return message.to_string();
-    }
-    let mut end = MAX_MESSAGE_BYTES;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message[..end].to_string()
-}
 
 /// Whether `s` is a valid operator key (`serviceName`, `serviceKey`): non-empty, at most
 /// 255 bytes, letters, digits, `_` and `-` only.
@@ -59,15 +44,6 @@ pub fn valid_operator_key(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_messages_are_cut_at_a_character_boundary() {
-        let long = "é".repeat(MAX_MESSAGE_BYTES);
-        let cut = truncate_message(&long);
-        assert!(cut.len() <= MAX_MESSAGE_BYTES);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate_message("short"), "short");
-    }
 
     #[test]
     fn operator_keys_allow_only_letters_digits_underscore_and_hyphen() {

@@ -80,7 +80,7 @@ impl Engine {
                         a.last_failure = Some(crate::model::AttemptFailure {
                             at_ms: now,
                             attempt_number: a.attempt_number,
-                            message: crate::operator::truncate_message(message),
+                            message: crate::model::truncate_message(message),
                         });
                     }
                     super::activity_timeouts::schedule_retry(txn, &mut task, backoff_s, now, fx)?;

@@ -136,7 +136,7 @@ let fx = &mut tx.fx;
                 run.workflow_task_failure = Some(WorkflowTaskFailure {
                     failures: task.failures,
                     failure_type: failure_type.to_string(),
-                    message: crate::operator::truncate_message(message),
+                    message: crate::model::truncate_message(message),
                     at_ms: now,
                 });
                 tables::put(txn, &rkey, &run)?;
