@@ -1,0 +1,35 @@
+//! The engine model check (see `keel_conformance::engine_model`) on a real FoundationDB
+//! cluster (`KEEL_FDB_CLUSTER_FILE`): one engine, and two engines on two store handles
+//! of one subspace. Skipped, with one line saying so, without the variable.
+#![cfg(feature = "fdb")]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::FdbFactory;
+use keel_conformance::engine_model::{check_engine_model, steps};
+use keel_conformance::{block_on, StoreFactory};
+use keel_storage::KvStore;
+use proptest::prelude::*;
+
+proptest! {
+    // Every step is several round trips to the cluster: fewer cases than on RocksDB.
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_keeps_lease_invariants_on_foundationdb(scenario in steps(40)) {
+        let Some(factory) = FdbFactory::from_env() else { return Ok(()) };
+        let store = factory.create().expect("store").store;
+        block_on(check_engine_model(vec![store], &scenario));
+    }
+
+    #[test]
+    fn two_engines_on_one_subspace_keep_lease_invariants(scenario in steps(40)) {
+        let Some(factory) = FdbFactory::from_env() else { return Ok(()) };
+        let fixture = factory.create().expect("store");
+        let second = factory.reopen(&fixture.location).expect("second handle");
+        let stores: Vec<Arc<dyn KvStore>> = vec![fixture.store, second];
+        block_on(check_engine_model(stores, &scenario));
+    }
+}
