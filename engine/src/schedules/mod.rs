@@ -50,7 +50,7 @@ pub use record::{
     OverlapPolicy, RecentAction, RequestReceipt, ScheduleListPage, ScheduleListQuery,
     ScheduleRecord, ScheduleStatus, StoredFire, TriggerKind, TriggerResult,
 };
-pub use render::schedule_json;
+pub use render::{action_json, future_action_times, spec_json};
 pub use visibility::parse_visibility_query;
 
 /// Search attribute naming the schedule that started a run.

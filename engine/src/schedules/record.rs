@@ -1,9 +1,9 @@
 //! Schedule records, their keys, and the results the service returns.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::clock::{format_timestamp, Millis};
+use crate::clock::Millis;
 use crate::keys::{prefix, Key};
 use crate::model::TimerKey;
 
@@ -390,33 +390,6 @@ pub struct TriggerResult {
     pub buffer_depth: usize,
 }
 
-impl TriggerResult {
-    /// The response body: `{schedule_id, outcome, workflow_id, run_id, reason, buffer_depth}`
-    /// with `outcome` one of `triggered`, `buffered`, `buffer_full`, `skipped`.
-    pub fn to_json(&self) -> Value {
-        let (outcome, workflow_id, run_id, reason) = match &self.outcome {
-            FireOutcome::Started {
-                workflow_id,
-                run_id,
-            } => ("triggered", Some(workflow_id), Some(run_id), None),
-            FireOutcome::Buffered { workflow_id } => ("buffered", Some(workflow_id), None, None),
-            FireOutcome::BufferFull => ("buffer_full", None, None, Some("buffer_full")),
-            FireOutcome::Skipped {
-                reason,
-                workflow_id,
-            } => ("skipped", Some(workflow_id), None, Some(*reason)),
-        };
-        json!({
-            "schedule_id": self.schedule_id,
-            "outcome": outcome,
-            "workflow_id": workflow_id,
-            "run_id": run_id,
-            "reason": reason,
-            "buffer_depth": self.buffer_depth,
-        })
-    }
-}
-
 /// One occurrence of a backfill.
 #[derive(Debug, Clone)]
 pub struct BackfillFire {
@@ -433,46 +406,6 @@ pub struct BackfillResult {
     pub schedule_id: String,
     /// Every occurrence in the window, in order.
     pub fires: Vec<BackfillFire>,
-}
-
-impl BackfillResult {
-    /// The response body: `{schedule_id, outcome: "backfill_started", fires_attempted,
-    /// results: [{fire_time, workflow_id, run_id, outcome: started|buffered|skipped, reason}]}`.
-    pub fn to_json(&self) -> Value {
-        let results: Vec<Value> = self
-            .fires
-            .iter()
-            .map(|f| {
-                let (outcome, workflow_id, run_id, reason) = match &f.outcome {
-                    FireOutcome::Started {
-                        workflow_id,
-                        run_id,
-                    } => ("started", Some(workflow_id), Some(run_id), None),
-                    FireOutcome::Buffered { workflow_id } => {
-                        ("buffered", Some(workflow_id), None, None)
-                    }
-                    FireOutcome::BufferFull => ("skipped", None, None, Some("buffer_full")),
-                    FireOutcome::Skipped {
-                        reason,
-                        workflow_id,
-                    } => ("skipped", Some(workflow_id), None, Some(*reason)),
-                };
-                json!({
-                    "fire_time": format_timestamp(f.occurrence_ms),
-                    "workflow_id": workflow_id,
-                    "run_id": run_id,
-                    "outcome": outcome,
-                    "reason": reason,
-                })
-            })
-            .collect();
-        json!({
-            "schedule_id": self.schedule_id,
-            "outcome": "backfill_started",
-            "fires_attempted": self.fires.len(),
-            "results": results,
-        })
-    }
 }
 
 /// A page of schedule history.

@@ -20,7 +20,7 @@ use super::record::{
     HistoryPage, OverlapPolicy, RequestReceipt, ScheduleListPage, ScheduleListQuery,
     ScheduleRecord, ScheduleStatus, TriggerKind, TriggerResult,
 };
-use super::render::schedule_json;
+use super::render::{action_json, spec_json};
 use super::visibility::matches;
 use super::{
     ScheduleInput, SchedulePatch, BACKFILL_BATCH, DEFAULT_CATCHUP_WINDOW_SECONDS,
@@ -106,10 +106,9 @@ impl Engine {
                     last_request: None,
                 };
                 arm(txn, &mut s, now, fx)?;
-                let view = schedule_json(&s);
                 let payload = json!({
-                    "spec": view["spec"],
-                    "action": view["action"],
+                    "spec": spec_json(&s.spec),
+                    "action": action_json(&s.action),
                     "overlap_policy": s.overlap_policy.as_str(),
                     "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
                     "paused": input.paused,
@@ -279,11 +278,10 @@ impl Engine {
                     arm(txn, &mut s, from, fx)?;
                     drain(txn, &mut s, now, fx).await?;
                 }
-                let view = schedule_json(&s);
                 let payload = json!({
                     "changed_fields": changed,
-                    "spec": view["spec"],
-                    "action": view["action"],
+                    "spec": spec_json(&s.spec),
+                    "action": action_json(&s.action),
                     "overlap_policy": s.overlap_policy.as_str(),
                     "next_fire_at": s.next_fire_at_ms.map(format_timestamp),
                     "command_context": command_context("update"),

@@ -15,8 +15,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hyper::StatusCode;
 use keel_engine::schedules::{
-    parse_instant, parse_visibility_query, schedule_json, OverlapPolicy, ScheduleInput,
-    ScheduleListQuery, SchedulePatch, ScheduleStatus, MAX_HISTORY_PAGE, MAX_LIST_PAGE,
+    parse_instant, parse_visibility_query, OverlapPolicy, ScheduleInput, ScheduleListQuery,
+    SchedulePatch, ScheduleStatus, MAX_HISTORY_PAGE, MAX_LIST_PAGE,
 };
 use serde_json::{json, Value};
 
@@ -24,6 +24,10 @@ use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::router::Op;
 use crate::validate::Fields;
+
+mod render;
+
+use render::{backfill_json, schedule_json, trigger_json};
 
 /// Default page size of a schedule list.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -74,7 +78,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let overlap = overlap_policy(&mut f);
             f.finish()?;
             let result = engine.trigger_schedule(ns, id, overlap).await?;
-            Ok(Reply::json(StatusCode::OK, &result.to_json()))
+            Ok(Reply::json(StatusCode::OK, &trigger_json(&result)))
         }
         Op::BackfillSchedule => {
             let mut f = Fields::new(&call.body)?;
@@ -101,7 +105,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let result = engine
                 .backfill_schedule(ns, id, start, end, overlap)
                 .await?;
-            Ok(Reply::json(StatusCode::OK, &result.to_json()))
+            Ok(Reply::json(StatusCode::OK, &backfill_json(&result)))
         }
         Op::ScheduleHistory => {
             let mut errors = std::collections::BTreeMap::new();
