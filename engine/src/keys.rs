@@ -192,6 +192,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn every_key_prefix_is_registered_once_with_its_own_byte() {
+        let source = include_str!("keys.rs");
+        let module = &source[source.find("pub mod prefix {").expect("prefix module")..];
+        let module = &module[..module.find("\n}").expect("end of the prefix module")];
+        let mut seen = std::collections::BTreeMap::new();
+        for line in module.lines().map(str::trim) {
+            let Some(decl) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            let (name, value) = decl.split_once(": u8 = ").expect("`NAME: u8 = 0x..;`");
+            let byte = u8::from_str_radix(value.trim_end_matches(';').trim_start_matches("0x"), 16)
+                .expect("a hex byte");
+            if let Some(other) = seen.insert(byte, name) {
+                panic!("prefix {byte:#04x} is used by both {other} and {name}");
+            }
+        }
+        assert!(seen.len() > 20, "the parser found the prefixes: {seen:?}");
+    }
+
     proptest! {
         #[test]
         fn string_and_integer_encoding_preserves_tuple_order(a in ".*", b in ".*", x in any::<i64>(), y in any::<i64>()) {
