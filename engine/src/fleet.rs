@@ -367,7 +367,6 @@ impl Engine {
 /// Durable task counts of one queue and kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueCounts {
-    /// Queue.
     pub queue: String,
     /// Task kind.
     pub kind: TaskKind,

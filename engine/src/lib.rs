@@ -1,6 +1,5 @@
 //! Keel's engine: the domain tables over the storage contract (`keel-storage`), workflow semantics,
 //! the matching and lease core, and the durable timer service. No HTTP, no backend code.
-#![warn(missing_docs)]
 
 pub mod avro;
 pub mod clock;

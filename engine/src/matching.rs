@@ -23,7 +23,6 @@ use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 /// Identifies one matching queue.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QueueKey {
-    /// Namespace.
     pub namespace: Arc<str>,
     /// Task queue name.
     pub queue: Arc<str>,

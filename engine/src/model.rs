@@ -35,7 +35,6 @@ pub struct NamespaceRecord {
 /// A workflow id and its chain of runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceRecord {
-    /// The workflow id.
     pub workflow_id: String,
     /// The newest run.
     pub current_run_id: String,
@@ -59,9 +58,7 @@ pub enum RunStatus {
     Completed,
     /// Failed (including timeouts).
     Failed,
-    /// Cancelled.
     Cancelled,
-    /// Terminated.
     Terminated,
 }
 
@@ -100,19 +97,15 @@ impl RunStatus {
 /// One run of a workflow.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
-    /// Namespace.
     pub namespace: String,
-    /// Workflow id.
     pub workflow_id: String,
     /// Run id (globally unique).
     pub run_id: String,
     /// 1 for the first run.
     pub run_number: u32,
-    /// Workflow type.
     pub workflow_type: String,
     /// Task queue of its workflow tasks.
     pub task_queue: String,
-    /// Status.
     pub status: RunStatus,
     /// Priority of its tasks, 0 (first) to 9.
     pub priority: u8,
@@ -415,9 +408,7 @@ impl ActivityTimeouts {
 pub struct TaskRecord {
     /// Globally unique id.
     pub task_id: String,
-    /// Kind.
     pub kind: TaskKind,
-    /// Namespace.
     pub namespace: String,
     /// Queue it is matched on.
     pub task_queue: String,
@@ -475,7 +466,6 @@ pub enum TimerAction {
     },
     /// Fail a run whose execution or run deadline passed.
     RunDeadline {
-        /// Namespace.
         namespace: String,
         /// The run.
         run_id: String,
@@ -494,7 +484,6 @@ pub enum TimerAction {
     },
     /// Applies a closed parent's close policy to one of its open children.
     ParentClosePolicy {
-        /// Namespace.
         namespace: String,
         /// The child's workflow id (the policy reaches its current run).
         child_workflow_id: String,
@@ -505,7 +494,6 @@ pub enum TimerAction {
     },
     /// Fires a workflow's durable timer (`start_timer`): records `TimerFired`.
     WorkflowTimer {
-        /// Namespace.
         namespace: String,
         /// The run.
         run_id: String,
@@ -514,7 +502,6 @@ pub enum TimerAction {
     },
     /// Times out the run's open condition wait: records a condition-timeout `TimerFired`.
     ConditionTimeout {
-        /// Namespace.
         namespace: String,
         /// The run.
         run_id: String,
@@ -527,14 +514,12 @@ pub enum TimerAction {
     /// Fires a schedule's next occurrence (`schedules`); stale unless the schedule still
     /// names this timer.
     ScheduleFire {
-        /// Namespace.
         namespace: String,
         /// The schedule.
         schedule_id: String,
     },
     /// A run a schedule started has closed: a buffered fire may start now.
     ScheduleRunClosed {
-        /// Namespace.
         namespace: String,
         /// The schedule.
         schedule_id: String,
@@ -546,9 +531,7 @@ pub enum TimerAction {
 /// A registered worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRecord {
-    /// Worker id.
     pub worker_id: String,
-    /// Namespace.
     pub namespace: String,
     /// Queue it polls.
     pub task_queue: String,
@@ -579,7 +562,6 @@ pub struct WorkerRecord {
 /// A build-id cohort of a queue and the operator's drain intent for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CohortRecord {
-    /// Namespace.
     pub namespace: String,
     /// Queue.
     pub task_queue: String,
@@ -714,15 +696,11 @@ impl UpdateStatus {
 /// A workflow update.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpdateRecord {
-    /// Update id.
     pub update_id: String,
-    /// Namespace.
     pub namespace: String,
-    /// Workflow id.
     pub workflow_id: String,
     /// The run it was accepted on.
     pub run_id: String,
-    /// Update name.
     pub update_name: String,
     /// The control-plane command that submitted it.
     pub command_id: String,
@@ -732,7 +710,6 @@ pub struct UpdateRecord {
     /// Argument envelope.
     #[serde(default)]
     pub arguments: Value,
-    /// Status.
     pub status: UpdateStatus,
     /// Result envelope (completed).
     #[serde(default)]
@@ -796,7 +773,6 @@ pub struct CommandContract {
 pub struct ClosedTaskRecord {
     /// The task.
     pub task_id: String,
-    /// Namespace.
     pub namespace: String,
     /// The run.
     pub run_id: String,

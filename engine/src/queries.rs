@@ -40,11 +40,9 @@ const MAX_QUERY_HISTORY: usize = 1_000_000;
 /// A query from the control plane.
 #[derive(Debug, Clone)]
 pub struct QueryRequest {
-    /// Workflow id.
     pub workflow_id: String,
     /// A specific run (`None`: the current run).
     pub run_id: Option<String>,
-    /// Query name.
     pub query_name: String,
     /// Argument envelope.
     pub input: Value,
@@ -55,13 +53,10 @@ pub struct QueryRequest {
 /// A query's answer.
 #[derive(Debug, Clone)]
 pub struct QueryAnswer {
-    /// Workflow id.
     pub workflow_id: String,
     /// The run that was queried.
     pub run_id: String,
-    /// Workflow type.
     pub workflow_type: String,
-    /// Query name.
     pub query_name: String,
     /// The worker's plain-JSON result.
     pub result: Value,
@@ -80,17 +75,12 @@ pub struct QueryTaskView {
     pub lease_owner: String,
     /// When the lease (and the caller's wait) ends.
     pub lease_expires_at: String,
-    /// Namespace.
     pub namespace: String,
     /// Queue.
     pub task_queue: String,
-    /// Workflow id.
     pub workflow_id: String,
-    /// Run id.
     pub run_id: String,
-    /// Workflow type.
     pub workflow_type: String,
-    /// Query name.
     pub query_name: String,
     /// Always `avro`.
     pub payload_codec: &'static str,

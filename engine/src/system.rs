@@ -51,9 +51,7 @@ pub(crate) fn index_closed_run(
 /// One closed run that retention may delete.
 #[derive(Debug, Clone, Serialize)]
 pub struct RetentionCandidate {
-    /// Run id.
     pub run_id: String,
-    /// Workflow id.
     pub workflow_id: String,
     /// Close time.
     pub closed_at_ms: Millis,
@@ -100,9 +98,7 @@ pub enum RepairReason {
 /// A run the repair pass would fix.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepairCandidate {
-    /// Run id.
     pub run_id: String,
-    /// Workflow id.
     pub workflow_id: String,
     /// Run status.
     pub status: &'static str,

@@ -94,7 +94,6 @@ pub struct DeploymentService {
 pub struct DeploymentRecord {
     /// `dp_` + a time-ordered unique id.
     pub deployment_id: String,
-    /// Namespace.
     pub namespace: String,
     /// The URL as registered (last registration).
     pub service_url: String,
@@ -139,7 +138,6 @@ pub struct ServiceRecord {
 /// The URL a worker announced at registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerEndpoint {
-    /// Worker id.
     pub worker_id: String,
     /// The URL as announced.
     pub service_url: String,
@@ -188,7 +186,6 @@ pub struct CleanupRequest {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SkippedDeployment {
-    /// Deployment id.
     pub deployment_id: String,
     /// Its URL.
     pub service_url: String,

@@ -83,9 +83,7 @@ impl ScheduleStatus {
 /// The workflow a schedule starts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ActionRecord {
-    /// Workflow type.
     pub workflow_type: String,
-    /// Task queue.
     pub task_queue: String,
     /// Input envelope (`Null`: no arguments).
     #[serde(default)]
@@ -133,9 +131,7 @@ pub struct RecentAction {
     pub occurrence_ms: Millis,
     /// When it started.
     pub started_at_ms: Millis,
-    /// Workflow id.
     pub workflow_id: String,
-    /// Run id.
     pub run_id: String,
     /// How it came about.
     pub trigger: TriggerKind,
@@ -144,7 +140,6 @@ pub struct RecentAction {
 /// A schedule as stored. Every field added later needs a serde default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScheduleRecord {
-    /// Namespace.
     pub namespace: String,
     /// Id.
     pub schedule_id: String,
@@ -156,7 +151,6 @@ pub struct ScheduleRecord {
     pub spec: SpecRecord,
     /// What it starts.
     pub action: ActionRecord,
-    /// Overlap policy.
     pub overlap_policy: OverlapPolicy,
     /// Jitter in seconds.
     #[serde(default)]
@@ -357,12 +351,7 @@ pub(super) fn event_key(ns: &str, id: &str, seq: u64) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FireOutcome {
     /// A workflow started.
-    Started {
-        /// Workflow id.
-        workflow_id: String,
-        /// Run id.
-        run_id: String,
-    },
+    Started { workflow_id: String, run_id: String },
     /// Waiting in the buffer for the open run to close.
     Buffered {
         /// The workflow id it will start.
@@ -382,7 +371,6 @@ pub enum FireOutcome {
 /// The answer to a manual trigger.
 #[derive(Debug, Clone)]
 pub struct TriggerResult {
-    /// Schedule id.
     pub schedule_id: String,
     /// What the fire did.
     pub outcome: FireOutcome,
@@ -402,7 +390,6 @@ pub struct BackfillFire {
 /// The answer to a backfill.
 #[derive(Debug, Clone)]
 pub struct BackfillResult {
-    /// Schedule id.
     pub schedule_id: String,
     /// Every occurrence in the window, in order.
     pub fires: Vec<BackfillFire>,

@@ -30,11 +30,9 @@ const RESERVED_SIGNAL_PREFIX: &str = "__durable_workflow";
 /// A signal for a workflow.
 #[derive(Debug, Clone)]
 pub struct SignalRequest {
-    /// Workflow id.
     pub workflow_id: String,
     /// The targeted run (`None`: the current run).
     pub run_id: Option<String>,
-    /// Signal name.
     pub signal_name: String,
     /// Argument envelope.
     pub input: Value,
@@ -54,11 +52,9 @@ pub enum UpdateWait {
 /// An update for a workflow.
 #[derive(Debug, Clone)]
 pub struct UpdateRequest {
-    /// Workflow id.
     pub workflow_id: String,
     /// The targeted run (`None`: the current run).
     pub run_id: Option<String>,
-    /// Update name.
     pub update_name: String,
     /// Argument envelope.
     pub input: Value,

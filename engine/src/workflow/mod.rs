@@ -62,9 +62,7 @@ pub enum DuplicatePolicy {
 pub struct StartWorkflow {
     /// Workflow id (generated when absent).
     pub workflow_id: Option<String>,
-    /// Workflow type.
     pub workflow_type: String,
-    /// Task queue.
     pub task_queue: String,
     /// Input payload envelope.
     pub input: Value,
@@ -89,14 +87,12 @@ pub struct StartWorkflow {
 pub struct StartOutcome {
     /// A new run was created (false: an open run was returned).
     pub started_new: bool,
-    /// The run.
     pub run: RunRecord,
 }
 
 /// A run with the payloads kept in its history.
 #[derive(Debug, Clone)]
 pub struct RunView {
-    /// The run.
     pub run: RunRecord,
     /// Runs of the workflow id so far.
     pub run_count: u32,
@@ -113,17 +109,13 @@ pub struct RunView {
 /// A workflow task handed to a worker, in the protocol's shape.
 #[derive(Debug, Serialize)]
 pub struct WorkflowTaskView {
-    /// Task id.
     pub task_id: String,
     /// Kind discriminator.
     pub task_kind: &'static str,
     /// Fencing token.
     pub workflow_task_attempt: u32,
-    /// Workflow id.
     pub workflow_id: String,
-    /// Run id.
     pub run_id: String,
-    /// Workflow type.
     pub workflow_type: String,
     /// Always `avro`.
     pub payload_codec: &'static str,
@@ -141,11 +133,9 @@ pub struct WorkflowTaskView {
     pub lease_owner: String,
     /// When the lease lapses.
     pub lease_expires_at: String,
-    /// Namespace.
     pub namespace: String,
     /// Queue.
     pub task_queue: String,
-    /// Run status.
     pub run_status: &'static str,
     /// The accepted update this task runs; the worker runs only its handler.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,17 +150,14 @@ pub struct WorkflowTaskView {
 /// An activity task handed to a worker, in the protocol's shape.
 #[derive(Debug, Serialize)]
 pub struct ActivityTaskView {
-    /// Task id.
     pub task_id: String,
     /// The attempt's id; echoed on every later call.
     pub activity_attempt_id: String,
     /// Stable id across attempts.
     pub activity_execution_id: String,
-    /// Activity type.
     pub activity_type: String,
     /// Always `avro`.
     pub payload_codec: &'static str,
-    /// Arguments.
     pub arguments: Value,
     /// 1 for the first attempt.
     pub attempt_number: u32,
@@ -186,14 +173,12 @@ pub struct ActivityTaskView {
     pub lease_owner: String,
     /// When the lease lapses.
     pub lease_expires_at: String,
-    /// Namespace.
     pub namespace: String,
 }
 
 /// A poll's parameters.
 #[derive(Debug, Clone)]
 pub struct Poll {
-    /// Namespace.
     pub namespace: String,
     /// Polling worker.
     pub worker_id: String,
@@ -210,13 +195,11 @@ pub struct Poll {
 /// What a completion or failure did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskOutcome {
-    /// Task id.
     pub task_id: String,
     /// `completed`, `failed` or `ignored`.
     pub outcome: &'static str,
     /// Whether the report changed state.
     pub recorded: bool,
-    /// Run id.
     pub run_id: String,
     /// Run status after the report.
     pub run_status: &'static str,

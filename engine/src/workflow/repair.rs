@@ -17,7 +17,6 @@ pub enum RunTarget<'a> {
 /// The outcome of an operator command, in the protocol's `CommandResponse` terms.
 #[derive(Debug, Clone, Serialize)]
 pub struct CommandOutcome {
-    /// Workflow id.
     pub workflow_id: String,
     /// The run the command applied to.
     pub run_id: String,
