@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::auth::{AuthConfig, Principal};
 use crate::discovery::{self, WORKER_PROTOCOL_VERSION};
 use crate::gates::{NodeRoles, Readiness};
-use crate::metrics::StatsSource;
+use crate::metrics::{StatsSource, StorageBackend};
 
 /// Shared state of the HTTP front.
 pub struct AppState {
@@ -34,6 +34,7 @@ pub struct AppState {
     /// This process's id in discovery documents.
     pub server_id: String,
     storage_stats: Option<StatsSource>,
+    storage_backend: Option<StorageBackend>,
     /// The address the listener is bound to (set by `serve`); `doctor` probes its own
     /// ingress through it over loopback.
     listen_addr: std::sync::OnceLock<SocketAddr>,
@@ -51,6 +52,7 @@ impl AppState {
             readiness: Readiness::default(),
             server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
             storage_stats: None,
+            storage_backend: None,
             listen_addr: std::sync::OnceLock::new(),
             engine,
         };
@@ -65,8 +67,12 @@ impl AppState {
             cfg.workflow_task_lease.as_secs(),
             cfg.activity_task_lease.as_secs(),
         );
-        self.cluster_info =
-            discovery::cluster_info(&self.server_id, &cfg.default_namespace, &self.topology);
+        self.cluster_info = discovery::cluster_info(
+            &self.server_id,
+            &cfg.default_namespace,
+            &self.topology,
+            self.storage_backend.as_ref(),
+        );
     }
 
     /// Uses `auth` for every request.
@@ -86,6 +92,18 @@ impl AppState {
     pub fn with_storage_stats(mut self, source: StatsSource) -> Self {
         self.storage_stats = Some(source);
         self
+    }
+
+    /// Names `backend` in `/api/ready`, `cluster/info` and `/metrics`.
+    pub fn with_storage_backend(mut self, backend: StorageBackend) -> Self {
+        self.storage_backend = Some(backend);
+        self.render_discovery();
+        self
+    }
+
+    /// The storage backend, if the server named it.
+    pub fn storage_backend(&self) -> Option<&StorageBackend> {
+        self.storage_backend.as_ref()
     }
 
     /// The storage counters source, if any.

@@ -112,7 +112,12 @@ pub fn topology(
 }
 
 /// The `cluster/info` document (its static part; `probes` adds the live blocks).
-pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) -> Value {
+pub fn cluster_info(
+    server_id: &str,
+    default_namespace: &str,
+    topology: &Value,
+    storage: Option<&crate::metrics::StorageBackend>,
+) -> Value {
     let mut info = json!({
         "server_id": server_id,
         "version": SERVER_VERSION,
@@ -184,6 +189,9 @@ pub fn cluster_info(server_id: &str, default_namespace: &str, topology: &Value) 
             "redaction": {"never_echo": ["bearer_tokens", "private_keys", "raw_authorization_headers"]},
         },
     });
+    if let Some(backend) = storage {
+        info["storage"] = backend.to_json();
+    }
     add_manifests(&mut info);
     info
 }

@@ -1,4 +1,5 @@
-//! The `keel` binary: `keel serve` runs the server on the embedded RocksDB default.
+//! The `keel` binary: `keel serve` runs the server on the storage backend chosen with
+//! `--storage` (the embedded RocksDB by default).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::clock::SystemClock;
+use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::KvStore;
 use keel_engine::{Engine, EngineConfig};
+use keel_http::metrics::{StatsSource, StorageBackend};
 use keel_http::{serve, AppState, AuthConfig, NodeRoles};
+use keel_storage_fdb::{Subspace, DEFAULT_SUBSPACE};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
@@ -22,12 +26,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The documented default listen address.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-const USAGE: &str = "usage: keel serve [--listen ADDR] [--data-dir DIR] \
+/// The documented default RocksDB directory.
+const DEFAULT_DATA_DIR: &str = "./keel-data";
+
+const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --data-dir DIR] \
 [--workflow-task-lease-seconds N] [--activity-task-lease-seconds N] \
 [--auth-file FILE] [--roles ROLE,...]
 
   --listen ADDR                      address to listen on (default 127.0.0.1:8080)
-  --data-dir DIR                     RocksDB data directory (default ./keel-data)
+  --storage BACKEND                  rocksdb:PATH (default rocksdb:./keel-data),
+                                     fdb[:CLUSTER_FILE] (FoundationDB; builds with --features fdb),
+                                     or memory (not durable: tests and demos, loopback only)
+  --data-dir DIR                     short for --storage rocksdb:DIR
+  --fdb-subspace NAME                FoundationDB subspace holding this deployment's keys
+                                     (default keel)
   --workflow-task-lease-seconds N    workflow task lease (default 300)
   --activity-task-lease-seconds N    activity task lease (default 300)
   --max-parked-polls N               long-polls parked on this node at once (default 10000)
@@ -40,9 +52,47 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--data-dir DIR] \
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
 
+/// The line a binary built without FoundationDB support answers `--storage fdb` with.
+const FDB_NOT_BUILT: &str = "--storage fdb: this keel binary was built without FoundationDB \
+support; rebuild it with `cargo build --release -p keel-http --features fdb`, which needs the \
+FoundationDB client library (libfdb_c 7.3) installed to link and run";
+
+/// Where the server keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Storage {
+    Rocks(PathBuf),
+    /// `None`: the client's default cluster file.
+    Fdb(Option<PathBuf>),
+    Memory,
+}
+
+impl Storage {
+    fn parse(value: &str) -> Result<Storage, String> {
+        let (scheme, rest) = match value.split_once(':') {
+            Some((scheme, rest)) => (scheme, Some(rest)),
+            None => (value, None),
+        };
+        match (scheme, rest) {
+            ("rocksdb", None) => Ok(Storage::Rocks(PathBuf::from(DEFAULT_DATA_DIR))),
+            ("rocksdb", Some(path)) if !path.is_empty() => Ok(Storage::Rocks(PathBuf::from(path))),
+            ("fdb", None) => Ok(Storage::Fdb(None)),
+            ("fdb", Some(path)) if !path.is_empty() => Ok(Storage::Fdb(Some(PathBuf::from(path)))),
+            ("memory", None) => Ok(Storage::Memory),
+            ("rocksdb" | "fdb", Some(_)) => {
+                Err(format!("--storage {value}: the path after ':' is empty"))
+            }
+            _ => Err(format!(
+                "--storage {value}: unknown storage backend; expected rocksdb:PATH, \
+                 fdb[:CLUSTER_FILE] or memory"
+            )),
+        }
+    }
+}
+
 struct ServeArgs {
     listen: SocketAddr,
-    data_dir: PathBuf,
+    storage: Storage,
+    fdb_subspace: Subspace,
     workflow_lease: u64,
     activity_lease: u64,
     park_limits: keel_engine::matching::ParkLimits,
@@ -62,7 +112,9 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         listen: DEFAULT_LISTEN
             .parse()
             .expect("invariant: default address parses"),
-        data_dir: PathBuf::from("./keel-data"),
+        storage: Storage::Rocks(PathBuf::from(DEFAULT_DATA_DIR)),
+        fdb_subspace: Subspace::new(DEFAULT_SUBSPACE)
+            .expect("invariant: the default subspace name is valid"),
         workflow_lease: 300,
         activity_lease: 300,
         park_limits: keel_engine::matching::ParkLimits::default(),
@@ -70,6 +122,8 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         auth_file: None,
         roles: NodeRoles::default(),
     };
+    let mut storage: Option<Storage> = None;
+    let mut subspace_given = false;
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
@@ -82,7 +136,20 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         };
         match flag.as_str() {
             "--listen" => parsed.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
-            "--data-dir" => parsed.data_dir = PathBuf::from(value()?),
+            "--storage" | "--data-dir" => {
+                let chosen = match flag.as_str() {
+                    "--storage" => Storage::parse(&value()?)?,
+                    _ => Storage::Rocks(PathBuf::from(value()?)),
+                };
+                if storage.replace(chosen).is_some() {
+                    return Err("give the storage once: --storage BACKEND or --data-dir DIR".into());
+                }
+            }
+            "--fdb-subspace" => {
+                parsed.fdb_subspace =
+                    Subspace::new(&value()?).map_err(|e| format!("--fdb-subspace: {e}"))?;
+                subspace_given = true;
+            }
             "--workflow-task-lease-seconds" => parsed.workflow_lease = positive(value()?)?,
             "--activity-task-lease-seconds" => parsed.activity_lease = positive(value()?)?,
             "--max-parked-polls" => parsed.park_limits.per_node = positive(value()?)? as usize,
@@ -97,6 +164,24 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
         }
+    }
+    if let Some(storage) = storage {
+        parsed.storage = storage;
+    }
+    match &parsed.storage {
+        Storage::Fdb(_) if !keel_storage_fdb::COMPILED => return Err(FDB_NOT_BUILT.into()),
+        Storage::Memory if !parsed.listen.ip().is_loopback() => {
+            return Err(format!(
+                "refusing --storage memory on {}: the memory backend is not durable (all data \
+                 is lost when the process exits) and is for tests and demos on a loopback \
+                 address such as 127.0.0.1 only",
+                parsed.listen
+            ))
+        }
+        Storage::Rocks(_) | Storage::Memory if subspace_given => {
+            return Err("--fdb-subspace applies only to --storage fdb".into())
+        }
+        _ => {}
     }
     Ok(parsed)
 }
@@ -175,18 +260,100 @@ fn load_auth(args: &ServeArgs) -> Result<AuthConfig, String> {
     Ok(auth)
 }
 
+/// The opened store, how discovery names it, and its commit counters where it has any.
+struct OpenedStorage {
+    store: Arc<dyn KvStore>,
+    backend: StorageBackend,
+    stats: Option<StatsSource>,
+    /// Where the data is, for the start-up log line.
+    place: String,
+}
+
+fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
+    match &args.storage {
+        Storage::Rocks(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let rocks =
+                Arc::new(RocksStore::open(dir, RocksOptions::default()).map_err(|e| {
+                    format!("cannot open the data directory {}: {e}", dir.display())
+                })?);
+            let sampled = rocks.clone();
+            Ok(OpenedStorage {
+                store: rocks,
+                backend: StorageBackend {
+                    name: "rocksdb",
+                    durable: true,
+                },
+                stats: Some(Box::new(move || {
+                    let s = sampled.stats();
+                    keel_http::metrics::StorageStats {
+                        commits: s.commits,
+                        conflicts: s.conflicts,
+                        batches: s.batches,
+                        largest_batch: s.largest_batch,
+                    }
+                })),
+                place: format!("rocksdb:{}", dir.display()),
+            })
+        }
+        Storage::Memory => {
+            tracing::warn!(
+                "STORAGE IS NOT DURABLE: --storage memory keeps every workflow, task and \
+                 schedule in this process's memory and loses them all when it exits; for tests \
+                 and demos only"
+            );
+            Ok(OpenedStorage {
+                store: Arc::new(MemoryStore::new()),
+                backend: StorageBackend {
+                    name: "memory",
+                    durable: false,
+                },
+                stats: None,
+                place: "memory".into(),
+            })
+        }
+        Storage::Fdb(cluster_file) => open_fdb(cluster_file.as_ref(), &args.fdb_subspace),
+    }
+}
+
+#[cfg(feature = "fdb")]
+fn open_fdb(cluster_file: Option<&PathBuf>, subspace: &Subspace) -> Result<OpenedStorage, String> {
+    use keel_storage_fdb::{FdbOptions, FdbStore, BACKEND_NAME};
+    let store = FdbStore::open(&FdbOptions {
+        cluster_file: cluster_file.cloned(),
+        subspace: subspace.clone(),
+        ..FdbOptions::default()
+    })
+    .map_err(|e| format!("cannot open FoundationDB: {e}"))?;
+    let file = cluster_file.map_or_else(
+        || "default cluster file".into(),
+        |p| p.display().to_string(),
+    );
+    Ok(OpenedStorage {
+        store: Arc::new(store),
+        backend: StorageBackend {
+            name: BACKEND_NAME,
+            durable: true,
+        },
+        stats: None,
+        place: format!("fdb:{file} subspace {}", subspace.name()),
+    })
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_fdb(_: Option<&PathBuf>, _: &Subspace) -> Result<OpenedStorage, String> {
+    Err(FDB_NOT_BUILT.into())
+}
+
 async fn run(args: ServeArgs) -> Result<(), String> {
     let auth = load_auth(&args)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
-    let store = RocksStore::open(&args.data_dir, RocksOptions::default()).map_err(|e| {
-        format!(
-            "cannot open the data directory {}: {e}",
-            args.data_dir.display()
-        )
-    })?;
-    let rocks = Arc::new(store);
-    let store: Arc<dyn KvStore> = rocks.clone();
+    let OpenedStorage {
+        store,
+        backend,
+        stats,
+        place,
+    } = open_storage(&args)?;
     let metered: Arc<dyn KvStore> =
         Arc::new(keel_engine::metrics::MeteredStore::new(store.clone()));
     let config = EngineConfig {
@@ -203,25 +370,20 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(addr = %local, data_dir = %args.data_dir.display(), "keel listening");
+    tracing::info!(addr = %local, storage = %place, "keel listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
-    let state = AppState::new(engine.clone())
+    let mut state = AppState::new(engine.clone())
         .with_auth(auth)
         .with_roles(args.roles.clone())
-        .with_storage_stats(Box::new(move || {
-            let s = rocks.stats();
-            keel_http::metrics::StorageStats {
-                commits: s.commits,
-                conflicts: s.conflicts,
-                batches: s.batches,
-                largest_batch: s.largest_batch,
-            }
-        }));
+        .with_storage_backend(backend);
+    if let Some(stats) = stats {
+        state = state.with_storage_stats(stats);
+    }
     serve(listener, Arc::new(state), stop_rx, Duration::from_secs(10)).await;
     engine.stop().await;
     store
@@ -247,5 +409,110 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, String> {
+        let args: Vec<String> = std::iter::once("serve")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        parse_args(&args)
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn rocksdb_is_the_default_and_data_dir_is_its_short_form() {
+        let rocks = |dir: &str| Storage::Rocks(PathBuf::from(dir));
+        assert_eq!(parse(&[]).expect("parses").storage, rocks(DEFAULT_DATA_DIR));
+        assert_eq!(
+            parse(&["--data-dir", "/d"]).expect("parses").storage,
+            rocks("/d")
+        );
+        assert_eq!(
+            parse(&["--storage", "rocksdb:/d"]).expect("parses").storage,
+            rocks("/d")
+        );
+        assert_eq!(
+            parse(&["--storage", "rocksdb"]).expect("parses").storage,
+            rocks(DEFAULT_DATA_DIR)
+        );
+        let both = refused(&["--storage", "memory", "--data-dir", "/d"]);
+        assert!(both.contains("once"), "{both}");
+    }
+
+    #[test]
+    fn memory_storage_serves_on_loopback_only() {
+        for listen in ["127.0.0.1:0", "[::1]:8080"] {
+            let args = parse(&["--storage", "memory", "--listen", listen]).expect("parses");
+            assert_eq!(args.storage, Storage::Memory);
+        }
+        let message = refused(&["--storage", "memory", "--listen", "0.0.0.0:8080"]);
+        assert!(message.contains("not durable"), "{message}");
+        assert!(message.contains("loopback"), "{message}");
+    }
+
+    #[test]
+    fn unknown_or_malformed_storage_is_refused_with_the_accepted_forms() {
+        for value in ["s3:bucket", "rocks:/d", "memory:x", "", "postgres"] {
+            let message = refused(&["--storage", value]);
+            assert!(
+                message.contains("rocksdb:PATH, fdb[:CLUSTER_FILE] or memory"),
+                "{value}: {message}"
+            );
+        }
+        for value in ["rocksdb:", "fdb:"] {
+            let message = refused(&["--storage", value]);
+            assert!(message.contains("empty"), "{value}: {message}");
+        }
+    }
+
+    #[test]
+    fn fdb_subspace_is_checked_and_applies_only_to_fdb() {
+        let message = refused(&["--fdb-subspace", "a b"]);
+        assert!(message.starts_with("--fdb-subspace:"), "{message}");
+        let message = refused(&["--data-dir", "/d", "--fdb-subspace", "prod"]);
+        assert!(message.contains("only to --storage fdb"), "{message}");
+    }
+
+    #[cfg(feature = "fdb")]
+    #[test]
+    fn fdb_storage_takes_an_optional_cluster_file_and_a_subspace() {
+        let args = parse(&["--storage", "fdb"]).expect("parses");
+        assert_eq!(args.storage, Storage::Fdb(None));
+        assert_eq!(args.fdb_subspace.name(), DEFAULT_SUBSPACE);
+        let args = parse(&[
+            "--storage",
+            "fdb:/etc/fdb.cluster",
+            "--fdb-subspace",
+            "prod",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.storage,
+            Storage::Fdb(Some(PathBuf::from("/etc/fdb.cluster")))
+        );
+        assert_eq!(args.fdb_subspace.name(), "prod");
+    }
+
+    #[cfg(not(feature = "fdb"))]
+    #[test]
+    fn fdb_storage_without_the_feature_names_the_feature_and_the_library() {
+        for value in ["fdb", "fdb:/etc/fdb.cluster"] {
+            let message = refused(&["--storage", value]);
+            assert_eq!(message, FDB_NOT_BUILT);
+        }
+        assert!(FDB_NOT_BUILT.contains("--features fdb"));
+        assert!(FDB_NOT_BUILT.contains("libfdb_c"));
     }
 }

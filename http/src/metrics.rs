@@ -15,6 +15,7 @@
 //! | `keel_task_queues` | gauge | — (distinct queues seen) |
 //! | `keel_storage_group_commits_total`, `keel_storage_committed_transactions_total`, `keel_storage_conflicts_total` | counter | — |
 //! | `keel_storage_group_commit_batch_size_mean`, `..._max` | gauge | — |
+//! | `keel_storage_backend_info` | gauge (always 1) | `backend`, `durable`, `multi_node` |
 //!
 //! Queue names are caller-chosen, so the backlog gauges are computed fresh at each
 //! scrape and rendered directly (not kept in the registry): the
@@ -56,6 +57,35 @@ pub struct StorageStats {
 
 /// A source of [`StorageStats`] (the backend's counters).
 pub type StatsSource = Box<dyn Fn() -> StorageStats + Send + Sync>;
+
+/// The storage backend a server runs on, as `/api/ready`, `cluster/info` and `/metrics`
+/// name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageBackend {
+    /// `rocksdb`, `foundationdb` or `memory`.
+    pub name: &'static str,
+    /// Acknowledged commits survive a crash of the process (and, for FoundationDB, of a
+    /// machine of the cluster).
+    pub durable: bool,
+}
+
+impl StorageBackend {
+    /// Whether several Keel nodes on this store act as one server. Always false: Keel's
+    /// cross-node wake-ups and timer ownership (issue 13, section 3) are not built, even on
+    /// a backend that can be shared.
+    pub fn multi_node(&self) -> bool {
+        false
+    }
+
+    /// The JSON block discovery documents carry.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": self.name,
+            "durable": self.durable,
+            "multi_node": self.multi_node(),
+        })
+    }
+}
 
 /// Installs the Prometheus recorder once per process and returns its handle (`None` if
 /// another recorder was installed first: metrics are then not served).
@@ -103,7 +133,11 @@ fn kind_label(kind: TaskKind) -> &'static str {
 }
 
 /// Renders the whole scrape: the registry, then the sampled series.
-pub async fn scrape(engine: &Engine, storage_stats: Option<&StatsSource>) -> String {
+pub async fn scrape(
+    engine: &Engine,
+    backend: Option<&StorageBackend>,
+    storage_stats: Option<&StatsSource>,
+) -> String {
     let mut out = match handle() {
         Some(h) => {
             h.run_upkeep();
@@ -111,6 +145,17 @@ pub async fn scrape(engine: &Engine, storage_stats: Option<&StatsSource>) -> Str
         }
         None => String::new(),
     };
+    if let Some(b) = backend {
+        let _ = write!(
+            out,
+            "# HELP keel_storage_backend_info The storage backend in use (always 1).\n\
+             # TYPE keel_storage_backend_info gauge\n\
+             keel_storage_backend_info{{backend=\"{}\",durable=\"{}\",multi_node=\"{}\"}} 1\n",
+            escape(b.name),
+            b.durable,
+            b.multi_node()
+        );
+    }
     if let Some(stats) = storage_stats {
         let s = stats();
         let mean = if s.batches == 0 {

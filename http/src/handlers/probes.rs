@@ -33,9 +33,13 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::ClusterInfo => cluster_info(state, &call).await,
         Op::PrometheusMetrics => Ok(Reply {
             status: StatusCode::OK,
-            body: crate::metrics::scrape(&state.engine, state.storage_stats())
-                .await
-                .into(),
+            body: crate::metrics::scrape(
+                &state.engine,
+                state.storage_backend(),
+                state.storage_stats(),
+            )
+            .await
+            .into(),
         }),
         _ => Err(super::unrouted(op)),
     }
@@ -113,6 +117,12 @@ async fn ready(state: &AppState) -> Reply {
         default_namespace["remediation"] =
             json!("Restart Keel so that it recreates the default namespace.");
     }
+    let mut database = json!({"status": status(snap.storage_ok, "unavailable")});
+    if let Some(backend) = state.storage_backend() {
+        database["backend"] = json!(backend.name);
+        database["durable"] = json!(backend.durable);
+        database["multi_node"] = json!(backend.multi_node());
+    }
     let ok = blocked.is_empty();
     Reply::json(
         if ok {
@@ -124,7 +134,7 @@ async fn ready(state: &AppState) -> Reply {
             "status": if ok { "ready" } else { "not_ready" },
             "timestamp": format_timestamp(state.engine.now_ms()),
             "checks": {
-                "database": {"status": status(snap.storage_ok, "unavailable")},
+                "database": database,
                 "migrations": migrations,
                 "default_namespace": default_namespace,
                 "auth": auth_check(state),
