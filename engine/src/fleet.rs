@@ -45,24 +45,28 @@ impl Engine {
 
     pub(crate) fn cache_worker(&self, worker: WorkerRecord) {
         let key = (worker.namespace.clone(), worker.worker_id.clone());
+        let now = self.now_ms();
         self.inner
             .workers
             .lock()
             .expect("invariant: worker cache not poisoned")
-            .insert(key, Arc::new(worker));
+            .insert(key, (Arc::new(worker), now));
     }
 
     /// Reads a worker registration (cached).
     pub async fn worker(&self, ns: &str, worker_id: &str) -> Result<Option<Arc<WorkerRecord>>> {
         let key = (ns.to_string(), worker_id.to_string());
-        if let Some(w) = self
+        let cached = self
             .inner
             .workers
             .lock()
             .expect("invariant: worker cache not poisoned")
             .get(&key)
-        {
-            return Ok(Some(w.clone()));
+            .cloned();
+        if let Some((w, at)) = cached {
+            if self.cache_fresh(at) {
+                return Ok(Some(w));
+            }
         }
         let mut txn = self.inner.store.begin().await?;
         let found: Option<WorkerRecord> =
@@ -192,14 +196,17 @@ impl Engine {
         build_id: Option<&str>,
     ) -> Result<bool> {
         let key = tables::cohort_key(ns, queue, build_id);
-        if let Some(d) = self
+        let cached = self
             .inner
             .cohorts
             .lock()
             .expect("invariant: cohort cache not poisoned")
             .get(&key)
-        {
-            return Ok(*d);
+            .copied();
+        if let Some((draining, at)) = cached {
+            if self.cache_fresh(at) {
+                return Ok(draining);
+            }
         }
         let mut txn = self.inner.store.begin().await?;
         let record: Option<CohortRecord> = tables::get_snapshot(txn.as_mut(), &key).await?;
@@ -208,7 +215,7 @@ impl Engine {
             .cohorts
             .lock()
             .expect("invariant: cohort cache not poisoned")
-            .insert(key, draining);
+            .insert(key, (draining, self.now_ms()));
         Ok(draining)
     }
 
@@ -237,7 +244,7 @@ impl Engine {
             .cohorts
             .lock()
             .expect("invariant: cohort cache not poisoned")
-            .insert(key, draining);
+            .insert(key, (draining, self.now_ms()));
         Ok(record)
     }
 

@@ -68,6 +68,9 @@ pub mod prefix {
     /// Signals accepted while the run's workflow task was leased, in arrival order,
     /// held out of history until that lease ends: `(namespace, run_id, index, chunk)`.
     pub const DEFERRED_SIGNAL: u8 = 0x23;
+    /// Nodes sharing the store: `("node", node_id)` liveness records, `("scheduler")` the
+    /// timer-firing lease, `("timer_epoch")` the counter that announces new timers.
+    pub const CLUSTER: u8 = 0x24;
 }
 
 /// Builds a key field by field.

@@ -3,6 +3,7 @@
 
 pub mod avro;
 pub mod clock;
+pub mod cluster;
 mod engine;
 pub mod error;
 mod fleet;

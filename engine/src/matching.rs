@@ -213,6 +213,26 @@ impl Matching {
             .insert((hint.priority, hint.ready_at_ms, arrival), hint);
     }
 
+    /// Hands a hint to the oldest parked poller that accepts it, and never files it in the
+    /// index (for hints read from storage on another node's behalf); returns whether any
+    /// poller is still parked on the queue.
+    pub fn offer_to_parked(&self, key: &QueueKey, hint: TaskHint) -> bool {
+        let mut shard = lock(self.shard(key));
+        let Some(state) = shard.get_mut(key) else {
+            return false;
+        };
+        if let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) {
+            let waiter = state
+                .waiters
+                .remove(pos)
+                .expect("invariant: position is in range");
+            self.parked.fetch_sub(1, Ordering::Relaxed);
+            *lock(&waiter.slot.hint) = Some(hint);
+            waiter.slot.notify.notify_one();
+        }
+        !state.waiters.is_empty()
+    }
+
     /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.
     /// Both happen under one lock, so an offer cannot slip between the check and the park.
     pub fn take_or_park(&self, key: &QueueKey, filter: &PollFilter, waiter_id: u64) -> Take {

@@ -5,6 +5,9 @@
 //!
 //! After a restart the first scan finds every timer whose time has passed and fires it at
 //! once. Timers due later than the window are picked up by the next scan.
+//!
+//! On a store shared by several nodes only one node fires (see `cluster`): the service of
+//! the others is disabled, holds nothing and drops what it is told of.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -32,28 +35,86 @@ pub trait TimerHandler: Send + Sync + 'static {
     fn fire(&self, timer: TimerKey) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
 }
 
-#[derive(Default)]
 struct Loaded {
+    enabled: bool,
     due: BTreeSet<TimerKey>,
-    /// Every timer before this time is in `due` or already fired.
+    /// Every timer before this time is in `due` or already fired (0: nothing scanned yet,
+    /// so every timer told of is kept).
     until: Millis,
+    /// Another node announced timers: scan again before sleeping.
+    rescan: bool,
 }
 
 /// The in-memory side of the timer service.
-#[derive(Default)]
 pub struct Timers {
     loaded: Mutex<Loaded>,
     wake: Notify,
 }
 
+impl Default for Timers {
+    fn default() -> Self {
+        Timers::new(true)
+    }
+}
+
 impl Timers {
+    /// A service that fires (`enabled`) or waits to be enabled.
+    pub fn new(enabled: bool) -> Self {
+        Timers {
+            loaded: Mutex::new(Loaded {
+                enabled,
+                due: BTreeSet::new(),
+                until: 0,
+                rescan: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Starts or stops firing. Stopping forgets every loaded timer; starting scans the
+    /// store afresh.
+    pub fn set_enabled(&self, enabled: bool) {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
+        if loaded.enabled == enabled {
+            return;
+        }
+        loaded.enabled = enabled;
+        loaded.due.clear();
+        loaded.until = 0;
+        self.wake.notify_one();
+    }
+
+    /// Whether this service fires timers.
+    pub fn enabled(&self) -> bool {
+        self.loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned")
+            .enabled
+    }
+
+    /// Asks for a scan of the window before the next sleep (timers were committed that
+    /// this service was not told of).
+    pub fn request_scan(&self) {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
+        if loaded.enabled {
+            loaded.rescan = true;
+            self.wake.notify_one();
+        }
+    }
+
     /// Tells the service about a timer whose row was just committed.
     pub fn schedule(&self, timer: TimerKey) {
         let mut loaded = self
             .loaded
             .lock()
             .expect("invariant: timer lock not poisoned");
-        if timer.fire_at_ms < loaded.until {
+        if loaded.enabled && (loaded.until == 0 || timer.fire_at_ms < loaded.until) {
             let earliest = loaded.due.first().is_none_or(|first| timer < *first);
             loaded.due.insert(timer);
             if earliest {
@@ -64,6 +125,10 @@ impl Timers {
 
     async fn scan(&self, store: &dyn KvStore, now: Millis) -> Result<()> {
         let until = now + WINDOW_MS;
+        self.loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned")
+            .rescan = false;
         let mut found = Vec::new();
         let mut range = tables::timers_before(until);
         loop {
@@ -90,8 +155,10 @@ impl Timers {
             .loaded
             .lock()
             .expect("invariant: timer lock not poisoned");
-        loaded.due.extend(found);
-        loaded.until = until;
+        if loaded.enabled {
+            loaded.due.extend(found);
+            loaded.until = until;
+        }
         Ok(())
     }
 
@@ -131,13 +198,23 @@ impl Timers {
                 return;
             }
             let now = clock.now_ms();
-            let needs_scan = now
-                >= self
+            let (enabled, needs_scan) = {
+                let loaded = self
                     .loaded
                     .lock()
-                    .expect("invariant: timer lock not poisoned")
-                    .until
-                    - WINDOW_MS / 2;
+                    .expect("invariant: timer lock not poisoned");
+                (
+                    loaded.enabled,
+                    loaded.rescan || now >= loaded.until - WINDOW_MS / 2,
+                )
+            };
+            if !enabled {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
             if needs_scan {
                 if let Err(e) = self.scan(store.as_ref(), now).await {
                     tracing::warn!(error = %e, "timer scan failed; retrying");

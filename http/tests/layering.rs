@@ -12,7 +12,9 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     &[
         "storage", "sync", "clock", "ids", "avro", "keys", "error", "model",
     ],
-    &["tables", "history", "matching", "timers", "metrics"],
+    &[
+        "tables", "history", "matching", "timers", "metrics", "cluster",
+    ],
     &["kernel"],
     &["namespaces"],
     &["workflow", "fleet"],

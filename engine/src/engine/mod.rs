@@ -10,17 +10,22 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, Millis};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, Result};
 use crate::kernel::{self, Effects, Tx, TxFuture};
-use crate::matching::{Matching, QueueKey, TaskHint};
-use crate::model::{NamespaceRecord, TaskKind, TimerKey, WorkerRecord};
+use crate::matching::Matching;
+use crate::model::{NamespaceRecord, TimerKey, WorkerRecord};
 use crate::storage::{KvStore, ReadOptions};
 use crate::sync::Arc;
+use crate::tables;
 use crate::timers::{TimerHandler, Timers};
-use crate::{keys, tables};
 
 mod hooks;
 mod timers;
+
+/// How long a node sharing the store trusts its caches of other nodes' writes (worker
+/// registrations, cohort drain intent).
+const CLUSTER_CACHE_MS: Millis = 1_000;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -37,6 +42,8 @@ pub struct EngineConfig {
     pub park_limits: crate::matching::ParkLimits,
     /// Admission: at most this many leased tasks per queue and kind (`None`: unbounded).
     pub max_leases_per_queue: Option<u64>,
+    /// Set when several nodes share the store (see `cluster`); `None`: this node is alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -48,21 +55,28 @@ impl Default for EngineConfig {
             max_poll_timeout: Duration::from_secs(60),
             park_limits: crate::matching::ParkLimits::default(),
             max_leases_per_queue: None,
+            cluster: None,
         }
     }
 }
+
+/// `(namespace, worker_id)`.
+type WorkerId = (String, String);
 
 pub(crate) struct Inner {
     pub store: Arc<dyn KvStore>,
     pub clock: Arc<dyn Clock>,
     pub config: EngineConfig,
-    pub matching: Matching,
+    pub matching: Arc<Matching>,
     pub timers: Arc<Timers>,
-    pub workers: Mutex<HashMap<(String, String), Arc<WorkerRecord>>>,
+    /// Set when several nodes share the store.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Worker registrations read or written here, with when they were cached.
+    pub workers: Mutex<HashMap<WorkerId, (Arc<WorkerRecord>, Millis)>>,
     /// Namespaces known to exist (namespaces are never deleted, so a hit stays true).
     pub namespaces: Mutex<std::collections::HashSet<String>>,
-    /// Drain intent per cohort key, cached from storage.
-    pub cohorts: Mutex<HashMap<Vec<u8>, bool>>,
+    /// Drain intent per cohort key, cached from storage, with when it was cached.
+    pub cohorts: Mutex<HashMap<Vec<u8>, (bool, Millis)>>,
     /// Recent polls by `poll_request_id`, so a retried poll gets its task back.
     pub poll_requests: crate::workflow::PollRequests,
     /// Query tasks and callers waiting on updates (in memory only).
@@ -70,8 +84,8 @@ pub(crate) struct Inner {
     /// Which worker cached which run's history, and until when (advisory, in memory).
     pub sticky: crate::workflow::StickyRuns,
     pub stop: watch::Sender<bool>,
-    /// The timer service task, awaited by [`Engine::stop`].
-    pub timer_service: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The timer service and cluster tasks, awaited by [`Engine::stop`].
+    pub services: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The engine. Cheap to clone.
@@ -105,13 +119,27 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Engine> {
         let (stop, stop_rx) = watch::channel(false);
-        let park_limits = config.park_limits;
+        let matching = Arc::new(Matching::with_limits(config.park_limits));
+        // With other nodes on the store, timers fire only once this node holds the
+        // scheduler lease.
+        let timers = Arc::new(Timers::new(config.cluster.is_none()));
+        let cluster = config.cluster.clone().map(|c| {
+            Cluster::new(
+                c,
+                store.clone(),
+                clock.clone(),
+                matching.clone(),
+                timers.clone(),
+                stop_rx.clone(),
+            )
+        });
         let inner = Arc::new(Inner {
             store,
             clock,
             config,
-            matching: Matching::with_limits(park_limits),
-            timers: Arc::new(Timers::default()),
+            matching,
+            timers,
+            cluster,
             workers: Mutex::new(HashMap::new()),
             namespaces: Mutex::new(std::collections::HashSet::new()),
             cohorts: Mutex::new(HashMap::new()),
@@ -119,7 +147,7 @@ impl Engine {
             queries: Default::default(),
             sticky: Default::default(),
             stop,
-            timer_service: Mutex::new(None),
+            services: Mutex::new(Vec::new()),
         });
         let engine = Engine { inner };
         engine.ensure_schema_version().await?;
@@ -128,38 +156,72 @@ impl Engine {
             .await?;
         engine.rebuild_ready_index().await?;
         let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
-        let service = tokio::spawn(engine.inner.timers.clone().run(
+        let mut services = vec![tokio::spawn(engine.inner.timers.clone().run(
             engine.inner.store.clone(),
             engine.inner.clock.clone(),
             handler,
             stop_rx,
-        ));
+        ))];
+        if let Some(cluster) = &engine.inner.cluster {
+            services.push(tokio::spawn(cluster.clone().run()));
+        }
         *engine
             .inner
-            .timer_service
+            .services
             .lock()
-            .expect("invariant: handle lock not poisoned") = Some(service);
+            .expect("invariant: handle lock not poisoned") = services;
         Ok(engine)
     }
 
-    /// Asks the timer service to stop. In-flight requests finish; the store stays open.
+    /// Asks the timer service (and the cluster heartbeat) to stop. In-flight requests
+    /// finish; the store stays open. On a shared store this node's record and scheduler
+    /// lease stay until they lapse, as after a crash; [`Engine::stop`] gives them up.
     pub fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
     }
 
     /// Stops the timer service and waits until it has (a timer it was firing has then
-    /// committed or not, and nothing of this engine fires any more).
+    /// committed or not, and nothing of this engine fires any more); on a shared store,
+    /// then leaves the cluster so another node takes over the timers at once.
     pub async fn stop(&self) {
         self.shutdown();
-        let service = self
-            .inner
-            .timer_service
-            .lock()
-            .expect("invariant: handle lock not poisoned")
-            .take();
-        if let Some(service) = service {
+        let services = std::mem::take(
+            &mut *self
+                .inner
+                .services
+                .lock()
+                .expect("invariant: handle lock not poisoned"),
+        );
+        for service in services {
             let _ = service.await;
         }
+        if let Some(cluster) = &self.inner.cluster {
+            if let Err(e) = cluster.leave().await {
+                tracing::warn!(error = %e, "leaving the cluster failed; the lease will lapse");
+            }
+        }
+    }
+
+    /// How long a cached registration or drain intent may be used: for ever alone on the
+    /// store (every change goes through this node), briefly when other nodes share it.
+    pub(crate) fn cache_fresh(&self, cached_at_ms: Millis) -> bool {
+        self.inner.cluster.is_none() || self.now_ms() - cached_at_ms < CLUSTER_CACHE_MS
+    }
+
+    /// The live nodes sharing the store, when this node is one of several (`None`: it
+    /// runs alone).
+    pub async fn cluster_nodes(&self) -> Result<Option<Vec<crate::cluster::NodeRecord>>> {
+        match &self.inner.cluster {
+            Some(_) => Ok(Some(
+                crate::cluster::nodes(self.inner.store.as_ref(), self.now_ms()).await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether this node fires timers and schedules now (always, alone on the store).
+    pub fn fires_timers(&self) -> bool {
+        self.inner.timers.enabled()
     }
 
     /// The current time on the engine's clock.
@@ -225,6 +287,10 @@ impl Engine {
             self.inner.store.as_ref(),
             self.inner.clock.as_ref(),
             &hooks::Hooks,
+            self.inner
+                .cluster
+                .as_ref()
+                .and_then(|c| c.announce_horizon()),
             body,
             |effects| {
                 unknown = true;
@@ -263,39 +329,8 @@ impl Engine {
                 .await?;
             let full = page.len() == 1024;
             for (key, value) in &page {
-                let mut r = keys::KeyReader::new(key);
-                let parsed = (|| {
-                    let ns = r.str()?;
-                    let queue = r.str()?;
-                    let kind = match r.u8()? {
-                        1 => TaskKind::Workflow,
-                        2 => TaskKind::Activity,
-                        _ => return None,
-                    };
-                    let priority = r.u8()?;
-                    let ready_at_ms = r.i64()?;
-                    let task_id = r.str()?;
-                    Some((
-                        QueueKey::new(&ns, &queue, kind),
-                        priority,
-                        ready_at_ms,
-                        task_id,
-                    ))
-                })();
-                let Some((qk, priority, ready_at_ms, task_id)) = parsed else {
-                    return Err(Error::corrupt("ready index key"));
-                };
-                let (type_name, compatibility) = tables::decode_ready_value(value);
-                self.inner.matching.offer(
-                    &qk,
-                    TaskHint {
-                        task_id: task_id.into(),
-                        type_name: type_name.into(),
-                        priority,
-                        ready_at_ms,
-                        compatibility: compatibility.map(Into::into),
-                    },
-                );
+                let (queue, hint) = crate::cluster::ready_hint(key, value)?;
+                self.inner.matching.offer(&queue, hint);
                 total += 1;
             }
             match (full, page.last()) {

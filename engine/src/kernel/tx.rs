@@ -38,14 +38,16 @@ pub(crate) trait Hooks: Send + Sync {
 }
 
 /// Runs `body` as one transaction: begins it, lets `body` work on the [`Tx`], dispatches
-/// the events raised to `hooks` (until none is left), commits, and retries what storage
-/// says is retryable. Returns the value and the effects to apply. The effects of an
+/// the events raised to `hooks` (until none is left), announces its near-term timers to
+/// the node that fires them (`announce`: the horizon, when another node fires timers),
+/// commits, and retries what storage says is retryable. Returns the value and the effects to apply. The effects of an
 /// attempt whose commit result is unknown go to `maybe_committed` (they are harmless if
 /// repeated, and missing them could strand a task), and `unknown` records that one was.
 pub(crate) async fn run<'env, T, F>(
     store: &dyn KvStore,
     clock: &dyn crate::clock::Clock,
     hooks: &dyn Hooks,
+    announce: Option<Millis>,
     mut body: F,
     mut maybe_committed: impl FnMut(Effects),
 ) -> Result<(T, Effects)>
@@ -73,7 +75,12 @@ where
                         .await?;
                 }
             }
-            let Tx { txn, fx, .. } = tx;
+            let Tx {
+                mut txn, fx, now, ..
+            } = tx;
+            if let Some(horizon) = announce {
+                crate::cluster::announce_timers(txn.as_mut(), &fx.timers, now, horizon);
+            }
             match txn.commit().await {
                 Ok(_) => Ok((value, fx)),
                 Err(e) => {

@@ -109,6 +109,10 @@ impl Engine {
                     .with("retry_after_seconds", 1));
                 }
                 Take::Parked(slot) => {
+                    // Tasks made ready on other nodes sharing the store reach us this way.
+                    if let Some(cluster) = &self.inner.cluster {
+                        cluster.poller_parked(&key);
+                    }
                     let guard = ParkGuard {
                         engine: self,
                         key: &key,
