@@ -789,6 +789,26 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Largest memo, serialized as JSON (the limit `cluster/info` advertises as
+/// `max_memo_bytes`): enforced on every start, continue-as-new, child start, schedule and
+/// memo upsert.
+pub const MAX_MEMO_BYTES: usize = 262_144;
+
+/// Fails with 422 `memo_too_large` when `memo` serializes to more than [`MAX_MEMO_BYTES`].
+pub fn check_memo_size(memo: &Value) -> crate::error::Result<()> {
+    let size = serde_json::to_vec(memo).map_or(usize::MAX, |b| b.len());
+    if size > MAX_MEMO_BYTES {
+        return Err(crate::error::Error::reject(
+            crate::error::RejectKind::Invalid,
+            "memo_too_large",
+            format!("The memo is {size} bytes; at most {MAX_MEMO_BYTES} are allowed."),
+        )
+        .with("max_memo_bytes", MAX_MEMO_BYTES as u64)
+        .with("memo_bytes", size as u64));
+    }
+    Ok(())
+}
+
 /// Longest failure message kept or reported, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 

@@ -496,12 +496,14 @@ pub fn check_attributes(
 ) -> Result<()> {
     let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if map.len() > MAX_SEARCH_ATTRIBUTES {
-        errors
-            .entry("search_attributes".into())
-            .or_default()
-            .push(format!(
-                "At most {MAX_SEARCH_ATTRIBUTES} search attributes may be set."
-            ));
+        // One error for the map, not one per key of an oversized map.
+        return Err(Error::invalid(
+            "search_attributes",
+            format!(
+                "At most {MAX_SEARCH_ATTRIBUTES} search attributes may be set; {} were given.",
+                map.len()
+            ),
+        ));
     }
     for (name, value) in map {
         let field = format!("search_attributes.{name}");

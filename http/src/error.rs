@@ -8,6 +8,11 @@ use keel_engine::storage::StorageError;
 use keel_engine::{Error, RejectKind};
 use serde_json::{json, Map, Value};
 
+/// Fields a validation error reports at most.
+pub const MAX_REPORTED_FIELDS: usize = 20;
+/// Messages per field a validation error reports at most.
+pub const MAX_MESSAGES_PER_FIELD: usize = 5;
+
 /// An HTTP error response.
 #[derive(Debug)]
 pub struct ApiError {
@@ -38,16 +43,35 @@ impl ApiError {
         self
     }
 
-    /// A 422 for field-level errors.
-    pub fn validation(errors: BTreeMap<String, Vec<String>>) -> Self {
+    /// A 422 for field-level errors: at most [`MAX_REPORTED_FIELDS`] fields with at most
+    /// [`MAX_MESSAGES_PER_FIELD`] messages each, and `errors_omitted` counting the rest, so
+    /// an oversized input cannot make an oversized answer.
+    pub fn validation(mut errors: BTreeMap<String, Vec<String>>) -> Self {
+        let mut omitted = 0usize;
+        while errors.len() > MAX_REPORTED_FIELDS {
+            if let Some((_, messages)) = errors.pop_last() {
+                omitted += messages.len();
+            }
+        }
+        for messages in errors.values_mut() {
+            if messages.len() > MAX_MESSAGES_PER_FIELD {
+                omitted += messages.len() - MAX_MESSAGES_PER_FIELD;
+                messages.truncate(MAX_MESSAGES_PER_FIELD);
+            }
+        }
         let errors = serde_json::to_value(errors).unwrap_or(Value::Null);
-        ApiError::new(
+        let error = ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
             "The given data was invalid.",
         )
         .with("errors", errors.clone())
-        .with("validation_errors", errors)
+        .with("validation_errors", errors);
+        if omitted > 0 {
+            error.with("errors_omitted", omitted)
+        } else {
+            error
+        }
     }
 
     /// A 422 for one field.
@@ -115,5 +139,31 @@ impl From<Error> for ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validation_error_reports_a_bounded_number_of_fields_and_counts_the_rest() {
+        let errors: BTreeMap<String, Vec<String>> = (0..100_000)
+            .map(|i| {
+                (
+                    format!("search_attributes.k{i:06}"),
+                    vec!["not registered".into(); 7],
+                )
+            })
+            .collect();
+        let body = ApiError::validation(errors).body();
+        let reported = body["errors"].as_object().expect("errors object");
+        assert_eq!(reported.len(), MAX_REPORTED_FIELDS);
+        assert!(reported.values().all(|m| m
+            .as_array()
+            .is_some_and(|m| m.len() == MAX_MESSAGES_PER_FIELD)));
+        let shown = MAX_REPORTED_FIELDS * MAX_MESSAGES_PER_FIELD;
+        assert_eq!(body["errors_omitted"], json!(100_000 * 7 - shown));
+        assert!(serde_json::to_vec(&body).expect("serializes").len() < 16 * 1024);
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::spec::{canonical_timezone, IntervalRecord, Spec, SpecRecord};
 use super::{ActionRecord, OverlapPolicy};
 use crate::clock::Millis;
-use crate::error::{Error, RejectKind, Result};
+use crate::error::{Error, Result};
 
 /// Longest schedule id.
 pub const MAX_SCHEDULE_ID: usize = 128;
@@ -19,8 +19,7 @@ pub const MAX_NOTE: usize = 1000;
 pub const MAX_JITTER_SECONDS: i64 = 3600;
 /// Longest catch-up window (one year).
 pub const MAX_CATCHUP_WINDOW_SECONDS: i64 = 365 * 86_400;
-/// Largest memo, serialized (the limit `cluster/info` advertises as `max_memo_bytes`).
-pub const MAX_MEMO_BYTES: usize = 262_144;
+pub use crate::model::MAX_MEMO_BYTES;
 /// Most cron expressions or intervals in one spec.
 const MAX_SPEC_ENTRIES: usize = 20;
 /// Longest workflow type or task queue name.
@@ -357,21 +356,7 @@ pub fn parse_instant(text: &str) -> Option<Millis> {
 }
 
 fn check_memo(memo: &Option<Value>) -> Result<()> {
-    if let Some(memo) = memo {
-        let size = serde_json::to_vec(memo)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
-        if size > MAX_MEMO_BYTES {
-            return Err(Error::reject(
-                RejectKind::Invalid,
-                "memo_too_large",
-                format!("The memo is {size} bytes; at most {MAX_MEMO_BYTES} are allowed."),
-            )
-            .with("max_memo_bytes", MAX_MEMO_BYTES as u64)
-            .with("memo_bytes", size as u64));
-        }
-    }
-    Ok(())
+    memo.as_ref().map_or(Ok(()), crate::model::check_memo_size)
 }
 
 impl ScheduleInput {

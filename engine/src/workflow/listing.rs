@@ -124,6 +124,17 @@ fn invalid_token() -> Error {
     )
 }
 
+/// A list page stops growing once its entries' memos and search attributes reach this
+/// many bytes (the page then ends early, with a token for the rest).
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// Roughly what a run adds to a list page: its memo and search attributes plus the fixed
+/// fields.
+fn listed_bytes(run: &RunRecord) -> usize {
+    let json_len = |v: &serde_json::Value| serde_json::to_vec(v).map_or(0, |b| b.len());
+    512 + json_len(&run.memo) + json_len(&run.search_attributes)
+}
+
 impl Engine {
     /// Lists workflow ids (at their current runs), newest first.
     pub async fn list_workflows(&self, ns: &str, q: &ListQuery) -> Result<WorkflowListPage> {
@@ -147,6 +158,7 @@ impl Engine {
         let mut scanned = 0usize;
         let mut last_key: Option<Vec<u8>> = None;
         let mut exhausted = false;
+        let mut page_bytes = 0usize;
         'scan: while runs.len() < page_size {
             if scanned >= SCAN_BUDGET {
                 break;
@@ -183,10 +195,11 @@ impl Engine {
                             .as_ref()
                             .is_none_or(|b| b == r.status.bucket())
                     }) {
+                        page_bytes += listed_bytes(&run);
                         runs.push(run);
                     }
                 }
-                if runs.len() >= page_size {
+                if runs.len() >= page_size || page_bytes >= MAX_PAGE_BYTES {
                     break 'scan;
                 }
             }
@@ -196,7 +209,7 @@ impl Engine {
             }
         }
         // A short final chunk means nothing follows, unless the page filled first.
-        let done = exhausted && runs.len() < page_size;
+        let done = exhausted && runs.len() < page_size && page_bytes < MAX_PAGE_BYTES;
         let next_page_token = if done {
             None
         } else {

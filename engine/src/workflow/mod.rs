@@ -39,7 +39,7 @@ pub(crate) use activity_timeouts::{
     arm_on_lease as arm_activity_timeouts_on_lease, fire as fire_activity_timeout,
 };
 pub(crate) use children::apply_parent_close_policy;
-pub use export::{checksum as bundle_checksum, DebugView};
+pub use export::{canonical as bundle_canonical, checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
 pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals};
@@ -457,6 +457,7 @@ pub(crate) async fn start_in_txn(
     fx: &mut Effects,
 ) -> Result<StartOutcome> {
     kernel::require_namespace(txn, ns).await?;
+    crate::model::check_memo_size(&req.memo)?;
     let ikey = tables::instance_key(ns, workflow_id);
     if let Some(instance) = tables::get::<InstanceRecord>(txn, &ikey).await? {
         let run: RunRecord = tables::get(txn, &tables::run_key(ns, &instance.current_run_id))

@@ -486,7 +486,14 @@ fn upsert_memo(
         )));
     }
     let merged = AvroValue::Map(merged.into_iter().collect());
-    run.memo = merged.to_json();
+    let merged_json = merged.to_json();
+    if let Err(e) = crate::model::check_memo_size(&merged_json) {
+        return Err(invalid_commands(format!(
+            "upsert_memo would grow the run's memo past {} bytes ({e})",
+            crate::model::MAX_MEMO_BYTES
+        )));
+    }
+    run.memo = merged_json;
     let merged_blob = avro::encode_blob(&merged);
     run.memo_blob = Some(merged_blob.clone());
     let sequence = next_sequence(run);
