@@ -16,6 +16,8 @@ pub mod code {
     pub const COMMIT_UNKNOWN_RESULT: i32 = 1021;
     /// `connection_failed`.
     pub const CONNECTION_FAILED: i32 = 1026;
+    /// `watch_cancelled`: a storage server dropped the watch (its watch limit).
+    pub const WATCH_CANCELLED: i32 = 1029;
     /// `transaction_timed_out`: the transaction's `timeout` option elapsed.
     pub const TRANSACTION_TIMED_OUT: i32 = 1031;
     /// `transaction_too_large`.

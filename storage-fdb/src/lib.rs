@@ -35,8 +35,9 @@
 //!
 //! * A watch fires when the key's *value* changes: a write that stores the value it
 //!   already had does not fire it. Counters written with `atomic_add` always change.
-//! * A watch on a `since` older than the cluster's 5 s version window resolves at once
-//!   (a spurious wake-up, which the contract allows).
+//! * A watch on a `since` older than the cluster's 5 s version window, or one the cluster
+//!   drops or asks to retry, resolves at once: a spurious wake-up, which the contract
+//!   allows (the caller reads again).
 //! * FDB counts a transaction's size with the subspace prefix and its conflict ranges
 //!   included, so a transaction writing just under `MAX_TXN_BYTES` may be refused.
 //! * `atomic_add` on a value that is not 8 bytes long applies FDB's rule (the value is

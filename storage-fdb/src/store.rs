@@ -162,16 +162,24 @@ impl KvStore for FdbStore {
                 }
             }
             let watch = tr.watch(&key);
-            match tr.commit().await {
-                Ok(_) => {}
-                // The value at `since` is no longer known: report a (permitted) spurious
-                // wake-up so the caller reads again.
-                Err(e) if e.code() == errors::code::TRANSACTION_TOO_OLD => return Ok(()),
-                Err(e) => return Err(commit_error(e.into())),
-            }
-            match watch.await {
+            let outcome = match tr.commit().await {
+                Ok(_) => watch.await,
+                Err(e) => Err(FdbError::from(e)),
+            };
+            match outcome {
                 Ok(()) => Ok(()),
-                Err(e) if e.code() == errors::code::TRANSACTION_TOO_OLD => Ok(()),
+                // The value at `since` is no longer known, the cluster dropped the watch,
+                // or it asked for a retry: report a (permitted) spurious wake-up, so the
+                // caller reads again and watches anew.
+                Err(e)
+                    if e.is_retryable()
+                        || matches!(
+                            e.code(),
+                            errors::code::TRANSACTION_TOO_OLD | errors::code::WATCH_CANCELLED
+                        ) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(read_error(e)),
             }
         })
