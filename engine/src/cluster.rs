@@ -46,8 +46,6 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// The topology roles this node hosts (shown in cluster info).
     pub roles: Vec<String>,
-    /// Whether this node may hold the scheduler lease (fire timers and schedules).
-    pub scheduler: bool,
     /// Where clients reach this node, if known.
     pub address: Option<String>,
     /// How long a node record and the scheduler lease stay valid without renewal.
@@ -62,7 +60,6 @@ impl ClusterConfig {
         ClusterConfig {
             node_id: node_id.into(),
             roles: Vec::new(),
-            scheduler: true,
             address: None,
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(2),
@@ -116,8 +113,9 @@ pub async fn nodes(store: &dyn KvStore, now: Millis) -> Result<Vec<NodeRecord>> 
     let page = txn
         .get_range(&nodes_range(), ReadOptions::limit(1024).snapshot())
         .await?;
+    let (records, _) = tables::assemble(page)?;
     let mut live = Vec::new();
-    for (_, value) in page {
+    for (_, value) in records {
         let node: NodeRecord = serde_json::from_slice(&value).map_err(Error::corrupt)?;
         if node.expires_at_ms > now {
             live.push(node);
@@ -173,6 +171,8 @@ const EPOCH_COALESCE: Duration = Duration::from_millis(20);
 /// This node's part in the cluster.
 pub(crate) struct Cluster {
     config: ClusterConfig,
+    /// Whether this node may hold the scheduler lease (fire timers and schedules).
+    scheduler: bool,
     store: Arc<dyn KvStore>,
     clock: Arc<dyn Clock>,
     matching: Arc<Matching>,
@@ -188,6 +188,7 @@ pub(crate) struct Cluster {
 impl Cluster {
     pub fn new(
         config: ClusterConfig,
+        scheduler: bool,
         store: Arc<dyn KvStore>,
         clock: Arc<dyn Clock>,
         matching: Arc<Matching>,
@@ -197,6 +198,7 @@ impl Cluster {
         let started_at_ms = clock.now_ms();
         Arc::new(Cluster {
             config,
+            scheduler,
             store,
             clock,
             matching,
@@ -221,7 +223,7 @@ impl Cluster {
 
     /// Runs the heartbeat and, on a scheduler node, the timer-epoch watch until stop.
     pub async fn run(self: Arc<Self>) {
-        let epoch = self.config.scheduler.then(|| {
+        let epoch = self.scheduler.then(|| {
             let me = self.clone();
             tokio::spawn(async move { me.watch_timer_epoch().await })
         });
@@ -271,7 +273,7 @@ impl Cluster {
             self.store.as_ref(),
             RetryPolicy::default(),
             |mut txn, _| async move {
-                let holds = if self.config.scheduler {
+                let holds = if self.scheduler {
                     let current: Option<SchedulerLease> =
                         tables::get(txn.as_mut(), &scheduler_key()).await?;
                     let free = current

@@ -131,6 +131,15 @@ async fn timers_fire_on_the_lease_holder_and_on_a_survivor_once_the_holder_dies(
     let c = cluster(2).await;
     let (holder, other) = holder(&c).await;
     assert!(!other.fires_timers(), "only one node fires");
+    eventually("both nodes are listed, one of them firing", async || {
+        let nodes = other
+            .cluster_nodes()
+            .await
+            .expect("nodes read")
+            .expect("a cluster");
+        nodes.len() == 2 && nodes.iter().filter(|n| n.scheduler).count() == 1
+    })
+    .await;
     // A run deadline written through the node that does not fire timers.
     start_with_retries(
         other,

@@ -94,6 +94,14 @@ impl AppState {
         self
     }
 
+    /// Names this node `id` in discovery documents (its cluster node id when several nodes
+    /// share the store).
+    pub fn with_server_id(mut self, id: &str) -> Self {
+        self.server_id = id.to_string();
+        self.render_discovery();
+        self
+    }
+
     /// Names `backend` in `/api/ready`, `cluster/info` and `/metrics`.
     pub fn with_storage_backend(mut self, backend: StorageBackend) -> Self {
         self.storage_backend = Some(backend);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::clock::SystemClock;
+use keel_engine::cluster::ClusterConfig;
 use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::KvStore;
 use keel_engine::{Engine, EngineConfig};
@@ -48,7 +49,10 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --auth-file FILE                   bearer tokens (TOML); KEEL_TOKENS=role:token,... adds more.
                                      Without any token Keel serves only on a loopback address.
   --roles ROLE,...                   topology roles this node hosts (default api_ingress,
-                                     control_plane,matching,history_projection,scheduler)
+                                     control_plane,matching,history_projection,scheduler);
+                                     without scheduler the node fires no timers or schedules
+  --node-id ID                       this node's id among the nodes sharing a FoundationDB
+                                     subspace (default: keel- and a random suffix)
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
 
@@ -99,6 +103,7 @@ struct ServeArgs {
     max_leases_per_queue: Option<u64>,
     auth_file: Option<PathBuf>,
     roles: NodeRoles,
+    node_id: String,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -121,6 +126,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         max_leases_per_queue: None,
         auth_file: None,
         roles: NodeRoles::default(),
+        node_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
     };
     let mut storage: Option<Storage> = None;
     let mut subspace_given = false;
@@ -161,6 +167,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             "--roles" => {
                 parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
             }
+            "--node-id" => parsed.node_id = node_id(value()?)?,
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
         }
@@ -184,6 +191,21 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         _ => {}
     }
     Ok(parsed)
+}
+
+/// A node id: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+fn node_id(id: String) -> Result<String, String> {
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(id)
+    } else {
+        Err(format!(
+            "--node-id: '{id}' must be 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
 }
 
 fn main() -> ExitCode {
@@ -284,6 +306,7 @@ fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
                 backend: StorageBackend {
                     name: "rocksdb",
                     durable: true,
+                    multi_node: false,
                 },
                 stats: Some(Box::new(move || {
                     let s = sampled.stats();
@@ -308,6 +331,7 @@ fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
                 backend: StorageBackend {
                     name: "memory",
                     durable: false,
+                    multi_node: false,
                 },
                 stats: None,
                 place: "memory".into(),
@@ -335,6 +359,7 @@ fn open_fdb(cluster_file: Option<&PathBuf>, subspace: &Subspace) -> Result<Opene
         backend: StorageBackend {
             name: BACKEND_NAME,
             durable: true,
+            multi_node: true,
         },
         stats: None,
         place: format!("fdb:{file} subspace {}", subspace.name()),
@@ -356,20 +381,28 @@ async fn run(args: ServeArgs) -> Result<(), String> {
     } = open_storage(&args)?;
     let metered: Arc<dyn KvStore> =
         Arc::new(keel_engine::metrics::MeteredStore::new(store.clone()));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // On a store several nodes can share, this node coordinates with the others.
+    let cluster = backend.multi_node.then(|| ClusterConfig {
+        roles: args.roles.roles().iter().map(|r| r.to_string()).collect(),
+        address: Some(local.to_string()),
+        ..ClusterConfig::new(args.node_id.clone())
+    });
     let config = EngineConfig {
         workflow_task_lease: Duration::from_secs(args.workflow_lease),
         activity_task_lease: Duration::from_secs(args.activity_lease),
         park_limits: args.park_limits,
         max_leases_per_queue: args.max_leases_per_queue,
+        scheduler: args.roles.has("scheduler"),
+        cluster,
         ..EngineConfig::default()
     };
     let engine = Engine::open(metered, Arc::new(SystemClock), config)
         .await
         .map_err(|e| format!("cannot open the engine: {e}"))?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(addr = %local, storage = %place, "keel listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -378,6 +411,7 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         let _ = stop_tx.send(true);
     });
     let mut state = AppState::new(engine.clone())
+        .with_server_id(&args.node_id)
         .with_auth(auth)
         .with_roles(args.roles.clone())
         .with_storage_backend(backend);

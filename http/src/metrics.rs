@@ -67,22 +67,18 @@ pub struct StorageBackend {
     /// Acknowledged commits survive a crash of the process (and, for FoundationDB, of a
     /// machine of the cluster).
     pub durable: bool,
+    /// Several Keel nodes share this store and act as one server (cross-node wake-ups,
+    /// one scheduler): FoundationDB.
+    pub multi_node: bool,
 }
 
 impl StorageBackend {
-    /// Whether several Keel nodes on this store act as one server. Always false: Keel's
-    /// cross-node wake-ups and timer ownership (issue 13, section 3) are not built, even on
-    /// a backend that can be shared.
-    pub fn multi_node(&self) -> bool {
-        false
-    }
-
     /// The JSON block discovery documents carry.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "backend": self.name,
             "durable": self.durable,
-            "multi_node": self.multi_node(),
+            "multi_node": self.multi_node,
         })
     }
 }
@@ -153,7 +149,7 @@ pub async fn scrape(
              keel_storage_backend_info{{backend=\"{}\",durable=\"{}\",multi_node=\"{}\"}} 1\n",
             escape(b.name),
             b.durable,
-            b.multi_node()
+            b.multi_node
         );
     }
     if let Some(stats) = storage_stats {

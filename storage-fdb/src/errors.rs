@@ -17,6 +17,7 @@ pub mod code {
     /// `connection_failed`.
     pub const CONNECTION_FAILED: i32 = 1026;
     /// `watch_cancelled`: a storage server dropped the watch (its watch limit).
+    #[cfg_attr(not(feature = "fdb"), allow(dead_code))] // only the watch code names it
     pub const WATCH_CANCELLED: i32 = 1029;
     /// `transaction_timed_out`: the transaction's `timeout` option elapsed.
     pub const TRANSACTION_TIMED_OUT: i32 = 1031;

@@ -42,6 +42,9 @@ pub struct EngineConfig {
     pub park_limits: crate::matching::ParkLimits,
     /// Admission: at most this many leased tasks per queue and kind (`None`: unbounded).
     pub max_leases_per_queue: Option<u64>,
+    /// Whether this node fires timers and schedules (the `scheduler` role); with other
+    /// nodes on the store, only while it holds the scheduler lease.
+    pub scheduler: bool,
     /// Set when several nodes share the store (see `cluster`); `None`: this node is alone.
     pub cluster: Option<ClusterConfig>,
 }
@@ -55,6 +58,7 @@ impl Default for EngineConfig {
             max_poll_timeout: Duration::from_secs(60),
             park_limits: crate::matching::ParkLimits::default(),
             max_leases_per_queue: None,
+            scheduler: true,
             cluster: None,
         }
     }
@@ -122,10 +126,11 @@ impl Engine {
         let matching = Arc::new(Matching::with_limits(config.park_limits));
         // With other nodes on the store, timers fire only once this node holds the
         // scheduler lease.
-        let timers = Arc::new(Timers::new(config.cluster.is_none()));
+        let timers = Arc::new(Timers::new(config.cluster.is_none() && config.scheduler));
         let cluster = config.cluster.clone().map(|c| {
             Cluster::new(
                 c,
+                config.scheduler,
                 store.clone(),
                 clock.clone(),
                 matching.clone(),

@@ -121,7 +121,7 @@ async fn ready(state: &AppState) -> Reply {
     if let Some(backend) = state.storage_backend() {
         database["backend"] = json!(backend.name);
         database["durable"] = json!(backend.durable);
-        database["multi_node"] = json!(backend.multi_node());
+        database["multi_node"] = json!(backend.multi_node);
     }
     let ok = blocked.is_empty();
     Reply::json(
@@ -236,6 +236,29 @@ async fn cluster_info(state: &AppState, call: &Call) -> Result<Reply, ApiError> 
         default.clone()
     };
     let mut info = state.cluster_info.clone();
+    // The nodes sharing the store, alive now (this node alone on an unshared store).
+    let nodes = match state.engine.cluster_nodes().await {
+        Ok(Some(nodes)) => json!(nodes
+            .iter()
+            .map(|n| json!({
+                "node_id": n.node_id,
+                "roles": n.roles,
+                "address": n.address,
+                "fires_timers": n.scheduler,
+                "started_at": format_timestamp(n.started_at_ms),
+                "last_heartbeat_at": format_timestamp(n.heartbeat_at_ms),
+            }))
+            .collect::<Vec<_>>()),
+        Ok(None) => json!([{
+            "node_id": state.server_id,
+            "roles": state.node.roles(),
+            "fires_timers": state.engine.fires_timers(),
+        }]),
+        Err(e) => json!({"status": "unavailable", "error": e.to_string()}),
+    };
+    if let Some(topology) = info.get_mut("topology").and_then(Value::as_object_mut) {
+        topology.insert("nodes".into(), nodes);
+    }
     if let Some(obj) = info.as_object_mut() {
         obj.insert("worker_fleet".into(), worker_fleet(state, &namespace).await);
         obj.insert(
