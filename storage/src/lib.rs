@@ -45,6 +45,7 @@
 //! reuse [`occ::ConflictTracker`] with a single committer, as the memory and RocksDB
 //! backends do.
 
+pub mod faulty;
 pub mod memory;
 pub mod not_implemented;
 pub mod occ;
