@@ -195,16 +195,9 @@ impl Matching {
         if state.indexed.contains(&hint.task_id) {
             return;
         }
-        if let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) {
-            let waiter = state
-                .waiters
-                .remove(pos)
-                .expect("invariant: position is in range");
-            self.parked.fetch_sub(1, Ordering::Relaxed);
-            *lock(&waiter.slot.hint) = Some(hint);
-            waiter.slot.notify.notify_one();
+        let Some(hint) = self.hand_to_parked(state, hint) else {
             return;
-        }
+        };
         state.indexed.insert(hint.task_id.clone());
         let arrival = state.arrivals;
         state.arrivals += 1;
@@ -221,16 +214,24 @@ impl Matching {
         let Some(state) = shard.get_mut(key) else {
             return false;
         };
-        if let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) {
-            let waiter = state
-                .waiters
-                .remove(pos)
-                .expect("invariant: position is in range");
-            self.parked.fetch_sub(1, Ordering::Relaxed);
-            *lock(&waiter.slot.hint) = Some(hint);
-            waiter.slot.notify.notify_one();
-        }
+        let _unwanted = self.hand_to_parked(state, hint);
         !state.waiters.is_empty()
+    }
+
+    /// Gives `hint` to the oldest parked poller of `state` that accepts it; hands it back
+    /// when none does.
+    fn hand_to_parked(&self, state: &mut QueueState, hint: TaskHint) -> Option<TaskHint> {
+        let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) else {
+            return Some(hint);
+        };
+        let waiter = state
+            .waiters
+            .remove(pos)
+            .expect("invariant: position is in range");
+        self.parked.fetch_sub(1, Ordering::Relaxed);
+        *lock(&waiter.slot.hint) = Some(hint);
+        waiter.slot.notify.notify_one();
+        None
     }
 
     /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.

@@ -34,31 +34,38 @@ pub struct InjectedFaults {
     pub unknown_not_applied: u64,
 }
 
-struct Dice {
-    config: Mutex<(FaultConfig, StdRng)>,
-    conflicts: AtomicU64,
-    unknown_applied: AtomicU64,
-    unknown_not_applied: AtomicU64,
-}
+/// The seeded generator deciding faults and delays, shared by the clones of one store
+/// (the simulated store uses it too).
+pub(crate) struct Dice(Mutex<(FaultConfig, StdRng)>);
 
 impl Dice {
-    fn roll(&self) -> (FaultConfig, f64) {
-        let mut guard = self
-            .config
-            .lock()
-            .expect("invariant: dice lock not poisoned");
+    pub(crate) fn new(config: FaultConfig) -> Self {
+        Dice(Mutex::new((config, StdRng::seed_from_u64(config.seed))))
+    }
+
+    /// Replaces the configuration and reseeds the generator from `config.seed`.
+    pub(crate) fn set(&self, config: FaultConfig) {
+        *self.0.lock().expect("invariant: dice lock not poisoned") =
+            (config, StdRng::seed_from_u64(config.seed));
+    }
+
+    pub(crate) fn config(&self) -> FaultConfig {
+        self.0.lock().expect("invariant: dice lock not poisoned").0
+    }
+
+    /// A uniform sample in `[0, 1)` and the configuration it was drawn under.
+    pub(crate) fn roll(&self) -> (FaultConfig, f64) {
+        let mut guard = self.0.lock().expect("invariant: dice lock not poisoned");
         let config = guard.0;
         (config, guard.1.random::<f64>())
     }
 
-    /// Waits a random time up to the configured maximum (a draw under 1 ms yields, which
-    /// still reorders concurrent transactions).
-    async fn delay(&self) {
+    /// Waits a random time up to the configured maximum. tokio's timer works in whole
+    /// milliseconds, so a draw under 1 ms yields to the scheduler instead: it still lets
+    /// other tasks run first, which is what reorders concurrent transactions.
+    pub(crate) async fn delay(&self) {
         let nanos = {
-            let mut guard = self
-                .config
-                .lock()
-                .expect("invariant: dice lock not poisoned");
+            let mut guard = self.0.lock().expect("invariant: dice lock not poisoned");
             let max = guard.0.max_delay;
             if max.is_zero() {
                 return;
@@ -76,11 +83,19 @@ impl Dice {
     }
 }
 
+#[derive(Default)]
+struct Counts {
+    conflicts: AtomicU64,
+    unknown_applied: AtomicU64,
+    unknown_not_applied: AtomicU64,
+}
+
 /// `inner` with injected faults. Cheap to clone; clones share the dice.
 #[derive(Clone)]
 pub struct FaultyStore {
     inner: Arc<dyn KvStore>,
     dice: Arc<Dice>,
+    counts: Arc<Counts>,
 }
 
 impl FaultyStore {
@@ -88,31 +103,22 @@ impl FaultyStore {
     pub fn new(inner: Arc<dyn KvStore>, config: FaultConfig) -> Self {
         FaultyStore {
             inner,
-            dice: Arc::new(Dice {
-                config: Mutex::new((config, StdRng::seed_from_u64(config.seed))),
-                conflicts: AtomicU64::new(0),
-                unknown_applied: AtomicU64::new(0),
-                unknown_not_applied: AtomicU64::new(0),
-            }),
+            dice: Arc::new(Dice::new(config)),
+            counts: Arc::new(Counts::default()),
         }
     }
 
     /// Changes the faults injected from now on (the generator is reseeded).
     pub fn set_faults(&self, config: FaultConfig) {
-        *self
-            .dice
-            .config
-            .lock()
-            .expect("invariant: dice lock not poisoned") =
-            (config, StdRng::seed_from_u64(config.seed));
+        self.dice.set(config);
     }
 
     /// The faults injected so far.
     pub fn injected(&self) -> InjectedFaults {
         InjectedFaults {
-            conflicts: self.dice.conflicts.load(Ordering::Relaxed),
-            unknown_applied: self.dice.unknown_applied.load(Ordering::Relaxed),
-            unknown_not_applied: self.dice.unknown_not_applied.load(Ordering::Relaxed),
+            conflicts: self.counts.conflicts.load(Ordering::Relaxed),
+            unknown_applied: self.counts.unknown_applied.load(Ordering::Relaxed),
+            unknown_not_applied: self.counts.unknown_not_applied.load(Ordering::Relaxed),
         }
     }
 }
@@ -124,6 +130,7 @@ impl KvStore for FaultyStore {
         Ok(Box::new(FaultyTxn {
             inner: self.inner.begin().await?,
             dice: self.dice.clone(),
+            counts: self.counts.clone(),
             writes: false,
         }))
     }
@@ -144,6 +151,7 @@ impl KvStore for FaultyStore {
 struct FaultyTxn {
     inner: Box<dyn KvTxn>,
     dice: Arc<Dice>,
+    counts: Arc<Counts>,
     writes: bool,
 }
 
@@ -200,6 +208,7 @@ impl KvTxn for FaultyTxn {
         let FaultyTxn {
             inner,
             dice,
+            counts,
             writes,
         } = *self;
         dice.delay().await;
@@ -211,16 +220,16 @@ impl KvTxn for FaultyTxn {
         let not_applied = conflict + config.unknown_not_applied;
         let applied = not_applied + config.unknown_applied;
         if sample < conflict {
-            dice.conflicts.fetch_add(1, Ordering::Relaxed);
+            counts.conflicts.fetch_add(1, Ordering::Relaxed);
             return Err(StorageError::Conflict);
         }
         if sample < not_applied {
-            dice.unknown_not_applied.fetch_add(1, Ordering::Relaxed);
+            counts.unknown_not_applied.fetch_add(1, Ordering::Relaxed);
             return Err(StorageError::CommitUnknown);
         }
         let committed = inner.commit().await?;
         if sample < applied {
-            dice.unknown_applied.fetch_add(1, Ordering::Relaxed);
+            counts.unknown_applied.fetch_add(1, Ordering::Relaxed);
             return Err(StorageError::CommitUnknown);
         }
         Ok(committed)

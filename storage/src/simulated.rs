@@ -17,13 +17,12 @@
 //!   so two engine instances given clones behave like two nodes on one cluster.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
+use super::faulty::Dice;
 use super::memory::{MemoryInner, MemoryStore};
 use super::occ::{CommitRequest, CommittedReader, Committer, OccTxn};
 use super::{
@@ -106,7 +105,7 @@ struct Counters {
 
 /// Fault and clock state shared by every clone of one store.
 struct SimState {
-    config: Mutex<(FaultConfig, StdRng)>,
+    dice: Dice,
     /// Simulated time that has passed beyond the real clock, in nanoseconds.
     skew_nanos: AtomicU64,
     closed: AtomicBool,
@@ -118,40 +117,12 @@ impl SimState {
         Instant::now() + Duration::from_nanos(self.skew_nanos.load(Ordering::Acquire))
     }
 
-    /// A uniform sample in `[0, 1)` and the configuration it was drawn under.
     fn roll(&self) -> (FaultConfig, f64) {
-        let mut guard = self
-            .config
-            .lock()
-            .expect("invariant: fault lock not poisoned");
-        let config = guard.0;
-        let sample = guard.1.random::<f64>();
-        (config, sample)
+        self.dice.roll()
     }
 
-    /// Waits a random time up to the configured maximum. tokio's timer works in whole
-    /// milliseconds, so a draw under 1 ms yields to the scheduler instead: it still lets
-    /// other tasks run first, which is what reorders concurrent transactions.
     async fn delay(&self) {
-        let nanos = {
-            let mut guard = self
-                .config
-                .lock()
-                .expect("invariant: fault lock not poisoned");
-            let max = guard.0.max_delay;
-            if max.is_zero() {
-                return;
-            }
-            guard
-                .1
-                .random_range(0..=u64::try_from(max.as_nanos()).unwrap_or(u64::MAX))
-        };
-        let delay = Duration::from_nanos(nanos);
-        if delay < Duration::from_millis(1) {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(delay).await;
-        }
+        self.dice.delay().await
     }
 
     fn bump(counter: &AtomicU64) {
@@ -307,7 +278,7 @@ impl SimulatedStore {
     pub fn new(config: FaultConfig) -> Self {
         let memory = MemoryStore::new();
         let state = Arc::new(SimState {
-            config: Mutex::new((config, StdRng::seed_from_u64(config.seed))),
+            dice: Dice::new(config),
             skew_nanos: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -322,23 +293,12 @@ impl SimulatedStore {
     /// Replaces the fault configuration (for every clone) and reseeds the generator from
     /// `config.seed`; `FaultConfig::none()` turns faults off.
     pub fn set_faults(&self, config: FaultConfig) {
-        let mut guard = self
-            .backend
-            .state
-            .config
-            .lock()
-            .expect("invariant: fault lock not poisoned");
-        *guard = (config, StdRng::seed_from_u64(config.seed));
+        self.backend.state.dice.set(config);
     }
 
     /// The fault configuration in force.
     pub fn faults(&self) -> FaultConfig {
-        self.backend
-            .state
-            .config
-            .lock()
-            .expect("invariant: fault lock not poisoned")
-            .0
+        self.backend.state.dice.config()
     }
 
     /// Whether any fault has a non-zero probability.

@@ -11,7 +11,7 @@ mod tx;
 pub(crate) use effects::{Effects, Event};
 pub(crate) use tasks::{
     clear_task_state, count, delete_task, fire_lease_expiry, fire_task_backoff, make_ready,
-    put_ready_task,
+    put_ready_task, ready_key,
 };
 pub(crate) use timers::{clear_timer, put_timer};
 pub(crate) use tx::{run, Hooks, Tx, TxFuture};

@@ -12,6 +12,18 @@ use crate::tables::{self, QueueCounter};
 
 use super::{put_timer, Effects};
 
+/// The ready-index key of `task` (in `Ready` state).
+pub(crate) fn ready_key(task: &TaskRecord) -> Vec<u8> {
+    tables::ready_key(
+        &task.namespace,
+        &task.task_queue,
+        task.kind,
+        task.priority,
+        task.ready_at_ms,
+        &task.task_id,
+    )
+}
+
 /// Creates a task record in `Ready` state with its ready-index entry.
 pub(crate) fn put_ready_task(
     txn: &mut dyn KvTxn,
@@ -20,14 +32,7 @@ pub(crate) fn put_ready_task(
 ) -> Result<()> {
     tables::put(txn, &tables::task_key(&task.task_id), task)?;
     txn.set(
-        &tables::ready_key(
-            &task.namespace,
-            &task.task_queue,
-            task.kind,
-            task.priority,
-            task.ready_at_ms,
-            &task.task_id,
-        ),
+        &ready_key(task),
         &tables::ready_value(&task.type_name, task.compatibility.as_deref()),
     );
     count(txn, task, QueueCounter::Ready, 1);
@@ -67,14 +72,7 @@ fn clear_activity_timeouts(txn: &mut dyn KvTxn, task: &TaskRecord) {
 pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord) {
     match task.status {
         TaskStatus::Ready => {
-            txn.clear(&tables::ready_key(
-                &task.namespace,
-                &task.task_queue,
-                task.kind,
-                task.priority,
-                task.ready_at_ms,
-                &task.task_id,
-            ));
+            txn.clear(&ready_key(task));
             count(txn, task, QueueCounter::Ready, -1);
         }
         TaskStatus::Leased => {

@@ -120,14 +120,7 @@ async fn repair_task(
     match task.status {
         TaskStatus::Ready => {
             // The durable index is the truth; its entry may be lost, the hint surely helps.
-            let key = tables::ready_key(
-                &task.namespace,
-                &task.task_queue,
-                task.kind,
-                task.priority,
-                task.ready_at_ms,
-                &task.task_id,
-            );
+            let key = kernel::ready_key(&task);
             if txn.get(&key).await?.is_none() {
                 kernel::clear_task_state(txn, &task);
                 kernel::make_ready(txn, &mut task, now, fx)?;
