@@ -4,10 +4,12 @@
 
 mod auth;
 pub mod call;
+mod connections;
 mod discovery;
 pub mod error;
 mod gates;
 mod handlers;
+pub mod limits;
 pub mod metrics;
 mod router;
 pub mod server;
@@ -15,5 +17,6 @@ mod validate;
 
 pub use auth::{AuthConfig, Role};
 pub use gates::NodeRoles;
+pub use limits::ConnectionLimits;
 pub use router::{table as route_table, Access, RouteInfo};
-pub use server::{serve, AppState};
+pub use server::{serve, serve_with_limits, AppState};

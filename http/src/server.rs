@@ -22,10 +22,12 @@ use tokio::sync::watch;
 
 use crate::auth::Principal;
 pub use crate::call::{AppState, Call, Reply, WorkerReply};
+use crate::connections::{self, watchdog, Activity, Cut, Registry, Slot, Watched};
 use crate::discovery::{
     CONTROL_PLANE_VERSION, MAX_PAYLOAD_BYTES, WORKER_PROTOCOL_MINOR, WORKER_PROTOCOL_VERSION,
 };
 use crate::error::ApiError;
+use crate::limits::{Backoff, ConnectionLimits, LogThrottle};
 use crate::router::{self, Match, Op, Plane};
 
 const CONTROL_HEADER: &str = "x-durable-workflow-control-plane-version";
@@ -36,15 +38,48 @@ const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 
 type Body = Full<Bytes>;
 
-/// Serves on `listener` until `shutdown` turns true, then drains connections for up to
-/// `drain` before returning.
+/// How long `accept` waits after its first failure in a row; doubles up to
+/// [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest pause between failed `accept`s. A connection closing (a descriptor freed)
+/// ends the pause early.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this interval for failed `accept`s, and one for refused
+/// connections, each with the count it stands for.
+const CONDITION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Serves on `listener` with the default [`ConnectionLimits`] until `shutdown` turns
+/// true, then drains connections for up to `drain` before returning.
 pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    serve_with_limits(
+        listener,
+        state,
+        shutdown,
+        drain,
+        ConnectionLimits::default(),
+    )
+    .await
+}
+
+/// Serves on `listener` under `limits` until `shutdown` turns true, then drains
+/// connections for up to `drain` before returning.
+///
+/// Failed `accept`s back off (5 ms doubling to 1 s, cut short when a connection closes)
+/// instead of retrying at once: a listener whose backlog holds a connection the process
+/// has no descriptor for stays ready, and an immediate retry spins a core. They are
+/// logged at most once per 10 s, with a count.
+pub async fn serve_with_limits(
     listener: TcpListener,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    limits: ConnectionLimits,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     if let Ok(addr) = listener.local_addr() {
         // First `serve` wins: one state serves one listener.
         state.set_listen_addr(addr);
@@ -65,37 +100,85 @@ pub async fn serve(
             }
         })
     };
-    let builder = hyper::server::conn::http1::Builder::new();
+    let registry = Registry::new(limits.effective_max_connections());
+    log_limits(&limits, registry.max());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The connection watchdog enforces the header timeout (with a 408); hyper's own
+    // timer would close idle keep-alive connections on the same deadline, without one.
+    builder.header_read_timeout(None);
+    let mut backoff = Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+    let mut accept_log = LogThrottle::new(CONDITION_LOG_INTERVAL);
+    let mut refusal_log = LogThrottle::new(CONDITION_LOG_INTERVAL);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(state, req, peer).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) if crate::limits::is_connection_error(&e) => {
+                tracing::debug!(error = %e, "a connection was reset before it was accepted");
+                continue;
+            }
+            Err(e) => {
+                metrics::counter!("keel_http_accept_errors_total").increment(1);
+                if let Some(count) = accept_log.event(std::time::Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        count,
+                        open_connections = registry.open(),
+                        "accept failed; backing off"
+                    );
+                }
+                let pause = backoff.failed();
+                let closed = registry.next_close();
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = closed => {}
+                    _ = shutdown.changed() => break,
+                }
+                continue;
+            }
+        };
+        backoff.succeeded();
+        if accept_log.has_unreported() {
+            if let Some(count) = accept_log.settle(std::time::Instant::now()) {
+                tracing::warn!(count, "accepting connections again after failed accepts");
+            }
         }
+        let Some(slot) = registry.admit() else {
+            if let Some(count) = refusal_log.event(std::time::Instant::now()) {
+                tracing::warn!(
+                    max_connections = registry.max(),
+                    count,
+                    "connection limit reached; refusing new connections with 503"
+                );
+            }
+            registry.refuse(stream);
+            continue;
+        };
+        if refusal_log.has_unreported() {
+            if let Some(count) = refusal_log.settle(std::time::Instant::now()) {
+                tracing::warn!(count, "connections refused at the connection limit");
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            builder.clone(),
+            stream,
+            peer,
+            state.clone(),
+            limits,
+            slot,
+            shutdown.clone(),
+        ));
     }
     refresher.abort();
-    tracing::info!("shutting down: draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    tracing::info!(
+        open_connections = registry.open(),
+        "shutting down: draining open connections"
+    );
+    if tokio::time::timeout(drain, registry.drained())
         .await
         .is_err()
     {
@@ -103,9 +186,97 @@ pub async fn serve(
     }
 }
 
-async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+fn log_limits(limits: &ConnectionLimits, max_connections: usize) {
+    let descriptors = crate::limits::descriptor_limit().ok().and_then(|l| l.soft);
+    tracing::info!(
+        max_connections,
+        descriptor_limit = descriptors,
+        header_timeout_ms = limits.header_timeout.as_millis() as u64,
+        body_timeout_ms = limits.body_timeout.as_millis() as u64,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        "connection limits"
+    );
+    if descriptors.is_some_and(|soft| max_connections as u64 >= soft) {
+        tracing::warn!(
+            max_connections,
+            descriptor_limit = descriptors,
+            "the connection limit is not below the descriptor limit: at the descriptor \
+             limit accepts fail (and back off) instead of refusing with 503"
+        );
+    }
+}
+
+/// One connection from accept to close: hyper's HTTP/1 state machine, the watchdog of
+/// its timeouts, and graceful shutdown. `slot` is its place under the connection ceiling,
+/// freed when this returns.
+async fn serve_connection(
+    builder: hyper::server::conn::http1::Builder,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    limits: ConnectionLimits,
+    slot: Slot,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let in_request = activity.request_started();
+            let state = state.clone();
+            async move {
+                let response = handle(state, req, peer, &limits).await;
+                drop(in_request);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let mut conn = builder.serve_connection(io, service);
+    let mut draining = false;
+    let cut = loop {
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                drop(slot);
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
+            cut = watchdog(&activity, &limits) => break cut,
+        }
+    };
+    match cut {
+        Cut::Quietly(kind) => {
+            metrics::counter!("keel_http_connection_timeouts_total", "kind" => kind).increment(1);
+            tracing::debug!(%peer, kind, "connection timed out; closed");
+            drop(conn);
+        }
+        Cut::HeaderTimeout => {
+            metrics::counter!("keel_http_connection_timeouts_total", "kind" => "header")
+                .increment(1);
+            tracing::debug!(%peer, "request head timed out; answered 408 and closed");
+            let parts = conn.into_parts();
+            let stream = parts.io.into_inner().into_inner();
+            let reply = connections::header_timeout_reply(limits.header_timeout);
+            connections::answer_and_close(stream, reply.as_bytes()).await;
+        }
+    }
+    drop(slot);
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    _peer: SocketAddr,
+    limits: &ConnectionLimits,
+) -> Response<Body> {
     let started = std::time::Instant::now();
-    let (op, plane, result) = match dispatch(&state, req).await {
+    let (op, plane, result) = match dispatch(&state, req, limits).await {
         Ok((op, plane, reply)) => (Some(op), plane, Ok(reply)),
         Err((op, plane, e)) => (op, plane, Err(e)),
     };
@@ -159,6 +330,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
     if let Some(seconds) = retry_after {
         headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    if status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body may still be on its way: the connection cannot carry
+        // another request.
+        headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     match plane {
         Some(Plane::Control) => {
             headers.insert(
@@ -179,12 +355,24 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
 
 type Dispatched = Result<(Op, Option<Plane>, Reply), (Option<Op>, Option<Plane>, ApiError)>;
 
-async fn dispatch(state: &AppState, req: Request<Incoming>) -> Dispatched {
+async fn dispatch(
+    state: &AppState,
+    req: Request<Incoming>,
+    limits: &ConnectionLimits,
+) -> Dispatched {
     // The body is read before any check can refuse the request: a response sent with
     // the body unread would force hyper to drop the keep-alive connection under the
-    // client. Errors in the body itself are reported after auth, version and gates.
+    // client. Errors in the body itself are reported after auth, version and gates,
+    // except a body that did not arrive in time: that is the connection failing, it says
+    // nothing about the route, and the connection closes after the reply.
     let (parts, incoming) = req.into_parts();
-    let body = read_body(&parts.headers, incoming).await;
+    let body = match read_body(&parts.headers, incoming, limits.body_timeout).await {
+        Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => {
+            metrics::counter!("keel_http_connection_timeouts_total", "kind" => "body").increment(1);
+            return Err((None, None, e));
+        }
+        body => body,
+    };
     let (op, plane, params) = match router::route(&parts.method, parts.uri.path()) {
         Match::Found(op, plane, params) => (op, plane, params),
         Match::MethodNotAllowed => {
@@ -337,7 +525,23 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     out
 }
 
-async fn read_body(headers: &hyper::HeaderMap, body: Incoming) -> Result<Value, ApiError> {
+fn body_timeout(limit: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_body_timeout",
+        format!(
+            "the request body did not arrive within {} ms",
+            limit.as_millis()
+        ),
+    )
+    .with("timeout_ms", limit.as_millis() as u64)
+}
+
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -357,9 +561,10 @@ async fn read_body(headers: &hyper::HeaderMap, body: Incoming) -> Result<Value, 
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_ascii_lowercase);
-    let bytes = Limited::new(body, MAX_PAYLOAD_BYTES)
-        .collect()
+    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_PAYLOAD_BYTES).collect())
         .await
+        .map_err(|_| body_timeout(timeout))?;
+    let bytes = collected
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

@@ -30,8 +30,8 @@ const FACADE: (&str, &str) = ("engine", "impl Engine {");
 
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
-    &["error", "validate", "router", "metrics"],
-    &["auth", "gates", "discovery"],
+    &["error", "validate", "router", "metrics", "limits"],
+    &["auth", "gates", "discovery", "connections"],
     &["call"],
     &["handlers"],
     &["server"],

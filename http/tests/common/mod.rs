@@ -39,6 +39,15 @@ impl Drop for Server {
 /// Starts a server with `tokens` (a `KEEL_TOKENS` value; empty: open mode) and `roles`
 /// (`None`: the default roles).
 pub async fn start(tokens: &str, roles: Option<&str>) -> Server {
+    start_with_limits(tokens, roles, keel_http::ConnectionLimits::default()).await
+}
+
+/// [`start`] under connection `limits`.
+pub async fn start_with_limits(
+    tokens: &str,
+    roles: Option<&str>,
+    limits: keel_http::ConnectionLimits,
+) -> Server {
     let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
     let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(store));
     let clock = ManualClock::new(START);
@@ -60,11 +69,12 @@ pub async fn start(tokens: &str, roles: Option<&str>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(keel_http::serve(
+    tokio::spawn(keel_http::serve_with_limits(
         listener,
         state.clone(),
         stop_rx,
         Duration::from_secs(1),
+        limits,
     ));
     Server {
         addr,
