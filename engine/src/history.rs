@@ -183,6 +183,38 @@ pub fn decode_token(token: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn float_payloads_read_back_bit_for_bit() {
+        // Found by the bundle_canonical fuzz target: serde_json's default float parser
+        // read the stored `111111111111110.11` back one unit in the last place off (the
+        // workspace enables its `float_roundtrip` feature).
+        use crate::storage::memory::MemoryStore;
+        let store = MemoryStore::new();
+        let mut run: RunRecord = serde_json::from_value(json!({
+            "namespace": "default", "workflow_id": "wf", "run_id": "run", "run_number": 1,
+            "workflow_type": "t", "task_queue": "q", "status": "running", "priority": 0,
+            "started_at_ms": 0, "last_progress_at_ms": 0, "last_event_seq": 0,
+            "last_workflow_sequence": 0,
+        }))
+        .expect("a run record");
+        let payload = json!({"result": [111111111111110.11_f64, 0.1, 1e300, 5e-324]});
+        let mut txn = store.begin().await.expect("begin");
+        let seq = append(
+            txn.as_mut(),
+            &mut run,
+            "SideEffectRecorded",
+            payload.clone(),
+            0,
+            None,
+        );
+        txn.commit().await.expect("commit");
+        let mut txn = store.begin().await.expect("begin");
+        let read = event_payload(txn.as_mut(), "default", "run", seq)
+            .await
+            .expect("reads");
+        assert_eq!(read, Some(payload));
+    }
+
     #[test]
     fn page_tokens_round_trip_and_zero_means_from_the_start() {
         assert_eq!(encode_token(0), "MA==");

@@ -5,6 +5,10 @@
 //! follow under the record key extended by a big-endian chunk index, so that every value
 //! stays under the backend's value limit and a range read returns a record's chunks in
 //! order right after it.
+//!
+//! [`put_bytes`] writes without reading, so a record rewritten smaller leaves the chunks
+//! past its new count behind: readers go by the header's count ([`get_bytes`]) or skip
+//! them ([`assemble`]), and [`delete`] clears every chunk there is.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -12,7 +16,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::keys::{prefix, Key};
 use crate::model::{TaskKind, TimerKey};
-use crate::storage::{KeyRange, KeyValue, KvTxn, MAX_VALUE_BYTES};
+use crate::storage::{KeyRange, KeyValue, KvTxn, ReadOptions, MAX_VALUE_BYTES};
 
 /// Payload bytes per chunk (leaves room for the header).
 const CHUNK: usize = MAX_VALUE_BYTES - 64;
@@ -210,6 +214,18 @@ fn chunk_key(key: &[u8], index: u16) -> Vec<u8> {
     k
 }
 
+/// Whether `key` is a chunk key of the record at `record`.
+fn is_chunk_of(key: &[u8], record: &[u8]) -> bool {
+    key.len() == record.len() + 2 && key.starts_with(record)
+}
+
+/// Every chunk key the record at `key` may have (indexes 1 to `u16::MAX`).
+fn chunks_range(key: &[u8]) -> KeyRange {
+    let mut end = chunk_key(key, u16::MAX);
+    end.push(0);
+    KeyRange::new(chunk_key(key, 1), end)
+}
+
 /// Writes `bytes` as one record at `key`, split into chunks when large.
 pub fn put_bytes(txn: &mut dyn KvTxn, key: &[u8], bytes: &[u8]) {
     if bytes.len() <= CHUNK {
@@ -299,25 +315,36 @@ fn decode<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>> {
         .transpose()
 }
 
-/// Deletes the record at `key`, chunks included.
+/// Deletes the record at `key`, chunks included: those a larger earlier version left
+/// behind too, so they cannot turn up in a later range read. They are found by a range
+/// read, which is empty for a record never split.
 pub async fn delete(txn: &mut dyn KvTxn, key: &[u8]) -> Result<()> {
-    if let Some(first) = txn.get_snapshot(key).await? {
-        if let Head::Split { count, .. } = head(&first)? {
-            for i in 1..count {
-                txn.clear(&chunk_key(key, i));
-            }
-        }
+    let chunks = txn
+        .get_range(
+            &chunks_range(key),
+            ReadOptions::limit(usize::from(u16::MAX)).snapshot(),
+        )
+        .await?;
+    for (chunk, _) in chunks.iter().filter(|(k, _)| is_chunk_of(k, key)) {
+        txn.clear(chunk);
     }
     txn.clear(key);
     Ok(())
 }
 
 /// Reassembles records from a range read: returns `(key, bytes)` per complete record,
-/// and whether the last record was cut off by the read's limit.
+/// and whether the last record was cut off by the read's limit. Chunks past a record's
+/// count (left by a larger earlier version) are skipped.
 pub fn assemble(pairs: Vec<KeyValue>) -> Result<(Vec<KeyValue>, bool)> {
-    let mut out = Vec::new();
+    let mut out: Vec<KeyValue> = Vec::new();
     let mut iter = pairs.into_iter().peekable();
     while let Some((key, value)) = iter.next() {
+        if out
+            .last()
+            .is_some_and(|(record, _)| is_chunk_of(&key, record))
+        {
+            continue;
+        }
         match head(&value)? {
             Head::Whole(b) => out.push((key, b.to_vec())),
             Head::Split { count, first } => {
@@ -333,4 +360,58 @@ pub fn assemble(pairs: Vec<KeyValue>) -> Result<(Vec<KeyValue>, bool)> {
         }
     }
     Ok((out, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::KvStore;
+
+    const KEY: &[u8] = b"\x04record";
+    const NEXT: &[u8] = b"\x04record2";
+
+    async fn write(store: &MemoryStore, key: &[u8], len: usize) -> Vec<u8> {
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut txn = store.begin().await.expect("begin");
+        put_bytes(txn.as_mut(), key, &bytes);
+        txn.commit().await.expect("commit");
+        bytes
+    }
+
+    async fn scan(store: &MemoryStore) -> Result<(Vec<KeyValue>, bool)> {
+        let mut txn = store.begin().await.expect("begin");
+        let pairs = txn
+            .get_range(&KeyRange::prefix(b"\x04"), ReadOptions::limit(100))
+            .await
+            .expect("range");
+        assemble(pairs)
+    }
+
+    #[tokio::test]
+    async fn a_record_rewritten_smaller_reads_back_whole_in_range_reads() {
+        // Found by the record_chunks fuzz target: the chunks of the larger version came
+        // back from a range read as records of their own ("unknown record header").
+        let store = MemoryStore::new();
+        write(&store, KEY, 3 * CHUNK + 10).await;
+        write(&store, KEY, 2 * CHUNK).await;
+        let two_chunks = (scan(&store).await.expect("assembles").0[0].1).len();
+        assert_eq!(two_chunks, 2 * CHUNK);
+        let small = write(&store, KEY, 10).await;
+        let next = write(&store, NEXT, 20).await;
+        let (records, cut) = scan(&store).await.expect("assembles");
+        assert_eq!(records, [(KEY.to_vec(), small), (NEXT.to_vec(), next)]);
+        assert!(!cut);
+    }
+
+    #[tokio::test]
+    async fn delete_clears_chunks_a_smaller_rewrite_left_behind() {
+        let store = MemoryStore::new();
+        write(&store, KEY, 2 * CHUNK + 1).await;
+        write(&store, KEY, 1).await;
+        let mut txn = store.begin().await.expect("begin");
+        delete(txn.as_mut(), KEY).await.expect("delete");
+        txn.commit().await.expect("commit");
+        assert_eq!(scan(&store).await.expect("assembles"), (vec![], false));
+    }
 }

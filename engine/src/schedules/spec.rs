@@ -668,7 +668,11 @@ fn parse_field(
         let mut v = lo;
         while v <= hi {
             mask |= 1 << v;
-            v += step.unwrap_or(1);
+            // A step past the field's range (`1/4294967295`) ends the list, never wraps.
+            match v.checked_add(step.unwrap_or(1)) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     Ok(mask)
@@ -781,6 +785,17 @@ mod tests {
                 "{bad}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_step_larger_than_any_value_keeps_only_the_start() {
+        // Found by the schedule_spec fuzz target: the step overflowed `u32` (a panic in
+        // debug builds; in release the value wrapped to 0 and minute 0 fired too).
+        let s = spec(&["1/4294967295 * * * *"], None);
+        assert_eq!(
+            fires(&s, "2026-01-01T00:00:00Z", 2),
+            ["2026-01-01T00:01:00Z", "2026-01-01T01:01:00Z"]
+        );
     }
 
     #[test]

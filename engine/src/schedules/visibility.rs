@@ -115,7 +115,9 @@ pub fn parse_visibility_query(
             json!(literal == "true")
         } else if let Ok(n) = literal.parse::<i64>() {
             json!(n)
-        } else if let Ok(f) = literal.parse::<f64>() {
+        } else if let Some(f) = literal.parse::<f64>().ok().filter(|f| f.is_finite()) {
+            // `1e400`, `inf` and `nan` parse as doubles JSON cannot hold (they would
+            // become `null` and match records without the field): not literals.
             json!(f)
         } else {
             return Err(invalid(
@@ -170,4 +172,29 @@ pub(super) fn matches(s: &ScheduleRecord, q: &ScheduleListQuery) -> bool {
             other => other == value,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_beyond_a_finite_double_are_not_literals() {
+        // Found by the visibility_query fuzz target: `-9223372036e300` parsed as -inf,
+        // which JSON renders as null.
+        let registered = BTreeMap::from([("N".to_string(), "double".to_string())]);
+        for query in ["N = -9223372036e300", "N = 1e400", "N = inf", "N = NaN"] {
+            match parse_visibility_query(query, &registered) {
+                Err(Error::Rejected { reason, .. }) => {
+                    assert_eq!(reason, "invalid_schedule_visibility_query", "{query}")
+                }
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        let ok = parse_visibility_query("N = 1.5e300 AND N = -0.5", &registered).expect("finite");
+        assert_eq!(
+            ok,
+            [("N".into(), json!(1.5e300)), ("N".into(), json!(-0.5))]
+        );
+    }
 }

@@ -683,7 +683,8 @@ impl Engine {
             self.inner.store.as_ref(),
             ns,
             run_id,
-            after + 1,
+            // A token past the end (even `u64::MAX`) reads an empty page.
+            after.saturating_add(1),
             view_run.last_event_seq,
             page_size,
         )

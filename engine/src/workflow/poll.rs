@@ -365,7 +365,8 @@ impl Engine {
             self.inner.store.as_ref(),
             ns,
             &task.run_id,
-            after + 1,
+            // A token past the end (even `u64::MAX`) reads an empty page.
+            after.saturating_add(1),
             task.history_seen,
             page_size,
         )
