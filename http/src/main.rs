@@ -13,7 +13,7 @@ use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::KvStore;
 use keel_engine::{Engine, EngineConfig};
 use keel_http::metrics::{StatsSource, StorageBackend};
-use keel_http::{serve, AppState, AuthConfig, NodeRoles};
+use keel_http::{serve_with_limits, AppState, AuthConfig, ConnectionLimits, NodeRoles};
 use keel_storage_fdb::{Subspace, DEFAULT_SUBSPACE};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
@@ -53,6 +53,11 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
                                      without scheduler the node fires no timers or schedules
   --node-id ID                       this node's id among the nodes sharing a FoundationDB
                                      subspace (default: keel- and a random suffix)
+  --header-timeout-seconds N         time to send a request head (default 10); then 408
+  --body-timeout-seconds N           time to send a request body (default 30); then 408
+  --idle-timeout-seconds N           idle keep-alive connections close after it (default 120)
+  --max-connections N                open connections at once; beyond it new ones get 503
+                                     (default: from the descriptor limit, 768 at 1024)
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
 
@@ -104,6 +109,7 @@ struct ServeArgs {
     auth_file: Option<PathBuf>,
     roles: NodeRoles,
     node_id: String,
+    limits: ConnectionLimits,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -126,6 +132,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         max_leases_per_queue: None,
         auth_file: None,
         roles: NodeRoles::default(),
+        limits: ConnectionLimits::default(),
         node_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
     };
     let mut storage: Option<Storage> = None;
@@ -164,6 +171,18 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             }
             "--max-leases-per-queue" => parsed.max_leases_per_queue = Some(positive(value()?)?),
             "--auth-file" => parsed.auth_file = Some(PathBuf::from(value()?)),
+            "--header-timeout-seconds" => {
+                parsed.limits.header_timeout = Duration::from_secs(positive(value()?)?)
+            }
+            "--body-timeout-seconds" => {
+                parsed.limits.body_timeout = Duration::from_secs(positive(value()?)?)
+            }
+            "--idle-timeout-seconds" => {
+                parsed.limits.idle_timeout = Duration::from_secs(positive(value()?)?)
+            }
+            "--max-connections" => {
+                parsed.limits.max_connections = Some(positive(value()?)? as usize)
+            }
             "--roles" => {
                 parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
             }
@@ -372,6 +391,8 @@ fn open_fdb(_: Option<&PathBuf>, _: &Subspace) -> Result<OpenedStorage, String> 
 }
 
 async fn run(args: ServeArgs) -> Result<(), String> {
+    // Before the store opens its files: the connection limit is derived from the result.
+    let _ = keel_http::limits::raise_descriptor_limit();
     let auth = load_auth(&args)?;
     let OpenedStorage {
         store,
@@ -418,7 +439,14 @@ async fn run(args: ServeArgs) -> Result<(), String> {
     if let Some(stats) = stats {
         state = state.with_storage_stats(stats);
     }
-    serve(listener, Arc::new(state), stop_rx, Duration::from_secs(10)).await;
+    serve_with_limits(
+        listener,
+        Arc::new(state),
+        stop_rx,
+        Duration::from_secs(10),
+        args.limits,
+    )
+    .await;
     engine.stop().await;
     store
         .shutdown()
@@ -462,6 +490,39 @@ mod tests {
         match parse(args) {
             Ok(_) => panic!("{args:?} accepted"),
             Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn connection_limit_flags_set_the_limits_and_default_to_the_documented_ones() {
+        assert_eq!(
+            parse(&[]).expect("parses").limits,
+            ConnectionLimits::default()
+        );
+        let limits = parse(&[
+            "--header-timeout-seconds",
+            "5",
+            "--body-timeout-seconds",
+            "7",
+            "--idle-timeout-seconds",
+            "9",
+            "--max-connections",
+            "100",
+        ])
+        .expect("parses")
+        .limits;
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(limits.body_timeout, Duration::from_secs(7));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(9));
+        assert_eq!(limits.max_connections, Some(100));
+        for flag in [
+            "--header-timeout-seconds",
+            "--body-timeout-seconds",
+            "--idle-timeout-seconds",
+            "--max-connections",
+        ] {
+            let message = refused(&[flag, "0"]);
+            assert!(message.contains("at least 1"), "{flag}: {message}");
         }
     }
 
