@@ -809,6 +809,11 @@ pub fn check_memo_size(memo: &Value) -> crate::error::Result<()> {
     Ok(())
 }
 
+/// Activities a run may have scheduled and not yet closed (`max_pending_activities`).
+pub const MAX_PENDING_ACTIVITIES: usize = 2_000;
+/// Child workflows a run may have started and not yet seen close (`max_pending_children`).
+pub const MAX_PENDING_CHILDREN: usize = 2_000;
+
 /// Longest failure message kept or reported, in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 

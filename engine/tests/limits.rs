@@ -109,3 +109,28 @@ async fn a_list_page_of_large_memos_ends_early_with_a_token_for_the_rest() {
         "the pages together hold every workflow once"
     );
 }
+
+#[tokio::test]
+async fn a_workflow_task_scheduling_more_than_the_advertised_pending_activities_is_refused() {
+    let h = harness(LEASE, &[]).await;
+    h.engine
+        .start_workflow(NS, start("fan-out", "wf"))
+        .await
+        .expect("starts");
+    let task = poll_wf(&h.engine).await.expect("a task");
+    let schedule = json!({"type": "schedule_activity", "activity_type": "a",
+                          "arguments": {"codec": "avro", "blob": ARGS}, "queue": QUEUE});
+    let too_many = vec![schedule; keel_engine::model::MAX_PENDING_ACTIVITIES + 1];
+    let refused = h
+        .engine
+        .complete_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &too_many,
+        )
+        .await
+        .expect_err("over the pending-activity limit");
+    assert_eq!(reason(refused), "invalid_commands");
+}

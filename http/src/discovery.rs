@@ -143,9 +143,9 @@ pub fn cluster_info(
         },
         "limits": {
             "max_payload_bytes": MAX_PAYLOAD_BYTES,
-            "max_memo_bytes": 262144,
-            "max_search_attributes": 100,
-            "max_pending_activities": 2000,
+            "max_memo_bytes": keel_engine::model::MAX_MEMO_BYTES,
+            "max_search_attributes": keel_engine::namespaces::MAX_SEARCH_ATTRIBUTES,
+            "max_pending_activities": keel_engine::model::MAX_PENDING_ACTIVITIES,
         },
         "topology": topology,
         "control_plane": {
@@ -217,8 +217,14 @@ pub fn add_manifests(info: &mut Value) {
                 json!(MAX_SEARCH_ATTRIBUTE_VALUE_BYTES),
             ),
             ("max_operation_name_length", json!(256)),
-            ("max_pending_activities", json!(2000)),
-            ("max_pending_children", json!(2000)),
+            (
+                "max_pending_activities",
+                json!(keel_engine::model::MAX_PENDING_ACTIVITIES),
+            ),
+            (
+                "max_pending_children",
+                json!(keel_engine::model::MAX_PENDING_CHILDREN),
+            ),
         ] {
             limits.entry(k).or_insert(v);
         }

@@ -36,6 +36,12 @@ pub(super) async fn apply_command(
         "schedule_activity" => {
             let activity_type = opt_str(cmd, "activity_type")
                 .ok_or_else(|| invalid_commands("schedule_activity needs activity_type"))?;
+            if run.open_activities.len() >= crate::model::MAX_PENDING_ACTIVITIES {
+                return Err(invalid_commands(format!(
+                    "a run may have at most {} activities pending",
+                    crate::model::MAX_PENDING_ACTIVITIES
+                )));
+            }
             run.last_workflow_sequence += 1;
             let sequence = run.last_workflow_sequence;
             let queue = cmd
@@ -100,6 +106,12 @@ pub(super) async fn apply_command(
         }
         "record_local_activity" => record_local_activity(txn, run, cmd, task_id, now)?,
         "start_child_workflow" => {
+            if run.lifecycle.open_children.len() >= crate::model::MAX_PENDING_CHILDREN {
+                return Err(invalid_commands(format!(
+                    "a run may have at most {} child workflows pending",
+                    crate::model::MAX_PENDING_CHILDREN
+                )));
+            }
             super::children::start_child(txn, run, cmd, task_id, now, fx).await?;
         }
         "continue_as_new" => {
