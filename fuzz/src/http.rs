@@ -17,7 +17,9 @@
 //!
 //! # Input format
 //!
-//! Requests separated by a line `---`; each is a request line `METHOD /path?query`,
+//! Requests separated by a line `---`; each is a request line `METHOD /path?query`
+//! (`& METHOD /path` sends it on a connection of its own and goes on without waiting, so
+//! a query or an update can wait while later requests answer it),
 //! optional header lines `Name: value` (a blank line or the first line that is not a
 //! header ends them), then the body bytes. `$task_id`, `$run_id`, `$workflow_id`,
 //! `$activity_attempt_id`, `$query_task_id`, `$workflow_task_attempt`, `$worker_id`,
@@ -99,6 +101,9 @@ impl Clock for VirtualClock {
 /// One request of a scenario, before variables are substituted.
 #[derive(Debug)]
 struct Request {
+    /// Sent on a connection of its own without waiting for its answer (`& ` before the
+    /// request line); answered and checked before the scenario ends.
+    background: bool,
     method: String,
     target: Vec<u8>,
     headers: Vec<(String, Vec<u8>)>,
@@ -149,7 +154,11 @@ fn is_token(name: &str) -> bool {
 fn parse_request(part: &[u8]) -> Option<Request> {
     let mut rest = part;
     let line = String::from_utf8_lossy(take_line(&mut rest)?).into_owned();
-    let (method, target) = line.split_once(' ').unwrap_or((line.as_str(), "/"));
+    let (background, line) = match line.strip_prefix("& ") {
+        Some(rest) => (true, rest),
+        None => (false, line.as_str()),
+    };
+    let (method, target) = line.split_once(' ').unwrap_or((line, "/"));
     let method_ok = (1..=12).contains(&method.len())
         && method.bytes().all(|b| b.is_ascii_uppercase())
         && !matches!(method, "HEAD" | "CONNECT");
@@ -181,6 +190,7 @@ fn parse_request(part: &[u8]) -> Option<Request> {
         }
     }
     Some(Request {
+        background,
         method: method.to_string(),
         target: target.trim().as_bytes().to_vec(),
         headers,
@@ -345,9 +355,18 @@ impl Conn {
         self.stream.as_mut().expect("invariant: connected above")
     }
 
-    /// Sends `raw` and reads the final response (interim 1xx responses are skipped).
+    /// Sends `raw` and reads the final response (interim 1xx responses are skipped). A
+    /// kept-alive connection the server closed while it was idle (its idle timeout runs
+    /// in virtual time too) is replaced once, as HTTP clients do; a fresh one is not.
     async fn exchange(&mut self, raw: &[u8]) -> Option<Response> {
-        self.stream().await.write_all(raw).await.ok()?;
+        let reused = self.stream.is_some();
+        let sent = self.stream().await.write_all(raw).await.is_ok();
+        if reused && (!sent || self.closed_before_answer().await) {
+            self.stream = None;
+            self.stream().await.write_all(raw).await.ok()?;
+        } else if !sent {
+            return None;
+        }
         loop {
             let response = self.read_response().await?;
             if response.status >= 200 {
@@ -357,6 +376,11 @@ impl Conn {
                 return Some(response);
             }
         }
+    }
+
+    /// Whether the connection ends before the first byte of an answer.
+    async fn closed_before_answer(&mut self) -> bool {
+        self.buf.is_empty() && self.fill().await.is_none()
     }
 
     async fn fill(&mut self) -> Option<()> {
@@ -480,6 +504,23 @@ fn check(method: &str, target: &str, response: &Response) -> Option<Value> {
     Some(body)
 }
 
+/// Sends one request and waits (in virtual time) for its answer.
+async fn answer(conn: &mut Conn, method: &str, target: &str, raw: &[u8]) -> Response {
+    let response = match tokio::time::timeout(ANSWER_WITHIN, conn.exchange(raw)).await {
+        Ok(Some(r)) => r,
+        Ok(None) => panic!("{method} {target}: connection closed without a response"),
+        Err(_) => panic!("{method} {target}: no response within {ANSWER_WITHIN:?}"),
+    };
+    if trace() {
+        eprintln!(
+            "{method} {target} -> {} {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    response
+}
+
 async fn scenario(requests: Vec<Request>) {
     let clock = Arc::new(VirtualClock {
         start: tokio::time::Instant::now(),
@@ -515,40 +556,43 @@ async fn scenario(requests: Vec<Request>) {
         buf: Vec::new(),
     };
     let mut vars = Vars::default();
+    let mut background = Vec::new();
     for req in &requests {
         let (target, raw) = render(req, &vars);
-        let answered = tokio::time::timeout(ANSWER_WITHIN, conn.exchange(&raw)).await;
-        let response = match answered {
-            Ok(Some(r)) => r,
-            Ok(None) => panic!(
-                "{} {target}: connection closed without a response",
-                req.method
-            ),
-            Err(_) => panic!(
-                "{} {target}: no response within {ANSWER_WITHIN:?}",
-                req.method
-            ),
-        };
-        if trace() {
-            eprintln!(
-                "{} {target} -> {} {}",
-                req.method,
-                response.status,
-                String::from_utf8_lossy(&response.body)
-            );
+        if req.background {
+            let method = req.method.clone();
+            background.push(tokio::spawn(async move {
+                let mut conn = Conn {
+                    addr,
+                    stream: None,
+                    buf: Vec::new(),
+                };
+                let response = answer(&mut conn, &method, &target, &raw).await;
+                check(&method, &target, &response);
+            }));
+            // Let it reach the server (and park there) before the next request.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            continue;
         }
+        let response = answer(&mut conn, &req.method, &target, &raw).await;
         if let Some(body) = check(&req.method, &target, &response) {
             vars.learn(&body, 0);
         }
     }
-    let health = tokio::time::timeout(
-        ANSWER_WITHIN,
-        conn.exchange(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"),
+    for task in background {
+        if let Err(e) = task.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let health = answer(
+        &mut conn,
+        "GET",
+        "/api/health",
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
     )
-    .await
-    .ok()
-    .flatten()
-    .expect("health answers after the scenario");
+    .await;
     assert_eq!(
         health.status,
         200,
