@@ -35,9 +35,43 @@
 //! Reads run synchronously on the calling task: RocksDB serves them from the memtable or
 //! block cache, and the committer thread keeps the fsync off the async runtime.
 //!
-//! If the write fails, every request of the batch gets
-//! [`StorageError::CommitUnknown`] and the store turns unavailable: the process should
-//! restart and reopen, which recovers exactly the durable prefix.
+//! # A failed write (a full disk)
+//!
+//! If the write fails, every request of the batch gets [`StorageError::CommitUnknown`]
+//! (the log may hold some of it), the versions it took are handed out again, and the
+//! store **refuses writes but keeps serving reads**: transactions begin and read as
+//! before, read-only ones commit, and a commit with writes fails at once with
+//! [`StorageError::Unavailable`] saying why (`disk full: ...`), without touching the
+//! disk. [`RocksStore::write_refusal`] tells operators the same.
+//!
+//! Writes come back by themselves. RocksDB (7.8, Debian's, which this crate links)
+//! stops writing after an I/O error and recovers on its own: `DB::Open` installs a
+//! default `SstFileManager`, whose thread polls the free space of a full disk every 5 s
+//! and, once at least the largest memtable size (`write_buffer_size`, 16 MiB by
+//! default) is free, flushes the memtables to a fresh write-ahead log and clears the
+//! error (retryable I/O errors are resumed by its own retry loop). The C API of this
+//! version has no `DB::Resume` and no way to configure the `SstFileManager`, and Keel
+//! denies `unsafe` code, so Keel relies on that recovery and only *detects* it: while
+//! writes are refused the committer probes every 100 ms, backing off to once a second,
+//! with a tiny synced write of the version key (its current value). The first probe that
+//! succeeds ends the refusal; nothing is acknowledged before a synced write succeeded.
+//!
+//! Two things make that recovery safe with this library, both found on a small tmpfs:
+//!
+//! * RocksDB's info `LOG` is written only at open and for fatal errors. Debian builds
+//!   librocksdb with assertions on, and a second line appended to a `LOG` whose last
+//!   append failed with `ENOSPC` aborts the process (`WritableFileWriter::
+//!   AssertFalseAndGetStatusForPrevError`), which a full disk did in 7 of 24 runs at the
+//!   default `INFO` level and in none of 45 at `FATAL`.
+//! * The metadata column family's memtable is never left empty when a write can fail:
+//!   at open and in every probe the version key is first written *without* the log.
+//!   RocksDB's recovery switches to a new write-ahead log only when it has a memtable to
+//!   flush; after a failed log append with every memtable empty it keeps the broken log
+//!   writer, and the next logged write aborts the process (the same assertion).
+//!
+//! A batch that failed is not in any memtable (RocksDB inserts only after the log write
+//! succeeded), so no reader saw it; if the process dies before the recovery, reopening
+//! may replay it from the log, which is what `CommitUnknown` allows.
 //!
 //! Versions survive restarts: the last committed version is stored in the `keel_meta`
 //! column family in every batch, and the counter resumes from it on open. User data lives
@@ -50,6 +84,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keel_storage::occ::{
@@ -60,15 +95,22 @@ use keel_storage::{
     StorageError, Version, WatchFuture, MAX_KEY_BYTES,
 };
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
+    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, LogLevel, Options,
+    WriteBatch, WriteOptions, DB,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Column family holding Keel's own metadata (the version counter).
 const META_CF: &str = "keel_meta";
 /// Key of the last committed version in [`META_CF`], a big-endian `u64`.
 const VERSION_KEY: &[u8] = b"version";
+/// Memtable size of [`META_CF`], which holds one small key. RocksDB's recovery from a
+/// full disk waits for the largest memtable size of any column family to be free, so
+/// this stays well below [`RocksOptions::write_buffer_bytes`].
+const META_WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// The first probe after a failed write, and the longest wait between two probes.
+const PROBE_FIRST: Duration = Duration::from_millis(100);
+const PROBE_MAX: Duration = Duration::from_secs(1);
 
 /// Tuning of a [`RocksStore`].
 #[derive(Debug, Clone)]
@@ -79,7 +121,8 @@ pub struct RocksOptions {
     pub max_batch_bytes: usize,
     /// Capacity of the channel to the committer; committers wait when it is full.
     pub queue_depth: usize,
-    /// RocksDB memtable size, in bytes.
+    /// RocksDB memtable size, in bytes. After a full disk, writes resume once this much
+    /// is free on the data directory's filesystem (see the crate docs).
     pub write_buffer_bytes: usize,
     /// Compress SST files with LZ4 (Debian's librocksdb links liblz4).
     pub lz4: bool,
@@ -111,6 +154,73 @@ pub struct RocksStats {
     pub synced_writes: u64,
     /// Most transactions committed by one write.
     pub largest_batch: u64,
+    /// Group-commit writes that failed (each answered its requests `CommitUnknown` and
+    /// started a spell of refused writes).
+    pub failed_writes: u64,
+}
+
+/// Why a [`RocksStore`] refuses writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefusalReason {
+    /// The filesystem holding the data directory is full (`ENOSPC`).
+    DiskFull,
+    /// Any other failed write (an I/O error, permissions, ...).
+    WriteFailed,
+}
+
+impl WriteRefusalReason {
+    /// The machine-readable name: `disk_full` or `storage_write_failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteRefusalReason::DiskFull => "disk_full",
+            WriteRefusalReason::WriteFailed => "storage_write_failed",
+        }
+    }
+
+    fn of(error: &str) -> WriteRefusalReason {
+        // RocksDB's `Status::NoSpace` text, which it gives `ENOSPC`.
+        if error.contains("No space left on device") {
+            WriteRefusalReason::DiskFull
+        } else {
+            WriteRefusalReason::WriteFailed
+        }
+    }
+}
+
+/// A spell of refused writes, as [`RocksStore::write_refusal`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRefusal {
+    /// Why writes are refused.
+    pub reason: WriteRefusalReason,
+    /// RocksDB's message for the write that failed.
+    pub message: String,
+    /// How long writes have been refused so far.
+    pub refused_for: Duration,
+}
+
+/// The refusal while it lasts.
+#[derive(Debug, Clone)]
+struct Refusal {
+    reason: WriteRefusalReason,
+    message: String,
+    since: Instant,
+}
+
+impl Refusal {
+    /// What a refused commit gets.
+    fn error(&self) -> StorageError {
+        let why = match self.reason {
+            WriteRefusalReason::DiskFull => {
+                "disk full: writes are refused until space is freed on the data directory's \
+                 filesystem; reads are served, and writes resume by themselves"
+            }
+            WriteRefusalReason::WriteFailed => {
+                "storage write failed: writes are refused until a probe write succeeds; reads \
+                 are served, and writes resume by themselves"
+            }
+        };
+        StorageError::Unavailable(format!("{why} (rocksdb: {})", self.message))
+    }
 }
 
 impl RocksStats {
@@ -131,6 +241,7 @@ struct Counters {
     batches: AtomicU64,
     synced_writes: AtomicU64,
     largest_batch: AtomicU64,
+    failed_writes: AtomicU64,
     /// Requests the committer has taken off the channel (tests use it to see the queue).
     received: AtomicU64,
 }
@@ -147,26 +258,28 @@ struct Shared {
     /// Owned by the committer; `watch` locks it briefly to ask `changed_since`.
     tracker: Mutex<ConflictTracker>,
     watches: Watches,
-    /// Set once the store stops accepting work (shutdown, drop or a failed write).
+    /// Set once the store stops accepting work (shutdown or drop).
     closed: AtomicBool,
-    /// Why the store closed, when it was a failure.
-    failure: Mutex<Option<String>>,
+    /// Set by the committer when a write fails, cleared by the probe that succeeds.
+    refusal: Mutex<Option<Refusal>>,
+    /// Whether writes are accepted (the negation of `refusal`, to wait on).
+    writable: watch::Sender<bool>,
     counters: Counters,
-    /// Makes the next synced write fail (tests of the failure path).
+    /// While set, every write fails as on a full disk (tests of the failure path).
     #[cfg(test)]
-    fail_next_write: AtomicBool,
+    fail_writes: AtomicBool,
 }
 
 impl Shared {
     fn unavailable(&self) -> StorageError {
-        let failure = self
-            .failure
+        StorageError::Unavailable("store is shut down".into())
+    }
+
+    fn refusal(&self) -> Option<Refusal> {
+        self.refusal
             .lock()
-            .expect("invariant: failure lock not poisoned");
-        match failure.as_deref() {
-            Some(why) => StorageError::Unavailable(format!("store failed: {why}")),
-            None => StorageError::Unavailable("store is shut down".into()),
-        }
+            .expect("invariant: refusal lock not poisoned")
+            .clone()
     }
 
     /// Opens the database and reads the version counter.
@@ -177,6 +290,8 @@ impl Shared {
         db_options.set_write_buffer_size(options.write_buffer_bytes);
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
+        // See the crate docs: a LOG line after a failed LOG append aborts the process.
+        db_options.set_log_level(LogLevel::Fatal);
         db_options.set_compression_type(if options.lz4 {
             DBCompressionType::Lz4
         } else {
@@ -187,7 +302,11 @@ impl Shared {
         db_options.set_merge_operator_associative("keel_counter_add", add_counters);
         let cfs = [
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_options.clone()),
-            ColumnFamilyDescriptor::new(META_CF, Options::default()),
+            ColumnFamilyDescriptor::new(META_CF, {
+                let mut meta = Options::default();
+                meta.set_write_buffer_size(META_WRITE_BUFFER_BYTES);
+                meta
+            }),
         ];
         let db = DB::open_cf_descriptors(&db_options, path, cfs).map_err(backend_error)?;
         let meta = db
@@ -202,32 +321,64 @@ impl Shared {
                 u64::from_be_bytes(raw)
             }
         };
-        Ok(Shared {
+        let shared = Shared {
             db,
             durable: AtomicU64::new(version),
             written: AtomicU64::new(version),
             tracker: Mutex::new(ConflictTracker::new(version)),
             watches: Watches::default(),
             closed: AtomicBool::new(false),
-            failure: Mutex::new(None),
+            refusal: Mutex::new(None),
+            writable: watch::Sender::new(true),
             counters: Counters::default(),
             #[cfg(test)]
-            fail_next_write: AtomicBool::new(false),
-        })
+            fail_writes: AtomicBool::new(false),
+        };
+        shared
+            .pin_meta_memtable(version)
+            .map_err(|e| StorageError::Unavailable(format!("cannot write to the store: {e}")))?;
+        Ok(shared)
     }
 
     /// Writes `batch` to the write-ahead log (handed to the OS, so it survives a crash
     /// of this process), synced to the disk when `sync`.
     fn write(&self, batch: WriteBatch, sync: bool) -> std::result::Result<(), String> {
         #[cfg(test)]
-        if self.fail_next_write.swap(false, Ordering::SeqCst) {
-            return Err("injected write failure".into());
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err("IO error: No space left on device: injected".into());
         }
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         self.db
             .write_opt(batch, &options)
             .map_err(|e| e.into_string())
+    }
+
+    /// Writes the version key, unchanged, to the metadata memtable only (not the log), so
+    /// that a memtable is never empty when a logged write can fail (see the crate docs).
+    /// Lost in a crash, which loses nothing: the logged value is the same.
+    fn pin_meta_memtable(&self, version: Version) -> std::result::Result<(), String> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err("IO error: No space left on device: injected".into());
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta_cf(), VERSION_KEY, version.to_be_bytes());
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| e.into_string())
+    }
+
+    /// Whether the store can write again after a failed write: the version key,
+    /// unchanged, pinned in the memtable, then written synced. Fails at once, without
+    /// I/O, while RocksDB still holds its background error.
+    fn probe_write(&self, version: Version) -> std::result::Result<(), String> {
+        self.pin_meta_memtable(version)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta_cf(), VERSION_KEY, version.to_be_bytes());
+        self.write(batch, true)
     }
 
     fn meta_cf(&self) -> &rocksdb::ColumnFamily {
@@ -398,12 +549,7 @@ impl RocksStore {
         let version = shared.durable.load(Ordering::Acquire);
         let shared = Arc::new(shared);
         let (sender, receiver) = mpsc::channel(options.queue_depth.max(1));
-        let committer = GroupCommitter {
-            shared: shared.clone(),
-            receiver,
-            options,
-            version,
-        };
+        let committer = GroupCommitter::new(shared.clone(), receiver, options)?;
         let handle = std::thread::Builder::new()
             .name("keel-rocksdb-commit".into())
             .spawn(move || committer.run())
@@ -424,7 +570,18 @@ impl RocksStore {
             batches: c.batches.load(Ordering::Relaxed),
             synced_writes: c.synced_writes.load(Ordering::Relaxed),
             largest_batch: c.largest_batch.load(Ordering::Relaxed),
+            failed_writes: c.failed_writes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Why writes are refused, while they are (after a failed write, until a probe write
+    /// succeeds); `None` while the store accepts writes.
+    pub fn write_refusal(&self) -> Option<WriteRefusal> {
+        self.backend.shared.refusal().map(|r| WriteRefusal {
+            reason: r.reason,
+            message: r.message,
+            refused_for: r.since.elapsed(),
+        })
     }
 
     /// The last durable commit version.
@@ -503,21 +660,8 @@ impl KvStore for RocksStore {
             Ok(()) => acked
                 .await
                 .unwrap_or_else(|_| Err(self.backend.shared.unavailable())),
-            // Already stopped: by an earlier shutdown (fine) or by a failure.
-            Err(_) => {
-                let failed = self
-                    .backend
-                    .shared
-                    .failure
-                    .lock()
-                    .expect("invariant: failure lock not poisoned")
-                    .is_some();
-                if failed {
-                    Err(self.backend.shared.unavailable())
-                } else {
-                    Ok(())
-                }
-            }
+            // Already stopped by an earlier shutdown.
+            Err(_) => Ok(()),
         };
         // The committer acknowledges as its last act, so this join is immediate.
         self.join_committer();
@@ -532,12 +676,111 @@ struct GroupCommitter {
     options: RocksOptions,
     /// The last version handed out (equal to the durable version between batches).
     version: Version,
+    /// While writes are refused: when to probe next, and the wait after that one.
+    probe: Option<(Instant, Duration)>,
+    /// Times the wait for the next request while writes are refused.
+    timer: tokio::runtime::Runtime,
 }
 
 impl GroupCommitter {
+    fn new(
+        shared: Arc<Shared>,
+        receiver: mpsc::Receiver<Msg>,
+        options: RocksOptions,
+    ) -> Result<GroupCommitter> {
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StorageError::Backend(Box::new(e)))?;
+        Ok(GroupCommitter {
+            version: shared.durable.load(Ordering::Acquire),
+            shared,
+            receiver,
+            options,
+            probe: None,
+            timer,
+        })
+    }
+
+    /// The next message, or `None` once every sender is gone. While writes are refused,
+    /// probes whenever a probe falls due before a message arrives.
+    fn next_message(&mut self) -> Option<Msg> {
+        loop {
+            let Some((due, _)) = self.probe else {
+                return self.receiver.blocking_recv();
+            };
+            let wait = due.saturating_duration_since(Instant::now());
+            let receiver = &mut self.receiver;
+            // `recv` is cancel-safe: a message is never lost to the timeout.
+            let next = self
+                .timer
+                .block_on(async { tokio::time::timeout(wait, receiver.recv()).await });
+            match next {
+                Ok(msg) => return msg,
+                Err(_elapsed) => self.probe(),
+            }
+        }
+    }
+
+    /// Records a failed write: writes are refused until [`Self::probe`] succeeds.
+    fn refuse(&mut self, error: String) {
+        let shared = &self.shared;
+        shared
+            .counters
+            .failed_writes
+            .fetch_add(1, Ordering::Relaxed);
+        let reason = WriteRefusalReason::of(&error);
+        tracing::error!(
+            error = %error,
+            reason = reason.as_str(),
+            "rocksdb write failed; refusing writes and serving reads until the store can write again"
+        );
+        *shared
+            .refusal
+            .lock()
+            .expect("invariant: refusal lock not poisoned") = Some(Refusal {
+            reason,
+            message: error,
+            since: Instant::now(),
+        });
+        shared.writable.send_replace(false);
+        self.probe = Some((Instant::now() + PROBE_FIRST, PROBE_FIRST));
+    }
+
+    /// One probe write; ends the refusal when it succeeds, else backs off.
+    fn probe(&mut self) {
+        let Some((_, wait)) = self.probe else {
+            return;
+        };
+        match self.shared.probe_write(self.version) {
+            Ok(()) => {
+                self.probe = None;
+                let ended = self
+                    .shared
+                    .refusal
+                    .lock()
+                    .expect("invariant: refusal lock not poisoned")
+                    .take();
+                self.shared.writable.send_replace(true);
+                if let Some(refusal) = ended {
+                    tracing::info!(
+                        reason = refusal.reason.as_str(),
+                        refused_ms = refusal.since.elapsed().as_millis() as u64,
+                        "rocksdb accepts writes again; writes resumed"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, "rocksdb still refuses writes");
+                let wait = (wait * 2).min(PROBE_MAX);
+                self.probe = Some((Instant::now() + wait, wait));
+            }
+        }
+    }
+
     fn run(mut self) {
         let mut stop_ack = None;
-        while let Some(first) = self.receiver.blocking_recv() {
+        while let Some(first) = self.next_message() {
             let mut batch = Vec::new();
             let mut bytes = 0;
             let mut stopping = false;
@@ -589,36 +832,37 @@ impl GroupCommitter {
         }
     }
 
-    /// What a stop reports: an earlier failed write, else the result of a final flush.
+    /// What a stop reports. The final flush only shortens the next open: every
+    /// acknowledged commit is already in the write-ahead log (synced, or handed to the OS
+    /// for relaxed ones), so a stop succeeds without it. While writes are refused it is
+    /// not even tried, since it would write to a store that cannot.
     fn stop_result(&self) -> Result<()> {
-        let failed = self
-            .shared
-            .failure
-            .lock()
-            .expect("invariant: failure lock not poisoned")
-            .is_some();
-        if failed {
-            return Err(self.shared.unavailable());
+        if let Some(refusal) = self.shared.refusal() {
+            tracing::warn!(
+                reason = refusal.reason.as_str(),
+                "writes are refused at shutdown; skipping the final flush (the write-ahead log holds every acknowledged commit)"
+            );
+            return Ok(());
         }
-        self.shared.db.flush().map_err(backend_error)
+        if let Err(e) = self.shared.db.flush() {
+            tracing::warn!(
+                error = %e,
+                "final flush failed; the write-ahead log holds every acknowledged commit"
+            );
+        }
+        Ok(())
     }
 
     fn commit_batch(&mut self, batch: Vec<(CommitRequest, Reply)>) {
         if batch.is_empty() {
             return;
         }
-        let shared = self.shared.clone();
-        let failed = shared
-            .failure
-            .lock()
-            .expect("invariant: failure lock not poisoned")
-            .is_some();
-        if failed {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(shared.unavailable()));
-            }
-            return;
+        // A busy store probes between batches, not only while idle.
+        if self.probe.is_some_and(|(due, _)| due <= Instant::now()) {
+            self.probe();
         }
+        let shared = self.shared.clone();
+        let refusal = shared.refusal();
         let mut accepted: Vec<(Version, CommitRequest, Reply)> = Vec::new();
         // Conflicts with requests accepted earlier in this batch, which the shared
         // tracker has not recorded yet.
@@ -641,6 +885,11 @@ impl GroupCommitter {
                 let _ = reply.send(Ok(CommitInfo { version: 0 }));
                 continue;
             }
+            if let Some(refusal) = &refusal {
+                // Refused before anything is written: certainly not applied.
+                let _ = reply.send(Err(refusal.error()));
+                continue;
+            }
             self.stage(&request, &mut write_batch);
             self.version += 1;
             in_batch.record(self.version, &request);
@@ -660,12 +909,11 @@ impl GroupCommitter {
                 .fetch_add(1, Ordering::Relaxed);
         }
         if let Err(e) = shared.write(write_batch, sync) {
-            tracing::error!(error = %e, "rocksdb write failed; store is now unavailable");
-            *shared
-                .failure
-                .lock()
-                .expect("invariant: failure lock not poisoned") = Some(e);
-            shared.closed.store(true, Ordering::Release);
+            // Not applied to any memtable, so no reader saw it: its versions are handed
+            // out again. `written` stays raised, which only sends read-only commits
+            // through the committer's check until the next batch lowers it.
+            self.version = shared.durable.load(Ordering::Acquire);
+            self.refuse(e);
             for (_, _, reply) in accepted {
                 let _ = reply.send(Err(StorageError::CommitUnknown));
             }
@@ -854,14 +1102,8 @@ mod tests {
     fn bare_committer(dir: &Path) -> GroupCommitter {
         let options = RocksOptions::default();
         let shared = Arc::new(Shared::open(dir, &options).expect("open"));
-        let version = shared.durable.load(Ordering::Acquire);
         let (_sender, receiver) = mpsc::channel(1);
-        GroupCommitter {
-            shared,
-            receiver,
-            options,
-            version,
-        }
+        GroupCommitter::new(shared, receiver, options).expect("committer")
     }
 
     fn request(reads: &[&[u8]], writes: Vec<(&[u8], Write)>) -> CommitRequest {
@@ -1057,38 +1299,167 @@ mod tests {
         assert_eq!(left, vec![(b"a".to_vec(), b"v".to_vec())]);
     }
 
+    /// Makes every write fail as on a full disk, until switched off.
+    fn inject_disk_full(store: &RocksStore, on: bool) {
+        store.backend.shared.fail_writes.store(on, Ordering::SeqCst);
+    }
+
+    async fn commit_one(store: &RocksStore, key: &[u8]) -> Result<CommitInfo> {
+        let mut txn = store.begin().await?;
+        txn.set(key, b"v");
+        txn.commit().await
+    }
+
+    /// Resolves once the store accepts writes again.
+    async fn writable_again(store: &RocksStore) {
+        let mut writable = store.backend.shared.writable.subscribe();
+        writable
+            .wait_for(|writable| *writable)
+            .await
+            .expect("the store outlives the wait");
+    }
+
+    fn everything() -> KeyRange {
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
+    }
+
     #[tokio::test]
-    async fn failed_sync_write_is_commit_unknown_and_closes_the_store() {
+    async fn reads_are_served_while_writes_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
-        let mut txn = store.begin().await.expect("begin");
-        txn.set(b"k", b"v");
-        store
-            .backend
-            .shared
-            .fail_next_write
-            .store(true, Ordering::SeqCst);
+        commit_one(&store, b"acked").await.expect("commit");
+        let mut earlier = store.begin().await.expect("begin");
+        inject_disk_full(&store, true);
         assert!(matches!(
-            txn.commit().await,
+            commit_one(&store, b"lost").await,
             Err(StorageError::CommitUnknown)
         ));
+
+        let mut txn = store.begin().await.expect("transactions still begin");
+        assert_eq!(txn.get(b"acked").await.expect("get"), Some(b"v".to_vec()));
+        assert_eq!(txn.get(b"lost").await.expect("get"), None);
+        let pairs = txn
+            .get_range(&everything(), ReadOptions::limit(10))
+            .await
+            .expect("range");
+        assert_eq!(pairs, vec![(b"acked".to_vec(), b"v".to_vec())]);
+        // The failed batch raised `written` past this read version, so the commit goes
+        // through the committer's check, which still answers.
+        txn.commit().await.expect("a read-only commit succeeds");
+        earlier.get(b"acked").await.expect("get");
+        earlier
+            .commit()
+            .await
+            .expect("a reader from before the failure commits");
+
+        match commit_one(&store, b"refused").await {
+            Err(StorageError::Unavailable(message)) => {
+                assert!(message.starts_with("disk full"), "{message}")
+            }
+            other => panic!("a write while refused: {other:?}"),
+        }
+        let refusal = store.write_refusal().expect("the refusal is reported");
+        assert_eq!(refusal.reason, WriteRefusalReason::DiskFull);
+        assert_eq!(refusal.reason.as_str(), "disk_full");
+        assert_eq!(
+            store.stats().failed_writes,
+            1,
+            "a refused commit is answered without a write"
+        );
+        assert_eq!(store.version(), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_resume_by_themselves_once_the_fault_clears() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        commit_one(&store, b"acked").await.expect("commit");
+        inject_disk_full(&store, true);
+        assert!(matches!(
+            commit_one(&store, b"lost").await,
+            Err(StorageError::CommitUnknown)
+        ));
+        assert!(matches!(
+            commit_one(&store, b"refused").await,
+            Err(StorageError::Unavailable(_))
+        ));
+
+        inject_disk_full(&store, false);
+        tokio::time::timeout(Duration::from_secs(10), writable_again(&store))
+            .await
+            .expect("a probe notices within seconds that writes work again");
+        assert_eq!(store.write_refusal(), None);
+        let info = commit_one(&store, b"after")
+            .await
+            .expect("writes are accepted again");
+        assert_eq!(
+            info.version, 2,
+            "the failed batch's version is handed out again"
+        );
+        store
+            .shutdown()
+            .await
+            .expect("shutdown after a failure succeeds");
+
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.version(), 2);
+        let mut txn = store.begin().await.expect("begin");
+        let keys: Vec<Vec<u8>> = txn
+            .get_range(&everything(), ReadOptions::limit(10))
+            .await
+            .expect("range")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, vec![b"acked".to_vec(), b"after".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_succeeds_while_writes_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        commit_one(&store, b"acked").await.expect("commit");
+        inject_disk_full(&store, true);
+        assert!(matches!(
+            commit_one(&store, b"lost").await,
+            Err(StorageError::CommitUnknown)
+        ));
+        store
+            .shutdown()
+            .await
+            .expect("a store refusing writes still shuts down cleanly");
         assert!(matches!(
             store.begin().await,
             Err(StorageError::Unavailable(_))
         ));
-        assert_eq!(store.version(), 0, "the durable version did not advance");
-        assert!(
-            store.shutdown().await.is_err(),
-            "shutdown reports the failure"
-        );
+
         drop(store);
         let store = open(dir.path());
+        assert_eq!(store.version(), 1, "the durable version did not advance");
+        assert_eq!(read(&store, b"acked").await.as_deref(), Some(&b"v"[..]));
         assert_eq!(
-            read(&store, b"k").await,
+            read(&store, b"lost").await,
             None,
             "the failed batch was not written"
         );
-        assert_eq!(store.version(), 0);
+    }
+
+    #[test]
+    fn only_a_full_disk_is_reported_as_disk_full() {
+        assert_eq!(
+            WriteRefusalReason::of(
+                "IO error: No space left on device: While appending to file: 000004.log: No space left on device"
+            ),
+            WriteRefusalReason::DiskFull
+        );
+        let other =
+            WriteRefusalReason::of("IO error: While fsync: a file descriptor: Input/output error");
+        assert_eq!(other, WriteRefusalReason::WriteFailed);
+        assert_eq!(other.as_str(), "storage_write_failed");
     }
 
     #[tokio::test]
