@@ -334,6 +334,14 @@ fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
                         conflicts: s.conflicts,
                         batches: s.batches,
                         largest_batch: s.largest_batch,
+                        write_failures: s.failed_writes,
+                        write_refusal: sampled.write_refusal().map(|r| {
+                            keel_http::metrics::WriteRefusal {
+                                reason: r.reason.as_str(),
+                                message: r.message,
+                                refused_for: r.refused_for,
+                            }
+                        }),
                     }
                 })),
                 place: format!("rocksdb:{}", dir.display()),

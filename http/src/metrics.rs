@@ -16,6 +16,8 @@
 //! | `keel_storage_group_commits_total`, `keel_storage_committed_transactions_total`, `keel_storage_conflicts_total` | counter | — |
 //! | `keel_storage_group_commit_batch_size_mean`, `..._max` | gauge | — |
 //! | `keel_storage_backend_info` | gauge (always 1) | `backend`, `durable`, `multi_node` |
+//! | `keel_storage_writable` | gauge (1, or 0 while writes are refused, e.g. on a full disk) | — |
+//! | `keel_storage_write_failures_total` | counter (failed durable writes) | — |
 //!
 //! Queue names are caller-chosen, so the backlog gauges are computed fresh at each
 //! scrape and rendered directly (not kept in the registry): the
@@ -43,7 +45,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Counters of a storage backend's commit path, sampled at scrape time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StorageStats {
     /// Transactions with writes that committed.
     pub commits: u64,
@@ -53,6 +55,21 @@ pub struct StorageStats {
     pub batches: u64,
     /// Most transactions in one group commit.
     pub largest_batch: u64,
+    /// Durable writes that failed; each started a spell of refused writes.
+    pub write_failures: u64,
+    /// Set while the backend refuses writes (and still serves reads).
+    pub write_refusal: Option<WriteRefusal>,
+}
+
+/// A spell of refused writes, e.g. on a full disk, as `/api/ready` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRefusal {
+    /// `disk_full` or `storage_write_failed`.
+    pub reason: &'static str,
+    /// The backend's message for the write that failed.
+    pub message: String,
+    /// How long writes have been refused so far.
+    pub refused_for: Duration,
 }
 
 /// A source of [`StorageStats`] (the backend's counters).
@@ -177,6 +194,17 @@ pub async fn scrape(
              # TYPE keel_storage_group_commit_batch_size_max gauge\n\
              keel_storage_group_commit_batch_size_max {}\n",
             s.batches, s.commits, s.conflicts, s.largest_batch
+        );
+        let _ = write!(
+            out,
+            "# HELP keel_storage_writable Whether the store accepts writes (0 while it refuses them after a failed write, e.g. a full disk; reads are still served).\n\
+             # TYPE keel_storage_writable gauge\n\
+             keel_storage_writable {}\n\
+             # HELP keel_storage_write_failures_total Durable writes that failed (each refused writes until a probe write succeeded).\n\
+             # TYPE keel_storage_write_failures_total counter\n\
+             keel_storage_write_failures_total {}\n",
+            u8::from(s.write_refusal.is_none()),
+            s.write_failures
         );
     }
     render_backlog(engine, &mut out).await;

@@ -1098,7 +1098,8 @@ mod tests {
         sender.max_capacity() - sender.capacity()
     }
 
-    /// A committer without its thread, to drive `commit_batch` with exact batches.
+    /// A committer without its thread, to drive `commit_batch` with exact batches. Its
+    /// timer is a runtime, so only synchronous tests may drop it.
     fn bare_committer(dir: &Path) -> GroupCommitter {
         let options = RocksOptions::default();
         let shared = Arc::new(Shared::open(dir, &options).expect("open"));

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::call::{AppState, Call, Reply};
 use crate::error::ApiError;
 use crate::gates::{Readiness, ReadySnapshot};
+use crate::metrics::WriteRefusal;
 use crate::router::Op;
 
 /// A worker is counted active when it heartbeated within this window.
@@ -118,12 +119,20 @@ async fn ready(state: &AppState) -> Reply {
             json!("Restart Keel so that it recreates the default namespace.");
     }
     let mut database = json!({"status": status(snap.storage_ok, "unavailable")});
+    // A store that refuses writes still answers reads, so the bootstrap gate lets reads
+    // through; readiness says the node cannot take writes, and why.
+    let refusal = state
+        .storage_stats()
+        .and_then(|stats| stats().write_refusal);
+    if let Some(refusal) = &refusal {
+        database = write_refusal_check(refusal);
+    }
     if let Some(backend) = state.storage_backend() {
         database["backend"] = json!(backend.name);
         database["durable"] = json!(backend.durable);
         database["multi_node"] = json!(backend.multi_node);
     }
-    let ok = blocked.is_empty();
+    let ok = blocked.is_empty() && refusal.is_none();
     Reply::json(
         if ok {
             StatusCode::OK
@@ -143,6 +152,35 @@ async fn ready(state: &AppState) -> Reply {
             "topology": state.topology,
         }),
     )
+}
+
+/// The `database` check while the store refuses writes.
+fn write_refusal_check(refusal: &WriteRefusal) -> Value {
+    let (summary, remediation) = if refusal.reason == "disk_full" {
+        (
+            "Disk full: the filesystem holding the data directory has no space left, so writes \
+             are refused (503 storage_unavailable); reads are still served.",
+            "Free space on the filesystem holding the data directory. Writes resume by \
+             themselves, without a restart, within seconds of enough space being free (RocksDB \
+             waits for its memtable size, 16 MiB by default).",
+        )
+    } else {
+        (
+            "Storage write failed: writes are refused (503 storage_unavailable); reads are \
+             still served.",
+            "Check the server log and the disk holding the data directory. Writes resume by \
+             themselves once a probe write succeeds.",
+        )
+    };
+    json!({
+        "status": "read_only",
+        "reason": refusal.reason,
+        "message": format!("{summary} Storage said: {}", refusal.message),
+        "reads": "ok",
+        "writes": "refused",
+        "refused_for_seconds": refusal.refused_for.as_secs(),
+        "remediation": remediation,
+    })
 }
 
 /// The live `coordination_health` block.
