@@ -48,7 +48,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         text=True,
     )
     if mounted.returncode != 0:
-        why = (mounted.stderr or mounted.stdout).strip() or f"exit status {mounted.returncode}"
+        output = (mounted.stderr or mounted.stdout).strip().splitlines()
+        why = output[0] if output else f"exit status {mounted.returncode}"
         pytest.skip(
             f"disk-full test skipped: mounting a {TMPFS_SIZE} tmpfs needs root or "
             f"CAP_SYS_ADMIN ({why})"
