@@ -24,7 +24,8 @@
 //! header ends them), then the body bytes. `$task_id`, `$run_id`, `$workflow_id`,
 //! `$activity_attempt_id`, `$query_task_id`, `$workflow_task_attempt`, `$worker_id`,
 //! `$update_id` and `$next_page_token` are replaced by the last value of that name seen in
-//! a response, so a scenario can start a workflow, poll its task and complete it. The
+//! a response, so a scenario can start a workflow, poll its task and complete it; `$pad`
+//! is 120,000 `x`s, so a small input can make records that are split into chunks. The
 //! harness sends both version headers, `Authorization: Bearer fuzz-admin` (roles admin and
 //! worker; `fuzz-worker` and `fuzz-operator` are other tokens) and, with a body,
 //! `Content-Type: application/json`; a header line replaces the default of that name, and
@@ -59,6 +60,9 @@ const MAX_HEADERS: usize = 16;
 /// can ask for (polls 60 s, update waits 300 s).
 const ANSWER_WITHIN: Duration = Duration::from_secs(600);
 const TOKENS: &str = "admin+worker:fuzz-admin,worker:fuzz-worker,operator:fuzz-operator@default";
+/// What `$pad` stands for: enough bytes that a record holding it is split across values
+/// (over 100 kB), little enough that two fit under the memo limit (256 KiB).
+const PAD_BYTES: usize = 120_000;
 /// Response values a later request can name as `$name`.
 const VARIABLES: [&str; 9] = [
     "task_id",
@@ -236,6 +240,11 @@ impl Vars {
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         'outer: while i < bytes.len() {
+            if bytes[i..].starts_with(b"$pad") {
+                out.resize(out.len() + PAD_BYTES, b'x');
+                i += 4;
+                continue;
+            }
             if bytes[i] == b'$' {
                 for name in VARIABLES {
                     if bytes[i + 1..].starts_with(name.as_bytes()) {
