@@ -71,6 +71,20 @@ pub mod prefix {
     /// Nodes sharing the store: `("node", node_id)` liveness records, `("scheduler")` the
     /// timer-firing lease, `("timer_epoch")` the counter that announces new timers.
     pub const CLUSTER: u8 = 0x24;
+    /// Service catalog endpoints: `(namespace, endpoint_name)`.
+    pub const SERVICE_ENDPOINT: u8 = 0x30;
+    /// Services under an endpoint: `(namespace, endpoint_name, service_name)`.
+    pub const SERVICE_DEFINITION: u8 = 0x31;
+    /// Operations under a service: `(namespace, endpoint_name, service_name, operation_name)`.
+    pub const SERVICE_OPERATION: u8 = 0x32;
+    /// Durable service calls by the operation they target:
+    /// `(namespace, endpoint_name, service_name, operation_name, service_call_id)`.
+    pub const SERVICE_CALL: u8 = 0x33;
+    /// Webhook bridge adapters configured for a namespace: `(namespace, adapter)`.
+    pub const BRIDGE_ADAPTER: u8 = 0x34;
+    /// Accepted webhook bridge events by idempotency key:
+    /// `(namespace, adapter, idempotency_key)`.
+    pub const BRIDGE_RECEIPT: u8 = 0x35;
 }
 
 /// Builds a key field by field.

@@ -18,6 +18,7 @@ pub mod namespaces;
 pub mod operator;
 pub mod queries;
 pub mod schedules;
+pub mod services;
 pub mod sync;
 pub mod system;
 pub mod tables;

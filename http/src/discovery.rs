@@ -134,7 +134,9 @@ pub fn cluster_info(
             "history_export": true,
             "payload_codec_envelope": true,
             "payload_codec_envelope_responses": true,
-            "bridge_adapter_outcome_contract": false,
+            "bridge_adapter_outcome_contract": true,
+            // Keel's name for the admin catalog routes (`/api/service-endpoints/...`).
+            "service_catalog": true,
             "replay_verification_contract": false,
             "external_executor_config_contract": false,
             "invocable_carrier_contract": false,
@@ -293,7 +295,46 @@ pub fn add_manifests(info: &mut Value) {
         "bridge_adapter_outcome_contract": {
             "schema": "durable-workflow.v2.bridge-adapter-outcome.contract",
             "version": 1,
-            "supported": false,
+            "supported": true,
+            "boundary": {
+                "role": "bounded_ingress_or_handoff",
+                "not_a_workflow_runtime": true,
+                "allowed_actions": keel_engine::services::BRIDGE_ACTIONS,
+            },
+            "patterns": {
+                "webhook_receiver": {
+                    "path_template": "/api/bridge-adapters/webhook/{adapter}",
+                    "allowed_actions": keel_engine::services::BRIDGE_ACTIONS,
+                },
+            },
+            "configuration": {
+                "scope": "namespace",
+                "routes": ["GET /api/bridge-adapters", "GET|PUT|DELETE /api/bridge-adapters/webhook/{adapter}"],
+                "required_role": "admin",
+            },
+            "idempotency": {
+                "required": true,
+                "scope": ["namespace", "adapter", "idempotency_key"],
+                "durable": true,
+                "duplicate_answer": "duplicate",
+            },
+            "visibility": {
+                "outcome_fields": [
+                    "schema", "version", "adapter", "action", "accepted", "outcome", "reason",
+                    "idempotency_key", "target", "correlation", "workflow_id", "run_id",
+                    "workflow_type", "control_plane_outcome", "rejection_reason", "message",
+                ],
+                "redaction": {"never_echo": ["authorization", "signature", "token", "secret", "raw_payload", "input"]},
+            },
+            "outcomes": {
+                "accepted": {"http_status": 202, "retriable": false, "terminal": false},
+                "duplicate": {"http_status": 200, "retriable": false, "terminal": true},
+                "rejected": {"http_status": 422, "retriable": false, "terminal": true},
+            },
+            "rejection_reasons": [
+                "adapter_unavailable", "unsupported_action", "malformed_payload", "unknown_target",
+                "instance_already_started", "run_not_active", "unknown_signal", "unknown_update",
+            ],
         },
         "replay_verification_contract": {
             "schema": "durable-workflow.v2.replay-verification.contract",

@@ -138,6 +138,26 @@ pub enum Op {
     OperatorCleanupStaleDeployments,
     OperatorRecoverStuckWorkflow,
     OperatorAudit,
+    ListServiceEndpoints,
+    CreateServiceEndpoint,
+    DescribeServiceEndpoint,
+    UpdateServiceEndpoint,
+    DeleteServiceEndpoint,
+    ListServices,
+    CreateService,
+    DescribeService,
+    UpdateService,
+    DeleteService,
+    ListOperations,
+    CreateOperation,
+    DescribeOperation,
+    UpdateOperation,
+    DeleteOperation,
+    BridgeWebhook,
+    ListBridgeAdapters,
+    DescribeBridgeAdapter,
+    PutBridgeAdapter,
+    DeleteBridgeAdapter,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -306,6 +326,169 @@ fn routes() -> &'static [Route] {
                 [L("search-attributes"), P],
                 Control,
                 DeleteSearchAttribute
+            ),
+            // The service catalog (`keel_engine::services`): admin, namespace-scoped.
+            route!(
+                GET,
+                [L("service-endpoints")],
+                Control,
+                ListServiceEndpoints,
+                Admin
+            ),
+            route!(
+                POST,
+                [L("service-endpoints")],
+                Control,
+                CreateServiceEndpoint,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("service-endpoints"), P],
+                Control,
+                DescribeServiceEndpoint,
+                Admin
+            ),
+            route!(
+                PUT,
+                [L("service-endpoints"), P],
+                Control,
+                UpdateServiceEndpoint,
+                Admin
+            ),
+            route!(
+                DELETE,
+                [L("service-endpoints"), P],
+                Control,
+                DeleteServiceEndpoint,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("service-endpoints"), P, L("services")],
+                Control,
+                ListServices,
+                Admin
+            ),
+            route!(
+                POST,
+                [L("service-endpoints"), P, L("services")],
+                Control,
+                CreateService,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("service-endpoints"), P, L("services"), P],
+                Control,
+                DescribeService,
+                Admin
+            ),
+            route!(
+                PUT,
+                [L("service-endpoints"), P, L("services"), P],
+                Control,
+                UpdateService,
+                Admin
+            ),
+            route!(
+                DELETE,
+                [L("service-endpoints"), P, L("services"), P],
+                Control,
+                DeleteService,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("service-endpoints"), P, L("services"), P, L("operations")],
+                Control,
+                ListOperations,
+                Admin
+            ),
+            route!(
+                POST,
+                [L("service-endpoints"), P, L("services"), P, L("operations")],
+                Control,
+                CreateOperation,
+                Admin
+            ),
+            route!(
+                GET,
+                [
+                    L("service-endpoints"),
+                    P,
+                    L("services"),
+                    P,
+                    L("operations"),
+                    P
+                ],
+                Control,
+                DescribeOperation,
+                Admin
+            ),
+            route!(
+                PUT,
+                [
+                    L("service-endpoints"),
+                    P,
+                    L("services"),
+                    P,
+                    L("operations"),
+                    P
+                ],
+                Control,
+                UpdateOperation,
+                Admin
+            ),
+            route!(
+                DELETE,
+                [
+                    L("service-endpoints"),
+                    P,
+                    L("services"),
+                    P,
+                    L("operations"),
+                    P
+                ],
+                Control,
+                DeleteOperation,
+                Admin
+            ),
+            // Webhook bridge adapters: events need the operator role, the adapters'
+            // configuration (same path, other methods) admin; all bootstrap-gated.
+            route!(
+                POST,
+                [L("bridge-adapters"), L("webhook"), P],
+                Control,
+                BridgeWebhook
+            ),
+            route!(
+                GET,
+                [L("bridge-adapters")],
+                Control,
+                ListBridgeAdapters,
+                Admin
+            ),
+            route!(
+                GET,
+                [L("bridge-adapters"), L("webhook"), P],
+                Control,
+                DescribeBridgeAdapter,
+                Admin
+            ),
+            route!(
+                PUT,
+                [L("bridge-adapters"), L("webhook"), P],
+                Control,
+                PutBridgeAdapter,
+                Admin
+            ),
+            route!(
+                DELETE,
+                [L("bridge-adapters"), L("webhook"), P],
+                Control,
+                DeleteBridgeAdapter,
+                Admin
             ),
             // Schedules (`crate::schedules`); reads stay open under the bootstrap gate.
             route!(GET, [L("schedules")], Control, ListSchedules),

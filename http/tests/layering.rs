@@ -18,7 +18,7 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     &["kernel"],
     &["namespaces"],
     &["workflow", "fleet"],
-    &["schedules", "queries", "system", "operator"],
+    &["schedules", "queries", "system", "operator", "services"],
     &["engine"],
 ];
 

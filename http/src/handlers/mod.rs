@@ -3,6 +3,7 @@
 //! a handler does not compile. Inside a family, an op the family does not know is a
 //! server bug ([`unrouted`]), never a 404 a client could mistake for a missing object.
 
+pub(crate) mod bridge;
 pub(crate) mod commands;
 pub(crate) mod control;
 pub(crate) mod fleet;
@@ -12,6 +13,7 @@ pub(crate) mod probes;
 pub(crate) mod query_tasks;
 pub(crate) mod reads;
 pub(crate) mod schedules;
+pub(crate) mod services;
 pub(crate) mod system;
 pub(crate) mod worker;
 
@@ -104,6 +106,26 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::OperatorCleanupStaleDeployments
         | Op::OperatorRecoverStuckWorkflow
         | Op::OperatorAudit => operator::handle(state, op, call).await,
+        Op::ListServiceEndpoints
+        | Op::CreateServiceEndpoint
+        | Op::DescribeServiceEndpoint
+        | Op::UpdateServiceEndpoint
+        | Op::DeleteServiceEndpoint
+        | Op::ListServices
+        | Op::CreateService
+        | Op::DescribeService
+        | Op::UpdateService
+        | Op::DeleteService
+        | Op::ListOperations
+        | Op::CreateOperation
+        | Op::DescribeOperation
+        | Op::UpdateOperation
+        | Op::DeleteOperation => services::handle(state, op, call).await,
+        Op::BridgeWebhook
+        | Op::ListBridgeAdapters
+        | Op::DescribeBridgeAdapter
+        | Op::PutBridgeAdapter
+        | Op::DeleteBridgeAdapter => bridge::handle(state, op, call).await,
     }
 }
 

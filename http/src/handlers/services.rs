@@ -1,0 +1,430 @@
+//! The service catalog routes (`/api/service-endpoints/...`, admin): endpoints, services
+//! under an endpoint, operations under a service. Names are matched case-insensitively
+//! and answered lowercase; deletes answer 200 with `outcome: "deleted"`.
+
+use hyper::StatusCode;
+use keel_engine::clock::format_timestamp;
+use keel_engine::services::{
+    valid_catalog_name, CatalogPatch, EndpointRecord, OperationPatch, OperationRecord,
+    OperationSpec, ServiceRecord, BINDING_KINDS, MAX_CATALOG_NAME, OPERATION_MODES,
+};
+use serde_json::{json, Value};
+
+use crate::call::{AppState, Call, Reply};
+use crate::error::ApiError;
+use crate::router::Op;
+use crate::validate::Fields;
+
+const MAX_DESCRIPTION: usize = 1000;
+const MAX_TARGET_REFERENCE: usize = 191;
+/// Policy fields of an operation: each an object or null.
+const POLICIES: &[&str] = &[
+    "deadline_policy",
+    "idempotency_policy",
+    "cancellation_policy",
+    "retry_policy",
+    "boundary_policy",
+];
+
+fn endpoint_json(r: &EndpointRecord) -> Value {
+    json!({
+        "id": r.id,
+        "namespace": r.namespace,
+        "endpoint_name": r.endpoint_name,
+        "description": r.description,
+        "metadata": r.metadata,
+        "created_at": format_timestamp(r.created_at_ms),
+        "updated_at": format_timestamp(r.updated_at_ms),
+    })
+}
+
+fn service_json(r: &ServiceRecord) -> Value {
+    json!({
+        "id": r.id,
+        "namespace": r.namespace,
+        "endpoint_id": r.endpoint_id,
+        "endpoint_name": r.endpoint_name,
+        "service_name": r.service_name,
+        "description": r.description,
+        "metadata": r.metadata,
+        "created_at": format_timestamp(r.created_at_ms),
+        "updated_at": format_timestamp(r.updated_at_ms),
+    })
+}
+
+fn operation_json(r: &OperationRecord) -> Value {
+    let s = &r.spec;
+    json!({
+        "id": r.id,
+        "namespace": r.namespace,
+        "endpoint_id": r.endpoint_id,
+        "endpoint_name": r.endpoint_name,
+        "service_id": r.service_id,
+        "service_name": r.service_name,
+        "operation_name": r.operation_name,
+        "description": s.description,
+        "operation_mode": s.operation_mode,
+        "handler_binding_kind": s.handler_binding_kind,
+        "handler_target_reference": s.handler_target_reference,
+        "handler_binding": s.handler_binding,
+        "deadline_policy": s.deadline_policy,
+        "idempotency_policy": s.idempotency_policy,
+        "cancellation_policy": s.cancellation_policy,
+        "retry_policy": s.retry_policy,
+        "boundary_policy": s.boundary_policy,
+        "metadata": s.metadata,
+        "created_at": format_timestamp(r.created_at_ms),
+        "updated_at": format_timestamp(r.updated_at_ms),
+    })
+}
+
+/// A catalog name in a body: required, `[A-Za-z0-9._-]+`, at most 191 bytes.
+fn catalog_name(f: &mut Fields<'_>, field: &str) -> String {
+    let name = f.required_str(field, MAX_CATALOG_NAME).unwrap_or_default();
+    if !name.is_empty() && !valid_catalog_name(&name) {
+        f.error(
+            field,
+            format!("The {field} field may contain only letters, digits, '.', '_' and '-'."),
+        );
+    }
+    name
+}
+
+/// A name in the path: the same rule, reported on the path parameter.
+fn path_name(call: &Call, i: usize, field: &str) -> Result<String, ApiError> {
+    let name = call.param(i);
+    if valid_catalog_name(name) {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::field(
+            field,
+            format!(
+                "The {field} path segment may contain only letters, digits, '.', '_' and '-' (at most {MAX_CATALOG_NAME} bytes)."
+            ),
+        ))
+    }
+}
+
+/// `Some(value)` when `field` is present (null included), for fields a PUT may clear.
+fn present<'a>(body: &'a Value, field: &str) -> Option<&'a Value> {
+    body.as_object().and_then(|m| m.get(field))
+}
+
+/// An optional nullable object: `None` absent, `Some(Null)` explicitly cleared.
+fn nullable_object(f: &mut Fields<'_>, body: &Value, field: &str) -> Option<Value> {
+    match present(body, field) {
+        None => None,
+        Some(Value::Null) => Some(Value::Null),
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(_) => {
+            f.error(
+                field,
+                format!("The {field} field must be an object or null."),
+            );
+            None
+        }
+    }
+}
+
+/// A PUT's description: absent leaves it, null clears it.
+fn description_patch(f: &mut Fields<'_>, body: &Value) -> Option<Option<String>> {
+    match present(body, "description") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(_) => f.optional_str("description", MAX_DESCRIPTION).map(Some),
+    }
+}
+
+fn catalog_patch(body: &Value, renames: &[(&str, &str)]) -> Result<CatalogPatch, ApiError> {
+    let mut f = Fields::new(body)?;
+    for (field, current) in renames {
+        if let Some(v) = present(body, field) {
+            if v.as_str().map(str::to_ascii_lowercase).as_deref() != Some(*current) {
+                f.error(field, format!("The {field} field cannot be changed."));
+            }
+        }
+    }
+    let description = description_patch(&mut f, body);
+    let metadata =
+        nullable_object(&mut f, body, "metadata").map(|m| if m.is_null() { json!({}) } else { m });
+    f.finish()?;
+    Ok(CatalogPatch {
+        description,
+        metadata,
+    })
+}
+
+fn one_of(
+    f: &mut Fields<'_>,
+    field: &str,
+    value: Option<String>,
+    allowed: &[&str],
+) -> Option<String> {
+    let v = value?;
+    if allowed.contains(&v.as_str()) {
+        Some(v)
+    } else {
+        f.error(
+            field,
+            format!("The {field} field must be one of: {}.", allowed.join(", ")),
+        );
+        None
+    }
+}
+
+fn operation_spec(body: &Value) -> Result<(String, OperationSpec), ApiError> {
+    let mut f = Fields::new(body)?;
+    let name = catalog_name(&mut f, "operation_name");
+    let description = f.optional_str("description", MAX_DESCRIPTION);
+    let mode = f.required_str("operation_mode", 16);
+    let mode = one_of(&mut f, "operation_mode", mode, OPERATION_MODES);
+    let kind = f.required_str("handler_binding_kind", 64);
+    let kind = one_of(&mut f, "handler_binding_kind", kind, BINDING_KINDS);
+    let target = f.optional_str("handler_target_reference", MAX_TARGET_REFERENCE);
+    let binding = nullable_object(&mut f, body, "handler_binding").unwrap_or(Value::Null);
+    let mut policies = Vec::with_capacity(POLICIES.len());
+    for p in POLICIES {
+        policies.push(nullable_object(&mut f, body, p).unwrap_or(Value::Null));
+    }
+    let metadata = f.optional_object("metadata").unwrap_or_else(|| json!({}));
+    let spec = OperationSpec {
+        description,
+        operation_mode: mode.unwrap_or_default(),
+        handler_binding_kind: kind.unwrap_or_default(),
+        handler_target_reference: target,
+        handler_binding: binding,
+        deadline_policy: policies[0].clone(),
+        idempotency_policy: policies[1].clone(),
+        cancellation_policy: policies[2].clone(),
+        retry_policy: policies[3].clone(),
+        boundary_policy: policies[4].clone(),
+        metadata,
+    };
+    let has_target = spec
+        .handler_target_reference
+        .as_deref()
+        .is_some_and(|r| !r.trim().is_empty())
+        || spec
+            .handler_binding
+            .as_object()
+            .is_some_and(|b| !b.is_empty());
+    if !has_target {
+        f.error(
+            "handler_target_reference",
+            "Provide handler_target_reference or a non-empty handler_binding.",
+        );
+    }
+    f.finish()?;
+    Ok((name, spec))
+}
+
+fn operation_patch(body: &Value, current: &str) -> Result<OperationPatch, ApiError> {
+    let mut f = Fields::new(body)?;
+    if let Some(v) = present(body, "operation_name") {
+        if v.as_str().map(str::to_ascii_lowercase).as_deref() != Some(current) {
+            f.error(
+                "operation_name",
+                "The operation_name field cannot be changed.",
+            );
+        }
+    }
+    let description = description_patch(&mut f, body);
+    let mode = f.optional_str("operation_mode", 16);
+    let mode = one_of(&mut f, "operation_mode", mode, OPERATION_MODES);
+    let kind = f.optional_str("handler_binding_kind", 64);
+    let kind = one_of(&mut f, "handler_binding_kind", kind, BINDING_KINDS);
+    let target = match present(body, "handler_target_reference") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(_) => f
+            .optional_str("handler_target_reference", MAX_TARGET_REFERENCE)
+            .map(Some),
+    };
+    let binding = nullable_object(&mut f, body, "handler_binding");
+    let mut policies = Vec::with_capacity(POLICIES.len());
+    for p in POLICIES {
+        policies.push(nullable_object(&mut f, body, p));
+    }
+    let metadata =
+        nullable_object(&mut f, body, "metadata").map(|m| if m.is_null() { json!({}) } else { m });
+    f.finish()?;
+    Ok(OperationPatch {
+        description,
+        operation_mode: mode,
+        handler_binding_kind: kind,
+        handler_target_reference: target,
+        handler_binding: binding,
+        deadline_policy: policies[0].clone(),
+        idempotency_policy: policies[1].clone(),
+        cancellation_policy: policies[2].clone(),
+        retry_policy: policies[3].clone(),
+        boundary_policy: policies[4].clone(),
+        metadata,
+    })
+}
+
+/// Service catalog routes.
+pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
+    let engine = &state.engine;
+    let ns = call.namespace.as_str();
+    match op {
+        Op::ListServiceEndpoints => {
+            let list: Vec<Value> = engine
+                .list_service_endpoints(ns)
+                .await?
+                .iter()
+                .map(endpoint_json)
+                .collect();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({"namespace": ns, "service_endpoints": list}),
+            ))
+        }
+        Op::CreateServiceEndpoint => {
+            let mut f = Fields::new(&call.body)?;
+            let name = catalog_name(&mut f, "endpoint_name");
+            let description = f.optional_str("description", MAX_DESCRIPTION);
+            let metadata = f.optional_object("metadata").unwrap_or_else(|| json!({}));
+            f.finish()?;
+            let r = engine
+                .create_service_endpoint(ns, &name, description, metadata)
+                .await?;
+            Ok(Reply::json(StatusCode::CREATED, &endpoint_json(&r)))
+        }
+        Op::DescribeServiceEndpoint => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let r = engine.describe_service_endpoint(ns, &e).await?;
+            Ok(Reply::json(StatusCode::OK, &endpoint_json(&r)))
+        }
+        Op::UpdateServiceEndpoint => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let patch = catalog_patch(&call.body, &[("endpoint_name", &e.to_ascii_lowercase())])?;
+            let r = engine.update_service_endpoint(ns, &e, patch).await?;
+            Ok(Reply::json(StatusCode::OK, &endpoint_json(&r)))
+        }
+        Op::DeleteServiceEndpoint => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let name = engine.delete_service_endpoint(ns, &e).await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({"namespace": ns, "endpoint_name": name, "outcome": "deleted"}),
+            ))
+        }
+        Op::ListServices => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let list: Vec<Value> = engine
+                .list_services(ns, &e)
+                .await?
+                .iter()
+                .map(service_json)
+                .collect();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({"namespace": ns, "endpoint_name": e.to_ascii_lowercase(), "services": list}),
+            ))
+        }
+        Op::CreateService => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let mut f = Fields::new(&call.body)?;
+            let name = catalog_name(&mut f, "service_name");
+            let description = f.optional_str("description", MAX_DESCRIPTION);
+            let metadata = f.optional_object("metadata").unwrap_or_else(|| json!({}));
+            f.finish()?;
+            let r = engine
+                .create_service(ns, &e, &name, description, metadata)
+                .await?;
+            Ok(Reply::json(StatusCode::CREATED, &service_json(&r)))
+        }
+        Op::DescribeService => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let r = engine.describe_service(ns, &e, &s).await?;
+            Ok(Reply::json(StatusCode::OK, &service_json(&r)))
+        }
+        Op::UpdateService => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let patch = catalog_patch(
+                &call.body,
+                &[
+                    ("endpoint_name", &e.to_ascii_lowercase()),
+                    ("service_name", &s.to_ascii_lowercase()),
+                ],
+            )?;
+            let r = engine.update_service(ns, &e, &s, patch).await?;
+            Ok(Reply::json(StatusCode::OK, &service_json(&r)))
+        }
+        Op::DeleteService => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            engine.delete_service(ns, &e, &s).await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({
+                    "namespace": ns,
+                    "endpoint_name": e.to_ascii_lowercase(),
+                    "service_name": s.to_ascii_lowercase(),
+                    "outcome": "deleted",
+                }),
+            ))
+        }
+        Op::ListOperations => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let list: Vec<Value> = engine
+                .list_operations(ns, &e, &s)
+                .await?
+                .iter()
+                .map(operation_json)
+                .collect();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({
+                    "namespace": ns,
+                    "endpoint_name": e.to_ascii_lowercase(),
+                    "service_name": s.to_ascii_lowercase(),
+                    "operations": list,
+                }),
+            ))
+        }
+        Op::CreateOperation => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let (name, spec) = operation_spec(&call.body)?;
+            let r = engine.create_operation(ns, &e, &s, &name, spec).await?;
+            Ok(Reply::json(StatusCode::CREATED, &operation_json(&r)))
+        }
+        Op::DescribeOperation => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let o = path_name(&call, 2, "operation_name")?;
+            let r = engine.describe_operation(ns, &e, &s, &o).await?;
+            Ok(Reply::json(StatusCode::OK, &operation_json(&r)))
+        }
+        Op::UpdateOperation => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let o = path_name(&call, 2, "operation_name")?;
+            let patch = operation_patch(&call.body, &o.to_ascii_lowercase())?;
+            let r = engine.update_operation(ns, &e, &s, &o, patch).await?;
+            Ok(Reply::json(StatusCode::OK, &operation_json(&r)))
+        }
+        Op::DeleteOperation => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let o = path_name(&call, 2, "operation_name")?;
+            engine.delete_operation(ns, &e, &s, &o).await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &json!({
+                    "namespace": ns,
+                    "endpoint_name": e.to_ascii_lowercase(),
+                    "service_name": s.to_ascii_lowercase(),
+                    "operation_name": o.to_ascii_lowercase(),
+                    "outcome": "deleted",
+                }),
+            ))
+        }
+        _ => Err(super::unrouted(op)),
+    }
+}

@@ -1,0 +1,491 @@
+//! The service catalog and webhook bridge routes over HTTP: the catalog lifecycle with its
+//! 409 delete refusals, 404s naming the missing object, 422s with field paths, namespace
+//! isolation, and bridge events answered with the outcome document.
+
+mod common;
+
+use common::{control, expect, expect_status, start};
+use serde_json::{json, Value};
+
+const TOKENS: &str = "admin:tok-admin,operator:tok-op";
+const A: &str = "tok-admin";
+const EP: &str = "/api/service-endpoints";
+
+#[tokio::test]
+async fn the_catalog_lifecycle_with_delete_refusals() {
+    let s = start(TOKENS, None).await;
+    let r = control(
+        &s,
+        A,
+        "default",
+        "POST",
+        EP,
+        Some(
+            &json!({"endpoint_name": "Billing", "description": "money", "metadata": {"team": "b"}}),
+        ),
+    )
+    .await;
+    expect_status(&r, 201);
+    let ep = r.json();
+    assert_eq!(ep["endpoint_name"], "billing");
+    assert_eq!(ep["namespace"], "default");
+    for k in ["id", "created_at", "updated_at"] {
+        assert!(ep[k].is_string(), "{k} in {ep}");
+    }
+    let r = control(
+        &s,
+        A,
+        "default",
+        "POST",
+        EP,
+        Some(&json!({"endpoint_name": "BILLING"})),
+    )
+    .await;
+    expect(&r, 409, "endpoint_already_exists");
+
+    let r = control(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/service-endpoints/BILLING/services",
+        Some(&json!({"service_name": "Invoices"})),
+    )
+    .await;
+    expect_status(&r, 201);
+    assert_eq!(r.json()["endpoint_id"], ep["id"]);
+    assert_eq!(r.json()["service_name"], "invoices");
+
+    let ops = "/api/service-endpoints/billing/services/invoices/operations";
+    let op = json!({
+        "operation_name": "Charge",
+        "operation_mode": "async",
+        "handler_binding_kind": "start_workflow",
+        "handler_target_reference": "invoice.charge",
+        "deadline_policy": {"timeout_seconds": 30},
+        "metadata": {"v": 1},
+    });
+    let r = control(&s, A, "default", "POST", ops, Some(&op)).await;
+    expect_status(&r, 201);
+    let created = r.json();
+    assert_eq!(created["operation_name"], "charge");
+    assert_eq!(created["operation_mode"], "async");
+    assert_eq!(created["deadline_policy"], json!({"timeout_seconds": 30}));
+    assert_eq!(created["retry_policy"], Value::Null);
+
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        "/api/service-endpoints/Billing/services/INVOICES/operations/charge",
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    assert_eq!(r.json()["id"], created["id"]);
+    let r = control(&s, A, "default", "GET", ops, None).await;
+    assert_eq!(r.json()["operations"].as_array().map(Vec::len), Some(1));
+    let r = control(&s, A, "default", "GET", EP, None).await;
+    assert_eq!(r.json()["service_endpoints"][0]["endpoint_name"], "billing");
+
+    let r = control(
+        &s,
+        A,
+        "default",
+        "PUT",
+        "/api/service-endpoints/billing/services/invoices/operations/charge",
+        Some(&json!({"operation_mode": "sync", "description": "charge it"})),
+    )
+    .await;
+    expect_status(&r, 200);
+    assert_eq!(
+        (
+            r.json()["operation_mode"].clone(),
+            r.json()["handler_target_reference"].clone()
+        ),
+        (json!("sync"), json!("invoice.charge"))
+    );
+    let r = control(
+        &s,
+        A,
+        "default",
+        "PUT",
+        "/api/service-endpoints/billing",
+        Some(&json!({"description": null})),
+    )
+    .await;
+    expect_status(&r, 200);
+    assert_eq!(r.json()["description"], Value::Null);
+    assert_eq!(r.json()["metadata"], json!({"team": "b"}));
+
+    let r = control(
+        &s,
+        A,
+        "default",
+        "DELETE",
+        "/api/service-endpoints/billing",
+        None,
+    )
+    .await;
+    expect(&r, 409, "endpoint_has_services");
+    assert_eq!(r.json()["endpoint_name"], "billing");
+    let r = control(
+        &s,
+        A,
+        "default",
+        "DELETE",
+        "/api/service-endpoints/billing/services/invoices",
+        None,
+    )
+    .await;
+    expect(&r, 409, "service_has_operations");
+    let r = control(
+        &s,
+        A,
+        "default",
+        "DELETE",
+        "/api/service-endpoints/billing/services/invoices/operations/CHARGE",
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    assert_eq!(r.json()["outcome"], "deleted");
+    let r = control(
+        &s,
+        A,
+        "default",
+        "DELETE",
+        "/api/service-endpoints/billing/services/invoices",
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    let r = control(
+        &s,
+        A,
+        "default",
+        "DELETE",
+        "/api/service-endpoints/billing",
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        "/api/service-endpoints/billing",
+        None,
+    )
+    .await;
+    expect(&r, 404, "endpoint_not_found");
+}
+
+#[tokio::test]
+async fn catalog_bad_input_names_fields_and_missing_objects() {
+    let s = start(TOKENS, None).await;
+    let r = control(
+        &s,
+        A,
+        "default",
+        "POST",
+        EP,
+        Some(&json!({"endpoint_name": "bad name!", "metadata": 3})),
+    )
+    .await;
+    expect(&r, 422, "validation_failed");
+    let errors = r.json()["errors"].clone();
+    assert!(
+        errors["endpoint_name"].is_array() && errors["metadata"].is_array(),
+        "{errors}"
+    );
+    let r = control(&s, A, "default", "POST", EP, Some(&json!([1]))).await;
+    expect(&r, 422, "validation_failed");
+
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        "/api/service-endpoints/nope/services",
+        None,
+    )
+    .await;
+    expect(&r, 404, "endpoint_not_found");
+    assert_eq!(r.json()["endpoint_name"], "nope");
+    control(
+        &s,
+        A,
+        "default",
+        "POST",
+        EP,
+        Some(&json!({"endpoint_name": "e"})),
+    )
+    .await;
+    let r = control(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/service-endpoints/e/services/nope/operations",
+        Some(&json!({})),
+    )
+    .await;
+    // Validation first: nothing is looked up for a malformed body.
+    expect(&r, 422, "validation_failed");
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        "/api/service-endpoints/e/services/nope/operations/x",
+        None,
+    )
+    .await;
+    expect(&r, 404, "service_not_found");
+    assert_eq!(r.json()["service_name"], "nope");
+
+    control(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/service-endpoints/e/services",
+        Some(&json!({"service_name": "s"})),
+    )
+    .await;
+    let r = control(&s, A, "default", "POST", "/api/service-endpoints/e/services/s/operations", Some(&json!({
+        "operation_name": "o", "operation_mode": "eventually", "handler_binding_kind": "telepathy",
+        "handler_binding": {}, "retry_policy": "often",
+    }))).await;
+    expect(&r, 422, "validation_failed");
+    let errors = r.json()["errors"].clone();
+    for f in [
+        "operation_mode",
+        "handler_binding_kind",
+        "handler_target_reference",
+        "retry_policy",
+    ] {
+        assert!(errors[f].is_array(), "{f} missing in {errors}");
+    }
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        "/api/service-endpoints/e/services/s/operations/missing",
+        None,
+    )
+    .await;
+    expect(&r, 404, "operation_not_found");
+    assert_eq!(r.json()["operation_name"], "missing");
+}
+
+#[tokio::test]
+async fn the_catalog_is_namespace_scoped_and_admin_only() {
+    let s = start(TOKENS, None).await;
+    control(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/namespaces",
+        Some(&json!({"name": "other"})),
+    )
+    .await;
+    expect_status(
+        &control(
+            &s,
+            A,
+            "default",
+            "POST",
+            EP,
+            Some(&json!({"endpoint_name": "e"})),
+        )
+        .await,
+        201,
+    );
+    let r = control(&s, A, "other", "GET", "/api/service-endpoints/e", None).await;
+    expect(&r, 404, "endpoint_not_found");
+    // The same name in another namespace is another endpoint.
+    expect_status(
+        &control(
+            &s,
+            A,
+            "other",
+            "POST",
+            EP,
+            Some(&json!({"endpoint_name": "e"})),
+        )
+        .await,
+        201,
+    );
+    let r = control(&s, "tok-op", "default", "GET", EP, None).await;
+    expect(&r, 403, "forbidden");
+}
+
+async fn configure(s: &common::Server, adapter: &str, body: Value) -> common::Resp {
+    control(
+        s,
+        A,
+        "default",
+        "PUT",
+        &format!("/api/bridge-adapters/webhook/{adapter}"),
+        Some(&body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn webhook_events_answer_the_outcome_document() {
+    let s = start(TOKENS, None).await;
+    let event = json!({
+        "action": "start_workflow",
+        "idempotency_key": "evt_1001",
+        "target": {"workflow_type": "orders.fulfillment", "task_queue": "orders", "business_key": "order-1001"},
+        "input": {"order_id": "order-1001"},
+        "correlation": {"provider": "stripe"},
+    });
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        "/api/bridge-adapters/webhook/stripe",
+        Some(&event),
+    )
+    .await;
+    expect(&r, 422, "adapter_unavailable");
+    assert_eq!(r.json()["outcome"], "rejected");
+    assert_eq!(
+        r.json()["schema"],
+        "durable-workflow.v2.bridge-adapter-outcome.contract"
+    );
+
+    let r = configure(
+        &s,
+        "stripe",
+        json!({"actions": ["start_workflow", "nope"], "workflow_types": []}),
+    )
+    .await;
+    expect(&r, 422, "validation_failed");
+    let errors = r.json()["errors"].clone();
+    assert!(
+        errors["actions.1"].is_array()
+            && errors["workflow_types"].is_array()
+            && errors["task_queues"].is_array(),
+        "{errors}"
+    );
+    let r = configure(
+        &s,
+        "stripe",
+        json!({"workflow_types": ["orders.fulfillment"], "task_queues": ["orders"]}),
+    )
+    .await;
+    expect_status(&r, 201);
+    assert_eq!(
+        r.json()["actions"],
+        json!(["start_workflow", "signal_workflow", "update_workflow"])
+    );
+    let r = control(&s, A, "default", "GET", "/api/bridge-adapters", None).await;
+    assert_eq!(r.json()["adapters"][0]["adapter"], "stripe");
+
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        "/api/bridge-adapters/webhook/stripe",
+        Some(&event),
+    )
+    .await;
+    expect_status(&r, 202);
+    let first = r.json();
+    assert_eq!(
+        (first["accepted"].clone(), first["outcome"].clone()),
+        (json!(true), json!("accepted"))
+    );
+    assert_eq!(first["control_plane_outcome"], "started_new");
+    assert_eq!(first["target"]["business_key"], "order-1001");
+    assert_eq!(first["correlation"], json!({"provider": "stripe"}));
+    assert!(first.get("input").is_none());
+    let wf = first["workflow_id"]
+        .as_str()
+        .expect("workflow id")
+        .to_string();
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "GET",
+        &format!("/api/workflows/{wf}"),
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        "/api/bridge-adapters/webhook/stripe",
+        Some(&event),
+    )
+    .await;
+    expect_status(&r, 200);
+    assert_eq!(r.json()["outcome"], "duplicate");
+    assert_eq!(r.json()["run_id"], first["run_id"]);
+
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        "/api/bridge-adapters/webhook/stripe",
+        Some(&json!({"action": "teleport", "idempotency_key": "k", "target": {}})),
+    )
+    .await;
+    expect(&r, 422, "unsupported_action");
+    assert_eq!(r.json()["action"], "teleport");
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        "/api/bridge-adapters/webhook/stripe",
+        Some(&json!({"action": "signal_workflow", "target": {"workflow_id": 7}})),
+    )
+    .await;
+    expect(&r, 422, "malformed_payload");
+    let errors = r.json()["errors"].clone();
+    for f in [
+        "idempotency_key",
+        "target.workflow_id",
+        "target.signal_name",
+    ] {
+        assert!(errors[f].is_array(), "{f} missing in {errors}");
+    }
+    let r = control(
+        &s,
+        A,
+        "default",
+        "DELETE",
+        "/api/bridge-adapters/webhook/stripe",
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        "/api/bridge-adapters/webhook/stripe",
+        None,
+    )
+    .await;
+    expect(&r, 404, "adapter_not_found");
+}
