@@ -16,6 +16,11 @@ pub enum RejectKind {
     NotFound,
     /// The target is in a state that forbids the request (409).
     Conflict,
+    /// The caller may not reach the target, e.g. a payload outside the namespace's
+    /// configured storage (403).
+    Forbidden,
+    /// The request's content is larger than the limit (413).
+    TooLarge,
     /// A precondition of the caller is missing, e.g. an unregistered worker (412).
     Precondition,
     /// The field values are invalid (422).

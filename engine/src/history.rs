@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::clock::{format_timestamp, Millis};
 use crate::error::{Error, Result};
+use crate::keys::{prefix, Key};
 use crate::model::RunRecord;
 use crate::storage::{KvStore, KvTxn, ReadOptions};
 use crate::tables;
@@ -22,6 +23,7 @@ pub fn append(
     run.last_event_seq += 1;
     run.last_progress_at_ms = now;
     let seq = run.last_event_seq;
+    index_payload_references(txn, &run.namespace, &run.run_id, &payload);
     let bytes = event_bytes(run, seq, event_type, payload, now, task_id);
     tables::put_bytes(
         txn,
@@ -29,6 +31,59 @@ pub fn append(
         &bytes,
     );
     seq
+}
+
+/// The runtime external payload reference ids in `value`: every object holding an
+/// `external_payload` member whose `reference_id` is a string, in document order.
+pub fn payload_references(value: &Value) -> Vec<String> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(id) = map
+                    .get("external_payload")
+                    .and_then(|r| r.get("reference_id"))
+                    .and_then(Value::as_str)
+                {
+                    out.push(id.to_string());
+                }
+                for v in map.values() {
+                    walk(v, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut out);
+    out
+}
+
+/// Key of "run `run_id` references payload `reference_id`" (retention's index).
+pub fn run_payload_key(ns: &str, run_id: &str, reference_id: &str) -> Vec<u8> {
+    Key::new(prefix::RUN_PAYLOAD)
+        .str(ns)
+        .str(run_id)
+        .str(reference_id)
+        .into_bytes()
+}
+
+/// Key of "payload `reference_id` is used by run `run_id`".
+pub fn payload_use_key(ns: &str, reference_id: &str, run_id: &str) -> Vec<u8> {
+    Key::new(prefix::PAYLOAD_USE)
+        .str(ns)
+        .str(reference_id)
+        .str(run_id)
+        .into_bytes()
+}
+
+/// Records, in the event's own transaction, which stored payloads the event references,
+/// so retention removes a blob only with the last run whose history holds it.
+pub fn index_payload_references(txn: &mut dyn KvTxn, ns: &str, run_id: &str, payload: &Value) {
+    for reference_id in payload_references(payload) {
+        txn.set(&run_payload_key(ns, run_id, &reference_id), b"");
+        txn.set(&payload_use_key(ns, &reference_id, run_id), b"");
+    }
 }
 
 /// The stored form of event `seq` of `run`.

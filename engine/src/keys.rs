@@ -85,6 +85,14 @@ pub mod prefix {
     /// Accepted webhook bridge events by idempotency key:
     /// `(namespace, adapter, idempotency_key)`.
     pub const BRIDGE_RECEIPT: u8 = 0x35;
+    /// External payloads stored through the runtime transport (the record naming the
+    /// blob, its integrity metadata and where it lives): `(namespace, reference_id)`.
+    pub const PAYLOAD: u8 = 0x40;
+    /// Runs whose history references a payload: `(namespace, reference_id, run_id)`.
+    pub const PAYLOAD_USE: u8 = 0x41;
+    /// Payloads a run's history references (retention's index):
+    /// `(namespace, run_id, reference_id)`.
+    pub const RUN_PAYLOAD: u8 = 0x42;
 }
 
 /// Builds a key field by field.

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod namespaces;
 pub mod operator;
+pub mod payloads;
 pub mod queries;
 pub mod schedules;
 pub mod services;

@@ -79,6 +79,8 @@ pub struct RetentionOutcome {
     pub deleted_runs: usize,
     /// Workflow instances deleted with their last run.
     pub deleted_instances: usize,
+    /// External payloads deleted with the last run referencing them.
+    pub deleted_payloads: usize,
     /// Runs deleted, by id.
     pub run_ids: Vec<String>,
     /// Whether eligible runs remain after this pass.
@@ -255,7 +257,11 @@ impl Engine {
         out.more = eligible.len() > limit || backlog.truncated;
         eligible.truncate(limit);
         for candidate in eligible {
-            let deleted_instance = self.purge_run(ns, candidate).await?;
+            let (deleted_instance, released) = self.purge_run(ns, candidate).await?;
+            // The records are gone with the commit; the blobs follow (a crash here
+            // leaves orphaned files, never a reference without its blob).
+            crate::payloads::delete_released(&released);
+            out.deleted_payloads += released.reference_ids.len();
             out.deleted_runs += 1;
             out.deleted_instances += usize::from(deleted_instance);
             out.run_ids.push(candidate.run_id.clone());
@@ -275,15 +281,23 @@ impl Engine {
     /// run. Older runs of a continue-as-new
     /// chain closed before the current one, so they are past retention too and go in
     /// the same or an earlier pass. Returns whether the instance was deleted.
-    async fn purge_run(&self, ns: &str, c: &RetentionCandidate) -> Result<bool> {
+    async fn purge_run(
+        &self,
+        ns: &str,
+        c: &RetentionCandidate,
+    ) -> Result<(bool, crate::payloads::Released)> {
+        let stores = &self.config().payloads;
         self.transact(move |tx| {
             Box::pin(async move {
                 let txn = tx.txn.as_mut();
+                let mut released = crate::payloads::Released::default();
                 let index_key = closed_run_key(ns, c.closed_at_ms, &c.run_id);
                 let rkey = tables::run_key(ns, &c.run_id);
                 let run = tables::get::<RunRecord>(txn, &rkey).await?;
                 let mut deleted_instance = false;
                 if let Some(run) = run.filter(|r| r.status.is_terminal()) {
+                    crate::payloads::release_run(txn, stores, ns, &run.run_id, &mut released)
+                        .await?;
                     txn.clear_range(&Key::new(prefix::HISTORY).str(ns).str(&run.run_id).range());
                     txn.clear_range(&Key::new(prefix::UPDATE).str(ns).str(&run.run_id).range());
                     tables::delete(txn, &rkey).await?;
@@ -305,7 +319,7 @@ impl Engine {
                     }
                 }
                 txn.clear(&index_key);
-                Ok(deleted_instance)
+                Ok((deleted_instance, released))
             })
         })
         .await

@@ -138,8 +138,12 @@ pub struct Call {
     pub query: HashMap<String, String>,
     /// Resolved namespace.
     pub namespace: String,
-    /// JSON body (`Null` when empty).
+    /// JSON body (`Null` when empty, and for routes that take raw bytes).
     pub body: Value,
+    /// The body as received (routes that take raw bytes read it here).
+    pub raw_body: Bytes,
+    /// The request headers.
+    pub headers: hyper::HeaderMap,
     /// The authenticated caller.
     pub principal: Principal,
 }
@@ -151,21 +155,43 @@ impl Call {
     }
 }
 
-/// A successful reply: status and serialized JSON.
+/// A successful reply: status, body and its media type (JSON unless a route says
+/// otherwise), and any headers the route adds.
 pub struct Reply {
     /// Status.
     pub status: StatusCode,
-    /// JSON bytes.
+    /// The body bytes.
     pub body: Bytes,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Further response headers.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
     /// Serializes `value` as the reply body.
     pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+        Reply::bytes(
+            status,
+            Bytes::from(serde_json::to_vec(value).expect("invariant: reply types serialize")),
+            "application/json",
+        )
+    }
+
+    /// A reply of `body` as `content_type`.
+    pub fn bytes(status: StatusCode, body: Bytes, content_type: &'static str) -> Reply {
         Reply {
             status,
-            body: Bytes::from(serde_json::to_vec(value).expect("invariant: reply types serialize")),
+            body,
+            content_type,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
     }
 }
 

@@ -103,6 +103,8 @@ impl From<Error> for ApiError {
                     RejectKind::BadRequest => StatusCode::BAD_REQUEST,
                     RejectKind::NotFound => StatusCode::NOT_FOUND,
                     RejectKind::Conflict => StatusCode::CONFLICT,
+                    RejectKind::Forbidden => StatusCode::FORBIDDEN,
+                    RejectKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                     RejectKind::Precondition => StatusCode::PRECONDITION_FAILED,
                     RejectKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
                     RejectKind::Throttled => StatusCode::TOO_MANY_REQUESTS,

@@ -58,6 +58,14 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --idle-timeout-seconds N           idle keep-alive connections close after it (default 120)
   --max-connections N                open connections at once; beyond it new ones get 503
                                      (default: from the descriptor limit, 768 at 1024)
+  --payload-dir DIR                  the local external payload driver's directory
+                                     (default: payloads/ in the RocksDB data directory)
+  --payload-disk NAME=DIR            a filesystem disk backing s3/gcs/azure payload policies
+                                     (config.disk NAME; objects under DIR/<bucket>/<prefix>);
+                                     repeatable
+  --payload-reserve-bytes N          below this much free space on a payload disk, uploads
+                                     get 503 storage_pressure unless they complete a leased
+                                     task (default 67108864)
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
 
@@ -110,6 +118,7 @@ struct ServeArgs {
     roles: NodeRoles,
     node_id: String,
     limits: ConnectionLimits,
+    payloads: keel_engine::payloads::PayloadStores,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -134,6 +143,10 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         roles: NodeRoles::default(),
         limits: ConnectionLimits::default(),
         node_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
+        payloads: keel_engine::payloads::PayloadStores {
+            reserve_bytes: 64 * 1024 * 1024,
+            ..Default::default()
+        },
     };
     let mut storage: Option<Storage> = None;
     let mut subspace_given = false;
@@ -187,12 +200,34 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
                 parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
             }
             "--node-id" => parsed.node_id = node_id(value()?)?,
+            "--payload-dir" => parsed.payloads.local_dir = Some(PathBuf::from(value()?)),
+            "--payload-disk" => {
+                let v = value()?;
+                let (name, dir) = v
+                    .split_once('=')
+                    .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+                    .ok_or_else(|| format!("--payload-disk {v}: expected NAME=DIR"))?;
+                parsed
+                    .payloads
+                    .disks
+                    .insert(name.to_string(), PathBuf::from(dir));
+            }
+            "--payload-reserve-bytes" => {
+                parsed.payloads.reserve_bytes = value()?
+                    .parse()
+                    .map_err(|e| format!("--payload-reserve-bytes: {e}"))?
+            }
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
         }
     }
     if let Some(storage) = storage {
         parsed.storage = storage;
+    }
+    if parsed.payloads.local_dir.is_none() {
+        if let Storage::Rocks(dir) = &parsed.storage {
+            parsed.payloads.local_dir = Some(dir.join("payloads"));
+        }
     }
     match &parsed.storage {
         Storage::Fdb(_) if !keel_storage_fdb::COMPILED => return Err(FDB_NOT_BUILT.into()),
@@ -427,6 +462,7 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         max_leases_per_queue: args.max_leases_per_queue,
         scheduler: args.roles.has("scheduler"),
         cluster,
+        payloads: args.payloads.clone(),
         ..EngineConfig::default()
     };
     let engine = Engine::open(metered, Arc::new(SystemClock), config)

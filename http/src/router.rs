@@ -158,6 +158,9 @@ pub enum Op {
     DescribeBridgeAdapter,
     PutBridgeAdapter,
     DeleteBridgeAdapter,
+    UploadExternalPayload,
+    FetchExternalPayload,
+    StorageTest,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -293,6 +296,22 @@ fn routes() -> &'static [Route] {
                 Operator
             ),
             route!(GET, [L("cluster"), L("info")], Discovery, ClusterInfo),
+            // The runtime external payload transport serves clients and workers alike:
+            // either plane's version header (neither required, a wrong one a 400, as on
+            // discovery), any role, and the request's namespace (see `namespaced`).
+            route!(
+                POST,
+                [L("external-payloads"), L("v1")],
+                Discovery,
+                UploadExternalPayload
+            ),
+            route!(
+                GET,
+                [L("external-payloads"), L("v1"), P],
+                Discovery,
+                FetchExternalPayload
+            ),
+            route!(POST, [L("storage"), L("test")], Control, StorageTest, Admin),
             // Prometheus text at the root; any role, so a scraper can hold the least
             // powerful credential.
             Route {
@@ -861,6 +880,12 @@ impl Op {
         }
         out
     }
+}
+
+/// Routes outside the control and worker planes that still act in the request's
+/// namespace (resolved, and checked against the token's namespaces, like theirs).
+pub fn namespaced(op: Op) -> bool {
+    matches!(op, Op::UploadExternalPayload | Op::FetchExternalPayload)
 }
 
 /// Topology roles a node must host to serve hosted control-plane routes.

@@ -281,8 +281,14 @@ async fn handle(
         Err((op, plane, e)) => (op, plane, Err(e)),
     };
     let mut retry_after = None;
+    let mut content_type = "application/json";
+    let mut extra_headers = Vec::new();
     let (status, body) = match result {
-        Ok(reply) => (reply.status, reply.body),
+        Ok(reply) => {
+            content_type = reply.content_type;
+            extra_headers = reply.headers;
+            (reply.status, reply.body)
+        }
         Err(e) => {
             retry_after = e.extra.get("retry_after_seconds").and_then(Value::as_u64);
             if e.status.is_server_error() {
@@ -321,12 +327,12 @@ async fn handle(
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    let content_type = if op == Some(Op::PrometheusMetrics) && status == StatusCode::OK {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "application/json"
-    };
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in extra_headers {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
     if let Some(seconds) = retry_after {
         headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
@@ -366,14 +372,30 @@ async fn dispatch(
     // except a body that did not arrive in time: that is the connection failing, it says
     // nothing about the route, and the connection closes after the reply.
     let (parts, incoming) = req.into_parts();
-    let body = match read_body(&parts.headers, incoming, limits.body_timeout).await {
+    let matched = router::route(&parts.method, parts.uri.path());
+    // Payload uploads carry raw bytes, up to the transport's own limit.
+    let raw_route = matches!(matched, Match::Found(Op::UploadExternalPayload, ..));
+    let limit = if raw_route {
+        keel_engine::payloads::MAX_PAYLOAD_BYTES
+    } else {
+        MAX_PAYLOAD_BYTES
+    };
+    let raw = match read_bytes(&parts.headers, incoming, limits.body_timeout, limit).await {
         Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => {
             metrics::counter!("keel_http_connection_timeouts_total", "kind" => "body").increment(1);
             return Err((None, None, e));
         }
-        body => body,
+        raw => raw,
     };
-    let (op, plane, params) = match router::route(&parts.method, parts.uri.path()) {
+    let (raw, body) = match raw {
+        Ok(bytes) if raw_route => (bytes, Ok(Value::Null)),
+        Ok(bytes) => {
+            let body = parse_json(&parts.headers, &bytes);
+            (bytes, body)
+        }
+        Err(e) => (Bytes::new(), Err(e)),
+    };
+    let (op, plane, params) = match matched {
         Match::Found(op, plane, params) => (op, plane, params),
         Match::MethodNotAllowed => {
             return Err((
@@ -421,7 +443,7 @@ async fn dispatch(
         .or_else(|| query.get("namespace").cloned())
         .unwrap_or_else(|| state.engine.config().default_namespace.clone())
         .to_ascii_lowercase();
-    if matches!(plane, Plane::Control | Plane::Worker)
+    if (matches!(plane, Plane::Control | Plane::Worker) || router::namespaced(op))
         && !crate::handlers::namespaces::is_namespace_admin(op)
     {
         crate::handlers::namespaces::resolve(state, &principal, &namespace)
@@ -429,11 +451,23 @@ async fn dispatch(
             .map_err(fail)?;
     }
     let body = body.map_err(fail)?;
+    // Runtime external payload references are checked before any route acts on them: a
+    // reference this namespace does not hold, or one that misstates its payload, is
+    // refused with its `external_payload_*` reason instead of entering history.
+    if matches!(plane, Plane::Control | Plane::Worker) && memchr_external_payload(&raw) {
+        state
+            .engine
+            .check_payload_references(&namespace, &body)
+            .await
+            .map_err(|e| fail(e.into()))?;
+    }
     let call = Call {
         params,
         query,
         namespace,
         body,
+        raw_body: raw,
+        headers: parts.headers,
         principal,
     };
     let reply = crate::handlers::handle(state, op, call)
@@ -537,31 +571,34 @@ fn body_timeout(limit: Duration) -> ApiError {
     .with("timeout_ms", limit.as_millis() as u64)
 }
 
-async fn read_body(
+/// Whether a body mentions `"external_payload"` (cheap pre-check before a JSON walk).
+fn memchr_external_payload(raw: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"external_payload\"";
+    raw.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
+async fn read_bytes(
     headers: &hyper::HeaderMap,
     body: Incoming,
     timeout: Duration,
-) -> Result<Value, ApiError> {
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body exceeds {MAX_PAYLOAD_BYTES} bytes"),
+            format!("request body exceeds {limit} bytes"),
         )
-        .with("limit", MAX_PAYLOAD_BYTES)
+        .with("limit", limit)
     };
     let declared = headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_PAYLOAD_BYTES) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_PAYLOAD_BYTES).collect())
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
         .await
         .map_err(|_| body_timeout(timeout))?;
     let bytes = collected
@@ -579,6 +616,14 @@ async fn read_body(
             }
         })?
         .to_bytes();
+    Ok(bytes)
+}
+
+fn parse_json(headers: &hyper::HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
@@ -591,7 +636,7 @@ async fn read_body(
             ));
         }
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",

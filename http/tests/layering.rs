@@ -17,7 +17,7 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     ],
     &["kernel"],
     &["namespaces"],
-    &["workflow", "fleet"],
+    &["workflow", "fleet", "payloads"],
     &["schedules", "queries", "system", "operator", "services"],
     &["engine"],
 ];

@@ -47,6 +47,8 @@ pub struct EngineConfig {
     pub scheduler: bool,
     /// Set when several nodes share the store (see `cluster`); `None`: this node is alone.
     pub cluster: Option<ClusterConfig>,
+    /// Where external payload blobs may live (the drivers' directories and disks).
+    pub payloads: crate::payloads::PayloadStores,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +62,7 @@ impl Default for EngineConfig {
             max_leases_per_queue: None,
             scheduler: true,
             cluster: None,
+            payloads: crate::payloads::PayloadStores::default(),
         }
     }
 }

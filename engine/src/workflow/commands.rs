@@ -80,6 +80,14 @@ pub(super) async fn apply_command(
                 &group,
             );
             history::append(txn, run, "ActivityScheduled", payload, now, Some(task_id));
+            // The arguments live on the task, not in history: their stored payloads
+            // belong to the run all the same.
+            history::index_payload_references(
+                txn,
+                &run.namespace,
+                &run.run_id,
+                &activity.arguments,
+            );
             let mut task = TaskRecord {
                 task_id: ids::new_id(now),
                 kind: TaskKind::Activity,

@@ -113,12 +113,14 @@ fn input(f: &mut Fields<'_>, body: &Value) -> Value {
         Some(Value::Object(env)) if env.get("blob").is_some_and(Value::is_string) => {
             Value::Object(env.clone())
         }
+        // Payloads stored outside history travel as references (checked by the pipeline).
+        Some(v @ Value::Object(_)) if super::control::is_envelope(v) => v.clone(),
         Some(Value::String(blob)) => json!({"codec": "avro", "blob": blob}),
         Some(v @ Value::Array(_)) => avro::envelope(&AvroValue::from_json(v)),
         Some(_) => {
             f.error(
                 "input",
-                "The input field must be a payload envelope {codec, blob}, a blob string or an argument array.",
+                "The input field must be a payload envelope ({codec, blob}, or a reference {codec, external_payload} or {codec, external_storage}), a blob string or an argument array.",
             );
             Value::Null
         }

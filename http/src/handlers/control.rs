@@ -155,8 +155,13 @@ pub(crate) fn control_block(operation: &str, workflow_id: &str, projected: Value
     block
 }
 
-fn is_envelope(v: &Value) -> bool {
-    v.get("codec").is_some() && v.get("blob").is_some()
+/// An inline envelope `{codec, blob}`, a runtime reference `{codec, external_payload}`
+/// or an SDK-side driver reference `{codec, external_storage}`.
+pub(crate) fn is_envelope(v: &Value) -> bool {
+    v.get("codec").is_some()
+        && (v.get("blob").is_some()
+            || v.get("external_payload").is_some()
+            || v.get("external_storage").is_some())
 }
 
 pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {

@@ -9,6 +9,7 @@ pub(crate) mod control;
 pub(crate) mod fleet;
 pub(crate) mod namespaces;
 pub(crate) mod operator;
+pub(crate) mod payloads;
 pub(crate) mod probes;
 pub(crate) mod query_tasks;
 pub(crate) mod reads;
@@ -126,6 +127,9 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::DescribeBridgeAdapter
         | Op::PutBridgeAdapter
         | Op::DeleteBridgeAdapter => bridge::handle(state, op, call).await,
+        Op::UploadExternalPayload | Op::FetchExternalPayload | Op::StorageTest => {
+            payloads::handle(state, op, call).await
+        }
     }
 }
 

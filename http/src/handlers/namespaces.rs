@@ -62,19 +62,8 @@ pub async fn resolve(state: &AppState, principal: &Principal, ns: &str) -> Resul
     }
 }
 
-fn namespace_json(r: &NamespaceRecord) -> Value {
-    let storage = r.external_payload_storage.as_ref().map(|policy| {
-        let mut p = policy.clone();
-        if let Some(obj) = p.as_object_mut() {
-            // Stored for operators and tools; Keel does not offload payloads.
-            obj.insert("status".into(), json!("not_enforced"));
-            obj.insert(
-                "message".into(),
-                json!("Keel stores this policy but does not offload payloads to external storage."),
-            );
-        }
-        p
-    });
+fn namespace_json(engine: &keel_engine::Engine, r: &NamespaceRecord) -> Value {
+    let storage = super::payloads::storage_block(engine, r.external_payload_storage.as_ref());
     json!({
         "name": r.name,
         "description": r.description,
@@ -108,7 +97,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .await?
                 .iter()
                 .filter(|r| call.principal.can_see(&r.name))
-                .map(namespace_json)
+                .map(|r| namespace_json(engine, r))
                 .collect();
             Ok(Reply::json(StatusCode::OK, &json!({"namespaces": list})))
         }
@@ -146,12 +135,18 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 })
                 .await?;
             tracing::info!(namespace = %record.name, "namespace created");
-            Ok(Reply::json(StatusCode::CREATED, &namespace_json(&record)))
+            Ok(Reply::json(
+                StatusCode::CREATED,
+                &namespace_json(engine, &record),
+            ))
         }
         Op::DescribeNamespace => {
             let ns = path_namespace(&call)?;
             let record = engine.describe_namespace(&ns).await?;
-            Ok(Reply::json(StatusCode::OK, &namespace_json(&record)))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &namespace_json(engine, &record),
+            ))
         }
         Op::UpdateNamespace => {
             let ns = path_namespace(&call)?;
@@ -163,13 +158,23 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             };
             f.finish()?;
             let record = engine.update_namespace(&ns, patch).await?;
-            Ok(Reply::json(StatusCode::OK, &namespace_json(&record)))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &namespace_json(engine, &record),
+            ))
         }
         Op::SetNamespaceExternalStorage => {
             let ns = path_namespace(&call)?;
             let policy = external_storage_policy(&call.body)?;
+            // The policy takes effect: it must be one this server can store payloads with.
+            if let Some(parsed) = keel_engine::payloads::Policy::from_record(Some(&policy)) {
+                engine.validate_payload_policy(&parsed)?;
+            }
             let record = engine.set_external_storage(&ns, policy).await?;
-            Ok(Reply::json(StatusCode::OK, &namespace_json(&record)))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &namespace_json(engine, &record),
+            ))
         }
         Op::ListSearchAttributes => {
             let custom = engine.search_attributes(&call.namespace).await?;
@@ -286,7 +291,7 @@ fn external_storage_policy(body: &Value) -> Result<Value, ApiError> {
     Ok(json!({
         "driver": driver,
         "enabled": enabled,
-        "threshold_bytes": threshold,
+        "threshold_bytes": threshold.unwrap_or(keel_engine::payloads::DEFAULT_THRESHOLD_BYTES as i64),
         "config": config,
     }))
 }

@@ -32,16 +32,17 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::Health => Ok(health(state).await),
         Op::Ready => Ok(ready(state).await),
         Op::ClusterInfo => cluster_info(state, &call).await,
-        Op::PrometheusMetrics => Ok(Reply {
-            status: StatusCode::OK,
-            body: crate::metrics::scrape(
+        Op::PrometheusMetrics => Ok(Reply::bytes(
+            StatusCode::OK,
+            crate::metrics::scrape(
                 &state.engine,
                 state.storage_backend(),
                 state.storage_stats(),
             )
             .await
             .into(),
-        }),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )),
         _ => Err(super::unrouted(op)),
     }
 }
@@ -297,7 +298,30 @@ async fn cluster_info(state: &AppState, call: &Call) -> Result<Reply, ApiError> 
     if let Some(topology) = info.get_mut("topology").and_then(Value::as_object_mut) {
         topology.insert("nodes".into(), nodes);
     }
+    // The namespace's payload storage: with a policy that can store payloads, the runtime
+    // transport manifest and the capability switch the SDK checks together.
+    let storage = match state.engine.describe_namespace(&namespace).await {
+        Ok(record) => {
+            super::payloads::storage_block(&state.engine, record.external_payload_storage.as_ref())
+        }
+        Err(_) => None,
+    };
+    let transport = storage
+        .as_ref()
+        .is_some_and(|s| s.get("transport").is_some());
+    if transport {
+        if let Some(caps) = info
+            .pointer_mut("/worker_protocol/server_capabilities")
+            .and_then(Value::as_object_mut)
+        {
+            caps.insert("runtime_external_payload_transport".into(), json!(true));
+        }
+    }
     if let Some(obj) = info.as_object_mut() {
+        obj.insert(
+            "namespace".into(),
+            json!({"name": namespace, "external_payload_storage": storage}),
+        );
         obj.insert("worker_fleet".into(), worker_fleet(state, &namespace).await);
         obj.insert(
             "coordination_health".into(),

@@ -19,10 +19,24 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::ListWorkflows => list_workflows(state, call).await,
         Op::ListRuns => list_runs(state, call).await,
         Op::ExportRunHistory => {
-            let bundle = state
+            let mut bundle = state
                 .engine
                 .export_history(&call.namespace, call.param(0), call.param(1))
                 .await?;
+            // Payloads travel by reference; every one is fetched and verified here, so an
+            // export whose blob is missing, changed, outside the namespace's storage or on
+            // an unavailable provider fails with that reason instead of exporting a hole.
+            // The checksum covers the payloads themselves (the form a client holds once it
+            // has resolved the references), not the references.
+            let blobs = state
+                .engine
+                .resolve_payloads(&call.namespace, &bundle)
+                .await?;
+            if !blobs.is_empty() {
+                let resolved = keel_engine::payloads::inline_payloads(&bundle, &blobs);
+                bundle["integrity"]["checksum"] =
+                    json!(keel_engine::workflow::bundle_checksum(&resolved));
+            }
             Ok(Reply::json(StatusCode::OK, &bundle))
         }
         Op::DebugWorkflow | Op::DebugRun => {

@@ -240,6 +240,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 "namespace": ns,
                 "deleted_runs": out.deleted_runs,
                 "deleted_instances": out.deleted_instances,
+                "deleted_payloads": out.deleted_payloads,
                 "run_ids": out.run_ids,
                 "more": out.more,
             }))

@@ -57,10 +57,11 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         }
         Op::DeleteSchedule => {
             engine.delete_schedule(ns, id).await?;
-            Ok(Reply {
-                status: StatusCode::NO_CONTENT,
-                body: Bytes::new(),
-            })
+            Ok(Reply::bytes(
+                StatusCode::NO_CONTENT,
+                Bytes::new(),
+                "application/json",
+            ))
         }
         Op::PauseSchedule | Op::ResumeSchedule => {
             let mut f = Fields::new(&call.body)?;
