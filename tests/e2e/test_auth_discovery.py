@@ -69,9 +69,10 @@ def test_cluster_info_validates_against_the_upstream_schema(keel: KeelServer) ->
     assert info["control_plane"]["version"] == 2
     assert info["topology"]["matching_role"]["discovery_limits"]["workflow_task_lease_seconds"] == 30
     assert {c["name"] for c in info["coordination_health"]["checks"]} >= {"activity_path", "task_transport"}
-    # Nothing advertises external payload storage: Keel stores the policy only.
+    # Without a namespace storage policy nothing advertises the payload transport
+    # (tests/e2e/test_external_payloads.py covers a namespace with one).
     assert "runtime_external_payload_transport" not in info["worker_protocol"]["server_capabilities"]
-    assert "external_payload_storage" not in info.get("namespace", {})
+    assert info["namespace"]["external_payload_storage"] is None
 
 
 def test_health_and_ready_carry_topology_and_checks(keel_factory) -> None:  # type: ignore[no-untyped-def]
