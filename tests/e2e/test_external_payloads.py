@@ -336,3 +336,95 @@ def test_sdk_side_driver_references_are_stored_opaquely(keel: KeelServer, api: R
     text = json.dumps(started["payload"])
     assert "external_storage" in text and "file://" in text
     assert not references(started["payload"])
+
+
+@workflow.defn(name="e2e.payloads.mailbox")
+class Mailbox:
+    """Holds the last large message an update put in; a query reads it back."""
+
+    def __init__(self) -> None:
+        self.message = ""
+        self.done = False
+
+    @workflow.update("put")
+    def put(self, message: str) -> str:
+        self.message = message
+        return message.upper()
+
+    @workflow.update("finish")
+    def finish(self) -> str:
+        self.done = True
+        return "done"
+
+    @workflow.query("message")
+    def read(self) -> str:
+        return self.message
+
+    def run(self, ctx):  # type: ignore[no-untyped-def]
+        yield ctx.wait_condition(lambda: self.done)
+        return len(self.message)
+
+
+def test_updates_and_queries_carry_large_payloads_by_reference(keel: KeelServer, api: RawApi) -> None:
+    from durable_workflow.serializer import decode_envelope
+
+    set_policy(api)
+    task_queue = unique("e2e-mailbox")
+
+    async def run() -> tuple[Any, Any, Any, str, str]:
+        async with Client(keel.url) as client:
+            async with running_worker(client, task_queue=task_queue, workflows=[Mailbox]) as worker:
+                handle = await client.start_workflow(
+                    workflow_type="e2e.payloads.mailbox", task_queue=task_queue,
+                    workflow_id=unique("e2e-mailbox"), input=[],
+                )
+                put = await client.update_workflow(handle.workflow_id, "put", args=["m" * BIG], wait_for="completed")
+                queried = await client.query_workflow(handle.workflow_id, "message")
+                await client.update_workflow(handle.workflow_id, "finish", wait_for="completed")
+                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+        return put, queried, result, handle.workflow_id, handle.run_id
+
+    put, queried, result, workflow_id, run_id = asyncio.run(run())
+    assert put["update_status"] == "completed", put
+    assert decode_envelope(put["result"], codec="avro") == "M" * BIG
+    assert queried["result"] == "m" * BIG
+    assert result == BIG
+    events = raw_history(api, workflow_id, run_id)
+    for event_type in ["UpdateAccepted", "UpdateCompleted"]:
+        assert any(references(e["payload"]) for e in events if e["event_type"] == event_type), event_type
+
+
+def test_under_storage_pressure_a_workers_completion_upload_is_admitted(keel_factory: Any) -> None:
+    # Every upload meets a "draining" disk: the client's own large input would be refused,
+    # but a worker completing a leased task resends its upload with the completion context
+    # and it is admitted, so work in flight finishes.
+    keel = keel_factory(extra_args=["--payload-reserve-bytes", str(10**18)])
+    with RawApi(keel.url) as api:
+        set_policy(api, threshold_bytes=2048)
+        data = b"A" * 3000
+        r = api.request("POST", "/external-payloads/v1", content=data, headers={
+            **CONTROL_HEADERS, "Content-Type": "application/octet-stream",
+            "X-Durable-Workflow-Payload-Codec": "avro", "X-Durable-Workflow-Payload-Size": str(len(data)),
+            "X-Durable-Workflow-Payload-SHA256": hashlib.sha256(data).hexdigest()})
+        expect_status(r, 503, "upload under pressure without a completion context")
+        assert r.json()["reason"] == "storage_pressure"
+        assert r.json()["storage_state"] == "draining"
+        task_queue = unique("e2e-pressure")
+
+        async def run() -> tuple[str, str, Any]:
+            async with Client(keel.url) as client:
+                async with running_worker(client, task_queue=task_queue, workflows=[Echo], activities=[stretch]) as worker:
+                    handle = await client.start_workflow(
+                        workflow_type="e2e.payloads.echo", task_queue=task_queue,
+                        workflow_id=unique("e2e-pressure"), input=["p" * 1000],
+                    )
+                    # The activity's result (2,000 characters, encoded past the threshold)
+                    # and the workflow's result are uploaded under pressure.
+                    [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+            return handle.workflow_id, handle.run_id, result
+
+        workflow_id, run_id, result = asyncio.run(run())
+        assert result == "p" * 1000 + "P" * 1000
+        events = raw_history(api, workflow_id, run_id)
+        [completed] = [e for e in events if e["event_type"] == "ActivityCompleted"]
+        assert references(completed["payload"])
