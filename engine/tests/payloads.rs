@@ -208,3 +208,49 @@ async fn under_storage_pressure_only_an_upload_completing_a_leased_task_passes()
         .await
         .expect("the completion's upload passes");
 }
+
+#[tokio::test]
+async fn the_operator_recovery_purge_releases_the_purged_runs_blobs() {
+    use keel_engine::operator::{Actor, RecoverRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, _) = engine_with(dir.path(), 0).await;
+    let input = engine
+        .upload_payload(NS, upload(b"input-of-a-failed-run"))
+        .await
+        .expect("upload");
+    let mut req = start("stuck", "Checkout");
+    req.input = envelope(&input);
+    engine.start_workflow(NS, req).await.expect("start");
+    let task = poll_wf(&engine).await.expect("workflow task");
+    engine
+        .complete_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &[json!({"type": "fail_workflow", "message": "gave up"})],
+        )
+        .await
+        .expect("failed");
+    let outcome = engine
+        .recover_stuck_workflow(
+            NS,
+            &RecoverRequest {
+                service_name: "Checkout".into(),
+                service_key: "stuck".into(),
+            },
+            &Actor {
+                principal: "ops".into(),
+                roles: vec!["operator".into()],
+            },
+        )
+        .await
+        .expect("recovered");
+    assert_eq!(outcome.purged.len(), 1);
+    let e = engine
+        .fetch_payload(NS, &input.reference_id)
+        .await
+        .expect_err("released with the purged run");
+    assert_eq!(reason(e), "external_payload_not_found");
+    assert!(!dir.path().join(&input.reference_id).exists());
+}

@@ -428,3 +428,31 @@ def test_under_storage_pressure_a_workers_completion_upload_is_admitted(keel_fac
         events = raw_history(api, workflow_id, run_id)
         [completed] = [e for e in events if e["event_type"] == "ActivityCompleted"]
         assert references(completed["payload"])
+
+
+@workflow.defn(name="e2e.payloads.memo")
+class LargeMemo:
+    def run(self, ctx):  # type: ignore[no-untyped-def]
+        yield ctx.upsert_memo({"note": "u" * BIG})
+        return "ok"
+
+
+def test_a_memo_upsert_sent_by_reference_is_merged(keel: KeelServer, api: RawApi) -> None:
+    # The SDK externalizes the upsert_memo entries like any payload above the threshold;
+    # Keel resolves them (the memo is state it merges and describes).
+    set_policy(api)
+    task_queue = unique("e2e-memo")
+
+    async def run() -> Any:
+        async with Client(keel.url) as client:
+            async with running_worker(client, task_queue=task_queue, workflows=[LargeMemo]) as worker:
+                handle = await client.start_workflow(
+                    workflow_type="e2e.payloads.memo", task_queue=task_queue,
+                    workflow_id=unique("e2e-memo"), input=[],
+                )
+                [result] = await wait_for_results(client, [handle], worker=worker, timeout=60)
+                assert result == "ok"
+                return await client.describe_workflow(handle.workflow_id)
+
+    described = asyncio.run(run())
+    assert described.memo == {"note": "u" * BIG}

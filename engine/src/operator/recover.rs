@@ -89,6 +89,8 @@ async fn purge_run(
     workflow_id: &str,
     run_id: &str,
     current: bool,
+    stores: &crate::payloads::PayloadStores,
+    released: &mut crate::payloads::Released,
 ) -> Result<bool> {
     let rkey = tables::run_key(ns, run_id);
     let Some(run) = tables::get::<RunRecord>(txn, &rkey).await? else {
@@ -113,6 +115,8 @@ async fn purge_run(
     if let Some(timer) = run.waits.condition.as_ref().and_then(|c| c.timer.as_ref()) {
         txn.clear(&tables::timer_key(timer));
     }
+    // Its stored payloads go with it unless another run's history references them.
+    crate::payloads::release_run(txn, stores, ns, run_id, released).await?;
     txn.clear_range(&Key::new(prefix::HISTORY).str(ns).str(run_id).range());
     txn.clear_range(&Key::new(prefix::UPDATE).str(ns).str(run_id).range());
     if let Some(closed_at) = run.closed_at_ms {
@@ -292,37 +296,52 @@ let fx = &mut tx.fx;
             .await?;
 
         let mut purged = Vec::new();
+        let stores = &self.config().payloads;
         for run_id in &plan.older {
-            let done = self
+            let (done, released) = self
                 .transact(move |tx| {
                     Box::pin(async move {
                         let txn = tx.txn.as_mut();
-                        let done = purge_run(txn, ns, workflow_id, run_id, false).await?;
-                        Ok(done)
+                        let mut released = crate::payloads::Released::default();
+                        let done =
+                            purge_run(txn, ns, workflow_id, run_id, false, stores, &mut released)
+                                .await?;
+                        Ok((done, released))
                     })
                 })
                 .await?;
+            crate::payloads::delete_released(&released);
             if done {
                 purged.push(run_id.clone());
             }
         }
         let current_run_id = &plan.current_run_id;
-        let (cleared, current_purged) = self
+        let (cleared, current_purged, released) = self
             .transact(move |tx| {
                 Box::pin(async move {
                     let txn = tx.txn.as_mut();
                     let t = txn;
+                    let mut released = crate::payloads::Released::default();
                     let ikey = tables::instance_key(ns, workflow_id);
                     match tables::get::<InstanceRecord>(t, &ikey).await? {
                         // A concurrent recover finished first (and maybe a new run started):
                         // nothing of ours is left to clear.
-                        None => return Ok((false, false)),
+                        None => return Ok((false, false, released)),
                         Some(i) if i.current_run_id != *current_run_id => {
-                            return Ok((false, false))
+                            return Ok((false, false, released))
                         }
                         Some(_) => {}
                     }
-                    let done = purge_run(t, ns, workflow_id, current_run_id, true).await?;
+                    let done = purge_run(
+                        t,
+                        ns,
+                        workflow_id,
+                        current_run_id,
+                        true,
+                        stores,
+                        &mut released,
+                    )
+                    .await?;
                     tables::delete(t, &ikey).await?;
                     // Command receipts are per workflow id: a resent request id after the
                     // recovery must not return an answer about the purged runs.
@@ -332,10 +351,11 @@ let fx = &mut tx.fx;
                             .str(workflow_id)
                             .range(),
                     );
-                    Ok((true, done))
+                    Ok((true, done, released))
                 })
             })
             .await?;
+        crate::payloads::delete_released(&released);
         if current_purged {
             purged.push(plan.current_run_id.clone());
         }

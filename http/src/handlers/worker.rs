@@ -126,6 +126,8 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                     ))
                 }
             };
+            let inlined = inline_memo_entries(state, &call.namespace, commands).await?;
+            let commands = inlined.as_deref().unwrap_or(commands);
             let out = state
                 .engine
                 .complete_workflow_task(&call.namespace, call.param(0), &owner, attempt, commands)
@@ -447,4 +449,33 @@ async fn workflow_task_history(state: &AppState, call: Call) -> Result<Reply, Ap
             next_history_page_token: next,
         },
     )
+}
+
+/// `upsert_memo` entries the SDK sent by reference (its encoded map passed the namespace's
+/// payload threshold), fetched and verified, so the engine merges the map itself: the
+/// memo is state Keel reads, not a payload it only carries. `None` when no command needs
+/// it.
+async fn inline_memo_entries(
+    state: &AppState,
+    ns: &str,
+    commands: &[Value],
+) -> Result<Option<Vec<Value>>, ApiError> {
+    let by_reference = |c: &Value| {
+        c.get("type").and_then(Value::as_str) == Some("upsert_memo")
+            && c.get("entries")
+                .is_some_and(|e| e.get("external_payload").is_some())
+    };
+    if !commands.iter().any(by_reference) {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(commands.len());
+    for c in commands {
+        let mut c = c.clone();
+        if by_reference(&c) {
+            let blobs = state.engine.resolve_payloads(ns, &c["entries"]).await?;
+            c["entries"] = keel_engine::payloads::inline_payloads(&c["entries"], &blobs);
+        }
+        out.push(c);
+    }
+    Ok(Some(out))
 }
