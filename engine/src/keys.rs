@@ -85,6 +85,9 @@ pub mod prefix {
     /// Accepted webhook bridge events by idempotency key:
     /// `(namespace, adapter, idempotency_key)`.
     pub const BRIDGE_RECEIPT: u8 = 0x35;
+    /// Service calls by idempotency key:
+    /// `(namespace, endpoint, service, operation, caller_namespace, idempotency_key)`.
+    pub const SERVICE_CALL_KEY: u8 = 0x36;
     /// External payloads stored through the runtime transport (the record naming the
     /// blob, its integrity metadata and where it lives): `(namespace, reference_id)`.
     pub const PAYLOAD: u8 = 0x40;

@@ -398,3 +398,103 @@ async fn bridge_targets_outside_the_adapter_configuration_are_rejected_by_name()
         ("duplicate", Some("deduped_existing_command"))
     );
 }
+
+#[tokio::test]
+async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
+    use keel_engine::services::ExecuteRequest;
+    use keel_engine::workflow::CloseCommand;
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    e.create_service_endpoint(NS, "billing", None, json!({}))
+        .await
+        .expect("endpoint");
+    e.create_service(NS, "billing", "invoices", None, json!({}))
+        .await
+        .expect("service");
+    let mut charge = spec("start_workflow", None);
+    charge.handler_binding = json!({"workflow_type": "invoice.charge", "task_queue": QUEUE});
+    e.create_operation(NS, "billing", "invoices", "charge", charge)
+        .await
+        .expect("operation");
+    e.create_operation(
+        NS,
+        "billing",
+        "invoices",
+        "poke",
+        spec("signal_workflow", Some("x")),
+    )
+    .await
+    .expect("operation");
+    let req = ExecuteRequest {
+        arguments: json!({"codec": "avro", "blob": support::ARGS}),
+        idempotency_key: Some("k1".into()),
+        ..ExecuteRequest::default()
+    };
+    let first = e
+        .execute_operation(NS, "billing", "invoices", "charge", req.clone())
+        .await
+        .expect("executed");
+    assert_eq!((first.status, first.idempotent_replay), ("started", false));
+    let again = e
+        .execute_operation(NS, "Billing", "invoices", "charge", req)
+        .await
+        .expect("replayed");
+    assert_eq!(
+        (again.call.id.as_str(), again.idempotent_replay),
+        (first.call.id.as_str(), true)
+    );
+    assert_eq!(
+        again.call.linked_workflow_run_id,
+        first.call.linked_workflow_run_id
+    );
+    let poke = e
+        .execute_operation(NS, "billing", "invoices", "poke", ExecuteRequest::default())
+        .await
+        .expect_err("only start_workflow bindings run");
+    assert_eq!(reason(poke), "binding_not_supported");
+
+    // The linked run closes (here: cancelled by an operator); the call follows it, and a
+    // cancel of the call afterwards leaves the outcome as it was.
+    e.close_workflow(
+        NS,
+        &first.call.linked_workflow_instance_id,
+        None,
+        CloseCommand::Terminate,
+        Some("ops"),
+    )
+    .await
+    .expect("terminated");
+    let v = e
+        .describe_service_call(NS, "billing", "invoices", "charge", &first.call.id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "failed");
+    let v = e
+        .cancel_service_call(
+            NS,
+            "billing",
+            "invoices",
+            "charge",
+            &first.call.id,
+            Some("late".into()),
+        )
+        .await
+        .expect("cancel answered");
+    assert_eq!((v.status, v.call.cancelled_at_ms), ("failed", None));
+    assert_eq!(
+        reason(
+            e.delete_operation(NS, "billing", "invoices", "charge")
+                .await
+                .expect_err("refused")
+        ),
+        "operation_has_service_calls"
+    );
+    assert_eq!(
+        reason(
+            e.describe_service_call(NS, "billing", "invoices", "charge", "nope")
+                .await
+                .expect_err("refused")
+        ),
+        "service_call_not_found"
+    );
+}

@@ -153,6 +153,9 @@ pub enum Op {
     DescribeOperation,
     UpdateOperation,
     DeleteOperation,
+    ExecuteOperation,
+    DescribeServiceCall,
+    CancelServiceCall,
     BridgeWebhook,
     ListBridgeAdapters,
     DescribeBridgeAdapter,
@@ -472,6 +475,54 @@ fn routes() -> &'static [Route] {
                 Control,
                 DeleteOperation,
                 Admin
+            ),
+            // Service calls: execute and cancel need the operator role (a caller), the
+            // seed lists describe among the admin catalog routes.
+            route!(
+                POST,
+                [
+                    L("service-endpoints"),
+                    P,
+                    L("services"),
+                    P,
+                    L("operations"),
+                    P,
+                    L("execute")
+                ],
+                Control,
+                ExecuteOperation
+            ),
+            route!(
+                GET,
+                [
+                    L("service-endpoints"),
+                    P,
+                    L("services"),
+                    P,
+                    L("operations"),
+                    P,
+                    L("service-calls"),
+                    P
+                ],
+                Control,
+                DescribeServiceCall,
+                Admin
+            ),
+            route!(
+                POST,
+                [
+                    L("service-endpoints"),
+                    P,
+                    L("services"),
+                    P,
+                    L("operations"),
+                    P,
+                    L("service-calls"),
+                    P,
+                    L("cancel")
+                ],
+                Control,
+                CancelServiceCall
             ),
             // Webhook bridge adapters: events need the operator role, the adapters'
             // configuration (same path, other methods) admin; all bootstrap-gated.

@@ -489,3 +489,102 @@ async fn webhook_events_answer_the_outcome_document() {
     .await;
     expect(&r, 404, "adapter_not_found");
 }
+
+#[tokio::test]
+async fn execute_refuses_bad_input_missing_operations_and_unknown_caller_namespaces() {
+    let s = start(TOKENS, None).await;
+    control(
+        &s,
+        A,
+        "default",
+        "POST",
+        EP,
+        Some(&json!({"endpoint_name": "e"})),
+    )
+    .await;
+    control(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/service-endpoints/e/services",
+        Some(&json!({"service_name": "s"})),
+    )
+    .await;
+    let op = json!({"operation_name": "o", "operation_mode": "sync", "handler_binding_kind": "start_workflow", "handler_target_reference": "t"});
+    expect_status(
+        &control(
+            &s,
+            A,
+            "default",
+            "POST",
+            "/api/service-endpoints/e/services/s/operations",
+            Some(&op),
+        )
+        .await,
+        201,
+    );
+    let path = "/api/service-endpoints/e/services/s/operations/o/execute";
+    let r = control(&s, "tok-op", "default", "POST", path, Some(&json!({"mode_override": "later", "wait_for": "never", "wait_timeout_seconds": -1, "arguments": 5}))).await;
+    expect(&r, 422, "validation_failed");
+    let errors = r.json()["errors"].clone();
+    for f in [
+        "mode_override",
+        "wait_for",
+        "wait_timeout_seconds",
+        "arguments",
+    ] {
+        assert!(errors[f].is_array(), "{f} missing in {errors}");
+    }
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        "/api/service-endpoints/e/services/s/operations/missing/execute",
+        Some(&json!({})),
+    )
+    .await;
+    expect(&r, 404, "operation_not_found");
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        path,
+        Some(&json!({"caller_namespace": "nowhere"})),
+    )
+    .await;
+    expect(&r, 404, "namespace_not_found");
+    assert_eq!(r.json()["field"], "caller_namespace");
+    let r = control(
+        &s,
+        "tok-op",
+        "default",
+        "POST",
+        path,
+        Some(&json!({"mode_override": "async", "idempotency_key": "k"})),
+    )
+    .await;
+    expect_status(&r, 202);
+    let call = r.json();
+    assert_eq!(call["service_call"]["status"], "started");
+    assert_eq!(
+        call["linked_workflow_instance_id"],
+        format!("svc-{}", call["id"].as_str().unwrap_or_default())
+    );
+    let r = control(
+        &s,
+        A,
+        "default",
+        "GET",
+        &format!(
+            "/api/service-endpoints/e/services/s/operations/o/service-calls/{}",
+            call["id"].as_str().unwrap_or_default()
+        ),
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    assert_eq!(r.json()["caller_namespace"], "default");
+}

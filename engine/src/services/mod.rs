@@ -18,12 +18,14 @@
 //! the receipt then.
 
 mod bridge;
+mod calls;
 mod catalog;
 
 pub use bridge::{
     bridge_workflow_id, AdapterSpec, BridgeAction, BridgeAdapterRecord, BridgeEvent, BridgeOutcome,
     BridgeRejection, BridgeTarget, BRIDGE_ACTIONS, MAX_ADAPTERS,
 };
+pub use calls::{ExecuteRequest, ServiceCallRecord, ServiceCallView};
 pub use catalog::{
     normalize_name, valid_catalog_name, CatalogPatch, EndpointRecord, OperationPatch,
     OperationRecord, OperationSpec, ServiceRecord, BINDING_KINDS, MAX_CATALOG_LIST,

@@ -122,6 +122,9 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::DescribeOperation
         | Op::UpdateOperation
         | Op::DeleteOperation => services::handle(state, op, call).await,
+        Op::ExecuteOperation | Op::DescribeServiceCall | Op::CancelServiceCall => {
+            services::handle_calls(state, op, call).await
+        }
         Op::BridgeWebhook
         | Op::ListBridgeAdapters
         | Op::DescribeBridgeAdapter

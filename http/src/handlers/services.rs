@@ -3,10 +3,12 @@
 //! and answered lowercase; deletes answer 200 with `outcome: "deleted"`.
 
 use hyper::StatusCode;
+use keel_engine::avro::{decode_blob, envelope, AvroValue};
 use keel_engine::clock::format_timestamp;
 use keel_engine::services::{
-    valid_catalog_name, CatalogPatch, EndpointRecord, OperationPatch, OperationRecord,
-    OperationSpec, ServiceRecord, BINDING_KINDS, MAX_CATALOG_NAME, OPERATION_MODES,
+    valid_catalog_name, CatalogPatch, EndpointRecord, ExecuteRequest, OperationPatch,
+    OperationRecord, OperationSpec, ServiceCallView, ServiceRecord, BINDING_KINDS,
+    MAX_CATALOG_NAME, OPERATION_MODES,
 };
 use serde_json::{json, Value};
 
@@ -424,6 +426,222 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                     "outcome": "deleted",
                 }),
             ))
+        }
+        _ => Err(super::unrouted(op)),
+    }
+}
+
+// ---- service calls (the execute route, describe, cancel) ----
+
+fn call_json(v: &ServiceCallView) -> Value {
+    let c = &v.call;
+    let ts = |ms: Option<i64>| ms.map(format_timestamp);
+    let closed = |s: &str| {
+        if v.status == s {
+            ts(v.closed_at_ms)
+        } else {
+            None
+        }
+    };
+    let result = match &v.output {
+        Value::Object(m) if m.get("codec").and_then(Value::as_str) == Some("avro") => m
+            .get("blob")
+            .and_then(Value::as_str)
+            .and_then(|b| decode_blob(b).ok())
+            .map_or(Value::Null, |a| a.to_json()),
+        other => other.clone(),
+    };
+    let outcome = match v.status {
+        "started" => "accepted",
+        s => s,
+    };
+    let mut out = json!({
+        "id": c.id,
+        "service_call_id": c.id,
+        "namespace": c.namespace,
+        "target_namespace": c.namespace,
+        "endpoint_id": c.endpoint_id,
+        "endpoint_name": c.endpoint_name,
+        "service_id": c.service_id,
+        "service_name": c.service_name,
+        "operation_id": c.operation_id,
+        "operation_name": c.operation_name,
+        "caller_namespace": c.caller_namespace,
+        "caller_workflow_instance_id": c.caller_workflow_instance_id,
+        "caller_workflow_run_id": c.caller_workflow_run_id,
+        "linked_workflow_instance_id": c.linked_workflow_instance_id,
+        "linked_workflow_run_id": c.linked_workflow_run_id,
+        "linked_workflow_update_id": null,
+        "status": v.status,
+        "outcome": outcome,
+        "accepted": !matches!(v.status, "failed" | "cancelled"),
+        "operation_mode": c.operation_mode,
+        "resolved_binding_kind": c.resolved_binding_kind,
+        "resolved_target_reference": c.resolved_target_reference,
+        "payload_codec": "avro",
+        "input_payload_reference": null,
+        "output_payload_reference": null,
+        "result": result,
+        "result_envelope": if v.output.is_null() { Value::Null } else { v.output.clone() },
+        "message": v.message,
+        "failure_message": if v.status == "failed" { json!(v.message) } else { Value::Null },
+        "idempotency_key": c.idempotency_key,
+        "idempotent_replay": v.idempotent_replay,
+        "accepted_at": format_timestamp(c.accepted_at_ms),
+        "started_at": format_timestamp(c.accepted_at_ms),
+        "completed_at": closed("completed"),
+        "failed_at": closed("failed"),
+        "cancelled_at": ts(c.cancelled_at_ms).or_else(|| closed("cancelled")),
+    });
+    if let (Some(obj), Some(policies)) = (out.as_object_mut(), c.policies.as_object()) {
+        for (k, p) in policies {
+            obj.insert(k.clone(), p.clone());
+        }
+    }
+    out
+}
+
+/// The execute/describe/cancel answer: the snapshot under `service_call` and flat; an
+/// execute whose call is still running answers 202, everything else 200.
+fn call_reply(v: &ServiceCallView, execute: bool) -> Reply {
+    let snapshot = call_json(v);
+    let mut body = snapshot.clone();
+    body["service_call"] = snapshot;
+    let status = if execute && v.status == "started" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Reply::json(status, &body)
+}
+
+/// Longest `wait_timeout_seconds` of an execute.
+const MAX_WAIT_SECONDS: i64 = 300;
+/// A synchronous execute waits this long when it names no timeout.
+const DEFAULT_WAIT_SECONDS: u64 = 30;
+
+async fn execute(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
+    let e = path_name(call, 0, "endpoint_name")?;
+    let s = path_name(call, 1, "service_name")?;
+    let o = path_name(call, 2, "operation_name")?;
+    let body = &call.body;
+    let mut f = Fields::new(body)?;
+    let codec = f
+        .optional_str("payload_codec", 191)
+        .unwrap_or_else(|| "avro".into());
+    let arguments = match present(body, "arguments") {
+        None | Some(Value::Null) => envelope(&AvroValue::Array(Vec::new())),
+        Some(Value::String(blob)) => json!({"codec": codec, "blob": blob}),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => {
+            f.error(
+                "arguments",
+                "The arguments field must be a payload blob or envelope.",
+            );
+            Value::Null
+        }
+    };
+    let mode = f.optional_str("mode_override", 16);
+    let mode = one_of(&mut f, "mode_override", mode, OPERATION_MODES);
+    let wait_for = f.optional_str("wait_for", 16);
+    let wait_for = one_of(&mut f, "wait_for", wait_for, &["accepted", "completed"]);
+    let wait_timeout = f.optional_int("wait_timeout_seconds", 0, MAX_WAIT_SECONDS);
+    let idempotency_key = f.optional_str("idempotency_key", 191);
+    let caller_namespace = f
+        .optional_str("caller_namespace", 255)
+        .map(|n| n.to_ascii_lowercase());
+    let caller_workflow_instance_id = f.optional_str("caller_workflow_instance_id", 191);
+    let caller_workflow_run_id = f.optional_str("caller_workflow_run_id", 191);
+    let target_workflow_instance_id = f.optional_id("target_workflow_instance_id", 191);
+    let queue = f.optional_str("queue", 191);
+    let business_key = f.optional_str("business_key", 191);
+    let duplicate = f.optional_str("duplicate_start_policy", 32);
+    let duplicate = one_of(
+        &mut f,
+        "duplicate_start_policy",
+        duplicate,
+        &["reject_duplicate", "return_existing_active"],
+    );
+    for field in ["labels", "memo", "search_attributes"] {
+        f.optional_object(field);
+    }
+    f.finish()?;
+    // Cross-namespace authority: the token must reach the caller namespace too (the
+    // target namespace was resolved by the pipeline).
+    if let Some(caller) = &caller_namespace {
+        if !call.principal.can_see(caller) || !state.engine.namespace_exists(caller).await? {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "namespace_not_found",
+                format!("caller namespace '{caller}' does not exist"),
+            )
+            .with("namespace", caller.as_str())
+            .with("field", "caller_namespace"));
+        }
+    }
+    let request = ExecuteRequest {
+        arguments,
+        mode_override: mode.clone(),
+        idempotency_key,
+        caller_namespace,
+        caller_workflow_instance_id,
+        caller_workflow_run_id,
+        target_workflow_instance_id,
+        queue,
+        business_key,
+        reject_duplicate: duplicate.as_deref() == Some("reject_duplicate"),
+    };
+    let ns = call.namespace.as_str();
+    let mut view = state
+        .engine
+        .execute_operation(ns, &e, &s, &o, request)
+        .await?;
+    let sync = match wait_for.as_deref() {
+        Some("completed") => true,
+        Some(_) => false,
+        None => view.call.operation_mode == "sync",
+    };
+    if sync && view.status == "started" {
+        let wait = wait_timeout.map_or(DEFAULT_WAIT_SECONDS, |w| w as u64);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+        // The linked run's close is read back from storage; 50 ms between reads bounds
+        // the added latency without a dedicated close notification.
+        while view.status == "started" && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            view = state
+                .engine
+                .describe_service_call(ns, &e, &s, &o, &view.call.id)
+                .await?;
+        }
+    }
+    Ok(call_reply(&view, true))
+}
+
+/// Execute, describe and cancel of service calls.
+pub async fn handle_calls(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
+    let ns = call.namespace.as_str();
+    match op {
+        Op::ExecuteOperation => execute(state, &call).await,
+        Op::DescribeServiceCall | Op::CancelServiceCall => {
+            let e = path_name(&call, 0, "endpoint_name")?;
+            let s = path_name(&call, 1, "service_name")?;
+            let o = path_name(&call, 2, "operation_name")?;
+            let id = call.param(3).to_string();
+            let view = if op == Op::DescribeServiceCall {
+                state
+                    .engine
+                    .describe_service_call(ns, &e, &s, &o, &id)
+                    .await?
+            } else {
+                let mut f = Fields::new(&call.body)?;
+                let reason = f.optional_str("reason", 1000);
+                f.finish()?;
+                state
+                    .engine
+                    .cancel_service_call(ns, &e, &s, &o, &id, reason)
+                    .await?
+            };
+            Ok(call_reply(&view, false))
         }
         _ => Err(super::unrouted(op)),
     }
