@@ -254,3 +254,52 @@ async fn the_operator_recovery_purge_releases_the_purged_runs_blobs() {
     assert_eq!(reason(e), "external_payload_not_found");
     assert!(!dir.path().join(&input.reference_id).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_payload_survives_retention_of_the_runs_that_used_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, clock) = engine_with(dir.path(), 0).await;
+    let input = engine
+        .upload_payload(NS, upload(b"a-schedules-action-input"))
+        .await
+        .expect("upload");
+    engine
+        .pin_payload_references(
+            NS,
+            &json!({"action": {"input": envelope(&input)}}),
+            "schedule",
+        )
+        .await
+        .expect("pinned");
+    let mut req = start("fired", "t");
+    req.input = envelope(&input);
+    engine.start_workflow(NS, req).await.expect("start");
+    let task = poll_wf(&engine).await.expect("workflow task");
+    engine
+        .complete_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": ARGS}})],
+        )
+        .await
+        .expect("completed");
+    engine
+        .update_namespace(
+            NS,
+            NamespacePatch {
+                retention_days: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("retention");
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let out = engine.retention_pass(NS, 10, None).await.expect("pass");
+    assert_eq!((out.deleted_runs, out.deleted_payloads), (1, 0));
+    engine
+        .fetch_payload(NS, &input.reference_id)
+        .await
+        .expect("the pinned payload stays");
+}

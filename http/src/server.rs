@@ -460,6 +460,16 @@ async fn dispatch(
             .check_payload_references(&namespace, &body)
             .await
             .map_err(|e| fail(e.into()))?;
+        // A schedule keeps its action's references for every future fire: retention of
+        // the runs it started must not delete them. (Pinned for good: the blob outlives
+        // the schedule; see README "External payload storage".)
+        if matches!(op, Op::CreateSchedule | Op::UpdateSchedule) {
+            state
+                .engine
+                .pin_payload_references(&namespace, &body, "schedule")
+                .await
+                .map_err(|e| fail(e.into()))?;
+        }
     }
     let call = Call {
         params,

@@ -637,3 +637,31 @@ async fn round_trip(
     }
     step
 }
+
+impl Engine {
+    /// Keeps the payloads `value` references for as long as `holder` may use them: a use
+    /// that no run's deletion releases. For references held outside any run's history,
+    /// such as a schedule's action input, which every fire copies into a new run.
+    pub async fn pin_payload_references(
+        &self,
+        ns: &str,
+        value: &Value,
+        holder: &str,
+    ) -> Result<()> {
+        let ids = crate::history::payload_references(value);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (ids, holder) = (&ids, &format!("pinned:{holder}"));
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                for id in ids {
+                    txn.set(&crate::history::payload_use_key(ns, id, holder), b"");
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+}
