@@ -809,6 +809,10 @@ pub fn check_memo_size(memo: &Value) -> crate::error::Result<()> {
     Ok(())
 }
 
+/// Longest wait before a failed workflow task is offered again: the backoff doubles with
+/// the task's failure count (1, 2, 4, ... s) up to this.
+pub const WORKFLOW_TASK_FAILURE_BACKOFF_MAX_SECONDS: u64 = 60;
+
 /// Activities a run may have scheduled and not yet closed (`max_pending_activities`).
 pub const MAX_PENDING_ACTIVITIES: usize = 2_000;
 /// Child workflows a run may have started and not yet seen close (`max_pending_children`).

@@ -102,10 +102,43 @@ pub enum RepairReason {
 pub struct RepairCandidate {
     pub run_id: String,
     pub workflow_id: String,
+    /// The run's task queue: the scope the pass is fair across.
+    pub task_queue: String,
     /// Run status.
     pub status: &'static str,
     /// Why.
     pub reason: RepairReason,
+}
+
+/// How the repair pass picks among more candidates than its limit:
+/// [`scope_fair_round_robin`], one candidate per task queue in turn.
+pub const REPAIR_SCAN_STRATEGY: &str = "scope_fair_round_robin";
+
+/// Orders `candidates` (in scan order) so that taking any prefix is fair across task
+/// queues: the first candidate of each queue (queues in order of first appearance), then
+/// the second of each, and so on. One busy queue cannot starve the others' repairs.
+pub fn scope_fair_round_robin(candidates: Vec<RepairCandidate>) -> Vec<RepairCandidate> {
+    let mut queues: Vec<std::collections::VecDeque<RepairCandidate>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for c in candidates {
+        let i = *index.entry(c.task_queue.clone()).or_insert_with(|| {
+            queues.push(std::collections::VecDeque::new());
+            queues.len() - 1
+        });
+        queues[i].push_back(c);
+    }
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        for q in &mut queues {
+            if let Some(c) = q.pop_front() {
+                out.push(c);
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
 }
 
 /// The repair scan of a namespace.
@@ -336,6 +369,7 @@ impl Engine {
                 candidates.push(RepairCandidate {
                     run_id: run.run_id.clone(),
                     workflow_id: run.workflow_id.clone(),
+                    task_queue: run.task_queue.clone(),
                     status: run.status.as_str(),
                     reason,
                 });
@@ -349,7 +383,8 @@ impl Engine {
     }
 
     /// Recreates the workflow task of up to `limit` repair candidates (or of those in
-    /// `run_ids`). Each repair re-checks the run in its own transaction.
+    /// `run_ids`), chosen [`scope_fair_round_robin`] across task queues. Each repair
+    /// re-checks the run in its own transaction.
     pub async fn repair_pass(
         &self,
         ns: &str,
@@ -358,10 +393,13 @@ impl Engine {
     ) -> Result<Vec<RepairCandidate>> {
         let scan = self.repair_scan(ns, MAX_SCAN).await?;
         let mut repaired = Vec::new();
-        for candidate in scan
+        let selected: Vec<RepairCandidate> = scan
             .candidates
             .into_iter()
             .filter(|c| run_ids.is_none_or(|ids| ids.contains(&c.run_id)))
+            .collect();
+        for candidate in scope_fair_round_robin(selected)
+            .into_iter()
             .take(limit.clamp(1, 1000))
         {
             let run_id = candidate.run_id.clone();
@@ -484,5 +522,38 @@ impl Engine {
         txn.get_snapshot(&tables::meta_key(crate::namespaces::SCHEMA_VERSION_KEY))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(run_id: &str, queue: &str) -> RepairCandidate {
+        RepairCandidate {
+            run_id: run_id.into(),
+            workflow_id: run_id.into(),
+            task_queue: queue.into(),
+            status: "running",
+            reason: RepairReason::WorkflowTaskMissing,
+        }
+    }
+
+    #[test]
+    fn a_busy_queue_does_not_starve_the_repairs_of_other_queues() {
+        let scanned = vec![
+            candidate("a1", "busy"),
+            candidate("a2", "busy"),
+            candidate("a3", "busy"),
+            candidate("b1", "quiet"),
+            candidate("a4", "busy"),
+            candidate("c1", "other"),
+            candidate("b2", "quiet"),
+        ];
+        let order: Vec<String> = scope_fair_round_robin(scanned)
+            .into_iter()
+            .map(|c| c.run_id)
+            .collect();
+        assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]);
     }
 }

@@ -59,6 +59,9 @@ pub fn worker_capability_manifest() -> Value {
 
 /// The limits Keel enforces.
 pub const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
+/// Longest name of a signal, query or update (`limits.max_operation_name_length`),
+/// enforced on the command routes' path.
+pub const MAX_OPERATION_NAME_BYTES: usize = 256;
 
 /// The worker-plane capabilities, merged into every worker response.
 pub fn server_capabilities() -> Value {
@@ -158,7 +161,7 @@ pub fn cluster_info(
                 "schema": "durable-workflow.v2.control-plane-request.contract",
                 "version": 1,
                 "operations": {
-                    "start": {"fields": {"duplicate_policy": {"canonical_values": ["fail", "use-existing"]}}},
+                    "start": {"fields": {"duplicate_policy": {"canonical_values": ["fail", "use-existing"], "aliases": {"reject": "fail"}}}},
                     "update": {"fields": {"wait_for": {"canonical_values": ["accepted", "completed"]}}},
                 },
             },
@@ -218,7 +221,7 @@ pub fn add_manifests(info: &mut Value) {
                 "max_search_attribute_value_bytes",
                 json!(MAX_SEARCH_ATTRIBUTE_VALUE_BYTES),
             ),
-            ("max_operation_name_length", json!(256)),
+            ("max_operation_name_length", json!(MAX_OPERATION_NAME_BYTES)),
             (
                 "max_pending_activities",
                 json!(keel_engine::model::MAX_PENDING_ACTIVITIES),

@@ -866,7 +866,13 @@ pub enum Match {
     /// A route matched: its operation, plane and decoded path parameters.
     Found(Op, Plane, Vec<String>),
     /// The path exists, but not for this method.
-    MethodNotAllowed,
+    MethodNotAllowed {
+        /// The methods the path has, in table order (the `Allow` header of the 405).
+        allow: Vec<Method>,
+        /// Whether every route of the path needs no token, so that telling a caller
+        /// without one that the path exists gives nothing away.
+        public: bool,
+    },
     /// No route has this path.
     NotFound,
 }
@@ -886,7 +892,8 @@ pub fn route(method: &Method, path: &str) -> Match {
                 .into_owned()
         })
         .collect();
-    let mut path_matched = false;
+    let mut allow: Vec<Method> = Vec::new();
+    let mut public = true;
     for r in routes() {
         if r.path.len() != segments.len() || r.root != root {
             continue;
@@ -903,13 +910,16 @@ pub fn route(method: &Method, path: &str) -> Match {
             if r.method == *method {
                 return Match::Found(r.op, r.plane, params);
             }
-            path_matched = true;
+            if !allow.contains(&r.method) {
+                allow.push(r.method.clone());
+            }
+            public &= r.access == Access::Public;
         }
     }
-    if path_matched {
-        Match::MethodNotAllowed
-    } else {
+    if allow.is_empty() {
         Match::NotFound
+    } else {
+        Match::MethodNotAllowed { allow, public }
     }
 }
 
@@ -1132,11 +1142,22 @@ mod tests {
     }
 
     #[test]
-    fn known_path_with_wrong_method_is_method_not_allowed() {
+    fn known_path_with_wrong_method_is_method_not_allowed_with_the_paths_methods() {
         assert_eq!(
             route(&Method::DELETE, "/api/workflows"),
-            Match::MethodNotAllowed
+            Match::MethodNotAllowed {
+                allow: vec![Method::POST, Method::GET],
+                public: false
+            }
         );
+        assert_eq!(
+            route(&Method::POST, "/api/health"),
+            Match::MethodNotAllowed {
+                allow: vec![Method::GET],
+                public: true
+            }
+        );
+
         assert_eq!(route(&Method::GET, "/api/nope"), Match::NotFound);
         assert_eq!(route(&Method::GET, "/elsewhere"), Match::NotFound);
     }

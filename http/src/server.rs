@@ -276,13 +276,23 @@ async fn handle(
     limits: &ConnectionLimits,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
+    let path_plane = path_plane(req.uri().path());
     let (op, plane, result) = match dispatch(&state, req, limits).await {
         Ok((op, plane, reply)) => (Some(op), plane, Ok(reply)),
         Err((op, plane, e)) => (op, plane, Err(e)),
     };
+    // A 401, and an answer for no route, take the envelope of the path's prefix, not of
+    // its route: an unauthenticated caller then gets the same bytes for a route and for
+    // a path that is none (nothing tells them apart), and a 404 or 405 under the worker
+    // prefix is still a worker-protocol error.
+    let plane = match &result {
+        Err(e) if op.is_none() || e.status == StatusCode::UNAUTHORIZED => Some(path_plane),
+        _ => plane,
+    };
     let mut retry_after = None;
     let mut content_type = "application/json";
     let mut extra_headers = Vec::new();
+    let mut allow = None;
     let (status, body) = match result {
         Ok(reply) => {
             content_type = reply.content_type;
@@ -291,6 +301,18 @@ async fn handle(
         }
         Err(e) => {
             retry_after = e.extra.get("retry_after_seconds").and_then(Value::as_u64);
+            if e.status == StatusCode::METHOD_NOT_ALLOWED {
+                allow = e
+                    .extra
+                    .get("allowed_methods")
+                    .and_then(Value::as_array)
+                    .map(|m| {
+                        m.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    });
+            }
             if e.status.is_server_error() {
                 tracing::warn!(
                     status = e.status.as_u16(),
@@ -336,6 +358,10 @@ async fn handle(
     if let Some(seconds) = retry_after {
         headers.insert(hyper::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
+    // RFC 9110 §15.5.6: a 405 lists the methods the target supports.
+    if let Some(value) = allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        headers.insert(hyper::header::ALLOW, value);
+    }
     if status == StatusCode::REQUEST_TIMEOUT {
         // The rest of the body may still be on its way: the connection cannot carry
         // another request.
@@ -357,6 +383,16 @@ async fn handle(
         _ => {}
     }
     response
+}
+
+/// The plane a path's prefix suggests, whatever its route: the worker plane under
+/// `/api/worker/`, the control plane elsewhere.
+fn path_plane(path: &str) -> Plane {
+    if path.starts_with("/api/worker/") {
+        Plane::Worker
+    } else {
+        Plane::Control
+    }
 }
 
 type Dispatched = Result<(Op, Option<Plane>, Reply), (Option<Op>, Option<Plane>, ApiError)>;
@@ -395,29 +431,34 @@ async fn dispatch(
         }
         Err(e) => (Bytes::new(), Err(e)),
     };
+    // Unauthenticated callers learn nothing about the route table: where tokens are
+    // required, a path that is not public (unknown, or known under other methods) is a
+    // 401 before it is a 404 or a 405. Only the public routes' paths answer a caller
+    // without a token (their existence is no secret).
+    let unmatched = |e: ApiError| (None, None, e);
     let (op, plane, params) = match matched {
         Match::Found(op, plane, params) => (op, plane, params),
-        Match::MethodNotAllowed => {
-            return Err((
-                None,
-                None,
+        Match::MethodNotAllowed { allow, public } => {
+            if !public {
+                state.auth.authenticate(&parts.headers).map_err(unmatched)?;
+            }
+            let allow: Vec<&str> = allow.iter().map(hyper::Method::as_str).collect();
+            return Err(unmatched(
                 ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
                     format!("{} is not allowed here", &parts.method),
-                ),
-            ))
+                )
+                .with("allowed_methods", allow),
+            ));
         }
         Match::NotFound => {
-            return Err((
-                None,
-                None,
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("no route for {}", parts.uri.path()),
-                ),
-            ))
+            state.auth.authenticate(&parts.headers).map_err(unmatched)?;
+            return Err(unmatched(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {}", parts.uri.path()),
+            )));
         }
     };
     let fail = |e: ApiError| (Some(op), Some(plane), e);

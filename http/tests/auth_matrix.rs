@@ -235,3 +235,141 @@ async fn one_token_may_hold_several_roles() {
         assert!(r.status != 401 && r.status != 403, "{path}: {}", r.text);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_a_token_learn_nothing_about_which_routes_exist() {
+    let s = start(TOKENS, None).await;
+    // An unknown path, a known path under a method it lacks, and a real route answer a
+    // caller without a valid token alike: 401. Only the public paths answer it.
+    for (method, path) in [
+        ("GET", "/api/no-such-route"),
+        ("GET", "/api/service-endpoints"),
+        ("POST", "/api/workflows/x/nope"),
+        ("GET", "/elsewhere"),
+        ("DELETE", "/api/workflows"),
+        ("PATCH", "/api/worker/register"),
+        ("GET", "/api/workflows"),
+    ] {
+        for auth in [None, Some("Bearer not-a-token")] {
+            let mut headers = vec![CONTROL];
+            if let Some(a) = auth {
+                headers.push(("Authorization", a));
+            }
+            let r = send(s.addr, method, path, &headers, None).await;
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.text);
+            common::expect(&r, 401, "unauthorized");
+            assert!(
+                r.header("allow").is_none(),
+                "{method} {path}: {:?}",
+                r.headers
+            );
+        }
+    }
+    // Nothing in a refusal tells a route from a path that is none: the same status,
+    // headers and body, under either prefix.
+    let bare = |r: &common::Resp| {
+        let mut headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k != "date")
+            .cloned()
+            .collect();
+        headers.sort();
+        (r.status, headers, r.text.clone())
+    };
+    for (route, nothing) in [
+        (("GET", "/api/workflows"), ("GET", "/api/no-such-route")),
+        (("DELETE", "/api/workflows"), ("GET", "/api/no-such-route")),
+        (("GET", "/api/cluster/info"), ("GET", "/api/cluster/nope")),
+        (
+            ("POST", "/api/worker/heartbeat"),
+            ("POST", "/api/worker/nope"),
+        ),
+        (
+            ("GET", "/api/worker/heartbeat"),
+            ("POST", "/api/worker/nope"),
+        ),
+    ] {
+        let a = send(s.addr, route.0, route.1, &[CONTROL], None).await;
+        let b = send(s.addr, nothing.0, nothing.1, &[CONTROL], None).await;
+        assert_eq!(bare(&a), bare(&b), "{route:?} vs {nothing:?}");
+    }
+    let r = send(s.addr, "POST", "/api/worker/nope", &[], None).await;
+    assert_eq!(r.json()["protocol_version"], "1.20", "{}", r.text);
+    // With any valid token the route table is no secret: 404 and 405 as usual.
+    let worker = token_for("worker");
+    let r = send(
+        s.addr,
+        "GET",
+        "/api/no-such-route",
+        &[("Authorization", &worker)],
+        None,
+    )
+    .await;
+    common::expect(&r, 404, "not_found");
+    let r = send(
+        s.addr,
+        "DELETE",
+        "/api/workflows",
+        &[("Authorization", &worker)],
+        None,
+    )
+    .await;
+    common::expect(&r, 405, "method_not_allowed");
+    // A public path under another method: its existence is public, so 405 without a token.
+    let r = send(s.addr, "POST", "/api/health", &[], None).await;
+    common::expect(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_405_names_the_allowed_methods() {
+    let s = start(TOKENS, None).await;
+    let admin = token_for("admin");
+    for (method, path, allow) in [
+        ("DELETE", "/api/workflows", "POST, GET"),
+        ("POST", "/api/schedules/s1", "GET, PUT, DELETE"),
+        ("GET", "/api/worker/register", "POST"),
+        ("POST", "/api/system/health", "GET"),
+        ("DELETE", "/api/system/metrics", "GET, POST"),
+        ("POST", "/metrics", "GET"),
+    ] {
+        let r = send(
+            s.addr,
+            method,
+            path,
+            &[CONTROL, ("Authorization", &admin)],
+            None,
+        )
+        .await;
+        common::expect(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+        let listed: Vec<String> = r.json()["allowed_methods"]
+            .as_array()
+            .expect("allowed_methods")
+            .iter()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect();
+        assert_eq!(listed.join(", "), allow, "{method} {path}");
+    }
+    // Every path of the table: a method it lacks gets 405 with an Allow header that
+    // lists the path's real methods.
+    for r in route_table("x") {
+        let resp = send(
+            s.addr,
+            "PATCH",
+            &r.path,
+            &[CONTROL, ("Authorization", &admin)],
+            None,
+        )
+        .await;
+        assert_eq!(resp.status, 405, "PATCH {}: {}", r.path, resp.text);
+        let allow = resp.header("allow").unwrap_or("");
+        assert!(
+            allow.split(", ").any(|m| m == r.method.as_str()),
+            "PATCH {}: Allow {allow:?} lacks {}",
+            r.path,
+            r.method
+        );
+    }
+}

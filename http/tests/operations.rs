@@ -332,7 +332,17 @@ async fn repair_pass_recreates_a_missing_workflow_task() {
     );
     let r = control(&s, "adm", "default", "GET", "/api/system/repair", None).await;
     assert_eq!(r.json()["candidate_count"], 1, "{}", r.text);
-    assert_eq!(r.json()["candidates"][0]["reason"], "workflow_task_missing");
+    assert_eq!(
+        r.json()["candidate_runs"][0]["reason"],
+        "workflow_task_missing"
+    );
+    // The upstream taskRepairCandidates object: counts per scope (task queue).
+    let candidates = &r.json()["candidates"];
+    assert_eq!(candidates["missing_task_candidates"], 1, "{}", r.text);
+    assert_eq!(candidates["total_candidates"], 1);
+    assert_eq!(candidates["scan_strategy"], "scope_fair_round_robin");
+    assert_eq!(candidates["scopes"][0]["queue"], "q");
+    assert_eq!(candidates["scopes"][0]["missing_task_candidates"], 1);
     let r = control(
         &s,
         "adm",

@@ -40,7 +40,11 @@ pub(super) async fn apply_command(
                 return Err(invalid_commands(format!(
                     "a run may have at most {} activities pending",
                     crate::model::MAX_PENDING_ACTIVITIES
-                )));
+                ))
+                .with(
+                    "max_pending_activities",
+                    crate::model::MAX_PENDING_ACTIVITIES as u64,
+                ));
             }
             run.last_workflow_sequence += 1;
             let sequence = run.last_workflow_sequence;
@@ -118,7 +122,11 @@ pub(super) async fn apply_command(
                 return Err(invalid_commands(format!(
                     "a run may have at most {} child workflows pending",
                     crate::model::MAX_PENDING_CHILDREN
-                )));
+                ))
+                .with(
+                    "max_pending_children",
+                    crate::model::MAX_PENDING_CHILDREN as u64,
+                ));
             }
             super::children::start_child(txn, run, cmd, task_id, now, fx).await?;
         }

@@ -121,9 +121,10 @@ let fx = &mut tx.fx;
             } else {
                 kernel::clear_task_state(txn, &task);
                 task.failures += 1;
-                let backoff_s = 1i64 << (task.failures - 1).min(6);
+                let backoff_s = (1i64 << (task.failures - 1).min(6))
+                    .min(crate::model::WORKFLOW_TASK_FAILURE_BACKOFF_MAX_SECONDS as i64);
                 let action = TimerAction::TaskBackoff { task_id: task_id.to_string() };
-                let timer = kernel::put_timer(txn, now + backoff_s.min(60) * 1000, &action, fx)?;
+                let timer = kernel::put_timer(txn, now + backoff_s * 1000, &action, fx)?;
                 let text = |k: &str| failure.get(k).and_then(Value::as_str).unwrap_or("");
                 let failure_type = text("type");
                 tracing::warn!(task_id, run_id = %task.run_id, failures = task.failures, failure_type,

@@ -21,6 +21,9 @@ use crate::kernel;
 use crate::model::{
     ClosedTaskRecord, OpenCondition, OpenSignalWait, OpenTimer, UpdateRecord, UpdateStatus,
 };
+use crate::namespaces::{
+    MAX_SEARCH_ATTRIBUTES, MAX_SEARCH_ATTRIBUTE_KEY_BYTES, MAX_SEARCH_ATTRIBUTE_VALUE_BYTES,
+};
 
 /// `timer_kind` of a workflow's own timers. Naming it keeps the SDK from reading a timer
 /// that follows a condition wait as a legacy, metadata-poor condition timeout.
@@ -33,8 +36,6 @@ const CONDITION_TIMEOUT_RETRY_MS: Millis = 1_000;
 const MAX_DELAY_SECONDS: u64 = 100 * 365 * 86_400;
 /// Most memo entries in one upsert, and most keys in a run's memo.
 const MAX_MEMO_ENTRIES: usize = 100;
-/// Most search attributes on a run.
-const MAX_SEARCH_ATTRIBUTES: usize = 100;
 /// How long a closed activity's tombstone outlives its lease.
 const TOMBSTONE_GRACE_MS: Millis = 60_000;
 
@@ -138,6 +139,7 @@ pub(super) async fn apply(
                 .cloned()
                 .unwrap_or_default();
             for (k, v) in attributes {
+                check_upserted_attribute(k, v)?;
                 if v.is_null() {
                     merged.remove(k);
                 } else {
@@ -147,7 +149,8 @@ pub(super) async fn apply(
             if merged.len() > MAX_SEARCH_ATTRIBUTES {
                 return Err(invalid_commands(format!(
                     "a run may carry at most {MAX_SEARCH_ATTRIBUTES} search attributes"
-                )));
+                ))
+                .with("max_search_attributes", MAX_SEARCH_ATTRIBUTES as u64));
             }
             let sequence = next_sequence(run);
             run.search_attributes = Value::Object(merged.clone());
@@ -170,6 +173,33 @@ pub(super) async fn apply(
             "unsupported command type '{other}'"
         ))),
     }
+}
+
+/// The advertised per-attribute limits (`max_search_attribute_key_length`,
+/// `max_search_attribute_value_bytes`) on one upserted attribute; the refusal names the
+/// limit by its `cluster/info` key. (Upserts are not checked against the namespace's
+/// registry, unlike starts: workflows upsert ad-hoc attributes.)
+fn check_upserted_attribute(name: &str, value: &Value) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_SEARCH_ATTRIBUTE_KEY_BYTES {
+        return Err(invalid_commands(format!(
+            "upsert_search_attributes: a search attribute name must be 1 to {MAX_SEARCH_ATTRIBUTE_KEY_BYTES} bytes"
+        ))
+        .with(
+            "max_search_attribute_key_length",
+            MAX_SEARCH_ATTRIBUTE_KEY_BYTES as u64,
+        ));
+    }
+    let size = serde_json::to_vec(value).map_or(usize::MAX, |b| b.len());
+    if size > MAX_SEARCH_ATTRIBUTE_VALUE_BYTES {
+        return Err(invalid_commands(format!(
+            "upsert_search_attributes: the value of '{name}' is {size} bytes; at most {MAX_SEARCH_ATTRIBUTE_VALUE_BYTES} are allowed"
+        ))
+        .with(
+            "max_search_attribute_value_bytes",
+            MAX_SEARCH_ATTRIBUTE_VALUE_BYTES as u64,
+        ));
+    }
+    Ok(())
 }
 
 fn start_timer(
@@ -491,7 +521,8 @@ fn upsert_memo(
         return Err(invalid_commands(format!(
             "upsert_memo would grow the run's memo past {} bytes ({e})",
             crate::model::MAX_MEMO_BYTES
-        )));
+        ))
+        .with("max_memo_bytes", crate::model::MAX_MEMO_BYTES as u64));
     }
     run.memo = merged_json;
     let merged_blob = avro::encode_blob(&merged);

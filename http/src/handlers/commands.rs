@@ -19,12 +19,10 @@ use keel_engine::workflow::{CloseCommand, SignalRequest, UpdateRequest, UpdateWa
 use serde_json::{json, Value};
 
 use crate::call::{AppState, Call, Reply};
+use crate::discovery::MAX_OPERATION_NAME_BYTES;
 use crate::error::ApiError;
 use crate::router::Op;
 use crate::validate::Fields;
-
-/// Longest name of a signal, query or update.
-const MAX_OPERATION_NAME_BYTES: usize = 256;
 /// How long a query waits for a worker unless the caller says otherwise.
 const DEFAULT_QUERY_TIMEOUT_SECONDS: i64 = 20;
 /// How long `wait_for: completed` waits unless the caller says otherwise.
@@ -94,7 +92,8 @@ fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
         return Err(ApiError::field(
             field,
             format!("The {field} must be 1 to {MAX_OPERATION_NAME_BYTES} bytes."),
-        ));
+        )
+        .with("max_operation_name_length", MAX_OPERATION_NAME_BYTES));
     }
     if name.chars().any(char::is_control) {
         return Err(ApiError::field(

@@ -71,11 +71,15 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         f.optional_int("execution_timeout_seconds", 1, 10 * 365 * 86_400);
     let run_timeout_seconds = f.optional_int("run_timeout_seconds", 1, 10 * 365 * 86_400);
     let priority = f.optional_int("priority", 0, 9).unwrap_or(5) as u8;
+    // `reject` is the seed's spelling of `fail` (its own start example sends it).
     let duplicate_policy = match f.optional_str("duplicate_policy", 32).as_deref() {
-        None | Some("fail") => DuplicatePolicy::Fail,
+        None | Some("fail" | "reject") => DuplicatePolicy::Fail,
         Some("use-existing") => DuplicatePolicy::UseExisting,
         Some(_) => {
-            f.error("duplicate_policy", "must be one of: fail, use-existing");
+            f.error(
+                "duplicate_policy",
+                "must be one of: fail (or its alias reject), use-existing",
+            );
             DuplicatePolicy::Fail
         }
     };

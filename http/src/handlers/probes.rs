@@ -330,13 +330,7 @@ async fn cluster_info(state: &AppState, call: &Call) -> Result<Reply, ApiError> 
         obj.insert(
             "task_repair".into(),
             json!({
-                "policy": {
-                    "mode": "operator_pass",
-                    "inspect": "GET /api/system/repair",
-                    "pass": "POST /api/system/repair/pass",
-                    "criteria": "open run with an event its workflow has not been given and no workflow task, or a dangling workflow task reference",
-                    "scan_limit": keel_engine::system::MAX_SCAN,
-                },
+                "policy": crate::handlers::system::repair_policy(state),
                 "candidates": {"status": "not_scanned", "inspect": "GET /api/system/repair"},
             }),
         );

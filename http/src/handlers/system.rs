@@ -89,6 +89,79 @@ fn structural_limits() -> Value {
     })
 }
 
+/// Repair candidates listed by run in `GET /api/system/repair` (in the order a pass
+/// would take them).
+const LISTED_CANDIDATES: usize = 100;
+
+/// The task-repair policy (the `taskRepairPolicy` object of the upstream
+/// repair-actionability schema), as Keel carries it out:
+///
+/// * `redispatch_after_seconds`: a task is never stranded while ready (every ready task is
+///   in the durable ready index, offered to every poller of its queue), so what
+///   redispatches is the lease: a leased workflow task unreported for the workflow-task
+///   lease is offered again.
+/// * `loop_throttle_seconds`: no sweep loop looks for stuck tasks; lease expiries and
+///   backoffs are durable timers, and one node (the scheduler-lease holder) scans the
+///   timer table once per window of this length.
+/// * `scan_limit` / `scan_strategy`: what `POST /api/system/repair/pass` reads, and how it
+///   picks among more candidates than its limit (round robin across task queues).
+/// * `failure_backoff_*`: a failed workflow task is offered again after 1, 2, 4, ... s
+///   (doubling with its failure count) up to the maximum.
+pub(crate) fn repair_policy(state: &AppState) -> Value {
+    let lease = state.engine.config().workflow_task_lease.as_secs().max(1);
+    json!({
+        "mode": "operator_pass",
+        "redispatch_after_seconds": lease,
+        "redispatch_basis": "workflow_task_lease_expiry",
+        "loop_throttle_seconds": (keel_engine::timers::WINDOW_MS / 1000).max(1),
+        "loop": "durable_timer_service",
+        "scan_limit": keel_engine::system::MAX_SCAN,
+        "scan_strategy": keel_engine::system::REPAIR_SCAN_STRATEGY,
+        "failure_backoff_max_seconds": keel_engine::model::WORKFLOW_TASK_FAILURE_BACKOFF_MAX_SECONDS,
+        "failure_backoff_strategy": "exponential_by_repair_count",
+        "failure_backoff_basis": "workflow_task_failure_count",
+        "inspect": "GET /api/system/repair",
+        "pass": "POST /api/system/repair/pass",
+        "criteria": "open run with an event its workflow has not been given and no workflow task, or a dangling workflow task reference",
+    })
+}
+
+/// The `taskRepairCandidates` object: counts per scope (task queue). Every candidate
+/// Keel finds is a missing task (a run without its workflow task, or naming one that does
+/// not exist); existing tasks are never candidates, since their lease expiries and
+/// backoffs are durable timers.
+fn repair_candidates(
+    candidates: &[keel_engine::system::RepairCandidate],
+    truncated: bool,
+) -> Value {
+    let mut scopes: Vec<(&str, usize)> = Vec::new();
+    for c in candidates {
+        match scopes.iter_mut().find(|(q, _)| *q == c.task_queue) {
+            Some((_, n)) => *n += 1,
+            None => scopes.push((&c.task_queue, 1)),
+        }
+    }
+    json!({
+        "existing_task_candidates": 0,
+        "missing_task_candidates": candidates.len(),
+        "total_candidates": candidates.len(),
+        "selected_total_candidates": candidates.len().min(LISTED_CANDIDATES),
+        "scan_limit": keel_engine::system::MAX_SCAN,
+        "scan_strategy": keel_engine::system::REPAIR_SCAN_STRATEGY,
+        "scan_pressure": truncated,
+        "scopes": scopes.iter().map(|(queue, n)| json!({
+            "scope_key": queue,
+            "connection": null,
+            "queue": queue,
+            "compatibility": null,
+            "existing_task_candidates": 0,
+            "missing_task_candidates": n,
+            "total_candidates": n,
+            "scan_limited_by_global_policy": truncated,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn pass_limit(f: &mut Fields<'_>) -> usize {
     f.optional_int("limit", 1, MAX_PASS_LIMIT)
         .unwrap_or(DEFAULT_PASS_LIMIT) as usize
@@ -146,6 +219,8 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             }))
         }
         Op::SystemMetrics => {
+            // POST takes an (ignored) object, like every other body; GET none.
+            Fields::new(&call.body)?.finish()?;
             let metrics = operator_metrics(state, ns).await?;
             let storage = state.storage_stats().map(|s| {
                 let s = s();
@@ -171,13 +246,15 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let scan = engine
                 .repair_scan(ns, keel_engine::system::MAX_SCAN)
                 .await?;
+            let candidates = keel_engine::system::scope_fair_round_robin(scan.candidates);
             ok(json!({
                 "namespace": ns,
-                "policy": {"mode": "operator_pass", "scan_limit": keel_engine::system::MAX_SCAN},
+                "policy": repair_policy(state),
+                "candidates": repair_candidates(&candidates, scan.truncated),
                 "scanned": scan.scanned,
                 "truncated": scan.truncated,
-                "candidate_count": scan.candidates.len(),
-                "candidates": scan.candidates.iter().take(100).collect::<Vec<_>>(),
+                "candidate_count": candidates.len(),
+                "candidate_runs": candidates.iter().take(LISTED_CANDIDATES).collect::<Vec<_>>(),
             }))
         }
         Op::SystemRepairPass => {
