@@ -96,6 +96,9 @@ pub mod prefix {
     /// Payloads a run's history references (retention's index):
     /// `(namespace, run_id, reference_id)`.
     pub const RUN_PAYLOAD: u8 = 0x42;
+    /// The build id a queue's fresh starts are pinned to (its promoted deployment):
+    /// `(namespace, queue)`.
+    pub const NEW_START_BUILD: u8 = 0x48;
 }
 
 /// Builds a key field by field.

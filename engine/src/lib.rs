@@ -31,4 +31,7 @@ pub use keel_storage as storage;
 
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, RejectKind, Result};
-pub use fleet::QueueCounts;
+pub use fleet::{
+    parse_deployment_name, Blockage, DeploymentAction, DeploymentOutcome, DeploymentState,
+    QueueCounts, WorkerDeployment, WORKER_STALE_AFTER_MS,
+};

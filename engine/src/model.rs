@@ -560,7 +560,7 @@ pub struct WorkerRecord {
 }
 
 /// A build-id cohort of a queue and the operator's drain intent for it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CohortRecord {
     pub namespace: String,
     /// Queue.
@@ -576,6 +576,13 @@ pub struct CohortRecord {
     /// When the cohort was last resumed.
     #[serde(default)]
     pub resumed_at_ms: Option<Millis>,
+    /// When it was promoted as its queue's target for fresh starts (cleared when another
+    /// cohort of the queue is promoted or it is rolled back).
+    #[serde(default)]
+    pub promoted_at_ms: Option<Millis>,
+    /// When it was rolled back (terminal for the deployment lifecycle).
+    #[serde(default)]
+    pub rolled_back_at_ms: Option<Millis>,
     /// Last change.
     pub updated_at_ms: Millis,
 }

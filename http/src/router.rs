@@ -133,6 +133,13 @@ pub enum Op {
     ListBuildIds,
     DrainBuildId,
     ResumeBuildId,
+    PromoteBuildId,
+    ListDeployments,
+    DescribeDeployment,
+    PromoteDeployment,
+    DrainDeployment,
+    ResumeDeployment,
+    RollbackDeployment,
     OperatorDoctor,
     OperatorForceRedeploy,
     OperatorCleanupStaleDeployments,
@@ -235,6 +242,40 @@ fn routes() -> &'static [Route] {
                 [L("task-queues"), P, L("build-ids"), L("resume")],
                 Control,
                 ResumeBuildId
+            ),
+            route!(
+                POST,
+                [L("task-queues"), P, L("build-ids"), L("promote")],
+                Control,
+                PromoteBuildId
+            ),
+            // Worker deployments: `{name}` is `namespace/task_queue@build_id`, its `/`
+            // percent-encoded.
+            route!(GET, [L("deployments")], Control, ListDeployments),
+            route!(GET, [L("deployments"), P], Control, DescribeDeployment),
+            route!(
+                POST,
+                [L("deployments"), P, L("promote")],
+                Control,
+                PromoteDeployment
+            ),
+            route!(
+                POST,
+                [L("deployments"), P, L("drain")],
+                Control,
+                DrainDeployment
+            ),
+            route!(
+                POST,
+                [L("deployments"), P, L("resume")],
+                Control,
+                ResumeDeployment
+            ),
+            route!(
+                POST,
+                [L("deployments"), P, L("rollback")],
+                Control,
+                RollbackDeployment
             ),
             // The operator recovery surface (`crate::operator`): its version is in the
             // path, so the control-plane header is optional (a wrong one is still a 400,

@@ -40,3 +40,25 @@ pub(crate) async fn require_namespace(txn: &mut dyn KvTxn, ns: &str) -> Result<(
     }
     Ok(())
 }
+
+/// Key of a queue's new-start build: the build id fresh starts on the queue without one
+/// are pinned to (the promoted deployment's), a JSON string or null.
+pub(crate) fn new_start_build_key(ns: &str, queue: &str) -> Vec<u8> {
+    crate::keys::Key::new(crate::keys::prefix::NEW_START_BUILD)
+        .str(ns)
+        .str(queue)
+        .into_bytes()
+}
+
+/// The new-start build of a queue inside `txn` (snapshot read): the build id fresh
+/// starts without one are pinned to, while a versioned deployment of the queue is
+/// promoted and not draining.
+pub(crate) async fn new_start_build(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    queue: &str,
+) -> Result<Option<String>> {
+    let sel: Option<Option<String>> =
+        tables::get_snapshot(txn, &new_start_build_key(ns, queue)).await?;
+    Ok(sel.flatten())
+}

@@ -490,6 +490,11 @@ pub(crate) async fn start_in_txn(
     }
     let execution_deadline_ms = req.execution_timeout_seconds.map(|s| now + s as i64 * 1000);
     let run_deadline_ms = req.run_timeout_seconds.map(|s| now + s as i64 * 1000);
+    // A start naming no build id is pinned to the queue's promoted deployment, if any.
+    let build_id = match &req.build_id {
+        Some(b) => Some(b.clone()),
+        None => kernel::new_start_build(txn, ns, &req.task_queue).await?,
+    };
     let mut run = RunRecord {
         namespace: ns.to_string(),
         workflow_id: workflow_id.to_string(),
@@ -499,7 +504,7 @@ pub(crate) async fn start_in_txn(
         task_queue: req.task_queue.clone(),
         status: RunStatus::Pending,
         priority: req.priority,
-        build_id: req.build_id.clone(),
+        build_id,
         memo: req.memo.clone(),
         memo_blob: None,
         workflow_task_failure: None,

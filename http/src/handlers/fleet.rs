@@ -14,7 +14,7 @@ use crate::router::Op;
 
 /// A worker with no heartbeat for this long is reported stale (the SDK heartbeats every
 /// 60 s).
-pub const STALE_AFTER_SECONDS: i64 = 120;
+pub const STALE_AFTER_SECONDS: i64 = keel_engine::WORKER_STALE_AFTER_MS / 1000;
 const MAX_WORKERS: usize = 10_000;
 
 /// Fleet and queue operations.
@@ -230,8 +230,8 @@ fn cohort_json(c: &CohortRecord) -> Value {
         "drain_intent": if c.draining { "draining" } else { "active" },
         "drained_at": c.drained_at_ms.map(format_timestamp),
         "resumed_at": c.resumed_at_ms.map(format_timestamp),
-        "promoted_at": null,
-        "rolled_back_at": null,
+        "promoted_at": c.promoted_at_ms.map(format_timestamp),
+        "rolled_back_at": c.rolled_back_at_ms.map(format_timestamp),
         "new_start_selected": false,
         "deployment": null,
     })
@@ -270,8 +270,8 @@ async fn build_ids(state: &AppState, ns: &str, queue: &str) -> Result<Reply, Api
                 "first_seen_at": members.iter().map(|w| w.registered_at_ms).min().map(format_timestamp),
                 "drain_intent": if draining { "draining" } else { "active" },
                 "drained_at": cohort.and_then(|c| c.drained_at_ms).map(format_timestamp),
-                "promoted_at": null,
-                "rolled_back_at": null,
+                "promoted_at": cohort.and_then(|c| c.promoted_at_ms).map(format_timestamp),
+                "rolled_back_at": cohort.and_then(|c| c.rolled_back_at_ms).map(format_timestamp),
                 "new_start_selected": false,
                 "workflow_definition_fingerprint_count": 0,
                 "workflow_definition_fingerprint_conflicts": 0,

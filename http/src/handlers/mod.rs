@@ -6,6 +6,7 @@
 pub(crate) mod bridge;
 pub(crate) mod commands;
 pub(crate) mod control;
+pub(crate) mod deployments;
 pub(crate) mod fleet;
 pub(crate) mod namespaces;
 pub(crate) mod operator;
@@ -87,6 +88,13 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::ListBuildIds
         | Op::DrainBuildId
         | Op::ResumeBuildId => fleet::handle(state, op, call).await,
+        Op::PromoteBuildId
+        | Op::ListDeployments
+        | Op::DescribeDeployment
+        | Op::PromoteDeployment
+        | Op::DrainDeployment
+        | Op::ResumeDeployment
+        | Op::RollbackDeployment => deployments::handle(state, op, call).await,
         Op::PollQueryTask | Op::CompleteQueryTask | Op::FailQueryTask => {
             query_tasks::handle(state, op, call).await
         }

@@ -3,6 +3,13 @@
 
 use std::collections::HashSet;
 
+mod deployments;
+
+pub use deployments::{
+    parse_deployment_name, Blockage, DeploymentAction, DeploymentOutcome, DeploymentState,
+    WorkerDeployment, WORKER_STALE_AFTER_MS,
+};
+
 use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel;
@@ -269,6 +276,8 @@ impl Engine {
                 draining: false,
                 drained_at_ms: None,
                 resumed_at_ms: None,
+                promoted_at_ms: None,
+                rolled_back_at_ms: None,
                 updated_at_ms: now,
             });
         if record.draining != draining {
@@ -280,6 +289,16 @@ impl Engine {
                 record.resumed_at_ms = Some(now);
             }
             tables::put(txn, &key, &record)?;
+            // A draining cohort is nobody's new-start build; a resumed promoted one is
+            // again (see `deployments`).
+            let nskey = kernel::new_start_build_key(ns, queue);
+            let this = build_id.map(str::to_string);
+            let selected: Option<Option<String>> = tables::get(txn, &nskey).await?;
+            if draining && selected.as_ref() == Some(&this) {
+                txn.clear(&nskey);
+            } else if !draining && record.promoted_at_ms.is_some() && build_id.is_some() {
+                tables::put(txn, &nskey, &this)?;
+            }
         }
         Ok(record)
     }
