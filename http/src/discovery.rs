@@ -135,6 +135,7 @@ pub fn cluster_info(
             "updates": true,
             "schedules": true,
             "history_export": true,
+            "embedded_v2_import": false,
             "payload_codec_envelope": true,
             "payload_codec_envelope_responses": true,
             "bridge_adapter_outcome_contract": true,

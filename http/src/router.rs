@@ -135,6 +135,7 @@ pub enum Op {
     ResumeBuildId,
     PromoteBuildId,
     ListDeployments,
+    ImportEmbeddedV2,
     DescribeDeployment,
     PromoteDeployment,
     DrainDeployment,
@@ -708,6 +709,13 @@ fn routes() -> &'static [Route] {
                 Admin
             ),
             route!(POST, [L("workflows")], Control, StartWorkflow),
+            route!(
+                POST,
+                [L("workflows"), L("import"), L("embedded-v2")],
+                Control,
+                ImportEmbeddedV2,
+                Admin
+            ),
             route!(GET, [L("workflows")], Control, ListWorkflows),
             route!(GET, [L("workflows"), P, L("runs")], Control, ListRuns),
             route!(

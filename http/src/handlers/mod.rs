@@ -8,6 +8,7 @@ pub(crate) mod commands;
 pub(crate) mod control;
 pub(crate) mod deployments;
 pub(crate) mod fleet;
+pub(crate) mod imports;
 pub(crate) mod namespaces;
 pub(crate) mod operator;
 pub(crate) mod payloads;
@@ -95,6 +96,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::DrainDeployment
         | Op::ResumeDeployment
         | Op::RollbackDeployment => deployments::handle(state, op, call).await,
+        Op::ImportEmbeddedV2 => imports::handle(state, op, call).await,
         Op::PollQueryTask | Op::CompleteQueryTask | Op::FailQueryTask => {
             query_tasks::handle(state, op, call).await
         }
