@@ -236,6 +236,23 @@ pub struct RunLifecycle {
     /// start a buffered fire.
     #[serde(default)]
     pub schedule_id: Option<String>,
+    /// Set on the host run of a standalone activity: the run has no workflow code; its one
+    /// activity's outcome closes it.
+    #[serde(default)]
+    pub standalone_activity: Option<StandaloneActivity>,
+}
+
+/// What a standalone activity's host run records of its activity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StandaloneActivity {
+    pub activity_type: String,
+    /// Free-form label (does not affect dispatch).
+    #[serde(default)]
+    pub activity_class: Option<String>,
+    #[serde(default)]
+    pub business_key: Option<String>,
+    /// The activity execution's id.
+    pub activity_execution_id: String,
 }
 
 /// The kinds of task.

@@ -135,6 +135,9 @@ pub enum Op {
     ResumeBuildId,
     PromoteBuildId,
     ListDeployments,
+    StartActivity,
+    ListActivities,
+    DescribeActivity,
     ImportEmbeddedV2,
     DescribeDeployment,
     PromoteDeployment,
@@ -709,6 +712,9 @@ fn routes() -> &'static [Route] {
                 Admin
             ),
             route!(POST, [L("workflows")], Control, StartWorkflow),
+            route!(POST, [L("activities")], Control, StartActivity),
+            route!(GET, [L("activities")], Control, ListActivities),
+            route!(GET, [L("activities"), P], Control, DescribeActivity),
             route!(
                 POST,
                 [L("workflows"), L("import"), L("embedded-v2")],

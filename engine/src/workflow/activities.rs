@@ -162,8 +162,14 @@ impl Engine {
             });
         }
         run.open_activities.retain(|t| *t != task.task_id);
+        let host = run.lifecycle.standalone_activity.is_some();
+        let closing = host.then(|| payload.clone());
         history::append(txn, &mut run, event, payload, now, None);
-        ensure_workflow_task(txn, &mut run, now, fx)?;
+        match closing {
+            // A standalone activity's outcome is its host run's.
+            Some(p) => super::standalone::close_host(txn, &mut run, event, &p, now, fx).await?,
+            None => ensure_workflow_task(txn, &mut run, now, fx)?,
+        }
         tables::put(txn, &rkey, &run)?;
         Ok(TaskOutcome {
             task_id: task.task_id.clone(),

@@ -33,6 +33,7 @@ mod listing;
 mod messages;
 mod poll;
 mod repair;
+mod standalone;
 pub mod waits;
 
 pub(crate) use activity_timeouts::{
@@ -46,6 +47,7 @@ pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
+pub use standalone::{StandaloneActivityView, StartActivity, STANDALONE_HOST_TYPE};
 mod tasks;
 
 /// How a start treats an existing workflow id.
@@ -214,7 +216,11 @@ pub(crate) fn ensure_workflow_task(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
-    if run.workflow_task.is_some() || run.status.is_terminal() {
+    // A standalone activity's host run has no workflow code to run.
+    if run.workflow_task.is_some()
+        || run.status.is_terminal()
+        || run.workflow_type == standalone::STANDALONE_HOST_TYPE
+    {
         return Ok(());
     }
     let task = TaskRecord {

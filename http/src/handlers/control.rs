@@ -42,7 +42,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
 
 /// The payload envelope of an empty argument list: Avro single-object framing around an
 /// empty `ArrayValue`.
-fn empty_arguments() -> Value {
+pub(crate) fn empty_arguments() -> Value {
     use base64::Engine as _;
     let bytes = [
         0xC3, 0x01, 0xE2, 0xA3, 0x3D, 0xFF, 0x55, 0x80, 0x22, 0x37, 0x0C, 0x00,
@@ -65,6 +65,12 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         f.reject_present(name, "is not supported on start");
     }
     let workflow_type = f.required_str("workflow_type", 255);
+    if workflow_type.as_deref() == Some(keel_engine::workflow::STANDALONE_HOST_TYPE) {
+        f.error(
+            "workflow_type",
+            "is reserved for the host runs of standalone activities (POST /api/activities)",
+        );
+    }
     let workflow_id = f.optional_id("workflow_id", 128);
     let task_queue = f.required_str("task_queue", 255);
     let execution_timeout_seconds =

@@ -3,6 +3,7 @@
 //! a handler does not compile. Inside a family, an op the family does not know is a
 //! server bug ([`unrouted`]), never a 404 a client could mistake for a missing object.
 
+pub(crate) mod activities;
 pub(crate) mod bridge;
 pub(crate) mod commands;
 pub(crate) mod control;
@@ -97,6 +98,9 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::ResumeDeployment
         | Op::RollbackDeployment => deployments::handle(state, op, call).await,
         Op::ImportEmbeddedV2 => imports::handle(state, op, call).await,
+        Op::StartActivity | Op::ListActivities | Op::DescribeActivity => {
+            activities::handle(state, op, call).await
+        }
         Op::PollQueryTask | Op::CompleteQueryTask | Op::FailQueryTask => {
             query_tasks::handle(state, op, call).await
         }
