@@ -24,9 +24,8 @@ use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel;
 use crate::model::{InstanceRecord, RunRecord, WorkerRecord};
-use crate::storage::ReadOptions;
 use crate::sync::Arc;
-use crate::{history, ids, keys, tables};
+use crate::{history, ids, tables};
 
 /// Most query tasks waiting on one queue; more are refused with `query_task_queue_full`.
 pub const MAX_PENDING_PER_QUEUE: usize = 1024;
@@ -427,31 +426,17 @@ impl Engine {
                 .with("declared_queries", contract.queries.clone()));
             }
         }
-        let mut range = keys::Key::new(keys::prefix::WORKER).str(ns).range();
+        let mut rest = Some(tables::workers_range(ns));
         let mut able = false;
         let mut scanned = 0;
-        while !able && scanned < WORKER_SCAN_LIMIT {
-            let page = txn
-                .get_range(&range, ReadOptions::limit(256).snapshot())
-                .await?;
-            let full = page.len() == 256;
-            scanned += page.len();
-            let (records, _) = tables::assemble(page)?;
-            for (_, bytes) in &records {
-                let Ok(w) = serde_json::from_slice::<WorkerRecord>(bytes) else {
-                    continue;
-                };
-                if can_answer(&w, &run.task_queue, &run.workflow_type, now) {
-                    able = true;
-                    break;
-                }
-            }
-            match (full, records.last()) {
-                (true, Some((last, _))) => {
-                    range.start = std::ops::Bound::Excluded(last.clone());
-                }
-                _ => break,
-            }
+        while let Some(range) = rest.take().filter(|_| !able && scanned < WORKER_SCAN_LIMIT) {
+            let (records, next) = tables::read_records(txn, range, 256).await?;
+            scanned += records.len();
+            rest = next;
+            able = records.iter().any(|(_, bytes)| {
+                serde_json::from_slice::<WorkerRecord>(bytes)
+                    .is_ok_and(|w| can_answer(&w, &run.task_queue, &run.workflow_type, now))
+            });
         }
         if !able {
             return Err(Error::conflict(
