@@ -646,7 +646,17 @@ async fn read_bytes(
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        // A client still writing a body we refuse would see its write fail (broken pipe)
+        // or a reset before reading the 413; drain a moderately oversized body (bounded
+        // by 4x the limit and the body timeout, never buffered) so it reads the refusal.
+        if n <= limit.saturating_mul(4) {
+            let mut body = body;
+            let _ = tokio::time::timeout(timeout, async {
+                while let Some(Ok(_)) = body.frame().await {}
+            })
+            .await;
+        }
         return Err(too_large());
     }
     let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
