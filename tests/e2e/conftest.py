@@ -91,6 +91,8 @@ def keel_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kee
             server.stop()
         except AssertionError as error:
             problems.append(str(error))
+        else:
+            server.clear_storage()
     if problems:
         pytest.fail("keel did not shut down cleanly:\n" + "\n\n".join(problems), pytrace=False)
 

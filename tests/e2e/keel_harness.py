@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import inspect
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,6 +58,16 @@ WORKER_HEADERS = {
 
 # Avro single-object encoding of the argument list ["world"] (sdk-protocol.md §3.2).
 WORLD_INPUT = {"codec": "avro", "blob": "wwHioz3/VYAiNwwCCgp3b3JsZAA="}
+
+# The backend every server of the suite runs on: unset or ``rocksdb`` for RocksDB in the
+# server's data dir (the default), or ``fdb:CLUSTER_FILE`` for FoundationDB, each server
+# in a subspace of its own (``e2e-<id>``, kept across its restarts and cleared at its
+# end). `KEEL_E2E_STORAGE=fdb:/path/fdb.cluster pytest tests/e2e` with a binary built
+# `--features fdb`. Tests of one backend's mechanics skip on the other with a reason.
+E2E_STORAGE = os.environ.get("KEEL_E2E_STORAGE") or "rocksdb"
+if not (E2E_STORAGE == "rocksdb" or E2E_STORAGE.startswith("fdb:")):
+    raise ValueError(f"KEEL_E2E_STORAGE={E2E_STORAGE!r}: expected rocksdb or fdb:CLUSTER_FILE")
+ON_FDB = E2E_STORAGE.startswith("fdb:")
 
 T = TypeVar("T")
 
@@ -162,6 +173,7 @@ class KeelServer:
         shutdown_timeout: float = 20.0,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        fdb_subspace: str | None = None,
     ) -> None:
         self.binary = Path(binary) if binary is not None else keel_binary()
         self.data_dir = Path(data_dir)
@@ -179,6 +191,9 @@ class KeelServer:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.port = free_loopback_port()
+        # On FoundationDB, this server's subspace (see E2E_STORAGE): its own unless
+        # ``fdb_subspace`` names another server's (several nodes, one store); None on RocksDB.
+        self.fdb_subspace = (fdb_subspace or f"e2e-{uuid.uuid4().hex[:16]}") if ON_FDB else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         # True once the process's end is expected (kill9) or already reported.
@@ -193,12 +208,19 @@ class KeelServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def storage_args(self) -> list[str]:
+        if self.fdb_subspace is None:
+            return ["--data-dir", str(self.data_dir)]
+        # The `local` payload driver's directory lives in the data dir on RocksDB only.
+        payload_dir = [] if "--payload-dir" in self.extra_args else ["--payload-dir", str(self.data_dir / "payloads")]
+        return ["--storage", E2E_STORAGE, "--fdb-subspace", self.fdb_subspace, *payload_dir]
+
     def command(self) -> list[str]:
         return [
             str(self.binary),
             "serve",
             "--listen", f"127.0.0.1:{self.port}",
-            "--data-dir", str(self.data_dir),
+            *self.storage_args(),
             "--workflow-task-lease-seconds", str(self.workflow_task_lease_seconds),
             "--activity-task-lease-seconds", str(self.activity_task_lease_seconds),
             *self.extra_args,
@@ -323,6 +345,22 @@ class KeelServer:
         if activity_task_lease_seconds is not None:
             self.activity_task_lease_seconds = activity_task_lease_seconds
         return self.start()
+
+    def clear_storage(self) -> None:
+        """Delete this server's FoundationDB subspace (its keys only: the tuple encoding
+        ends with a terminator, so no other subspace shares the prefix). Needs ``fdbcli``
+        on PATH or in KEEL_FDB_BIN_DIR; without it the subspace is left (and said so)."""
+        if self.fdb_subspace is None or self.running:
+            return
+        fdbcli = shutil.which("fdbcli", path=os.environ.get("KEEL_FDB_BIN_DIR") or None) or shutil.which("fdbcli")
+        if fdbcli is None:
+            print(f"e2e: fdbcli not found; FoundationDB subspace {self.fdb_subspace} left in place")
+            return
+        prefix = "\\x02" + self.fdb_subspace + "\\x00"
+        subprocess.run(
+            [fdbcli, "-C", E2E_STORAGE.removeprefix("fdb:"), "--exec", f"writemode on; clearrange {prefix} {prefix}\\xff"],
+            check=True, capture_output=True, timeout=60,
+        )
 
     def _force_kill(self) -> None:
         if self.proc is None:

@@ -1,6 +1,6 @@
 """The SDK worker process of ``test_kill_loop.py`` (not a test module).
 
-Runs one ``durable_workflow.Worker`` for the kill loop's workflow type until
+Runs one ``durable_workflow.Worker`` for the kill loop's workflow types until
 SIGTERM, riding through every ``kill -9`` of the server on the SDK's own
 poll backoff: the process is never restarted, so whatever state it holds
 across a server crash is part of what the test exercises.
@@ -31,6 +31,9 @@ from pathlib import Path
 from durable_workflow import Client, Worker, activity, workflow
 
 WORKFLOW_TYPE = "e2e.kill_loop.greeter"
+# The greeter with a durable timer first (NAP_SECONDS), for timer-firing checks.
+NAPPING_WORKFLOW_TYPE = "e2e.kill_loop.napping_greeter"
+NAP_SECONDS = 2
 ACTIVITY_TYPE = "e2e.kill_loop.greet"
 
 _ledger: Path | None = None
@@ -52,6 +55,14 @@ class KillLoopGreeter:
         return {"greeting": greeting}
 
 
+@workflow.defn(name=NAPPING_WORKFLOW_TYPE)
+class NappingGreeter:
+    def run(self, ctx, workflow_id):  # type: ignore[no-untyped-def]
+        yield ctx.sleep(NAP_SECONDS)
+        greeting = yield ctx.schedule_activity(ACTIVITY_TYPE, [workflow_id], start_to_close_timeout=120)
+        return {"greeting": greeting}
+
+
 def expected_result(workflow_id: str) -> dict[str, str]:
     return {"greeting": f"hello, {workflow_id}"}
 
@@ -65,7 +76,7 @@ async def serve(url: str, task_queue: str, sticky_cache: int) -> None:
         worker = Worker(
             client,
             task_queue=task_queue,
-            workflows=[KillLoopGreeter],
+            workflows=[KillLoopGreeter, NappingGreeter],
             activities=[greet],
             poll_timeout=5.0,
             shutdown_timeout=10.0,

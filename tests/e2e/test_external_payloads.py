@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from durable_workflow import Client, activity, workflow
 from durable_workflow.errors import (
