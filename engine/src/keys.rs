@@ -88,6 +88,12 @@ pub mod prefix {
     /// Service calls by idempotency key:
     /// `(namespace, endpoint, service, operation, caller_namespace, idempotency_key)`.
     pub const SERVICE_CALL_KEY: u8 = 0x36;
+    /// Open service calls by the run that carries them out (a `start_workflow`
+    /// binding's linked run): `(namespace, run_id, service_call_id)` → the call's key.
+    pub const SERVICE_CALL_BY_RUN: u8 = 0x3C;
+    /// Open service calls a workflow waits on: `(caller_namespace, caller_run_id,
+    /// service_call_id)` → the call's key.
+    pub const SERVICE_CALL_BY_CALLER: u8 = 0x3D;
     /// External payloads stored through the runtime transport (the record naming the
     /// blob, its integrity metadata and where it lives): `(namespace, reference_id)`.
     pub const PAYLOAD: u8 = 0x40;

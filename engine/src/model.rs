@@ -523,6 +523,16 @@ pub enum TimerAction {
         /// The run.
         run_id: String,
     },
+    /// A service call's deadline (its operation's `deadline_policy.timeout_seconds`): a
+    /// call still open then times out. Stale once the call has closed.
+    ServiceCallDeadline {
+        /// The target namespace.
+        namespace: String,
+        endpoint_name: String,
+        service_name: String,
+        operation_name: String,
+        service_call_id: String,
+    },
     /// Forgets the tombstone of an activity task deleted with its closed run.
     ForgetClosedTask {
         /// The activity task.

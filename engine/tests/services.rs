@@ -421,7 +421,7 @@ async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
         "billing",
         "invoices",
         "poke",
-        spec("signal_workflow", Some("x")),
+        spec("query_workflow", Some("x")),
     )
     .await
     .expect("operation");
@@ -450,7 +450,7 @@ async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
     let poke = e
         .execute_operation(NS, "billing", "invoices", "poke", ExecuteRequest::default())
         .await
-        .expect_err("only start_workflow bindings run");
+        .expect_err("query bindings do not run");
     assert_eq!(reason(poke), "binding_not_supported");
 
     // The linked run closes (here: cancelled by an operator); the call follows it, and a
@@ -497,4 +497,413 @@ async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
         ),
         "service_call_not_found"
     );
+}
+
+// ---- service calls: the state machine (workflow callers, deadlines, races) ----
+
+const TARGET: &str = "svc";
+
+/// An operation `billing/invoices/{name}` in `TARGET` bound to start `invoice.charge` on
+/// `QUEUE`, with `deadline_policy`.
+async fn target_operation(e: &keel_engine::Engine, name: &str, deadline_policy: Value) {
+    e.ensure_namespace(TARGET).await.expect("namespace");
+    e.register_worker(keel_engine::model::WorkerRecord {
+        worker_id: support::WORKER.into(),
+        namespace: TARGET.into(),
+        task_queue: QUEUE.into(),
+        runtime: Some("test".into()),
+        sdk_version: None,
+        build_id: None,
+        supported_workflow_types: vec![],
+        supported_activity_types: vec![],
+        capabilities: vec![],
+        registered_at_ms: support::START,
+        last_heartbeat_at_ms: support::START,
+    })
+    .await
+    .expect("worker registers in the target namespace");
+    let _ = e
+        .create_service_endpoint(TARGET, "billing", None, json!({}))
+        .await;
+    let _ = e
+        .create_service(TARGET, "billing", "invoices", None, json!({}))
+        .await;
+    let mut op = spec("start_workflow", None);
+    op.handler_binding = json!({"workflow_type": "invoice.charge", "task_queue": QUEUE});
+    op.deadline_policy = deadline_policy;
+    e.create_operation(TARGET, "billing", "invoices", name, op)
+        .await
+        .expect("operation");
+}
+
+fn target_poll() -> keel_engine::workflow::Poll {
+    keel_engine::workflow::Poll {
+        namespace: TARGET.into(),
+        ..support::probe()
+    }
+}
+
+/// Leases the target namespace's next workflow task (the linked run's).
+async fn lease_target(e: &keel_engine::Engine) -> keel_engine::workflow::WorkflowTaskView {
+    e.poll_workflow_task(&target_poll())
+        .await
+        .expect("poll")
+        .expect("the linked run has a workflow task")
+}
+
+/// Starts a caller run in `NS` and completes its first task with a
+/// `start_service_operation` command for `operation` (sync, waiting for completion).
+async fn caller_calls(
+    e: &keel_engine::Engine,
+    id: &str,
+    operation: &str,
+    extra: Value,
+) -> keel_engine::workflow::WorkflowTaskView {
+    e.start_workflow(NS, support::start(id, "caller"))
+        .await
+        .expect("caller starts");
+    let task = support::poll_wf(e).await.expect("caller task");
+    let mut command = json!({
+        "type": "start_service_operation",
+        "endpoint_name": "Billing",
+        "service_name": "invoices",
+        "operation_name": operation,
+        "payload_codec": "avro",
+        "request_payload": support::ARGS,
+        "namespace": TARGET,
+        "idempotency_key": format!("key-{id}"),
+        "mode_override": "sync",
+        "wait_for": "completed",
+    });
+    if let (Some(c), Some(x)) = (command.as_object_mut(), extra.as_object()) {
+        c.extend(x.clone());
+    }
+    e.complete_workflow_task(
+        NS,
+        &task.task_id,
+        support::WORKER,
+        task.workflow_task_attempt,
+        &[command],
+    )
+    .await
+    .expect("completion accepted");
+    task
+}
+
+/// The caller run's history, as JSON events.
+async fn caller_history(e: &keel_engine::Engine, id: &str) -> Vec<Value> {
+    let run = e.describe(NS, id, None).await.expect("caller").run;
+    let page = e
+        .history(NS, id, &run.run_id, 0, 1000)
+        .await
+        .expect("history");
+    page.events
+        .iter()
+        .map(|ev| serde_json::from_str::<Value>(ev.get()).expect("event json"))
+        .collect()
+}
+
+fn service_events(events: &[Value]) -> Vec<(String, Value)> {
+    events
+        .iter()
+        .filter(|e| {
+            e["event_type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("ServiceCall"))
+        })
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap_or("").to_string(),
+                e["payload"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_waiting_caller_gets_started_then_the_linked_runs_result_and_a_task() {
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", Value::Null).await;
+    caller_calls(e, "caller-1", "charge", json!({})).await;
+
+    let recorded = service_events(&caller_history(e, "caller-1").await);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (event, started) = &recorded[0];
+    assert_eq!(event, "ServiceCallStarted");
+    // The names are echoed as the command spelled them (the SDK compares them).
+    assert_eq!(started["endpoint_name"], "Billing");
+    assert_eq!(started["service_call"]["target_namespace"], TARGET);
+    assert_eq!(started["service_call"]["idempotency_key"], "key-caller-1");
+    assert_eq!(
+        (&started["operation_mode"], &started["wait_for"]),
+        (&json!("sync"), &json!("completed"))
+    );
+    assert_eq!(started["sequence"], 1);
+    // A pending sync call does not wake the caller.
+    assert!(
+        support::poll_wf(e).await.is_none(),
+        "no caller task while waiting"
+    );
+
+    let linked = lease_target(e).await;
+    e.complete_workflow_task(
+        TARGET,
+        &linked.task_id,
+        support::WORKER,
+        linked.workflow_task_attempt,
+        &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": "BB=="}})],
+    )
+    .await
+    .expect("linked run completes");
+
+    let recorded = service_events(&caller_history(e, "caller-1").await);
+    let (event, done) = recorded.last().expect("a closing event");
+    assert_eq!(event, "ServiceCallCompleted");
+    assert_eq!(
+        done["response_payload"],
+        json!({"codec": "avro", "blob": "BB=="})
+    );
+    assert_eq!(done["service_call"]["status"], "completed");
+    assert_eq!(done["sequence"], 1);
+    assert!(support::poll_wf(e).await.is_some(), "the caller wakes");
+    let call_id = started["service_call_id"].as_str().expect("call id");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", call_id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "completed");
+    assert_eq!(
+        v.call.caller_workflow_instance_id.as_deref(),
+        Some("caller-1")
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_operation_resolves_the_callers_step_as_failed() {
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", Value::Null).await;
+    caller_calls(e, "caller-2", "refund", json!({})).await;
+    let recorded = service_events(&caller_history(e, "caller-2").await);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (event, failed) = &recorded[0];
+    assert_eq!(event, "ServiceCallFailed");
+    assert_eq!(failed["reason"], "operation_not_found");
+    assert_eq!(failed["service_call"]["accepted"], false);
+    assert!(
+        support::poll_wf(e).await.is_some(),
+        "the caller wakes to see it"
+    );
+}
+
+#[tokio::test]
+async fn an_async_caller_is_resolved_by_started_and_hears_nothing_more() {
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", Value::Null).await;
+    caller_calls(
+        e,
+        "caller-3",
+        "charge",
+        json!({"mode_override": "async", "wait_for": "accepted"}),
+    )
+    .await;
+    assert!(
+        support::poll_wf(e).await.is_some(),
+        "started resolves the step"
+    );
+    let linked = lease_target(e).await;
+    e.complete_workflow_task(
+        TARGET,
+        &linked.task_id,
+        support::WORKER,
+        linked.workflow_task_attempt,
+        &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": "BB=="}})],
+    )
+    .await
+    .expect("linked run completes");
+    let recorded = service_events(&caller_history(e, "caller-3").await);
+    assert_eq!(
+        recorded.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        ["ServiceCallStarted"]
+    );
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_times_out_cancels_its_run_and_fails_the_caller() {
+    let h = harness(Duration::from_secs(300), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", json!({"timeout_seconds": 10})).await;
+    caller_calls(e, "caller-4", "charge", json!({})).await;
+    let started = service_events(&caller_history(e, "caller-4").await)[0]
+        .1
+        .clone();
+    let call_id = started["service_call_id"]
+        .as_str()
+        .expect("call id")
+        .to_string();
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", &call_id)
+        .await
+        .expect("described");
+    assert_eq!(v.call.deadline_at_ms, Some(support::START + 10_000));
+
+    h.clock.advance(Duration::from_secs(9));
+    e.fire_due_timers(100).await.expect("timers");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", &call_id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "started", "not due yet");
+
+    h.clock.advance(Duration::from_secs(2));
+    e.fire_due_timers(100).await.expect("timers");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", &call_id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "timed_out");
+    let linked = e
+        .describe(TARGET, &v.call.linked_workflow_instance_id, None)
+        .await
+        .expect("linked");
+    assert_eq!(linked.run.status.as_str(), "cancelled");
+    let recorded = service_events(&caller_history(e, "caller-4").await);
+    let (event, failed) = recorded.last().expect("closing event");
+    assert_eq!(event, "ServiceCallFailed");
+    assert_eq!(failed["service_call"]["status"], "timed_out");
+    assert_eq!(recorded.len(), 2, "one closing event only: {recorded:?}");
+}
+
+#[tokio::test]
+async fn a_cancel_after_completion_and_a_completion_after_cancel_change_nothing() {
+    let h = harness(Duration::from_secs(300), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", json!({"timeout_seconds": 60})).await;
+    let req = keel_engine::services::ExecuteRequest {
+        arguments: json!({"codec": "avro", "blob": support::ARGS}),
+        ..Default::default()
+    };
+
+    // Completion first: the cancel answers the completed call.
+    let done = e
+        .execute_operation(TARGET, "billing", "invoices", "charge", req.clone())
+        .await
+        .expect("executed");
+    let linked = lease_target(e).await;
+    e.complete_workflow_task(
+        TARGET,
+        &linked.task_id,
+        support::WORKER,
+        linked.workflow_task_attempt,
+        &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": "BB=="}})],
+    )
+    .await
+    .expect("linked run completes");
+    let v = e
+        .cancel_service_call(TARGET, "billing", "invoices", "charge", &done.call.id, None)
+        .await
+        .expect("cancel answered");
+    assert_eq!((v.status, v.call.cancelled_at_ms), ("completed", None));
+
+    // Cancel first: the linked run's late completion is refused and the call stays
+    // cancelled; its deadline timer, due later, is stale.
+    let cancelled = e
+        .execute_operation(TARGET, "billing", "invoices", "charge", req)
+        .await
+        .expect("executed");
+    let linked = lease_target(e).await;
+    let v = e
+        .cancel_service_call(
+            TARGET,
+            "billing",
+            "invoices",
+            "charge",
+            &cancelled.call.id,
+            Some("changed my mind".into()),
+        )
+        .await
+        .expect("cancelled");
+    assert_eq!(
+        (v.status, v.message.as_deref()),
+        ("cancelled", Some("changed my mind"))
+    );
+    let late = e
+        .complete_workflow_task(
+            TARGET,
+            &linked.task_id,
+            support::WORKER,
+            linked.workflow_task_attempt,
+            &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": "BB=="}})],
+        )
+        .await;
+    assert!(late.is_err(), "the cancelled run takes no completion");
+    h.clock.advance(Duration::from_secs(61));
+    e.fire_due_timers(100).await.expect("timers");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", &cancelled.call.id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "cancelled");
+}
+
+#[tokio::test]
+async fn a_closing_caller_cancels_the_calls_it_waits_on() {
+    use keel_engine::workflow::CloseCommand;
+    let h = harness(Duration::from_secs(300), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", Value::Null).await;
+    caller_calls(e, "caller-5", "charge", json!({})).await;
+    let started = service_events(&caller_history(e, "caller-5").await)[0]
+        .1
+        .clone();
+    let call_id = started["service_call_id"]
+        .as_str()
+        .expect("call id")
+        .to_string();
+    e.close_workflow(NS, "caller-5", None, CloseCommand::Cancel, Some("user"))
+        .await
+        .expect("caller cancelled");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", &call_id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "cancelled");
+    let linked = e
+        .describe(TARGET, &v.call.linked_workflow_instance_id, None)
+        .await
+        .expect("linked");
+    assert_eq!(linked.run.status.as_str(), "cancelled");
+}
+
+#[tokio::test]
+async fn a_replayed_command_key_returns_the_call_an_execute_created() {
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", Value::Null).await;
+    let first = e
+        .execute_operation(
+            TARGET,
+            "billing",
+            "invoices",
+            "charge",
+            keel_engine::services::ExecuteRequest {
+                idempotency_key: Some("key-caller-6".into()),
+                caller_namespace: Some(NS.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("executed");
+    caller_calls(e, "caller-6", "charge", json!({})).await;
+    let started = service_events(&caller_history(e, "caller-6").await)[0]
+        .1
+        .clone();
+    assert_eq!(started["service_call_id"], json!(first.call.id));
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "charge", &first.call.id)
+        .await
+        .expect("described");
+    assert_eq!(v.call.callers.len(), 1, "the workflow joined the call");
 }

@@ -29,6 +29,7 @@ pub const SUPPORTED_COMMANDS: &[&str] = &[
     "record_local_activity",
     "complete_update",
     "fail_update",
+    "start_service_operation",
 ];
 
 /// Worker-registration capabilities Keel honours; a registration's reply echoes those

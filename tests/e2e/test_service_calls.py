@@ -1,12 +1,22 @@
-"""Service calls through the SDK's Nexus client (``Client.execute_nexus_operation``)
-against an operation bound to ``start_workflow`` in another namespace: a synchronous
-call returns the linked workflow's result, an asynchronous one returns at once and is
-described until it completes, a resent idempotency key returns the same call, a failing
-workflow surfaces as ``NexusOperationFailed``, a call is cancelled through its cancel
-route, and the operation then refuses deletion (``operation_has_service_calls``).
+"""Service calls, against operations in another namespace.
 
-Not covered because not implemented: the workflow command ``start_service_operation``
-(``ctx.call_nexus_service``) and bindings other than ``start_workflow``."""
+Through the SDK's Nexus client (``Client.execute_nexus_operation``), on an operation
+bound to ``start_workflow``: a synchronous call returns the linked workflow's result, an
+asynchronous one returns at once and is described until it completes, a resent
+idempotency key returns the same call, a failing workflow surfaces as
+``NexusOperationFailed``, a call is cancelled through its cancel route, and the
+operation then refuses deletion (``operation_has_service_calls``).
+
+From workflow code (``ctx.call_nexus_service`` / ``ctx.start_nexus_operation``, the
+``start_service_operation`` command): the caller gets the linked workflow's result
+(sync) or the accepted call (async), a ``signal_workflow`` binding signals a waiting
+workflow, a failing or unknown operation raises ``NexusOperationFailed`` inside the
+workflow, cancelling the call cancels the caller's wait and cancelling the caller
+cancels the linked workflow, and an execute resent with the workflow's idempotency key
+returns the workflow's call.
+
+Not covered because not implemented: bindings other than ``start_workflow`` and
+``signal_workflow`` (refused with 409 ``binding_not_supported``)."""
 
 from __future__ import annotations
 
@@ -16,7 +26,16 @@ import pytest
 from durable_workflow import Client, workflow
 from durable_workflow.errors import NexusOperationFailed
 
-from keel_harness import KeelServer, RawApi, async_wait_until, expect_status, running_worker, unique
+from keel_harness import (
+    KeelServer,
+    RawApi,
+    async_wait_until,
+    expect_status,
+    history_events,
+    running_worker,
+    unique,
+    wait_for_results,
+)
 
 
 @workflow.defn(name="e2e.svc.greeter")
@@ -37,6 +56,41 @@ class Failer:
 class Waiter:
     def run(self, ctx):  # type: ignore[no-untyped-def]
         yield ctx.wait_condition(lambda: False, key="never")
+
+
+@workflow.defn(name="e2e.svc.poked")
+class Poked:
+    def __init__(self) -> None:
+        self.pokes: list[str] = []
+
+    @workflow.signal("poke")
+    def poke(self, who: str) -> None:
+        self.pokes.append(who)
+
+    def run(self, ctx):  # type: ignore[no-untyped-def]
+        yield ctx.wait_condition(lambda: bool(self.pokes), key="poked")
+        return f"poked by {self.pokes[0]}"
+
+
+@workflow.defn(name="e2e.svc.caller")
+class Caller:
+    """Calls ``operation`` in ``target`` from workflow code and returns what it saw."""
+
+    def run(self, ctx, target, operation, args, options):  # type: ignore[no-untyped-def]
+        try:
+            if options.get("start"):
+                call = yield ctx.start_nexus_operation(
+                    "Greetings", "hello", operation, args, target_namespace=target,
+                    target_workflow_instance_id=options.get("target"),
+                )
+                return {"status": call.status, "id": call.service_call_id}
+            call = yield ctx.call_nexus_service(
+                "Greetings", "hello", operation, args, target_namespace=target,
+                idempotency_key=options.get("key"), target_workflow_instance_id=options.get("target"),
+            )
+            return {"status": call.status, "id": call.service_call_id, "result": call.result}
+        except NexusOperationFailed as e:
+            return {"status": e.status, "failed": str(e), "reason": e.reason, "id": e.service_call_id}
 
 
 def catalog(api: RawApi, ns: str, task_queue: str) -> None:
@@ -64,6 +118,30 @@ def catalog(api: RawApi, ns: str, task_queue: str) -> None:
             },
         )
         expect_status(r, 201, f"operation {name}")
+    r = api.control(
+        "POST",
+        "/service-endpoints/greetings/services/hello/operations",
+        headers=h,
+        json={
+            "operation_name": "poke",
+            "operation_mode": "sync",
+            "handler_binding_kind": "signal_workflow",
+            "handler_binding": {"signal_name": "poke"},
+        },
+    )
+    expect_status(r, 201, "operation poke")
+    r = api.control(
+        "POST",
+        "/service-endpoints/greetings/services/hello/operations",
+        headers=h,
+        json={
+            "operation_name": "ask",
+            "operation_mode": "sync",
+            "handler_binding_kind": "query_workflow",
+            "handler_binding": {"query_name": "status"},
+        },
+    )
+    expect_status(r, 201, "operation ask")
 
 
 def test_start_workflow_operations_through_the_sdk(keel: KeelServer, api: RawApi) -> None:
@@ -121,3 +199,103 @@ def test_start_workflow_operations_through_the_sdk(keel: KeelServer, api: RawApi
     r = api.control("GET", f"{ops}/greet/service-calls/nope", headers=h)
     expect_status(r, 404, "unknown call")
     assert r.json()["reason"] == "service_call_not_found"
+
+
+def test_workflows_call_operations_in_another_namespace(keel: KeelServer, api: RawApi) -> None:
+    target = unique("svc-wf").lower()
+    callee_queue, caller_queue = unique("e2e-svc-callee"), unique("e2e-svc-caller")
+    catalog(api, target, callee_queue)
+    ops = "/service-endpoints/greetings/services/hello/operations"
+    h = {"X-Namespace": target}
+
+    async def scenario() -> None:
+        async with Client(keel.url) as caller, Client(keel.url, namespace=target) as callee:
+            async with running_worker(callee, task_queue=callee_queue, workflows=[Greeter, Failer, Waiter, Poked]), \
+                    running_worker(caller, task_queue=caller_queue, workflows=[Caller]) as caller_worker:
+
+                async def run(operation: str, args: list, options: dict) -> dict:
+                    handle = await caller.start_workflow(
+                        workflow_type="e2e.svc.caller", task_queue=caller_queue, workflow_id=unique("caller"),
+                        input=[target, operation, args, options],
+                    )
+                    [out] = await wait_for_results(caller, [handle], worker=caller_worker)
+                    return out
+
+                # Sync: the linked workflow's result comes back into the caller.
+                key = unique("wf-key")
+                out = await run("greet", ["Ada"], {"key": key})
+                assert (out["status"], out["result"]) == ("completed", "hello, Ada"), out
+                # A resent execute with the workflow's idempotency key finds its call.
+                again = await caller.execute_nexus_operation(
+                    "greetings", "hello", "greet", ["Ada"], target_namespace=target, idempotency_key=key
+                )
+                assert again.service_call_id == out["id"]
+                assert again.response_or_failure_surface["idempotent_replay"] is True
+                snapshot = api.control("GET", f"{ops}/greet/service-calls/{out['id']}", headers=h).json()
+                assert snapshot["caller_namespace"] == "default" and snapshot["caller_workflow_instance_id"]
+
+                # Async: the caller resumes at acceptance; the call completes on its own.
+                out = await run("greet_later", ["Bo"], {"start": True})
+                assert out["status"] == "started", out
+                call_path = f"{ops}/greet_later/service-calls/{out['id']}"
+
+                async def completed() -> bool:
+                    r = await asyncio.to_thread(api.control, "GET", call_path, headers=h)
+                    return r.status_code == 200 and r.json()["status"] == "completed"
+
+                await async_wait_until(completed, 30, "the async call completes")
+
+                # signal_workflow: the caller signals a waiting workflow of the target.
+                poked = await callee.start_workflow(
+                    workflow_type="e2e.svc.poked", task_queue=callee_queue, workflow_id=unique("poked"), input=[]
+                )
+                out = await run("poke", ["Cy"], {"target": poked.workflow_id})
+                assert out["status"] == "completed", out
+                [poke_result] = await wait_for_results(callee, [poked])
+                assert poke_result == "poked by Cy"
+
+                # Failures are NexusOperationFailed inside the workflow.
+                out = await run("fail", ["Di"], {})
+                assert out["status"] == "failed" and "no greeting for Di" in out["failed"], out
+                out = await run("nope", [], {})
+                assert out["reason"] == "operation_not_found", out
+                out = await run("ask", [], {})
+                assert out["reason"] == "binding_not_supported", out
+
+                # Cancelling the call (its cancel route) ends the caller's wait.
+                linked = unique("linked")
+                handle = await caller.start_workflow(
+                    workflow_type="e2e.svc.caller", task_queue=caller_queue, workflow_id=unique("caller"),
+                    input=[target, "wait", [], {"target": linked}],
+                )
+
+                async def call_id_of(workflow_id: str) -> str | None:
+                    desc = await caller.describe_workflow(workflow_id)
+                    for ev in await history_events(caller, workflow_id, desc.run_id):
+                        if ev.get("event_type") == "ServiceCallStarted":
+                            return ev["payload"]["service_call_id"]
+                    return None
+
+                await async_wait_until(lambda: call_id_of(handle.workflow_id), 30, "the caller's call starts")
+                call_id = await call_id_of(handle.workflow_id)
+                r = api.control("POST", f"{ops}/wait/service-calls/{call_id}/cancel", headers=h, json={"reason": "stop waiting"})
+                expect_status(r, 200, "cancel")
+                [out] = await wait_for_results(caller, [handle], worker=caller_worker)
+                assert (out["status"], out["failed"]) == ("cancelled", "stop waiting"), out
+                assert (await callee.describe_workflow(linked)).status == "cancelled"
+
+                # Cancelling the caller cancels the linked workflow.
+                linked = unique("linked")
+                handle = await caller.start_workflow(
+                    workflow_type="e2e.svc.caller", task_queue=caller_queue, workflow_id=unique("caller"),
+                    input=[target, "wait", [], {"target": linked}],
+                )
+                await async_wait_until(lambda: call_id_of(handle.workflow_id), 30, "the caller's call starts")
+                await caller.cancel_workflow(handle.workflow_id)
+
+                async def linked_cancelled() -> bool:
+                    return (await callee.describe_workflow(linked)).status == "cancelled"
+
+                await async_wait_until(linked_cancelled, 30, "the linked workflow is cancelled")
+
+    asyncio.run(scenario())

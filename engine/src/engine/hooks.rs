@@ -33,6 +33,17 @@ impl kernel::Hooks for Hooks {
                         &run_id,
                         closed_at_ms,
                     );
+                    // Service calls this run carried out or waited on.
+                    crate::services::on_run_closed(
+                        txn,
+                        &namespace,
+                        &workflow_id,
+                        &run_id,
+                        &reason,
+                        now,
+                        fx,
+                    )
+                    .await?;
                     // A schedule waiting for this run (buffered fires) learns of the close.
                     if let Some(schedule_id) = schedule_id {
                         crate::schedules::on_run_closed(
@@ -46,6 +57,25 @@ impl kernel::Hooks for Hooks {
                         )?;
                     }
                     Ok(())
+                }
+                Event::ServiceCallRequested {
+                    namespace,
+                    workflow_id,
+                    run_id,
+                    sequence,
+                    command,
+                } => {
+                    crate::services::admit_workflow_call(
+                        txn,
+                        &namespace,
+                        &workflow_id,
+                        &run_id,
+                        sequence,
+                        &command,
+                        now,
+                        fx,
+                    )
+                    .await
                 }
             }
         })

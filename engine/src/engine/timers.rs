@@ -115,6 +115,26 @@ impl Engine {
                         )
                         .await
                     }
+                    TimerAction::ServiceCallDeadline {
+                        namespace,
+                        endpoint_name,
+                        service_name,
+                        operation_name,
+                        service_call_id,
+                    } => {
+                        crate::services::fire_deadline(
+                            txn,
+                            &namespace,
+                            &endpoint_name,
+                            &service_name,
+                            &operation_name,
+                            &service_call_id,
+                            timer,
+                            now,
+                            fx,
+                        )
+                        .await
+                    }
                     action @ (TimerAction::WorkflowTimer { .. }
                     | TimerAction::ConditionTimeout { .. }
                     | TimerAction::ForgetClosedTask { .. }) => {

@@ -58,4 +58,15 @@ pub(crate) enum Event {
         schedule_id: Option<String>,
         closed_at_ms: Millis,
     },
+    /// A workflow task's `start_service_operation` command was accepted at `sequence` of
+    /// the caller run; the service-call subsystem admits the call and records the
+    /// caller's `ServiceCall*` events.
+    ServiceCallRequested {
+        namespace: String,
+        workflow_id: String,
+        run_id: String,
+        sequence: u64,
+        /// The command as the worker sent it.
+        command: serde_json::Value,
+    },
 }

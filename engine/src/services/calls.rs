@@ -1,20 +1,51 @@
-//! Durable service calls through the execute route, for operations bound to
-//! `start_workflow`: the call and its linked workflow start commit in one transaction;
-//! the call's status is the linked run's (read when the call is described), so no
-//! reaction to the run's close is needed.
+//! Durable service calls: created by the execute route or by a workflow's
+//! `start_service_operation` command, both through [`admit_in_txn`].
+//!
+//! * **Bindings.** `start_workflow` starts the linked workflow in the target namespace in
+//!   the call's own transaction; the call stays open until that run closes.
+//!   `signal_workflow` signals an existing workflow (the binding's or the request's
+//!   `target_workflow_instance_id`) with the command key `service-call:{id}` and closes
+//!   the call at once. Other bindings are refused with 409 `binding_not_supported`.
+//! * **Idempotency.** A call is indexed by `(target namespace, operation, caller
+//!   namespace, idempotency_key)`: a resent execute or a replayed command finds the first
+//!   call and never creates a second one.
+//! * **Closing.** A call closes once: when its linked run closes (the kernel's `RunClosed`
+//!   event, routed here by `engine/hooks.rs`), when it is cancelled, or when its deadline
+//!   timer fires. The stored status is then final, so a cancel racing a completion
+//!   leaves whichever committed first. Closing records the outcome in every waiting
+//!   caller's history (`ServiceCallCompleted`/`Failed`/`Cancelled`) and wakes it.
+//! * **Callers.** A workflow caller gets `ServiceCallStarted` at its command's sequence.
+//!   With `wait_for: accepted` or mode `async` that event resolves the SDK's step and the
+//!   caller hears nothing more; otherwise the caller waits for the closing event. When a
+//!   waiting caller's run closes first, its open calls are cancelled (their linked runs
+//!   too), unless the operation's `cancellation_policy.mode` is `abandon`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::clock::Millis;
+use crate::avro::{envelope, AvroValue};
+use crate::clock::{format_timestamp, Millis};
 use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel::{self, Effects};
 use crate::keys::{prefix, Key};
-use crate::model::{RunRecord, RunStatus};
-use crate::workflow::{close_in_txn, start_in_txn, CloseCommand, DuplicatePolicy, StartWorkflow};
-use crate::{history, ids, kernel, tables};
+use crate::model::{InstanceRecord, RunRecord, RunStatus, TimerAction, TimerKey};
+use crate::storage::{KvTxn, ReadOptions};
+use crate::workflow::{
+    close_in_txn, record_service_call_event, signal_in_txn, start_in_txn, CloseCommand,
+    DuplicatePolicy, SignalRequest, StartWorkflow,
+};
+use crate::{history, ids, tables};
 
 use super::catalog::{load_operation, normalize_name, OperationRecord};
+
+/// Set on a `start_service_operation` command by the HTTP front when the worker's token
+/// cannot reach the command's target namespace: the call is refused as if the namespace
+/// did not exist.
+pub const TARGET_NAMESPACE_DENIED: &str = "keel_target_namespace_denied";
+
+/// Most open calls one run closing visits in its transaction (as caller or as linked run).
+const MAX_CALLS_PER_RUN: usize = 256;
 
 /// A request to execute an operation (validated by the HTTP front).
 #[derive(Debug, Clone, Default)]
@@ -27,13 +58,30 @@ pub struct ExecuteRequest {
     pub caller_namespace: Option<String>,
     pub caller_workflow_instance_id: Option<String>,
     pub caller_workflow_run_id: Option<String>,
-    /// The workflow id the started workflow gets (default `svc-{call id}`).
+    /// The workflow id the started workflow gets (default `svc-{call id}`); for a
+    /// `signal_workflow` binding, the workflow signalled when the binding names none.
     pub target_workflow_instance_id: Option<String>,
     /// Task queue of the started workflow when the binding names none.
     pub queue: Option<String>,
     pub business_key: Option<String>,
     /// `return_existing_active` (default) or `reject_duplicate`.
     pub reject_duplicate: bool,
+}
+
+/// A workflow that called an operation through `start_service_operation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallerLink {
+    pub namespace: String,
+    pub workflow_id: String,
+    pub run_id: String,
+    /// The command's workflow sequence: every event for this caller carries it.
+    pub sequence: u64,
+    /// Whether the caller waits for the outcome (sync mode waiting for completion);
+    /// otherwise `ServiceCallStarted` resolved its step.
+    pub waits: bool,
+    /// Fields copied into each of its events as its command named them (the SDK compares
+    /// names, idempotency key, target namespace, mode and `wait_for` on replay).
+    pub echo: Value,
 }
 
 /// One durable service call, stored under its operation.
@@ -55,39 +103,101 @@ pub struct ServiceCallRecord {
     pub operation_mode: String,
     pub resolved_binding_kind: String,
     pub resolved_target_reference: String,
+    /// The run that carries the call out (started or signalled).
     pub linked_workflow_instance_id: String,
     pub linked_workflow_run_id: String,
     /// The operation's policies when the call was accepted.
     pub policies: Value,
-    /// Set when the call was cancelled through its cancel route.
+    /// Set when the call was cancelled through its cancel route or its caller closed.
     pub cancel_reason: Option<String>,
     pub accepted_at_ms: Millis,
     pub cancelled_at_ms: Option<Millis>,
+    /// The final status once closed (`completed`, `failed`, `cancelled`, `timed_out`);
+    /// `None` while open. Set once: a later close attempt changes nothing.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// The result envelope of a completed call.
+    #[serde(default)]
+    pub output: Value,
+    /// Why a call failed, was cancelled or timed out.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The linked workflow's failure type, when it failed.
+    #[serde(default)]
+    pub error_type: Option<String>,
+    #[serde(default)]
+    pub closed_at_ms: Option<Millis>,
+    /// Workflows that called it (a replayed command adds none).
+    #[serde(default)]
+    pub callers: Vec<CallerLink>,
+    /// The deadline timer while open.
+    #[serde(default)]
+    pub deadline_timer: Option<TimerKey>,
+    #[serde(default)]
+    pub deadline_at_ms: Option<Millis>,
 }
 
-/// A call with what its linked run says now.
+/// A call as answered to clients.
 #[derive(Debug, Clone)]
 pub struct ServiceCallView {
     pub call: ServiceCallRecord,
-    /// `started`, `completed`, `failed` or `cancelled`.
+    /// `started`, `completed`, `failed`, `cancelled` or `timed_out`.
     pub status: &'static str,
-    /// The linked run's output envelope, when completed.
+    /// The result envelope, when completed.
     pub output: Value,
-    /// The failure message, when failed or cancelled.
+    /// The failure message, when failed, cancelled or timed out.
     pub message: Option<String>,
     pub closed_at_ms: Option<Millis>,
     /// Whether an earlier request with the same idempotency key created it.
     pub idempotent_replay: bool,
 }
 
-fn call_key(ns: &str, op: &OperationRecord, id: &str) -> Vec<u8> {
+/// How a call ends.
+struct Outcome {
+    status: &'static str,
+    output: Value,
+    message: Option<String>,
+    error_type: Option<String>,
+}
+
+fn static_status(s: &str) -> &'static str {
+    match s {
+        "completed" => "completed",
+        "failed" => "failed",
+        "cancelled" => "cancelled",
+        "timed_out" => "timed_out",
+        _ => "started",
+    }
+}
+
+fn call_key_parts(ns: &str, endpoint: &str, service: &str, operation: &str, id: &str) -> Vec<u8> {
     Key::new(prefix::SERVICE_CALL)
         .str(ns)
-        .str(&op.endpoint_name)
-        .str(&op.service_name)
-        .str(&op.operation_name)
+        .str(endpoint)
+        .str(service)
+        .str(operation)
         .str(id)
         .into_bytes()
+}
+
+fn call_key(ns: &str, op: &OperationRecord, id: &str) -> Vec<u8> {
+    call_key_parts(
+        ns,
+        &op.endpoint_name,
+        &op.service_name,
+        &op.operation_name,
+        id,
+    )
+}
+
+fn record_key(call: &ServiceCallRecord) -> Vec<u8> {
+    call_key_parts(
+        &call.namespace,
+        &call.endpoint_name,
+        &call.service_name,
+        &call.operation_name,
+        &call.id,
+    )
 }
 
 fn idempotency_key(ns: &str, op: &OperationRecord, caller_ns: &str, key: &str) -> Vec<u8> {
@@ -101,12 +211,41 @@ fn idempotency_key(ns: &str, op: &OperationRecord, caller_ns: &str, key: &str) -
         .into_bytes()
 }
 
+fn by_run_key(ns: &str, run_id: &str, call_id: &str) -> Key {
+    Key::new(prefix::SERVICE_CALL_BY_RUN)
+        .str(ns)
+        .str(run_id)
+        .str(call_id)
+}
+
+fn by_caller_key(ns: &str, run_id: &str, call_id: &str) -> Key {
+    Key::new(prefix::SERVICE_CALL_BY_CALLER)
+        .str(ns)
+        .str(run_id)
+        .str(call_id)
+}
+
+/// The call keys an index range (`by_run` or `by_caller` of one run) points at.
+async fn indexed_calls(
+    txn: &mut dyn KvTxn,
+    index_prefix: u8,
+    ns: &str,
+    run_id: &str,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let range = Key::new(index_prefix).str(ns).str(run_id).range();
+    let pairs = txn
+        .get_range(&range, ReadOptions::limit(MAX_CALLS_PER_RUN))
+        .await?;
+    let (records, _) = tables::assemble(pairs)?;
+    Ok(records)
+}
+
 fn unsupported_binding(op: &OperationRecord) -> Error {
     Error::reject(
         RejectKind::Conflict,
         "binding_not_supported",
         format!(
-            "operation '{}' is bound to {}; Keel executes only start_workflow bindings so far",
+            "operation '{}' is bound to {}; Keel executes start_workflow and signal_workflow bindings",
             op.operation_name, op.spec.handler_binding_kind
         ),
     )
@@ -128,89 +267,866 @@ fn call_not_found(op: &OperationRecord, id: &str) -> Error {
     .with("service_call_id", id)
 }
 
+fn binding_str<'a>(op: &'a OperationRecord, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| {
+        op.spec
+            .handler_binding
+            .get(*k)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    })
+}
+
 /// The workflow type and task queue a `start_workflow` binding names.
 fn start_target(op: &OperationRecord, queue: Option<&str>) -> (String, String) {
-    let b = &op.spec.handler_binding;
-    let workflow_type = b
-        .get("workflow_type")
-        .and_then(Value::as_str)
+    let workflow_type = binding_str(op, &["workflow_type"])
         .map(str::to_string)
         .or_else(|| op.spec.handler_target_reference.clone())
         .unwrap_or_default();
-    let task_queue = b
-        .get("task_queue")
-        .and_then(Value::as_str)
+    let task_queue = binding_str(op, &["task_queue"])
         .or(queue)
         .unwrap_or("default")
         .to_string();
     (workflow_type, task_queue)
 }
 
-async fn view(
-    txn: &mut dyn crate::storage::KvTxn,
-    call: ServiceCallRecord,
-    idempotent_replay: bool,
-) -> Result<ServiceCallView> {
-    let run: Option<RunRecord> = tables::get_snapshot(
-        txn,
-        &tables::run_key(&call.namespace, &call.linked_workflow_run_id),
-    )
-    .await?;
-    let mut v = ServiceCallView {
+/// The deadline an operation gives its calls, in seconds.
+fn deadline_seconds(op: &OperationRecord) -> Option<u64> {
+    op.spec
+        .deadline_policy
+        .get("timeout_seconds")
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+}
+
+/// Whether an operation leaves its calls running when their waiting caller closes.
+fn abandons_on_caller_close(call: &ServiceCallRecord) -> bool {
+    let policy = call.policies.get("cancellation_policy");
+    let mode = policy
+        .and_then(|p| p.get("mode").or_else(|| p.get("policy")))
+        .and_then(Value::as_str);
+    mode == Some("abandon")
+}
+
+fn view(call: ServiceCallRecord, idempotent_replay: bool) -> ServiceCallView {
+    ServiceCallView {
+        status: call.status.as_deref().map_or("started", static_status),
+        output: call.output.clone(),
+        message: call.message.clone(),
+        closed_at_ms: call.closed_at_ms,
         call,
-        status: "started",
-        output: Value::Null,
-        message: None,
-        closed_at_ms: None,
         idempotent_replay,
-    };
-    let Some(run) = run else {
-        // The linked run was purged by retention: the call's outcome is gone with it.
-        v.status = "failed";
-        v.message = Some("the linked workflow run no longer exists".into());
-        return Ok(v);
-    };
-    if !run.status.is_terminal() {
-        return Ok(v);
     }
+}
+
+/// How a closed run ends the call it carries out.
+async fn run_outcome(
+    txn: &mut dyn KvTxn,
+    call: &ServiceCallRecord,
+    run: &RunRecord,
+) -> Result<Outcome> {
     let seq = run.lifecycle.close_event_seq.unwrap_or(run.last_event_seq);
     let payload = history::event_payload(txn, &run.namespace, &run.run_id, seq)
         .await?
         .unwrap_or(Value::Null);
-    v.closed_at_ms = run.closed_at_ms;
-    match run.status {
-        RunStatus::Completed => {
-            v.status = "completed";
-            v.output = payload.get("output").cloned().unwrap_or(Value::Null);
-        }
-        RunStatus::Cancelled => {
-            v.status = "cancelled";
-            v.message = Some(
-                v.call
-                    .cancel_reason
+    let text = |k: &str| {
+        payload
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(match run.status {
+        RunStatus::Completed => Outcome {
+            status: "completed",
+            output: payload.get("output").cloned().unwrap_or(Value::Null),
+            message: None,
+            error_type: None,
+        },
+        RunStatus::Cancelled => Outcome {
+            status: "cancelled",
+            output: Value::Null,
+            message: Some(
+                call.cancel_reason
                     .clone()
+                    .or_else(|| text("reason"))
                     .unwrap_or_else(|| "the linked workflow was cancelled".into()),
-            );
-        }
-        other => {
-            v.status = "failed";
-            v.message = Some(
-                payload
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
+            ),
+            error_type: None,
+        },
+        other => Outcome {
+            status: "failed",
+            output: Value::Null,
+            message: Some(
+                text("message")
+                    .or_else(|| text("reason"))
                     .unwrap_or_else(|| format!("the linked workflow ended {}", other.as_str())),
-            );
+            ),
+            error_type: text("exception_type")
+                .or_else(|| text("exception_class"))
+                .or_else(|| Some(format!("Workflow{}", title(other.as_str())))),
+        },
+    })
+}
+
+fn title(s: &str) -> String {
+    s.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The call as the caller's events carry it (`service_call`), with the names its command
+/// used.
+fn caller_snapshot(call: &ServiceCallRecord, link: &CallerLink) -> Value {
+    let status = call.status.as_deref().unwrap_or("started");
+    let failed = matches!(status, "failed" | "cancelled" | "timed_out");
+    let mut snapshot = json!({
+        "id": call.id,
+        "service_call_id": call.id,
+        "namespace": call.namespace,
+        "caller_namespace": call.caller_namespace,
+        "linked_workflow_instance_id": call.linked_workflow_instance_id,
+        "linked_workflow_run_id": call.linked_workflow_run_id,
+        "resolved_binding_kind": call.resolved_binding_kind,
+        "resolved_target_reference": call.resolved_target_reference,
+        "status": status,
+        "outcome": if status == "started" { "accepted" } else { status },
+        "accepted": !failed,
+        "message": call.message,
+        "result_envelope": if call.output.is_null() { Value::Null } else { call.output.clone() },
+        "accepted_at": format_timestamp(call.accepted_at_ms),
+        "closed_at": call.closed_at_ms.map(format_timestamp),
+    });
+    if failed {
+        snapshot["reason"] = json!(status);
+        snapshot["service_error_type"] = json!(call.error_type);
+        snapshot["typed_error_message"] = json!(call.message);
+    }
+    merge_echo(
+        &mut snapshot,
+        link,
+        &[
+            "endpoint_name",
+            "service_name",
+            "operation_name",
+            "target_namespace",
+            "idempotency_key",
+        ],
+    );
+    snapshot
+}
+
+fn merge_echo(into: &mut Value, link: &CallerLink, keys: &[&str]) {
+    if let (Some(obj), Some(echo)) = (into.as_object_mut(), link.echo.as_object()) {
+        for k in keys {
+            if let Some(v) = echo.get(*k) {
+                obj.insert((*k).to_string(), v.clone());
+            }
         }
     }
-    Ok(v)
+}
+
+/// The payload of a caller's `ServiceCall*` event.
+fn caller_payload(call: &ServiceCallRecord, link: &CallerLink, request: Option<&Value>) -> Value {
+    let status = call.status.as_deref().unwrap_or("started");
+    let mut payload = json!({
+        "sequence": link.sequence,
+        "service_call_id": call.id,
+        "service_call": caller_snapshot(call, link),
+        "payload_codec": "avro",
+        "caller_workflow_instance_id": link.workflow_id,
+        "caller_workflow_run_id": link.run_id,
+        "status": status,
+    });
+    merge_echo(
+        &mut payload,
+        link,
+        &[
+            "endpoint_name",
+            "service_name",
+            "operation_name",
+            "operation_mode",
+            "wait_for",
+            "target_namespace",
+            "idempotency_key",
+        ],
+    );
+    if let Some(request) = request {
+        payload["request_payload"] = request.clone();
+    }
+    match status {
+        "completed" => payload["response_payload"] = call.output.clone(),
+        "started" => {}
+        _ => {
+            payload["message"] = json!(call.message);
+            payload["exception_type"] = json!(match status {
+                "cancelled" => "ServiceCallCancelled",
+                "timed_out" => "ServiceCallTimedOut",
+                _ => "NexusOperationFailed",
+            });
+        }
+    }
+    payload
+}
+
+fn closing_event(status: &str) -> &'static str {
+    match status {
+        "completed" => "ServiceCallCompleted",
+        "cancelled" => "ServiceCallCancelled",
+        _ => "ServiceCallFailed",
+    }
+}
+
+/// Closes an open call with `outcome` (a closed one is left as it is: returns false):
+/// stores the outcome, clears its deadline timer and indexes, and records the closing
+/// event in every waiting caller's history, waking it.
+async fn close_call(
+    txn: &mut dyn KvTxn,
+    call: &mut ServiceCallRecord,
+    outcome: Outcome,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<bool> {
+    if call.status.is_some() {
+        return Ok(false);
+    }
+    call.status = Some(outcome.status.to_string());
+    call.output = outcome.output;
+    call.message = outcome.message;
+    call.error_type = outcome.error_type;
+    call.closed_at_ms = Some(now);
+    if let Some(timer) = call.deadline_timer.take() {
+        kernel::clear_timer(txn, &timer);
+    }
+    if call.resolved_binding_kind == "start_workflow" {
+        let key = by_run_key(&call.namespace, &call.linked_workflow_run_id, &call.id);
+        tables::delete(txn, &key.into_bytes()).await?;
+    }
+    for link in call.callers.clone() {
+        if !link.waits {
+            continue;
+        }
+        let key = by_caller_key(&link.namespace, &link.run_id, &call.id);
+        tables::delete(txn, &key.into_bytes()).await?;
+        let event = closing_event(outcome.status);
+        let payload = caller_payload(call, &link, None);
+        record_service_call_event(
+            txn,
+            &link.namespace,
+            &link.run_id,
+            event,
+            payload,
+            true,
+            now,
+            fx,
+        )
+        .await?;
+    }
+    tables::put(txn, &record_key(call), call)?;
+    Ok(true)
+}
+
+/// Creates the durable call for `req` on `op` and runs its binding, or returns the call
+/// an earlier request with the same idempotency key created (`true`). `caller` joins the
+/// call's callers (a replayed command's caller is there already).
+#[allow(clippy::too_many_arguments)]
+async fn admit_in_txn(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    op: &OperationRecord,
+    req: &ExecuteRequest,
+    call_id: &str,
+    run_id: &str,
+    caller: Option<CallerLink>,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<(ServiceCallRecord, bool)> {
+    let caller_ns = req
+        .caller_namespace
+        .clone()
+        .unwrap_or_else(|| ns.to_string());
+    let ikey = req
+        .idempotency_key
+        .as_deref()
+        .map(|k| idempotency_key(ns, op, &caller_ns, k));
+    if let Some(ikey) = &ikey {
+        if let Some(existing) = tables::get::<String>(txn, ikey).await? {
+            let key = call_key(ns, op, &existing);
+            let mut call = tables::get::<ServiceCallRecord>(txn, &key)
+                .await?
+                .ok_or_else(|| Error::corrupt("idempotency index without its call"))?;
+            if let Some(link) = caller {
+                let known = call
+                    .callers
+                    .iter()
+                    .any(|c| c.run_id == link.run_id && c.sequence == link.sequence);
+                if !known {
+                    if link.waits && call.status.is_none() {
+                        let k = by_caller_key(&link.namespace, &link.run_id, &call.id);
+                        tables::put_bytes(txn, &k.into_bytes(), &key);
+                    }
+                    call.callers.push(link);
+                    tables::put(txn, &key, &call)?;
+                }
+            }
+            let own = existing == call_id;
+            return Ok((call, !own));
+        }
+    }
+    let mode = req
+        .mode_override
+        .clone()
+        .unwrap_or_else(|| op.spec.operation_mode.clone());
+    let mut call = ServiceCallRecord {
+        id: call_id.to_string(),
+        namespace: ns.to_string(),
+        endpoint_id: op.endpoint_id.clone(),
+        endpoint_name: op.endpoint_name.clone(),
+        service_id: op.service_id.clone(),
+        service_name: op.service_name.clone(),
+        operation_id: op.id.clone(),
+        operation_name: op.operation_name.clone(),
+        caller_namespace: caller_ns,
+        caller_workflow_instance_id: req.caller_workflow_instance_id.clone(),
+        caller_workflow_run_id: req.caller_workflow_run_id.clone(),
+        idempotency_key: req.idempotency_key.clone(),
+        operation_mode: mode,
+        resolved_binding_kind: op.spec.handler_binding_kind.clone(),
+        resolved_target_reference: String::new(),
+        linked_workflow_instance_id: String::new(),
+        linked_workflow_run_id: String::new(),
+        policies: json!({
+            "deadline_policy": op.spec.deadline_policy,
+            "idempotency_policy": op.spec.idempotency_policy,
+            "cancellation_policy": op.spec.cancellation_policy,
+            "retry_policy": op.spec.retry_policy,
+            "boundary_policy": op.spec.boundary_policy,
+        }),
+        cancel_reason: None,
+        accepted_at_ms: now,
+        cancelled_at_ms: None,
+        status: None,
+        output: Value::Null,
+        message: None,
+        error_type: None,
+        closed_at_ms: None,
+        callers: Vec::new(),
+        deadline_timer: None,
+        deadline_at_ms: None,
+    };
+    let key = call_key(ns, op, call_id);
+    match op.spec.handler_binding_kind.as_str() {
+        "start_workflow" => {
+            let (workflow_type, task_queue) = start_target(op, req.queue.as_deref());
+            if workflow_type.is_empty() {
+                return Err(Error::invalid(
+                    "handler_target_reference",
+                    "The operation names no workflow type to start.",
+                ));
+            }
+            let workflow_id = req
+                .target_workflow_instance_id
+                .clone()
+                .unwrap_or_else(|| format!("svc-{call_id}"));
+            let start = StartWorkflow {
+                workflow_id: Some(workflow_id.clone()),
+                workflow_type: workflow_type.clone(),
+                task_queue,
+                input: req.arguments.clone(),
+                execution_timeout_seconds: None,
+                run_timeout_seconds: None,
+                duplicate_policy: if req.reject_duplicate {
+                    DuplicatePolicy::Fail
+                } else {
+                    DuplicatePolicy::UseExisting
+                },
+                memo: json!({}),
+                search_attributes: json!({}),
+                priority: 5,
+                build_id: None,
+            };
+            let started = start_in_txn(txn, ns, &start, &workflow_id, run_id, now, fx).await?;
+            call.resolved_target_reference = workflow_type;
+            call.linked_workflow_instance_id = started.run.workflow_id.clone();
+            call.linked_workflow_run_id = started.run.run_id.clone();
+            let index = by_run_key(ns, &started.run.run_id, call_id);
+            tables::put_bytes(txn, &index.into_bytes(), &key);
+        }
+        "signal_workflow" => {
+            let signal_name = binding_str(op, &["signal_name", "signal"])
+                .map(str::to_string)
+                .or_else(|| op.spec.handler_target_reference.clone())
+                .unwrap_or_default();
+            let workflow_id = req
+                .target_workflow_instance_id
+                .clone()
+                .or_else(|| {
+                    binding_str(op, &["workflow_id", "workflow_instance_id"]).map(str::to_string)
+                })
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "target_workflow_instance_id",
+                        "The operation's binding names no workflow to signal: give target_workflow_instance_id.",
+                    )
+                })?;
+            let signal = SignalRequest {
+                workflow_id,
+                run_id: None,
+                signal_name: signal_name.clone(),
+                input: req.arguments.clone(),
+                request_id: Some(format!("service-call:{call_id}")),
+            };
+            let receipt = signal_in_txn(txn, ns, &signal, call_id, now, fx).await?;
+            let field = |k: &str| {
+                receipt
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            call.resolved_target_reference = signal_name;
+            call.linked_workflow_instance_id = field("workflow_id");
+            call.linked_workflow_run_id = field("run_id");
+            // Delivered: the call's work is done (a signal has no result).
+            call.status = Some("completed".into());
+            call.closed_at_ms = Some(now);
+        }
+        _ => return Err(unsupported_binding(op)),
+    }
+    if call.status.is_none() {
+        if let Some(seconds) = deadline_seconds(op) {
+            let at = now + seconds as Millis * 1000;
+            let action = TimerAction::ServiceCallDeadline {
+                namespace: ns.to_string(),
+                endpoint_name: op.endpoint_name.clone(),
+                service_name: op.service_name.clone(),
+                operation_name: op.operation_name.clone(),
+                service_call_id: call_id.to_string(),
+            };
+            call.deadline_timer = Some(kernel::put_timer(txn, at, &action, fx)?);
+            call.deadline_at_ms = Some(at);
+        }
+    }
+    if let Some(link) = caller {
+        if link.waits && call.status.is_none() {
+            let k = by_caller_key(&link.namespace, &link.run_id, call_id);
+            tables::put_bytes(txn, &k.into_bytes(), &key);
+        }
+        call.callers.push(link);
+    }
+    tables::put(txn, &key, &call)?;
+    if let Some(ikey) = &ikey {
+        tables::put(txn, ikey, &call_id.to_string())?;
+    }
+    Ok((call, false))
+}
+
+/// A `start_service_operation` command accepted at `sequence` of a caller run (raised by
+/// the workflow subsystem, routed by `engine/hooks.rs`): admits the call in the target
+/// namespace and records the caller's `ServiceCallStarted` (and the closing event when
+/// the call already closed), or `ServiceCallFailed` when it cannot be admitted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn admit_workflow_call(
+    txn: &mut dyn KvTxn,
+    caller_ns: &str,
+    workflow_id: &str,
+    run_id: &str,
+    sequence: u64,
+    command: &Value,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let text = |k: &str| {
+        command
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let raw_target = text("namespace");
+    let target_ns = raw_target
+        .as_deref()
+        .map_or_else(|| caller_ns.to_string(), str::to_ascii_lowercase);
+    let codec = text("payload_codec").unwrap_or_else(|| "avro".into());
+    let request_payload = command
+        .get("request_payload")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let arguments = match &request_payload {
+        Value::String(blob) => json!({"codec": codec, "blob": blob}),
+        Value::Object(_) => request_payload.clone(),
+        _ => envelope(&AvroValue::Array(Vec::new())),
+    };
+    let (endpoint, service, operation) = (
+        text("endpoint_name").unwrap_or_default(),
+        text("service_name").unwrap_or_default(),
+        text("operation_name").unwrap_or_default(),
+    );
+    let mut echo = Map::new();
+    for (k, v) in [
+        ("endpoint_name", Some(endpoint.clone())),
+        ("service_name", Some(service.clone())),
+        ("operation_name", Some(operation.clone())),
+        ("idempotency_key", text("idempotency_key")),
+        (
+            "target_namespace",
+            Some(raw_target.clone().unwrap_or_else(|| target_ns.clone())),
+        ),
+    ] {
+        if let Some(v) = v {
+            echo.insert(k.into(), json!(v));
+        }
+    }
+    let mut link = CallerLink {
+        namespace: caller_ns.to_string(),
+        workflow_id: workflow_id.to_string(),
+        run_id: run_id.to_string(),
+        sequence,
+        waits: false,
+        echo: Value::Null,
+    };
+    let denied = command.get(TARGET_NAMESPACE_DENIED) == Some(&Value::Bool(true));
+    let resolved = async {
+        if denied {
+            return Err(Error::not_found(
+                "namespace_not_found",
+                format!("namespace '{target_ns}' does not exist"),
+            ));
+        }
+        kernel::require_namespace(txn, &target_ns).await?;
+        load_operation(
+            txn,
+            &target_ns,
+            &normalize_name(&endpoint),
+            &normalize_name(&service),
+            &normalize_name(&operation),
+        )
+        .await
+    }
+    .await;
+    let op = match resolved {
+        Ok(op) => op,
+        Err(e @ Error::Rejected { .. }) => {
+            link.echo = Value::Object(echo);
+            return refuse_caller(txn, &link, &e, &request_payload, now, fx).await;
+        }
+        Err(e) => return Err(e),
+    };
+    let mode = text("mode_override").unwrap_or_else(|| op.spec.operation_mode.clone());
+    let wait_for = text("wait_for").unwrap_or_else(|| {
+        if mode == "async" {
+            "accepted"
+        } else {
+            "completed"
+        }
+        .to_string()
+    });
+    link.waits = mode == "sync" && wait_for == "completed";
+    echo.insert("operation_mode".into(), json!(mode));
+    echo.insert("wait_for".into(), json!(wait_for));
+    link.echo = Value::Object(echo);
+    let req = ExecuteRequest {
+        arguments,
+        mode_override: Some(mode),
+        idempotency_key: text("idempotency_key"),
+        caller_namespace: Some(caller_ns.to_string()),
+        caller_workflow_instance_id: Some(workflow_id.to_string()),
+        caller_workflow_run_id: Some(run_id.to_string()),
+        target_workflow_instance_id: text("target_workflow_instance_id"),
+        queue: text("queue"),
+        business_key: text("business_key"),
+        reject_duplicate: text("duplicate_start_policy").as_deref() == Some("reject_duplicate"),
+    };
+    let call_id = ids::new_id(now).to_ascii_lowercase();
+    let linked_run_id = ids::new_id(now);
+    let admitted = admit_in_txn(
+        txn,
+        &target_ns,
+        &op,
+        &req,
+        &call_id,
+        &linked_run_id,
+        Some(link.clone()),
+        now,
+        fx,
+    )
+    .await;
+    let call = match admitted {
+        Ok((call, _)) => call,
+        Err(e @ Error::Rejected { .. }) => {
+            return refuse_caller(txn, &link, &e, &request_payload, now, fx).await
+        }
+        Err(e) => return Err(e),
+    };
+    // `ServiceCallStarted` carries the call as accepted; it resolves the SDK's step
+    // unless the caller waits for the outcome.
+    let mut started = call.clone();
+    started.status = None;
+    started.output = Value::Null;
+    started.message = None;
+    let payload = caller_payload(&started, &link, Some(&request_payload));
+    record_service_call_event(
+        txn,
+        caller_ns,
+        run_id,
+        "ServiceCallStarted",
+        payload,
+        !link.waits,
+        now,
+        fx,
+    )
+    .await?;
+    if let (true, Some(status)) = (link.waits, call.status.as_deref()) {
+        let payload = caller_payload(&call, &link, None);
+        record_service_call_event(
+            txn,
+            caller_ns,
+            run_id,
+            closing_event(status),
+            payload,
+            true,
+            now,
+            fx,
+        )
+        .await?;
+        let k = by_caller_key(caller_ns, run_id, &call.id);
+        tables::delete(txn, &k.into_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// Records `ServiceCallFailed` for a command that could not be admitted (an unknown
+/// namespace or operation, an unsupported binding, a refused target) and wakes the
+/// caller: its step resolves as failed and no call exists.
+async fn refuse_caller(
+    txn: &mut dyn KvTxn,
+    link: &CallerLink,
+    e: &Error,
+    request_payload: &Value,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let (reason, message) = match e {
+        Error::Rejected {
+            reason, message, ..
+        } => (*reason, message.clone()),
+        _ => ("service_call_rejected", e.to_string()),
+    };
+    let mut snapshot = json!({
+        "status": "failed",
+        "outcome": format!("rejected_{reason}"),
+        "reason": reason,
+        "accepted": false,
+        "message": message,
+        "typed_error_message": message,
+    });
+    merge_echo(
+        &mut snapshot,
+        link,
+        &[
+            "endpoint_name",
+            "service_name",
+            "operation_name",
+            "target_namespace",
+            "idempotency_key",
+        ],
+    );
+    let mut payload = json!({
+        "sequence": link.sequence,
+        "service_call": snapshot,
+        "status": "failed",
+        "reason": reason,
+        "message": message,
+        "exception_type": reason,
+        "payload_codec": "avro",
+        "request_payload": request_payload,
+        "caller_workflow_instance_id": link.workflow_id,
+        "caller_workflow_run_id": link.run_id,
+    });
+    merge_echo(
+        &mut payload,
+        link,
+        &[
+            "endpoint_name",
+            "service_name",
+            "operation_name",
+            "operation_mode",
+            "wait_for",
+            "target_namespace",
+            "idempotency_key",
+        ],
+    );
+    record_service_call_event(
+        txn,
+        &link.namespace,
+        &link.run_id,
+        "ServiceCallFailed",
+        payload,
+        true,
+        now,
+        fx,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A run closed (routed by `engine/hooks.rs` from the kernel's `RunClosed`): the calls it
+/// carried out close with its outcome (a continued run hands them to its successor), and
+/// the calls it waited on as a caller are cancelled, with their linked runs, unless
+/// their operation abandons them.
+pub(crate) async fn on_run_closed(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    workflow_id: &str,
+    run_id: &str,
+    reason: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    for (index, key) in indexed_calls(txn, prefix::SERVICE_CALL_BY_RUN, ns, run_id).await? {
+        let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
+            tables::delete(txn, &index).await?;
+            continue;
+        };
+        if reason == "continued" {
+            // The call follows the workflow to its next run.
+            let instance: Option<InstanceRecord> =
+                tables::get(txn, &tables::instance_key(ns, workflow_id)).await?;
+            if let Some(next) = instance.filter(|i| i.current_run_id != run_id) {
+                tables::delete(txn, &index).await?;
+                call.linked_workflow_run_id = next.current_run_id.clone();
+                let moved = by_run_key(ns, &next.current_run_id, &call.id);
+                tables::put_bytes(txn, &moved.into_bytes(), &key);
+                tables::put(txn, &key, &call)?;
+                continue;
+            }
+        }
+        let Some(run) = tables::get::<RunRecord>(txn, &tables::run_key(ns, run_id)).await? else {
+            continue;
+        };
+        let outcome = run_outcome(txn, &call, &run).await?;
+        close_call(txn, &mut call, outcome, now, fx).await?;
+    }
+    let waited = indexed_calls(txn, prefix::SERVICE_CALL_BY_CALLER, ns, run_id).await?;
+    for (index, key) in waited {
+        tables::delete(txn, &index).await?;
+        let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
+            continue;
+        };
+        if call.status.is_some() || abandons_on_caller_close(&call) {
+            continue;
+        }
+        let why = format!("the calling workflow closed ({reason})");
+        cancel_in_txn(txn, &mut call, Some(why), now, fx).await?;
+    }
+    Ok(())
+}
+
+/// Cancels an open call: it closes as `cancelled` (recorded for its waiting callers) and
+/// its linked run, still open, is cancelled too. A closed call is left as it ended.
+async fn cancel_in_txn(
+    txn: &mut dyn KvTxn,
+    call: &mut ServiceCallRecord,
+    reason: Option<String>,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    if call.status.is_some() {
+        return Ok(());
+    }
+    let message = reason.unwrap_or_else(|| "the service call was cancelled".into());
+    call.cancel_reason = Some(message.clone());
+    call.cancelled_at_ms = Some(now);
+    let outcome = Outcome {
+        status: "cancelled",
+        output: Value::Null,
+        message: Some(message.clone()),
+        error_type: None,
+    };
+    close_call(txn, call, outcome, now, fx).await?;
+    stop_linked_run(txn, call, &message, now, fx).await
+}
+
+/// Cancels a call's linked run when it is still open (`start_workflow` bindings).
+async fn stop_linked_run(
+    txn: &mut dyn KvTxn,
+    call: &ServiceCallRecord,
+    reason: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    if call.resolved_binding_kind != "start_workflow" {
+        return Ok(());
+    }
+    let run: Option<RunRecord> = tables::get(
+        txn,
+        &tables::run_key(&call.namespace, &call.linked_workflow_run_id),
+    )
+    .await?;
+    if run.is_some_and(|r| !r.status.is_terminal()) {
+        let command_id = ids::new_id(now);
+        close_in_txn(
+            txn,
+            &call.namespace,
+            &call.linked_workflow_instance_id,
+            Some(&call.linked_workflow_run_id),
+            CloseCommand::Cancel,
+            Some(reason),
+            &command_id,
+            now,
+            fx,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A call's deadline timer fired: a call still open times out (recorded for its waiting
+/// callers) and its linked run is cancelled. Stale when the call closed meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fire_deadline(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    endpoint: &str,
+    service: &str,
+    operation: &str,
+    call_id: &str,
+    timer: &TimerKey,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let key = call_key_parts(ns, endpoint, service, operation, call_id);
+    let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
+        return Ok(());
+    };
+    if call.status.is_some() || call.deadline_timer.as_ref() != Some(timer) {
+        return Ok(());
+    }
+    call.deadline_timer = None;
+    let seconds = call
+        .deadline_at_ms
+        .map_or(0, |d| (d - call.accepted_at_ms) / 1000);
+    let message = format!("the service call exceeded its deadline of {seconds} s");
+    let outcome = Outcome {
+        status: "timed_out",
+        output: Value::Null,
+        message: Some(message.clone()),
+        error_type: Some("ServiceCallTimedOut".into()),
+    };
+    close_call(txn, &mut call, outcome, now, fx).await?;
+    stop_linked_run(txn, &call, &message, now, fx).await
 }
 
 impl Engine {
-    /// Executes an operation: creates the durable call and starts its linked workflow in
-    /// one transaction. A repeated `idempotency_key` (per operation and caller namespace)
+    /// Executes an operation: creates the durable call and runs its binding in one
+    /// transaction. A repeated `idempotency_key` (per operation and caller namespace)
     /// returns the first call. 409 `binding_not_supported` for bindings other than
-    /// `start_workflow`.
+    /// `start_workflow` and `signal_workflow`.
     pub async fn execute_operation(
         &self,
         ns: &str,
@@ -235,99 +1151,9 @@ impl Engine {
                 let fx = &mut tx.fx;
                 kernel::require_namespace(txn, ns).await?;
                 let op = load_operation(txn, ns, endpoint, service, operation).await?;
-                let caller_ns = req
-                    .caller_namespace
-                    .clone()
-                    .unwrap_or_else(|| ns.to_string());
-                let ikey = req
-                    .idempotency_key
-                    .as_deref()
-                    .map(|k| idempotency_key(ns, &op, &caller_ns, k));
-                if let Some(ikey) = &ikey {
-                    if let Some(existing) = tables::get::<String>(txn, ikey).await? {
-                        let call =
-                            tables::get::<ServiceCallRecord>(txn, &call_key(ns, &op, &existing))
-                                .await?
-                                .ok_or_else(|| {
-                                    Error::corrupt("idempotency index without its call")
-                                })?;
-                        let own = existing == *call_id;
-                        return view(txn, call, !own).await;
-                    }
-                }
-                if op.spec.handler_binding_kind != "start_workflow" {
-                    return Err(unsupported_binding(&op));
-                }
-                let (workflow_type, task_queue) = start_target(&op, req.queue.as_deref());
-                if workflow_type.is_empty() {
-                    return Err(Error::invalid(
-                        "handler_target_reference",
-                        "The operation names no workflow type to start.",
-                    ));
-                }
-                let workflow_id = req
-                    .target_workflow_instance_id
-                    .clone()
-                    .unwrap_or_else(|| format!("svc-{call_id}"));
-                let start = StartWorkflow {
-                    workflow_id: Some(workflow_id.clone()),
-                    workflow_type: workflow_type.clone(),
-                    task_queue,
-                    input: req.arguments.clone(),
-                    execution_timeout_seconds: op
-                        .spec
-                        .deadline_policy
-                        .get("timeout_seconds")
-                        .and_then(Value::as_u64),
-                    run_timeout_seconds: None,
-                    duplicate_policy: if req.reject_duplicate {
-                        DuplicatePolicy::Fail
-                    } else {
-                        DuplicatePolicy::UseExisting
-                    },
-                    memo: json!({}),
-                    search_attributes: json!({}),
-                    priority: 5,
-                    build_id: None,
-                };
-                let started = start_in_txn(txn, ns, &start, &workflow_id, run_id, now, fx).await?;
-                let call = ServiceCallRecord {
-                    id: call_id.clone(),
-                    namespace: ns.to_string(),
-                    endpoint_id: op.endpoint_id.clone(),
-                    endpoint_name: op.endpoint_name.clone(),
-                    service_id: op.service_id.clone(),
-                    service_name: op.service_name.clone(),
-                    operation_id: op.id.clone(),
-                    operation_name: op.operation_name.clone(),
-                    caller_namespace: caller_ns,
-                    caller_workflow_instance_id: req.caller_workflow_instance_id.clone(),
-                    caller_workflow_run_id: req.caller_workflow_run_id.clone(),
-                    idempotency_key: req.idempotency_key.clone(),
-                    operation_mode: req
-                        .mode_override
-                        .clone()
-                        .unwrap_or_else(|| op.spec.operation_mode.clone()),
-                    resolved_binding_kind: "start_workflow".into(),
-                    resolved_target_reference: workflow_type,
-                    linked_workflow_instance_id: started.run.workflow_id.clone(),
-                    linked_workflow_run_id: started.run.run_id.clone(),
-                    policies: json!({
-                        "deadline_policy": op.spec.deadline_policy,
-                        "idempotency_policy": op.spec.idempotency_policy,
-                        "cancellation_policy": op.spec.cancellation_policy,
-                        "retry_policy": op.spec.retry_policy,
-                        "boundary_policy": op.spec.boundary_policy,
-                    }),
-                    cancel_reason: None,
-                    accepted_at_ms: now,
-                    cancelled_at_ms: None,
-                };
-                tables::put(txn, &call_key(ns, &op, call_id), &call)?;
-                if let Some(ikey) = &ikey {
-                    tables::put(txn, ikey, call_id)?;
-                }
-                view(txn, call, false).await
+                let (call, replay) =
+                    admit_in_txn(txn, ns, &op, req, call_id, run_id, None, now, fx).await?;
+                Ok(view(call, replay))
             })
         })
         .await
@@ -342,23 +1168,40 @@ impl Engine {
         operation: &str,
         call_id: &str,
     ) -> Result<ServiceCallView> {
-        let (endpoint, service, operation) = (
-            normalize_name(endpoint),
-            normalize_name(service),
-            normalize_name(operation),
-        );
         let mut txn = self.inner.store.begin().await?;
-        let txn = txn.as_mut();
-        kernel::require_namespace(txn, ns).await?;
-        let op = load_operation(txn, ns, &endpoint, &service, &operation).await?;
-        let call = tables::get_snapshot::<ServiceCallRecord>(txn, &call_key(ns, &op, call_id))
-            .await?
-            .ok_or_else(|| call_not_found(&op, call_id))?;
-        view(txn, call, false).await
+        read_call(txn.as_mut(), ns, endpoint, service, operation, call_id).await
     }
 
-    /// Cancels a call: its linked workflow is cancelled (an already closed one is left
-    /// as it ended, and the call answers with that outcome).
+    /// Waits until a call closes or the clock reaches `deadline_ms`, then answers it as
+    /// [`Engine::describe_service_call`] does. Wakes on a storage watch of the call's
+    /// record (written when it closes, on whichever node), never by polling.
+    pub async fn wait_service_call(
+        &self,
+        ns: &str,
+        endpoint: &str,
+        service: &str,
+        operation: &str,
+        call_id: &str,
+        deadline_ms: Millis,
+    ) -> Result<ServiceCallView> {
+        loop {
+            let mut txn = self.inner.store.begin().await?;
+            let version = txn.read_version();
+            let v = read_call(txn.as_mut(), ns, endpoint, service, operation, call_id).await?;
+            drop(txn);
+            if v.status != "started" || self.now_ms() >= deadline_ms {
+                return Ok(v);
+            }
+            let key = record_key(&v.call);
+            tokio::select! {
+                changed = self.inner.store.watch(&key, version) => changed?,
+                _ = self.inner.clock.sleep_until(deadline_ms) => {}
+            }
+        }
+    }
+
+    /// Cancels a call: it closes as `cancelled` and its linked workflow, still open, is
+    /// cancelled. A closed call is left as it ended and answered with that outcome.
     pub async fn cancel_service_call(
         &self,
         ns: &str,
@@ -368,17 +1211,15 @@ impl Engine {
         call_id: &str,
         reason: Option<String>,
     ) -> Result<ServiceCallView> {
-        let now = self.now_ms();
-        let command_id = ids::new_id(now);
         let (endpoint, service, operation) = (
             normalize_name(endpoint),
             normalize_name(service),
             normalize_name(operation),
         );
-        let (endpoint, service, operation, reason, command_id) =
-            (&endpoint, &service, &operation, &reason, &command_id);
+        let (endpoint, service, operation, reason) = (&endpoint, &service, &operation, &reason);
         self.transact(move |tx| {
             Box::pin(async move {
+                let now = tx.now;
                 let txn = tx.txn.as_mut();
                 let fx = &mut tx.fx;
                 kernel::require_namespace(txn, ns).await?;
@@ -387,32 +1228,31 @@ impl Engine {
                 let mut call = tables::get::<ServiceCallRecord>(txn, &key)
                     .await?
                     .ok_or_else(|| call_not_found(&op, call_id))?;
-                let run: Option<RunRecord> =
-                    tables::get(txn, &tables::run_key(ns, &call.linked_workflow_run_id)).await?;
-                if run.is_some_and(|r| !r.status.is_terminal()) {
-                    close_in_txn(
-                        txn,
-                        ns,
-                        &call.linked_workflow_instance_id,
-                        Some(&call.linked_workflow_run_id),
-                        CloseCommand::Cancel,
-                        reason.as_deref(),
-                        command_id,
-                        now,
-                        fx,
-                    )
-                    .await?;
-                    call.cancel_reason = Some(
-                        reason
-                            .clone()
-                            .unwrap_or_else(|| "the service call was cancelled".into()),
-                    );
-                    call.cancelled_at_ms = Some(now);
-                    tables::put(txn, &key, &call)?;
-                }
-                view(txn, call, false).await
+                cancel_in_txn(txn, &mut call, reason.clone(), now, fx).await?;
+                Ok(view(call, false))
             })
         })
         .await
     }
+}
+
+async fn read_call(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    endpoint: &str,
+    service: &str,
+    operation: &str,
+    call_id: &str,
+) -> Result<ServiceCallView> {
+    let (endpoint, service, operation) = (
+        normalize_name(endpoint),
+        normalize_name(service),
+        normalize_name(operation),
+    );
+    kernel::require_namespace(txn, ns).await?;
+    let op = load_operation(txn, ns, &endpoint, &service, &operation).await?;
+    let call = tables::get_snapshot::<ServiceCallRecord>(txn, &call_key(ns, &op, call_id))
+        .await?
+        .ok_or_else(|| call_not_found(&op, call_id))?;
+    Ok(view(call, false))
 }

@@ -25,7 +25,10 @@ pub use bridge::{
     bridge_workflow_id, AdapterSpec, BridgeAction, BridgeAdapterRecord, BridgeEvent, BridgeOutcome,
     BridgeRejection, BridgeTarget, BRIDGE_ACTIONS, MAX_ADAPTERS,
 };
-pub use calls::{ExecuteRequest, ServiceCallRecord, ServiceCallView};
+pub(crate) use calls::{admit_workflow_call, fire_deadline, on_run_closed};
+pub use calls::{
+    CallerLink, ExecuteRequest, ServiceCallRecord, ServiceCallView, TARGET_NAMESPACE_DENIED,
+};
 pub use catalog::{
     normalize_name, valid_catalog_name, CatalogPatch, EndpointRecord, OperationPatch,
     OperationRecord, OperationSpec, ServiceRecord, BINDING_KINDS, MAX_CATALOG_LIST,

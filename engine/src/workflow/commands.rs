@@ -130,6 +130,19 @@ pub(super) async fn apply_command(
             }
             super::children::start_child(txn, run, cmd, task_id, now, fx).await?;
         }
+        "start_service_operation" => {
+            check_service_operation(cmd)?;
+            run.last_workflow_sequence += 1;
+            // The service-call subsystem admits the call in this transaction and records
+            // `ServiceCallStarted` (or `ServiceCallFailed`) at this sequence.
+            fx.raise(Event::ServiceCallRequested {
+                namespace: run.namespace.clone(),
+                workflow_id: run.workflow_id.clone(),
+                run_id: run.run_id.clone(),
+                sequence: run.last_workflow_sequence,
+                command: command.clone(),
+            });
+        }
         "continue_as_new" => {
             super::children::continue_as_new(txn, run, cmd, task_id, now, fx).await?;
         }
@@ -172,6 +185,57 @@ pub(super) async fn apply_command(
                 invalid_commands(format!("unsupported command type '{other}'"))
                     .with("command_type", other),
             );
+        }
+    }
+    Ok(())
+}
+
+/// The shape of a `start_service_operation` command (sdk-protocol §8.1): names, the
+/// request payload (a raw blob or an envelope), and the waiting options.
+fn check_service_operation(cmd: &Map<String, Value>) -> Result<()> {
+    for field in ["endpoint_name", "service_name", "operation_name"] {
+        if opt_str(cmd, field).is_none_or(|v| v.trim().is_empty()) {
+            return Err(invalid_commands(format!(
+                "start_service_operation needs a non-empty {field}"
+            ))
+            .with("field", field));
+        }
+    }
+    let one_of = |field: &str, allowed: &[&str]| -> Result<()> {
+        match cmd.get(field) {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::String(v)) if allowed.contains(&v.as_str()) => Ok(()),
+            Some(_) => Err(invalid_commands(format!(
+                "start_service_operation {field} must be one of: {}",
+                allowed.join(", ")
+            ))
+            .with("field", field)),
+        }
+    };
+    one_of("mode_override", &["sync", "async"])?;
+    one_of("wait_for", &["accepted", "completed"])?;
+    match cmd.get("request_payload") {
+        None | Some(Value::Null | Value::String(_) | Value::Object(_)) => {}
+        Some(_) => {
+            return Err(invalid_commands(
+                "start_service_operation request_payload must be a payload blob or envelope",
+            )
+            .with("field", "request_payload"))
+        }
+    }
+    for field in [
+        "namespace",
+        "caller_namespace",
+        "idempotency_key",
+        "target_workflow_instance_id",
+        "target_workflow_run_id",
+        "queue",
+    ] {
+        if !matches!(cmd.get(field), None | Some(Value::Null | Value::String(_))) {
+            return Err(invalid_commands(format!(
+                "start_service_operation {field} must be a string"
+            ))
+            .with("field", field));
         }
     }
     Ok(())

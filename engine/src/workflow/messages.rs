@@ -238,6 +238,109 @@ pub(crate) async fn contract(
     .await
 }
 
+/// Sends a signal inside `txn` (the body of [`Engine::signal_workflow`], also a service
+/// call's `signal_workflow` binding): records `SignalReceived` (deferred while the run's
+/// workflow task is leased) and wakes the workflow. A resent `request_id` returns the
+/// original receipt and changes nothing.
+pub(crate) async fn signal_in_txn(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    req: &SignalRequest,
+    command_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<Value> {
+    let arguments_digest = &digest(&req.input);
+    let command_id = &command_id.to_string();
+    let rkey = req
+        .request_id
+        .as_deref()
+        .map(|r| receipt_key(ns, &req.workflow_id, "signal", r));
+    if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
+        if let Some(found) = tables::get::<CommandReceipt>(txn, rkey).await? {
+            let receipt = replay_receipt(
+                found,
+                "signal",
+                &req.signal_name,
+                req.run_id.as_deref(),
+                arguments_digest,
+                request_id,
+            )?;
+            return Ok(receipt);
+        }
+    }
+    let mut run = target_run(txn, ns, &req.workflow_id, req.run_id.as_deref(), "signal").await?;
+    if run.status.is_terminal() {
+        return Err(not_active(&run, "signal"));
+    }
+    let declared = contract(txn, &run).await?;
+    if let Some(declared) =
+        declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
+    {
+        if !declared.signals.contains(&req.signal_name) {
+            return Err(unknown_operation(
+                &run,
+                Operation::Signal,
+                &req.signal_name,
+                &declared.signals,
+            ));
+        }
+    }
+    let signal_id = command_id.clone();
+    let payload = json!({
+        "workflow_command_id": command_id,
+        "signal_id": signal_id,
+        "workflow_instance_id": run.workflow_id,
+        "workflow_run_id": run.run_id,
+        "signal_name": req.signal_name,
+        "arguments": req.input,
+        "payload_codec": "avro",
+    });
+    run.last_command_sequence += 1;
+    let command_sequence = run.last_command_sequence;
+    if workflow_task_is_leased(txn, &run).await? {
+        let key = tables::deferred_signal_key(ns, &run.run_id, run.deferred_signals);
+        tables::put(txn, &key, &payload)?;
+        run.deferred_signals += 1;
+    } else {
+        flush_deferred_signals(txn, &mut run, now).await?;
+        waits::record_signal(txn, &mut run, payload, now);
+        ensure_workflow_task(txn, &mut run, now, fx)?;
+    }
+    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
+    let receipt = json!({
+        "outcome": "signal_received",
+        "command_id": command_id,
+        "command_type": "signal",
+        "command_status": "accepted",
+        "command_sequence": command_sequence,
+        "target_scope": if req.run_id.is_some() { "run" } else { "instance" },
+        "workflow_id": run.workflow_id,
+        "run_id": run.run_id,
+        "requested_run_id": req.run_id,
+        "resolved_run_id": run.run_id,
+        "workflow_type": run.workflow_type,
+        "signal_name": req.signal_name,
+        "signal_id": signal_id,
+        "request_id": req.request_id,
+        "retained": false,
+        "intent_verified": req.request_id.is_some(),
+    });
+    if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
+        let record = CommandReceipt {
+            command_type: "signal".into(),
+            command_id: command_id.clone(),
+            name: req.signal_name.clone(),
+            run_id: run.run_id.clone(),
+            requested_run_id: req.run_id.clone(),
+            arguments_digest: arguments_digest.clone(),
+            receipt: receipt.clone(),
+        };
+        tables::put(txn, rkey, &record)?;
+    }
+    Ok(receipt)
+}
+
 /// Checks a resent command against its receipt: the same intent returns the original
 /// answer, a different one is a `request_id_conflict`.
 fn replay_receipt(
@@ -406,100 +509,10 @@ impl Engine {
     pub async fn signal_workflow(&self, ns: &str, req: &SignalRequest) -> Result<Value> {
         let now = self.now_ms();
         let command_id = ids::new_id(now);
-        let arguments_digest = digest(&req.input);
-        let (command_id, arguments_digest) = (&command_id, &arguments_digest);
+        let command_id = &command_id;
         self.transact(move |tx| {
             Box::pin(async move {
-                let txn = tx.txn.as_mut();
-                let fx = &mut tx.fx;
-                let rkey = req
-                    .request_id
-                    .as_deref()
-                    .map(|r| receipt_key(ns, &req.workflow_id, "signal", r));
-                if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
-                    if let Some(found) = tables::get::<CommandReceipt>(txn, rkey).await? {
-                        let receipt = replay_receipt(
-                            found,
-                            "signal",
-                            &req.signal_name,
-                            req.run_id.as_deref(),
-                            arguments_digest,
-                            request_id,
-                        )?;
-                        return Ok(receipt);
-                    }
-                }
-                let mut run =
-                    target_run(txn, ns, &req.workflow_id, req.run_id.as_deref(), "signal").await?;
-                if run.status.is_terminal() {
-                    return Err(not_active(&run, "signal"));
-                }
-                let declared = contract(txn, &run).await?;
-                if let Some(declared) =
-                    declared.filter(|_| !req.signal_name.starts_with(RESERVED_SIGNAL_PREFIX))
-                {
-                    if !declared.signals.contains(&req.signal_name) {
-                        return Err(unknown_operation(
-                            &run,
-                            Operation::Signal,
-                            &req.signal_name,
-                            &declared.signals,
-                        ));
-                    }
-                }
-                let signal_id = command_id.clone();
-                let payload = json!({
-                    "workflow_command_id": command_id,
-                    "signal_id": signal_id,
-                    "workflow_instance_id": run.workflow_id,
-                    "workflow_run_id": run.run_id,
-                    "signal_name": req.signal_name,
-                    "arguments": req.input,
-                    "payload_codec": "avro",
-                });
-                run.last_command_sequence += 1;
-                let command_sequence = run.last_command_sequence;
-                if workflow_task_is_leased(txn, &run).await? {
-                    let key = tables::deferred_signal_key(ns, &run.run_id, run.deferred_signals);
-                    tables::put(txn, &key, &payload)?;
-                    run.deferred_signals += 1;
-                } else {
-                    flush_deferred_signals(txn, &mut run, now).await?;
-                    waits::record_signal(txn, &mut run, payload, now);
-                    ensure_workflow_task(txn, &mut run, now, fx)?;
-                }
-                tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
-                let receipt = json!({
-                    "outcome": "signal_received",
-                    "command_id": command_id,
-                    "command_type": "signal",
-                    "command_status": "accepted",
-                    "command_sequence": command_sequence,
-                    "target_scope": if req.run_id.is_some() { "run" } else { "instance" },
-                    "workflow_id": run.workflow_id,
-                    "run_id": run.run_id,
-                    "requested_run_id": req.run_id,
-                    "resolved_run_id": run.run_id,
-                    "workflow_type": run.workflow_type,
-                    "signal_name": req.signal_name,
-                    "signal_id": signal_id,
-                    "request_id": req.request_id,
-                    "retained": false,
-                    "intent_verified": req.request_id.is_some(),
-                });
-                if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
-                    let record = CommandReceipt {
-                        command_type: "signal".into(),
-                        command_id: command_id.clone(),
-                        name: req.signal_name.clone(),
-                        run_id: run.run_id.clone(),
-                        requested_run_id: req.run_id.clone(),
-                        arguments_digest: arguments_digest.clone(),
-                        receipt: receipt.clone(),
-                    };
-                    tables::put(txn, rkey, &record)?;
-                }
-                Ok(receipt)
+                signal_in_txn(tx.txn.as_mut(), ns, req, command_id, now, &mut tx.fx).await
             })
         })
         .await

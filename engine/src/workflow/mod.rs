@@ -43,7 +43,7 @@ pub(crate) use children::apply_parent_close_policy;
 pub use export::{canonical as bundle_canonical, checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
-pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals};
+pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals, signal_in_txn};
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
@@ -250,6 +250,36 @@ pub(crate) fn ensure_workflow_task(
         run.status = RunStatus::Running;
     }
     Ok(())
+}
+
+/// Appends a service call's event (`ServiceCallStarted`/`Completed`/`Failed`/`Cancelled`)
+/// to a caller run's history, waking it when `wake` (an event the worker must see to
+/// continue). A caller that closed in the meantime records nothing; returns whether the
+/// event was recorded.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record_service_call_event(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    run_id: &str,
+    event_type: &str,
+    payload: Value,
+    wake: bool,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<bool> {
+    let key = tables::run_key(ns, run_id);
+    let Some(mut run) = tables::get::<RunRecord>(txn, &key).await? else {
+        return Ok(false);
+    };
+    if run.status.is_terminal() {
+        return Ok(false);
+    }
+    history::append(txn, &mut run, event_type, payload, now, None);
+    if wake {
+        ensure_workflow_task(txn, &mut run, now, fx)?;
+    }
+    tables::put(txn, &key, &run)?;
+    Ok(true)
 }
 
 /// Ends a run: deletes its open tasks and deadline timer. History and status are the

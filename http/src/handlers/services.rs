@@ -455,6 +455,7 @@ fn call_json(v: &ServiceCallView) -> Value {
         "started" => "accepted",
         s => s,
     };
+    let failed = matches!(v.status, "failed" | "cancelled" | "timed_out");
     let mut out = json!({
         "id": c.id,
         "service_call_id": c.id,
@@ -474,7 +475,7 @@ fn call_json(v: &ServiceCallView) -> Value {
         "linked_workflow_update_id": null,
         "status": v.status,
         "outcome": outcome,
-        "accepted": !matches!(v.status, "failed" | "cancelled"),
+        "accepted": !failed,
         "operation_mode": c.operation_mode,
         "resolved_binding_kind": c.resolved_binding_kind,
         "resolved_target_reference": c.resolved_target_reference,
@@ -484,13 +485,17 @@ fn call_json(v: &ServiceCallView) -> Value {
         "result": result,
         "result_envelope": if v.output.is_null() { Value::Null } else { v.output.clone() },
         "message": v.message,
-        "failure_message": if v.status == "failed" { json!(v.message) } else { Value::Null },
+        "failure_message": if failed { json!(v.message) } else { Value::Null },
+        "reason": if failed { json!(v.status) } else { Value::Null },
+        "service_error_type": if failed { json!(c.error_type) } else { Value::Null },
+        "typed_error_message": if failed { json!(v.message) } else { Value::Null },
+        "deadline_at": ts(c.deadline_at_ms),
         "idempotency_key": c.idempotency_key,
         "idempotent_replay": v.idempotent_replay,
         "accepted_at": format_timestamp(c.accepted_at_ms),
         "started_at": format_timestamp(c.accepted_at_ms),
         "completed_at": closed("completed"),
-        "failed_at": closed("failed"),
+        "failed_at": closed("failed").or_else(|| closed("timed_out")),
         "cancelled_at": ts(c.cancelled_at_ms).or_else(|| closed("cancelled")),
     });
     if let (Some(obj), Some(policies)) = (out.as_object_mut(), c.policies.as_object()) {
@@ -603,16 +608,12 @@ async fn execute(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
     };
     if sync && view.status == "started" {
         let wait = wait_timeout.map_or(DEFAULT_WAIT_SECONDS, |w| w as u64);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-        // The linked run's close is read back from storage; 50 ms between reads bounds
-        // the added latency without a dedicated close notification.
-        while view.status == "started" && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            view = state
-                .engine
-                .describe_service_call(ns, &e, &s, &o, &view.call.id)
-                .await?;
-        }
+        let deadline = state.engine.now_ms() + (wait as i64) * 1000;
+        // Woken by the call's close (a watch on its record), bounded by the wait.
+        view = state
+            .engine
+            .wait_service_call(ns, &e, &s, &o, &view.call.id, deadline)
+            .await?;
     }
     Ok(call_reply(&view, true))
 }

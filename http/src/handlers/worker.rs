@@ -19,6 +19,35 @@ use crate::validate::Fields;
 
 const HEARTBEAT_INTERVAL_SECONDS: u64 = 60;
 
+/// Cross-namespace authority of `start_service_operation`: the worker's token must
+/// reach the target namespace as well as its own. A command naming a namespace the token
+/// cannot see is marked so the engine records it as `ServiceCallFailed` with
+/// `namespace_not_found` (the same answer as a namespace that does not exist), which the
+/// workflow observes as a typed failure instead of a task that can never complete.
+fn deny_unseen_service_targets(call: &Call, commands: &[Value]) -> Option<Vec<Value>> {
+    let unseen = |c: &Value| {
+        c.get("type").and_then(Value::as_str) == Some("start_service_operation")
+            && c.get("namespace")
+                .and_then(Value::as_str)
+                .is_some_and(|ns| !call.principal.can_see(&ns.to_ascii_lowercase()))
+    };
+    if !commands.iter().any(unseen) {
+        return None;
+    }
+    Some(
+        commands
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                if unseen(&c) {
+                    c[keel_engine::services::TARGET_NAMESPACE_DENIED] = Value::Bool(true);
+                }
+                c
+            })
+            .collect(),
+    )
+}
+
 /// Worker-plane operations.
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
     match op {
@@ -128,6 +157,8 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             };
             let inlined = inline_memo_entries(state, &call.namespace, commands).await?;
             let commands = inlined.as_deref().unwrap_or(commands);
+            let denied = deny_unseen_service_targets(&call, commands);
+            let commands = denied.as_deref().unwrap_or(commands);
             let out = state
                 .engine
                 .complete_workflow_task(&call.namespace, call.param(0), &owner, attempt, commands)
