@@ -142,6 +142,14 @@ pub fn cluster_info(
             "bridge_adapter_outcome_contract": true,
             // Keel's name for the admin catalog routes (`/api/service-endpoints/...`).
             "service_catalog": true,
+            // Keel's name for durable service calls (execute route and the workflow
+            // command `start_service_operation`, listed in the worker protocol's
+            // `supported_workflow_task_commands`); the SDK gates neither on a flag.
+            "service_calls": {
+                "supported": true,
+                "binding_kinds": ["start_workflow", "signal_workflow", "activity_execution"],
+                "workflow_command": "start_service_operation",
+            },
             "replay_verification_contract": false,
             "external_executor_config_contract": false,
             "invocable_carrier_contract": false,

@@ -588,3 +588,73 @@ async fn execute_refuses_bad_input_missing_operations_and_unknown_caller_namespa
     expect_status(&r, 200);
     assert_eq!(r.json()["caller_namespace"], "default");
 }
+
+#[tokio::test]
+async fn a_malformed_start_service_operation_is_422_with_command_field_paths() {
+    let s = start("admin+worker:tok-admin", None).await;
+    let r = control(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/workflows",
+        Some(&json!({"workflow_id": "caller", "workflow_type": "t", "task_queue": "q"})),
+    )
+    .await;
+    expect_status(&r, 201);
+    let r = common::worker(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/worker/register",
+        Some(&json!({"worker_id": "w1", "task_queue": "q", "runtime": "python"})),
+    )
+    .await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.text);
+    let r = common::worker(
+        &s,
+        A,
+        "default",
+        "POST",
+        "/api/worker/workflow-tasks/poll",
+        Some(&json!({"worker_id": "w1", "task_queue": "q", "timeout_seconds": 0})),
+    )
+    .await;
+    expect_status(&r, 200);
+    let task = r.json()["task"].clone();
+    let path = format!(
+        "/api/worker/workflow-tasks/{}/complete",
+        task["task_id"].as_str().expect("a task")
+    );
+    let body = json!({
+        "lease_owner": task["lease_owner"],
+        "workflow_task_attempt": task["workflow_task_attempt"],
+        "commands": [{
+            "type": "start_service_operation",
+            "endpoint_name": "",
+            "service_name": "s",
+            "operation_name": "o",
+            "request_payload": 7,
+            "mode_override": "later",
+            "wait_for": "never",
+            "namespace": 3,
+            "wait_timeout_seconds": -1,
+        }],
+    });
+    let r = common::worker(&s, A, "default", "POST", &path, Some(&body)).await;
+    expect(&r, 422, "validation_failed");
+    let errors = r.json()["errors"].clone();
+    for f in [
+        "endpoint_name",
+        "request_payload",
+        "mode_override",
+        "wait_for",
+        "namespace",
+        "wait_timeout_seconds",
+    ] {
+        let path = format!("commands.0.{f}");
+        assert!(errors[&path].is_array(), "{path} missing in {errors}");
+    }
+    assert!(errors.get("commands.0.service_name").is_none());
+}

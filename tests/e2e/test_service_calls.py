@@ -12,18 +12,19 @@ From workflow code (``ctx.call_nexus_service`` / ``ctx.start_nexus_operation``, 
 (sync) or the accepted call (async), a ``signal_workflow`` binding signals a waiting
 workflow, a failing or unknown operation raises ``NexusOperationFailed`` inside the
 workflow, cancelling the call cancels the caller's wait and cancelling the caller
-cancels the linked workflow, and an execute resent with the workflow's idempotency key
-returns the workflow's call.
+cancels the linked workflow, an execute resent with the workflow's idempotency key
+returns the workflow's call, and an ``activity_execution`` binding runs an activity of the target namespace.
 
-Not covered because not implemented: bindings other than ``start_workflow`` and
-``signal_workflow`` (refused with 409 ``binding_not_supported``)."""
+Not covered because not implemented: ``update_workflow``, ``query_workflow`` and
+``invocable_http`` bindings (refused with 409 ``binding_not_supported``, which a workflow
+caller sees as ``NexusOperationFailed`` with that reason)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from durable_workflow import Client, workflow
+from durable_workflow import Client, activity, workflow
 from durable_workflow.errors import NexusOperationFailed
 
 from keel_harness import (
@@ -70,6 +71,11 @@ class Poked:
     def run(self, ctx):  # type: ignore[no-untyped-def]
         yield ctx.wait_condition(lambda: bool(self.pokes), key="poked")
         return f"poked by {self.pokes[0]}"
+
+
+@activity.defn(name="e2e.svc.shout")
+def shout(word: str) -> str:
+    return word.upper() + "!"
 
 
 @workflow.defn(name="e2e.svc.caller")
@@ -142,6 +148,18 @@ def catalog(api: RawApi, ns: str, task_queue: str) -> None:
         },
     )
     expect_status(r, 201, "operation ask")
+    r = api.control(
+        "POST",
+        "/service-endpoints/greetings/services/hello/operations",
+        headers=h,
+        json={
+            "operation_name": "shout",
+            "operation_mode": "sync",
+            "handler_binding_kind": "activity_execution",
+            "handler_binding": {"activity_type": "e2e.svc.shout", "task_queue": task_queue},
+        },
+    )
+    expect_status(r, 201, "operation shout")
 
 
 def test_start_workflow_operations_through_the_sdk(keel: KeelServer, api: RawApi) -> None:
@@ -210,7 +228,9 @@ def test_workflows_call_operations_in_another_namespace(keel: KeelServer, api: R
 
     async def scenario() -> None:
         async with Client(keel.url) as caller, Client(keel.url, namespace=target) as callee:
-            async with running_worker(callee, task_queue=callee_queue, workflows=[Greeter, Failer, Waiter, Poked]), \
+            async with running_worker(
+                callee, task_queue=callee_queue, workflows=[Greeter, Failer, Waiter, Poked], activities=[shout]
+            ), \
                     running_worker(caller, task_queue=caller_queue, workflows=[Caller]) as caller_worker:
 
                 async def run(operation: str, args: list, options: dict) -> dict:
@@ -253,6 +273,10 @@ def test_workflows_call_operations_in_another_namespace(keel: KeelServer, api: R
                 assert out["status"] == "completed", out
                 [poke_result] = await wait_for_results(callee, [poked])
                 assert poke_result == "poked by Cy"
+
+                # activity_execution: an activity of the target namespace answers.
+                out = await run("shout", ["hey"], {})
+                assert (out["status"], out["result"]) == ("completed", "HEY!"), out
 
                 # Failures are NexusOperationFailed inside the workflow.
                 out = await run("fail", ["Di"], {})

@@ -32,8 +32,8 @@ use crate::keys::{prefix, Key};
 use crate::model::{InstanceRecord, RunRecord, RunStatus, TimerAction, TimerKey};
 use crate::storage::{KvTxn, ReadOptions};
 use crate::workflow::{
-    close_in_txn, record_service_call_event, signal_in_txn, start_in_txn, CloseCommand,
-    DuplicatePolicy, SignalRequest, StartWorkflow,
+    close_in_txn, record_service_call_event, signal_in_txn, start_in_txn, start_standalone_in_txn,
+    CloseCommand, DuplicatePolicy, SignalRequest, StartActivity, StartWorkflow,
 };
 use crate::{history, ids, tables};
 
@@ -245,7 +245,7 @@ fn unsupported_binding(op: &OperationRecord) -> Error {
         RejectKind::Conflict,
         "binding_not_supported",
         format!(
-            "operation '{}' is bound to {}; Keel executes start_workflow and signal_workflow bindings",
+            "operation '{}' is bound to {}, which Keel does not execute (it runs start_workflow, signal_workflow and activity_execution bindings)",
             op.operation_name, op.spec.handler_binding_kind
         ),
     )
@@ -306,6 +306,14 @@ fn abandons_on_caller_close(call: &ServiceCallRecord) -> bool {
         .and_then(|p| p.get("mode").or_else(|| p.get("policy")))
         .and_then(Value::as_str);
     mode == Some("abandon")
+}
+
+/// Whether the call is carried out by a run it started (and closes with that run).
+fn carries_a_run(call: &ServiceCallRecord) -> bool {
+    matches!(
+        call.resolved_binding_kind.as_str(),
+        "start_workflow" | "activity_execution"
+    )
 }
 
 fn view(call: ServiceCallRecord, idempotent_replay: bool) -> ServiceCallView {
@@ -503,7 +511,7 @@ async fn close_call(
     if let Some(timer) = call.deadline_timer.take() {
         kernel::clear_timer(txn, &timer);
     }
-    if call.resolved_binding_kind == "start_workflow" {
+    if carries_a_run(call) {
         let key = by_run_key(&call.namespace, &call.linked_workflow_run_id, &call.id);
         tables::delete(txn, &key.into_bytes()).await?;
     }
@@ -695,6 +703,59 @@ async fn admit_in_txn(
             // Delivered: the call's work is done (a signal has no result).
             call.status = Some("completed".into());
             call.closed_at_ms = Some(now);
+        }
+        "activity_execution" => {
+            // A standalone activity (its host run is the linked run): its final outcome
+            // closes the host run, whose close closes the call.
+            let activity_type = binding_str(op, &["activity_type"])
+                .map(str::to_string)
+                .or_else(|| op.spec.handler_target_reference.clone())
+                .unwrap_or_default();
+            if activity_type.is_empty() {
+                return Err(Error::invalid(
+                    "handler_target_reference",
+                    "The operation names no activity type to run.",
+                ));
+            }
+            let seconds = |k: &str| op.spec.handler_binding.get(k).and_then(Value::as_u64);
+            let activity_id = req
+                .target_workflow_instance_id
+                .clone()
+                .unwrap_or_else(|| format!("svc-{call_id}"));
+            let start = StartActivity {
+                activity_id: Some(activity_id.clone()),
+                activity_type: activity_type.clone(),
+                activity_class: None,
+                business_key: req.business_key.clone(),
+                task_queue: binding_str(op, &["task_queue"])
+                    .or(req.queue.as_deref())
+                    .unwrap_or("default")
+                    .to_string(),
+                input: req.arguments.clone(),
+                retry_policy: op
+                    .spec
+                    .retry_policy
+                    .as_object()
+                    .map(|_| op.spec.retry_policy.clone()),
+                start_to_close_timeout_seconds: seconds("start_to_close_timeout_seconds"),
+                schedule_to_start_timeout_seconds: seconds("schedule_to_start_timeout_seconds"),
+                schedule_to_close_timeout_seconds: seconds("schedule_to_close_timeout_seconds"),
+                heartbeat_timeout_seconds: seconds("heartbeat_timeout_seconds"),
+            };
+            let (run, _) =
+                start_standalone_in_txn(txn, ns, &start, &activity_id, run_id, now, fx).await?;
+            if run.lifecycle.standalone_activity.is_none() || run.status.is_terminal() {
+                return Err(Error::conflict(
+                    "duplicate_not_allowed",
+                    format!("'{activity_id}' is already in use"),
+                )
+                .with("workflow_id", activity_id.as_str()));
+            }
+            call.resolved_target_reference = activity_type;
+            call.linked_workflow_instance_id = run.workflow_id.clone();
+            call.linked_workflow_run_id = run.run_id.clone();
+            let index = by_run_key(ns, &run.run_id, call_id);
+            tables::put_bytes(txn, &index.into_bytes(), &key);
         }
         _ => return Err(unsupported_binding(op)),
     }
@@ -1060,7 +1121,7 @@ async fn stop_linked_run(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
-    if call.resolved_binding_kind != "start_workflow" {
+    if !carries_a_run(call) {
         return Ok(());
     }
     let run: Option<RunRecord> = tables::get(

@@ -47,6 +47,7 @@ pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
+pub(crate) use standalone::start_standalone_in_txn;
 pub use standalone::{StandaloneActivityView, StartActivity, STANDALONE_HOST_TYPE};
 mod tasks;
 

@@ -85,6 +85,96 @@ pub(super) async fn close_host(
     close_run(txn, run, RunStatus::Failed, "failed", now, fx).await
 }
 
+/// Starts a standalone activity inside `txn` (the body of
+/// [`Engine::start_standalone_activity`], also a service call's `activity_execution`
+/// binding): its host run and the activity's first attempt. Returns the host run and the
+/// attempt's task; a host run that is not a standalone activity's comes back without
+/// `lifecycle.standalone_activity` (the caller refuses it).
+pub(crate) async fn start_standalone_in_txn(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    req: &StartActivity,
+    activity_id: &str,
+    run_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<(RunRecord, Option<TaskRecord>)> {
+    let start = StartWorkflow {
+        workflow_id: Some(activity_id.to_string()),
+        workflow_type: STANDALONE_HOST_TYPE.to_string(),
+        task_queue: req.task_queue.clone(),
+        input: req.input.clone(),
+        execution_timeout_seconds: None,
+        run_timeout_seconds: None,
+        duplicate_policy: DuplicatePolicy::Fail,
+        memo: json!({}),
+        search_attributes: json!({}),
+        priority: 5,
+        build_id: None,
+    };
+    let mut command = json!({
+        "type": "schedule_activity",
+        "activity_type": req.activity_type,
+        "arguments": req.input,
+        "queue": req.task_queue,
+    });
+    if let Some(obj) = command.as_object_mut() {
+        if let Some(p) = &req.retry_policy {
+            obj.insert("retry_policy".into(), p.clone());
+        }
+        for (k, v) in [
+            ("start_to_close_timeout", req.start_to_close_timeout_seconds),
+            (
+                "schedule_to_start_timeout",
+                req.schedule_to_start_timeout_seconds,
+            ),
+            (
+                "schedule_to_close_timeout",
+                req.schedule_to_close_timeout_seconds,
+            ),
+            ("heartbeat_timeout", req.heartbeat_timeout_seconds),
+        ] {
+            if let Some(v) = v {
+                obj.insert(k.into(), json!(v));
+            }
+        }
+    }
+    let outcome = start_in_txn(txn, ns, &start, activity_id, run_id, now, fx).await?;
+    let mut run = outcome.run;
+    if run.run_id != run_id || run.lifecycle.standalone_activity.is_some() {
+        // A retry after an unknown commit found our own run: done.
+        let task = match run.open_activities.first() {
+            Some(t) => tables::get(txn, &tables::task_key(t)).await?,
+            None => None,
+        };
+        return Ok((run, task));
+    }
+    super::commands::apply_command(txn, &mut run, &command, true, "", now, fx).await?;
+    let task_id = run
+        .open_activities
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::corrupt("scheduled activity without a task"))?;
+    let task: TaskRecord = tables::get(txn, &tables::task_key(&task_id))
+        .await?
+        .ok_or_else(|| Error::corrupt("scheduled activity without a task"))?;
+    let execution_id = task
+        .activity
+        .as_ref()
+        .map(|a| a.activity_execution_id.clone())
+        .unwrap_or_default();
+    run.lifecycle.standalone_activity = Some(StandaloneActivity {
+        activity_type: req.activity_type.clone(),
+        activity_class: req.activity_class.clone(),
+        business_key: req.business_key.clone(),
+        activity_execution_id: execution_id,
+    });
+    // Waiting on its activity: not a run missing its workflow task.
+    run.status = RunStatus::Waiting;
+    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
+    Ok((run, Some(task)))
+}
+
 impl Engine {
     /// Starts a standalone activity: its host run and the activity's first attempt, in
     /// one transaction. An id already in use by an open run is refused
@@ -97,96 +187,20 @@ impl Engine {
         let now = self.now_ms();
         let run_id = ids::new_id(now);
         let activity_id = req.activity_id.clone().unwrap_or_else(|| ids::new_id(now));
-        let start = StartWorkflow {
-            workflow_id: Some(activity_id.clone()),
-            workflow_type: STANDALONE_HOST_TYPE.to_string(),
-            task_queue: req.task_queue.clone(),
-            input: req.input.clone(),
-            execution_timeout_seconds: None,
-            run_timeout_seconds: None,
-            duplicate_policy: DuplicatePolicy::Fail,
-            memo: json!({}),
-            search_attributes: json!({}),
-            priority: 5,
-            build_id: None,
-        };
-        let mut command = json!({
-            "type": "schedule_activity",
-            "activity_type": req.activity_type,
-            "arguments": req.input,
-            "queue": req.task_queue,
-        });
-        if let Some(obj) = command.as_object_mut() {
-            if let Some(p) = &req.retry_policy {
-                obj.insert("retry_policy".into(), p.clone());
-            }
-            for (k, v) in [
-                ("start_to_close_timeout", req.start_to_close_timeout_seconds),
-                (
-                    "schedule_to_start_timeout",
-                    req.schedule_to_start_timeout_seconds,
-                ),
-                (
-                    "schedule_to_close_timeout",
-                    req.schedule_to_close_timeout_seconds,
-                ),
-                ("heartbeat_timeout", req.heartbeat_timeout_seconds),
-            ] {
-                if let Some(v) = v {
-                    obj.insert(k.into(), json!(v));
-                }
-            }
-        }
-        let (start, command, req, run_id, activity_id) =
-            (&start, &command, &req, &run_id, &activity_id);
+        let (req, run_id, activity_id) = (&req, &run_id, &activity_id);
         let (run, task) = self
             .transact(move |tx| {
                 Box::pin(async move {
-                    let txn = tx.txn.as_mut();
-                    let fx = &mut tx.fx;
-                    let outcome =
-                        start_in_txn(txn, ns, start, activity_id, run_id, now, fx).await?;
-                    let mut run = outcome.run;
-                    if run.run_id != *run_id {
-                        // A retry after an unknown commit found our own run: done.
-                        let task = match run.open_activities.first() {
-                            Some(t) => tables::get(txn, &tables::task_key(t)).await?,
-                            None => None,
-                        };
-                        return Ok((run, task));
-                    }
-                    if run.lifecycle.standalone_activity.is_some() {
-                        let task = match run.open_activities.first() {
-                            Some(t) => tables::get(txn, &tables::task_key(t)).await?,
-                            None => None,
-                        };
-                        return Ok((run, task));
-                    }
-                    super::commands::apply_command(txn, &mut run, command, true, "", now, fx)
-                        .await?;
-                    let task_id = run
-                        .open_activities
-                        .first()
-                        .cloned()
-                        .ok_or_else(|| Error::corrupt("scheduled activity without a task"))?;
-                    let task: TaskRecord = tables::get(txn, &tables::task_key(&task_id))
-                        .await?
-                        .ok_or_else(|| Error::corrupt("scheduled activity without a task"))?;
-                    let execution_id = task
-                        .activity
-                        .as_ref()
-                        .map(|a| a.activity_execution_id.clone())
-                        .unwrap_or_default();
-                    run.lifecycle.standalone_activity = Some(StandaloneActivity {
-                        activity_type: req.activity_type.clone(),
-                        activity_class: req.activity_class.clone(),
-                        business_key: req.business_key.clone(),
-                        activity_execution_id: execution_id,
-                    });
-                    // Waiting on its activity: not a run missing its workflow task.
-                    run.status = RunStatus::Waiting;
-                    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
-                    Ok((run, Some(task)))
+                    start_standalone_in_txn(
+                        tx.txn.as_mut(),
+                        ns,
+                        req,
+                        activity_id,
+                        run_id,
+                        now,
+                        &mut tx.fx,
+                    )
+                    .await
                 })
             })
             .await?;

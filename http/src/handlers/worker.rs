@@ -19,6 +19,76 @@ use crate::validate::Fields;
 
 const HEARTBEAT_INTERVAL_SECONDS: u64 = 60;
 
+/// The fields of each `start_service_operation` command, named by their path
+/// (`commands.{i}.{field}`): non-empty names, a payload blob or envelope, the waiting
+/// options from their sets, string identifiers and a positive wait.
+fn check_service_commands(commands: &[Value]) -> Result<(), ApiError> {
+    let mut errors = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for (i, c) in commands.iter().enumerate() {
+        if c.get("type").and_then(Value::as_str) != Some("start_service_operation") {
+            continue;
+        }
+        let mut bad = |field: &str, message: &str| {
+            errors
+                .entry(format!("commands.{i}.{field}"))
+                .or_default()
+                .push(message.to_string());
+        };
+        for field in ["endpoint_name", "service_name", "operation_name"] {
+            match c.get(field).and_then(Value::as_str) {
+                Some(v) if !v.trim().is_empty() && v.len() <= 191 => {}
+                _ => bad(field, "A non-empty name of at most 191 bytes is required."),
+            }
+        }
+        for (field, allowed) in [
+            ("mode_override", &["sync", "async"][..]),
+            ("wait_for", &["accepted", "completed"][..]),
+            (
+                "duplicate_start_policy",
+                &["reject_duplicate", "return_existing_active"][..],
+            ),
+        ] {
+            match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(v)) if allowed.contains(&v.as_str()) => {}
+                Some(_) => bad(field, &format!("Must be one of: {}.", allowed.join(", "))),
+            }
+        }
+        if !matches!(
+            c.get("request_payload"),
+            None | Some(Value::Null | Value::String(_) | Value::Object(_))
+        ) {
+            bad("request_payload", "Must be a payload blob or envelope.");
+        }
+        for field in [
+            "namespace",
+            "caller_namespace",
+            "idempotency_key",
+            "target_workflow_instance_id",
+            "target_workflow_run_id",
+            "queue",
+            "business_key",
+            "payload_codec",
+        ] {
+            match c.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(v)) if !v.is_empty() && v.len() <= 255 => {}
+                Some(_) => bad(field, "Must be a non-empty string of at most 255 bytes."),
+            }
+        }
+        match c.get("wait_timeout_seconds") {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_u64().is_some_and(|n| n > 0) => {}
+            Some(_) => bad("wait_timeout_seconds", "Must be a positive integer."),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
 /// Cross-namespace authority of `start_service_operation`: the worker's token must
 /// reach the target namespace as well as its own. A command naming a namespace the token
 /// cannot see is marked so the engine records it as `ServiceCallFailed` with
@@ -157,6 +227,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             };
             let inlined = inline_memo_entries(state, &call.namespace, commands).await?;
             let commands = inlined.as_deref().unwrap_or(commands);
+            check_service_commands(commands)?;
             let denied = deny_unseen_service_targets(&call, commands);
             let commands = denied.as_deref().unwrap_or(commands);
             let out = state
