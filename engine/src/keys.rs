@@ -94,6 +94,9 @@ pub mod prefix {
     /// Open service calls a workflow waits on: `(caller_namespace, caller_run_id,
     /// service_call_id)` → the call's key.
     pub const SERVICE_CALL_BY_CALLER: u8 = 0x3D;
+    /// Open service calls carried out by an update (an `update_workflow` binding):
+    /// `(namespace, run_id, update_id, service_call_id)` → the call's key.
+    pub const SERVICE_CALL_BY_UPDATE: u8 = 0x3E;
     /// External payloads stored through the runtime transport (the record naming the
     /// blob, its integrity metadata and where it lives): `(namespace, reference_id)`.
     pub const PAYLOAD: u8 = 0x40;

@@ -907,3 +907,73 @@ async fn a_replayed_command_key_returns_the_call_an_execute_created() {
         .expect("described");
     assert_eq!(v.call.callers.len(), 1, "the workflow joined the call");
 }
+
+#[tokio::test]
+async fn an_update_binding_closes_with_the_update_or_with_the_run_before_it() {
+    use keel_engine::workflow::CloseCommand;
+    let h = harness(Duration::from_secs(300), &[]).await;
+    let e = &h.engine;
+    target_operation(e, "charge", Value::Null).await;
+    let mut op = spec("update_workflow", None);
+    op.handler_binding = json!({"update_name": "approve"});
+    e.create_operation(TARGET, "billing", "invoices", "approve", op)
+        .await
+        .expect("operation");
+    let mut order = support::start("order-1", "order");
+    order.workflow_id = Some("order-1".into());
+    e.start_workflow(TARGET, order).await.expect("order starts");
+    let req = |target: &str| keel_engine::services::ExecuteRequest {
+        arguments: json!({"codec": "avro", "blob": support::ARGS}),
+        target_workflow_instance_id: Some(target.into()),
+        ..Default::default()
+    };
+    let call = e
+        .execute_operation(TARGET, "billing", "invoices", "approve", req("order-1"))
+        .await
+        .expect("executed");
+    assert_eq!(call.status, "started");
+    let update_id = call
+        .call
+        .linked_workflow_update_id
+        .clone()
+        .expect("update id");
+    let task = lease_target(e).await;
+    e.complete_workflow_task(
+        TARGET,
+        &task.task_id,
+        support::WORKER,
+        task.workflow_task_attempt,
+        &[json!({"type": "complete_update", "update_id": update_id, "result": {"codec": "avro", "blob": "BB=="}})],
+    )
+    .await
+    .expect("update completed");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "approve", &call.call.id)
+        .await
+        .expect("described");
+    assert_eq!(
+        (v.status, &v.output),
+        ("completed", &json!({"codec": "avro", "blob": "BB=="}))
+    );
+
+    // A run that closes before its update finishes fails the update and the call.
+    let second = e
+        .execute_operation(TARGET, "billing", "invoices", "approve", req("order-1"))
+        .await
+        .expect("executed");
+    e.close_workflow(
+        TARGET,
+        "order-1",
+        None,
+        CloseCommand::Terminate,
+        Some("ops"),
+    )
+    .await
+    .expect("terminated");
+    let v = e
+        .describe_service_call(TARGET, "billing", "invoices", "approve", &second.call.id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "failed");
+    assert!(v.message.is_some_and(|m| m.contains("closed")));
+}

@@ -147,7 +147,12 @@ pub fn cluster_info(
             // `supported_workflow_task_commands`); the SDK gates neither on a flag.
             "service_calls": {
                 "supported": true,
-                "binding_kinds": ["start_workflow", "signal_workflow", "activity_execution"],
+                "binding_kinds": [
+                    "start_workflow",
+                    "signal_workflow",
+                    "update_workflow",
+                    "activity_execution",
+                ],
                 "workflow_command": "start_service_operation",
             },
             "replay_verification_contract": false,

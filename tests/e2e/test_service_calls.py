@@ -10,13 +10,13 @@ operation then refuses deletion (``operation_has_service_calls``).
 From workflow code (``ctx.call_nexus_service`` / ``ctx.start_nexus_operation``, the
 ``start_service_operation`` command): the caller gets the linked workflow's result
 (sync) or the accepted call (async), a ``signal_workflow`` binding signals a waiting
-workflow, a failing or unknown operation raises ``NexusOperationFailed`` inside the
+workflow, an ``update_workflow`` binding returns its handler's result, a failing or
+unknown operation raises ``NexusOperationFailed`` inside the
 workflow, cancelling the call cancels the caller's wait and cancelling the caller
 cancels the linked workflow, an execute resent with the workflow's idempotency key
 returns the workflow's call, and an ``activity_execution`` binding runs an activity of the target namespace.
 
-Not covered because not implemented: ``update_workflow``, ``query_workflow`` and
-``invocable_http`` bindings (refused with 409 ``binding_not_supported``, which a workflow
+Not covered because not implemented: ``query_workflow`` and ``invocable_http`` bindings (refused with 409 ``binding_not_supported``, which a workflow
 caller sees as ``NexusOperationFailed`` with that reason)."""
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class Poked:
     @workflow.signal("poke")
     def poke(self, who: str) -> None:
         self.pokes.append(who)
+
+    @workflow.update("count")
+    def count(self, who: str) -> str:
+        self.pokes.append(who)
+        return f"{who} is poke {len(self.pokes)}"
 
     def run(self, ctx):  # type: ignore[no-untyped-def]
         yield ctx.wait_condition(lambda: bool(self.pokes), key="poked")
@@ -160,6 +165,18 @@ def catalog(api: RawApi, ns: str, task_queue: str) -> None:
         },
     )
     expect_status(r, 201, "operation shout")
+    r = api.control(
+        "POST",
+        "/service-endpoints/greetings/services/hello/operations",
+        headers=h,
+        json={
+            "operation_name": "count",
+            "operation_mode": "sync",
+            "handler_binding_kind": "update_workflow",
+            "handler_binding": {"update_name": "count"},
+        },
+    )
+    expect_status(r, 201, "operation count")
 
 
 def test_start_workflow_operations_through_the_sdk(keel: KeelServer, api: RawApi) -> None:
@@ -264,6 +281,15 @@ def test_workflows_call_operations_in_another_namespace(keel: KeelServer, api: R
                     return r.status_code == 200 and r.json()["status"] == "completed"
 
                 await async_wait_until(completed, 30, "the async call completes")
+
+                # update_workflow: the caller gets the update handler's result.
+                poked = await callee.start_workflow(
+                    workflow_type="e2e.svc.poked", task_queue=callee_queue, workflow_id=unique("poked"), input=[]
+                )
+                out = await run("count", ["Ed"], {"target": poked.workflow_id})
+                assert (out["status"], out["result"]) == ("completed", "Ed is poke 1"), out
+                [poke_result] = await wait_for_results(callee, [poked])
+                assert poke_result == "poked by Ed"
 
                 # signal_workflow: the caller signals a waiting workflow of the target.
                 poked = await callee.start_workflow(

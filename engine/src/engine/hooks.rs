@@ -58,6 +58,15 @@ impl kernel::Hooks for Hooks {
                     }
                     Ok(())
                 }
+                Event::UpdateClosed {
+                    namespace,
+                    run_id,
+                    update_id,
+                } => {
+                    // A service call carried out by this update closes with it.
+                    crate::services::on_update_closed(txn, &namespace, &run_id, &update_id, now, fx)
+                        .await
+                }
                 Event::ServiceCallRequested {
                     namespace,
                     workflow_id,

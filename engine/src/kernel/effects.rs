@@ -58,6 +58,12 @@ pub(crate) enum Event {
         schedule_id: Option<String>,
         closed_at_ms: Millis,
     },
+    /// An accepted update finished (completed or failed, or failed with its closing run).
+    UpdateClosed {
+        namespace: String,
+        run_id: String,
+        update_id: String,
+    },
     /// A workflow task's `start_service_operation` command was accepted at `sequence` of
     /// the caller run; the service-call subsystem admits the call and records the
     /// caller's `ServiceCall*` events.

@@ -5,7 +5,10 @@
 //!   the call's own transaction; the call stays open until that run closes.
 //!   `signal_workflow` signals an existing workflow (the binding's or the request's
 //!   `target_workflow_instance_id`) with the command key `service-call:{id}` and closes
-//!   the call at once. Other bindings are refused with 409 `binding_not_supported`.
+//!   the call at once. `update_workflow` sends an update the same way and closes the call
+//!   with the update's outcome (the kernel's `UpdateClosed` event). `activity_execution`
+//!   runs a standalone activity whose host run is the linked run. `query_workflow` and
+//!   `invocable_http` are refused with 409 `binding_not_supported`.
 //! * **Idempotency.** A call is indexed by `(target namespace, operation, caller
 //!   namespace, idempotency_key)`: a resent execute or a replayed command finds the first
 //!   call and never creates a second one.
@@ -29,11 +32,14 @@ use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel::{self, Effects};
 use crate::keys::{prefix, Key};
-use crate::model::{InstanceRecord, RunRecord, RunStatus, TimerAction, TimerKey};
+use crate::model::{
+    InstanceRecord, RunRecord, RunStatus, TimerAction, TimerKey, UpdateRecord, UpdateStatus,
+};
 use crate::storage::{KvTxn, ReadOptions};
 use crate::workflow::{
-    close_in_txn, record_service_call_event, signal_in_txn, start_in_txn, start_standalone_in_txn,
-    CloseCommand, DuplicatePolicy, SignalRequest, StartActivity, StartWorkflow,
+    accept_update_in_txn, close_in_txn, record_service_call_event, signal_in_txn, start_in_txn,
+    start_standalone_in_txn, update_key, CloseCommand, DuplicatePolicy, SignalRequest,
+    StartActivity, StartWorkflow, UpdateRequest, UpdateWait,
 };
 use crate::{history, ids, tables};
 
@@ -135,6 +141,9 @@ pub struct ServiceCallRecord {
     pub deadline_timer: Option<TimerKey>,
     #[serde(default)]
     pub deadline_at_ms: Option<Millis>,
+    /// The update that carries the call out (`update_workflow` bindings).
+    #[serde(default)]
+    pub linked_workflow_update_id: Option<String>,
 }
 
 /// A call as answered to clients.
@@ -218,6 +227,14 @@ fn by_run_key(ns: &str, run_id: &str, call_id: &str) -> Key {
         .str(call_id)
 }
 
+fn by_update_key(ns: &str, run_id: &str, update_id: &str, call_id: &str) -> Key {
+    Key::new(prefix::SERVICE_CALL_BY_UPDATE)
+        .str(ns)
+        .str(run_id)
+        .str(update_id)
+        .str(call_id)
+}
+
 fn by_caller_key(ns: &str, run_id: &str, call_id: &str) -> Key {
     Key::new(prefix::SERVICE_CALL_BY_CALLER)
         .str(ns)
@@ -245,7 +262,7 @@ fn unsupported_binding(op: &OperationRecord) -> Error {
         RejectKind::Conflict,
         "binding_not_supported",
         format!(
-            "operation '{}' is bound to {}, which Keel does not execute (it runs start_workflow, signal_workflow and activity_execution bindings)",
+            "operation '{}' is bound to {}, which Keel does not execute (it runs start_workflow, signal_workflow, update_workflow and activity_execution bindings)",
             op.operation_name, op.spec.handler_binding_kind
         ),
     )
@@ -515,6 +532,15 @@ async fn close_call(
         let key = by_run_key(&call.namespace, &call.linked_workflow_run_id, &call.id);
         tables::delete(txn, &key.into_bytes()).await?;
     }
+    if let Some(update_id) = &call.linked_workflow_update_id {
+        let key = by_update_key(
+            &call.namespace,
+            &call.linked_workflow_run_id,
+            update_id,
+            &call.id,
+        );
+        tables::delete(txn, &key.into_bytes()).await?;
+    }
     for link in call.callers.clone() {
         if !link.waits {
             continue;
@@ -626,6 +652,7 @@ async fn admit_in_txn(
         callers: Vec::new(),
         deadline_timer: None,
         deadline_at_ms: None,
+        linked_workflow_update_id: None,
     };
     let key = call_key(ns, op, call_id);
     match op.spec.handler_binding_kind.as_str() {
@@ -703,6 +730,43 @@ async fn admit_in_txn(
             // Delivered: the call's work is done (a signal has no result).
             call.status = Some("completed".into());
             call.closed_at_ms = Some(now);
+        }
+        "update_workflow" => {
+            // The update's outcome (its handler's result or failure, or the run closing
+            // first) closes the call.
+            let update_name = binding_str(op, &["update_name", "update"])
+                .map(str::to_string)
+                .or_else(|| op.spec.handler_target_reference.clone())
+                .unwrap_or_default();
+            let workflow_id = req
+                .target_workflow_instance_id
+                .clone()
+                .or_else(|| {
+                    binding_str(op, &["workflow_id", "workflow_instance_id"]).map(str::to_string)
+                })
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "target_workflow_instance_id",
+                        "The operation's binding names no workflow to update: give target_workflow_instance_id.",
+                    )
+                })?;
+            let update = UpdateRequest {
+                workflow_id: workflow_id.clone(),
+                run_id: None,
+                update_name: update_name.clone(),
+                input: req.arguments.clone(),
+                request_id: Some(format!("service-call:{call_id}")),
+                wait_for: UpdateWait::Accepted,
+                wait_timeout: std::time::Duration::ZERO,
+            };
+            let (update_run_id, update_id, _) =
+                accept_update_in_txn(txn, ns, &update, call_id, now, fx).await?;
+            call.resolved_target_reference = update_name;
+            call.linked_workflow_instance_id = workflow_id;
+            call.linked_workflow_run_id = update_run_id.clone();
+            call.linked_workflow_update_id = Some(update_id.clone());
+            let index = by_update_key(ns, &update_run_id, &update_id, call_id);
+            tables::put_bytes(txn, &index.into_bytes(), &key);
         }
         "activity_execution" => {
             // A standalone activity (its host run is the linked run): its final outcome
@@ -1084,6 +1148,61 @@ pub(crate) async fn on_run_closed(
         }
         let why = format!("the calling workflow closed ({reason})");
         cancel_in_txn(txn, &mut call, Some(why), now, fx).await?;
+    }
+    Ok(())
+}
+
+/// An update finished (routed by `engine/hooks.rs` from the kernel's `UpdateClosed`): the
+/// calls it carried out close with its outcome.
+pub(crate) async fn on_update_closed(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    run_id: &str,
+    update_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let range = Key::new(prefix::SERVICE_CALL_BY_UPDATE)
+        .str(ns)
+        .str(run_id)
+        .str(update_id)
+        .range();
+    let pairs = txn
+        .get_range(&range, ReadOptions::limit(MAX_CALLS_PER_RUN))
+        .await?;
+    let (entries, _) = tables::assemble(pairs)?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let Some(update) = tables::get::<UpdateRecord>(txn, &update_key(ns, run_id, update_id)).await?
+    else {
+        return Ok(());
+    };
+    for (index, key) in entries {
+        let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
+            tables::delete(txn, &index).await?;
+            continue;
+        };
+        let outcome = match update.status {
+            UpdateStatus::Completed => Outcome {
+                status: "completed",
+                output: update.result.clone().unwrap_or(Value::Null),
+                message: None,
+                error_type: None,
+            },
+            _ => Outcome {
+                status: "failed",
+                output: Value::Null,
+                message: Some(
+                    update
+                        .failure_message
+                        .clone()
+                        .unwrap_or_else(|| "the update failed".into()),
+                ),
+                error_type: update.failure_type.clone(),
+            },
+        };
+        close_call(txn, &mut call, outcome, now, fx).await?;
     }
     Ok(())
 }

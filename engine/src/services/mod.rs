@@ -25,7 +25,7 @@ pub use bridge::{
     bridge_workflow_id, AdapterSpec, BridgeAction, BridgeAdapterRecord, BridgeEvent, BridgeOutcome,
     BridgeRejection, BridgeTarget, BRIDGE_ACTIONS, MAX_ADAPTERS,
 };
-pub(crate) use calls::{admit_workflow_call, fire_deadline, on_run_closed};
+pub(crate) use calls::{admit_workflow_call, fire_deadline, on_run_closed, on_update_closed};
 pub use calls::{
     CallerLink, ExecuteRequest, ServiceCallRecord, ServiceCallView, TARGET_NAMESPACE_DENIED,
 };

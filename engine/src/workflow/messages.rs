@@ -341,6 +341,118 @@ pub(crate) async fn signal_in_txn(
     Ok(receipt)
 }
 
+/// Accepts an update inside `txn` (the body of [`Engine::update_workflow`], also a
+/// service call's `update_workflow` binding): records `UpdateAccepted` and hands it to the
+/// run's workflow task. Returns `(run_id, update_id, retained)`; a resent `request_id`
+/// returns the first update (`retained`).
+pub(crate) async fn accept_update_in_txn(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    req: &UpdateRequest,
+    new_update_id: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<(String, String, bool)> {
+    let arguments_digest = &digest(&req.input);
+    let new_update_id = &new_update_id.to_string();
+    let rkey = req
+        .request_id
+        .as_deref()
+        .map(|r| receipt_key(ns, &req.workflow_id, "update", r));
+    if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
+        if let Some(found) = tables::get::<CommandReceipt>(txn, rkey).await? {
+            let run_id = found.run_id.clone();
+            let receipt = replay_receipt(
+                found,
+                "update",
+                &req.update_name,
+                req.run_id.as_deref(),
+                arguments_digest,
+                request_id,
+            )?;
+            let update_id = receipt
+                .get("update_id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::corrupt("update receipt without update_id"))?
+                .to_string();
+            return Ok((run_id, update_id, true));
+        }
+    }
+    let mut run = target_run(txn, ns, &req.workflow_id, req.run_id.as_deref(), "update").await?;
+    if run.status.is_terminal() {
+        return Err(not_active(&run, "update"));
+    }
+    if let Some(declared) = contract(txn, &run).await? {
+        if !declared.updates.contains(&req.update_name) {
+            return Err(unknown_operation(
+                &run,
+                Operation::Update,
+                &req.update_name,
+                &declared.updates,
+            ));
+        }
+    }
+    let update_id = new_update_id.clone();
+    let command_id = update_id.clone();
+    let payload = json!({
+        "workflow_command_id": command_id,
+        "update_id": update_id,
+        "workflow_instance_id": run.workflow_id,
+        "workflow_run_id": run.run_id,
+        "update_name": req.update_name,
+        "arguments": req.input,
+        "payload_codec": "avro",
+    });
+    let accepted_event_seq = history::append(txn, &mut run, "UpdateAccepted", payload, now, None);
+    let record = UpdateRecord {
+        update_id: update_id.clone(),
+        namespace: ns.to_string(),
+        workflow_id: run.workflow_id.clone(),
+        run_id: run.run_id.clone(),
+        update_name: req.update_name.clone(),
+        command_id: command_id.clone(),
+        request_id: req.request_id.clone(),
+        arguments: req.input.clone(),
+        status: UpdateStatus::Accepted,
+        result: None,
+        failure_message: None,
+        failure_type: None,
+        accepted_event_seq,
+        accepted_at_ms: now,
+        closed_at_ms: None,
+    };
+    tables::put(txn, &update_key(ns, &run.run_id, &update_id), &record)?;
+    run.waits.pending_updates.push(update_id.clone());
+    match run.workflow_task.clone() {
+        None => ensure_workflow_task(txn, &mut run, now, fx)?,
+        Some(task_id) => {
+            // A ready task no worker holds yet runs the update first; a
+            // leased one is left alone and its close hands the update on.
+            let tkey = tables::task_key(&task_id);
+            if let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? {
+                if task.status != TaskStatus::Leased && task.workflow_update_id.is_none() {
+                    task.workflow_update_id = run.waits.pending_updates.first().cloned();
+                    tables::put(txn, &tkey, &task)?;
+                }
+            }
+        }
+    }
+    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
+    if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
+        let receipt = CommandReceipt {
+            command_type: "update".into(),
+            command_id: command_id.clone(),
+            name: req.update_name.clone(),
+            run_id: run.run_id.clone(),
+            requested_run_id: req.run_id.clone(),
+            arguments_digest: arguments_digest.clone(),
+            receipt: json!({"outcome": "update_accepted", "update_id": update_id}),
+        };
+        tables::put(txn, rkey, &receipt)?;
+    }
+    Ok((run.run_id.clone(), update_id, false))
+}
+
 /// Checks a resent command against its receipt: the same intent returns the original
 /// answer, a different one is a `request_id_conflict`.
 fn replay_receipt(
@@ -474,6 +586,11 @@ pub(super) async fn finish_update(
     tables::put(txn, &key, &update)?;
     run.waits.pending_updates.retain(|u| u != update_id);
     fx.updates.push(update_id.to_string());
+    fx.raise(Event::UpdateClosed {
+        namespace: run.namespace.clone(),
+        run_id: run.run_id.clone(),
+        update_id: update_id.to_string(),
+    });
     Ok(())
 }
 
@@ -524,115 +641,12 @@ impl Engine {
         let now = self.now_ms();
         let deadline = now + req.wait_timeout.as_millis() as Millis;
         let new_update_id = ids::new_id(now);
-        let arguments_digest = digest(&req.input);
-        let (new_update_id, arguments_digest) = (&new_update_id, &arguments_digest);
+        let new_update_id = &new_update_id;
         let (run_id, update_id, retained) = self
             .transact(move |tx| {
                 Box::pin(async move {
-                    let txn = tx.txn.as_mut();
-                    let fx = &mut tx.fx;
-                    let rkey = req
-                        .request_id
-                        .as_deref()
-                        .map(|r| receipt_key(ns, &req.workflow_id, "update", r));
-                    if let (Some(rkey), Some(request_id)) = (&rkey, req.request_id.as_deref()) {
-                        if let Some(found) = tables::get::<CommandReceipt>(txn, rkey).await? {
-                            let run_id = found.run_id.clone();
-                            let receipt = replay_receipt(
-                                found,
-                                "update",
-                                &req.update_name,
-                                req.run_id.as_deref(),
-                                arguments_digest,
-                                request_id,
-                            )?;
-                            let update_id = receipt
-                                .get("update_id")
-                                .and_then(Value::as_str)
-                                .ok_or_else(|| Error::corrupt("update receipt without update_id"))?
-                                .to_string();
-                            return Ok((run_id, update_id, true));
-                        }
-                    }
-                    let mut run =
-                        target_run(txn, ns, &req.workflow_id, req.run_id.as_deref(), "update")
-                            .await?;
-                    if run.status.is_terminal() {
-                        return Err(not_active(&run, "update"));
-                    }
-                    if let Some(declared) = contract(txn, &run).await? {
-                        if !declared.updates.contains(&req.update_name) {
-                            return Err(unknown_operation(
-                                &run,
-                                Operation::Update,
-                                &req.update_name,
-                                &declared.updates,
-                            ));
-                        }
-                    }
-                    let update_id = new_update_id.clone();
-                    let command_id = update_id.clone();
-                    let payload = json!({
-                        "workflow_command_id": command_id,
-                        "update_id": update_id,
-                        "workflow_instance_id": run.workflow_id,
-                        "workflow_run_id": run.run_id,
-                        "update_name": req.update_name,
-                        "arguments": req.input,
-                        "payload_codec": "avro",
-                    });
-                    let accepted_event_seq =
-                        history::append(txn, &mut run, "UpdateAccepted", payload, now, None);
-                    let record = UpdateRecord {
-                        update_id: update_id.clone(),
-                        namespace: ns.to_string(),
-                        workflow_id: run.workflow_id.clone(),
-                        run_id: run.run_id.clone(),
-                        update_name: req.update_name.clone(),
-                        command_id: command_id.clone(),
-                        request_id: req.request_id.clone(),
-                        arguments: req.input.clone(),
-                        status: UpdateStatus::Accepted,
-                        result: None,
-                        failure_message: None,
-                        failure_type: None,
-                        accepted_event_seq,
-                        accepted_at_ms: now,
-                        closed_at_ms: None,
-                    };
-                    tables::put(txn, &update_key(ns, &run.run_id, &update_id), &record)?;
-                    run.waits.pending_updates.push(update_id.clone());
-                    match run.workflow_task.clone() {
-                        None => ensure_workflow_task(txn, &mut run, now, fx)?,
-                        Some(task_id) => {
-                            // A ready task no worker holds yet runs the update first; a
-                            // leased one is left alone and its close hands the update on.
-                            let tkey = tables::task_key(&task_id);
-                            if let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? {
-                                if task.status != TaskStatus::Leased
-                                    && task.workflow_update_id.is_none()
-                                {
-                                    task.workflow_update_id =
-                                        run.waits.pending_updates.first().cloned();
-                                    tables::put(txn, &tkey, &task)?;
-                                }
-                            }
-                        }
-                    }
-                    tables::put(txn, &tables::run_key(ns, &run.run_id), &run)?;
-                    if let (Some(rkey), Some(_)) = (&rkey, req.request_id.as_deref()) {
-                        let receipt = CommandReceipt {
-                            command_type: "update".into(),
-                            command_id: command_id.clone(),
-                            name: req.update_name.clone(),
-                            run_id: run.run_id.clone(),
-                            requested_run_id: req.run_id.clone(),
-                            arguments_digest: arguments_digest.clone(),
-                            receipt: json!({"outcome": "update_accepted", "update_id": update_id}),
-                        };
-                        tables::put(txn, rkey, &receipt)?;
-                    }
-                    Ok((run.run_id.clone(), update_id, false))
+                    accept_update_in_txn(tx.txn.as_mut(), ns, req, new_update_id, now, &mut tx.fx)
+                        .await
                 })
             })
             .await?;

@@ -43,7 +43,10 @@ pub(crate) use children::apply_parent_close_policy;
 pub use export::{canonical as bundle_canonical, checksum as bundle_checksum, DebugView};
 pub(crate) use listing::unindex as unlist_run;
 pub use listing::{ListQuery, WorkflowListPage, MAX_CHAIN_RUNS, MAX_PAGE_SIZE};
-pub(crate) use messages::{close_in_txn, deferred_signals, flush_deferred_signals, signal_in_txn};
+pub(crate) use messages::{
+    accept_update_in_txn, close_in_txn, deferred_signals, flush_deferred_signals, signal_in_txn,
+    update_key,
+};
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};

@@ -613,6 +613,11 @@ pub(super) async fn on_close(
             update.failure_type = Some("WorkflowRunClosed".into());
             update.closed_at_ms = Some(now);
             tables::put(txn, &key, &update)?;
+            fx.raise(crate::kernel::Event::UpdateClosed {
+                namespace: run.namespace.clone(),
+                run_id: run.run_id.clone(),
+                update_id: update_id.clone(),
+            });
             fx.updates.push(update_id);
         }
     }

@@ -472,7 +472,7 @@ fn call_json(v: &ServiceCallView) -> Value {
         "caller_workflow_run_id": c.caller_workflow_run_id,
         "linked_workflow_instance_id": c.linked_workflow_instance_id,
         "linked_workflow_run_id": c.linked_workflow_run_id,
-        "linked_workflow_update_id": null,
+        "linked_workflow_update_id": c.linked_workflow_update_id,
         "status": v.status,
         "outcome": outcome,
         "accepted": !failed,
