@@ -20,7 +20,26 @@
 //! token = "s3cret-worker"     # or token_env = "NAME_OF_AN_ENV_VAR"
 //! namespaces = ["orders"]     # optional: the token sees only these namespaces
 //! name = "orders-workers"     # optional label (logs name tokens by this, never by secret)
+//!
+//! [[tokens]]
+//! role = "operator"
+//! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! ```
+//!
+//! `token_sha256` (64 hex digits) gives the SHA-256 digest of a token instead of the
+//! token, so the file itself is not a secret (tokens are long random strings, so a
+//! plain digest is not guessable); `printf %s TOKEN | sha256sum` makes one. Keel keeps
+//! only digests in memory either way and compares the digest of what a caller presents.
+//!
+//! # Rotation
+//!
+//! The token set is reloaded from the same sources on SIGHUP and when the auth file
+//! changes ([`watch_and_reload`]). A reload swaps the whole set at once: a request is
+//! checked against the old set or the new one, never a mix. To rotate without a gap,
+//! list the old and new tokens together, move clients to the new one, then remove the
+//! old one: the overlap lasts as long as the operator keeps both. A file that does not
+//! parse, or a new set that would leave an authenticated server with no token (open),
+//! is refused with a log line and the old set stays.
 //!
 //! With no token configured the server is *open* (every caller is every role); `main`
 //! allows that only on a loopback address. With tokens, every route except health and
@@ -32,11 +51,14 @@
 //! logged or echoed.
 
 use std::fmt;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use hyper::header::AUTHORIZATION;
 use hyper::{HeaderMap, StatusCode};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
@@ -122,18 +144,26 @@ impl Roles {
 }
 
 /// One configured token.
+#[derive(Clone)]
 struct TokenEntry {
-    secret: Vec<u8>,
+    /// SHA-256 of the secret: the secret itself is never kept.
+    digest: [u8; 32],
     roles: Roles,
     /// `None`: every namespace.
     namespaces: Option<Arc<[String]>>,
     label: String,
 }
 
-/// The token configuration. Empty means open mode.
-#[derive(Default)]
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// The token configuration: a shared handle on the current token set (clones see the
+/// same set, and [`AuthConfig::replace_with`] swaps it for all of them). Empty means
+/// open mode.
+#[derive(Default, Clone)]
 pub struct AuthConfig {
-    tokens: Vec<TokenEntry>,
+    current: Arc<RwLock<Arc<Vec<TokenEntry>>>>,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -142,7 +172,11 @@ impl fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field(
                 "tokens",
-                &self.tokens.iter().map(|t| &t.label).collect::<Vec<_>>(),
+                &self
+                    .tokens()
+                    .iter()
+                    .map(|t| t.label.clone())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -192,6 +226,7 @@ struct FileToken {
     roles: Vec<String>,
     token: Option<String>,
     token_env: Option<String>,
+    token_sha256: Option<String>,
     namespaces: Option<Vec<String>>,
     name: Option<String>,
 }
@@ -219,35 +254,70 @@ impl AuthConfig {
         AuthConfig::default()
     }
 
+    /// The token set as it is now (a request holds one snapshot throughout).
+    fn tokens(&self) -> Arc<Vec<TokenEntry>> {
+        self.current
+            .read()
+            .expect("invariant: token lock not poisoned")
+            .clone()
+    }
+
     /// Whether no token is configured.
     pub fn is_open(&self) -> bool {
-        self.tokens.is_empty()
+        self.tokens().is_empty()
     }
 
     /// How many tokens are configured.
     pub fn len(&self) -> usize {
-        self.tokens.len()
+        self.tokens().len()
     }
 
     /// Whether no token is configured (same as [`AuthConfig::is_open`]).
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
+        self.is_open()
     }
 
-    fn push(&mut self, entry: TokenEntry) -> Result<(), String> {
-        if entry.secret.is_empty() {
+    /// Makes `new`'s token set this handle's (and every clone's), at once. Refused when
+    /// it would turn an authenticated server open (an empty set replacing tokens).
+    pub fn replace_with(&self, new: &AuthConfig) -> Result<(), String> {
+        let tokens = new.tokens();
+        let mut current = self
+            .current
+            .write()
+            .expect("invariant: token lock not poisoned");
+        if tokens.is_empty() && !current.is_empty() {
+            return Err(
+                "the new configuration has no token: refusing to open an authenticated server"
+                    .into(),
+            );
+        }
+        *current = tokens;
+        Ok(())
+    }
+
+    fn push(&mut self, secret: &[u8], entry: TokenEntry) -> Result<(), String> {
+        if secret.is_empty() {
             return Err(format!("token '{}' is empty", entry.label));
         }
+        self.push_digest(entry)
+    }
+
+    fn push_digest(&mut self, entry: TokenEntry) -> Result<(), String> {
         if entry.roles == Roles::default() {
             return Err(format!("token '{}' has no role", entry.label));
         }
-        if self.tokens.iter().any(|t| t.secret == entry.secret) {
+        let mut tokens = self.tokens().as_ref().clone();
+        if tokens.iter().any(|t| t.digest == entry.digest) {
             return Err(format!(
                 "token '{}' repeats another token's secret; give one token several roles instead (admin+worker:...)",
                 entry.label
             ));
         }
-        self.tokens.push(entry);
+        tokens.push(entry);
+        *self
+            .current
+            .write()
+            .expect("invariant: token lock not poisoned") = Arc::new(tokens);
         Ok(())
     }
 
@@ -276,62 +346,90 @@ impl AuthConfig {
                 ),
                 None => (rest, None),
             };
-            self.push(TokenEntry {
-                secret: secret.trim().as_bytes().to_vec(),
-                roles: set,
-                namespaces,
-                label,
-            })?;
+            let secret = secret.trim().as_bytes();
+            self.push(
+                secret,
+                TokenEntry {
+                    digest: sha256(secret),
+                    roles: set,
+                    namespaces,
+                    label,
+                },
+            )?;
         }
         Ok(())
     }
 
     /// Adds the tokens of an auth file (TOML, see the module docs).
     pub fn add_toml(&mut self, text: &str) -> Result<(), String> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        // toml's own message quotes the offending line, which may hold a secret: only
+        // its position and kind are reported.
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |span| {
+                text[..span.start.min(text.len())].lines().count().max(1)
+            });
+            format!("line {line}: {}", e.message())
+        })?;
         for (i, t) in file.tokens.into_iter().enumerate() {
             let label = t.name.clone().unwrap_or_else(|| format!("tokens[{i}]"));
             let mut set = Roles::default();
             for r in t.role.iter().chain(t.roles.iter()) {
                 set = set.with(Role::parse(r).map_err(|e| format!("{label}: {e}"))?);
             }
-            let secret = match (t.token, t.token_env) {
-                (Some(s), None) => s,
-                (None, Some(var)) => std::env::var(&var)
-                    .map_err(|_| format!("{label}: environment variable {var} is not set"))?,
-                _ => return Err(format!("{label}: give exactly one of token or token_env")),
-            };
             let namespaces = t
                 .namespaces
                 .map(parse_namespaces)
                 .transpose()
                 .map_err(|e| format!("{label}: {e}"))?;
-            self.push(TokenEntry {
-                secret: secret.trim().as_bytes().to_vec(),
-                roles: set,
-                namespaces,
-                label,
-            })?;
+            let secret = match (t.token, t.token_env, t.token_sha256) {
+                (Some(s), None, None) => s,
+                (None, Some(var), None) => std::env::var(&var)
+                    .map_err(|_| format!("{label}: environment variable {var} is not set"))?,
+                (None, None, Some(hex)) => {
+                    let digest = parse_digest(&hex).ok_or_else(|| {
+                        format!("{label}: token_sha256 must be 64 hexadecimal digits")
+                    })?;
+                    self.push_digest(TokenEntry {
+                        digest,
+                        roles: set,
+                        namespaces,
+                        label,
+                    })?;
+                    continue;
+                }
+                _ => {
+                    return Err(format!(
+                        "{label}: give exactly one of token, token_env or token_sha256"
+                    ))
+                }
+            };
+            let secret = secret.trim().as_bytes();
+            self.push(
+                secret,
+                TokenEntry {
+                    digest: sha256(secret),
+                    roles: set,
+                    namespaces,
+                    label,
+                },
+            )?;
         }
         Ok(())
     }
 
     /// Token counts per role, for the startup log.
     pub fn summary(&self) -> Vec<(&'static str, usize)> {
+        let tokens = self.tokens();
         [Role::Worker, Role::Operator, Role::Admin]
             .into_iter()
-            .map(|r| {
-                (
-                    r.as_str(),
-                    self.tokens.iter().filter(|t| t.roles.has(r)).count(),
-                )
-            })
+            .map(|r| (r.as_str(), tokens.iter().filter(|t| t.roles.has(r)).count()))
             .collect()
     }
 
     /// Identifies the caller from the `Authorization` header. Open mode accepts anyone.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        if self.is_open() {
+        let tokens = self.tokens();
+        if tokens.is_empty() {
             return Ok(Principal::open());
         }
         let Some(value) = headers.get(AUTHORIZATION) else {
@@ -354,16 +452,14 @@ impl AuthConfig {
                     "The Authorization header must be 'Bearer <token>'.",
                 )
             })?;
-        // Compare with every token, selecting the match without branching on it.
+        // Compare digests with every token, selecting the match without branching on it.
+        let presented = sha256(presented.as_bytes());
         let mut found: u64 = 0;
-        for (i, entry) in self.tokens.iter().enumerate() {
-            let eq = entry.secret.as_slice().ct_eq(presented.as_bytes());
+        for (i, entry) in tokens.iter().enumerate() {
+            let eq = entry.digest.ct_eq(&presented);
             found = u64::conditional_select(&found, &(i as u64 + 1), eq);
         }
-        match found
-            .checked_sub(1)
-            .and_then(|i| self.tokens.get(i as usize))
-        {
+        match found.checked_sub(1).and_then(|i| tokens.get(i as usize)) {
             Some(entry) => Ok(Principal {
                 roles: entry.roles,
                 namespaces: entry.namespaces.clone(),
@@ -373,6 +469,79 @@ impl AuthConfig {
                 "invalid_token",
                 "The bearer token is not valid for this server.",
             )),
+        }
+    }
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (byte, pair) in digest.iter_mut().zip(hex.chunks(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// How often the auth file is checked for a change (size or modification time).
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads `auth` from `load` (the same sources as at start) on SIGHUP and whenever
+/// `file` changes, until `stop` turns true. A load that fails, or a set that
+/// [`AuthConfig::replace_with`] refuses, is logged and the old set stays. Messages name
+/// tokens by label and count them by role; never a secret.
+pub async fn watch_and_reload(
+    auth: AuthConfig,
+    file: Option<PathBuf>,
+    load: impl Fn() -> Result<AuthConfig, String> + Send,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let stamp = |file: &Option<PathBuf>| {
+        file.as_ref()
+            .and_then(|f| std::fs::metadata(f).ok())
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut seen = stamp(&file);
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; tokens reload on file change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let trigger = tokio::select! {
+            _ = stop.changed() => return,
+            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => None } } => "sighup",
+            _ = tick.tick() => {
+                let now = stamp(&file);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "file_changed"
+            }
+        };
+        match load().and_then(|new| auth.replace_with(&new)) {
+            Ok(()) => {
+                let by_role = auth
+                    .summary()
+                    .iter()
+                    .map(|(r, n)| format!("{r}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                crate::metrics::count_token_reload("applied");
+                tracing::info!(trigger, tokens = auth.len(), by_role = %by_role, "tokens reloaded");
+            }
+            Err(error) => {
+                crate::metrics::count_token_reload("refused");
+                tracing::warn!(trigger, %error, "token reload refused; the previous tokens stay in force");
+            }
         }
     }
 }
@@ -487,6 +656,59 @@ mod tests {
         assert!(AuthConfig::open()
             .add_toml("[[tokens]]\nrole = \"worker\"\n")
             .is_err());
+    }
+
+    #[test]
+    fn a_hashed_token_authenticates_and_a_bad_digest_is_refused() {
+        let digest: String = sha256(b"s3cret")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut c = AuthConfig::open();
+        c.add_toml(&format!(
+            "[[tokens]]\nrole = \"worker\"\ntoken_sha256 = \"{digest}\"\n"
+        ))
+        .expect("parses");
+        assert!(c.authenticate(&headers("Bearer s3cret")).is_ok());
+        assert!(c
+            .authenticate(&headers(&format!("Bearer {digest}")))
+            .is_err());
+        for bad in ["abc", &"g".repeat(64)] {
+            let e = AuthConfig::open()
+                .add_toml(&format!(
+                    "[[tokens]]\nrole = \"worker\"\ntoken_sha256 = \"{bad}\"\n"
+                ))
+                .expect_err("refused");
+            assert!(e.contains("64 hexadecimal digits"), "{e}");
+        }
+    }
+
+    #[test]
+    fn replacing_the_set_reaches_every_clone_and_never_opens_the_server() {
+        let mut c = AuthConfig::open();
+        c.add_env("admin:old").expect("parses");
+        let served = c.clone();
+        let mut next = AuthConfig::open();
+        next.add_env("admin:new").expect("parses");
+        c.replace_with(&next).expect("replaced");
+        assert!(served.authenticate(&headers("Bearer new")).is_ok());
+        assert!(served.authenticate(&headers("Bearer old")).is_err());
+        let e = c.replace_with(&AuthConfig::open()).expect_err("refused");
+        assert!(e.contains("refusing to open"), "{e}");
+        assert!(served.authenticate(&headers("Bearer new")).is_ok());
+        // An open server may become an authenticated one.
+        let open = AuthConfig::open();
+        open.replace_with(&next).expect("tokens added");
+        assert!(open.authenticate(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_the_line_but_never_quotes_it() {
+        let e = AuthConfig::open()
+            .add_toml("[[tokens]]\nrole = \"admin\"\ntoken = \"hunter2\" trailing\n")
+            .expect_err("refused");
+        assert!(e.starts_with("line 3:"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

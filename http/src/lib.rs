@@ -2,7 +2,7 @@
 //! protocol 1.x) on hyper, over the engine.
 #![warn(missing_docs)]
 
-mod auth;
+pub mod auth;
 pub mod call;
 mod connections;
 mod discovery;

@@ -296,11 +296,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the tokens of `--auth-file` and `KEEL_TOKENS`, and applies the open-mode rule:
-/// without tokens Keel serves only on loopback, and says so.
-fn load_auth(args: &ServeArgs) -> Result<AuthConfig, String> {
+/// The tokens of `--auth-file` and `KEEL_TOKENS` (at start, and again at each reload).
+fn read_tokens(auth_file: Option<&std::path::Path>) -> Result<AuthConfig, String> {
     let mut auth = AuthConfig::open();
-    if let Some(path) = &args.auth_file {
+    if let Some(path) = auth_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the auth file {}: {e}", path.display()))?;
         auth.add_toml(&text)
@@ -310,6 +309,13 @@ fn load_auth(args: &ServeArgs) -> Result<AuthConfig, String> {
         auth.add_env(&value)
             .map_err(|e| format!("invalid KEEL_TOKENS: {e}"))?;
     }
+    Ok(auth)
+}
+
+/// Loads the tokens of `--auth-file` and `KEEL_TOKENS`, and applies the open-mode rule:
+/// without tokens Keel serves only on loopback, and says so.
+fn load_auth(args: &ServeArgs) -> Result<AuthConfig, String> {
+    let auth = read_tokens(args.auth_file.as_deref())?;
     if auth.is_open() {
         if !args.listen.ip().is_loopback() {
             return Err(format!(
@@ -475,6 +481,14 @@ async fn run(args: ServeArgs) -> Result<(), String> {
         tracing::info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
+    // SIGHUP or an edit of the auth file swaps the token set (see keel_http auth docs).
+    let auth_file = args.auth_file.clone();
+    tokio::spawn(keel_http::auth::watch_and_reload(
+        auth.clone(),
+        args.auth_file.clone(),
+        move || read_tokens(auth_file.as_deref()),
+        stop_rx.clone(),
+    ));
     let mut state = AppState::new(engine.clone())
         .with_server_id(&args.node_id)
         .with_auth(auth)

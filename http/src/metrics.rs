@@ -18,6 +18,7 @@
 //! | `keel_storage_backend_info` | gauge (always 1) | `backend`, `durable`, `multi_node` |
 //! | `keel_storage_writable` | gauge (1, or 0 while writes are refused, e.g. on a full disk) | — |
 //! | `keel_storage_write_failures_total` | counter (failed durable writes) | — |
+//! | `keel_auth_token_reloads_total` | counter (SIGHUP or auth-file change) | `outcome` (`applied`, `refused`) |
 //!
 //! Queue names are caller-chosen, so the backlog gauges are computed fresh at each
 //! scrape and rendered directly (not kept in the registry): the
@@ -130,6 +131,11 @@ pub fn record_request(route: &str, status: u16, elapsed: Duration) {
     .increment(1);
     metrics::histogram!("keel_http_request_duration_seconds", "route" => route.to_string())
         .record(elapsed.as_secs_f64());
+}
+
+/// Records one token reload (`applied` or `refused`).
+pub fn count_token_reload(outcome: &'static str) {
+    metrics::counter!("keel_auth_token_reloads_total", "outcome" => outcome).increment(1);
 }
 
 fn escape(v: &str) -> String {

@@ -1,0 +1,205 @@
+//! Token rotation as an operator does it, on the real binary: tokens reload on SIGHUP
+//! and on an edit of the auth file, old and new overlap while both are listed, hashed
+//! tokens work, a malformed file is refused with a log line and the old set stays, and
+//! no secret ever reaches the log.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const OLD: &str = "old-secret-4f1c9a";
+const NEW: &str = "new-secret-8b2d7e";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The status of an authenticated control-plane read with `token`.
+fn status_with(port: u16, token: &str) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /api/cluster/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         X-Durable-Workflow-Control-Plane-Version: 2\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .expect("request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line")
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Log lines read so far, and the next ones as they come.
+struct Log {
+    lines: Vec<String>,
+    rx: Receiver<String>,
+}
+
+impl Log {
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.lines.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.lines.push(line),
+                Err(_) => panic!("no log line with {needle:?}; log: {:#?}", self.lines),
+            }
+        }
+    }
+
+    fn drain(&mut self) -> &[String] {
+        while let Ok(line) = self.rx.try_recv() {
+            self.lines.push(line);
+        }
+        &self.lines
+    }
+}
+
+fn write_tokens(path: &Path, body: &str) {
+    // Written whole under another name, then renamed: the server never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write auth file");
+    std::fs::rename(&tmp, path).expect("rename auth file");
+}
+
+fn hangup(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[test]
+fn tokens_rotate_on_sighup_and_file_change_and_a_bad_file_keeps_the_old_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("auth.toml");
+    let plain = |name: &str, token: &str| {
+        format!("[[tokens]]\nname = \"{name}\"\nrole = \"admin\"\ntoken = \"{token}\"\n")
+    };
+    write_tokens(&file, &plain("old", OLD));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"])
+        .arg("--auth-file")
+        .arg(&file)
+        .env_remove("KEEL_TOKENS")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("keel starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let server = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Log {
+        lines: Vec::new(),
+        rx,
+    };
+    let listening = log.wait_for_line("keel listening");
+    let after = &listening[listening.find("127.0.0.1:").expect("address") + 10..];
+    let port: u16 = after
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("port");
+    assert_eq!(status_with(port, OLD), 200);
+    assert_eq!(status_with(port, NEW), 401);
+
+    // Rotation, step 1: both listed, signalled with SIGHUP; both work (the overlap).
+    write_tokens(&file, &(plain("old", OLD) + &plain("new", NEW)));
+    hangup(&server.0);
+    let reloaded = log.wait_for_line("sighup");
+    assert!(reloaded.contains("tokens reloaded"), "{reloaded}");
+    wait_for("the new token to be accepted", || {
+        status_with(port, NEW) == 200
+    });
+    assert_eq!(
+        status_with(port, OLD),
+        200,
+        "the old token works during the overlap"
+    );
+
+    // Step 2: only the new token, given as its SHA-256 digest; the edit alone reloads.
+    let digest: String = Sha256::digest(NEW.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    write_tokens(
+        &file,
+        &format!("[[tokens]]\nname = \"new\"\nrole = \"admin\"\ntoken_sha256 = \"{digest}\"\n"),
+    );
+    wait_for("the old token to be refused", || {
+        status_with(port, OLD) == 401
+    });
+    assert_eq!(status_with(port, NEW), 200, "the hashed token is accepted");
+
+    // A malformed file (with a secret in the broken line) is refused; the set stays.
+    write_tokens(
+        &file,
+        &format!("[[tokens]]\nrole = \"admin\"\ntoken = \"{OLD}\" oops\n"),
+    );
+    hangup(&server.0);
+    let refused = log.wait_for_line("token reload refused");
+    assert!(refused.contains("line 3"), "{refused}");
+    assert_eq!(
+        status_with(port, NEW),
+        200,
+        "the previous set stays in force"
+    );
+    assert_eq!(status_with(port, OLD), 401);
+
+    // An empty set would open the server: refused too.
+    write_tokens(&file, "tokens = []\n");
+    hangup(&server.0);
+    let refused = log.wait_for_line("refusing to open an authenticated server");
+    assert!(refused.contains("token reload refused"), "{refused}");
+    assert_eq!(
+        status_with(port, NEW),
+        200,
+        "the server stays authenticated"
+    );
+    assert_eq!(status_with(port, OLD), 401);
+
+    for line in log.drain() {
+        assert!(
+            !line.contains(OLD) && !line.contains(NEW),
+            "a secret reached the log: {line}"
+        );
+    }
+}
