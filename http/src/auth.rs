@@ -295,11 +295,23 @@ impl AuthConfig {
         Ok(())
     }
 
-    fn push(&mut self, secret: &[u8], entry: TokenEntry) -> Result<(), String> {
+    fn push_secret(
+        &mut self,
+        secret: &str,
+        roles: Roles,
+        namespaces: Option<Arc<[String]>>,
+        label: String,
+    ) -> Result<(), String> {
+        let secret = secret.trim().as_bytes();
         if secret.is_empty() {
-            return Err(format!("token '{}' is empty", entry.label));
+            return Err(format!("token '{label}' is empty"));
         }
-        self.push_digest(entry)
+        self.push_digest(TokenEntry {
+            digest: sha256(secret),
+            roles,
+            namespaces,
+            label,
+        })
     }
 
     fn push_digest(&mut self, entry: TokenEntry) -> Result<(), String> {
@@ -346,16 +358,7 @@ impl AuthConfig {
                 ),
                 None => (rest, None),
             };
-            let secret = secret.trim().as_bytes();
-            self.push(
-                secret,
-                TokenEntry {
-                    digest: sha256(secret),
-                    roles: set,
-                    namespaces,
-                    label,
-                },
-            )?;
+            self.push_secret(secret, set, namespaces, label)?;
         }
         Ok(())
     }
@@ -403,16 +406,7 @@ impl AuthConfig {
                     ))
                 }
             };
-            let secret = secret.trim().as_bytes();
-            self.push(
-                secret,
-                TokenEntry {
-                    digest: sha256(secret),
-                    roles: set,
-                    namespaces,
-                    label,
-                },
-            )?;
+            self.push_secret(&secret, set, namespaces, label)?;
         }
         Ok(())
     }

@@ -122,6 +122,29 @@ class Load:
         return len(self.acknowledged) + len(self.existing_unacknowledged)
 
 
+def paced_ids(workflow_ids: Sequence[str], rate: float) -> Callable[[], Awaitable[str | None]]:
+    """Hands out ``workflow_ids`` in order to concurrent start loops: the n-th no earlier
+    than n / ``rate`` seconds after the first call (so the starts span the test, not one
+    burst); ids held up by an outage go out together once the server is back. None when
+    all are out."""
+    first: float | None = None
+    issued = 0
+
+    async def next_id() -> str | None:
+        nonlocal first, issued
+        loop = asyncio.get_running_loop()
+        if first is None:
+            first = loop.time()
+        if issued >= len(workflow_ids):
+            return None
+        n = issued
+        issued += 1
+        await asyncio.sleep(max(0.0, first + n / rate - loop.time()))
+        return workflow_ids[n]
+
+    return next_id
+
+
 async def wait_for_health(probe: httpx.AsyncClient, url: str, timeout: float) -> None:
     async def serving() -> bool:
         try:

@@ -40,7 +40,7 @@ import pytest
 from durable_workflow import Client
 
 from keel_harness import KeelServer, async_wait_until, unique
-from sdk_load import Load, WorkerProcesses, exactly_once_problems, start_loop, wait_until_all_closed
+from sdk_load import Load, WorkerProcesses, paced_ids, exactly_once_problems, start_loop, wait_until_all_closed
 
 
 @dataclass(frozen=True)
@@ -115,20 +115,7 @@ def test_kill9_loop_under_sdk_load_completes_every_acknowledged_workflow_once(
         timeline.append(f"{time.monotonic() - began:7.2f}s {event}")
 
     async def scenario() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        first_start = loop.time()
-        issued = 0
-
-        async def next_id() -> str | None:
-            # The n-th start goes out no earlier than n / start_rate seconds in; ids
-            # held up by an outage go out together once the server is back.
-            nonlocal issued
-            if issued >= len(load.workflow_ids):
-                return None
-            n = issued
-            issued += 1
-            await asyncio.sleep(max(0.0, first_start + n / plan.start_rate - loop.time()))
-            return load.workflow_ids[n]
+        next_id = paced_ids(load.workflow_ids, plan.start_rate)
 
         async with Client(keel.url) as client, httpx.AsyncClient(timeout=2.0) as probe:
             # Private attribute (as in sdk_smoke.py): count the answers to starts.

@@ -31,7 +31,7 @@ from durable_workflow import Client
 
 from keel_harness import ON_FDB, KeelServer, RawApi, async_wait_until, expect_status, unique, wait_until
 from kill_loop_worker import NAPPING_WORKFLOW_TYPE
-from sdk_load import ONCE_EVENTS, Load, WorkerProcesses, exactly_once_problems, start_loop, wait_until_all_closed
+from sdk_load import ONCE_EVENTS, Load, WorkerProcesses, paced_ids, exactly_once_problems, start_loop, wait_until_all_closed
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -96,18 +96,7 @@ def test_three_nodes_on_one_subspace_complete_every_workflow_once_through_a_kill
         timeline.append(f"{time.monotonic() - began:7.2f}s {event}")
 
     async def scenario() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        first_start = loop.time()
-        issued = 0
-
-        async def next_id() -> str | None:
-            nonlocal issued
-            if issued >= WORKFLOWS:
-                return None
-            n = issued
-            issued += 1
-            await asyncio.sleep(max(0.0, first_start + n / START_RATE - loop.time()))
-            return load.workflow_ids[n]
+        next_id = paced_ids(load.workflow_ids, START_RATE)
 
         async with Client(front.url) as client, httpx.AsyncClient(timeout=2.0) as probe:
             starters = asyncio.gather(
