@@ -31,6 +31,7 @@ fn hint(i: u64) -> TaskHint {
         priority: 5,
         ready_at_ms: i as i64,
         compatibility: None,
+        session: None,
     }
 }
 

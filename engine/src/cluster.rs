@@ -148,7 +148,7 @@ pub(crate) fn ready_hint(key: &[u8], value: &[u8]) -> Result<(QueueKey, TaskHint
     let Some((queue, priority, ready_at_ms, task_id)) = parsed else {
         return Err(Error::corrupt("ready index key"));
     };
-    let (type_name, compatibility) = tables::decode_ready_value(value);
+    let (type_name, compatibility, session) = tables::decode_ready_value(value);
     Ok((
         queue,
         TaskHint {
@@ -157,6 +157,7 @@ pub(crate) fn ready_hint(key: &[u8], value: &[u8]) -> Result<(QueueKey, TaskHint
             priority,
             ready_at_ms,
             compatibility: compatibility.map(Into::into),
+            session: session.map(Into::into),
         },
     ))
 }

@@ -108,6 +108,12 @@ pub mod prefix {
     /// The build id a queue's fresh starts are pinned to (its promoted deployment):
     /// `(namespace, queue)`.
     pub const NEW_START_BUILD: u8 = 0x48;
+    /// Worker sessions (a worker-held lease that activities are routed by):
+    /// `(namespace, session_id)`.
+    pub const WORKER_SESSION: u8 = 0x49;
+    /// Open activity tasks scheduled with a worker session:
+    /// `(namespace, session_id, task_id)`, empty values.
+    pub const WORKER_SESSION_TASK: u8 = 0x4A;
 }
 
 /// Builds a key field by field.

@@ -20,6 +20,7 @@ pub mod payloads;
 pub mod queries;
 pub mod schedules;
 pub mod services;
+pub mod sessions;
 pub mod sync;
 pub mod system;
 pub mod tables;

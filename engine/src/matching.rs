@@ -54,6 +54,9 @@ pub struct TaskHint {
     pub ready_at_ms: i64,
     /// The build id the task is pinned to, if any.
     pub compatibility: Option<Arc<str>>,
+    /// The worker session the task runs in: while the session has a known holder, only
+    /// that worker's pollers take it.
+    pub session: Option<Arc<str>>,
 }
 
 /// Which tasks a poller accepts.
@@ -63,6 +66,12 @@ pub struct PollFilter {
     pub types: Option<Arc<HashSet<String>>>,
     /// The poller's build id; a task pinned to another build id is not for it.
     pub build_id: Option<Arc<str>>,
+    /// The polling worker: a session task whose session another worker holds is not
+    /// for it.
+    pub worker_id: Option<Arc<str>>,
+    /// When the poll began (engine clock, ms): a session holder known to matching binds
+    /// only until its route's horizon.
+    pub now_ms: i64,
 }
 
 impl PollFilter {
@@ -102,6 +111,23 @@ pub struct Slot {
     hint: Mutex<Option<TaskHint>>,
     /// Notified once a hint is placed in the slot.
     pub notify: Notify,
+}
+
+/// `(namespace, session_id)`.
+type SessionKey = (Arc<str>, Arc<str>);
+
+/// What matching knows of worker sessions (a hint of the durable session records, which
+/// every lease re-checks): who holds each, and the hints of a session at its activity
+/// cap, held out of the index until one of its activities leaves its lease.
+#[derive(Default)]
+struct SessionRoutes {
+    /// The holder, and until when that is trusted without another lease attempt (the
+    /// holder's lease deadline or registration staleness, whichever comes first).
+    holders: HashMap<SessionKey, (Arc<str>, i64)>,
+    backlog: HashMap<SessionKey, Vec<(QueueKey, TaskHint)>>,
+    /// Bumped whenever a session activity leaves its lease, so a lease that found the
+    /// session full holds its hint back only if no slot freed meanwhile.
+    freed: HashMap<SessionKey, u64>,
 }
 
 struct Waiter {
@@ -147,6 +173,8 @@ pub struct Matching {
     /// Parked polls on this node; changed only under the owning shard's lock.
     parked: AtomicU64,
     limits: ParkLimits,
+    /// Session routing. Lock order: a shard's lock, then this one.
+    sessions: Mutex<SessionRoutes>,
 }
 
 impl Default for Matching {
@@ -168,6 +196,7 @@ impl Matching {
             next_waiter: AtomicU64::new(1),
             parked: AtomicU64::new(0),
             limits,
+            sessions: Mutex::new(SessionRoutes::default()),
         }
     }
 
@@ -195,7 +224,7 @@ impl Matching {
         if state.indexed.contains(&hint.task_id) {
             return;
         }
-        let Some(hint) = self.hand_to_parked(state, hint) else {
+        let Some(hint) = self.hand_to_parked(key, state, hint) else {
             return;
         };
         state.indexed.insert(hint.task_id.clone());
@@ -214,14 +243,23 @@ impl Matching {
         let Some(state) = shard.get_mut(key) else {
             return false;
         };
-        let _unwanted = self.hand_to_parked(state, hint);
+        let _unwanted = self.hand_to_parked(key, state, hint);
         !state.waiters.is_empty()
     }
 
     /// Gives `hint` to the oldest parked poller of `state` that accepts it; hands it back
     /// when none does.
-    fn hand_to_parked(&self, state: &mut QueueState, hint: TaskHint) -> Option<TaskHint> {
-        let Some(pos) = state.waiters.iter().position(|w| w.filter.accepts(&hint)) else {
+    fn hand_to_parked(
+        &self,
+        key: &QueueKey,
+        state: &mut QueueState,
+        hint: TaskHint,
+    ) -> Option<TaskHint> {
+        let Some(pos) = state
+            .waiters
+            .iter()
+            .position(|w| self.admits(key, &w.filter, &hint))
+        else {
             return Some(hint);
         };
         let waiter = state
@@ -242,7 +280,7 @@ impl Matching {
         let found = state
             .ready
             .iter()
-            .find(|(_, h)| filter.accepts(h))
+            .find(|(_, h)| self.admits(key, filter, h))
             .map(|(k, _)| *k);
         if let Some(k) = found {
             let hint = state
@@ -285,6 +323,117 @@ impl Matching {
         lock(&slot.hint).take()
     }
 
+    /// Whether a poller with `filter` may take `hint` on `key`: its own filter, and the
+    /// session routing.
+    fn admits(&self, key: &QueueKey, filter: &PollFilter, hint: &TaskHint) -> bool {
+        if !filter.accepts(hint) {
+            return false;
+        }
+        let Some(session) = &hint.session else {
+            return true;
+        };
+        let routes = lock(&self.sessions);
+        match routes
+            .holders
+            .get(&(key.namespace.clone(), session.clone()))
+        {
+            Some((holder, until)) if filter.now_ms < *until => {
+                filter.worker_id.as_ref() == Some(holder)
+            }
+            _ => true,
+        }
+    }
+
+    /// Records who holds a session and until when that binds its tasks to the holder's
+    /// pollers (`None`: nobody known; any poller may try its tasks, and the lease
+    /// decides).
+    pub fn set_session_holder(&self, namespace: &str, session: &str, holder: Option<(&str, i64)>) {
+        let mut routes = lock(&self.sessions);
+        let key: SessionKey = (namespace.into(), session.into());
+        match holder {
+            Some((h, until)) => {
+                routes.holders.insert(key, (h.into(), until));
+            }
+            None => {
+                routes.holders.remove(&key);
+            }
+        }
+    }
+
+    /// How many times an activity of the session left its lease (see
+    /// [`Matching::hold_for_session`]).
+    pub fn session_generation(&self, namespace: &str, session: &str) -> u64 {
+        let routes = lock(&self.sessions);
+        routes
+            .freed
+            .get(&(Arc::from(namespace), Arc::from(session)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Holds back the hint of a task whose session is at its activity cap, unless a slot
+    /// freed since `generation` was read (then the hint comes back to be offered again).
+    pub fn hold_for_session(
+        &self,
+        session: &str,
+        generation: u64,
+        key: &QueueKey,
+        hint: TaskHint,
+    ) -> Option<TaskHint> {
+        let mut routes = lock(&self.sessions);
+        let skey: SessionKey = (key.namespace.clone(), session.into());
+        if routes.freed.get(&skey).copied().unwrap_or(0) != generation {
+            return Some(hint);
+        }
+        routes
+            .backlog
+            .entry(skey)
+            .or_default()
+            .push((key.clone(), hint));
+        None
+    }
+
+    /// An activity of the session left its lease: returns the hints held back for it, to
+    /// be offered again.
+    pub fn session_slot_freed(&self, namespace: &str, session: &str) -> Vec<(QueueKey, TaskHint)> {
+        let mut routes = lock(&self.sessions);
+        let skey: SessionKey = (namespace.into(), session.into());
+        *routes.freed.entry(skey.clone()).or_default() += 1;
+        routes.backlog.remove(&skey).unwrap_or_default()
+    }
+
+    /// Hands indexed hints to parked pollers that accept them now (after session routing
+    /// changed in their favour).
+    pub fn rematch(&self, key: &QueueKey) {
+        let mut shard = lock(self.shard(key));
+        let Some(state) = shard.get_mut(key) else {
+            return;
+        };
+        if state.waiters.is_empty() {
+            return;
+        }
+        let entries: Vec<(u8, i64, u64)> = state.ready.keys().copied().collect();
+        for k in entries {
+            if state.waiters.is_empty() {
+                break;
+            }
+            let hint = state
+                .ready
+                .remove(&k)
+                .expect("invariant: key was just listed");
+            match self.hand_to_parked(key, state, hint) {
+                Some(hint) => {
+                    state.ready.insert(k, hint);
+                }
+                None => {
+                    // handed over: no longer indexed
+                }
+            }
+        }
+        let ready: HashSet<Arc<str>> = state.ready.values().map(|h| h.task_id.clone()).collect();
+        state.indexed = ready;
+    }
+
     /// The counts of one queue.
     pub fn stats(&self, key: &QueueKey) -> QueueStats {
         let shard = lock(self.shard(key));
@@ -309,6 +458,7 @@ mod tests {
             priority,
             ready_at_ms: at,
             compatibility: None,
+            session: None,
         }
     }
 
@@ -339,6 +489,8 @@ mod tests {
         let only_b = PollFilter {
             types: Some(Arc::new(["b".to_string()].into_iter().collect())),
             build_id: None,
+            worker_id: None,
+            now_ms: 0,
         };
         let (id_b, id_any) = (m.waiter_id(), m.waiter_id());
         let Take::Parked(slot_b) = m.take_or_park(&key(), &only_b, id_b) else {
@@ -382,10 +534,14 @@ mod tests {
         let v1 = PollFilter {
             types: None,
             build_id: Some("v1".into()),
+            worker_id: None,
+            now_ms: 0,
         };
         let v2 = PollFilter {
             types: None,
             build_id: Some("v2".into()),
+            worker_id: None,
+            now_ms: 0,
         };
         let id = m.waiter_id();
         let Take::Parked(slot) = m.take_or_park(&key(), &v1, id) else {
@@ -426,6 +582,56 @@ mod tests {
             m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()),
             Take::Parked(_)
         ));
+    }
+
+    fn poller(worker: &str) -> PollFilter {
+        PollFilter {
+            worker_id: Some(worker.into()),
+            ..PollFilter::default()
+        }
+    }
+
+    #[test]
+    fn a_session_task_goes_only_to_its_holders_pollers_and_to_anyone_once_released() {
+        let m = Matching::new();
+        m.set_session_holder("default", "s1", Some(("w1", i64::MAX)));
+        let mut h = hint("t1", "a", 5, 1);
+        h.session = Some("s1".into());
+        let id = m.waiter_id();
+        let Take::Parked(slot) = m.take_or_park(&key(), &poller("w2"), id) else {
+            panic!("parks")
+        };
+        m.offer(&key(), h);
+        assert_eq!(
+            m.stats(&key()).ready,
+            1,
+            "w2 is not handed w1's session task"
+        );
+        m.set_session_holder("default", "s1", None);
+        m.rematch(&key());
+        assert_eq!(
+            m.unpark(&key(), id, &slot).map(|h| h.task_id.to_string()),
+            Some("t1".into()),
+            "released, the task goes to the parked poller"
+        );
+        assert_eq!(m.stats(&key()).ready, 0);
+    }
+
+    #[test]
+    fn a_held_back_session_hint_returns_when_a_slot_frees() {
+        let m = Matching::new();
+        let mut h = hint("t1", "a", 5, 1);
+        h.session = Some("s1".into());
+        let generation = m.session_generation("default", "s1");
+        assert!(m
+            .hold_for_session("s1", generation, &key(), h.clone())
+            .is_none());
+        let back = m.session_slot_freed("default", "s1");
+        assert_eq!(back.len(), 1);
+        assert!(
+            m.hold_for_session("s1", generation, &key(), h).is_some(),
+            "a slot freed since the generation was read: the hint is not held"
+        );
     }
 
     #[test]

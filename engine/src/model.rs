@@ -342,6 +342,10 @@ pub struct ActivityState {
     /// the failure of a run that is backing off).
     #[serde(default)]
     pub last_failure: Option<AttemptFailure>,
+    /// The worker session the activity runs in (`schedule_activity.worker_session`):
+    /// only the session's holder leases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_session: Option<SessionOptions>,
 }
 
 /// Consecutive failures of a run's workflow task, and the latest one.
@@ -544,6 +548,13 @@ pub enum TimerAction {
         namespace: String,
         /// The schedule.
         schedule_id: String,
+    },
+    /// A worker session's lease or TTL deadline: the session lapses unless renewed
+    /// (stale unless the session still names this timer).
+    WorkerSessionDeadline {
+        namespace: String,
+        /// The session.
+        session_id: String,
     },
     /// A run a schedule started has closed: a buffered fire may start now.
     ScheduleRunClosed {
@@ -879,4 +890,228 @@ mod tests {
         assert!(cut.chars().all(|c| c == 'é'));
         assert_eq!(truncate_message("short"), "short");
     }
+}
+
+/// The options of a worker session, as `schedule_activity.worker_session` and
+/// `POST /worker/sessions` carry them (defaults as the SDKs apply them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOptions {
+    pub session_id: String,
+    /// Routing hint of the Rust SDK; kept and echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// The queue the session is for, when the creator named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Capabilities the holder must have registered.
+    #[serde(default)]
+    pub requirements: Vec<String>,
+    /// How long the holder's lease lasts unless renewed (seconds).
+    pub lease_seconds: u64,
+    /// Absolute lifetime of the session id from its creation (seconds).
+    pub ttl_seconds: u64,
+    /// Session activities leased at once at most.
+    pub max_concurrent_activities: u32,
+    /// Whether the first admitted activity (or a create) may create the session.
+    pub create_if_missing: bool,
+    /// Whether another worker may take a session whose holder's lease lapsed.
+    pub allow_reacquire_after_failure: bool,
+}
+
+/// A worker session's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Held by `lease_owner` until its lease lapses.
+    Active,
+    /// The holder's lease lapsed; another worker may reacquire it.
+    Expired,
+    /// Terminal: closed by its holder, its TTL passed, or its lease lapsed without
+    /// reacquisition allowed. Its open activities failed.
+    Closed,
+}
+
+impl SessionStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Active => "active",
+            SessionStatus::Expired => "expired",
+            SessionStatus::Closed => "closed",
+        }
+    }
+}
+
+/// A durable worker session: `(namespace, session_id)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSessionRecord {
+    pub namespace: String,
+    /// Options as first created (later creates and activities reuse them).
+    pub options: SessionOptions,
+    pub status: SessionStatus,
+    /// The holder (while active); the last holder otherwise.
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// When the holder's lease lapses unless renewed.
+    pub lease_expires_at_ms: crate::clock::Millis,
+    /// When the session id ends for good.
+    pub ttl_expires_at_ms: crate::clock::Millis,
+    /// The deadline timer (at the earlier of the lease and TTL deadlines, re-armed when
+    /// it fires early because the lease was renewed).
+    #[serde(default)]
+    pub timer: Option<TimerKey>,
+    /// `lease_expired` or `ttl_expired` once the session lapsed or ended by time.
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+    /// Why its holder closed it.
+    #[serde(default)]
+    pub close_reason: Option<String>,
+    #[serde(default)]
+    pub closed_at_ms: Option<crate::clock::Millis>,
+    #[serde(default)]
+    pub last_heartbeat_at_ms: Option<crate::clock::Millis>,
+    pub created_at_ms: crate::clock::Millis,
+    pub updated_at_ms: crate::clock::Millis,
+}
+
+impl WorkerSessionRecord {
+    /// The status as observed at `now`: an active session whose lease lapsed reads as
+    /// `expired` before its timer has fired.
+    pub fn status_at(&self, now: crate::clock::Millis) -> SessionStatus {
+        match self.status {
+            SessionStatus::Active if self.lease_expires_at_ms <= now => SessionStatus::Expired,
+            s => s,
+        }
+    }
+
+    /// The options on the wire (`worker_session` of a command or an activity task).
+    pub fn options_json(&self) -> Value {
+        serde_json::to_value(&self.options).unwrap_or(Value::Null)
+    }
+
+    /// The session as an activity task carries it (`workerSessionTaskAffinity`): its
+    /// options with its status, holder and deadlines.
+    pub fn affinity(&self, now: crate::clock::Millis) -> Value {
+        let mut v = self.options_json();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("namespace".into(), self.namespace.clone().into());
+            obj.insert("status".into(), self.status_at(now).as_str().into());
+            obj.insert(
+                "lease_owner".into(),
+                self.lease_owner.clone().map_or(Value::Null, Value::String),
+            );
+            obj.insert(
+                "lease_expires_at".into(),
+                crate::clock::format_timestamp(self.lease_expires_at_ms).into(),
+            );
+            obj.insert(
+                "ttl_expires_at".into(),
+                crate::clock::format_timestamp(self.ttl_expires_at_ms).into(),
+            );
+        }
+        v
+    }
+}
+
+/// Longest `lease_seconds` or `ttl_seconds` of a worker session (ten years).
+pub const MAX_SESSION_SECONDS: u64 = 10 * 365 * 86_400;
+/// Most activities a worker session may run at once.
+pub const MAX_SESSION_CONCURRENCY: u32 = 10_000;
+
+impl SessionOptions {
+    /// Reads session options from their wire form (SDK defaults for absent fields).
+    /// Errors are `(field, message)`, the field relative to the options object.
+    pub fn from_wire(v: &Value) -> std::result::Result<SessionOptions, (String, String)> {
+        let err = |f: &str, m: &str| Err((f.to_string(), m.to_string()));
+        let Some(obj) = v.as_object() else {
+            return err("", "must be an object");
+        };
+        let text = |f: &str| -> std::result::Result<Option<String>, (String, String)> {
+            match obj.get(f) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 255 => {
+                    Ok(Some(s.trim().to_string()))
+                }
+                Some(_) => Err((
+                    f.to_string(),
+                    format!("The {f} field must be a non-empty string of at most 255 characters."),
+                )),
+            }
+        };
+        let Some(session_id) = text("session_id")? else {
+            return err("session_id", "The session_id field is required.");
+        };
+        let int = |f: &str, default: u64, max: u64| -> std::result::Result<u64, (String, String)> {
+            match obj.get(f) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Number(n)) => match whole_number(n) {
+                    Some(i) if (1..=max).contains(&i) => Ok(i),
+                    _ => Err((
+                        f.to_string(),
+                        format!("The {f} field must be an integer between 1 and {max}."),
+                    )),
+                },
+                Some(_) => Err((f.to_string(), format!("The {f} field must be an integer."))),
+            }
+        };
+        let flag = |f: &str| -> std::result::Result<bool, (String, String)> {
+            match obj.get(f) {
+                None | Some(Value::Null) => Ok(true),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err((f.to_string(), format!("The {f} field must be a boolean."))),
+            }
+        };
+        let mut requirements: Vec<String> = Vec::new();
+        match obj.get("requirements") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    match item.as_str().map(str::trim) {
+                        Some(s) if !s.is_empty() && s.len() <= 255 => {
+                            if !requirements.iter().any(|r| r == s) {
+                                requirements.push(s.to_string());
+                            }
+                        }
+                        _ => {
+                            return err(
+                                "requirements",
+                                "The requirements field must be a list of non-empty strings.",
+                            )
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                return err(
+                    "requirements",
+                    "The requirements field must be a list of non-empty strings.",
+                )
+            }
+        }
+        Ok(SessionOptions {
+            session_id,
+            connection: text("connection")?,
+            queue: text("queue")?,
+            requirements,
+            lease_seconds: int("lease_seconds", 120, MAX_SESSION_SECONDS)?,
+            ttl_seconds: int("ttl_seconds", 1800, MAX_SESSION_SECONDS)?,
+            max_concurrent_activities: int(
+                "max_concurrent_activities",
+                1,
+                MAX_SESSION_CONCURRENCY as u64,
+            )? as u32,
+            create_if_missing: flag("create_if_missing")?,
+            allow_reacquire_after_failure: flag("allow_reacquire_after_failure")?,
+        })
+    }
+}
+
+/// A JSON number that is a whole non-negative integer (`120` or `120.0`: JSON does not
+/// tell them apart, and generic clients send either).
+pub fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f as u64)
+    })
 }

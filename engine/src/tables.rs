@@ -140,24 +140,60 @@ pub fn worker_endpoint_key(ns: &str, worker_id: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The ready index's value: the task type, then the pinned build id if any.
-pub fn ready_value(type_name: &str, compatibility: Option<&str>) -> Vec<u8> {
+/// The ready index's value: the task type, then (after a 0 byte) the pinned build id if
+/// any, then (after another 0 byte) the worker session if any. Rows written before
+/// sessions existed have at most the first two parts.
+pub fn ready_value(type_name: &str, compatibility: Option<&str>, session: Option<&str>) -> Vec<u8> {
     let mut v = type_name.as_bytes().to_vec();
-    if let Some(c) = compatibility {
+    if compatibility.is_some() || session.is_some() {
         v.push(0);
-        v.extend_from_slice(c.as_bytes());
+        v.extend_from_slice(compatibility.unwrap_or_default().as_bytes());
+    }
+    if let Some(s) = session {
+        v.push(0);
+        v.extend_from_slice(s.as_bytes());
     }
     v
 }
 
-/// Decodes [`ready_value`].
-pub fn decode_ready_value(value: &[u8]) -> (String, Option<String>) {
-    let mut parts = value.splitn(2, |b| *b == 0);
-    let type_name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let compatibility = parts
-        .next()
-        .map(|c| String::from_utf8_lossy(c).into_owned());
-    (type_name, compatibility)
+/// Decodes [`ready_value`]: `(type, build id, session)`.
+pub fn decode_ready_value(value: &[u8]) -> (String, Option<String>, Option<String>) {
+    let mut parts = value.splitn(3, |b| *b == 0);
+    let text = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    let type_name = text(parts.next().unwrap_or_default());
+    let compatibility = parts.next().filter(|c| !c.is_empty()).map(text);
+    let session = parts.next().filter(|c| !c.is_empty()).map(text);
+    (type_name, compatibility, session)
+}
+
+/// Key of a worker session.
+pub fn worker_session_key(ns: &str, session_id: &str) -> Vec<u8> {
+    Key::new(prefix::WORKER_SESSION)
+        .str(ns)
+        .str(session_id)
+        .into_bytes()
+}
+
+/// Every worker session of a namespace, in session id order.
+pub fn worker_sessions_range(ns: &str) -> KeyRange {
+    Key::new(prefix::WORKER_SESSION).str(ns).range()
+}
+
+/// Key of an open activity task scheduled with a worker session.
+pub fn worker_session_task_key(ns: &str, session_id: &str, task_id: &str) -> Vec<u8> {
+    Key::new(prefix::WORKER_SESSION_TASK)
+        .str(ns)
+        .str(session_id)
+        .str(task_id)
+        .into_bytes()
+}
+
+/// The open activity tasks of one worker session.
+pub fn worker_session_tasks_range(ns: &str, session_id: &str) -> KeyRange {
+    Key::new(prefix::WORKER_SESSION_TASK)
+        .str(ns)
+        .str(session_id)
+        .range()
 }
 
 /// Key of a build-id cohort (`None`: the unversioned cohort).

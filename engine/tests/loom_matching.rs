@@ -24,6 +24,7 @@ fn hint(id: &str) -> TaskHint {
         priority: 5,
         ready_at_ms: 0,
         compatibility: None,
+        session: None,
     }
 }
 

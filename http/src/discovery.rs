@@ -41,6 +41,7 @@ pub const WORKER_CAPABILITIES: &[&str] = &[
     "query_tasks",
     "sticky_execution",
     "typed_search_attributes",
+    "worker_sessions",
     "workflow_updates",
 ];
 
@@ -51,9 +52,9 @@ pub fn worker_capability_manifest() -> Value {
         "sticky_execution": {"supported": true, "minimum_protocol_version": "1.18"},
         "local_activities": {"supported": true, "minimum_protocol_version": "1.18"},
         "worker_sessions": {
-            "supported": false,
+            "supported": true,
             "minimum_protocol_version": "1.18",
-            "reason": "worker_sessions_not_implemented",
+            "implementation": "typed_worker_session",
         },
     })
 }
@@ -79,6 +80,76 @@ pub fn server_capabilities() -> Value {
         "activity_retry_policy": true,
         "activity_timeouts": true,
         "non_retryable_failures": true,
+        "worker_session_verbs": ["create", "heartbeat", "close"],
+        "worker_sessions": worker_sessions_contract(),
+    })
+}
+
+/// The worker-session runtime contract (`workerSessionRuntimeContract`) as Keel keeps
+/// it: what `sessions` and the lease-time admission do.
+pub fn worker_sessions_contract() -> Value {
+    json!({
+        "feature": "worker_sessions",
+        "contract_version": "1.0",
+        "command_field": "worker_session",
+        "activity_options_field": "worker_session",
+        "verbs": ["create", "heartbeat", "close"],
+        "lifecycle": {
+            "creation": "lazy_create_on_first_admitted_activity_or_explicit_worker_create",
+            "renewal": "activity_heartbeat_or_explicit_session_heartbeat",
+            "close": "explicit_holder_close",
+            "lease_expiry": "session_expires_when_lease_is_not_renewed",
+            "ttl_expiry": "absolute_session_ttl_is_terminal_for_that_session_id",
+        },
+        "ownership": "single_worker_lease_owner",
+        "lease": {
+            "scope": "namespace_session_id",
+            "owner": "registered_worker_id",
+            "activity_attempt_leases_remain_independent": true,
+        },
+        "admission": {
+            "queue_routing_first": true,
+            "requires_registered_worker": true,
+            "requires_capabilities": true,
+            "create_if_missing_default": true,
+            "allow_reacquire_after_failure_default": true,
+        },
+        "limits": {
+            "max_concurrent_worker_sessions": "worker_registration",
+            "max_concurrent_activities": "session",
+        },
+        "default_max_concurrent_activities": 1,
+        "renewal": {
+            "activity_heartbeat_renews_session": true,
+            "explicit_session_heartbeat": true,
+        },
+        "failure_detection": ["lease_expiry", "registered_worker_heartbeat_staleness"],
+        "holder_loss": {
+            "in_flight_activities_keep_at_least_once_attempt_semantics": true,
+            "replacement_worker_must_reacquire_session": true,
+            "process_local_state_must_be_rebuilt_after_reacquire": true,
+        },
+        "cancellation": {
+            "workflow_cancellation_observed_through_activity_heartbeat": true,
+            "session_lease_does_not_override_activity_cancel_requested": true,
+            "planned_shutdown_should_close_sessions": true,
+        },
+        "routing": ["queue", "connection", "requirements"],
+        "visibility": ["active", "closed", "expired", "failed", "orphaned"],
+        "statuses": ["active", "closed", "expired", "failed", "orphaned"],
+        "terminal_statuses": ["closed"],
+        "terminal_conditions": ["explicit_close", "ttl_expired", "allow_reacquire_after_failure_false"],
+        "session_unavailable_failure": {
+            "event": "ActivityFailed",
+            "exception_type": "WorkerSessionUnavailable",
+            "failure_category": "worker_session",
+            "non_retryable": true,
+        },
+        "authoring_guidance": [
+            "Schedule activities with worker_session to run them on the worker holding that session; the first admitted activity creates it unless create_if_missing is false.",
+            "A worker that reacquires a session after its holder was lost must rebuild any process-local state.",
+            "Close sessions on planned shutdown: a closed session's open activities fail with WorkerSessionUnavailable.",
+        ],
     })
 }
 

@@ -125,6 +125,11 @@ pub enum Op {
     HeartbeatActivityTask,
     CompleteActivityTask,
     FailActivityTask,
+    CreateWorkerSession,
+    HeartbeatWorkerSession,
+    CloseWorkerSession,
+    ListWorkerSessions,
+    DescribeWorkerSession,
     ListWorkers,
     DescribeWorker,
     DeleteWorker,
@@ -225,6 +230,14 @@ fn routes() -> &'static [Route] {
             route!(GET, [L("health")], Public, Health),
             route!(GET, [L("ready")], Public, Ready),
             route!(GET, [L("workers")], Control, ListWorkers),
+            // Worker sessions (`keel_engine::sessions`): operator reads.
+            route!(GET, [L("worker-sessions")], Control, ListWorkerSessions),
+            route!(
+                GET,
+                [L("worker-sessions"), P],
+                Control,
+                DescribeWorkerSession
+            ),
             route!(GET, [L("workers"), P], Control, DescribeWorker),
             route!(DELETE, [L("workers"), P], Control, DeleteWorker, Admin),
             route!(GET, [L("task-queues")], Control, ListTaskQueues),
@@ -910,6 +923,25 @@ fn routes() -> &'static [Route] {
                 [L("worker"), L("activity-tasks"), P, L("fail")],
                 Worker,
                 FailActivityTask
+            ),
+            // Worker sessions: the holder's lifecycle calls.
+            route!(
+                POST,
+                [L("worker"), L("sessions")],
+                Worker,
+                CreateWorkerSession
+            ),
+            route!(
+                POST,
+                [L("worker"), L("sessions"), P, L("heartbeat")],
+                Worker,
+                HeartbeatWorkerSession
+            ),
+            route!(
+                DELETE,
+                [L("worker"), L("sessions"), P],
+                Worker,
+                CloseWorkerSession
             ),
         ]
     })

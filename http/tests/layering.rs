@@ -17,7 +17,7 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     ],
     &["kernel"],
     &["namespaces"],
-    &["workflow", "fleet", "payloads"],
+    &["workflow", "fleet", "payloads", "sessions"],
     &["schedules", "queries", "system", "operator", "services"],
     &["engine"],
 ];

@@ -511,6 +511,7 @@ async fn registration_reply_confirms_what_keel_honours_of_the_workers_request() 
         json!([
             "sticky_execution",
             "local_activities",
+            "worker_sessions",
             "condition_wait_occurrence_identity"
         ]),
         "only what Keel honours is echoed"
@@ -518,7 +519,7 @@ async fn registration_reply_confirms_what_keel_honours_of_the_workers_request() 
     let manifest = &body["capability_manifest"];
     assert_eq!(manifest["sticky_execution"]["supported"], true);
     assert_eq!(manifest["local_activities"]["supported"], true);
-    assert_eq!(manifest["worker_sessions"]["supported"], false);
+    assert_eq!(manifest["worker_sessions"]["supported"], true);
     assert_eq!(
         body["server_capabilities"]["sticky_execution"]["supported"],
         true

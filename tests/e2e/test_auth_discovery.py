@@ -26,6 +26,8 @@ from keel_harness import (
 )
 
 SCHEMA_PATH = Path(__file__).parent / "specs" / "cluster-info-envelope.schema.json"
+# The envelope's `worker_protocol.server_capabilities.worker_sessions` refers to this one.
+SESSIONS_SCHEMA_PATH = Path(__file__).parent / "specs" / "worker-sessions-runtime.schema.json"
 
 # The one schema rule Keel deviates from, on purpose: the schema types
 # worker_protocol.version as an integer, but the SDK requires the string
@@ -47,8 +49,17 @@ class Greeter:
 
 
 def schema_errors(document: dict) -> list[jsonschema.ValidationError]:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     schema = json.loads(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    sessions = json.loads(SESSIONS_SCHEMA_PATH.read_text())
+    resource = Resource.from_contents(sessions, default_specification=DRAFT202012)
+    # The envelope refers to it relatively; its own refs resolve against its `$id`.
+    registry = Registry().with_resources(
+        [("worker-sessions-runtime.schema.json", resource), (sessions["$id"], resource)]
+    )
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
     return list(validator.iter_errors(document))
 
 

@@ -86,6 +86,22 @@ impl kernel::Hooks for Hooks {
                     )
                     .await
                 }
+                Event::WorkerSessionEnded {
+                    namespace,
+                    session_id,
+                    reason,
+                } => {
+                    // Its open activities fail; the workflows see why.
+                    crate::workflow::fail_session_activities(
+                        txn,
+                        &namespace,
+                        &session_id,
+                        &reason,
+                        now,
+                        fx,
+                    )
+                    .await
+                }
             }
         })
     }

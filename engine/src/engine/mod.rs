@@ -316,8 +316,24 @@ impl Engine {
     }
 
     pub(crate) fn apply(&self, effects: Effects) {
+        // Session routing first, so the hints below are offered under it.
+        for (ns, session, holder, queues) in effects.session_holders {
+            self.inner.matching.set_session_holder(
+                &ns,
+                &session,
+                holder.as_ref().map(|(h, until)| (h.as_str(), *until)),
+            );
+            for queue in queues {
+                self.inner.matching.rematch(&queue);
+            }
+        }
         for (key, hint) in effects.ready {
             self.inner.matching.offer(&key, hint);
+        }
+        for (ns, session) in effects.session_slots {
+            for (key, hint) in self.inner.matching.session_slot_freed(&ns, &session) {
+                self.inner.matching.offer(&key, hint);
+            }
         }
         for timer in effects.timers {
             self.inner.timers.schedule(timer);

@@ -135,6 +135,13 @@ impl Engine {
                         )
                         .await
                     }
+                    TimerAction::WorkerSessionDeadline {
+                        namespace,
+                        session_id,
+                    } => {
+                        crate::sessions::fire_deadline(txn, &namespace, &session_id, timer, now, fx)
+                            .await
+                    }
                     action @ (TimerAction::WorkflowTimer { .. }
                     | TimerAction::ConditionTimeout { .. }
                     | TimerAction::ForgetClosedTask { .. }) => {

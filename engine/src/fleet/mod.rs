@@ -182,6 +182,8 @@ impl Engine {
             types: (!types.is_empty())
                 .then(|| Arc::new(types.iter().cloned().collect::<HashSet<_>>())),
             build_id: worker.build_id.as_deref().map(Into::into),
+            worker_id: Some(worker_id.into()),
+            now_ms: self.now_ms(),
         })
     }
 

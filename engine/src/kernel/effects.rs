@@ -5,6 +5,10 @@ use crate::clock::Millis;
 use crate::matching::{QueueKey, TaskHint};
 use crate::model::{TaskRecord, TimerKey};
 
+/// A worker session's holder as matching should know it after commit:
+/// `(namespace, session_id, Some((holder, binding until)) or None, queues to re-match)`.
+pub(crate) type SessionHolder = (String, String, Option<(String, Millis)>, Vec<QueueKey>);
+
 /// What a committed transaction asks of the in-memory side. Applied only once the
 /// transaction is durable (or may be: every effect is re-checked against storage, so a
 /// spurious one costs a lookup, while a missing one would strand a task or a lease).
@@ -14,6 +18,12 @@ pub(crate) struct Effects {
     pub timers: Vec<TimerKey>,
     /// Updates whose status changed: their waiting callers re-read them.
     pub updates: Vec<String>,
+    /// Worker sessions whose holder changed: `(namespace, session_id, holder and until
+    /// when it binds)`, and the queues of their open tasks (re-matched when a session
+    /// is released).
+    pub session_holders: Vec<SessionHolder>,
+    /// Worker sessions one of whose activities left its lease: `(namespace, session_id)`.
+    pub session_slots: Vec<(String, String)>,
     /// Raised by in-transaction code, dispatched by the runner before commit.
     events: Vec<Event>,
 }
@@ -29,8 +39,18 @@ impl Effects {
                 priority: task.priority,
                 ready_at_ms: task.ready_at_ms,
                 compatibility: task.compatibility.as_deref().map(Into::into),
+                session: super::tasks::task_session(task).map(Into::into),
             },
         ));
+    }
+
+    /// Notes that a leased activity of a worker session left its lease (the session
+    /// may take another once committed).
+    pub fn session_slot_freed(&mut self, task: &TaskRecord) {
+        if let Some(session) = super::tasks::task_session(task) {
+            self.session_slots
+                .push((task.namespace.clone(), session.to_string()));
+        }
     }
 
     /// Raises `event` for the subsystems that react to it, in this same transaction. The
@@ -74,5 +94,13 @@ pub(crate) enum Event {
         sequence: u64,
         /// The command as the worker sent it.
         command: serde_json::Value,
+    },
+    /// A worker session ended for good (closed, TTL passed, or its lease lapsed without
+    /// reacquisition allowed): its open activities fail with `reason`.
+    WorkerSessionEnded {
+        namespace: String,
+        session_id: String,
+        /// `session_closed`, `ttl_expired` or `lease_expired`.
+        reason: String,
     },
 }

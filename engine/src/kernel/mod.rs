@@ -4,6 +4,7 @@
 //! never on a subsystem; subsystems react to each other through [`Event`]s it carries.
 
 mod effects;
+pub(crate) mod sessions;
 mod tasks;
 mod timers;
 mod tx;
@@ -11,7 +12,7 @@ mod tx;
 pub(crate) use effects::{Effects, Event};
 pub(crate) use tasks::{
     clear_task_state, count, delete_task, fire_lease_expiry, fire_task_backoff, make_ready,
-    put_ready_task, ready_key,
+    put_ready_task, ready_key, task_session,
 };
 pub(crate) use timers::{clear_timer, put_timer};
 pub(crate) use tx::{run, Hooks, Tx, TxFuture};

@@ -33,11 +33,23 @@ pub(crate) fn put_ready_task(
     tables::put(txn, &tables::task_key(&task.task_id), task)?;
     txn.set(
         &ready_key(task),
-        &tables::ready_value(&task.type_name, task.compatibility.as_deref()),
+        &tables::ready_value(
+            &task.type_name,
+            task.compatibility.as_deref(),
+            task_session(task),
+        ),
     );
     count(txn, task, QueueCounter::Ready, 1);
     fx.ready(task);
     Ok(())
+}
+
+/// The worker session an activity task runs in, if any.
+pub(crate) fn task_session(task: &TaskRecord) -> Option<&str> {
+    task.activity
+        .as_ref()
+        .and_then(|a| a.worker_session.as_ref())
+        .map(|o| o.session_id.as_str())
 }
 
 /// Adjusts a per-queue counter (an atomic add: never a conflict between transitions).
@@ -49,12 +61,23 @@ pub(crate) fn count(txn: &mut dyn KvTxn, task: &TaskRecord, counter: QueueCounte
 }
 
 /// Deletes a task with its index entry and timers.
-pub(crate) async fn delete_task(txn: &mut dyn KvTxn, task_id: &str) -> Result<()> {
+pub(crate) async fn delete_task(
+    txn: &mut dyn KvTxn,
+    task_id: &str,
+    fx: &mut Effects,
+) -> Result<()> {
     let key = tables::task_key(task_id);
     let Some(task) = tables::get::<TaskRecord>(txn, &key).await? else {
         return Ok(());
     };
-    clear_task_state(txn, &task);
+    clear_task_state(txn, &task, fx);
+    if let Some(session) = task_session(&task) {
+        txn.clear(&tables::worker_session_task_key(
+            &task.namespace,
+            session,
+            &task.task_id,
+        ));
+    }
     clear_activity_timeouts(txn, &task);
     tables::delete(txn, &key).await
 }
@@ -69,7 +92,7 @@ fn clear_activity_timeouts(txn: &mut dyn KvTxn, task: &TaskRecord) {
 }
 
 /// Clears whatever index entry or timer the task's current state holds.
-pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord) {
+pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut Effects) {
     match task.status {
         TaskStatus::Ready => {
             txn.clear(&ready_key(task));
@@ -80,6 +103,7 @@ pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord) {
                 txn.clear(&tables::timer_key(&lease.timer));
             }
             count(txn, task, QueueCounter::Leased, -1);
+            fx.session_slot_freed(task);
         }
         TaskStatus::Backoff => {
             if let Some(timer) = &task.backoff_timer {
@@ -99,6 +123,7 @@ pub(crate) fn make_ready(
     // A lapsed lease's timer row is the one firing (already deleted): only the count.
     if task.status == TaskStatus::Leased {
         count(txn, task, QueueCounter::Leased, -1);
+        fx.session_slot_freed(task);
     }
     task.status = TaskStatus::Ready;
     task.lease = None;

@@ -103,8 +103,10 @@ async fn purge_run(
     }
     // A closed run holds no task or timer; should one remain, it goes with the run
     // rather than be stranded.
+    // (Nothing is leased under a closed run, so the effects have nothing to announce.)
+    let mut fx = kernel::Effects::default();
     for task_id in run.workflow_task.iter().chain(run.open_activities.iter()) {
-        kernel::delete_task(txn, task_id).await?;
+        kernel::delete_task(txn, task_id, &mut fx).await?;
     }
     if let Some(timer) = &run.deadline_timer {
         txn.clear(&tables::timer_key(timer));

@@ -146,7 +146,7 @@ impl Engine {
         now: Millis,
         fx: &mut Effects,
     ) -> Result<TaskOutcome> {
-        kernel::delete_task(txn, &task.task_id).await?;
+        kernel::delete_task(txn, &task.task_id, fx).await?;
         let rkey = tables::run_key(ns, &task.run_id);
         let mut run: RunRecord = tables::get(txn, &rkey)
             .await?
@@ -211,6 +211,11 @@ impl Engine {
                 }
                 super::activity_timeouts::on_heartbeat(&mut task, now);
                 tables::put(txn, &tables::task_key(task_id), &task)?;
+                // An activity heartbeat renews the worker session it runs in, while its
+                // holder is the one heartbeating.
+                if let Some(session) = kernel::task_session(&task) {
+                    kernel::sessions::renew_by_holder(txn, ns, session, owner, now).await?;
+                }
                 Ok(expires)
             })
         })

@@ -209,7 +209,7 @@ pub(super) fn schedule_retry(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
-    kernel::clear_task_state(txn, task);
+    kernel::clear_task_state(txn, task, fx);
     let ready_at = now + backoff_s as Millis * 1000;
     let action = TimerAction::TaskBackoff {
         task_id: task.task_id.clone(),

@@ -633,7 +633,7 @@ async fn retry_child(
         if let Some(task_id) = run.workflow_task.clone() {
             let tkey = tables::task_key(&task_id);
             if let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? {
-                kernel::clear_task_state(txn, &task);
+                kernel::clear_task_state(txn, &task, fx);
                 let action = TimerAction::TaskBackoff {
                     task_id: task_id.clone(),
                 };

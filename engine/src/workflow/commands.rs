@@ -54,6 +54,20 @@ pub(super) async fn apply_command(
                 .filter(|q| !q.is_empty())
                 .unwrap_or(&run.task_queue)
                 .to_string();
+            let worker_session = match cmd.get("worker_session") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(crate::model::SessionOptions::from_wire(v).map_err(
+                    |(field, message)| {
+                        let path = if field.is_empty() {
+                            "worker_session".to_string()
+                        } else {
+                            format!("worker_session.{field}")
+                        };
+                        invalid_commands(format!("schedule_activity {path}: {message}"))
+                            .with("field", path)
+                    },
+                )?),
+            };
             let group = group_fields(cmd);
             let options: Map<String, Value> = cmd
                 .iter()
@@ -73,6 +87,7 @@ pub(super) async fn apply_command(
                 heartbeat_details: None,
                 timeouts: super::activity_timeouts::from_command(cmd)?,
                 last_failure: None,
+                worker_session,
             };
             let payload = merge(
                 json!({
@@ -114,6 +129,7 @@ pub(super) async fn apply_command(
             };
             super::activity_timeouts::arm_on_schedule(txn, &mut task, now, fx)?;
             kernel::put_ready_task(txn, &task, fx)?;
+            kernel::sessions::index_session_task(txn, &task);
             run.open_activities.push(task.task_id);
         }
         "record_local_activity" => record_local_activity(txn, run, cmd, task_id, now)?,

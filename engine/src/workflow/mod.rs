@@ -48,6 +48,7 @@ pub(crate) use messages::{
     update_key,
 };
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
+pub(crate) use poll::fail_session_activities;
 pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
 pub(crate) use standalone::start_standalone_in_txn;
@@ -180,6 +181,9 @@ pub struct ActivityTaskView {
     /// When the lease lapses.
     pub lease_expires_at: String,
     pub namespace: String,
+    /// The worker session the activity runs in (`workerSessionTaskAffinity`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_session: Option<Value>,
 }
 
 /// A poll's parameters.
@@ -311,10 +315,10 @@ async fn close_run(
     // attempts get tombstones so their next heartbeat learns why.
     waits::on_close(txn, run, status, now, fx).await?;
     if let Some(task_id) = run.workflow_task.take() {
-        kernel::delete_task(txn, &task_id).await?;
+        kernel::delete_task(txn, &task_id, fx).await?;
     }
     for task_id in std::mem::take(&mut run.open_activities) {
-        kernel::delete_task(txn, &task_id).await?;
+        kernel::delete_task(txn, &task_id, fx).await?;
     }
     if let Some(timer) = run.deadline_timer.take() {
         kernel::clear_timer(txn, &timer);

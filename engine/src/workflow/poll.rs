@@ -133,11 +133,40 @@ impl Engine {
                     }
                 }
             };
+            let generation = hint
+                .session
+                .as_deref()
+                .map(|s| self.inner.matching.session_generation(&key.namespace, s));
             match self.lease(&key, &poll.worker_id, &hint).await {
-                Ok(Some(task)) => return Ok(Some(task)),
+                Ok(Leased::Task(task)) => return Ok(Some(*task)),
                 // A stale hint (the task was leased elsewhere or is gone): try the next
                 // one; the loop ends when the index has nothing left for this poller.
-                Ok(None) => {}
+                Ok(Leased::Stale) => {}
+                // Another worker holds the task's session: matching learns it, and the
+                // hint goes back for that worker's pollers.
+                Ok(Leased::HeldBy(owner, until)) => {
+                    if let Some(session) = hint.session.as_deref() {
+                        self.inner.matching.set_session_holder(
+                            &key.namespace,
+                            session,
+                            Some((&owner, until)),
+                        );
+                    }
+                    self.inner.matching.offer(&key, hint);
+                }
+                // The session runs as many activities as it may: the hint waits until one
+                // of them leaves its lease.
+                Ok(Leased::Full) => {
+                    let session = hint.session.clone().unwrap_or_else(|| "".into());
+                    if let Some(hint) = self.inner.matching.hold_for_session(
+                        &session,
+                        generation.unwrap_or(0),
+                        &key,
+                        hint,
+                    ) {
+                        self.inner.matching.offer(&key, hint);
+                    }
+                }
                 Err(e) => {
                     self.inner.matching.offer(&key, hint);
                     return Err(e);
@@ -146,13 +175,9 @@ impl Engine {
         }
     }
 
-    /// Leases the task behind `hint` if it is still ready (re-checked in storage).
-    async fn lease(
-        &self,
-        key: &QueueKey,
-        worker_id: &str,
-        hint: &TaskHint,
-    ) -> Result<Option<TaskRecord>> {
+    /// Leases the task behind `hint` if it is still ready (re-checked in storage), and,
+    /// for an activity of a worker session, if the session admits the worker.
+    async fn lease(&self, key: &QueueKey, worker_id: &str, hint: &TaskHint) -> Result<Leased> {
         let now = self.now_ms();
         let lease_ms = match key.kind {
             TaskKind::Workflow => self.inner.config.workflow_task_lease,
@@ -171,13 +196,13 @@ impl Engine {
                 txn.relax_durability();
                 let tkey = tables::task_key(&hint.task_id);
                 let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? else {
-                    return Ok(None);
+                    return Ok(Leased::Stale);
                 };
                 if task.status != TaskStatus::Ready
                     || task.namespace != *key.namespace
                     || task.task_queue != *key.queue
                 {
-                    return Ok(None);
+                    return Ok(Leased::Stale);
                 }
                 if let Some(max) = max_leases {
                     let counter = tables::queue_counter_key(
@@ -204,7 +229,23 @@ impl Engine {
                         .with("retry_after_seconds", 1));
                     }
                 }
-                kernel::clear_task_state(txn, &task);
+                let session = task
+                    .activity
+                    .as_ref()
+                    .and_then(|a| a.worker_session.clone());
+                if let Some(options) = session {
+                    use kernel::sessions::Admission;
+                    match kernel::sessions::admit(txn, &task, &options, worker_id, now, fx).await? {
+                        Admission::Admitted => {}
+                        Admission::HeldBy(owner, until) => return Ok(Leased::HeldBy(owner, until)),
+                        Admission::Full => return Ok(Leased::Full),
+                        Admission::Refused(reason) => {
+                            fail_session_activity(txn, &task, &reason, now, fx).await?;
+                            return Ok(Leased::Stale);
+                        }
+                    }
+                }
+                kernel::clear_task_state(txn, &task, fx);
                 if task.kind == TaskKind::Workflow {
                     let run: Option<RunRecord> =
                         tables::get(txn, &tables::run_key(&task.namespace, &task.run_id)).await?;
@@ -223,7 +264,7 @@ impl Engine {
                         }
                         _ => {
                             tables::delete(txn, &tkey).await?;
-                            return Ok(None);
+                            return Ok(Leased::Stale);
                         }
                     }
                 }
@@ -243,7 +284,7 @@ impl Engine {
                 }
                 super::arm_activity_timeouts_on_lease(txn, &mut task, now, fx)?;
                 tables::put(txn, &tkey, &task)?;
-                Ok(Some(task))
+                Ok(Leased::Task(Box::new(task)))
             })
         })
         .await
@@ -325,6 +366,18 @@ impl Engine {
             .activity
             .as_ref()
             .ok_or_else(|| Error::corrupt("activity task without activity state"))?;
+        let worker_session = match &activity.worker_session {
+            Some(options) => {
+                let mut txn = self.inner.store.begin().await?;
+                let record: Option<crate::model::WorkerSessionRecord> = tables::get_snapshot(
+                    txn.as_mut(),
+                    &tables::worker_session_key(&task.namespace, &options.session_id),
+                )
+                .await?;
+                record.map(|r| r.affinity(self.now_ms()))
+            }
+            None => None,
+        };
         Ok(Some(ActivityTaskView {
             task_id: task.task_id.clone(),
             activity_attempt_id: activity.attempt_id.clone().unwrap_or_default(),
@@ -340,6 +393,7 @@ impl Engine {
             lease_owner: lease.owner.clone(),
             lease_expires_at: format_timestamp(lease.expires_at_ms),
             namespace: task.namespace.clone(),
+            worker_session,
         }))
     }
 
@@ -402,6 +456,89 @@ impl Engine {
         })
         .await
     }
+}
+
+/// What a lease attempt found.
+enum Leased {
+    /// The task, now leased to the poller.
+    Task(Box<TaskRecord>),
+    /// The hint was stale (the task is gone, leased, or just failed).
+    Stale,
+    /// Another worker holds the task's session (until the given time at least).
+    HeldBy(String, Millis),
+    /// The poller holds the task's session, which runs as many activities as it may.
+    Full,
+}
+
+/// Fails a session activity that its session can no longer run (`reason`: why): an
+/// `ActivityFailed` the workflow sees as `WorkerSessionUnavailable`, non-retryable.
+pub(super) async fn fail_session_activity(
+    txn: &mut dyn KvTxn,
+    task: &TaskRecord,
+    reason: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let Some(activity) = task.activity.clone() else {
+        return Ok(());
+    };
+    let session_id = activity
+        .worker_session
+        .as_ref()
+        .map(|o| o.session_id.clone())
+        .unwrap_or_default();
+    let message = format!("worker session '{session_id}' is unavailable: {reason}");
+    let mut payload = json!({
+        "sequence": activity.sequence,
+        "activity_type": task.type_name,
+        "activity_execution_id": activity.activity_execution_id,
+        "activity_attempt_id": activity.attempt_id,
+        "attempt_number": activity.attempt_number,
+        "message": message,
+        "exception_type": "WorkerSessionUnavailable",
+        "exception_class": null,
+        "code": null,
+        "non_retryable": true,
+        "failure_category": "worker_session",
+        "worker_session_id": session_id,
+        "reason": reason,
+        "exception": {
+            "type": "WorkerSessionUnavailable",
+            "class": null,
+            "message": message,
+            "stack_trace": null,
+            "details": null,
+        },
+    });
+    payload = merge(payload, activity.group.as_object().unwrap_or(&Map::new()));
+    Engine::resolve_activity(
+        txn,
+        &task.namespace,
+        task,
+        "ActivityFailed",
+        payload,
+        now,
+        fx,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A worker session ended for good: its open activities (ready, backing off or running)
+/// fail with `reason`. Runs in the transaction that ended it.
+pub(crate) async fn fail_session_activities(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    session_id: &str,
+    reason: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    for task in kernel::sessions::session_tasks(txn, ns, session_id).await? {
+        tracing::info!(task_id = %task.task_id, session_id, reason, "session activity fails: its session ended");
+        fail_session_activity(txn, &task, reason, now, fx).await?;
+    }
+    Ok(())
 }
 
 /// Unparks a poller when its wait ends or its future is dropped (client gone), and

@@ -122,7 +122,7 @@ async fn repair_task(
             // The durable index is the truth; its entry may be lost, the hint surely helps.
             let key = kernel::ready_key(&task);
             if txn.get(&key).await?.is_none() {
-                kernel::clear_task_state(txn, &task);
+                kernel::clear_task_state(txn, &task, fx);
                 kernel::make_ready(txn, &mut task, now, fx)?;
                 tables::put(txn, &tkey, &task)?;
                 return Ok(Some(true));
@@ -133,7 +133,7 @@ async fn repair_task(
         // A failed workflow task waiting out its retry backoff, or a lease whose expiry
         // timer has not fired: make it ready now.
         TaskStatus::Backoff => {
-            kernel::clear_task_state(txn, &task);
+            kernel::clear_task_state(txn, &task, fx);
             kernel::make_ready(txn, &mut task, now, fx)?;
             tables::put(txn, &tkey, &task)?;
             Ok(Some(true))

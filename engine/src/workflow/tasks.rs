@@ -30,7 +30,7 @@ impl Engine {
                     .await?
                     .ok_or_else(|| Error::corrupt("task without run"))?;
                 if run.status.is_terminal() {
-                    kernel::delete_task(txn, task_id).await?;
+                    kernel::delete_task(txn, task_id, fx).await?;
                     return Err(Error::conflict(
                         "run_already_closed",
                         format!("run '{}' is already closed", run.run_id),
@@ -40,7 +40,7 @@ impl Engine {
                 let grew = run.last_event_seq > task.history_seen;
                 waits::check_completion(&task, commands)?;
                 // The task closes first: a terminal command then finds no open workflow task.
-                kernel::delete_task(txn, task_id).await?;
+                kernel::delete_task(txn, task_id, fx).await?;
                 run.workflow_task = None;
                 let last = commands.len() - 1;
                 // A run does not close over signals its worker has not seen: with signals
@@ -108,7 +108,7 @@ let fx = &mut tx.fx;
             let mut next_task_id = None;
             let outcome = if waiting {
                 let grew = run.last_event_seq > task.history_seen;
-                kernel::delete_task(txn, task_id).await?;
+                kernel::delete_task(txn, task_id, fx).await?;
                 run.workflow_task = None;
                 if grew || waits::needs_task(&run, &task) {
                     ensure_workflow_task(txn, &mut run, now, fx)?;
@@ -119,7 +119,7 @@ let fx = &mut tx.fx;
                 tables::put(txn, &rkey, &run)?;
                 "completed"
             } else {
-                kernel::clear_task_state(txn, &task);
+                kernel::clear_task_state(txn, &task, fx);
                 task.failures += 1;
                 let backoff_s = (1i64 << (task.failures - 1).min(6))
                     .min(crate::model::WORKFLOW_TASK_FAILURE_BACKOFF_MAX_SECONDS as i64);

@@ -18,6 +18,7 @@ pub(crate) mod query_tasks;
 pub(crate) mod reads;
 pub(crate) mod schedules;
 pub(crate) mod services;
+pub(crate) mod sessions;
 pub(crate) mod system;
 pub(crate) mod worker;
 
@@ -101,6 +102,11 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::StartActivity | Op::ListActivities | Op::DescribeActivity => {
             activities::handle(state, op, call).await
         }
+        Op::CreateWorkerSession
+        | Op::HeartbeatWorkerSession
+        | Op::CloseWorkerSession
+        | Op::ListWorkerSessions
+        | Op::DescribeWorkerSession => sessions::handle(state, op, call).await,
         Op::PollQueryTask | Op::CompleteQueryTask | Op::FailQueryTask => {
             query_tasks::handle(state, op, call).await
         }
