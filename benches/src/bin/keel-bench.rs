@@ -15,11 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper::Method;
 use serde_json::{json, Value};
 
 /// The same allocator as the server: the generator shares the server's cores, so its
@@ -76,11 +72,10 @@ fn parse_args() -> Result<Args, String> {
 const USAGE: &str = "keel-bench [--url URL] [--workflows N] [--concurrency C] \
 [--workflow-pollers P] [--activity-pollers P] [--server-pid PID] [--queue NAME]";
 
+/// The protocol client shared with `keel-conformance` (`conformance/protocol`): version
+/// header and namespace per plane.
 #[derive(Clone)]
-struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-}
+struct Api(keel_protocol_conformance::Client);
 
 impl Api {
     async fn call(
@@ -90,35 +85,13 @@ impl Api {
         worker: bool,
         body: &Value,
     ) -> Result<(u16, Value), String> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}/api{path}", self.base));
-        req = req
-            .header("content-type", "application/json")
-            .header("x-namespace", "default");
-        req = if worker {
-            req.header("x-durable-workflow-protocol-version", "1.20")
+        let plane = if worker {
+            keel_protocol_conformance::Plane::Worker
         } else {
-            req.header("x-durable-workflow-control-plane-version", "2")
+            keel_protocol_conformance::Plane::Control
         };
-        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-        let req = req
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).map_err(|e| e.to_string())?
-        };
-        Ok((status, value))
+        let reply = self.0.call(plane, method, path, Some(body)).await?;
+        Ok((reply.status, reply.body))
     }
 }
 
@@ -252,15 +225,8 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(1024)
-        .build(connector);
-    let api = Api {
-        client,
-        base: args.url.trim_end_matches('/').to_string(),
-    };
+    let api = Api(keel_protocol_conformance::Client::new(&args.url, "default")
+        .with_timeout(Duration::from_secs(120)));
     let shared = Arc::new(Shared {
         started_at: Mutex::new(HashMap::new()),
         latencies: Mutex::new(Vec::new()),

@@ -1,0 +1,189 @@
+//! A small HTTP+JSON client for the Durable Workflow protocol: the control plane
+//! (`X-Durable-Workflow-Control-Plane-Version: 2`) and the worker plane
+//! (`X-Durable-Workflow-Protocol-Version: 1.20`), a bearer token per plane and the
+//! `X-Namespace` header, as the SDKs send them (sdk-protocol §1).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// The control-plane version header and the version this client speaks.
+pub const CONTROL_HEADER: (&str, &str) = ("x-durable-workflow-control-plane-version", "2");
+/// The worker-protocol version header and the version this client speaks.
+pub const WORKER_HEADER: (&str, &str) = ("x-durable-workflow-protocol-version", "1.20");
+
+/// Which plane a request belongs to: it picks the version header and the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Control,
+    Worker,
+}
+
+/// One answer: the status and the body (JSON; `Null` when empty, a string when not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The body's `reason`, or "" when it has none.
+    pub fn reason(&self) -> &str {
+        self.body["reason"].as_str().unwrap_or("")
+    }
+}
+
+/// A connection pool to one server, with the credentials and namespace of a caller.
+#[derive(Clone)]
+pub struct Client {
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    base: String,
+    namespace: String,
+    control_token: Option<String>,
+    worker_token: Option<String>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// A client for the server at `base` (its origin, e.g. `http://127.0.0.1:8080`; `/api`
+    /// is appended to every path), in `namespace`.
+    pub fn new(base: &str, namespace: &str) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client {
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            base: base.trim_end_matches('/').to_string(),
+            namespace: namespace.to_string(),
+            control_token: None,
+            worker_token: None,
+            timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// The same client with `control` and `worker` tokens (`None`: no `Authorization`).
+    pub fn with_tokens(mut self, control: Option<String>, worker: Option<String>) -> Client {
+        self.control_token = control;
+        self.worker_token = worker;
+        self
+    }
+
+    /// The same client in another namespace.
+    pub fn in_namespace(&self, namespace: &str) -> Client {
+        let mut c = self.clone();
+        c.namespace = namespace.to_string();
+        c
+    }
+
+    /// The same client with a per-request deadline of `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// A request on `plane` with the plane's version header and token.
+    pub async fn call(
+        &self,
+        plane: Plane,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        let (version, token) = match plane {
+            Plane::Control => (CONTROL_HEADER, self.control_token.as_deref()),
+            Plane::Worker => (WORKER_HEADER, self.worker_token.as_deref()),
+        };
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![version];
+        if let Some(a) = auth.as_deref() {
+            headers.push(("authorization", a));
+        }
+        self.raw(method, path, &headers, body).await
+    }
+
+    /// A control-plane request.
+    pub async fn control(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        self.call(Plane::Control, method, path, body).await
+    }
+
+    /// A worker-plane request.
+    pub async fn worker(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        self.call(Plane::Worker, method, path, body).await
+    }
+
+    /// A request with exactly `headers` (plus content type and namespace): no version
+    /// header or token unless given.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        self.raw_bytes(method, path, headers, bytes).await
+    }
+
+    /// [`Client::raw`] with a body of raw bytes (for malformed JSON).
+    pub async fn raw_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}/api{path}", self.base))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("x-namespace", self.namespace.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let answer = async {
+            let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let body = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            };
+            Ok(Reply { status, body })
+        };
+        tokio::time::timeout(self.timeout, answer)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+}
