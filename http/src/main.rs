@@ -33,6 +33,9 @@ const DEFAULT_DATA_DIR: &str = "./keel-data";
 const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --data-dir DIR] \
 [--workflow-task-lease-seconds N] [--activity-task-lease-seconds N] \
 [--auth-file FILE] [--roles ROLE,...]
+       keel conformance --url http://HOST:PORT [--token T] [--only GROUP] [--output FILE.json]
+                                     check a Durable Workflow server against the protocol
+                                     (conformance/protocol/README.md; --help for its flags)
 
   --listen ADDR                      address to listen on (default 127.0.0.1:8080)
   --storage BACKEND                  rocksdb:PATH (default rocksdb:./keel-data),
@@ -270,6 +273,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `keel conformance ...` is the `keel-conformance` runner (conformance/protocol).
+    if args.first().map(String::as_str) == Some("conformance") {
+        let status = keel_protocol_conformance::run_cli(args.into_iter().skip(1));
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
     let args = match parse_args(&args) {
         Ok(a) => a,
         Err(message) => {

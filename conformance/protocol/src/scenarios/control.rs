@@ -619,7 +619,13 @@ pub async fn search_attributes(ctx: Ctx) -> Outcome {
 }
 
 /// What an auth case sends: label, method, path, headers, body.
-type AuthCase<'a> = (&'a str, Method, &'a str, Vec<(&'a str, &'a str)>, Option<Value>);
+type AuthCase<'a> = (
+    &'a str,
+    Method,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Option<Value>,
+);
 
 pub async fn auth_refusals(ctx: Ctx) -> Outcome {
     let (Some(control), Some(worker)) = (

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::worker::named_4xx;
 use crate::client::{CONTROL_HEADER, WORKER_HEADER};
+use crate::Reply;
 use crate::{ensure, short, Ctx, Outcome, Stop};
 
 pub async fn cluster_info(ctx: Ctx) -> Outcome {
@@ -105,7 +106,7 @@ pub async fn control_version_refusal(ctx: Ctx) -> Outcome {
         .raw(Method::POST, "/workflows", &base, Some(&body))
         .await;
     let r = ctx.record(&Method::POST, "/workflows (no version header)", r)?;
-    named_4xx(&r, "a start without the control-plane version header")?;
+    version_refusal(&r, "a start without the control-plane version header")?;
     // A future version.
     let mut h = base.clone();
     h.push((CONTROL_HEADER.0, "3"));
@@ -114,7 +115,7 @@ pub async fn control_version_refusal(ctx: Ctx) -> Outcome {
         .raw(Method::POST, "/workflows", &h, Some(&body))
         .await;
     let r = ctx.record(&Method::POST, "/workflows (version 3)", r)?;
-    named_4xx(&r, "a start with control-plane version 3")?;
+    version_refusal(&r, "a start with control-plane version 3")?;
     // Nothing was started.
     let d = ctx
         .control(
@@ -125,7 +126,7 @@ pub async fn control_version_refusal(ctx: Ctx) -> Outcome {
         .await?;
     ensure!(
         d.status == 404,
-        "a refused start still created {id}: describe answered {}",
+        "after the refused start, describe of {id} answered {} (expected 404: not created)",
         d.status
     );
     Ok(())
@@ -152,6 +153,18 @@ pub async fn worker_version_refusal(ctx: Ctx) -> Outcome {
         "/worker/workflow-tasks/poll (protocol 2.0)",
         r,
     )?;
-    named_4xx(&r, "a poll with worker protocol 2.0")?;
+    version_refusal(&r, "a poll with worker protocol 2.0")
+}
+
+/// A named 4xx that is about the version: an auth refusal (401, 403) says nothing about
+/// version negotiation.
+fn version_refusal(r: &Reply, what: &str) -> Outcome {
+    named_4xx(r, what)?;
+    ensure!(
+        r.status != 401 && r.status != 403,
+        "{what}: answered {} {} (an auth refusal, not a version refusal: is the token right?)",
+        r.status,
+        r.reason()
+    );
     Ok(())
 }
