@@ -54,7 +54,9 @@ pub enum Step {
     Tick,
     /// Fire every due timer.
     FireTimers,
-    /// Restart a node's engine on the same store.
+    /// Restart a node's engine on the same store (with
+    /// [`check_engine_model_across_crashes`]: crash and reopen the store, then open the
+    /// engine on it again).
     Restart(u8),
 }
 
@@ -96,8 +98,13 @@ enum LeaseState {
     Unknown,
 }
 
+/// Opens the store again at its location, after every handle of it was dropped.
+pub type Reopen = Arc<dyn Fn() -> Arc<dyn KvStore> + Send + Sync>;
+
 struct Model {
     clock: ManualClock,
+    /// Set in crash mode: `Restart` crashes and reopens the store.
+    reopen: Option<Reopen>,
     engines: Vec<Engine>,
     stores: Vec<Arc<dyn KvStore>>,
     held: Vec<Held>,
@@ -116,9 +123,17 @@ fn config() -> EngineConfig {
 }
 
 async fn open(store: Arc<dyn KvStore>, clock: &ManualClock) -> Engine {
-    let engine = Engine::open(store, Arc::new(clock.clone()) as Arc<dyn Clock>, config())
-        .await
-        .expect("engine opens");
+    // Opening may meet injected faults (a transiently unavailable store): a server would
+    // fail to start and be restarted; the model tries again.
+    let mut attempt = 0;
+    let engine = loop {
+        let clock = Arc::new(clock.clone()) as Arc<dyn Clock>;
+        match Engine::open(store.clone(), clock, config()).await {
+            Ok(engine) => break engine,
+            Err(e) if is_storage(&e) && attempt < 50 => attempt += 1,
+            Err(e) => panic!("the engine does not open: {e:?}"),
+        }
+    };
     for (id, queue) in [("w-a", QUEUE), ("w-b", QUEUE), ("w-other", OTHER_QUEUE)] {
         let worker = WorkerRecord {
             worker_id: id.into(),
@@ -375,6 +390,18 @@ impl Model {
             Step::Expire => self.clock.advance(LEASE + Duration::from_secs(1)),
             Step::Tick => self.clock.advance(Duration::from_secs(1)),
             Step::FireTimers => self.fire_timers().await,
+            Step::Restart(_) if self.reopen.is_some() => {
+                // The engine stops (its background services end and release the store),
+                // then the store is dropped without shutdown and its location reopened.
+                for engine in self.engines.drain(..) {
+                    engine.stop().await;
+                }
+                self.stores.clear();
+                let reopen = self.reopen.clone().expect("crash mode");
+                let store = reopen();
+                self.engines.push(open(store.clone(), &self.clock).await);
+                self.stores.push(store);
+            }
             Step::Restart(n) => {
                 let i = n as usize % self.engines.len();
                 self.engines[i].stop().await;
@@ -544,6 +571,22 @@ impl Model {
 /// Runs one scenario against engines on `stores` (one engine per handle; handles of one
 /// store shared by several engines model several nodes).
 pub async fn check_engine_model(stores: Vec<Arc<dyn KvStore>>, scenario: &[Step]) {
+    run_model(stores, None, scenario).await
+}
+
+/// Runs one scenario on one engine over a reopenable store, where every `Restart` step
+/// crashes the store (drops it without shutdown) and reopens it with `reopen`: every
+/// invariant, and every lease the model predicts, must hold across the crash. `store` is
+/// the first opening.
+pub async fn check_engine_model_across_crashes(
+    store: Arc<dyn KvStore>,
+    reopen: Reopen,
+    scenario: &[Step],
+) {
+    run_model(vec![store], Some(reopen), scenario).await
+}
+
+async fn run_model(stores: Vec<Arc<dyn KvStore>>, reopen: Option<Reopen>, scenario: &[Step]) {
     let clock = ManualClock::new(1_780_000_000_000);
     let mut engines = Vec::new();
     for store in &stores {
@@ -551,6 +594,7 @@ pub async fn check_engine_model(stores: Vec<Arc<dyn KvStore>>, scenario: &[Step]
     }
     let mut model = Model {
         clock,
+        reopen,
         engines,
         stores,
         held: Vec::new(),

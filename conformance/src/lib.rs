@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use keel_conformance::{conformance_suite, EnforcedLimits, Fixture, StoreFactory};
+//! use keel_conformance::{conformance_suite, Fixture, StoreFactory};
 //! use keel_storage::{memory::MemoryStore, Result};
 //!
 //! struct MemoryFactory;
@@ -16,19 +16,24 @@
 //!     fn create(&self) -> Result<Fixture> {
 //!         Ok(Fixture::ephemeral(Arc::new(MemoryStore::new())))
 //!     }
-//!     fn limits(&self) -> EnforcedLimits {
-//!         EnforcedLimits { key_and_value_sizes: true, transaction_bytes: false }
-//!     }
 //! }
 //!
 //! conformance_suite!(MemoryFactory);
 //! # fn main() {}
 //! ```
 //!
+//! The macro stamps every case twice, as it is and through the fault-injecting decorator
+//! with delays only ([`faults::FaultyFactory`]), plus the fault-tolerance checks
+//! ([`faults`]) with every fault on. A failing test names the case, the capability it
+//! exercises and the contract sentence it checks ([`cases::CASES`]).
+//!
 //! Each case is also a plain `pub async fn` in [`cases`], taking `&dyn StoreFactory`, for
-//! callers that want to run one under their own harness (for example with faults on).
-//! Cases that depend on a capability ([`keel_storage::Capabilities`] or
-//! [`EnforcedLimits`]) return early, passing, where it does not apply.
+//! callers that want to run one under their own harness. Cases that depend on a
+//! capability ([`keel_storage::Capabilities`], including its
+//! [`EnforcedLimits`](keel_storage::EnforcedLimits)) return early, passing, where the
+//! store does not declare it. Two more harnesses use the same factory: the crash harness
+//! ([`crash`], for reopenable backends) and, with the `engine-model` feature, the engine
+//! model check ([`engine_model`]). The porting guide is `conformance/README.md`.
 
 #![warn(missing_docs)]
 
@@ -39,8 +44,12 @@ use std::sync::Arc;
 use keel_storage::{KvStore, Result, StorageError};
 
 pub mod cases;
+pub mod crash;
 #[cfg(feature = "engine-model")]
 pub mod engine_model;
+pub mod faults;
+
+pub use keel_storage::{Capabilities, EnforcedLimits};
 
 /// Where a store lives, kept opaque to the suite: the factory puts whatever it needs to
 /// reopen the store in it (for example a temporary directory, which also keeps the
@@ -82,35 +91,20 @@ impl Fixture {
     }
 }
 
-/// Which of FoundationDB's limits a backend enforces itself (every backend must *accept*
-/// keys and values up to them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EnforcedLimits {
-    /// Keys over `MAX_KEY_BYTES` and values over `MAX_VALUE_BYTES` fail to commit with
-    /// `LimitExceeded`.
-    pub key_and_value_sizes: bool,
-    /// Transactions writing over `MAX_TXN_BYTES` fail to commit with `LimitExceeded`.
-    pub transaction_bytes: bool,
-}
-
 /// How the suite gets stores of the backend under test.
 pub trait StoreFactory: Send + Sync {
     /// A fresh, empty store at a new location.
     fn create(&self) -> Result<Fixture>;
 
     /// Opens the store at `location` again, after every handle of the previous one was
-    /// dropped. Called only when the store's capabilities say `reopenable`.
+    /// dropped (a crash) or after a shutdown. Called only when the store's capabilities
+    /// say `reopenable`.
     fn reopen(&self, location: &Location) -> Result<Arc<dyn KvStore>> {
         let _ = location;
         Err(StorageError::NotImplemented {
             backend: "this factory",
             operation: "StoreFactory::reopen",
         })
-    }
-
-    /// The limits this backend enforces; the limit cases check only these.
-    fn limits(&self) -> EnforcedLimits {
-        EnforcedLimits::default()
     }
 }
 
@@ -125,6 +119,30 @@ pub fn block_on<F: Future>(case: F) -> F::Output {
         .block_on(case)
 }
 
+/// Runs the case called `name` (one of [`cases::CASES`]) with [`block_on`]; if it panics,
+/// panics again with a message naming the case, the capability it exercises, the
+/// contract sentence it checks and the original failure.
+pub fn run_case<F: Future<Output = ()>>(name: &str, case: F) {
+    let info = cases::CASES.iter().find(|c| c.name == name);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block_on(case)));
+    if let Err(payload) = outcome {
+        let cause = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("(non-text panic)");
+        match info {
+            Some(c) => panic!(
+                "conformance case `{}` failed\n  capability: {}\n  contract:   {}\n  failure:    {cause}\n  \
+                 read: the keel-storage crate docs (the contract) and conformance/README.md \
+                 (what each capability means)",
+                c.name, c.capability, c.contract
+            ),
+            None => panic!("conformance case `{name}` failed: {cause}"),
+        }
+    }
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __stamp_cases {
@@ -133,14 +151,18 @@ macro_rules! __stamp_cases {
             #[test]
             fn $case() {
                 let factory = $factory;
-                $crate::block_on($crate::cases::$case(&factory));
+                $crate::run_case(stringify!($case), $crate::cases::$case(&factory));
             }
         )*
     };
 }
 
 /// Stamps out one `#[test]` per conformance case, named after the case, each creating its
-/// stores with the given [`StoreFactory`] expression (evaluated once per test).
+/// stores with the given [`StoreFactory`] expression (evaluated once per test); then the
+/// same cases again in a module `through_fault_decorator`, each store wrapped in the
+/// fault-injecting decorator with random delays only (which reorder concurrent
+/// transactions but must change no outcome), and in that module the fault-tolerance
+/// checks of [`faults`] with every fault on.
 ///
 /// Each test runs its case with [`block_on`], on its own multi-threaded tokio runtime, so
 /// the calling crate needs no tokio dependency. Put the invocation in its own module (or
@@ -152,6 +174,43 @@ macro_rules! __stamp_cases {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr $(,)?) => {
+        $crate::__all_cases!($factory);
+
+        /// The same cases with every store behind the fault-injecting decorator.
+        mod through_fault_decorator {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::__all_cases!($crate::faults::FaultyFactory::new(
+                $factory,
+                $crate::faults::delays_only(),
+            ));
+
+            #[test]
+            fn retry_runner_increments_are_exact_under_every_fault() {
+                let factory = $factory;
+                $crate::run_case(
+                    "retry_runner_increments_are_exact_under_every_fault",
+                    $crate::faults::retry_runner_increments_are_exact_under_every_fault(&factory),
+                );
+            }
+
+            #[test]
+            fn two_handles_increment_exactly_under_every_fault() {
+                let factory = $factory;
+                $crate::run_case(
+                    "two_handles_increment_exactly_under_every_fault",
+                    $crate::faults::two_handles_increment_exactly_under_every_fault(&factory),
+                );
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __all_cases {
+    ($factory:expr) => {
         // The one list of cases; keep it in step with the functions in `cases`.
         $crate::__stamp_cases!($factory;
             set_get_clear_round_trip,
@@ -221,7 +280,40 @@ mod tests {
                     macro_body.contains(&format!("{name},")),
                     "case {name} missing from the macro"
                 );
+                assert!(
+                    crate::cases::CASES.iter().any(|c| c.name == name),
+                    "case {name} missing from cases::CASES"
+                );
             }
+        }
+        for fault_case in [
+            "retry_runner_increments_are_exact_under_every_fault",
+            "two_handles_increment_exactly_under_every_fault",
+        ] {
+            assert!(macro_body.contains(fault_case));
+            assert!(crate::cases::CASES.iter().any(|c| c.name == fault_case));
+        }
+    }
+
+    #[test]
+    fn a_failing_case_names_itself_its_capability_and_its_contract_sentence() {
+        let failure = std::panic::catch_unwind(|| {
+            crate::run_case("oversized_transaction_is_rejected", async {
+                panic!("expected LimitExceeded, got Ok");
+            })
+        })
+        .expect_err("the case fails");
+        let message = failure
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        for part in [
+            "conformance case `oversized_transaction_is_rejected` failed",
+            "capability: limits.transaction_bytes",
+            "contract:   A commit writing over MAX_TXN_BYTES fails with LimitExceeded",
+            "failure:    expected LimitExceeded, got Ok",
+            "conformance/README.md",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from:\n{message}");
         }
     }
 }

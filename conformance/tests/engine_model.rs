@@ -24,7 +24,7 @@ proptest! {
     #[test]
     fn two_engines_on_the_memory_store_through_the_fault_decorator_keep_lease_invariants(scenario in steps(60), seed in any::<u64>()) {
         let memory: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
-        let store = FaultyStore::new(memory, FaultConfig::chaos(seed));
+        let store = FaultyStore::new(memory, FaultConfig::all(seed));
         let stores: Vec<Arc<dyn KvStore>> = vec![Arc::new(store.clone()), Arc::new(store)];
         block_on(check_engine_model(stores, &scenario));
     }

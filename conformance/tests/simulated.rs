@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use keel_conformance::{block_on, cases, conformance_suite, EnforcedLimits, Fixture, StoreFactory};
+use keel_conformance::{block_on, cases, conformance_suite, Fixture, StoreFactory};
 use keel_storage::simulated::{FaultConfig, SimulatedStore};
 use keel_storage::{KvStore, Result};
 
@@ -24,23 +24,11 @@ impl StoreFactory for SimulatedFactory {
     fn create(&self) -> Result<Fixture> {
         Ok(Fixture::ephemeral(Arc::new(self.store.clone())))
     }
-
-    fn limits(&self) -> EnforcedLimits {
-        EnforcedLimits {
-            key_and_value_sizes: true,
-            transaction_bytes: true,
-        }
-    }
 }
 
 /// Faults often enough that a few hundred commits see every kind many times.
 fn heavy_chaos(seed: u64) -> FaultConfig {
-    FaultConfig {
-        conflict: 0.1,
-        unknown_applied: 0.1,
-        unknown_not_applied: 0.1,
-        ..FaultConfig::chaos(seed)
-    }
+    keel_conformance::faults::every_fault(seed)
 }
 
 mod faults_off {
@@ -62,6 +50,7 @@ fn retry_runner_increments_are_exact_under_faults() {
         "the idempotency key was exercised: {stats:?}"
     );
     assert!(stats.unknown_not_applied > 0, "{stats:?}");
+    assert!(stats.unavailable > 0, "{stats:?}");
 }
 
 #[test]

@@ -12,8 +12,8 @@ use foundationdb::options::{
 use foundationdb::{Database, FdbError, KeySelector, RangeOption, Transaction};
 use futures::TryStreamExt;
 use keel_storage::{
-    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
-    StorageError, Version, WatchFuture, MAX_KEY_BYTES,
+    Capabilities, CommitInfo, EnforcedLimits, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions,
+    Result, StorageError, Version, WatchFuture, MAX_KEY_BYTES,
 };
 
 use crate::errors::{self, FdbFailure};
@@ -187,10 +187,17 @@ impl KvStore for FdbStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            backend: crate::BACKEND_NAME,
             durable: true,
             // Reopening is opening the same subspace again: the data is on the cluster.
             reopenable: true,
             multi_node: true,
+            // The cluster refuses all three itself.
+            limits: EnforcedLimits {
+                key_and_value_sizes: true,
+                transaction_bytes: true,
+                transaction_duration: true,
+            },
         }
     }
 

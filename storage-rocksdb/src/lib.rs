@@ -91,14 +91,17 @@ use keel_storage::occ::{
     CommitRequest, CommittedReader, Committer, ConflictTracker, OccTxn, Watches, Write,
 };
 use keel_storage::{
-    decode_counter, Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, Result,
-    StorageError, Version, WatchFuture, MAX_KEY_BYTES,
+    decode_counter, Capabilities, CommitInfo, EnforcedLimits, KeyRange, KeyValue, KvStore, KvTxn,
+    Result, StorageError, Version, WatchFuture, MAX_KEY_BYTES,
 };
 use rocksdb::{
     ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, LogLevel, Options,
     WriteBatch, WriteOptions, DB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// The backend's name in [`Capabilities`] (and so in discovery documents and metrics).
+pub const BACKEND_NAME: &str = "rocksdb";
 
 /// Column family holding Keel's own metadata (the version counter).
 const META_CF: &str = "keel_meta";
@@ -645,9 +648,17 @@ impl KvStore for RocksStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            backend: BACKEND_NAME,
             durable: true,
             reopenable: true,
             multi_node: false,
+            limits: EnforcedLimits {
+                // The shared optimistic transaction refuses oversized keys and values;
+                // RocksDB itself takes any size, and transactions of any age.
+                key_and_value_sizes: true,
+                transaction_bytes: false,
+                transaction_duration: false,
+            },
         }
     }
 

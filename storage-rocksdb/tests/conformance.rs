@@ -1,9 +1,10 @@
 //! The RocksDB backend against the conformance suite, each case in its own temporary
-//! directory (reopenable: the crash and reopen cases run).
+//! directory (reopenable: the crash and reopen cases run), as it is and through the
+//! fault-injecting decorator (see `conformance_suite!`).
 
 use std::sync::Arc;
 
-use keel_conformance::{conformance_suite, EnforcedLimits, Fixture, Location, StoreFactory};
+use keel_conformance::{conformance_suite, Fixture, Location, StoreFactory};
 use keel_storage::{KvStore, Result, StorageError};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use tempfile::TempDir;
@@ -29,13 +30,6 @@ impl StoreFactory for RocksFactory {
             dir.path(),
             RocksOptions::default(),
         )?))
-    }
-
-    fn limits(&self) -> EnforcedLimits {
-        EnforcedLimits {
-            key_and_value_sizes: true,
-            transaction_bytes: false,
-        }
     }
 }
 

@@ -1,13 +1,26 @@
-//! A decorator that injects faults into *any* [`KvStore`]: spurious conflicts,
-//! commit-unknown results that did or did not apply, and delays, decided by a seeded
-//! random number generator ([`FaultConfig`], the simulated store's settings). Wrap a real
-//! backend in it to run the conformance suite's fault-tolerant callers (the engine model,
-//! the engine's own tests) against that backend's real behaviour plus faults.
+//! A decorator that injects faults into *any* [`KvStore`], in the manner of
+//! `object_store`'s throttled and faulty wrappers: spurious conflicts, commit-unknown
+//! results that did or did not apply, transient unavailability and latency, decided by a
+//! seeded random number generator ([`FaultConfig`]). Wrap your backend in a
+//! [`FaultyStore`] to run fault-tolerant callers (the engine model, the retry-runner
+//! cases of `keel-conformance`, the engine's own tests) against that backend's real
+//! behaviour plus the failures a networked store produces. The simulated backend is the
+//! memory backend with limits behind this same decorator.
 //!
-//! Faults are injected only at the commit of a transaction that writes, where a real
-//! backend can fail in these ways; reads and read-only commits pass through (delayed).
-//! An injected conflict or not-applied unknown drops the inner transaction uncommitted;
-//! an applied unknown commits it and then reports `CommitUnknown`.
+//! Where each fault is injected, which is where a real backend can fail that way:
+//!
+//! * **Spurious conflict** (`conflict`): at the commit of a transaction that writes; the
+//!   inner transaction is dropped uncommitted, so nothing is written.
+//! * **Commit unknown, not applied** (`unknown_not_applied`): the same, answered with
+//!   [`StorageError::CommitUnknown`].
+//! * **Commit unknown, applied** (`unknown_applied`): the inner transaction commits, then
+//!   the caller hears [`StorageError::CommitUnknown`].
+//! * **Transient unavailability** (`unavailable`): [`KvStore::begin`] fails with
+//!   [`StorageError::Unavailable`] before the inner store is asked (nothing began).
+//! * **Latency** (`max_delay`): every begin, read and commit first waits a random time.
+//!
+//! Read-only commits get no injected faults (FoundationDB does not commit them), only
+//! the delay. The same seed and the same sequence of calls inject the same faults.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +30,91 @@ use async_trait::async_trait;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::simulated::FaultConfig;
 use crate::{
     Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
     StorageError, Version, WatchFuture,
 };
+
+/// Which faults a [`FaultyStore`] (or the simulated store) injects, and how often.
+///
+/// `conflict`, `unknown_applied` and `unknown_not_applied` are probabilities per commit
+/// of a transaction that writes (their sum at most 1); `unavailable` is a probability
+/// per [`KvStore::begin`]. Each in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultConfig {
+    /// Seed of the random number generator that decides every fault.
+    pub seed: u64,
+    /// Probability of a spurious `Conflict` (nothing written).
+    pub conflict: f64,
+    /// Probability of `CommitUnknown` although the writes were applied.
+    pub unknown_applied: f64,
+    /// Probability of `CommitUnknown` when the writes were not applied.
+    pub unknown_not_applied: f64,
+    /// Probability that `begin` fails with `Unavailable` (nothing began).
+    pub unavailable: f64,
+    /// Each begin, read and commit first waits a random time up to this (zero: no delay;
+    /// under 1 ms: a yield to the scheduler).
+    pub max_delay: Duration,
+}
+
+impl FaultConfig {
+    /// No faults and no delays: the inner store as it is.
+    pub fn none() -> Self {
+        FaultConfig {
+            seed: 0,
+            conflict: 0.0,
+            unknown_applied: 0.0,
+            unknown_not_applied: 0.0,
+            unavailable: 0.0,
+            max_delay: Duration::ZERO,
+        }
+    }
+
+    /// A mix of every commit fault, often enough that a few hundred commits see each
+    /// kind, and small delays (no unavailability: see [`FaultConfig::all`]).
+    pub fn chaos(seed: u64) -> Self {
+        FaultConfig {
+            seed,
+            conflict: 0.05,
+            unknown_applied: 0.03,
+            unknown_not_applied: 0.03,
+            unavailable: 0.0,
+            max_delay: Duration::from_micros(200),
+        }
+    }
+
+    /// [`FaultConfig::chaos`] plus transient unavailability at begin.
+    pub fn all(seed: u64) -> Self {
+        FaultConfig {
+            unavailable: 0.03,
+            ..FaultConfig::chaos(seed)
+        }
+    }
+
+    /// Only delays, no failures: every caller that works on the inner store works through
+    /// it, with concurrent transactions reordered.
+    pub fn latency(seed: u64, max_delay: Duration) -> Self {
+        FaultConfig {
+            seed,
+            max_delay,
+            ..FaultConfig::none()
+        }
+    }
+
+    /// Whether any fault (not counting delays) has a non-zero probability.
+    pub fn injects_faults(&self) -> bool {
+        self.conflict > 0.0
+            || self.unknown_applied > 0.0
+            || self.unknown_not_applied > 0.0
+            || self.unavailable > 0.0
+    }
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig::none()
+    }
+}
 
 /// How many faults a [`FaultyStore`] injected so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +125,8 @@ pub struct InjectedFaults {
     pub unknown_applied: u64,
     /// `CommitUnknown` with the inner transaction dropped uncommitted.
     pub unknown_not_applied: u64,
+    /// `Unavailable` at begin.
+    pub unavailable: u64,
 }
 
 /// The seeded generator deciding faults and delays, shared by the clones of one store
@@ -88,6 +183,7 @@ struct Counts {
     conflicts: AtomicU64,
     unknown_applied: AtomicU64,
     unknown_not_applied: AtomicU64,
+    unavailable: AtomicU64,
 }
 
 /// `inner` with injected faults. Cheap to clone; clones share the dice.
@@ -113,12 +209,23 @@ impl FaultyStore {
         self.dice.set(config);
     }
 
+    /// The fault configuration in force.
+    pub fn faults(&self) -> FaultConfig {
+        self.dice.config()
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &Arc<dyn KvStore> {
+        &self.inner
+    }
+
     /// The faults injected so far.
     pub fn injected(&self) -> InjectedFaults {
         InjectedFaults {
             conflicts: self.counts.conflicts.load(Ordering::Relaxed),
             unknown_applied: self.counts.unknown_applied.load(Ordering::Relaxed),
             unknown_not_applied: self.counts.unknown_not_applied.load(Ordering::Relaxed),
+            unavailable: self.counts.unavailable.load(Ordering::Relaxed),
         }
     }
 }
@@ -127,6 +234,15 @@ impl FaultyStore {
 impl KvStore for FaultyStore {
     async fn begin(&self) -> Result<Box<dyn KvTxn>> {
         self.dice.delay().await;
+        if self.dice.config().unavailable > 0.0 {
+            let (config, sample) = self.dice.roll();
+            if sample < config.unavailable {
+                self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                return Err(StorageError::Unavailable(
+                    "injected fault: store transiently unavailable".into(),
+                ));
+            }
+        }
         Ok(Box::new(FaultyTxn {
             inner: self.inner.begin().await?,
             dice: self.dice.clone(),
@@ -247,7 +363,7 @@ mod tests {
             conflict,
             unknown_applied,
             unknown_not_applied,
-            max_delay: Duration::ZERO,
+            ..FaultConfig::none()
         }
     }
 
@@ -302,5 +418,54 @@ mod tests {
         txn.commit()
             .await
             .expect("a read-only commit is never failed");
+    }
+
+    #[tokio::test]
+    async fn injected_unavailability_fails_begin_and_later_begins_succeed() {
+        let inner = Arc::new(MemoryStore::new());
+        let store = FaultyStore::new(
+            inner.clone(),
+            FaultConfig {
+                unavailable: 1.0,
+                ..FaultConfig::none()
+            },
+        );
+        assert!(matches!(
+            store.begin().await.map(|_| ()),
+            Err(StorageError::Unavailable(_))
+        ));
+        assert_eq!(store.injected().unavailable, 1);
+        store.set_faults(FaultConfig::none());
+        write(&store, b"a").await.expect("available again");
+        assert_eq!(read(inner.as_ref(), b"a").await, Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn the_same_seed_injects_the_same_faults() {
+        async fn outcomes(seed: u64) -> Vec<String> {
+            let store = FaultyStore::new(
+                Arc::new(MemoryStore::new()),
+                FaultConfig {
+                    max_delay: Duration::ZERO,
+                    ..FaultConfig::all(seed)
+                },
+            );
+            let mut out = Vec::new();
+            for i in 0..300u16 {
+                out.push(format!(
+                    "{:?}",
+                    write(&store, &i.to_be_bytes()).await.map(|_| ())
+                ));
+            }
+            out
+        }
+        let a = outcomes(11).await;
+        assert_eq!(a, outcomes(11).await);
+        for kind in ["Conflict", "CommitUnknown", "Unavailable"] {
+            assert!(
+                a.iter().any(|o| o.contains(kind)),
+                "{kind} injected in 300 commits"
+            );
+        }
     }
 }

@@ -236,15 +236,46 @@ impl ReadOptions {
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// What a backend can do; the conformance suite branches on these.
+/// What a backend declares about itself, in one place: the conformance suite branches on
+/// it, the server names the backend and turns on multi-node coordination from it.
+///
+/// Every backend *accepts* keys up to [`MAX_KEY_BYTES`], values up to [`MAX_VALUE_BYTES`]
+/// and transactions up to [`MAX_TXN_BYTES`] and [`MAX_TXN_DURATION`] (the engine stays
+/// inside them); [`EnforcedLimits`] says which of them it also *refuses past*.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
-    /// Commits survive a process crash once acknowledged.
+    /// The backend's short name, as `/api/ready`, `cluster/info` and `/metrics` show it:
+    /// `rocksdb`, `foundationdb`, `memory`, `simulated`, or yours.
+    pub backend: &'static str,
+    /// An acknowledged commit survives a crash of the process (for an on-disk backend:
+    /// it is synced to its write-ahead log before `commit` returns `Ok`).
     pub durable: bool,
-    /// Reopening the same location after a crash is supported (on-disk backends).
+    /// The same location can be opened again after every handle was dropped (a crash) or
+    /// shut down, and holds what was committed: the crash cases and the crash harness run.
     pub reopenable: bool,
-    /// Several processes may share the store (FoundationDB).
+    /// Several Keel processes may share the store at once, each seeing the others'
+    /// commits and watches (FoundationDB; the simulated store's clones model it). The
+    /// server coordinates its nodes (one scheduler, cross-node wake-ups) only then.
     pub multi_node: bool,
+    /// Which limits the backend refuses past itself.
+    pub limits: EnforcedLimits,
+}
+
+/// Which of FoundationDB's limits a backend enforces itself. A backend that does not
+/// enforce a limit must still accept everything inside it; enforcing it lets the suite
+/// check the refusal, and makes a caller that would exceed it fail in tests rather than
+/// in production on FoundationDB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnforcedLimits {
+    /// A commit writing a key over [`MAX_KEY_BYTES`] or a value over [`MAX_VALUE_BYTES`]
+    /// fails with [`StorageError::LimitExceeded`] and writes nothing.
+    pub key_and_value_sizes: bool,
+    /// A commit writing over [`MAX_TXN_BYTES`] (keys plus values) fails with
+    /// [`StorageError::LimitExceeded`] and writes nothing.
+    pub transaction_bytes: bool,
+    /// A transaction older than [`MAX_TXN_DURATION`] fails its reads and commit with
+    /// [`StorageError::TransactionTooOld`] (retryable).
+    pub transaction_duration: bool,
 }
 
 /// Outcome of a successful commit.

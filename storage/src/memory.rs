@@ -10,8 +10,8 @@ use super::occ::{
     CommitRequest, CommittedReader, Committer, ConflictTracker, OccTxn, Watches, Write,
 };
 use super::{
-    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, Result, StorageError, Version,
-    WatchFuture,
+    Capabilities, CommitInfo, EnforcedLimits, KeyRange, KeyValue, KvStore, KvTxn, Result,
+    StorageError, Version, WatchFuture,
 };
 
 #[derive(Default)]
@@ -164,9 +164,18 @@ impl KvStore for MemoryStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            backend: "memory",
             durable: false,
             reopenable: false,
-            multi_node: true,
+            // Clones share data and watches inside one process, but no other process can
+            // reach the store: a server on it runs as one node.
+            multi_node: false,
+            limits: EnforcedLimits {
+                // The shared optimistic transaction ([`OccTxn`]) refuses them.
+                key_and_value_sizes: true,
+                transaction_bytes: false,
+                transaction_duration: false,
+            },
         }
     }
 

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use super::{
-    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
-    StorageError, Version, WatchFuture,
+    Capabilities, CommitInfo, EnforcedLimits, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions,
+    Result, StorageError, Version, WatchFuture,
 };
 
 /// A backend that implements nothing.
@@ -26,10 +26,13 @@ impl KvStore for NotImplementedStore {
         Box::pin(async { Err(not_implemented("KvStore::watch")) })
     }
     fn capabilities(&self) -> Capabilities {
+        // Claim nothing until it is true: each flag turns on cases that check it.
         Capabilities {
+            backend: BACKEND,
             durable: false,
             reopenable: false,
             multi_node: false,
+            limits: EnforcedLimits::default(),
         }
     }
     async fn shutdown(&self) -> Result<()> {

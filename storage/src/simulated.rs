@@ -9,10 +9,14 @@
 //!   a transaction older than [`MAX_TXN_DURATION`] fails reads and commit with
 //!   [`StorageError::TransactionTooOld`]. Age is measured on the store's own clock, which
 //!   tests move forward with [`SimulatedStore::advance_time`] instead of sleeping.
-//! * **Faults** (see [`FaultConfig`]): a spurious [`StorageError::Conflict`] at commit
-//!   (nothing written), [`StorageError::CommitUnknown`] after the writes *were* applied,
-//!   `CommitUnknown` when they were *not*, and small random delays before reads and
-//!   commits. Read-only commits get no injected faults (FoundationDB does not commit them).
+//! * **Faults** (see [`FaultConfig`]): the fault-injecting decorator
+//!   ([`crate::faulty::FaultyStore`]) wraps the limited store, so the simulated store
+//!   injects exactly what the decorator injects on any other backend: a spurious
+//!   [`StorageError::Conflict`] at commit (nothing written), [`StorageError::CommitUnknown`]
+//!   after the writes *were* applied, `CommitUnknown` when they were *not*, transient
+//!   [`StorageError::Unavailable`] at begin, and small random delays before begins, reads
+//!   and commits. Read-only commits get no injected faults (FoundationDB does not commit
+//!   them).
 //! * **Sharing.** The store is `Clone`; clones share data, watches, clock and fault state,
 //!   so two engine instances given clones behave like two nodes on one cluster.
 
@@ -22,65 +26,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::faulty::Dice;
+use super::faulty::FaultyStore;
 use super::memory::{MemoryInner, MemoryStore};
 use super::occ::{CommitRequest, CommittedReader, Committer, OccTxn};
 use super::{
-    Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
-    StorageError, Version, WatchFuture, MAX_TXN_BYTES, MAX_TXN_DURATION,
+    Capabilities, CommitInfo, EnforcedLimits, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions,
+    Result, StorageError, Version, WatchFuture, MAX_TXN_BYTES, MAX_TXN_DURATION,
 };
 
-/// Which faults the simulated store injects, and how often.
-///
-/// Probabilities are per commit of a transaction that writes, each in `[0, 1]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FaultConfig {
-    /// Seed of the random number generator that decides every fault.
-    pub seed: u64,
-    /// Probability of a spurious `Conflict` (nothing written).
-    pub conflict: f64,
-    /// Probability of `CommitUnknown` although the writes were applied.
-    pub unknown_applied: f64,
-    /// Probability of `CommitUnknown` when the writes were not applied.
-    pub unknown_not_applied: f64,
-    /// Each begin, read and commit first waits a random time up to this (zero: no delay;
-    /// under 1 ms: a yield to the scheduler).
-    pub max_delay: Duration,
-}
-
-impl FaultConfig {
-    /// No faults and no delays: the store behaves like the memory backend, plus limits.
-    pub fn none() -> Self {
-        FaultConfig {
-            seed: 0,
-            conflict: 0.0,
-            unknown_applied: 0.0,
-            unknown_not_applied: 0.0,
-            max_delay: Duration::ZERO,
-        }
-    }
-
-    /// A mix of every fault, often enough that a few hundred commits see each kind.
-    pub fn chaos(seed: u64) -> Self {
-        FaultConfig {
-            seed,
-            conflict: 0.05,
-            unknown_applied: 0.03,
-            unknown_not_applied: 0.03,
-            max_delay: Duration::from_micros(200),
-        }
-    }
-
-    fn injects_faults(&self) -> bool {
-        self.conflict > 0.0 || self.unknown_applied > 0.0 || self.unknown_not_applied > 0.0
-    }
-}
-
-impl Default for FaultConfig {
-    fn default() -> Self {
-        FaultConfig::none()
-    }
-}
+pub use super::faulty::FaultConfig;
 
 /// How many faults and limit rejections the store has produced so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,25 +45,18 @@ pub struct FaultStats {
     pub unknown_applied: u64,
     /// `CommitUnknown` results whose writes were not applied.
     pub unknown_not_applied: u64,
+    /// `Unavailable` injected at begin.
+    pub unavailable: u64,
     /// Commits rejected with `LimitExceeded` or `TransactionTooOld`.
     pub limit_rejections: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    spurious_conflicts: AtomicU64,
-    unknown_applied: AtomicU64,
-    unknown_not_applied: AtomicU64,
-    limit_rejections: AtomicU64,
-}
-
-/// Fault and clock state shared by every clone of one store.
+/// Clock and limit state shared by every clone of one store.
 struct SimState {
-    dice: Dice,
     /// Simulated time that has passed beyond the real clock, in nanoseconds.
     skew_nanos: AtomicU64,
     closed: AtomicBool,
-    counters: Counters,
+    limit_rejections: AtomicU64,
 }
 
 impl SimState {
@@ -117,21 +64,13 @@ impl SimState {
         Instant::now() + Duration::from_nanos(self.skew_nanos.load(Ordering::Acquire))
     }
 
-    fn roll(&self) -> (FaultConfig, f64) {
-        self.dice.roll()
-    }
-
-    async fn delay(&self) {
-        self.dice.delay().await
-    }
-
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn reject(&self) {
+        self.limit_rejections.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// The commit path and committed reads of the simulated store: the memory backend's,
-/// with limits and faults in front.
+/// with the transaction size limit in front.
 struct SimBackend {
     memory: Arc<MemoryInner>,
     state: Arc<SimState>,
@@ -150,39 +89,17 @@ impl CommittedReader for SimBackend {
 #[async_trait]
 impl Committer for SimBackend {
     async fn commit(&self, request: CommitRequest) -> Result<CommitInfo> {
-        let state = &self.state;
-        if state.closed.load(Ordering::Acquire) {
+        if self.state.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("store is shut down".into()));
         }
-        if request.is_read_only() {
-            return self.memory.commit(request).await;
-        }
         let written = request.written_bytes();
-        if written > MAX_TXN_BYTES {
+        if !request.is_read_only() && written > MAX_TXN_BYTES {
             // Counted by `SimTxn::commit`, which sees every `LimitExceeded`.
             return Err(StorageError::LimitExceeded(format!(
                 "transaction writes {written} bytes"
             )));
         }
-        state.delay().await;
-        let (config, sample) = state.roll();
-        if sample < config.conflict {
-            SimState::bump(&state.counters.spurious_conflicts);
-            return Err(StorageError::Conflict);
-        }
-        if sample < config.conflict + config.unknown_not_applied {
-            SimState::bump(&state.counters.unknown_not_applied);
-            return Err(StorageError::CommitUnknown);
-        }
-        let info = self.memory.commit(request).await?;
-        if config.unknown_applied > 0.0 {
-            let (_, sample) = state.roll();
-            if sample < config.unknown_applied {
-                SimState::bump(&state.counters.unknown_applied);
-                return Err(StorageError::CommitUnknown);
-            }
-        }
-        Ok(info)
+        self.memory.commit(request).await
     }
 }
 
@@ -210,19 +127,16 @@ impl KvTxn for SimTxn {
     }
 
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.state.delay().await;
         self.check_age()?;
         self.txn.get(key).await
     }
 
     async fn get_snapshot(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.state.delay().await;
         self.check_age()?;
         self.txn.get_snapshot(key).await
     }
 
     async fn get_range(&mut self, range: &KeyRange, opts: ReadOptions) -> Result<Vec<KeyValue>> {
-        self.state.delay().await;
         self.check_age()?;
         self.txn.get_range(range, opts).await
     }
@@ -253,99 +167,33 @@ impl KvTxn for SimTxn {
 
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {
         if let Err(e) = self.check_age() {
-            SimState::bump(&self.state.counters.limit_rejections);
+            self.state.reject();
             return Err(e);
         }
         // OccTxn's commit rejects oversized keys and values before reaching the backend,
         // which rejects oversized transactions.
         let result = Box::new(self.txn).commit().await;
         if matches!(result, Err(StorageError::LimitExceeded(_))) {
-            SimState::bump(&self.state.counters.limit_rejections);
+            self.state.reject();
         }
         result
     }
 }
 
-/// The in-memory store with FoundationDB's limits and injected faults; see the module docs.
-#[derive(Clone)]
-pub struct SimulatedStore {
+/// The memory store held to FoundationDB's limits, on a movable clock; no faults (the
+/// decorator in front of it injects those).
+struct LimitedStore {
     memory: MemoryStore,
     backend: Arc<SimBackend>,
 }
 
-impl SimulatedStore {
-    /// An empty store injecting the faults of `config`.
-    pub fn new(config: FaultConfig) -> Self {
-        let memory = MemoryStore::new();
-        let state = Arc::new(SimState {
-            dice: Dice::new(config),
-            skew_nanos: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            counters: Counters::default(),
-        });
-        let backend = Arc::new(SimBackend {
-            memory: memory.inner().clone(),
-            state,
-        });
-        SimulatedStore { memory, backend }
-    }
-
-    /// Replaces the fault configuration (for every clone) and reseeds the generator from
-    /// `config.seed`; `FaultConfig::none()` turns faults off.
-    pub fn set_faults(&self, config: FaultConfig) {
-        self.backend.state.dice.set(config);
-    }
-
-    /// The fault configuration in force.
-    pub fn faults(&self) -> FaultConfig {
-        self.backend.state.dice.config()
-    }
-
-    /// Whether any fault has a non-zero probability.
-    pub fn injects_faults(&self) -> bool {
-        self.faults().injects_faults()
-    }
-
-    /// What the store has injected and rejected so far (shared by every clone).
-    pub fn fault_stats(&self) -> FaultStats {
-        let c = &self.backend.state.counters;
-        FaultStats {
-            spurious_conflicts: c.spurious_conflicts.load(Ordering::Relaxed),
-            unknown_applied: c.unknown_applied.load(Ordering::Relaxed),
-            unknown_not_applied: c.unknown_not_applied.load(Ordering::Relaxed),
-            limit_rejections: c.limit_rejections.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Moves the store's clock forward by `by`: open transactions age without a sleep.
-    pub fn advance_time(&self, by: Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.backend
-            .state
-            .skew_nanos
-            .fetch_add(nanos, Ordering::AcqRel);
-    }
-
-    /// The latest committed version.
-    pub fn version(&self) -> Version {
-        self.memory.version()
-    }
-}
-
-impl Default for SimulatedStore {
-    fn default() -> Self {
-        SimulatedStore::new(FaultConfig::none())
-    }
-}
-
 #[async_trait]
-impl KvStore for SimulatedStore {
+impl KvStore for LimitedStore {
     async fn begin(&self) -> Result<Box<dyn KvTxn>> {
         let state = &self.backend.state;
         if state.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("store is shut down".into()));
         }
-        state.delay().await;
         Ok(Box::new(SimTxn {
             txn: OccTxn::new(self.backend.clone(), self.memory.version()),
             state: state.clone(),
@@ -359,15 +207,123 @@ impl KvStore for SimulatedStore {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            backend: "simulated",
             durable: false,
             reopenable: false,
             multi_node: true,
+            limits: EnforcedLimits {
+                key_and_value_sizes: true,
+                transaction_bytes: true,
+                transaction_duration: true,
+            },
         }
     }
 
     async fn shutdown(&self) -> Result<()> {
         self.backend.state.closed.store(true, Ordering::Release);
         self.memory.shutdown().await
+    }
+}
+
+/// The in-memory store with FoundationDB's limits and injected faults; see the module docs.
+#[derive(Clone)]
+pub struct SimulatedStore {
+    limited: Arc<LimitedStore>,
+    faulty: FaultyStore,
+}
+
+impl SimulatedStore {
+    /// An empty store injecting the faults of `config`.
+    pub fn new(config: FaultConfig) -> Self {
+        let memory = MemoryStore::new();
+        let state = Arc::new(SimState {
+            skew_nanos: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            limit_rejections: AtomicU64::new(0),
+        });
+        let backend = Arc::new(SimBackend {
+            memory: memory.inner().clone(),
+            state,
+        });
+        let limited = Arc::new(LimitedStore { memory, backend });
+        let faulty = FaultyStore::new(limited.clone(), config);
+        SimulatedStore { limited, faulty }
+    }
+
+    /// Replaces the fault configuration (for every clone) and reseeds the generator from
+    /// `config.seed`; `FaultConfig::none()` turns faults off.
+    pub fn set_faults(&self, config: FaultConfig) {
+        self.faulty.set_faults(config);
+    }
+
+    /// The fault configuration in force.
+    pub fn faults(&self) -> FaultConfig {
+        self.faulty.faults()
+    }
+
+    /// Whether any fault has a non-zero probability.
+    pub fn injects_faults(&self) -> bool {
+        self.faults().injects_faults()
+    }
+
+    /// What the store has injected and rejected so far (shared by every clone).
+    pub fn fault_stats(&self) -> FaultStats {
+        let injected = self.faulty.injected();
+        FaultStats {
+            spurious_conflicts: injected.conflicts,
+            unknown_applied: injected.unknown_applied,
+            unknown_not_applied: injected.unknown_not_applied,
+            unavailable: injected.unavailable,
+            limit_rejections: self
+                .limited
+                .backend
+                .state
+                .limit_rejections
+                .load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves the store's clock forward by `by`: open transactions age without a sleep.
+    pub fn advance_time(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.limited
+            .backend
+            .state
+            .skew_nanos
+            .fetch_add(nanos, Ordering::AcqRel);
+    }
+
+    /// The latest committed version.
+    pub fn version(&self) -> Version {
+        self.limited.memory.version()
+    }
+}
+
+impl Default for SimulatedStore {
+    fn default() -> Self {
+        SimulatedStore::new(FaultConfig::none())
+    }
+}
+
+#[async_trait]
+impl KvStore for SimulatedStore {
+    async fn begin(&self) -> Result<Box<dyn KvTxn>> {
+        if self.limited.backend.state.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("store is shut down".into()));
+        }
+        self.faulty.begin().await
+    }
+
+    fn watch(&self, key: &[u8], since: Version) -> WatchFuture {
+        self.faulty.watch(key, since)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.limited.capabilities()
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.faulty.shutdown().await
     }
 }
 

@@ -17,13 +17,13 @@ pub async fn entries_up_to_the_limits_are_accepted(factory: &dyn StoreFactory) {
 }
 
 /// Keys and values over the limits fail with `LimitExceeded` and write nothing.
-/// Not applicable (returns at once) unless the factory declares
-/// [`EnforcedLimits::key_and_value_sizes`](crate::EnforcedLimits).
+/// Not applicable (returns at once) unless the store declares
+/// [`EnforcedLimits::key_and_value_sizes`](keel_storage::EnforcedLimits).
 pub async fn oversized_key_or_value_is_rejected(factory: &dyn StoreFactory) {
-    if !factory.limits().key_and_value_sizes {
+    let store = store_of(factory);
+    if !store.capabilities().limits.key_and_value_sizes {
         return;
     }
-    let store = store_of(factory);
     let store = store.as_ref();
     let mut txn = begin(store).await;
     txn.set(b"small", b"v");
@@ -41,13 +41,13 @@ pub async fn oversized_key_or_value_is_rejected(factory: &dyn StoreFactory) {
 }
 
 /// A transaction writing more than `MAX_TXN_BYTES` fails with `LimitExceeded` and writes
-/// nothing. Not applicable (returns at once) unless the factory declares
-/// [`EnforcedLimits::transaction_bytes`](crate::EnforcedLimits).
+/// nothing. Not applicable (returns at once) unless the store declares
+/// [`EnforcedLimits::transaction_bytes`](keel_storage::EnforcedLimits).
 pub async fn oversized_transaction_is_rejected(factory: &dyn StoreFactory) {
-    if !factory.limits().transaction_bytes {
+    let store = store_of(factory);
+    if !store.capabilities().limits.transaction_bytes {
         return;
     }
-    let store = store_of(factory);
     let store = store.as_ref();
     let value = vec![0u8; MAX_VALUE_BYTES];
     let mut txn = begin(store).await;

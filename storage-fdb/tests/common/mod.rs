@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use keel_conformance::{EnforcedLimits, Fixture, Location, StoreFactory};
+use keel_conformance::{Fixture, Location, StoreFactory};
 use keel_storage::{KvStore, Result};
 use keel_storage_fdb::{FdbOptions, FdbStore, Subspace};
 
@@ -98,13 +98,6 @@ impl StoreFactory for FdbFactory {
             .get::<Subspace>()
             .expect("location holds the store's subspace");
         Ok(Arc::new(self.open(subspace)?))
-    }
-
-    fn limits(&self) -> EnforcedLimits {
-        EnforcedLimits {
-            key_and_value_sizes: true,
-            transaction_bytes: true,
-        }
     }
 }
 
