@@ -13,7 +13,8 @@ use serde_json::Value;
 use crate::auth::{AuthConfig, Principal};
 use crate::discovery::{self, WORKER_PROTOCOL_VERSION};
 use crate::gates::{NodeRoles, Readiness};
-use crate::metrics::{StatsSource, StorageBackend};
+use crate::metrics::StatsSource;
+use keel_engine::storage::Capabilities;
 
 /// Shared state of the HTTP front.
 pub struct AppState {
@@ -34,7 +35,7 @@ pub struct AppState {
     /// This process's id in discovery documents.
     pub server_id: String,
     storage_stats: Option<StatsSource>,
-    storage_backend: Option<StorageBackend>,
+    storage_backend: Option<Capabilities>,
     /// The address the listener is bound to (set by `serve`); `doctor` probes its own
     /// ingress through it over loopback.
     listen_addr: std::sync::OnceLock<SocketAddr>,
@@ -102,15 +103,17 @@ impl AppState {
         self
     }
 
-    /// Names `backend` in `/api/ready`, `cluster/info` and `/metrics`.
-    pub fn with_storage_backend(mut self, backend: StorageBackend) -> Self {
+    /// Names the storage backend, and what it declares about itself, in `/api/ready`,
+    /// `cluster/info` and `/metrics` (the [`Server`](crate::Server) builder does this from
+    /// the store's own [`KvStore::capabilities`](keel_engine::storage::KvStore::capabilities)).
+    pub fn with_storage_backend(mut self, backend: Capabilities) -> Self {
         self.storage_backend = Some(backend);
         self.render_discovery();
         self
     }
 
     /// The storage backend, if the server named it.
-    pub fn storage_backend(&self) -> Option<&StorageBackend> {
+    pub fn storage_backend(&self) -> Option<&Capabilities> {
         self.storage_backend.as_ref()
     }
 

@@ -191,7 +191,7 @@ pub fn cluster_info(
     server_id: &str,
     default_namespace: &str,
     topology: &Value,
-    storage: Option<&crate::metrics::StorageBackend>,
+    storage: Option<&keel_engine::storage::Capabilities>,
 ) -> Value {
     let mut info = json!({
         "server_id": server_id,
@@ -281,7 +281,7 @@ pub fn cluster_info(
         },
     });
     if let Some(backend) = storage {
-        info["storage"] = backend.to_json();
+        info["storage"] = crate::metrics::storage_json(backend);
     }
     add_manifests(&mut info);
     info

@@ -3,7 +3,9 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod builder;
 pub mod call;
+pub mod cli;
 mod connections;
 mod discovery;
 pub mod error;
@@ -16,6 +18,7 @@ pub mod server;
 mod validate;
 
 pub use auth::{AuthConfig, Role};
+pub use builder::{ServeError, Server, ServerBuilder};
 pub use gates::NodeRoles;
 pub use limits::ConnectionLimits;
 pub use router::{table as route_table, Access, RouteInfo};

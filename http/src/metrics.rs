@@ -32,6 +32,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use keel_engine::model::TaskKind;
+use keel_engine::storage::Capabilities;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use keel_engine::Engine;
@@ -76,29 +77,14 @@ pub struct WriteRefusal {
 /// A source of [`StorageStats`] (the backend's counters).
 pub type StatsSource = Box<dyn Fn() -> StorageStats + Send + Sync>;
 
-/// The storage backend a server runs on, as `/api/ready`, `cluster/info` and `/metrics`
-/// name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StorageBackend {
-    /// `rocksdb`, `foundationdb` or `memory`.
-    pub name: &'static str,
-    /// Acknowledged commits survive a crash of the process (and, for FoundationDB, of a
-    /// machine of the cluster).
-    pub durable: bool,
-    /// Several Keel nodes share this store and act as one server (cross-node wake-ups,
-    /// one scheduler): FoundationDB.
-    pub multi_node: bool,
-}
-
-impl StorageBackend {
-    /// The JSON block discovery documents carry.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "backend": self.name,
-            "durable": self.durable,
-            "multi_node": self.multi_node,
-        })
-    }
+/// The storage block discovery documents carry: the backend's name and what it declares
+/// about itself in its [`Capabilities`] (the one place a backend says so).
+pub fn storage_json(capabilities: &Capabilities) -> serde_json::Value {
+    serde_json::json!({
+        "backend": capabilities.backend,
+        "durable": capabilities.durable,
+        "multi_node": capabilities.multi_node,
+    })
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle (`None` if
@@ -154,7 +140,7 @@ fn kind_label(kind: TaskKind) -> &'static str {
 /// Renders the whole scrape: the registry, then the sampled series.
 pub async fn scrape(
     engine: &Engine,
-    backend: Option<&StorageBackend>,
+    backend: Option<&Capabilities>,
     storage_stats: Option<&StatsSource>,
 ) -> String {
     let mut out = match handle() {
@@ -170,7 +156,7 @@ pub async fn scrape(
             "# HELP keel_storage_backend_info The storage backend in use (always 1).\n\
              # TYPE keel_storage_backend_info gauge\n\
              keel_storage_backend_info{{backend=\"{}\",durable=\"{}\",multi_node=\"{}\"}} 1\n",
-            escape(b.name),
+            escape(b.backend),
             b.durable,
             b.multi_node
         );

@@ -35,6 +35,9 @@ const HTTP_LAYERS: &[&[&str]] = &[
     &["call"],
     &["handlers"],
     &["server"],
+    // The library entry point (`Server::builder()`), then the command line over it.
+    &["builder"],
+    &["cli"],
 ];
 
 /// The `crate::` modules each top-level module of `src` names, comments left out. A file

@@ -129,7 +129,7 @@ async fn ready(state: &AppState) -> Reply {
         database = write_refusal_check(refusal);
     }
     if let Some(backend) = state.storage_backend() {
-        database["backend"] = json!(backend.name);
+        database["backend"] = json!(backend.backend);
         database["durable"] = json!(backend.durable);
         database["multi_node"] = json!(backend.multi_node);
     }

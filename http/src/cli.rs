@@ -1,0 +1,685 @@
+//! The `keel` command line: `keel serve` runs the server on the storage backend chosen
+//! with `--storage` (the embedded RocksDB by default). [`main`] is the `keel` binary;
+//! [`main_with_store`] is the same command line around a store of your own, for
+//! running the SDK end-to-end suite against a Keel built on your backend (see
+//! `conformance/README.md`). Both go through the [`Server`](crate::Server) builder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::storage::memory::MemoryStore;
+use keel_engine::storage::KvStore;
+use keel_engine::EngineConfig;
+use keel_storage_fdb::{Subspace, DEFAULT_SUBSPACE};
+use keel_storage_rocksdb::{RocksOptions, RocksStore};
+
+use crate::metrics::StatsSource;
+use crate::{AuthConfig, ConnectionLimits, NodeRoles, Server};
+
+/// The documented default listen address.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// The documented default RocksDB directory.
+const DEFAULT_DATA_DIR: &str = "./keel-data";
+
+const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --data-dir DIR] \
+[--workflow-task-lease-seconds N] [--activity-task-lease-seconds N] \
+[--auth-file FILE] [--roles ROLE,...]
+       keel conformance --url http://HOST:PORT [--token T] [--only GROUP] [--output FILE.json]
+                                     check a Durable Workflow server against the protocol
+                                     (conformance/protocol/README.md; --help for its flags)
+
+  --listen ADDR                      address to listen on (default 127.0.0.1:8080)
+  --storage BACKEND                  rocksdb:PATH (default rocksdb:./keel-data),
+                                     fdb[:CLUSTER_FILE] (FoundationDB; builds with --features fdb),
+                                     or memory (not durable: tests and demos, loopback only)
+  --data-dir DIR                     short for --storage rocksdb:DIR
+  --fdb-subspace NAME                FoundationDB subspace holding this deployment's keys
+                                     (default keel)
+  --workflow-task-lease-seconds N    workflow task lease (default 300)
+  --activity-task-lease-seconds N    activity task lease (default 300)
+  --max-parked-polls N               long-polls parked on this node at once (default 10000)
+  --max-parked-polls-per-queue N     long-polls parked on one queue at once (default 2000)
+  --max-leases-per-queue N           admission: leased tasks per queue and kind (default unbounded)
+  --auth-file FILE                   bearer tokens (TOML); KEEL_TOKENS=role:token,... adds more.
+                                     Without any token Keel serves only on a loopback address.
+  --roles ROLE,...                   topology roles this node hosts (default api_ingress,
+                                     control_plane,matching,history_projection,scheduler);
+                                     without scheduler the node fires no timers or schedules
+  --node-id ID                       this node's id among the nodes sharing a FoundationDB
+                                     subspace (default: keel- and a random suffix)
+  --header-timeout-seconds N         time to send a request head (default 10); then 408
+  --body-timeout-seconds N           time to send a request body (default 30); then 408
+  --idle-timeout-seconds N           idle keep-alive connections close after it (default 120)
+  --max-connections N                open connections at once; beyond it new ones get 503
+                                     (default: from the descriptor limit, 768 at 1024)
+  --payload-dir DIR                  the local external payload driver's directory
+                                     (default: payloads/ in the RocksDB data directory)
+  --payload-disk NAME=DIR            a filesystem disk backing s3/gcs/azure payload policies
+                                     (config.disk NAME; objects under DIR/<bucket>/<prefix>);
+                                     repeatable
+  --payload-reserve-bytes N          below this much free space on a payload disk, uploads
+                                     get 503 storage_pressure unless they complete a leased
+                                     task (default 67108864)
+
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
+
+/// The line a binary built without FoundationDB support answers `--storage fdb` with.
+const FDB_NOT_BUILT: &str = "--storage fdb: this keel binary was built without FoundationDB \
+support; rebuild it with `cargo build --release -p keel-http --features fdb`, which needs the \
+FoundationDB client library (libfdb_c 7.3) installed to link and run";
+
+/// Where the server keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Storage {
+    Rocks(PathBuf),
+    /// `None`: the client's default cluster file.
+    Fdb(Option<PathBuf>),
+    Memory,
+}
+
+impl Storage {
+    fn parse(value: &str) -> Result<Storage, String> {
+        let (scheme, rest) = match value.split_once(':') {
+            Some((scheme, rest)) => (scheme, Some(rest)),
+            None => (value, None),
+        };
+        match (scheme, rest) {
+            ("rocksdb", None) => Ok(Storage::Rocks(PathBuf::from(DEFAULT_DATA_DIR))),
+            ("rocksdb", Some(path)) if !path.is_empty() => Ok(Storage::Rocks(PathBuf::from(path))),
+            ("fdb", None) => Ok(Storage::Fdb(None)),
+            ("fdb", Some(path)) if !path.is_empty() => Ok(Storage::Fdb(Some(PathBuf::from(path)))),
+            ("memory", None) => Ok(Storage::Memory),
+            ("rocksdb" | "fdb", Some(_)) => {
+                Err(format!("--storage {value}: the path after ':' is empty"))
+            }
+            _ => Err(format!(
+                "--storage {value}: unknown storage backend; expected rocksdb:PATH, \
+                 fdb[:CLUSTER_FILE] or memory"
+            )),
+        }
+    }
+}
+
+struct ServeArgs {
+    listen: SocketAddr,
+    storage: Storage,
+    fdb_subspace: Subspace,
+    workflow_lease: u64,
+    activity_lease: u64,
+    park_limits: keel_engine::matching::ParkLimits,
+    max_leases_per_queue: Option<u64>,
+    auth_file: Option<PathBuf>,
+    roles: NodeRoles,
+    node_id: String,
+    limits: ConnectionLimits,
+    payloads: keel_engine::payloads::PayloadStores,
+}
+
+fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("serve") => {}
+        Some("--help" | "-h" | "help") | None => return Err(USAGE.to_string()),
+        Some(other) => return Err(format!("unknown command '{other}'\n\n{USAGE}")),
+    }
+    let mut parsed = ServeArgs {
+        listen: DEFAULT_LISTEN
+            .parse()
+            .expect("invariant: default address parses"),
+        storage: Storage::Rocks(PathBuf::from(DEFAULT_DATA_DIR)),
+        fdb_subspace: Subspace::new(DEFAULT_SUBSPACE)
+            .expect("invariant: the default subspace name is valid"),
+        workflow_lease: 300,
+        activity_lease: 300,
+        park_limits: keel_engine::matching::ParkLimits::default(),
+        max_leases_per_queue: None,
+        auth_file: None,
+        roles: NodeRoles::default(),
+        limits: ConnectionLimits::default(),
+        node_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
+        payloads: keel_engine::payloads::PayloadStores {
+            reserve_bytes: 64 * 1024 * 1024,
+            ..Default::default()
+        },
+    };
+    let mut storage: Option<Storage> = None;
+    let mut subspace_given = false;
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        let positive = |v: String| match v.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("{flag} must be a whole number, at least 1")),
+        };
+        match flag.as_str() {
+            "--listen" => parsed.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--storage" | "--data-dir" => {
+                let chosen = match flag.as_str() {
+                    "--storage" => Storage::parse(&value()?)?,
+                    _ => Storage::Rocks(PathBuf::from(value()?)),
+                };
+                if storage.replace(chosen).is_some() {
+                    return Err("give the storage once: --storage BACKEND or --data-dir DIR".into());
+                }
+            }
+            "--fdb-subspace" => {
+                parsed.fdb_subspace =
+                    Subspace::new(&value()?).map_err(|e| format!("--fdb-subspace: {e}"))?;
+                subspace_given = true;
+            }
+            "--workflow-task-lease-seconds" => parsed.workflow_lease = positive(value()?)?,
+            "--activity-task-lease-seconds" => parsed.activity_lease = positive(value()?)?,
+            "--max-parked-polls" => parsed.park_limits.per_node = positive(value()?)? as usize,
+            "--max-parked-polls-per-queue" => {
+                parsed.park_limits.per_queue = positive(value()?)? as usize
+            }
+            "--max-leases-per-queue" => parsed.max_leases_per_queue = Some(positive(value()?)?),
+            "--auth-file" => parsed.auth_file = Some(PathBuf::from(value()?)),
+            "--header-timeout-seconds" => {
+                parsed.limits.header_timeout = Duration::from_secs(positive(value()?)?)
+            }
+            "--body-timeout-seconds" => {
+                parsed.limits.body_timeout = Duration::from_secs(positive(value()?)?)
+            }
+            "--idle-timeout-seconds" => {
+                parsed.limits.idle_timeout = Duration::from_secs(positive(value()?)?)
+            }
+            "--max-connections" => {
+                parsed.limits.max_connections = Some(positive(value()?)? as usize)
+            }
+            "--roles" => {
+                parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
+            }
+            "--node-id" => parsed.node_id = node_id(value()?)?,
+            "--payload-dir" => parsed.payloads.local_dir = Some(PathBuf::from(value()?)),
+            "--payload-disk" => {
+                let v = value()?;
+                let (name, dir) = v
+                    .split_once('=')
+                    .filter(|(n, d)| !n.is_empty() && !d.is_empty())
+                    .ok_or_else(|| format!("--payload-disk {v}: expected NAME=DIR"))?;
+                parsed
+                    .payloads
+                    .disks
+                    .insert(name.to_string(), PathBuf::from(dir));
+            }
+            "--payload-reserve-bytes" => {
+                parsed.payloads.reserve_bytes = value()?
+                    .parse()
+                    .map_err(|e| format!("--payload-reserve-bytes: {e}"))?
+            }
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
+        }
+    }
+    if let Some(storage) = storage {
+        parsed.storage = storage;
+    }
+    if parsed.payloads.local_dir.is_none() {
+        if let Storage::Rocks(dir) = &parsed.storage {
+            parsed.payloads.local_dir = Some(dir.join("payloads"));
+        }
+    }
+    match &parsed.storage {
+        Storage::Fdb(_) if !keel_storage_fdb::COMPILED => return Err(FDB_NOT_BUILT.into()),
+        Storage::Memory if !parsed.listen.ip().is_loopback() => {
+            return Err(format!(
+                "refusing --storage memory on {}: the memory backend is not durable (all data \
+                 is lost when the process exits) and is for tests and demos on a loopback \
+                 address such as 127.0.0.1 only",
+                parsed.listen
+            ))
+        }
+        Storage::Rocks(_) | Storage::Memory if subspace_given => {
+            return Err("--fdb-subspace applies only to --storage fdb".into())
+        }
+        _ => {}
+    }
+    Ok(parsed)
+}
+
+/// A node id: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+fn node_id(id: String) -> Result<String, String> {
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(id)
+    } else {
+        Err(format!(
+            "--node-id: '{id}' must be 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// Opens a store of your own at the location the command line names (`--data-dir DIR`
+/// or `--storage rocksdb:DIR`, default `./keel-data`); see [`main_with_store`].
+pub type StoreOpener = Box<dyn FnOnce(&Path) -> Result<OpenedStore, String>>;
+
+/// What a [`StoreOpener`] returns: the store, and optionally its counters.
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn KvStore>,
+    /// Sampled at each `/metrics` scrape and by `/api/ready`: commit counters, and a
+    /// spell of refused writes (a full disk), which `/api/ready` reports as not ready.
+    pub stats: Option<StatsSource>,
+}
+
+impl OpenedStore {
+    /// The store, without counters.
+    pub fn new(store: Arc<dyn KvStore>) -> Self {
+        OpenedStore { store, stats: None }
+    }
+
+    /// The same, with its counters.
+    pub fn with_stats(mut self, stats: StatsSource) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+}
+
+/// The counters of a RocksDB store, as `/metrics` and `/api/ready` read them.
+pub fn rocksdb_stats(rocks: Arc<RocksStore>) -> StatsSource {
+    Box::new(move || {
+        let s = rocks.stats();
+        crate::metrics::StorageStats {
+            commits: s.commits,
+            conflicts: s.conflicts,
+            batches: s.batches,
+            largest_batch: s.largest_batch,
+            write_failures: s.failed_writes,
+            write_refusal: rocks.write_refusal().map(|r| crate::metrics::WriteRefusal {
+                reason: r.reason.as_str(),
+                message: r.message,
+                refused_for: r.refused_for,
+            }),
+        }
+    })
+}
+
+/// The `keel` binary: `keel serve` on the backend `--storage` chooses.
+pub fn main() -> ExitCode {
+    run_main(None)
+}
+
+/// `keel serve` with every flag of the `keel` binary, around the store `open` returns
+/// for the directory `--data-dir DIR` names (created first; `./keel-data` by default).
+/// `--storage` accepts only `rocksdb:DIR`, as another spelling of `--data-dir`. For
+/// example, a binary of your own:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use keel_http::cli::OpenedStore;
+/// fn main() -> std::process::ExitCode {
+///     keel_http::cli::main_with_store(Box::new(|dir: &std::path::Path| {
+///         let store = keel_storage_rocksdb::RocksStore::open(dir, Default::default())
+///             .map_err(|e| e.to_string())?;
+///         Ok(OpenedStore::new(Arc::new(store)))
+///     }))
+/// }
+/// ```
+pub fn main_with_store(open: StoreOpener) -> ExitCode {
+    run_main(Some(open))
+}
+
+fn run_main(custom: Option<StoreOpener>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `keel conformance ...` is the `keel-conformance` runner (conformance/protocol).
+    if args.first().map(String::as_str) == Some("conformance") {
+        let status = keel_protocol_conformance::run_cli(args.into_iter().skip(1));
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
+    let args = match parse_args(&args).and_then(|a| check_custom(a, custom.is_some())) {
+        Ok(a) => a,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, custom)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The tokens of `--auth-file` and `KEEL_TOKENS` (at start, and again at each reload).
+fn read_tokens(auth_file: Option<&std::path::Path>) -> Result<AuthConfig, String> {
+    let mut auth = AuthConfig::open();
+    if let Some(path) = auth_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the auth file {}: {e}", path.display()))?;
+        auth.add_toml(&text)
+            .map_err(|e| format!("invalid auth file {}: {e}", path.display()))?;
+    }
+    if let Ok(value) = std::env::var("KEEL_TOKENS") {
+        auth.add_env(&value)
+            .map_err(|e| format!("invalid KEEL_TOKENS: {e}"))?;
+    }
+    Ok(auth)
+}
+
+/// Loads the tokens of `--auth-file` and `KEEL_TOKENS`, and applies the open-mode rule:
+/// without tokens Keel serves only on loopback, and says so.
+fn load_auth(args: &ServeArgs) -> Result<AuthConfig, String> {
+    let auth = read_tokens(args.auth_file.as_deref())?;
+    if auth.is_open() {
+        if !args.listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to serve on {} without authentication: configure tokens with \
+                 --auth-file FILE or KEEL_TOKENS=role:token,... (roles: worker, operator, admin), \
+                 or listen on a loopback address such as 127.0.0.1",
+                args.listen
+            ));
+        }
+        tracing::warn!(
+            addr = %args.listen,
+            "AUTHENTICATION IS DISABLED: no tokens are configured, every request is accepted \
+             with every role; serving on loopback only"
+        );
+    } else {
+        let summary = auth
+            .summary()
+            .into_iter()
+            .map(|(role, n)| format!("{role}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info!(tokens = auth.len(), by_role = %summary, "bearer-token authentication enabled");
+    }
+    Ok(auth)
+}
+
+/// The opened store and its commit counters where it has any (the store itself declares
+/// its name and capabilities).
+struct OpenedStorage {
+    store: Arc<dyn KvStore>,
+    stats: Option<StatsSource>,
+    /// Where the data is, for the start-up log line.
+    place: String,
+}
+
+fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
+    match &args.storage {
+        Storage::Rocks(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let rocks =
+                Arc::new(RocksStore::open(dir, RocksOptions::default()).map_err(|e| {
+                    format!("cannot open the data directory {}: {e}", dir.display())
+                })?);
+            Ok(OpenedStorage {
+                store: rocks.clone(),
+                stats: Some(rocksdb_stats(rocks)),
+                place: format!("rocksdb:{}", dir.display()),
+            })
+        }
+        Storage::Memory => {
+            tracing::warn!(
+                "STORAGE IS NOT DURABLE: --storage memory keeps every workflow, task and \
+                 schedule in this process's memory and loses them all when it exits; for tests \
+                 and demos only"
+            );
+            Ok(OpenedStorage {
+                store: Arc::new(MemoryStore::new()),
+                stats: None,
+                place: "memory".into(),
+            })
+        }
+        Storage::Fdb(cluster_file) => open_fdb(cluster_file.as_ref(), &args.fdb_subspace),
+    }
+}
+
+#[cfg(feature = "fdb")]
+fn open_fdb(cluster_file: Option<&PathBuf>, subspace: &Subspace) -> Result<OpenedStorage, String> {
+    use keel_storage_fdb::{FdbOptions, FdbStore};
+    let store = FdbStore::open(&FdbOptions {
+        cluster_file: cluster_file.cloned(),
+        subspace: subspace.clone(),
+        ..FdbOptions::default()
+    })
+    .map_err(|e| format!("cannot open FoundationDB: {e}"))?;
+    let file = cluster_file.map_or_else(
+        || "default cluster file".into(),
+        |p| p.display().to_string(),
+    );
+    Ok(OpenedStorage {
+        store: Arc::new(store),
+        stats: None,
+        place: format!("fdb:{file} subspace {}", subspace.name()),
+    })
+}
+
+#[cfg(not(feature = "fdb"))]
+fn open_fdb(_: Option<&PathBuf>, _: &Subspace) -> Result<OpenedStorage, String> {
+    Err(FDB_NOT_BUILT.into())
+}
+
+/// With a store of one's own, the command line names only its directory.
+fn check_custom(args: ServeArgs, custom: bool) -> Result<ServeArgs, String> {
+    match &args.storage {
+        Storage::Rocks(_) => Ok(args),
+        _ if !custom => Ok(args),
+        _ => Err(
+            "this binary serves its own store: give its directory with --data-dir DIR \
+                  (or --storage rocksdb:DIR); --storage memory and fdb are the keel binary's"
+                .into(),
+        ),
+    }
+}
+
+fn open_custom(args: &ServeArgs, open: StoreOpener) -> Result<OpenedStorage, String> {
+    let Storage::Rocks(dir) = &args.storage else {
+        return Err("invariant: check_custom allows only a directory".into());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let OpenedStore { store, stats } = open(dir)?;
+    let place = format!("{}:{}", store.capabilities().backend, dir.display());
+    Ok(OpenedStorage {
+        store,
+        stats,
+        place,
+    })
+}
+
+async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String> {
+    // Before the store opens its files: the connection limit is derived from the result.
+    let _ = crate::limits::raise_descriptor_limit();
+    let auth = load_auth(&args)?;
+    let OpenedStorage {
+        store,
+        stats,
+        place,
+    } = match custom {
+        Some(open) => open_custom(&args, open)?,
+        None => open_storage(&args)?,
+    };
+    let config = EngineConfig {
+        workflow_task_lease: Duration::from_secs(args.workflow_lease),
+        activity_task_lease: Duration::from_secs(args.activity_lease),
+        park_limits: args.park_limits,
+        max_leases_per_queue: args.max_leases_per_queue,
+        payloads: args.payloads.clone(),
+        ..EngineConfig::default()
+    };
+    let mut server = Server::builder()
+        .store(store)
+        .listen(args.listen)
+        .engine_config(config)
+        .auth(auth)
+        .roles(args.roles.clone())
+        .node_id(args.node_id.clone())
+        .connection_limits(args.limits)
+        .storage_description(place)
+        .auth_reload(args.auth_file.clone(), {
+            let auth_file = args.auth_file.clone();
+            Box::new(move || read_tokens(auth_file.as_deref()))
+        });
+    if let Some(stats) = stats {
+        server = server.storage_stats(stats);
+    }
+    server.serve().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, String> {
+        let args: Vec<String> = std::iter::once("serve")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect();
+        parse_args(&args)
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match parse(args) {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn connection_limit_flags_set_the_limits_and_default_to_the_documented_ones() {
+        assert_eq!(
+            parse(&[]).expect("parses").limits,
+            ConnectionLimits::default()
+        );
+        let limits = parse(&[
+            "--header-timeout-seconds",
+            "5",
+            "--body-timeout-seconds",
+            "7",
+            "--idle-timeout-seconds",
+            "9",
+            "--max-connections",
+            "100",
+        ])
+        .expect("parses")
+        .limits;
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(limits.body_timeout, Duration::from_secs(7));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(9));
+        assert_eq!(limits.max_connections, Some(100));
+        for flag in [
+            "--header-timeout-seconds",
+            "--body-timeout-seconds",
+            "--idle-timeout-seconds",
+            "--max-connections",
+        ] {
+            let message = refused(&[flag, "0"]);
+            assert!(message.contains("at least 1"), "{flag}: {message}");
+        }
+    }
+
+    #[test]
+    fn rocksdb_is_the_default_and_data_dir_is_its_short_form() {
+        let rocks = |dir: &str| Storage::Rocks(PathBuf::from(dir));
+        assert_eq!(parse(&[]).expect("parses").storage, rocks(DEFAULT_DATA_DIR));
+        assert_eq!(
+            parse(&["--data-dir", "/d"]).expect("parses").storage,
+            rocks("/d")
+        );
+        assert_eq!(
+            parse(&["--storage", "rocksdb:/d"]).expect("parses").storage,
+            rocks("/d")
+        );
+        assert_eq!(
+            parse(&["--storage", "rocksdb"]).expect("parses").storage,
+            rocks(DEFAULT_DATA_DIR)
+        );
+        let both = refused(&["--storage", "memory", "--data-dir", "/d"]);
+        assert!(both.contains("once"), "{both}");
+    }
+
+    #[test]
+    fn memory_storage_serves_on_loopback_only() {
+        for listen in ["127.0.0.1:0", "[::1]:8080"] {
+            let args = parse(&["--storage", "memory", "--listen", listen]).expect("parses");
+            assert_eq!(args.storage, Storage::Memory);
+        }
+        let message = refused(&["--storage", "memory", "--listen", "0.0.0.0:8080"]);
+        assert!(message.contains("not durable"), "{message}");
+        assert!(message.contains("loopback"), "{message}");
+    }
+
+    #[test]
+    fn unknown_or_malformed_storage_is_refused_with_the_accepted_forms() {
+        for value in ["s3:bucket", "rocks:/d", "memory:x", "", "postgres"] {
+            let message = refused(&["--storage", value]);
+            assert!(
+                message.contains("rocksdb:PATH, fdb[:CLUSTER_FILE] or memory"),
+                "{value}: {message}"
+            );
+        }
+        for value in ["rocksdb:", "fdb:"] {
+            let message = refused(&["--storage", value]);
+            assert!(message.contains("empty"), "{value}: {message}");
+        }
+    }
+
+    #[test]
+    fn fdb_subspace_is_checked_and_applies_only_to_fdb() {
+        let message = refused(&["--fdb-subspace", "a b"]);
+        assert!(message.starts_with("--fdb-subspace:"), "{message}");
+        let message = refused(&["--data-dir", "/d", "--fdb-subspace", "prod"]);
+        assert!(message.contains("only to --storage fdb"), "{message}");
+    }
+
+    #[cfg(feature = "fdb")]
+    #[test]
+    fn fdb_storage_takes_an_optional_cluster_file_and_a_subspace() {
+        let args = parse(&["--storage", "fdb"]).expect("parses");
+        assert_eq!(args.storage, Storage::Fdb(None));
+        assert_eq!(args.fdb_subspace.name(), DEFAULT_SUBSPACE);
+        let args = parse(&[
+            "--storage",
+            "fdb:/etc/fdb.cluster",
+            "--fdb-subspace",
+            "prod",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.storage,
+            Storage::Fdb(Some(PathBuf::from("/etc/fdb.cluster")))
+        );
+        assert_eq!(args.fdb_subspace.name(), "prod");
+    }
+
+    #[cfg(not(feature = "fdb"))]
+    #[test]
+    fn fdb_storage_without_the_feature_names_the_feature_and_the_library() {
+        for value in ["fdb", "fdb:/etc/fdb.cluster"] {
+            let message = refused(&["--storage", value]);
+            assert_eq!(message, FDB_NOT_BUILT);
+        }
+        assert!(FDB_NOT_BUILT.contains("--features fdb"));
+        assert!(FDB_NOT_BUILT.contains("libfdb_c"));
+    }
+}
