@@ -343,6 +343,11 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
         let status = keel_protocol_conformance::run_cli(args.into_iter().skip(1));
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
+    // Every other command but `serve` is a client of a running server (keel-cli), as
+    // are `keel --help` and `keel --version`.
+    if args.first().map(String::as_str) != Some("serve") {
+        return ExitCode::from(keel_cli::run(args));
+    }
     let args = match parse_args(&args).and_then(|a| check_custom(a, custom.is_some())) {
         Ok(a) => a,
         Err(message) => {

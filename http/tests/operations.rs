@@ -242,10 +242,10 @@ async fn retention_pass_deletes_closed_runs_past_the_namespace_retention() {
     assert_eq!(r.json()["retention_days"], 1);
 
     let r = control(&s, "adm", "default", "GET", "/api/system/retention", None).await;
-    assert_eq!(r.json()["eligible_count"], 0, "{}", r.text);
+    assert_eq!(r.json()["expired_run_count"], 0, "{}", r.text);
     s.clock.advance(Duration::from_secs(2 * 86_400));
     let r = control(&s, "adm", "default", "GET", "/api/system/retention", None).await;
-    assert_eq!(r.json()["eligible_run_ids"], json!([run_id]), "{}", r.text);
+    assert_eq!(r.json()["expired_run_ids"], json!([run_id]), "{}", r.text);
 
     let r = control(
         &s,
@@ -259,6 +259,13 @@ async fn retention_pass_deletes_closed_runs_past_the_namespace_retention() {
     expect_status(&r, 200);
     assert_eq!(r.json()["deleted_runs"], 1, "{}", r.text);
     assert_eq!(r.json()["deleted_instances"], 1, "{}", r.text);
+    assert_eq!(r.json()["pruned"], 1, "{}", r.text);
+    assert_eq!(
+        r.json()["results"],
+        json!([{"run_id": run_id, "outcome": "pruned"}]),
+        "{}",
+        r.text
+    );
     expect(
         &control(&s, "op", "default", "GET", "/api/workflows/old", None).await,
         404,

@@ -297,14 +297,17 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             }))
         }
         Op::SystemRetention => {
-            let backlog = engine.retention_backlog(ns, 1000).await?;
+            const SCAN_LIMIT: usize = 1000;
+            let backlog = engine.retention_backlog(ns, SCAN_LIMIT).await?;
+            // The field names of the upstream `system:retention-status` document.
             ok(json!({
                 "namespace": ns,
                 "retention_days": backlog.retention_days,
                 "cutoff": format_timestamp(backlog.cutoff_ms),
-                "eligible_count": backlog.eligible,
-                "truncated": backlog.truncated,
-                "eligible_run_ids": backlog.candidates.iter().map(|c| c.run_id.as_str()).collect::<Vec<_>>(),
+                "expired_run_count": backlog.eligible,
+                "expired_run_ids": backlog.candidates.iter().map(|c| c.run_id.as_str()).collect::<Vec<_>>(),
+                "scan_limit": SCAN_LIMIT,
+                "scan_pressure": backlog.truncated,
             }))
         }
         Op::SystemRetentionPass => {
@@ -313,8 +316,21 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
             let limit = pass_limit(&mut f);
             f.finish()?;
             let out = engine.retention_pass(ns, limit, ids.as_deref()).await?;
+            // Keel's counts, and the upstream `system:retention-pass` summary (a pass
+            // prunes every run it takes or fails the whole transaction: nothing is
+            // skipped or failed one by one).
+            let results: Vec<Value> = out
+                .run_ids
+                .iter()
+                .map(|id| json!({"run_id": id, "outcome": "pruned"}))
+                .collect();
             ok(json!({
                 "namespace": ns,
+                "processed": out.deleted_runs,
+                "pruned": out.deleted_runs,
+                "skipped": 0,
+                "failed": 0,
+                "results": results,
                 "deleted_runs": out.deleted_runs,
                 "deleted_instances": out.deleted_instances,
                 "deleted_payloads": out.deleted_payloads,
