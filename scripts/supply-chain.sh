@@ -43,5 +43,8 @@ if [ "$(git -C "$DB_DIR" log -1 --format=%s 2>/dev/null)" != "rustsec/advisory-d
     commit -q -m "rustsec/advisory-db $commit"
 fi
 echo "advisory database: rustsec/advisory-db at ${commit:0:12} ($date)"
-# --offline: crates are already fetched by the build; nothing leaves this machine.
+# cargo-deny reads `cargo metadata` for every platform, which needs the crates of other
+# platforms too (e.g. Windows-only ones the build never downloads): fetched from the crate
+# registry first. cargo-deny itself then runs --offline (no advisory-db fetch).
+cargo fetch --locked --quiet
 cargo deny --offline check --hide-inclusion-graph
