@@ -34,7 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::StatsSource;
-use crate::{serve_with_limits, AppState, AuthConfig, ConnectionLimits, NodeRoles};
+use crate::server::serve_with_tls;
+use crate::tls::{Tls, TlsConfig};
+use crate::{AppState, AuthConfig, ConnectionLimits, NodeRoles};
 
 /// Why a server could not start (or stop cleanly).
 #[derive(Debug)]
@@ -77,6 +79,7 @@ impl Server {
             roles: NodeRoles::default(),
             node_id: None,
             limits: ConnectionLimits::default(),
+            tls: None,
             stats: None,
             storage_description: None,
             shutdown: None,
@@ -97,6 +100,7 @@ pub struct ServerBuilder {
     roles: NodeRoles,
     node_id: Option<String>,
     limits: ConnectionLimits,
+    tls: Option<TlsConfig>,
     stats: Option<StatsSource>,
     storage_description: Option<String>,
     shutdown: Option<watch::Receiver<bool>>,
@@ -168,6 +172,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves HTTPS with the certificate and key `tls` names (and, with a client CA,
+    /// requires client certificates), reloading them on SIGHUP and when the files
+    /// change; see [`crate::tls`]. Without it the server speaks plain HTTP.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The store's commit counters, sampled at each `/metrics` scrape.
     pub fn storage_stats(mut self, stats: StatsSource) -> Self {
         self.stats = Some(stats);
@@ -199,6 +211,8 @@ impl ServerBuilder {
             .store
             .ok_or_else(|| ServeError("no store: call ServerBuilder::store".into()))?;
         let caps = store.capabilities();
+        // Before binding: a certificate that does not load stops the start with its reason.
+        let tls = self.tls.map(Tls::load).transpose()?;
         let listener = match self.listener {
             Some(listener) => listener,
             None => TcpListener::bind(self.listen)
@@ -224,6 +238,13 @@ impl ServerBuilder {
                 )
                 .into());
             }
+            if tls.is_none() {
+                tracing::warn!(
+                    addr = %local,
+                    "serving plain HTTP on a non-loopback address: bearer tokens and payloads \
+                     cross the network unencrypted; configure TLS (--tls-cert, --tls-key)"
+                );
+            }
         }
         let node_id = self
             .node_id
@@ -247,7 +268,19 @@ impl ServerBuilder {
         let place = self
             .storage_description
             .unwrap_or_else(|| caps.backend.to_string());
-        tracing::info!(addr = %local, storage = %place, "keel listening");
+        tracing::info!(
+            addr = %local,
+            storage = %place,
+            scheme = if tls.is_some() { "https" } else { "http" },
+            "keel listening"
+        );
+        if let Some(tls) = &tls {
+            tracing::info!(
+                cert = %tls.files().cert.display(),
+                client_certificates = if tls.files().client_ca.is_some() { "required" } else { "not requested" },
+                "TLS enabled"
+            );
+        }
         let stop = match self.shutdown {
             Some(stop) => stop,
             None => {
@@ -268,6 +301,9 @@ impl ServerBuilder {
                 stop.clone(),
             ));
         }
+        if let Some(tls) = &tls {
+            tokio::spawn(crate::tls::watch_and_reload(tls.clone(), stop.clone()));
+        }
         let mut state = AppState::new(engine.clone())
             .with_server_id(&node_id)
             .with_auth(self.auth)
@@ -276,7 +312,15 @@ impl ServerBuilder {
         if let Some(stats) = self.stats {
             state = state.with_storage_stats(stats);
         }
-        serve_with_limits(listener, Arc::new(state), stop, self.drain, self.limits).await;
+        serve_with_tls(
+            listener,
+            Arc::new(state),
+            stop,
+            self.drain,
+            self.limits,
+            tls,
+        )
+        .await;
         engine.stop().await;
         store
             .shutdown()

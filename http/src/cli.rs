@@ -17,7 +17,7 @@ use keel_storage_fdb::{Subspace, DEFAULT_SUBSPACE};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 
 use crate::metrics::StatsSource;
-use crate::{AuthConfig, ConnectionLimits, NodeRoles, Server};
+use crate::{AuthConfig, ConnectionLimits, NodeRoles, Server, TlsConfig};
 
 /// The documented default listen address.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -27,7 +27,7 @@ const DEFAULT_DATA_DIR: &str = "./keel-data";
 
 const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --data-dir DIR] \
 [--workflow-task-lease-seconds N] [--activity-task-lease-seconds N] \
-[--auth-file FILE] [--roles ROLE,...]
+[--auth-file FILE] [--roles ROLE,...] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
        keel conformance --url http://HOST:PORT [--token T] [--only GROUP] [--output FILE.json]
                                      check a Durable Workflow server against the protocol
                                      (conformance/protocol/README.md; --help for its flags)
@@ -46,6 +46,11 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --max-leases-per-queue N           admission: leased tasks per queue and kind (default unbounded)
   --auth-file FILE                   bearer tokens (TOML); KEEL_TOKENS=role:token,... adds more.
                                      Without any token Keel serves only on a loopback address.
+  --tls-cert FILE                    serve HTTPS with this PEM certificate chain (leaf first);
+                                     with --tls-key. Both reload on SIGHUP and on file change
+  --tls-key FILE                     the certificate's PEM private key
+  --tls-client-ca FILE               require client certificates signed by a CA in this PEM
+                                     file (a transport requirement; roles still come from tokens)
   --roles ROLE,...                   topology roles this node hosts (default api_ingress,
                                      control_plane,matching,history_projection,scheduler);
                                      without scheduler the node fires no timers or schedules
@@ -113,6 +118,7 @@ struct ServeArgs {
     park_limits: keel_engine::matching::ParkLimits,
     max_leases_per_queue: Option<u64>,
     auth_file: Option<PathBuf>,
+    tls: Option<TlsConfig>,
     roles: NodeRoles,
     node_id: String,
     limits: ConnectionLimits,
@@ -138,6 +144,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         park_limits: keel_engine::matching::ParkLimits::default(),
         max_leases_per_queue: None,
         auth_file: None,
+        tls: None,
         roles: NodeRoles::default(),
         limits: ConnectionLimits::default(),
         node_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
@@ -148,6 +155,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
     };
     let mut storage: Option<Storage> = None;
     let mut subspace_given = false;
+    let (mut tls_cert, mut tls_key, mut tls_client_ca) = (None, None, None);
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
@@ -182,6 +190,9 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             }
             "--max-leases-per-queue" => parsed.max_leases_per_queue = Some(positive(value()?)?),
             "--auth-file" => parsed.auth_file = Some(PathBuf::from(value()?)),
+            "--tls-cert" => tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => tls_key = Some(PathBuf::from(value()?)),
+            "--tls-client-ca" => tls_client_ca = Some(PathBuf::from(value()?)),
             "--header-timeout-seconds" => {
                 parsed.limits.header_timeout = Duration::from_secs(positive(value()?)?)
             }
@@ -222,6 +233,18 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
     if let Some(storage) = storage {
         parsed.storage = storage;
     }
+    parsed.tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert,
+            key,
+            client_ca: tls_client_ca,
+        }),
+        (None, None) if tls_client_ca.is_some() => {
+            return Err("--tls-client-ca needs --tls-cert and --tls-key".into())
+        }
+        (None, None) => None,
+        _ => return Err("give --tls-cert and --tls-key together".into()),
+    };
     if parsed.payloads.local_dir.is_none() {
         if let Storage::Rocks(dir) = &parsed.storage {
             parsed.payloads.local_dir = Some(dir.join("payloads"));
@@ -548,6 +571,9 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
     if let Some(stats) = stats {
         server = server.storage_stats(stats);
     }
+    if let Some(tls) = args.tls.clone() {
+        server = server.tls(tls);
+    }
     server.serve().await.map_err(|e| e.to_string())
 }
 
@@ -601,6 +627,35 @@ mod tests {
             let message = refused(&[flag, "0"]);
             assert!(message.contains("at least 1"), "{flag}: {message}");
         }
+    }
+
+    #[test]
+    fn tls_flags_come_as_a_cert_and_key_pair_with_an_optional_client_ca() {
+        assert_eq!(parse(&[]).expect("parses").tls, None);
+        let tls = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .expect("parses")
+            .tls;
+        assert_eq!(tls, Some(TlsConfig::new("c.pem", "k.pem")));
+        let tls = parse(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-client-ca",
+            "ca.pem",
+        ])
+        .expect("parses")
+        .tls;
+        assert_eq!(
+            tls,
+            Some(TlsConfig::new("c.pem", "k.pem").client_ca("ca.pem"))
+        );
+        for args in [&["--tls-cert", "c.pem"][..], &["--tls-key", "k.pem"][..]] {
+            let message = refused(args);
+            assert!(message.contains("together"), "{args:?}: {message}");
+        }
+        let message = refused(&["--tls-client-ca", "ca.pem"]);
+        assert!(message.contains("needs --tls-cert"), "{message}");
     }
 
     #[test]

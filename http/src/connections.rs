@@ -156,7 +156,7 @@ pub(crate) fn header_timeout_reply(limit: Duration) -> String {
     http_reply("408 Request Timeout", &body, &[])
 }
 
-fn http_reply(status: &str, body: &str, extra: &[(&str, &str)]) -> String {
+pub(crate) fn http_reply(status: &str, body: &str, extra: &[(&str, &str)]) -> String {
     let mut head = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()

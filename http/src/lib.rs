@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 mod router;
 pub mod server;
+pub mod tls;
 mod validate;
 
 pub use auth::{AuthConfig, Role};
@@ -23,3 +24,4 @@ pub use gates::NodeRoles;
 pub use limits::ConnectionLimits;
 pub use router::{table as route_table, Access, RouteInfo};
 pub use server::{serve, serve_with_limits, AppState};
+pub use tls::TlsConfig;

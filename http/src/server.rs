@@ -29,6 +29,7 @@ use crate::discovery::{
 use crate::error::ApiError;
 use crate::limits::{Backoff, ConnectionLimits, LogThrottle};
 use crate::router::{self, Match, Op, Plane};
+use crate::tls::Tls;
 
 const CONTROL_HEADER: &str = "x-durable-workflow-control-plane-version";
 const WORKER_HEADER: &str = "x-durable-workflow-protocol-version";
@@ -76,9 +77,23 @@ pub async fn serve(
 pub async fn serve_with_limits(
     listener: TcpListener,
     state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    limits: ConnectionLimits,
+) {
+    serve_with_tls(listener, state, shutdown, drain, limits, None).await
+}
+
+/// [`serve_with_limits`], with TLS on every connection when `tls` is given (see
+/// [`crate::tls`]): the handshake runs on the connection's own task, under its slot and
+/// its header timeout.
+pub(crate) async fn serve_with_tls(
+    listener: TcpListener,
+    state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
 ) {
     if let Ok(addr) = listener.local_addr() {
         // First `serve` wins: one state serves one listener.
@@ -171,6 +186,7 @@ pub async fn serve_with_limits(
             limits,
             slot,
             shutdown.clone(),
+            tls.clone(),
         ));
     }
     refresher.abort();
@@ -206,9 +222,10 @@ fn log_limits(limits: &ConnectionLimits, max_connections: usize) {
     }
 }
 
-/// One connection from accept to close: hyper's HTTP/1 state machine, the watchdog of
-/// its timeouts, and graceful shutdown. `slot` is its place under the connection ceiling,
-/// freed when this returns.
+/// One connection from accept to close: the TLS handshake where the server has TLS,
+/// then [`serve_http`]. `slot` is its place under the connection ceiling, freed when this
+/// returns.
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     builder: hyper::server::conn::http1::Builder,
     stream: tokio::net::TcpStream,
@@ -217,8 +234,55 @@ async fn serve_connection(
     limits: ConnectionLimits,
     slot: Slot,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<Tls>>,
 ) {
     let activity = Activity::new();
+    let Some(tls) = tls else {
+        serve_http(builder, stream, peer, state, limits, activity, shutdown).await;
+        drop(slot);
+        return;
+    };
+    // The handshake runs while the connection is fresh, so the watchdog holds it to the
+    // header timeout counted from the accept, the same deadline as the request head
+    // that follows it.
+    let accepted = tokio::select! {
+        accepted = crate::tls::accept(&tls, stream) => accepted,
+        _ = watchdog(&activity, &limits) => {
+            crate::tls::handshake_failed("timeout");
+            metrics::counter!("keel_http_connection_timeouts_total", "kind" => "tls_handshake")
+                .increment(1);
+            tracing::debug!(%peer, "TLS handshake timed out; closed");
+            return;
+        }
+        _ = shutdown.changed() => return,
+    };
+    match accepted {
+        crate::tls::Accepted::Tls(stream) => {
+            serve_http(builder, *stream, peer, state, limits, activity, shutdown).await
+        }
+        crate::tls::Accepted::PlainHttp(stream) => {
+            tracing::debug!(%peer, "plain HTTP on the TLS port; answered 400 and closed");
+            let reply = crate::tls::plain_http_reply();
+            connections::answer_and_close(stream, reply.as_bytes()).await;
+        }
+        crate::tls::Accepted::Failed => {}
+    }
+    drop(slot);
+}
+
+/// hyper's HTTP/1 state machine on one connection (plain or TLS), the watchdog of its
+/// timeouts, and graceful shutdown.
+async fn serve_http<S>(
+    builder: hyper::server::conn::http1::Builder,
+    stream: S,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    limits: ConnectionLimits,
+    activity: Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(Watched::new(stream, activity.clone()));
     let service = {
         let activity = activity.clone();
@@ -240,7 +304,6 @@ async fn serve_connection(
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                drop(slot);
                 return;
             }
             _ = shutdown.changed(), if !draining => {
@@ -266,7 +329,6 @@ async fn serve_connection(
             connections::answer_and_close(stream, reply.as_bytes()).await;
         }
     }
-    drop(slot);
 }
 
 async fn handle(

@@ -31,7 +31,7 @@ const FACADE: (&str, &str) = ("engine", "impl Engine {");
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
     &["error", "validate", "router", "metrics", "limits"],
-    &["auth", "gates", "discovery", "connections"],
+    &["auth", "gates", "discovery", "connections", "tls"],
     &["call"],
     &["handlers"],
     &["server"],

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -174,6 +175,7 @@ class KeelServer:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         fdb_subspace: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.binary = Path(binary) if binary is not None else keel_binary()
         self.data_dir = Path(data_dir)
@@ -194,6 +196,10 @@ class KeelServer:
         # On FoundationDB, this server's subspace (see E2E_STORAGE): its own unless
         # ``fdb_subspace`` names another server's (several nodes, one store); None on RocksDB.
         self.fdb_subspace = (fdb_subspace or f"e2e-{uuid.uuid4().hex[:16]}") if ON_FDB else None
+        # A server started with --tls-cert/--tls-key (in ``extra_args``): its URL is
+        # https, and start-up health checks trust the server (and present a client
+        # certificate) through this context.
+        self.tls_context = tls_context
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         # True once the process's end is expected (kill9) or already reported.
@@ -202,7 +208,8 @@ class KeelServer:
     # The SDK wants the origin without /api; RawApi adds /api itself.
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -270,7 +277,8 @@ class KeelServer:
         assert self.proc is not None
         deadline = time.monotonic() + self.startup_timeout
         last_problem = "no answer yet"
-        with httpx.Client(timeout=1.0) as http:
+        verify: ssl.SSLContext | bool = self.tls_context if self.tls_context is not None else True
+        with httpx.Client(timeout=1.0, verify=verify) as http:
             while True:
                 code = self.proc.poll()
                 if code is not None:
