@@ -122,6 +122,18 @@ impl From<Error> for ApiError {
             Error::Storage(StorageError::LimitExceeded(m)) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m)
             }
+            Error::Storage(StorageError::WritesRefused(why)) => {
+                // The backend's own explanation (full disk, failed write) and remedy: it
+                // names no payload or secret.
+                tracing::warn!(reason = %why, "storage refuses writes");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!("storage refuses writes: {why}"),
+                )
+                .with("retryable", true)
+                .with("retry_after_seconds", 5)
+            }
             Error::Storage(s) if s.is_retryable() => {
                 tracing::warn!(error = %s, "storage unavailable");
                 ApiError::new(

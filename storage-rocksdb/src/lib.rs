@@ -222,7 +222,7 @@ impl Refusal {
                  are served, and writes resume by themselves"
             }
         };
-        StorageError::Unavailable(format!("{why} (rocksdb: {})", self.message))
+        StorageError::WritesRefused(format!("{why} (rocksdb: {})", self.message))
     }
 }
 
@@ -1368,7 +1368,7 @@ mod tests {
             .expect("a reader from before the failure commits");
 
         match commit_one(&store, b"refused").await {
-            Err(StorageError::Unavailable(message)) => {
+            Err(StorageError::WritesRefused(message)) => {
                 assert!(message.starts_with("disk full"), "{message}")
             }
             other => panic!("a write while refused: {other:?}"),
@@ -1396,7 +1396,7 @@ mod tests {
         ));
         assert!(matches!(
             commit_one(&store, b"refused").await,
-            Err(StorageError::Unavailable(_))
+            Err(StorageError::WritesRefused(_))
         ));
 
         inject_disk_full(&store, false);

@@ -88,6 +88,12 @@ pub enum StorageError {
     /// The backend is temporarily unreachable or shutting down.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The backend refuses writes until an outside condition clears (a full disk, a
+    /// failed write it must probe before trusting the disk again); reads are still
+    /// served. Not retryable: running the transaction again at once meets the same
+    /// refusal, so the caller answers now (HTTP: 503 with the backend's explanation).
+    #[error("storage refuses writes: {0}")]
+    WritesRefused(String),
     /// A key, value or transaction exceeded a backend limit; retrying cannot help.
     #[error("storage limit exceeded: {0}")]
     LimitExceeded(String),

@@ -139,3 +139,19 @@ fn jitter(d: Duration) -> Duration {
     let nanos = d.as_nanos() as u64;
     Duration::from_nanos(nanos / 2 + rand::random::<u64>() % (nanos / 2 + 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_refusal_is_answered_at_once_and_a_transient_failure_is_retried() {
+        let mut attempts = Attempts::new(RetryPolicy::default());
+        let refused = StorageError::WritesRefused("disk full".into());
+        assert!(!attempts.retry(Some(&refused)).await);
+        assert_eq!(attempts.number(), 1);
+        let unavailable = StorageError::Unavailable("connection reset".into());
+        assert!(attempts.retry(Some(&unavailable)).await);
+        assert_eq!(attempts.number(), 2);
+    }
+}
