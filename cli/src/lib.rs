@@ -2,8 +2,9 @@
 //! task-queue|worker|operator|system ...` talk to a running Keel (or any Durable Workflow
 //! server) over the control-plane API, with human output by default and `--output json`
 //! (the server's documents, always objects, as the upstream CLI's output schemas
-//! describe them). `keel serve` and `keel conformance` are dispatched before this crate
-//! (keel-http's `cli`); they are listed here so `keel --help` shows every command.
+//! describe them). `keel serve`, `keel conformance` and `keel storage` are dispatched
+//! before this crate (keel-http's `cli`); they are listed here so `keel --help` shows
+//! every command.
 //!
 //! Exit statuses: see [`error::exit`].
 
@@ -77,6 +78,11 @@ enum Command {
     },
     /// Check a Durable Workflow server against the protocol (`keel conformance --help`).
     Conformance {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Offline look at a store: `keel storage check [--storage ... | --data-dir DIR]`.
+    Storage {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
@@ -180,9 +186,12 @@ pub async fn execute(args: Vec<String>, w: &mut dyn Write, colour: bool) -> u8 {
         json,
     };
     let result = match cli.command {
-        Command::Serve { .. } | Command::Conformance { .. } => Err(CliError::Input(
-            "`keel serve` and `keel conformance` run from the keel binary".into(),
-        )),
+        Command::Serve { .. } | Command::Conformance { .. } | Command::Storage { .. } => {
+            Err(CliError::Input(
+                "`keel serve`, `keel conformance` and `keel storage` run from the keel binary"
+                    .into(),
+            ))
+        }
         Command::Workflow(cmd) => workflow::run(cmd, &mut ctx).await,
         Command::Schedule(cmd) => schedule::run(cmd, &mut ctx).await,
         Command::Namespace(cmd) => namespace::run(cmd, &mut ctx).await,

@@ -116,6 +116,57 @@ pub mod prefix {
     pub const WORKER_SESSION_TASK: u8 = 0x4A;
 }
 
+/// The table a prefix byte names (the constant's name in lower case), for reports such
+/// as `keel storage check`; `None` for a byte no table uses.
+pub fn table_name(prefix_byte: u8) -> Option<&'static str> {
+    Some(match prefix_byte {
+        prefix::NAMESPACE => "namespace",
+        prefix::INSTANCE => "instance",
+        prefix::RUN => "run",
+        prefix::HISTORY => "history",
+        prefix::TASK => "task",
+        prefix::READY => "ready",
+        prefix::TIMER => "timer",
+        prefix::WORKER => "worker",
+        prefix::META => "meta",
+        prefix::COHORT => "cohort",
+        prefix::QUEUE_COUNTER => "queue_counter",
+        prefix::CLOSED_RUN => "closed_run",
+        prefix::WORKFLOW_LIST => "workflow_list",
+        prefix::WORKFLOW_COUNT => "workflow_count",
+        prefix::UPDATE => "update",
+        prefix::COMMAND_RECEIPT => "command_receipt",
+        prefix::COMMAND_CONTRACT => "command_contract",
+        prefix::CLOSED_TASK => "closed_task",
+        prefix::DEPLOYMENT => "deployment",
+        prefix::SERVICE => "service",
+        prefix::WORKER_ENDPOINT => "worker_endpoint",
+        prefix::OPERATOR_AUDIT => "operator_audit",
+        prefix::SCHEDULE => "schedule",
+        prefix::SCHEDULE_LIST => "schedule_list",
+        prefix::SCHEDULE_EVENT => "schedule_event",
+        prefix::DEFERRED_SIGNAL => "deferred_signal",
+        prefix::CLUSTER => "cluster",
+        prefix::SERVICE_ENDPOINT => "service_endpoint",
+        prefix::SERVICE_DEFINITION => "service_definition",
+        prefix::SERVICE_OPERATION => "service_operation",
+        prefix::SERVICE_CALL => "service_call",
+        prefix::BRIDGE_ADAPTER => "bridge_adapter",
+        prefix::BRIDGE_RECEIPT => "bridge_receipt",
+        prefix::SERVICE_CALL_KEY => "service_call_key",
+        prefix::SERVICE_CALL_BY_RUN => "service_call_by_run",
+        prefix::SERVICE_CALL_BY_CALLER => "service_call_by_caller",
+        prefix::SERVICE_CALL_BY_UPDATE => "service_call_by_update",
+        prefix::PAYLOAD => "payload",
+        prefix::PAYLOAD_USE => "payload_use",
+        prefix::RUN_PAYLOAD => "run_payload",
+        prefix::NEW_START_BUILD => "new_start_build",
+        prefix::WORKER_SESSION => "worker_session",
+        prefix::WORKER_SESSION_TASK => "worker_session_task",
+        _ => return None,
+    })
+}
+
 /// Builds a key field by field.
 #[derive(Debug, Clone)]
 pub struct Key(Vec<u8>);
@@ -254,6 +305,11 @@ mod tests {
             if let Some(other) = seen.insert(byte, name) {
                 panic!("prefix {byte:#04x} is used by both {other} and {name}");
             }
+            assert_eq!(
+                table_name(byte),
+                Some(name.to_ascii_lowercase().as_str()),
+                "table_name lacks prefix {name}"
+            );
         }
         assert!(seen.len() > 20, "the parser found the prefixes: {seen:?}");
     }

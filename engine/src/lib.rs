@@ -2,6 +2,7 @@
 //! the matching and lease core, and the durable timer service. No HTTP, no backend code.
 
 pub mod avro;
+pub mod census;
 pub mod clock;
 pub mod cluster;
 mod engine;

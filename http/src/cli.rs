@@ -109,7 +109,7 @@ impl Storage {
     }
 }
 
-struct ServeArgs {
+pub(crate) struct ServeArgs {
     listen: SocketAddr,
     storage: Storage,
     fdb_subspace: Subspace,
@@ -366,6 +366,9 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
         let status = keel_protocol_conformance::run_cli(args.into_iter().skip(1));
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
+    if args.first().map(String::as_str) == Some("storage") {
+        return crate::storage_check::main(&args[1..], custom);
+    }
     // Every other command but `serve` is a client of a running server (keel-cli), as
     // are `keel --help` and `keel --version`.
     if args.first().map(String::as_str) != Some("serve") {
@@ -457,10 +460,13 @@ fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
         Storage::Rocks(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let rocks =
-                Arc::new(RocksStore::open(dir, RocksOptions::default()).map_err(|e| {
-                    format!("cannot open the data directory {}: {e}", dir.display())
-                })?);
+            let rocks = Arc::new(RocksStore::open(dir, RocksOptions::default()).map_err(|e| {
+                format!(
+                    "cannot open the data directory {}: {}",
+                    dir.display(),
+                    error_chain(&e)
+                )
+            })?);
             Ok(OpenedStorage {
                 store: rocks.clone(),
                 stats: Some(rocksdb_stats(rocks)),
@@ -506,6 +512,81 @@ fn open_fdb(cluster_file: Option<&PathBuf>, subspace: &Subspace) -> Result<Opene
 #[cfg(not(feature = "fdb"))]
 fn open_fdb(_: Option<&PathBuf>, _: &Subspace) -> Result<OpenedStorage, String> {
     Err(FDB_NOT_BUILT.into())
+}
+
+/// The storage flags of `keel storage ...` (`--storage`, `--data-dir`, `--fdb-subspace`),
+/// read as `keel serve` reads them.
+pub(crate) fn parse_storage_flags(flags: &[String], custom: bool) -> Result<ServeArgs, String> {
+    let argv: Vec<String> = std::iter::once("serve".to_string())
+        .chain(flags.iter().cloned())
+        .collect();
+    check_custom(parse_args(&argv)?, custom)
+}
+
+/// Opens an existing store for an offline look: the store, where it is, and its size on
+/// disk when it is a directory. A missing RocksDB directory is an error, never created.
+pub(crate) fn open_for_check(
+    args: &ServeArgs,
+    custom: Option<StoreOpener>,
+) -> Result<StoreForCheck, String> {
+    let opened = match (&args.storage, custom) {
+        (Storage::Rocks(dir), _) if !dir.is_dir() => {
+            return Err(format!(
+                "no store at {}: the directory does not exist",
+                dir.display()
+            ))
+        }
+        (Storage::Memory, _) => {
+            return Err("--storage memory: a fresh memory store holds nothing to check".into())
+        }
+        (_, Some(open)) => open_custom(args, open)?,
+        (_, None) => open_storage(args)?,
+    };
+    let size = match &args.storage {
+        Storage::Rocks(dir) => Some(dir_size(dir)),
+        _ => None,
+    };
+    Ok(StoreForCheck {
+        store: opened.store,
+        place: opened.place,
+        size_on_disk: size,
+    })
+}
+
+/// A store opened by [`open_for_check`].
+pub(crate) struct StoreForCheck {
+    pub store: Arc<dyn KvStore>,
+    /// Where it is, e.g. `rocksdb:./keel-data`.
+    pub place: String,
+    /// Bytes on disk, for a directory store.
+    pub size_on_disk: Option<u64>,
+}
+
+/// An error and its sources, `: `-joined (RocksDB's reason, e.g. a lock held by a running
+/// server, is the source of a `Backend` error).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// With a store of one's own, the command line names only its directory.

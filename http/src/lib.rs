@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 mod router;
 pub mod server;
+mod storage_check;
 pub mod tls;
 mod validate;
 

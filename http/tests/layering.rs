@@ -18,7 +18,14 @@ const ENGINE_LAYERS: &[&[&str]] = &[
     &["kernel"],
     &["namespaces"],
     &["workflow", "fleet", "payloads", "sessions"],
-    &["schedules", "queries", "system", "operator", "services"],
+    &[
+        "schedules",
+        "queries",
+        "system",
+        "operator",
+        "services",
+        "census",
+    ],
     &["engine"],
 ];
 
@@ -37,7 +44,7 @@ const HTTP_LAYERS: &[&[&str]] = &[
     &["server"],
     // The library entry point (`Server::builder()`), then the command line over it.
     &["builder"],
-    &["cli"],
+    &["cli", "storage_check"],
 ];
 
 /// The `crate::` modules each top-level module of `src` names, comments left out. A file
