@@ -537,6 +537,17 @@ pub enum TimerAction {
         operation_name: String,
         service_call_id: String,
     },
+    /// Runs (or, once a lease lapses, runs again) the external work of a service call
+    /// that Keel carries out itself (`invocable_http`, `query_workflow`). Stale unless
+    /// the open call still names this timer.
+    ServiceCallDispatch {
+        /// The target namespace.
+        namespace: String,
+        endpoint_name: String,
+        service_name: String,
+        operation_name: String,
+        service_call_id: String,
+    },
     /// Forgets the tombstone of an activity task deleted with its closed run.
     ForgetClosedTask {
         /// The activity task.

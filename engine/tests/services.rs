@@ -450,8 +450,11 @@ async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
     let poke = e
         .execute_operation(NS, "billing", "invoices", "poke", ExecuteRequest::default())
         .await
-        .expect_err("query bindings do not run");
-    assert_eq!(reason(poke), "binding_not_supported");
+        .expect_err("a query binding needs a workflow to query");
+    assert!(
+        matches!(&poke, Error::Validation(fields) if fields.contains_key("target_workflow_instance_id")),
+        "{poke:?}"
+    );
 
     // The linked run closes (here: cancelled by an operator); the call follows it, and a
     // cancel of the call afterwards leaves the outcome as it was.
@@ -976,4 +979,671 @@ async fn an_update_binding_closes_with_the_update_or_with_the_run_before_it() {
         .expect("described");
     assert_eq!(v.status, "failed");
     assert!(v.message.is_some_and(|m| m.contains("closed")));
+}
+
+// ---- dispatched bindings: invocable_http and query_workflow ----
+
+mod dispatched {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use keel_engine::avro::{decode_blob, envelope, AvroValue};
+    use keel_engine::clock::{Clock, ManualClock};
+    use keel_engine::services::{ExecuteRequest, ServiceCallView, ServiceHttpConfig};
+    use keel_engine::storage::memory::MemoryStore;
+    use keel_engine::storage::KvStore;
+    use keel_engine::{Engine, EngineConfig};
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::spec;
+    use super::support::{self, reason, Harness, NS, QUEUE, WORKER};
+
+    /// One request the stub received: its head (lowercase header names) and body.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        line: String,
+        headers: Vec<(String, String)>,
+        body: Value,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A loopback HTTP server answering each request with the next scripted
+    /// `(status, body)` (the last one repeats; status 0: never answer), recording what
+    /// it received.
+    struct Stub {
+        port: u16,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    impl Stub {
+        async fn start(script: Vec<(u16, &'static str)>) -> Stub {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+            let port = listener.local_addr().expect("addr").port();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let log = seen.clone();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                loop {
+                    let Ok((mut conn, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let mut raw = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let (head_end, len) = loop {
+                        let k = conn.read(&mut buf).await.unwrap_or(0);
+                        if k == 0 {
+                            break (None, 0);
+                        }
+                        raw.extend_from_slice(&buf[..k]);
+                        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&raw[..at]).to_string();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if raw.len() >= at + 4 + len {
+                                break (Some(at), len);
+                            }
+                        }
+                    };
+                    let Some(at) = head_end else { continue };
+                    let head = String::from_utf8_lossy(&raw[..at]).to_string();
+                    let mut lines = head.split("\r\n");
+                    let line = lines.next().unwrap_or_default().to_string();
+                    let headers = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .collect();
+                    let body =
+                        serde_json::from_slice(&raw[at + 4..at + 4 + len]).unwrap_or(Value::Null);
+                    log.lock().expect("log").push(Seen {
+                        line,
+                        headers,
+                        body,
+                    });
+                    let (status, text) = script[n.min(script.len() - 1)];
+                    n += 1;
+                    if status == 0 {
+                        // Scripted silence: hold the connection open, never answer.
+                        tokio::spawn(async move {
+                            let mut sink = [0u8; 1];
+                            let _ = conn.read(&mut sink).await;
+                        });
+                        continue;
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                }
+            });
+            Stub { port, seen }
+        }
+
+        fn seen(&self) -> Vec<Seen> {
+            self.seen.lock().expect("log").clone()
+        }
+    }
+
+    /// An engine whose `invocable_http` bindings may call `allow`, with `WORKER`
+    /// registered on `QUEUE` with `capabilities`.
+    async fn harness(allow: &[String], capabilities: &[&str]) -> Harness {
+        let store = MemoryStore::new();
+        let clock = ManualClock::new(support::START);
+        reopen(store, clock, allow, capabilities).await
+    }
+
+    /// An engine on an existing store and clock (a restart).
+    async fn reopen(
+        store: MemoryStore,
+        clock: ManualClock,
+        allow: &[String],
+        capabilities: &[&str],
+    ) -> Harness {
+        let config = EngineConfig {
+            service_http: ServiceHttpConfig {
+                allow: allow.to_vec(),
+                request_timeout: Duration::from_secs(5),
+            },
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(
+            Arc::new(store.clone()) as Arc<dyn KvStore>,
+            Arc::new(clock.clone()) as Arc<dyn Clock>,
+            config,
+        )
+        .await
+        .expect("engine opens");
+        support::register(&engine, WORKER, capabilities).await;
+        Harness {
+            engine,
+            clock,
+            store,
+        }
+    }
+
+    /// `hooks/http/{name}` bound to `kind` with `binding` and `retry_policy`.
+    async fn operation(e: &Engine, name: &str, kind: &str, binding: Value, retry: Value) {
+        let _ = e
+            .create_service_endpoint(NS, "hooks", None, json!({}))
+            .await;
+        let _ = e.create_service(NS, "hooks", "http", None, json!({})).await;
+        let mut op = spec(kind, None);
+        op.handler_binding = binding;
+        op.retry_policy = retry;
+        e.create_operation(NS, "hooks", "http", name, op)
+            .await
+            .expect("operation created");
+    }
+
+    fn args(value: Value) -> ExecuteRequest {
+        ExecuteRequest {
+            arguments: envelope(&AvroValue::Array(vec![AvroValue::from_json(&value)])),
+            ..ExecuteRequest::default()
+        }
+    }
+
+    /// Fires the due dispatch timer, then waits (bounded in real time) for the call to
+    /// close.
+    async fn settle(h: &Harness, name: &str, id: &str) -> ServiceCallView {
+        h.engine.fire_due_timers(100).await.expect("timers");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            h.engine
+                .wait_service_call(NS, "hooks", "http", name, id, i64::MAX),
+        )
+        .await
+        .expect("the call closes in time")
+        .expect("described")
+    }
+
+    /// Waits (bounded in real time) until the call has recorded `attempts` outcomes.
+    async fn recorded_attempts(h: &Harness, name: &str, id: &str, attempts: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = h
+                .engine
+                .describe_service_call(NS, "hooks", "http", name, id)
+                .await
+                .expect("described");
+            if v.call.attempts == attempts && !v.call.attempt_in_flight {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "attempt {attempts} recorded in time: {:?}",
+                v.call
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn result(v: &ServiceCallView) -> Value {
+        decode_blob(v.output["blob"].as_str().expect("a result envelope"))
+            .expect("decodes")
+            .to_json()
+    }
+
+    #[tokio::test]
+    async fn an_http_binding_posts_once_with_the_call_id_and_completes_with_the_body() {
+        let stub = Stub::start(vec![(200, r#"{"charged": true, "cents": 1200}"#)]).await;
+        let h = harness(&[format!("127.0.0.1:{}", stub.port)], &[]).await;
+        let e = &h.engine;
+        operation(
+            e,
+            "charge",
+            "invocable_http",
+            json!({"url": format!("http://127.0.0.1:{}/charge?v=1", stub.port), "headers": {"X-Team": "billing"}}),
+            Value::Null,
+        )
+        .await;
+        let started = e
+            .execute_operation(NS, "hooks", "http", "charge", args(json!({"order": 7})))
+            .await
+            .expect("accepted");
+        assert_eq!(started.status, "started");
+        assert_eq!(
+            started.call.resolved_target_reference,
+            format!("http://127.0.0.1:{}/charge?v=1", stub.port)
+        );
+        let done = settle(&h, "charge", &started.call.id).await;
+        assert_eq!(done.status, "completed", "{:?}", done.message);
+        assert_eq!(result(&done), json!({"charged": true, "cents": 1200}));
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].line, "POST /charge?v=1 HTTP/1.1");
+        assert_eq!(
+            seen[0].header("idempotency-key"),
+            Some(started.call.id.as_str())
+        );
+        assert_eq!(seen[0].header("x-team"), Some("billing"));
+        assert_eq!(seen[0].header("x-keel-service-call-attempt"), Some("1"));
+        assert_eq!(seen[0].body["arguments"], json!([{"order": 7}]));
+        assert_eq!(seen[0].body["service_call_id"], json!(started.call.id));
+    }
+
+    #[tokio::test]
+    async fn a_4xx_answer_fails_the_call_without_a_retry() {
+        let stub = Stub::start(vec![(422, r#"{"error": "bad card"}"#), (200, "{}")]).await;
+        let h = harness(&["127.0.0.1".into()], &[]).await;
+        let e = &h.engine;
+        operation(
+            e,
+            "charge",
+            "invocable_http",
+            json!({"url": format!("http://127.0.0.1:{}/", stub.port)}),
+            json!({"max_attempts": 3, "backoff_seconds": [1]}),
+        )
+        .await;
+        let started = e
+            .execute_operation(NS, "hooks", "http", "charge", args(json!(1)))
+            .await
+            .expect("accepted");
+        let done = settle(&h, "charge", &started.call.id).await;
+        assert_eq!(done.status, "failed");
+        assert_eq!(
+            done.call.error_type.as_deref(),
+            Some("invocable_http_client_error")
+        );
+        let message = done.message.clone().unwrap_or_default();
+        assert!(message.contains("422"), "{message}");
+        assert!(
+            !message.contains("bad card"),
+            "no body in the message: {message}"
+        );
+        assert_eq!(stub.seen().len(), 1, "a 4xx is not retried");
+    }
+
+    #[tokio::test]
+    async fn a_5xx_answer_is_retried_under_the_retry_policy_with_the_same_key() {
+        let stub = Stub::start(vec![(503, "{}"), (201, r#""ok""#)]).await;
+        let h = harness(&[format!("127.0.0.1:{}", stub.port)], &[]).await;
+        let e = &h.engine;
+        operation(
+            e,
+            "charge",
+            "invocable_http",
+            json!({"url": format!("http://127.0.0.1:{}/", stub.port)}),
+            json!({"max_attempts": 3, "backoff_seconds": [5]}),
+        )
+        .await;
+        let started = e
+            .execute_operation(NS, "hooks", "http", "charge", args(json!(1)))
+            .await
+            .expect("accepted");
+        e.fire_due_timers(100).await.expect("timers");
+        recorded_attempts(&h, "charge", &started.call.id, 1).await;
+        let waiting = e
+            .describe_service_call(NS, "hooks", "http", "charge", &started.call.id)
+            .await
+            .expect("described");
+        assert_eq!(waiting.status, "started", "the 503 left the call open");
+        assert!(waiting
+            .call
+            .last_attempt_failure
+            .as_deref()
+            .is_some_and(|f| f.starts_with("invocable_http_server_error")));
+        // Nothing before the backoff.
+        e.fire_due_timers(100).await.expect("timers");
+        assert_eq!(stub.seen().len(), 1);
+        h.clock.advance(Duration::from_secs(5));
+        let done = settle(&h, "charge", &started.call.id).await;
+        assert_eq!(done.status, "completed", "{:?}", done.message);
+        assert_eq!(result(&done), json!("ok"));
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 2);
+        for s in &seen {
+            assert_eq!(s.header("idempotency-key"), Some(started.call.id.as_str()));
+        }
+        assert_eq!(seen[1].header("x-keel-service-call-attempt"), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn retries_end_at_max_attempts_and_connect_errors_count() {
+        // A port nothing listens on: every attempt fails to connect.
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let h = harness(&["127.0.0.1".into()], &[]).await;
+        let e = &h.engine;
+        operation(
+            e,
+            "charge",
+            "invocable_http",
+            json!({"url": format!("http://127.0.0.1:{port}/")}),
+            json!({"max_attempts": 2, "backoff_seconds": [1]}),
+        )
+        .await;
+        let started = e
+            .execute_operation(NS, "hooks", "http", "charge", args(json!(1)))
+            .await
+            .expect("accepted");
+        e.fire_due_timers(100).await.expect("timers");
+        recorded_attempts(&h, "charge", &started.call.id, 1).await;
+        h.clock.advance(Duration::from_secs(1));
+        let done = settle(&h, "charge", &started.call.id).await;
+        assert_eq!(done.status, "failed");
+        assert_eq!(done.call.attempts, 2);
+        assert_eq!(
+            done.call.error_type.as_deref(),
+            Some("invocable_http_unreachable")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_host_outside_the_allow_list_is_refused_by_name_and_never_called() {
+        let stub = Stub::start(vec![(200, "{}")]).await;
+        // Same host, another port; and an empty list.
+        for allow in [vec!["127.0.0.1:1".to_string()], vec![]] {
+            let h = harness(&allow, &[]).await;
+            let e = &h.engine;
+            operation(
+                e,
+                "charge",
+                "invocable_http",
+                json!({"url": format!("http://127.0.0.1:{}/", stub.port)}),
+                Value::Null,
+            )
+            .await;
+            let refused = e
+                .execute_operation(NS, "hooks", "http", "charge", args(json!(1)))
+                .await
+                .expect_err("refused");
+            assert_eq!(reason(refused), "invocable_http_host_not_allowed");
+            // No call was created, so nothing can be dispatched.
+            assert_eq!(e.fire_due_timers(100).await.expect("timers"), 0);
+        }
+        assert!(stub.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_workflow_caller_of_a_refused_host_gets_service_call_failed_with_the_reason() {
+        let h = harness(&["127.0.0.1:1".into()], &[]).await;
+        let e = &h.engine;
+        operation(
+            e,
+            "charge",
+            "invocable_http",
+            json!({"url": "http://127.0.0.1:9/"}),
+            Value::Null,
+        )
+        .await;
+        e.start_workflow(NS, support::start("caller-h", "caller"))
+            .await
+            .expect("caller starts");
+        let task = support::poll_wf(e).await.expect("caller task");
+        let command = json!({
+            "type": "start_service_operation",
+            "endpoint_name": "hooks",
+            "service_name": "http",
+            "operation_name": "charge",
+            "payload_codec": "avro",
+            "request_payload": support::ARGS,
+            "idempotency_key": "k",
+        });
+        e.complete_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &[command],
+        )
+        .await
+        .expect("completion accepted");
+        let next = support::poll_wf(e).await.expect("the caller is woken");
+        let failed = support::events(&next)
+            .into_iter()
+            .find(|ev| ev["event_type"] == "ServiceCallFailed")
+            .expect("ServiceCallFailed recorded");
+        assert_eq!(
+            failed["payload"]["reason"],
+            json!("invocable_http_host_not_allowed")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_query_binding_returns_the_workers_answer_for_the_named_run() {
+        let h = harness(&[], &["query_tasks"]).await;
+        let e = &h.engine;
+        let started = e
+            .start_workflow(NS, support::start("counter-1", "counter"))
+            .await
+            .expect("started");
+        operation(
+            e,
+            "peek",
+            "query_workflow",
+            json!({"query_name": "count"}),
+            Value::Null,
+        )
+        .await;
+        let mut req = args(json!("x"));
+        req.target_workflow_instance_id = Some("counter-1".into());
+        req.target_workflow_run_id = Some(started.run.run_id.clone());
+        let call = e
+            .execute_operation(NS, "hooks", "http", "peek", req)
+            .await
+            .expect("accepted");
+        assert_eq!(call.call.linked_workflow_run_id, started.run.run_id);
+        e.fire_due_timers(100).await.expect("timers");
+        let task = tokio::time::timeout(
+            Duration::from_secs(10),
+            e.poll_query_task(NS, WORKER, QUEUE, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("a query task in time")
+        .expect("poll")
+        .expect("a query task");
+        assert_eq!(
+            (task.query_name.as_str(), task.run_id.as_str()),
+            ("count", started.run.run_id.as_str())
+        );
+        let answer = envelope(&AvroValue::Long(3));
+        e.complete_query_task(
+            NS,
+            &task.query_task_id,
+            WORKER,
+            task.query_task_attempt,
+            json!(3),
+            answer.clone(),
+        )
+        .expect("answered");
+        let done = tokio::time::timeout(
+            Duration::from_secs(10),
+            e.wait_service_call(NS, "hooks", "http", "peek", &call.call.id, i64::MAX),
+        )
+        .await
+        .expect("closes in time")
+        .expect("described");
+        assert_eq!(done.status, "completed");
+        assert_eq!(done.output, answer);
+    }
+
+    #[tokio::test]
+    async fn a_query_no_worker_answers_fails_with_the_query_paths_reason() {
+        let h = harness(&[], &["query_tasks"]).await;
+        let e = &h.engine;
+        e.start_workflow(NS, support::start("counter-2", "counter"))
+            .await
+            .expect("started");
+        operation(
+            e,
+            "peek",
+            "query_workflow",
+            json!({"query_name": "count", "timeout_seconds": 2}),
+            Value::Null,
+        )
+        .await;
+        let mut req = args(json!("x"));
+        req.target_workflow_instance_id = Some("counter-2".into());
+        let call = e
+            .execute_operation(NS, "hooks", "http", "peek", req)
+            .await
+            .expect("accepted");
+        e.fire_due_timers(100).await.expect("timers");
+        // The worker leases the query task and never answers.
+        let task = tokio::time::timeout(
+            Duration::from_secs(10),
+            e.poll_query_task(NS, WORKER, QUEUE, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("a query task in time")
+        .expect("poll");
+        assert!(task.is_some());
+        h.clock.advance(Duration::from_secs(3));
+        let done = tokio::time::timeout(
+            Duration::from_secs(10),
+            e.wait_service_call(NS, "hooks", "http", "peek", &call.call.id, i64::MAX),
+        )
+        .await
+        .expect("closes in time")
+        .expect("described");
+        assert_eq!(done.status, "failed");
+        assert_eq!(
+            done.call.error_type.as_deref(),
+            Some("query_worker_timeout")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_attempt_lost_in_a_crash_is_delivered_again_after_its_lease_with_the_same_key() {
+        // The first request is never answered (the node dies mid-request); the second is.
+        let stub = Stub::start(vec![(0, ""), (200, r#"{"n": 2}"#)]).await;
+        let allow = [format!("127.0.0.1:{}", stub.port)];
+        let h = harness(&allow, &[]).await;
+        operation(
+            &h.engine,
+            "charge",
+            "invocable_http",
+            json!({"url": format!("http://127.0.0.1:{}/", stub.port), "timeout_seconds": 60}),
+            Value::Null,
+        )
+        .await;
+        let started = h
+            .engine
+            .execute_operation(NS, "hooks", "http", "charge", args(json!(1)))
+            .await
+            .expect("accepted");
+        h.engine.fire_due_timers(100).await.expect("timers");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stub.seen().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "first request sent");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Crash: the engine stops with the attempt in flight; another opens the store.
+        h.engine.stop().await;
+        let h = reopen(h.store.clone(), h.clock.clone(), &allow, &[]).await;
+        let open = h
+            .engine
+            .describe_service_call(NS, "hooks", "http", "charge", &started.call.id)
+            .await
+            .expect("described");
+        assert_eq!(
+            (open.status, open.call.attempt_in_flight),
+            ("started", true)
+        );
+        // Before the lease (timeout 60 s + margin) lapses nothing is sent again.
+        h.clock.advance(Duration::from_secs(60));
+        h.engine.fire_due_timers(100).await.expect("timers");
+        assert_eq!(stub.seen().len(), 1);
+        h.clock.advance(Duration::from_secs(31));
+        let done = settle(&h, "charge", &started.call.id).await;
+        assert_eq!(done.status, "completed", "{:?}", done.message);
+        assert_eq!(result(&done), json!({"n": 2}));
+        assert_eq!((done.call.attempts, done.call.lapsed_attempts), (2, 1));
+        let seen = stub.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            seen[0].header("idempotency-key"),
+            seen[1].header("idempotency-key")
+        );
+        assert_eq!(
+            seen[1].header("idempotency-key"),
+            Some(started.call.id.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_carries_memo_and_search_attributes_and_a_signal_its_target_run() {
+        use keel_engine::namespaces::SearchAttributeType;
+        use keel_engine::Error;
+        let h = harness(&[], &[]).await;
+        let e = &h.engine;
+        e.register_search_attribute(NS, "Customer", SearchAttributeType::Keyword)
+            .await
+            .expect("registered");
+        operation(
+            e,
+            "open",
+            "start_workflow",
+            json!({"workflow_type": "account", "task_queue": QUEUE}),
+            Value::Null,
+        )
+        .await;
+        let mut req = args(json!(1));
+        req.target_workflow_instance_id = Some("acct-1".into());
+        req.memo = Some(json!({"source": "svc"}));
+        req.search_attributes = Some(json!({"Customer": "c-9"}));
+        let call = e
+            .execute_operation(NS, "hooks", "http", "open", req.clone())
+            .await
+            .expect("started");
+        let run = e
+            .describe(NS, "acct-1", None)
+            .await
+            .expect("linked run")
+            .run;
+        assert_eq!(run.memo, json!({"source": "svc"}));
+        assert_eq!(run.search_attributes["Customer"], json!("c-9"));
+        // An unregistered attribute is refused with its field path; no call is made.
+        req.target_workflow_instance_id = Some("acct-2".into());
+        req.search_attributes = Some(json!({"Nope": "x"}));
+        let refused = e
+            .execute_operation(NS, "hooks", "http", "open", req)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&refused, Error::Validation(f) if f.contains_key("search_attributes.Nope")),
+            "{refused:?}"
+        );
+
+        operation(
+            e,
+            "poke",
+            "signal_workflow",
+            json!({"signal_name": "poke"}),
+            Value::Null,
+        )
+        .await;
+        let mut signal = args(json!(1));
+        signal.target_workflow_instance_id = Some("acct-1".into());
+        signal.target_workflow_run_id = Some(call.call.linked_workflow_run_id.clone());
+        let done = e
+            .execute_operation(NS, "hooks", "http", "poke", signal.clone())
+            .await
+            .expect("signalled the named run");
+        assert_eq!(done.status, "completed");
+        signal.target_workflow_run_id = Some("not-a-run".into());
+        let refused = e
+            .execute_operation(NS, "hooks", "http", "poke", signal)
+            .await
+            .expect_err("an unknown run is refused");
+        assert_eq!(reason(refused), "run_not_found");
+    }
 }

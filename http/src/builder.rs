@@ -84,6 +84,7 @@ impl Server {
             storage_description: None,
             shutdown: None,
             drain: Duration::from_secs(10),
+            service_http_allow: Vec::new(),
         }
     }
 }
@@ -105,6 +106,7 @@ pub struct ServerBuilder {
     storage_description: Option<String>,
     shutdown: Option<watch::Receiver<bool>>,
     drain: Duration,
+    service_http_allow: Vec<String>,
 }
 
 impl ServerBuilder {
@@ -204,6 +206,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Lets `invocable_http` service bindings call `host` (`HOST` for any port, or
+    /// `HOST:PORT`; `[v6]:PORT` for IPv6), on top of the engine configuration's list.
+    /// Repeatable; without any, no binding may call out. Hosts are compared as written
+    /// in the binding's URL (no name resolution); only plain `http://` is spoken.
+    pub fn service_http_allow(mut self, host: impl Into<String>) -> Self {
+        self.service_http_allow.push(host.into());
+        self
+    }
+
     /// Opens the engine on the store, serves until the shutdown signal, then drains the
     /// connections, stops the engine and shuts the store down.
     pub async fn serve(self) -> Result<(), ServeError> {
@@ -255,11 +266,16 @@ impl ServerBuilder {
             address: Some(local.to_string()),
             ..ClusterConfig::new(node_id.clone())
         });
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             scheduler: self.roles.has("scheduler"),
             cluster,
             ..self.engine
         };
+        for host in self.service_http_allow {
+            keel_engine::services::outbound::parse_allow_entry(&host)
+                .map_err(|e| format!("service_http_allow: {e}"))?;
+            config.service_http.allow.push(host);
+        }
         let metered: Arc<dyn KvStore> =
             Arc::new(keel_engine::metrics::MeteredStore::new(store.clone()));
         let engine = Engine::open(metered, self.clock, config)

@@ -74,6 +74,7 @@ impl AppState {
             &self.topology,
             self.storage_backend.as_ref(),
         );
+        discovery::advertise_service_http(&mut self.cluster_info, cfg.service_http.allow.len());
     }
 
     /// Uses `auth` for every request.

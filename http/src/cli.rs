@@ -69,6 +69,9 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --payload-reserve-bytes N          below this much free space on a payload disk, uploads
                                      get 503 storage_pressure unless they complete a leased
                                      task (default 67108864)
+  --service-http-allow HOST[:PORT]   a host invocable_http service bindings may call (plain
+                                     http://, compared as written in the URL); repeatable;
+                                     without any, such bindings are refused
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=keel=debug) to change the level.";
 
@@ -123,6 +126,7 @@ pub(crate) struct ServeArgs {
     node_id: String,
     limits: ConnectionLimits,
     payloads: keel_engine::payloads::PayloadStores,
+    service_http_allow: Vec<String>,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -152,6 +156,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             reserve_bytes: 64 * 1024 * 1024,
             ..Default::default()
         },
+        service_http_allow: Vec::new(),
     };
     let mut storage: Option<Storage> = None;
     let mut subspace_given = false;
@@ -225,6 +230,12 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
                 parsed.payloads.reserve_bytes = value()?
                     .parse()
                     .map_err(|e| format!("--payload-reserve-bytes: {e}"))?
+            }
+            "--service-http-allow" => {
+                let host = value()?;
+                keel_engine::services::outbound::parse_allow_entry(&host)
+                    .map_err(|e| format!("--service-http-allow: {e}"))?;
+                parsed.service_http_allow.push(host);
             }
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
@@ -655,6 +666,9 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
     if let Some(tls) = args.tls.clone() {
         server = server.tls(tls);
     }
+    for host in &args.service_http_allow {
+        server = server.service_http_allow(host.clone());
+    }
     server.serve().await.map_err(|e| e.to_string())
 }
 
@@ -782,6 +796,29 @@ mod tests {
         for value in ["rocksdb:", "fdb:"] {
             let message = refused(&["--storage", value]);
             assert!(message.contains("empty"), "{value}: {message}");
+        }
+    }
+
+    #[test]
+    fn service_http_allow_is_repeatable_and_checked() {
+        let args = parse(&[
+            "--service-http-allow",
+            "127.0.0.1:8089",
+            "--service-http-allow",
+            "hooks.internal",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.service_http_allow,
+            ["127.0.0.1:8089", "hooks.internal"]
+        );
+        assert!(parse(&[]).expect("parses").service_http_allow.is_empty());
+        for bad in ["", "host:0", "host:port", "a b"] {
+            let message = refused(&["--service-http-allow", bad]);
+            assert!(
+                message.starts_with("--service-http-allow:"),
+                "{bad}: {message}"
+            );
         }
     }
 

@@ -186,6 +186,27 @@ pub fn topology(
     })
 }
 
+/// Lists `invocable_http` among the service-call binding kinds when this server may call
+/// out at all (its `--service-http-allow` list is not empty), with what its client
+/// speaks; the allowed hosts themselves are not published.
+pub fn advertise_service_http(info: &mut Value, allowed_hosts: usize) {
+    let Some(calls) = info.pointer_mut("/capabilities/service_calls") else {
+        return;
+    };
+    if allowed_hosts == 0 {
+        return;
+    }
+    if let Some(kinds) = calls.get_mut("binding_kinds").and_then(Value::as_array_mut) {
+        kinds.push(json!("invocable_http"));
+    }
+    calls["invocable_http"] = json!({
+        "schemes": ["http"],
+        "host_allow_list": true,
+        "idempotency_header": "Idempotency-Key",
+        "delivery": "at_least_once",
+    });
+}
+
 /// The `cluster/info` document (its static part; `probes` adds the live blocks).
 pub fn cluster_info(
     server_id: &str,
@@ -218,10 +239,13 @@ pub fn cluster_info(
             // `supported_workflow_task_commands`); the SDK gates neither on a flag.
             "service_calls": {
                 "supported": true,
+                // `invocable_http` joins once the operator allows a host (see
+                // `advertise_service_http`).
                 "binding_kinds": [
                     "start_workflow",
                     "signal_workflow",
                     "update_workflow",
+                    "query_workflow",
                     "activity_execution",
                 ],
                 "workflow_command": "start_service_operation",

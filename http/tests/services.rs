@@ -658,3 +658,148 @@ async fn a_malformed_start_service_operation_is_422_with_command_field_paths() {
     }
     assert!(errors.get("commands.0.service_name").is_none());
 }
+
+/// A loopback endpoint answering every request `200 {"paid": true}` after reading it.
+async fn paying_endpoint() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).to_string();
+                let done = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    body.len() >= len
+                });
+                if n == 0 || done {
+                    break;
+                }
+            }
+            let body = r#"{"paid": true}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocable_http_operation_calls_an_allowed_host_through_the_server_builder() {
+    use common::{send, CONTROL};
+    use keel_engine::storage::memory::MemoryStore;
+    use keel_http::{AuthConfig, Server};
+    let port = paying_endpoint().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut auth = AuthConfig::open();
+    auth.add_env(TOKENS).expect("tokens");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(
+        Server::builder()
+            .store(std::sync::Arc::new(MemoryStore::new()))
+            .listener(listener)
+            .auth(auth)
+            .service_http_allow(format!("127.0.0.1:{port}"))
+            .shutdown_signal(stop_rx)
+            .drain_timeout(std::time::Duration::from_secs(1))
+            .serve(),
+    );
+    let admin = [
+        CONTROL,
+        ("Authorization", "Bearer tok-admin"),
+        ("X-Namespace", "default"),
+    ];
+    let info = send(addr, "GET", "/api/cluster/info", &admin, None).await;
+    expect_status(&info, 200);
+    let kinds = info.json()["capabilities"]["service_calls"]["binding_kinds"].clone();
+    assert!(
+        kinds.as_array().is_some_and(
+            |k| k.contains(&json!("invocable_http")) && k.contains(&json!("query_workflow"))
+        ),
+        "{kinds}"
+    );
+    let post = |path: &'static str, body: Value| async move {
+        send(addr, "POST", path, &admin, Some(&body)).await
+    };
+    expect_status(&post(EP, json!({"endpoint_name": "pay"})).await, 201);
+    expect_status(
+        &post(
+            "/api/service-endpoints/pay/services",
+            json!({"service_name": "cards"}),
+        )
+        .await,
+        201,
+    );
+    let ops = "/api/service-endpoints/pay/services/cards/operations";
+    let op = |name: &str, url: String| {
+        json!({
+            "operation_name": name,
+            "operation_mode": "sync",
+            "handler_binding_kind": "invocable_http",
+            "handler_binding": {"url": url},
+        })
+    };
+    // The URL's shape is checked at creation: 422 with its field path.
+    let r = post(ops, op("tls", "https://127.0.0.1/".into())).await;
+    expect(&r, 422, "validation_failed");
+    assert!(
+        r.json()["errors"]["handler_binding.url"].is_array(),
+        "{}",
+        r.text
+    );
+    expect_status(
+        &post(ops, op("charge", format!("http://127.0.0.1:{port}/charge"))).await,
+        201,
+    );
+    // A host outside the allow-list is accepted into the catalog and refused at execution.
+    expect_status(
+        &post(ops, op("elsewhere", "http://127.0.0.1:1/".into())).await,
+        201,
+    );
+    let r = post(
+        "/api/service-endpoints/pay/services/cards/operations/elsewhere/execute",
+        json!({"arguments": null, "idempotency_key": "e1"}),
+    )
+    .await;
+    expect(&r, 409, "invocable_http_host_not_allowed");
+
+    let r = post(
+        "/api/service-endpoints/pay/services/cards/operations/charge/execute",
+        json!({"arguments": null, "idempotency_key": "c1", "wait_for": "completed", "wait_timeout_seconds": 20}),
+    )
+    .await;
+    expect_status(&r, 200);
+    let call = r.json()["service_call"].clone();
+    assert_eq!(call["status"], "completed", "{call}");
+    assert_eq!(call["result"], json!({"paid": true}));
+    assert_eq!(call["resolved_binding_kind"], "invocable_http");
+
+    let _ = stop.send(true);
+    server.await.expect("joins").expect("serves");
+}
+
+#[tokio::test]
+async fn without_an_allowed_host_cluster_info_does_not_list_invocable_http() {
+    let s = start(TOKENS, None).await;
+    let r = control(&s, A, "default", "GET", "/api/cluster/info", None).await;
+    expect_status(&r, 200);
+    let kinds = r.json()["capabilities"]["service_calls"]["binding_kinds"].clone();
+    assert!(!kinds.to_string().contains("invocable_http"), "{kinds}");
+    assert!(kinds.to_string().contains("query_workflow"), "{kinds}");
+}

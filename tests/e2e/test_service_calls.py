@@ -16,12 +16,20 @@ workflow, cancelling the call cancels the caller's wait and cancelling the calle
 cancels the linked workflow, an execute resent with the workflow's idempotency key
 returns the workflow's call, and an ``activity_execution`` binding runs an activity of the target namespace.
 
-Not covered because not implemented: ``query_workflow`` and ``invocable_http`` bindings (refused with 409 ``binding_not_supported``, which a workflow
-caller sees as ``NexusOperationFailed`` with that reason)."""
+``invocable_http`` and ``query_workflow`` bindings (a server started with
+``--service-http-allow`` naming a tiny Python HTTP server of the test): the client and a
+workflow get the endpoint's JSON body as the result, sent with the call id as
+``Idempotency-Key``; a 503 is retried under the operation's retry policy, a 400 fails the
+call, a host outside the allow-list is refused by name; a query binding returns the
+workflow's query answer to the client and to a workflow, and fails with the query path's
+reason when no worker can answer."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from durable_workflow import Client, activity, workflow
@@ -68,6 +76,10 @@ class Poked:
     def poke(self, who: str) -> None:
         self.pokes.append(who)
 
+    @workflow.query("status")
+    def status(self) -> int:
+        return len(self.pokes)
+
     @workflow.update("count")
     def count(self, who: str) -> str:
         self.pokes.append(who)
@@ -101,7 +113,10 @@ class Caller:
             )
             return {"status": call.status, "id": call.service_call_id, "result": call.result}
         except NexusOperationFailed as e:
-            return {"status": e.status, "failed": str(e), "reason": e.reason, "id": e.service_call_id}
+            return {
+                "status": e.status, "failed": str(e), "reason": e.reason, "id": e.service_call_id,
+                "error_type": e.service_error_type,
+            }
 
 
 def catalog(api: RawApi, ns: str, task_queue: str) -> None:
@@ -309,8 +324,9 @@ def test_workflows_call_operations_in_another_namespace(keel: KeelServer, api: R
                 assert out["status"] == "failed" and "no greeting for Di" in out["failed"], out
                 out = await run("nope", [], {})
                 assert out["reason"] == "operation_not_found", out
+                # A query binding needs a workflow to query: the step fails, naming the field.
                 out = await run("ask", [], {})
-                assert out["reason"] == "binding_not_supported", out
+                assert out["reason"] == "validation_failed" and "target_workflow_instance_id" in out["failed"], out
 
                 # Cancelling the call (its cancel route) ends the caller's wait.
                 linked = unique("linked")
@@ -347,5 +363,172 @@ def test_workflows_call_operations_in_another_namespace(keel: KeelServer, api: R
                     return (await callee.describe_workflow(linked)).status == "cancelled"
 
                 await async_wait_until(linked_cancelled, 30, "the linked workflow is cancelled")
+
+    asyncio.run(scenario())
+
+
+class HttpEndpoint:
+    """A tiny HTTP server on a loopback port, in a thread: ``/echo`` answers 200 with the
+    posted arguments, ``/flaky`` answers 503 once then 200, ``/bad`` answers 400. It
+    records each request's path, ``Idempotency-Key`` and JSON body."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, dict]] = []
+        self.flaky_left = 1
+        lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with lock:
+                    endpoint.seen.append((self.path, self.headers.get("Idempotency-Key"), body))
+                    flaky = self.path == "/flaky" and endpoint.flaky_left > 0
+                    if flaky:
+                        endpoint.flaky_left -= 1
+                if self.path == "/bad":
+                    self.reply(400, {"error": "no such card"})
+                elif flaky:
+                    self.reply(503, {"error": "busy"})
+                else:
+                    self.reply(200, {"echo": body.get("arguments"), "path": self.path})
+
+            def reply(self, status: int, doc: dict) -> None:
+                raw = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def requests_to(self, path: str) -> list[tuple[str, str | None, dict]]:
+        return [r for r in self.seen if r[0] == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_and_query_bindings_through_the_sdk(keel_factory) -> None:  # type: ignore[no-untyped-def]
+    endpoint = HttpEndpoint()
+    try:
+        keel = keel_factory(extra_args=["--service-http-allow", f"127.0.0.1:{endpoint.port}"])
+        with RawApi(keel.url) as api:
+            _http_and_query_bindings(keel, api, endpoint)
+            assert not api.server_errors(), api.server_errors()
+    finally:
+        endpoint.close()
+
+
+def _http_and_query_bindings(keel: KeelServer, api: RawApi, endpoint: HttpEndpoint) -> None:
+    target = unique("svc-http").lower()
+    callee_queue, caller_queue = unique("e2e-svc-callee"), unique("e2e-svc-caller")
+    catalog(api, target, callee_queue)
+    ops = "/service-endpoints/greetings/services/hello/operations"
+    h = {"X-Namespace": target}
+    for name, url, retry in [
+        ("charge", endpoint.url("/echo"), None),
+        ("flaky", endpoint.url("/flaky"), {"max_attempts": 3, "backoff_seconds": [1]}),
+        ("reject", endpoint.url("/bad"), {"max_attempts": 3, "backoff_seconds": [1]}),
+        ("elsewhere", "http://127.0.0.1:1/", None),
+    ]:
+        r = api.control(
+            "POST", ops, headers=h,
+            json={
+                "operation_name": name,
+                "operation_mode": "sync",
+                "handler_binding_kind": "invocable_http",
+                "handler_binding": {"url": url},
+                "retry_policy": retry,
+            },
+        )
+        expect_status(r, 201, f"operation {name}")
+    r = api.control(
+        "POST", ops, headers=h,
+        json={"operation_name": "tls", "operation_mode": "sync", "handler_binding_kind": "invocable_http",
+              "handler_binding": {"url": "https://127.0.0.1/"}},
+    )
+    expect_status(r, 422, "an https URL")
+    assert "handler_binding.url" in r.json()["errors"], r.json()
+    info = api.control("GET", "/cluster/info").json()
+    kinds = info["capabilities"]["service_calls"]["binding_kinds"]
+    assert "invocable_http" in kinds and "query_workflow" in kinds, kinds
+
+    async def scenario() -> None:
+        async with Client(keel.url) as caller, Client(keel.url, namespace=target) as callee:
+            async with running_worker(callee, task_queue=callee_queue, workflows=[Poked]), \
+                    running_worker(caller, task_queue=caller_queue, workflows=[Caller]) as caller_worker:
+                # The client: the endpoint's JSON body is the result.
+                out = await caller.execute_nexus_operation(
+                    "greetings", "hello", "charge", ["Ada", 3], target_namespace=target
+                )
+                assert (out.status, out.result) == ("completed", {"echo": ["Ada", 3], "path": "/echo"}), out
+                [(_, key, body)] = endpoint.requests_to("/echo")
+                assert key == out.service_call_id and body["service_call_id"] == out.service_call_id
+
+                # A 503 is retried (same key); a 400 is not; a host off the list is refused.
+                out = await caller.execute_nexus_operation("greetings", "hello", "flaky", [], target_namespace=target)
+                assert out.status == "completed", out.response_or_failure_surface
+                keys = [k for (_, k, _) in endpoint.requests_to("/flaky")]
+                assert keys == [out.service_call_id, out.service_call_id], keys
+                with pytest.raises(NexusOperationFailed) as failed:
+                    await caller.execute_nexus_operation("greetings", "hello", "reject", [], target_namespace=target)
+                assert failed.value.service_error_type == "invocable_http_client_error", failed.value.body
+                assert len(endpoint.requests_to("/bad")) == 1
+                with pytest.raises(NexusOperationFailed) as failed:
+                    await caller.execute_nexus_operation("greetings", "hello", "elsewhere", [], target_namespace=target)
+                assert failed.value.reason == "invocable_http_host_not_allowed", failed.value.body
+
+                async def run(operation: str, args: list, options: dict) -> dict:
+                    handle = await caller.start_workflow(
+                        workflow_type="e2e.svc.caller", task_queue=caller_queue, workflow_id=unique("caller"),
+                        input=[target, operation, args, options],
+                    )
+                    [result] = await wait_for_results(caller, [handle], worker=caller_worker)
+                    return result
+
+                # A workflow: the same binding from workflow code.
+                out = await run("charge", ["Bo"], {})
+                assert (out["status"], out["result"]) == ("completed", {"echo": ["Bo"], "path": "/echo"}), out
+                out = await run("reject", [], {})
+                assert (out["status"], out["error_type"]) == ("failed", "invocable_http_client_error"), out
+
+                # query_workflow: the workflow's query answer, to the client and to a workflow.
+                poked = await callee.start_workflow(
+                    workflow_type="e2e.svc.poked", task_queue=callee_queue, workflow_id=unique("poked"), input=[]
+                )
+                answer = await caller.execute_nexus_operation(
+                    "greetings", "hello", "ask", [], target_namespace=target,
+                    target_workflow_instance_id=poked.workflow_id,
+                )
+                assert (answer.status, answer.result) == ("completed", 0), answer.response_or_failure_surface
+                out = await run("ask", [], {"target": poked.workflow_id})
+                assert (out["status"], out["result"]) == ("completed", 0), out
+                await callee.signal_workflow(poked.workflow_id, "poke", args=["Cy"])
+                [poke_result] = await wait_for_results(callee, [poked])
+                assert poke_result == "poked by Cy"
+
+        # No worker polls the callee's queue any more: the query path's reason.
+        async with Client(keel.url) as caller:
+            with pytest.raises(NexusOperationFailed) as failed:
+                await caller.execute_nexus_operation(
+                    "greetings", "hello", "ask", [], target_namespace=target,
+                    target_workflow_instance_id=poked.workflow_id,
+                )
+            assert failed.value.service_error_type in ("query_worker_unavailable", "query_worker_timeout"), (
+                failed.value.body
+            )
 
     asyncio.run(scenario())

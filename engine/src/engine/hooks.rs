@@ -5,9 +5,12 @@ use crate::clock::Millis;
 use crate::kernel::{self, Effects, Event, TxFuture};
 use crate::storage::KvTxn;
 
-pub(super) struct Hooks;
+pub(super) struct Hooks<'c> {
+    /// The outbound settings a `start_service_operation` command's admission checks.
+    pub service_http: &'c crate::services::ServiceHttpConfig,
+}
 
-impl kernel::Hooks for Hooks {
+impl kernel::Hooks for Hooks<'_> {
     fn react<'t>(
         &'t self,
         txn: &'t mut dyn KvTxn,
@@ -81,6 +84,7 @@ impl kernel::Hooks for Hooks {
                         &run_id,
                         sequence,
                         &command,
+                        self.service_http,
                         now,
                         fx,
                     )

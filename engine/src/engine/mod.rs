@@ -20,6 +20,7 @@ use crate::sync::Arc;
 use crate::tables;
 use crate::timers::{TimerHandler, Timers};
 
+mod dispatch;
 mod hooks;
 mod timers;
 
@@ -49,6 +50,8 @@ pub struct EngineConfig {
     pub cluster: Option<ClusterConfig>,
     /// Where external payload blobs may live (the drivers' directories and disks).
     pub payloads: crate::payloads::PayloadStores,
+    /// Which hosts `invocable_http` service bindings may call, and their request timeout.
+    pub service_http: crate::services::ServiceHttpConfig,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             scheduler: true,
             cluster: None,
             payloads: crate::payloads::PayloadStores::default(),
+            service_http: crate::services::ServiceHttpConfig::default(),
         }
     }
 }
@@ -294,7 +298,9 @@ impl Engine {
         let result = kernel::run(
             self.inner.store.as_ref(),
             self.inner.clock.as_ref(),
-            &hooks::Hooks,
+            &hooks::Hooks {
+                service_http: &self.inner.config.service_http,
+            },
             self.inner
                 .cluster
                 .as_ref()

@@ -40,116 +40,157 @@ impl Engine {
     /// acts on it, and a missing row means it already fired).
     pub async fn fire_timer(&self, timer: TimerKey) -> Result<()> {
         let timer = &timer;
-        self.transact(move |tx| {
-            Box::pin(async move {
-                let now = tx.now;
-                let (txn, fx) = (tx.txn.as_mut(), &mut tx.fx);
-                let key = tables::timer_key(timer);
-                let Some(action) = tables::get::<TimerAction>(txn, &key).await? else {
-                    return Ok(());
-                };
-                tables::delete(txn, &key).await?;
-                match action {
-                    TimerAction::LeaseExpiry { task_id } => {
-                        kernel::fire_lease_expiry(txn, &task_id, timer, now, fx).await
-                    }
-                    TimerAction::TaskBackoff { task_id } => {
-                        kernel::fire_task_backoff(txn, &task_id, timer, now, fx).await
-                    }
-                    TimerAction::RunDeadline { namespace, run_id } => {
-                        crate::workflow::time_out_run(txn, &namespace, &run_id, timer, now, fx)
-                            .await
-                    }
-                    TimerAction::ActivityTimeout {
-                        task_id,
-                        timeout_kind,
-                        attempt_id,
-                        ..
-                    } => {
-                        crate::workflow::fire_activity_timeout(
-                            txn,
-                            timer,
-                            &task_id,
-                            &timeout_kind,
-                            attempt_id.as_deref(),
-                            now,
-                            fx,
-                        )
-                        .await
-                    }
-                    TimerAction::ParentClosePolicy {
-                        namespace,
-                        child_workflow_id,
-                        parent_run_id,
-                        policy,
-                    } => {
-                        crate::workflow::apply_parent_close_policy(
-                            txn,
-                            &namespace,
-                            &child_workflow_id,
-                            &parent_run_id,
-                            &policy,
-                            now,
-                            fx,
-                        )
-                        .await
-                    }
-                    TimerAction::ScheduleFire {
-                        namespace,
-                        schedule_id,
-                    } => {
-                        crate::schedules::fire(txn, &namespace, &schedule_id, timer, now, fx).await
-                    }
-                    TimerAction::ScheduleRunClosed {
-                        namespace,
-                        schedule_id,
-                        workflow_id,
-                    } => {
-                        crate::schedules::run_closed(
-                            txn,
-                            &namespace,
-                            &schedule_id,
-                            &workflow_id,
-                            now,
-                            fx,
-                        )
-                        .await
-                    }
-                    TimerAction::ServiceCallDeadline {
+        let http = &self.inner.config.service_http;
+        let dispatched = self
+            .transact(move |tx| {
+                Box::pin(async move {
+                    let now = tx.now;
+                    let (txn, fx) = (tx.txn.as_mut(), &mut tx.fx);
+                    let key = tables::timer_key(timer);
+                    let Some(action) = tables::get::<TimerAction>(txn, &key).await? else {
+                        return Ok(None);
+                    };
+                    tables::delete(txn, &key).await?;
+                    if let TimerAction::ServiceCallDispatch {
                         namespace,
                         endpoint_name,
                         service_name,
                         operation_name,
                         service_call_id,
-                    } => {
-                        crate::services::fire_deadline(
+                    } = &action
+                    {
+                        return crate::services::lease_dispatch(
                             txn,
-                            &namespace,
-                            &endpoint_name,
-                            &service_name,
-                            &operation_name,
-                            &service_call_id,
+                            namespace,
+                            endpoint_name,
+                            service_name,
+                            operation_name,
+                            service_call_id,
                             timer,
+                            http,
                             now,
                             fx,
                         )
-                        .await
+                        .await;
                     }
-                    TimerAction::WorkerSessionDeadline {
-                        namespace,
-                        session_id,
-                    } => {
-                        crate::sessions::fire_deadline(txn, &namespace, &session_id, timer, now, fx)
+                    let fired = match action {
+                        TimerAction::LeaseExpiry { task_id } => {
+                            kernel::fire_lease_expiry(txn, &task_id, timer, now, fx).await
+                        }
+                        TimerAction::TaskBackoff { task_id } => {
+                            kernel::fire_task_backoff(txn, &task_id, timer, now, fx).await
+                        }
+                        TimerAction::RunDeadline { namespace, run_id } => {
+                            crate::workflow::time_out_run(txn, &namespace, &run_id, timer, now, fx)
+                                .await
+                        }
+                        TimerAction::ActivityTimeout {
+                            task_id,
+                            timeout_kind,
+                            attempt_id,
+                            ..
+                        } => {
+                            crate::workflow::fire_activity_timeout(
+                                txn,
+                                timer,
+                                &task_id,
+                                &timeout_kind,
+                                attempt_id.as_deref(),
+                                now,
+                                fx,
+                            )
                             .await
-                    }
-                    action @ (TimerAction::WorkflowTimer { .. }
-                    | TimerAction::ConditionTimeout { .. }
-                    | TimerAction::ForgetClosedTask { .. }) => {
-                        crate::workflow::waits::fire(txn, action, timer, now, fx).await
-                    }
-                }
+                        }
+                        TimerAction::ParentClosePolicy {
+                            namespace,
+                            child_workflow_id,
+                            parent_run_id,
+                            policy,
+                        } => {
+                            crate::workflow::apply_parent_close_policy(
+                                txn,
+                                &namespace,
+                                &child_workflow_id,
+                                &parent_run_id,
+                                &policy,
+                                now,
+                                fx,
+                            )
+                            .await
+                        }
+                        TimerAction::ScheduleFire {
+                            namespace,
+                            schedule_id,
+                        } => {
+                            crate::schedules::fire(txn, &namespace, &schedule_id, timer, now, fx)
+                                .await
+                        }
+                        TimerAction::ScheduleRunClosed {
+                            namespace,
+                            schedule_id,
+                            workflow_id,
+                        } => {
+                            crate::schedules::run_closed(
+                                txn,
+                                &namespace,
+                                &schedule_id,
+                                &workflow_id,
+                                now,
+                                fx,
+                            )
+                            .await
+                        }
+                        TimerAction::ServiceCallDeadline {
+                            namespace,
+                            endpoint_name,
+                            service_name,
+                            operation_name,
+                            service_call_id,
+                        } => {
+                            crate::services::fire_deadline(
+                                txn,
+                                &namespace,
+                                &endpoint_name,
+                                &service_name,
+                                &operation_name,
+                                &service_call_id,
+                                timer,
+                                now,
+                                fx,
+                            )
+                            .await
+                        }
+                        TimerAction::WorkerSessionDeadline {
+                            namespace,
+                            session_id,
+                        } => {
+                            crate::sessions::fire_deadline(
+                                txn,
+                                &namespace,
+                                &session_id,
+                                timer,
+                                now,
+                                fx,
+                            )
+                            .await
+                        }
+                        action @ (TimerAction::WorkflowTimer { .. }
+                        | TimerAction::ConditionTimeout { .. }
+                        | TimerAction::ForgetClosedTask { .. }) => {
+                            crate::workflow::waits::fire(txn, action, timer, now, fx).await
+                        }
+                        TimerAction::ServiceCallDispatch { .. } => Ok(()),
+                    };
+                    fired.map(|()| None)
+                })
             })
-        })
-        .await
+            .await?;
+        // A leased service-call attempt runs off the timer service (it may wait on a
+        // remote endpoint or a worker); its lease timer covers a crash meanwhile.
+        if let Some(d) = dispatched {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.run_dispatch(d).await });
+        }
+        Ok(())
     }
 }

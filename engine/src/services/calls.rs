@@ -7,8 +7,20 @@
 //!   `target_workflow_instance_id`) with the command key `service-call:{id}` and closes
 //!   the call at once. `update_workflow` sends an update the same way and closes the call
 //!   with the update's outcome (the kernel's `UpdateClosed` event). `activity_execution`
-//!   runs a standalone activity whose host run is the linked run. `query_workflow` and
-//!   `invocable_http` are refused with 409 `binding_not_supported`.
+//!   runs a standalone activity whose host run is the linked run. `invocable_http` and
+//!   `query_workflow` are *dispatched*: the call is admitted with a dispatch timer due at
+//!   once; when it fires, [`lease_dispatch`] leases an attempt (a new dispatch timer at
+//!   the attempt's timeout plus a margin is its lease), the engine runs the HTTP request
+//!   or the query outside any transaction, and [`finish_dispatch`] records the outcome,
+//!   fenced by the lease. A lapsed lease (a crash mid-request) redelivers the attempt:
+//!   at least once, with the call id as the request's `Idempotency-Key`. 2xx completes
+//!   the call with the body as its result; 4xx fails it; 5xx, connect errors and
+//!   timeouts are retried under the operation's `retry_policy` (`max_attempts`,
+//!   `backoff_seconds` or `initial_interval_seconds`/`backoff_coefficient`/
+//!   `maximum_interval_seconds`, `non_retryable_error_types`). An `invocable_http` URL
+//!   whose host is not on the operator's allow-list is refused at admission (409
+//!   `invocable_http_host_not_allowed`) and again at each attempt. Other binding kinds
+//!   are refused with 409 `binding_not_supported`.
 //! * **Idempotency.** A call is indexed by `(target namespace, operation, caller
 //!   namespace, idempotency_key)`: a resent execute or a replayed command finds the first
 //!   call and never creates a second one.
@@ -43,12 +55,18 @@ use crate::workflow::{
 };
 use crate::{history, ids, tables};
 
+use crate::namespaces::{check_attributes, search_attribute_registry};
+
 use super::catalog::{load_operation, normalize_name, OperationRecord};
+use super::outbound::{host_allowed, parse_http_url, ServiceHttpConfig};
 
 /// Set on a `start_service_operation` command by the HTTP front when the worker's token
 /// cannot reach the command's target namespace: the call is refused as if the namespace
 /// did not exist.
 pub const TARGET_NAMESPACE_DENIED: &str = "keel_target_namespace_denied";
+
+/// Why an `invocable_http` call to a host outside the operator's allow-list is refused.
+pub const HOST_NOT_ALLOWED: &str = "invocable_http_host_not_allowed";
 
 /// Most open calls one run closing visits in its transaction (as caller or as linked run).
 const MAX_CALLS_PER_RUN: usize = 256;
@@ -72,6 +90,14 @@ pub struct ExecuteRequest {
     pub business_key: Option<String>,
     /// `return_existing_active` (default) or `reject_duplicate`.
     pub reject_duplicate: bool,
+    /// The run a `signal_workflow`, `update_workflow` or `query_workflow` binding targets
+    /// (default: the workflow's current run).
+    pub target_workflow_run_id: Option<String>,
+    /// Memo of the workflow a `start_workflow` binding starts (a plain JSON map).
+    pub memo: Option<Value>,
+    /// Search attributes of the workflow a `start_workflow` binding starts (checked
+    /// against the target namespace's registry).
+    pub search_attributes: Option<Value>,
 }
 
 /// A workflow that called an operation through `start_service_operation`.
@@ -144,6 +170,26 @@ pub struct ServiceCallRecord {
     /// The update that carries the call out (`update_workflow` bindings).
     #[serde(default)]
     pub linked_workflow_update_id: Option<String>,
+    /// The arguments envelope, kept for the bindings Keel carries out itself
+    /// (`invocable_http`, `query_workflow`); null for the others.
+    #[serde(default)]
+    pub arguments: Value,
+    /// The timer that runs the next attempt of a dispatched binding, or whose firing
+    /// means the current attempt's lease lapsed (its outcome was never recorded).
+    #[serde(default)]
+    pub dispatch_timer: Option<TimerKey>,
+    /// Attempts of a dispatched binding started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Attempts whose lease lapsed without an outcome (a crash mid-request).
+    #[serde(default)]
+    pub lapsed_attempts: u32,
+    /// Why the last failed attempt failed (a retry follows).
+    #[serde(default)]
+    pub last_attempt_failure: Option<String>,
+    /// An attempt was leased and its outcome is not recorded yet.
+    #[serde(default)]
+    pub attempt_in_flight: bool,
 }
 
 /// A call as answered to clients.
@@ -270,6 +316,39 @@ fn unsupported_binding(op: &OperationRecord) -> Error {
         "handler_binding_kind",
         op.spec.handler_binding_kind.as_str(),
     )
+}
+
+fn bad_url(op: &OperationRecord, why: &str) -> Error {
+    Error::reject(
+        RejectKind::Conflict,
+        "invocable_http_url_invalid",
+        format!(
+            "operation '{}' is bound to an unusable URL: {why}",
+            op.operation_name
+        ),
+    )
+    .with("operation_name", op.operation_name.as_str())
+}
+
+fn host_not_allowed(op: &OperationRecord, authority: &str) -> Error {
+    Error::reject(
+        RejectKind::Conflict,
+        HOST_NOT_ALLOWED,
+        format!(
+            "operation '{}' calls {authority}, which is not on this server's --service-http-allow list",
+            op.operation_name
+        ),
+    )
+    .with("operation_name", op.operation_name.as_str())
+    .with("host", authority)
+}
+
+/// The run a signal, update or query binding targets: the request's, else the
+/// binding's, else none (the current run).
+fn target_run(op: &OperationRecord, req: &ExecuteRequest) -> Option<String> {
+    req.target_workflow_run_id
+        .clone()
+        .or_else(|| binding_str(op, &["run_id", "workflow_run_id"]).map(str::to_string))
 }
 
 fn call_not_found(op: &OperationRecord, id: &str) -> Error {
@@ -528,6 +607,9 @@ async fn close_call(
     if let Some(timer) = call.deadline_timer.take() {
         kernel::clear_timer(txn, &timer);
     }
+    if let Some(timer) = call.dispatch_timer.take() {
+        kernel::clear_timer(txn, &timer);
+    }
     if carries_a_run(call) {
         let key = by_run_key(&call.namespace, &call.linked_workflow_run_id, &call.id);
         tables::delete(txn, &key.into_bytes()).await?;
@@ -574,6 +656,7 @@ async fn admit_in_txn(
     ns: &str,
     op: &OperationRecord,
     req: &ExecuteRequest,
+    http: &ServiceHttpConfig,
     call_id: &str,
     run_id: &str,
     caller: Option<CallerLink>,
@@ -653,8 +736,16 @@ async fn admit_in_txn(
         deadline_timer: None,
         deadline_at_ms: None,
         linked_workflow_update_id: None,
+        arguments: Value::Null,
+        dispatch_timer: None,
+        attempts: 0,
+        lapsed_attempts: 0,
+        last_attempt_failure: None,
+        attempt_in_flight: false,
     };
     let key = call_key(ns, op, call_id);
+    // Bindings whose work runs outside this transaction (see `lease_dispatch`).
+    let mut dispatched = false;
     match op.spec.handler_binding_kind.as_str() {
         "start_workflow" => {
             let (workflow_type, task_queue) = start_target(op, req.queue.as_deref());
@@ -668,6 +759,10 @@ async fn admit_in_txn(
                 .target_workflow_instance_id
                 .clone()
                 .unwrap_or_else(|| format!("svc-{call_id}"));
+            if let Some(Value::Object(attributes)) = &req.search_attributes {
+                let registry = search_attribute_registry(txn, ns).await?;
+                check_attributes(&registry, attributes)?;
+            }
             let start = StartWorkflow {
                 workflow_id: Some(workflow_id.clone()),
                 workflow_type: workflow_type.clone(),
@@ -680,8 +775,8 @@ async fn admit_in_txn(
                 } else {
                     DuplicatePolicy::UseExisting
                 },
-                memo: json!({}),
-                search_attributes: json!({}),
+                memo: req.memo.clone().unwrap_or_else(|| json!({})),
+                search_attributes: req.search_attributes.clone().unwrap_or_else(|| json!({})),
                 priority: 5,
                 build_id: None,
             };
@@ -711,7 +806,7 @@ async fn admit_in_txn(
                 })?;
             let signal = SignalRequest {
                 workflow_id,
-                run_id: None,
+                run_id: target_run(op, req),
                 signal_name: signal_name.clone(),
                 input: req.arguments.clone(),
                 request_id: Some(format!("service-call:{call_id}")),
@@ -752,7 +847,7 @@ async fn admit_in_txn(
                 })?;
             let update = UpdateRequest {
                 workflow_id: workflow_id.clone(),
-                run_id: None,
+                run_id: target_run(op, req),
                 update_name: update_name.clone(),
                 input: req.arguments.clone(),
                 request_id: Some(format!("service-call:{call_id}")),
@@ -821,7 +916,56 @@ async fn admit_in_txn(
             let index = by_run_key(ns, &run.run_id, call_id);
             tables::put_bytes(txn, &index.into_bytes(), &key);
         }
+        "invocable_http" => {
+            // The request goes out after this transaction commits, from the durable
+            // record (at least once; the call id is its `Idempotency-Key`).
+            let url = binding_str(op, &["url"])
+                .map(str::to_string)
+                .or_else(|| op.spec.handler_target_reference.clone())
+                .unwrap_or_default();
+            let target = parse_http_url(&url).map_err(|why| bad_url(op, &why))?;
+            if !host_allowed(&http.allow, &target) {
+                return Err(host_not_allowed(op, &target.authority));
+            }
+            call.resolved_target_reference = url;
+            call.arguments = req.arguments.clone();
+            dispatched = true;
+        }
+        "query_workflow" => {
+            // Answered by a worker through the query path, after this transaction.
+            let query_name = binding_str(op, &["query_name", "query"])
+                .map(str::to_string)
+                .or_else(|| op.spec.handler_target_reference.clone())
+                .unwrap_or_default();
+            if query_name.is_empty() {
+                return Err(Error::invalid(
+                    "handler_target_reference",
+                    "The operation names no query to run.",
+                ));
+            }
+            let workflow_id = req
+                .target_workflow_instance_id
+                .clone()
+                .or_else(|| {
+                    binding_str(op, &["workflow_id", "workflow_instance_id"]).map(str::to_string)
+                })
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "target_workflow_instance_id",
+                        "The operation's binding names no workflow to query: give target_workflow_instance_id.",
+                    )
+                })?;
+            call.resolved_target_reference = query_name;
+            call.linked_workflow_instance_id = workflow_id;
+            call.linked_workflow_run_id = target_run(op, req).unwrap_or_default();
+            call.arguments = req.arguments.clone();
+            dispatched = true;
+        }
         _ => return Err(unsupported_binding(op)),
+    }
+    if dispatched {
+        let action = dispatch_action(&call);
+        call.dispatch_timer = Some(kernel::put_timer(txn, now, &action, fx)?);
     }
     if call.status.is_none() {
         if let Some(seconds) = deadline_seconds(op) {
@@ -863,6 +1007,7 @@ pub(crate) async fn admit_workflow_call(
     run_id: &str,
     sequence: u64,
     command: &Value,
+    http: &ServiceHttpConfig,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
@@ -966,6 +1111,12 @@ pub(crate) async fn admit_workflow_call(
         queue: text("queue"),
         business_key: text("business_key"),
         reject_duplicate: text("duplicate_start_policy").as_deref() == Some("reject_duplicate"),
+        target_workflow_run_id: text("target_workflow_run_id"),
+        memo: command.get("memo").filter(|v| v.is_object()).cloned(),
+        search_attributes: command
+            .get("search_attributes")
+            .filter(|v| v.is_object())
+            .cloned(),
     };
     let call_id = ids::new_id(now).to_ascii_lowercase();
     let linked_run_id = ids::new_id(now);
@@ -974,6 +1125,7 @@ pub(crate) async fn admit_workflow_call(
         &target_ns,
         &op,
         &req,
+        http,
         &call_id,
         &linked_run_id,
         Some(link.clone()),
@@ -983,7 +1135,9 @@ pub(crate) async fn admit_workflow_call(
     .await;
     let call = match admitted {
         Ok((call, _)) => call,
-        Err(e @ Error::Rejected { .. }) => {
+        // A refused call (or a request the binding cannot use: its fields named) fails
+        // the caller's step; the workflow task itself still completes.
+        Err(e @ (Error::Rejected { .. } | Error::Validation(_))) => {
             return refuse_caller(txn, &link, &e, &request_payload, now, fx).await
         }
         Err(e) => return Err(e),
@@ -1040,6 +1194,14 @@ async fn refuse_caller(
         Error::Rejected {
             reason, message, ..
         } => (*reason, message.clone()),
+        Error::Validation(fields) => (
+            "validation_failed",
+            fields
+                .iter()
+                .map(|(field, messages)| format!("{field}: {}", messages.join(" ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
         _ => ("service_call_rejected", e.to_string()),
     };
     let mut snapshot = json!({
@@ -1302,11 +1464,355 @@ pub(crate) async fn fire_deadline(
     stop_linked_run(txn, &call, &message, now, fx).await
 }
 
+/// Most lapsed attempts (leases that ran out without an outcome) before a call fails.
+const MAX_LAPSED_ATTEMPTS: u32 = 3;
+/// How long an attempt's lease outlives its own timeout (the margin for recording it).
+const LEASE_MARGIN_MS: Millis = 30_000;
+
+/// The external work of one attempt of a dispatched call, run outside any transaction
+/// by the engine (see [`lease_dispatch`]).
+#[derive(Debug, Clone)]
+pub enum DispatchWork {
+    /// One HTTP request to an `invocable_http` binding's URL.
+    Http {
+        url: String,
+        method: String,
+        /// The binding's headers, then `Idempotency-Key` (the call id) and the attempt.
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        timeout: std::time::Duration,
+    },
+    /// One query through the query path (`query_workflow` bindings).
+    Query {
+        workflow_id: String,
+        run_id: Option<String>,
+        query_name: String,
+        input: Value,
+        timeout: std::time::Duration,
+    },
+}
+
+/// An attempt leased by [`lease_dispatch`]: its outcome goes to [`finish_dispatch`].
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub namespace: String,
+    pub endpoint_name: String,
+    pub service_name: String,
+    pub operation_name: String,
+    pub service_call_id: String,
+    /// The lease: the timer that redelivers the attempt if its outcome is never recorded.
+    pub lease: TimerKey,
+    /// 1-based.
+    pub attempt: u32,
+    pub work: DispatchWork,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum DispatchOutcome {
+    /// The result envelope.
+    Completed(Value),
+    /// `reason` names the failure (it becomes the call's `service_error_type` when final);
+    /// `retryable` failures are retried under the operation's `retry_policy`.
+    Failed {
+        reason: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+fn dispatch_action(call: &ServiceCallRecord) -> TimerAction {
+    TimerAction::ServiceCallDispatch {
+        namespace: call.namespace.clone(),
+        endpoint_name: call.endpoint_name.clone(),
+        service_name: call.service_name.clone(),
+        operation_name: call.operation_name.clone(),
+        service_call_id: call.id.clone(),
+    }
+}
+
+/// The binding's `timeout_seconds`, else `default`, at most the client's cap.
+fn attempt_timeout(call_binding: &Value, default: std::time::Duration) -> std::time::Duration {
+    call_binding
+        .get("timeout_seconds")
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+        .map_or(default, std::time::Duration::from_secs)
+        .min(super::outbound::MAX_REQUEST_TIMEOUT)
+}
+
+/// The retry policy's `max_attempts` (default 1).
+fn max_attempts(call: &ServiceCallRecord) -> u32 {
+    call.policies
+        .get("retry_policy")
+        .and_then(|p| p.get("max_attempts"))
+        .and_then(Value::as_u64)
+        .map_or(1, |n| n.clamp(1, 100) as u32)
+}
+
+/// Seconds before the next attempt after failed attempt `attempt` (1-based): the retry
+/// policy's `backoff_seconds` list (its last entry repeats), else
+/// `initial_interval_seconds` grown by `backoff_coefficient` up to
+/// `maximum_interval_seconds`, else 1 s.
+fn backoff_seconds(call: &ServiceCallRecord, attempt: u32) -> u64 {
+    let policy = call
+        .policies
+        .get("retry_policy")
+        .cloned()
+        .unwrap_or(Value::Null);
+    if let Some(list) = policy.get("backoff_seconds").and_then(Value::as_array) {
+        let index = (attempt as usize).saturating_sub(1);
+        if let Some(s) = list.get(index).or(list.last()).and_then(Value::as_u64) {
+            return s;
+        }
+    }
+    let initial = policy
+        .get("initial_interval_seconds")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0)
+        .max(0.0);
+    let coefficient = policy
+        .get("backoff_coefficient")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0)
+        .clamp(1.0, 100.0);
+    let maximum = policy
+        .get("maximum_interval_seconds")
+        .and_then(Value::as_f64)
+        .unwrap_or(3600.0);
+    let grown = initial * coefficient.powi(attempt.saturating_sub(1).min(60) as i32);
+    grown.min(maximum).ceil() as u64
+}
+
+/// Whether the retry policy names `reason` in `non_retryable_error_types`.
+fn listed_non_retryable(call: &ServiceCallRecord, reason: &str) -> bool {
+    call.policies
+        .get("retry_policy")
+        .and_then(|p| p.get("non_retryable_error_types"))
+        .and_then(Value::as_array)
+        .is_some_and(|types| types.iter().any(|t| t.as_str() == Some(reason)))
+}
+
+/// The JSON body an `invocable_http` attempt posts: the call's identity and its
+/// arguments as plain JSON (the argument list), with the envelope they came in.
+fn http_body(call: &ServiceCallRecord, attempt: u32) -> Vec<u8> {
+    let arguments = match &call.arguments {
+        Value::Object(m) if m.get("codec").and_then(Value::as_str) == Some("avro") => m
+            .get("blob")
+            .and_then(Value::as_str)
+            .and_then(|b| crate::avro::decode_blob(b).ok())
+            .map_or(Value::Null, |a| a.to_json()),
+        other => other.clone(),
+    };
+    let body = json!({
+        "service_call_id": call.id,
+        "attempt": attempt,
+        "namespace": call.namespace,
+        "endpoint_name": call.endpoint_name,
+        "service_name": call.service_name,
+        "operation_name": call.operation_name,
+        "caller_namespace": call.caller_namespace,
+        "caller_workflow_instance_id": call.caller_workflow_instance_id,
+        "caller_workflow_run_id": call.caller_workflow_run_id,
+        "idempotency_key": call.idempotency_key,
+        "arguments": arguments,
+        "arguments_envelope": call.arguments,
+    });
+    serde_json::to_vec(&body).expect("invariant: a JSON value serializes")
+}
+
+/// A dispatch timer fired (routed by `engine/timers.rs`): leases the next attempt of an
+/// open dispatched call and returns its work, to be run after this transaction commits.
+/// The lease is a new dispatch timer at the attempt's timeout plus a margin: if the
+/// attempt's outcome is never recorded (a crash mid-request), that timer redelivers it,
+/// so delivery is at least once. `None` when the timer is stale (the call closed or
+/// names another timer).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn lease_dispatch(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    endpoint: &str,
+    service: &str,
+    operation: &str,
+    call_id: &str,
+    timer: &TimerKey,
+    http: &ServiceHttpConfig,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<Option<Dispatch>> {
+    let key = call_key_parts(ns, endpoint, service, operation, call_id);
+    let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
+        return Ok(None);
+    };
+    if call.status.is_some() || call.dispatch_timer.as_ref() != Some(timer) {
+        return Ok(None);
+    }
+    call.dispatch_timer = None;
+    // With an attempt in flight, this timer firing means its lease lapsed.
+    if call.attempt_in_flight {
+        call.lapsed_attempts += 1;
+        if call.lapsed_attempts > MAX_LAPSED_ATTEMPTS {
+            let outcome = Outcome {
+                status: "failed",
+                output: Value::Null,
+                message: Some(format!(
+                    "{MAX_LAPSED_ATTEMPTS} attempts ended without a recorded outcome"
+                )),
+                error_type: Some("service_call_dispatch_lost".into()),
+            };
+            close_call(txn, &mut call, outcome, now, fx).await?;
+            return Ok(None);
+        }
+    }
+    let load = load_operation(txn, ns, endpoint, service, operation).await;
+    let binding = load
+        .as_ref()
+        .map(|op| op.spec.handler_binding.clone())
+        .unwrap_or(Value::Null);
+    call.attempts += 1;
+    call.attempt_in_flight = true;
+    let attempt = call.attempts;
+    let work = match call.resolved_binding_kind.as_str() {
+        "invocable_http" => {
+            let mut headers: Vec<(String, String)> = binding
+                .get("headers")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .filter(|(k, v)| valid_header(k, v))
+                        .collect()
+                })
+                .unwrap_or_default();
+            headers.push(("Content-Type".into(), "application/json".into()));
+            headers.push(("Idempotency-Key".into(), call.id.clone()));
+            headers.push(("X-Keel-Service-Call-Attempt".into(), attempt.to_string()));
+            let method = binding
+                .get("method")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_uppercase)
+                .filter(|m| matches!(m.as_str(), "POST" | "PUT" | "PATCH"))
+                .unwrap_or_else(|| "POST".into());
+            DispatchWork::Http {
+                url: call.resolved_target_reference.clone(),
+                method,
+                headers,
+                body: http_body(&call, attempt),
+                timeout: attempt_timeout(&binding, http.request_timeout),
+            }
+        }
+        _ => DispatchWork::Query {
+            workflow_id: call.linked_workflow_instance_id.clone(),
+            run_id: Some(call.linked_workflow_run_id.clone()).filter(|r| !r.is_empty()),
+            query_name: call.resolved_target_reference.clone(),
+            input: call.arguments.clone(),
+            timeout: attempt_timeout(&binding, http.request_timeout),
+        },
+    };
+    let timeout = match &work {
+        DispatchWork::Http { timeout, .. } | DispatchWork::Query { timeout, .. } => *timeout,
+    };
+    let lease_at = now + timeout.as_millis() as Millis + LEASE_MARGIN_MS;
+    let lease = kernel::put_timer(txn, lease_at, &dispatch_action(&call), fx)?;
+    call.dispatch_timer = Some(lease.clone());
+    tables::put(txn, &key, &call)?;
+    Ok(Some(Dispatch {
+        namespace: ns.to_string(),
+        endpoint_name: endpoint.to_string(),
+        service_name: service.to_string(),
+        operation_name: operation.to_string(),
+        service_call_id: call_id.to_string(),
+        lease,
+        attempt,
+        work,
+    }))
+}
+
+/// A header name and value an operator's binding may set (token characters; no CR/LF;
+/// not one the client sets itself).
+fn valid_header(name: &str, value: &str) -> bool {
+    let reserved = [
+        "host",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "idempotency-key",
+        "content-type",
+    ];
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+        && !reserved.contains(&name.to_ascii_lowercase().as_str())
+        && !value.chars().any(|c| c == '\r' || c == '\n')
+}
+
+/// Records an attempt's outcome (fenced by its lease: an attempt whose lease lapsed, or
+/// a call that closed meanwhile, changes nothing). Completed closes the call with the
+/// result; a retryable failure schedules the next attempt while the retry policy allows
+/// one; any other failure closes the call as failed with `reason` as its error type.
+pub(crate) async fn finish_dispatch(
+    txn: &mut dyn KvTxn,
+    d: &Dispatch,
+    outcome: DispatchOutcome,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
+    let key = call_key_parts(
+        &d.namespace,
+        &d.endpoint_name,
+        &d.service_name,
+        &d.operation_name,
+        &d.service_call_id,
+    );
+    let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
+        return Ok(());
+    };
+    if call.status.is_some() || call.dispatch_timer.as_ref() != Some(&d.lease) {
+        return Ok(());
+    }
+    kernel::clear_timer(txn, &d.lease);
+    call.dispatch_timer = None;
+    call.attempt_in_flight = false;
+    let closing = match outcome {
+        DispatchOutcome::Completed(output) => Outcome {
+            status: "completed",
+            output,
+            message: None,
+            error_type: None,
+        },
+        DispatchOutcome::Failed {
+            reason,
+            message,
+            retryable,
+        } => {
+            let retry = retryable
+                && call.attempts < max_attempts(&call)
+                && !listed_non_retryable(&call, &reason);
+            if retry {
+                let at = now + backoff_seconds(&call, call.attempts) as Millis * 1000;
+                call.dispatch_timer =
+                    Some(kernel::put_timer(txn, at, &dispatch_action(&call), fx)?);
+                call.last_attempt_failure = Some(format!("{reason}: {message}"));
+                tables::put(txn, &key, &call)?;
+                return Ok(());
+            }
+            Outcome {
+                status: "failed",
+                output: Value::Null,
+                message: Some(message),
+                error_type: Some(reason),
+            }
+        }
+    };
+    close_call(txn, &mut call, closing, now, fx).await?;
+    Ok(())
+}
+
 impl Engine {
     /// Executes an operation: creates the durable call and runs its binding in one
-    /// transaction. A repeated `idempotency_key` (per operation and caller namespace)
-    /// returns the first call. 409 `binding_not_supported` for bindings other than
-    /// `start_workflow` and `signal_workflow`.
+    /// transaction (a dispatched binding's work starts once it commits). A repeated
+    /// `idempotency_key` (per operation and caller namespace) returns the first call.
     pub async fn execute_operation(
         &self,
         ns: &str,
@@ -1323,6 +1829,7 @@ impl Engine {
             normalize_name(service),
             normalize_name(operation),
         );
+        let http = &self.inner.config.service_http;
         let (endpoint, service, operation, req, call_id, run_id) =
             (&endpoint, &service, &operation, &req, &call_id, &run_id);
         self.transact(move |tx| {
@@ -1332,7 +1839,7 @@ impl Engine {
                 kernel::require_namespace(txn, ns).await?;
                 let op = load_operation(txn, ns, endpoint, service, operation).await?;
                 let (call, replay) =
-                    admit_in_txn(txn, ns, &op, req, call_id, run_id, None, now, fx).await?;
+                    admit_in_txn(txn, ns, &op, req, http, call_id, run_id, None, now, fx).await?;
                 Ok(view(call, replay))
             })
         })

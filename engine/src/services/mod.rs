@@ -20,17 +20,23 @@
 mod bridge;
 mod calls;
 mod catalog;
+pub mod outbound;
 
 pub use bridge::{
     bridge_workflow_id, AdapterSpec, BridgeAction, BridgeAdapterRecord, BridgeEvent, BridgeOutcome,
     BridgeRejection, BridgeTarget, BRIDGE_ACTIONS, MAX_ADAPTERS,
 };
-pub(crate) use calls::{admit_workflow_call, fire_deadline, on_run_closed, on_update_closed};
+pub(crate) use calls::{
+    admit_workflow_call, finish_dispatch, fire_deadline, lease_dispatch, on_run_closed,
+    on_update_closed,
+};
 pub use calls::{
-    CallerLink, ExecuteRequest, ServiceCallRecord, ServiceCallView, TARGET_NAMESPACE_DENIED,
+    CallerLink, Dispatch, DispatchOutcome, DispatchWork, ExecuteRequest, ServiceCallRecord,
+    ServiceCallView, HOST_NOT_ALLOWED, TARGET_NAMESPACE_DENIED,
 };
 pub use catalog::{
     normalize_name, valid_catalog_name, CatalogPatch, EndpointRecord, OperationPatch,
     OperationRecord, OperationSpec, ServiceRecord, BINDING_KINDS, MAX_CATALOG_LIST,
     MAX_CATALOG_NAME, OPERATION_MODES,
 };
+pub use outbound::ServiceHttpConfig;

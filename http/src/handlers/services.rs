@@ -5,6 +5,7 @@
 use hyper::StatusCode;
 use keel_engine::avro::{decode_blob, envelope, AvroValue};
 use keel_engine::clock::format_timestamp;
+use keel_engine::services::outbound::parse_http_url;
 use keel_engine::services::{
     valid_catalog_name, CatalogPatch, EndpointRecord, ExecuteRequest, OperationPatch,
     OperationRecord, OperationSpec, ServiceCallView, ServiceRecord, BINDING_KINDS,
@@ -215,6 +216,27 @@ fn operation_spec(body: &Value) -> Result<(String, OperationSpec), ApiError> {
             "handler_target_reference",
             "Provide handler_target_reference or a non-empty handler_binding.",
         );
+    } else if spec.handler_binding_kind == "invocable_http" {
+        // The URL's shape is checked here; its host against the allow-list when a call
+        // is made (the list is this server's configuration, not the catalog's).
+        let url = spec
+            .handler_binding
+            .get("url")
+            .and_then(Value::as_str)
+            .or(spec.handler_target_reference.as_deref());
+        let field = if spec.handler_binding.get("url").is_some() {
+            "handler_binding.url"
+        } else {
+            "handler_target_reference"
+        };
+        match url.map(parse_http_url) {
+            None => f.error(
+                "handler_binding.url",
+                "An invocable_http operation needs handler_binding.url, an http:// URL.",
+            ),
+            Some(Err(why)) => f.error(field, format!("The URL is not usable: {why}.")),
+            Some(Ok(_)) => {}
+        }
     }
     f.finish()?;
     Ok((name, spec))
@@ -558,6 +580,7 @@ async fn execute(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
     let caller_workflow_instance_id = f.optional_str("caller_workflow_instance_id", 191);
     let caller_workflow_run_id = f.optional_str("caller_workflow_run_id", 191);
     let target_workflow_instance_id = f.optional_id("target_workflow_instance_id", 191);
+    let target_workflow_run_id = f.optional_id("target_workflow_run_id", 191);
     let queue = f.optional_str("queue", 191);
     let business_key = f.optional_str("business_key", 191);
     let duplicate = f.optional_str("duplicate_start_policy", 32);
@@ -567,9 +590,10 @@ async fn execute(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
         duplicate,
         &["reject_duplicate", "return_existing_active"],
     );
-    for field in ["labels", "memo", "search_attributes"] {
-        f.optional_object(field);
-    }
+    // `labels` is accepted and not used (a started workflow has no labels).
+    f.optional_object("labels");
+    let memo = f.optional_object("memo");
+    let search_attributes = f.optional_object("search_attributes");
     f.finish()?;
     // Cross-namespace authority: the token must reach the caller namespace too (the
     // target namespace was resolved by the pipeline).
@@ -595,6 +619,9 @@ async fn execute(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
         queue,
         business_key,
         reject_duplicate: duplicate.as_deref() == Some("reject_duplicate"),
+        target_workflow_run_id,
+        memo,
+        search_attributes,
     };
     let ns = call.namespace.as_str();
     let mut view = state
