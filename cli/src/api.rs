@@ -1,6 +1,7 @@
 //! The CLI's view of a Keel server: one control-plane request per call, a non-2xx
 //! answer turned into a [`CliError`] carrying the server's `reason` and `message`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use hyper::Method;
@@ -16,11 +17,24 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(server: &str, namespace: &str, token: Option<String>) -> Api {
-        let client = Client::new(server, namespace)
+    /// `ca_cert`: a PEM file of CA certificates trusted besides the system's.
+    pub fn new(
+        server: &str,
+        namespace: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Api, CliError> {
+        let mut client = Client::new(server, namespace)
             .with_tokens(token.clone(), token)
             .with_timeout(Duration::from_secs(60));
-        Api { client }
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| CliError::Input(format!("--ca-cert {}: {e}", path.display())))?;
+            client = client
+                .trusting(&pem)
+                .map_err(|e| CliError::Input(format!("--ca-cert {}: {e}", path.display())))?;
+        }
+        Ok(Api { client })
     }
 
     pub fn namespace(&self) -> &str {

@@ -54,6 +54,9 @@ struct Cli {
     /// Bearer token (also KEEL_TOKEN or DURABLE_WORKFLOW_AUTH_TOKEN); never printed.
     #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificate(s) to trust for an https:// server besides the system's.
+    #[arg(long, global = true, env = "KEEL_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -176,8 +179,15 @@ pub async fn execute(args: Vec<String>, w: &mut dyn Write, colour: bool) -> u8 {
         .or_else(|| std::env::var("DURABLE_WORKFLOW_AUTH_TOKEN").ok())
         .filter(|t| !t.is_empty());
     let json = cli.output == Format::Json;
+    let api = match Api::new(&cli.server, &cli.namespace, token, cli.ca_cert.as_deref()) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("{}", e.human());
+            return e.exit_code();
+        }
+    };
     let mut ctx = Ctx {
-        api: Api::new(&cli.server, &cli.namespace, token),
+        api,
         out: Out {
             w,
             colour,

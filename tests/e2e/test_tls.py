@@ -7,6 +7,8 @@ KEEL_E2E_TOKEN (tokens are then required on top of TLS)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -17,7 +19,7 @@ import httpx
 import pytest
 from durable_workflow import Client, activity, workflow
 
-from keel_harness import KeelServer, running_worker, unique, wait_for_results
+from keel_harness import E2E_TOKEN, KeelServer, keel_binary, running_worker, unique, wait_for_results
 
 if shutil.which("openssl") is None:  # pragma: no cover - install-deps.sh installs it
     pytest.fail("the openssl CLI is needed to make this test's certificates (scripts/install-deps.sh)", pytrace=False)
@@ -204,3 +206,25 @@ def test_with_a_client_ca_the_sdk_needs_a_client_certificate(
             await _round_trip(client)
 
     asyncio.run(scenario())
+
+
+def test_the_keel_cli_reaches_a_tls_server_trusting_its_ca_and_refuses_it_otherwise(
+    keel_factory: Callable[..., KeelServer], pki: Pki
+) -> None:
+    keel = keel_factory(extra_args=pki.serve_args(), tls_context=pki.context())
+    env = {k: v for k, v in os.environ.items() if k not in ("KEEL_TOKEN", "KEEL_CA_CERT")}
+    if E2E_TOKEN:
+        env["KEEL_TOKEN"] = E2E_TOKEN
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(keel_binary()), "--server", keel.url, *args], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    trusted = cli("--ca-cert", str(pki.ca), "-o", "json", "namespace", "list")
+    assert trusted.returncode == 0, trusted.stderr
+    assert "default" in [n["name"] for n in json.loads(trusted.stdout)["namespaces"]]
+
+    untrusted = cli("namespace", "list")
+    assert untrusted.returncode == 6, untrusted
+    assert "certificate" in untrusted.stderr.lower(), untrusted.stderr

@@ -8,8 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 /// The control-plane version header and the version this client speaks.
@@ -41,7 +44,7 @@ impl Reply {
 /// A connection pool to one server, with the credentials and namespace of a caller.
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
     namespace: String,
     control_token: Option<String>,
@@ -52,17 +55,36 @@ pub struct Client {
 impl Client {
     /// A client for the server at `base` (its origin, e.g. `http://127.0.0.1:8080`; `/api`
     /// is appended to every path), in `namespace`.
+    /// `https://` servers are trusted through the system's certificate store (see
+    /// [`Client::trusting`] for a private CA).
     pub fn new(base: &str, namespace: &str) -> Client {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         Client {
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            http: pool(system_roots()),
             base: base.trim_end_matches('/').to_string(),
             namespace: namespace.to_string(),
             control_token: None,
             worker_token: None,
             timeout: Duration::from_secs(15),
         }
+    }
+
+    /// The same client also trusting the CA certificates of a PEM document (a private CA
+    /// of an `https://` server).
+    pub fn trusting(mut self, ca_pem: &[u8]) -> Result<Client, String> {
+        let mut roots = system_roots();
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| format!("the CA file is not PEM certificates: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("the CA file holds no certificate".into());
+        }
+        self.http = pool(roots);
+        Ok(self)
     }
 
     /// The same client with `control` and `worker` tokens (`None`: no `Authorization`).
@@ -166,7 +188,7 @@ impl Client {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
         let answer = async {
-            let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
+            let resp = self.http.request(req).await.map_err(|e| error_chain(&e))?;
             let status = resp.status().as_u16();
             let bytes = resp
                 .into_body()
@@ -186,4 +208,42 @@ impl Client {
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
+}
+
+/// The system's trusted certificates (unreadable entries are skipped).
+fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots
+}
+
+/// A pooled client for `http://` and `https://` (rustls on ring) trusting `roots`.
+fn pool(roots: rustls::RootCertStore) -> HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("invariant: ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    HyperClient::builder(TokioExecutor::new()).build(connector)
+}
+
+/// An error with its sources (hyper's "client error (Connect)" says why only there).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
