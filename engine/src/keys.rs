@@ -114,6 +114,9 @@ pub mod prefix {
     /// Open activity tasks scheduled with a worker session:
     /// `(namespace, session_id, task_id)`, empty values.
     pub const WORKER_SESSION_TASK: u8 = 0x4A;
+    /// The control-plane audit trail, oldest first per scope: `(scope, audit_id)`, the
+    /// scope a namespace or [`crate::operator::SYSTEM_AUDIT_SCOPE`].
+    pub const AUDIT_TRAIL: u8 = 0x4B;
 }
 
 /// The table a prefix byte names (the constant's name in lower case), for reports such
@@ -163,6 +166,7 @@ pub fn table_name(prefix_byte: u8) -> Option<&'static str> {
         prefix::NEW_START_BUILD => "new_start_build",
         prefix::WORKER_SESSION => "worker_session",
         prefix::WORKER_SESSION_TASK => "worker_session_task",
+        prefix::AUDIT_TRAIL => "audit_trail",
         _ => return None,
     })
 }

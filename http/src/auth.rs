@@ -26,6 +26,10 @@
 //! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! ```
 //!
+//! A token entry may carry its own rate limits (see [`crate::quota`]), overriding the
+//! server-wide ones: `rate_limit = 50.0` (requests per second, 0 for none),
+//! `rate_burst = 100.0` and `max_long_polls = 20`.
+//!
 //! `token_sha256` (64 hex digits) gives the SHA-256 digest of a token instead of the
 //! token, so the file itself is not a secret (tokens are long random strings, so a
 //! plain digest is not guessable); `printf %s TOKEN | sha256sum` makes one. Keel keeps
@@ -62,6 +66,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
+use crate::quota::TokenLimits;
 use crate::router::Access;
 
 /// A role a token can hold.
@@ -152,6 +157,7 @@ struct TokenEntry {
     /// `None`: every namespace.
     namespaces: Option<Arc<[String]>>,
     label: String,
+    limits: TokenLimits,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -191,6 +197,8 @@ pub struct Principal {
     pub namespaces: Option<Arc<[String]>>,
     /// The token's label (`open` in open mode), for logs.
     pub label: String,
+    /// The token's own rate limits (from the auth file), if any.
+    pub limits: TokenLimits,
 }
 
 impl Principal {
@@ -200,6 +208,7 @@ impl Principal {
             roles: Roles::ALL,
             namespaces: None,
             label: "open".into(),
+            limits: TokenLimits::default(),
         }
     }
 
@@ -229,6 +238,9 @@ struct FileToken {
     token_sha256: Option<String>,
     namespaces: Option<Vec<String>>,
     name: Option<String>,
+    rate_limit: Option<f64>,
+    rate_burst: Option<f64>,
+    max_long_polls: Option<usize>,
 }
 
 fn parse_namespaces(list: Vec<String>) -> Result<Arc<[String]>, String> {
@@ -311,6 +323,7 @@ impl AuthConfig {
             roles,
             namespaces,
             label,
+            limits: TokenLimits::default(),
         })
     }
 
@@ -384,6 +397,17 @@ impl AuthConfig {
                 .map(parse_namespaces)
                 .transpose()
                 .map_err(|e| format!("{label}: {e}"))?;
+            if t.rate_limit.is_some_and(|r| !r.is_finite() || r < 0.0) {
+                return Err(format!("{label}: rate_limit must be a number, at least 0"));
+            }
+            if t.rate_burst.is_some_and(|b| !b.is_finite() || b < 1.0) {
+                return Err(format!("{label}: rate_burst must be a number, at least 1"));
+            }
+            let limits = TokenLimits {
+                rate: t.rate_limit,
+                burst: t.rate_burst,
+                max_long_polls: t.max_long_polls,
+            };
             let secret = match (t.token, t.token_env, t.token_sha256) {
                 (Some(s), None, None) => s,
                 (None, Some(var), None) => std::env::var(&var)
@@ -397,6 +421,7 @@ impl AuthConfig {
                         roles: set,
                         namespaces,
                         label,
+                        limits,
                     })?;
                     continue;
                 }
@@ -406,9 +431,25 @@ impl AuthConfig {
                     ))
                 }
             };
-            self.push_secret(&secret, set, namespaces, label)?;
+            self.push_secret(&secret, set, namespaces, label.clone())?;
+            self.set_limits(&label, limits);
         }
         Ok(())
+    }
+
+    /// Gives the last token labelled `label` its own limits.
+    fn set_limits(&mut self, label: &str, limits: TokenLimits) {
+        if limits == TokenLimits::default() {
+            return;
+        }
+        let mut tokens = self.tokens().as_ref().clone();
+        if let Some(entry) = tokens.iter_mut().rev().find(|t| t.label == label) {
+            entry.limits = limits;
+        }
+        *self
+            .current
+            .write()
+            .expect("invariant: token lock not poisoned") = Arc::new(tokens);
     }
 
     /// Token counts per role, for the startup log.
@@ -458,6 +499,7 @@ impl AuthConfig {
                 roles: entry.roles,
                 namespaces: entry.namespaces.clone(),
                 label: entry.label.clone(),
+                limits: entry.limits,
             }),
             None => Err(unauthorized(
                 "invalid_token",
@@ -483,15 +525,21 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 /// How often the auth file is checked for a change (size or modification time).
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Hears each reload: its trigger (`sighup`, `file_changed`) and, when applied, the
+/// token counts (`tokens`, `by_role`); `Err(())` when refused. Never a secret.
+pub type ReloadReport = Box<dyn Fn(&'static str, Result<serde_json::Value, ()>) + Send>;
+
 /// Reloads `auth` from `load` (the same sources as at start) on SIGHUP and whenever
 /// `file` changes, until `stop` turns true. A load that fails, or a set that
 /// [`AuthConfig::replace_with`] refuses, is logged and the old set stays. Messages name
-/// tokens by label and count them by role; never a secret.
+/// tokens by label and count them by role; never a secret. `report` hears each outcome
+/// (the audit trail records it).
 pub async fn watch_and_reload(
     auth: AuthConfig,
     file: Option<PathBuf>,
     load: impl Fn() -> Result<AuthConfig, String> + Send,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    report: ReloadReport,
 ) {
     let stamp = |file: &Option<PathBuf>| {
         file.as_ref()
@@ -531,9 +579,14 @@ pub async fn watch_and_reload(
                     .join(",");
                 crate::metrics::count_token_reload("applied");
                 tracing::info!(trigger, tokens = auth.len(), by_role = %by_role, "tokens reloaded");
+                report(
+                    trigger,
+                    Ok(serde_json::json!({"tokens": auth.len(), "by_role": by_role})),
+                );
             }
             Err(error) => {
                 crate::metrics::count_token_reload("refused");
+                report(trigger, Err(()));
                 tracing::warn!(trigger, %error, "token reload refused; the previous tokens stay in force");
             }
         }

@@ -85,6 +85,8 @@ impl Server {
             shutdown: None,
             drain: Duration::from_secs(10),
             service_http_allow: Vec::new(),
+            quotas: crate::quota::QuotaConfig::default(),
+            audit_retention_days: crate::audit::DEFAULT_RETENTION_DAYS,
         }
     }
 }
@@ -107,6 +109,8 @@ pub struct ServerBuilder {
     shutdown: Option<watch::Receiver<bool>>,
     drain: Duration,
     service_http_allow: Vec<String>,
+    quotas: crate::quota::QuotaConfig,
+    audit_retention_days: u32,
 }
 
 impl ServerBuilder {
@@ -152,6 +156,18 @@ impl ServerBuilder {
     /// (see [`crate::auth::watch_and_reload`]).
     pub fn auth_reload(mut self, file: Option<PathBuf>, load: TokenLoader) -> Self {
         self.auth_reload = Some((file, load));
+        self
+    }
+
+    /// Request-rate and long-poll limits (default: [`crate::quota::QuotaConfig::default`]).
+    pub fn quotas(mut self, config: crate::quota::QuotaConfig) -> Self {
+        self.quotas = config;
+        self
+    }
+
+    /// Days audit entries are kept (default 90); the retention pass removes older ones.
+    pub fn audit_retention_days(mut self, days: u32) -> Self {
+        self.audit_retention_days = days;
         self
     }
 
@@ -310,11 +326,18 @@ impl ServerBuilder {
             }
         };
         if let Some((file, load)) = self.auth_reload {
+            let audit_engine = engine.clone();
             tokio::spawn(crate::auth::watch_and_reload(
                 self.auth.clone(),
                 file,
                 load,
                 stop.clone(),
+                Box::new(move |trigger, outcome| {
+                    let engine = audit_engine.clone();
+                    tokio::spawn(async move {
+                        crate::audit::token_reload(&engine, trigger, outcome).await
+                    });
+                }),
             ));
         }
         if let Some(tls) = &tls {
@@ -324,7 +347,9 @@ impl ServerBuilder {
             .with_server_id(&node_id)
             .with_auth(self.auth)
             .with_roles(self.roles)
-            .with_storage_backend(caps);
+            .with_storage_backend(caps)
+            .with_quotas(self.quotas)
+            .with_audit_retention_days(self.audit_retention_days);
         if let Some(stats) = self.stats {
             state = state.with_storage_stats(stats);
         }

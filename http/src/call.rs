@@ -34,6 +34,12 @@ pub struct AppState {
     pub readiness: Readiness,
     /// This process's id in discovery documents.
     pub server_id: String,
+    /// Request-rate and long-poll limits.
+    pub quotas: crate::quota::Quotas,
+    /// The 401/403 sampler of the audit trail.
+    pub refusals: crate::audit::Refusals,
+    /// Audit entries older than this many days go at the next retention pass.
+    pub audit_retention_days: u32,
     storage_stats: Option<StatsSource>,
     storage_backend: Option<Capabilities>,
     /// The address the listener is bound to (set by `serve`); `doctor` probes its own
@@ -52,6 +58,9 @@ impl AppState {
             node: NodeRoles::default(),
             readiness: Readiness::default(),
             server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
+            quotas: crate::quota::Quotas::default(),
+            refusals: crate::audit::Refusals::default(),
+            audit_retention_days: crate::audit::DEFAULT_RETENTION_DAYS,
             storage_stats: None,
             storage_backend: None,
             listen_addr: std::sync::OnceLock::new(),
@@ -80,6 +89,18 @@ impl AppState {
     /// Uses `auth` for every request.
     pub fn with_auth(mut self, auth: AuthConfig) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Applies `config`'s request-rate and long-poll limits.
+    pub fn with_quotas(mut self, config: crate::quota::QuotaConfig) -> Self {
+        self.quotas = crate::quota::Quotas::new(config);
+        self
+    }
+
+    /// Keeps audit entries for `days` days (removed by the retention pass).
+    pub fn with_audit_retention_days(mut self, days: u32) -> Self {
+        self.audit_retention_days = days;
         self
     }
 

@@ -56,6 +56,19 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
                                      without scheduler the node fires no timers or schedules
   --node-id ID                       this node's id among the nodes sharing a FoundationDB
                                      subspace (default: keel- and a random suffix)
+  --rate-limit-per-token RATE[:BURST]
+                                     requests per second per token, and the burst it may
+                                     spend at once (default 1000:5000; 0 for none); beyond
+                                     it 429 rate_limited with Retry-After. An auth-file
+                                     entry may set its own (rate_limit, rate_burst)
+  --rate-limit-per-namespace RATE[:BURST]
+                                     requests per second per namespace (default
+                                     5000:20000; 0 for none); the only limit in open mode
+  --max-long-polls-per-token N       worker long-polls one token holds open at once
+                                     (default 1000; 0 for none); beyond it 429
+                                     long_poll_limit_reached (auth-file: max_long_polls)
+  --audit-retention-days N           audit entries older than this go at the next
+                                     retention pass (default 90)
   --header-timeout-seconds N         time to send a request head (default 10); then 408
   --body-timeout-seconds N           time to send a request body (default 30); then 408
   --idle-timeout-seconds N           idle keep-alive connections close after it (default 120)
@@ -127,6 +140,8 @@ pub(crate) struct ServeArgs {
     limits: ConnectionLimits,
     payloads: keel_engine::payloads::PayloadStores,
     service_http_allow: Vec<String>,
+    quotas: crate::QuotaConfig,
+    audit_retention_days: u32,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -151,6 +166,8 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         tls: None,
         roles: NodeRoles::default(),
         limits: ConnectionLimits::default(),
+        quotas: crate::QuotaConfig::default(),
+        audit_retention_days: crate::audit::DEFAULT_RETENTION_DAYS,
         node_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
         payloads: keel_engine::payloads::PayloadStores {
             reserve_bytes: 64 * 1024 * 1024,
@@ -209,6 +226,23 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             }
             "--max-connections" => {
                 parsed.limits.max_connections = Some(positive(value()?)? as usize)
+            }
+            "--rate-limit-per-token" => {
+                parsed.quotas.per_token = crate::Rate::parse(&value()?)
+                    .map_err(|e| format!("--rate-limit-per-token {e}"))?
+            }
+            "--rate-limit-per-namespace" => {
+                parsed.quotas.per_namespace = crate::Rate::parse(&value()?)
+                    .map_err(|e| format!("--rate-limit-per-namespace {e}"))?
+            }
+            "--max-long-polls-per-token" => {
+                parsed.quotas.max_long_polls_per_token = value()?
+                    .parse()
+                    .map_err(|_| format!("{flag} must be a whole number"))?
+            }
+            "--audit-retention-days" => {
+                parsed.audit_retention_days = u32::try_from(positive(value()?)?)
+                    .map_err(|_| format!("{flag} is too large"))?
             }
             "--roles" => {
                 parsed.roles = NodeRoles::parse(&value()?).map_err(|e| format!("--roles: {e}"))?
@@ -655,6 +689,8 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
         .roles(args.roles.clone())
         .node_id(args.node_id.clone())
         .connection_limits(args.limits)
+        .quotas(args.quotas)
+        .audit_retention_days(args.audit_retention_days)
         .storage_description(place)
         .auth_reload(args.auth_file.clone(), {
             let auth_file = args.auth_file.clone();

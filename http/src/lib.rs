@@ -2,6 +2,7 @@
 //! protocol 1.x) on hyper, over the engine.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 mod builder;
 pub mod call;
@@ -13,6 +14,7 @@ mod gates;
 mod handlers;
 pub mod limits;
 pub mod metrics;
+pub mod quota;
 mod router;
 pub mod server;
 mod storage_check;
@@ -23,6 +25,7 @@ pub use auth::{AuthConfig, Role};
 pub use builder::{ServeError, Server, ServerBuilder};
 pub use gates::NodeRoles;
 pub use limits::ConnectionLimits;
+pub use quota::{QuotaConfig, Rate};
 pub use router::{table as route_table, Access, RouteInfo};
 pub use server::{serve, serve_with_limits, AppState};
 pub use tls::TlsConfig;

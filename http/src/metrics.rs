@@ -19,6 +19,8 @@
 //! | `keel_storage_writable` | gauge (1, or 0 while writes are refused, e.g. on a full disk) | — |
 //! | `keel_storage_write_failures_total` | counter (failed durable writes) | — |
 //! | `keel_auth_token_reloads_total` | counter (SIGHUP or auth-file change) | `outcome` (`applied`, `refused`) |
+//! | `keel_http_refusals_total` | counter (401, 403 and 429 answers) | `route`, `status`, `reason` (`unauthorized`, `forbidden`, `rate_limited`, `long_poll_limit_reached`) |
+//! | `keel_audit_write_failures_total` | counter (audit trail entries not written) | — |
 //!
 //! Queue names are caller-chosen, so the backlog gauges are computed fresh at each
 //! scrape and rendered directly (not kept in the registry): the
@@ -117,6 +119,17 @@ pub fn record_request(route: &str, status: u16, elapsed: Duration) {
     .increment(1);
     metrics::histogram!("keel_http_request_duration_seconds", "route" => route.to_string())
         .record(elapsed.as_secs_f64());
+}
+
+/// Counts one refused request (401, 403 or 429) of `route`.
+pub fn count_refusal(route: &str, status: u16, reason: &'static str) {
+    metrics::counter!(
+        "keel_http_refusals_total",
+        "route" => route.to_string(),
+        "status" => status.to_string(),
+        "reason" => reason
+    )
+    .increment(1);
 }
 
 /// Records one token reload (`applied` or `refused`).

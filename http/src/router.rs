@@ -154,6 +154,7 @@ pub enum Op {
     OperatorCleanupStaleDeployments,
     OperatorRecoverStuckWorkflow,
     OperatorAudit,
+    AuditTrail,
     ListServiceEndpoints,
     CreateServiceEndpoint,
     DescribeServiceEndpoint,
@@ -355,6 +356,14 @@ fn routes() -> &'static [Route] {
                 Discovery,
                 OperatorAudit,
                 Operator
+            ),
+            // The control-plane audit trail (`crate::audit`): admins only.
+            route!(
+                GET,
+                [L("v2"), L("admin"), L("audit")],
+                Discovery,
+                AuditTrail,
+                Admin
             ),
             route!(GET, [L("cluster"), L("info")], Discovery, ClusterInfo),
             // The runtime external payload transport serves clients and workers alike:

@@ -363,6 +363,11 @@ async fn handle(
         }
         Err(e) => {
             retry_after = e.extra.get("retry_after_seconds").and_then(Value::as_u64);
+            if matches!(e.status.as_u16(), 401 | 403 | 429) {
+                let route = op.map(Op::name);
+                let route = route.as_deref().unwrap_or("unmatched");
+                crate::metrics::count_refusal(route, e.status.as_u16(), e.reason);
+            }
             if e.status == StatusCode::METHOD_NOT_ALLOWED {
                 allow = e
                     .extra
@@ -497,7 +502,12 @@ async fn dispatch(
     // required, a path that is not public (unknown, or known under other methods) is a
     // 401 before it is a 404 or a 405. Only the public routes' paths answer a caller
     // without a token (their existence is no secret).
-    let unmatched = |e: ApiError| (None, None, e);
+    let unmatched = |e: ApiError| {
+        if e.status == StatusCode::UNAUTHORIZED {
+            state.refusals.observe(&state.engine, "unmatched", &e, None);
+        }
+        (None, None, e)
+    };
     let (op, plane, params) = match matched {
         Match::Found(op, plane, params) => (op, plane, params),
         Match::MethodNotAllowed { allow, public } => {
@@ -528,8 +538,15 @@ async fn dispatch(
     let principal = if policy.access == router::Access::Public {
         Principal::open()
     } else {
-        let p = state.auth.authenticate(&parts.headers).map_err(fail)?;
-        crate::auth::authorize(&p, policy.access).map_err(fail)?;
+        let route = op.name();
+        let p = state.auth.authenticate(&parts.headers).map_err(|e| {
+            state.refusals.observe(&state.engine, &route, &e, None);
+            fail(e)
+        })?;
+        crate::auth::authorize(&p, policy.access).map_err(|e| {
+            state.refusals.observe(&state.engine, &route, &e, Some(&p));
+            fail(e)
+        })?;
         p
     };
     check_version(plane, &parts.headers).map_err(fail)?;
@@ -546,13 +563,31 @@ async fn dispatch(
         .or_else(|| query.get("namespace").cloned())
         .unwrap_or_else(|| state.engine.config().default_namespace.clone())
         .to_ascii_lowercase();
-    if (matches!(plane, Plane::Control | Plane::Worker) || router::namespaced(op))
-        && !crate::handlers::namespaces::is_namespace_admin(op)
-    {
+    let resolved = (matches!(plane, Plane::Control | Plane::Worker) || router::namespaced(op))
+        && !crate::handlers::namespaces::is_namespace_admin(op);
+    if resolved {
         crate::handlers::namespaces::resolve(state, &principal, &namespace)
             .await
             .map_err(fail)?;
     }
+    // Rate limits and the long-poll ceiling (`crate::quota`); the permit holds a
+    // long-poll slot until the reply.
+    let _permit = if policy.access == router::Access::Public {
+        None
+    } else {
+        Some(
+            state
+                .quotas
+                .admit(
+                    &principal,
+                    state.auth.is_open(),
+                    resolved.then_some(namespace.as_str()),
+                    op,
+                    state.engine.now_ms(),
+                )
+                .map_err(fail)?,
+        )
+    };
     let body = body.map_err(fail)?;
     // Runtime external payload references are checked before any route acts on them: a
     // reference this namespace does not hold, or one that misstates its payload, is
@@ -583,9 +618,13 @@ async fn dispatch(
         headers: parts.headers,
         principal,
     };
-    let reply = crate::handlers::handle(state, op, call)
-        .await
-        .map_err(fail)?;
+    // The audit trail's one recording point (`crate::audit`).
+    let audit = crate::audit::Pending::start(&state.engine, op, &call);
+    let result = crate::handlers::handle(state, op, call).await;
+    if let Some(audit) = audit {
+        audit.finish(&state.engine, &result).await;
+    }
+    let reply = result.map_err(fail)?;
     Ok((op, Some(plane), reply))
 }
 

@@ -373,3 +373,28 @@ async fn every_405_names_the_allowed_methods() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_route_is_admin_only() {
+    let route = route_table("x")
+        .into_iter()
+        .find(|r| r.op == "audit_trail")
+        .expect("the audit trail is in the table");
+    assert_eq!(route.access, Access::Admin);
+    assert_eq!(route.path, "/api/v2/admin/audit");
+    let s = start(TOKENS, None).await;
+    for (role, status) in [("worker", 403), ("operator", 403), ("admin", 200)] {
+        let auth = token_for(role);
+        let r = send(
+            s.addr,
+            "GET",
+            "/api/v2/admin/audit",
+            &[("Authorization", &auth)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, status, "{role}: {}", r.text);
+    }
+    let r = send(s.addr, "GET", "/api/v2/admin/audit", &[], None).await;
+    assert_eq!(r.status, 401);
+}

@@ -202,4 +202,32 @@ fn tokens_rotate_on_sighup_and_file_change_and_a_bad_file_keeps_the_old_set() {
             "a secret reached the log: {line}"
         );
     }
+
+    // Every reload is in the audit trail's system scope: applied ones with the token
+    // counts, refused ones with `reload_refused`; never a secret.
+    let mut trail = String::new();
+    wait_for("the reloads in the audit trail", || {
+        trail = get_with(port, NEW, "/api/v2/admin/audit?scope=system&limit=200");
+        trail.matches("\"token_reload\"").count() >= 2 * 4
+    });
+    assert!(trail.contains("\"reload_refused\""), "{trail}");
+    assert!(trail.contains("\"by_role\""), "{trail}");
+    assert!(!trail.contains(OLD) && !trail.contains(NEW), "{trail}");
+}
+
+/// The body of an authenticated GET of `path` with `token`.
+fn get_with(port: u16, token: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .expect("request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("reply");
+    reply
 }

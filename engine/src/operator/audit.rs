@@ -8,6 +8,16 @@
 //! later transactions (cleanup's removals, recover's purge) first record `in_progress`
 //! and rewrite the same entry when they finish, so a crash in between shows as an
 //! unfinished entry rather than a missing one.
+//!
+//! The **control-plane audit trail** ([`Engine::record_trail`], [`Engine::audit_trail`])
+//! uses the same entry under its own table (`AUDIT_TRAIL`, keyed `(scope, audit_id)`):
+//! one entry per control-plane mutation (namespaces, search attributes, schedules,
+//! cancel/terminate/repair/archive, drains, the service catalog...) and per token reload,
+//! and sampled 401/403 refusals. The HTTP front writes it from one place, in its own
+//! transaction right after the mutation answered (see `keel_http::audit`). The scope is
+//! the namespace acted in, or [`SYSTEM_AUDIT_SCOPE`] for what belongs to none (token
+//! reloads, refused credentials). Both tables are bounded by [`Engine::prune_audit`],
+//! which the retention pass runs.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,6 +31,31 @@ use crate::{ids, tables};
 
 /// Most entries one read returns.
 pub const AUDIT_PAGE_MAX: usize = 200;
+
+/// Most keys one retention transaction removes.
+const PRUNE_BATCH: usize = 500;
+
+/// The audit trail's scope for entries that belong to no namespace (token reloads,
+/// refused credentials). Not a valid namespace name, so no namespace can collide with it.
+pub const SYSTEM_AUDIT_SCOPE: &str = ":system";
+
+/// Which audit table a read or write addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditLog {
+    /// The operator recovery actions' log.
+    Operator,
+    /// The control-plane audit trail.
+    Trail,
+}
+
+impl AuditLog {
+    fn prefix(self) -> u8 {
+        match self {
+            AuditLog::Operator => prefix::OPERATOR_AUDIT,
+            AuditLog::Trail => prefix::AUDIT_TRAIL,
+        }
+    }
+}
 
 /// Who performs an operator action.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,6 +93,18 @@ pub struct AuditEntry {
     /// When a multi-step action finished.
     #[serde(default)]
     pub completed_at_ms: Option<Millis>,
+    /// Trail entries: the route (operation name, e.g. `terminate_workflow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Trail entries: what was acted on (path ids and named body ids; never payloads).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub target: Value,
+    /// Trail entries: the HTTP status answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Sampled refusals: how many refusals this entry stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl AuditEntry {
@@ -74,6 +121,10 @@ impl AuditEntry {
             reason: None,
             details: Value::Null,
             completed_at_ms: None,
+            route: None,
+            target: Value::Null,
+            status: None,
+            count: None,
         }
     }
 
@@ -86,16 +137,27 @@ impl AuditEntry {
     }
 }
 
-fn audit_key(ns: &str, audit_id: &str) -> Vec<u8> {
-    Key::new(prefix::OPERATOR_AUDIT)
-        .str(ns)
-        .str(audit_id)
-        .into_bytes()
+fn audit_key(log: AuditLog, ns: &str, audit_id: &str) -> Vec<u8> {
+    Key::new(log.prefix()).str(ns).str(audit_id).into_bytes()
+}
+
+/// The smallest id [`ids::new_id`] can make at `ms`: every entry made before `ms` sorts
+/// below it.
+fn floor_id(ms: Millis) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let value: u128 = (ms.max(0) as u128 & 0xFFFF_FFFF_FFFF) << 80;
+    (0..26)
+        .map(|i| ALPHABET[((value >> (125 - i * 5)) & 0x1F) as usize] as char)
+        .collect()
 }
 
 /// Writes (or rewrites) an entry inside `txn`.
 pub(crate) fn put_audit(txn: &mut dyn KvTxn, entry: &AuditEntry) -> Result<()> {
-    tables::put(txn, &audit_key(&entry.namespace, &entry.audit_id), entry)
+    tables::put(
+        txn,
+        &audit_key(AuditLog::Operator, &entry.namespace, &entry.audit_id),
+        entry,
+    )
 }
 
 /// The reason of a refusal or failure, for the audit entry.
@@ -152,12 +214,114 @@ impl Engine {
         }
     }
 
+    /// Writes a control-plane audit trail entry (scope: `entry.namespace`) in a
+    /// transaction of its own.
+    pub async fn record_trail(&self, entry: &AuditEntry) -> Result<()> {
+        self.transact(move |tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                tables::put(
+                    txn,
+                    &audit_key(AuditLog::Trail, &entry.namespace, &entry.audit_id),
+                    entry,
+                )?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// The newest `limit` audit entries of `ns`, newest first.
     pub async fn audit_log(&self, ns: &str, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.read_audit(AuditLog::Operator, ns, limit, None).await
+    }
+
+    /// The newest `limit` operator audit entries of `ns` older than the entry `before`
+    /// (all when `None`), newest first.
+    pub async fn audit_page(
+        &self,
+        ns: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<AuditEntry>> {
+        self.read_audit(AuditLog::Operator, ns, limit, before).await
+    }
+
+    /// The newest `limit` trail entries of `scope` (a namespace or
+    /// [`SYSTEM_AUDIT_SCOPE`]) older than the entry `before` (all when `None`), newest
+    /// first.
+    pub async fn audit_trail(
+        &self,
+        scope: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<AuditEntry>> {
+        self.read_audit(AuditLog::Trail, scope, limit, before).await
+    }
+
+    /// Deletes the entries of both audit tables in `ns` and in [`SYSTEM_AUDIT_SCOPE`]
+    /// made before `cutoff_ms`; returns how many entries went. Small transactions (at
+    /// most [`PRUNE_BATCH`] keys each), so a long backlog never makes one large write.
+    pub async fn prune_audit(&self, ns: &str, cutoff_ms: Millis) -> Result<usize> {
+        let floor = floor_id(cutoff_ms);
+        let mut removed = 0usize;
+        for log in [AuditLog::Operator, AuditLog::Trail] {
+            for scope in [ns, SYSTEM_AUDIT_SCOPE] {
+                let all = Key::new(log.prefix()).str(scope).range();
+                let old = &crate::storage::KeyRange {
+                    start: all.start,
+                    end: std::ops::Bound::Excluded(audit_key(log, scope, &floor)),
+                };
+                // Heads have the fixed length of an id's key; chunks are longer.
+                let head_len = audit_key(log, scope, &floor).len();
+                loop {
+                    let (keys, heads) = self
+                        .transact(move |tx| {
+                            Box::pin(async move {
+                                let txn = tx.txn.as_mut();
+                                let pairs =
+                                    txn.get_range(old, ReadOptions::limit(PRUNE_BATCH)).await?;
+                                let mut heads = 0usize;
+                                for (key, _) in &pairs {
+                                    heads += usize::from(key.len() == head_len);
+                                    txn.clear(key);
+                                }
+                                Ok((pairs.len(), heads))
+                            })
+                        })
+                        .await?;
+                    removed += heads;
+                    if keys < PRUNE_BATCH {
+                        break;
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                namespace = ns,
+                removed,
+                "audit retention removed old entries"
+            );
+        }
+        Ok(removed)
+    }
+
+    async fn read_audit(
+        &self,
+        log: AuditLog,
+        ns: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<AuditEntry>> {
         let mut txn = self.inner.store.begin().await?;
+        let mut range = Key::new(log.prefix()).str(ns).range();
+        if let Some(before) = before {
+            range.end = std::ops::Bound::Excluded(audit_key(log, ns, before));
+        }
         let pairs = txn
             .get_range(
-                &Key::new(prefix::OPERATOR_AUDIT).str(ns).range(),
+                &range,
                 ReadOptions::limit(limit.clamp(1, AUDIT_PAGE_MAX) * 2)
                     .snapshot()
                     .reverse(),
@@ -183,5 +347,27 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_id_of_a_time_sorts_between_the_ids_made_before_and_at_it() {
+        let t = 1_780_000_000_000;
+        for _ in 0..100 {
+            assert!(ids::new_id(t - 1) < floor_id(t));
+            assert!(floor_id(t) <= ids::new_id(t));
+        }
+    }
+
+    #[test]
+    fn old_entries_without_trail_fields_still_read() {
+        let old = r#"{"audit_id":"01","namespace":"default","action":"doctor",
+            "actor":{"principal":"ops","roles":["admin"]},"at_ms":1,"outcome":"ok"}"#;
+        let e: AuditEntry = serde_json::from_str(old).expect("reads");
+        assert!(e.route.is_none() && e.target.is_null() && e.count.is_none());
     }
 }

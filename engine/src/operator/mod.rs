@@ -1,7 +1,7 @@
 //! The operator surface: deployments (a `serviceUrl` bound to worker cohorts) and the
 //! service registry, the recovery actions (`force-redeploy`, `cleanup-stale-deployments`,
 //! `recover-stuck-workflow`), the read-only inspections `doctor` is built from, and the
-//! durable audit log of every operator action.
+//! durable audit log of every operator action, and the control-plane audit trail.
 //!
 //! Vocabulary (the operator API models a Restate-style engine): a *service* is a workflow
 //! or activity type, a *service key* is a workflow id, an *invocation* is a run, and a
@@ -21,7 +21,7 @@ mod inspect;
 mod recover;
 
 pub use crate::model::{truncate_message, MAX_MESSAGE_BYTES};
-pub use audit::{Actor, AuditEntry, AUDIT_PAGE_MAX};
+pub use audit::{Actor, AuditEntry, AuditLog, AUDIT_PAGE_MAX, SYSTEM_AUDIT_SCOPE};
 pub use deployments::{
     normalize_service_url, CleanupOutcome, CleanupRequest, CohortRef, DeploymentRecord,
     DeploymentService, RedeployOutcome, RedeployRequest, ServiceKind, ServiceRecord,

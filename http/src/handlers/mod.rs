@@ -126,7 +126,8 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         | Op::OperatorForceRedeploy
         | Op::OperatorCleanupStaleDeployments
         | Op::OperatorRecoverStuckWorkflow
-        | Op::OperatorAudit => operator::handle(state, op, call).await,
+        | Op::OperatorAudit
+        | Op::AuditTrail => operator::handle(state, op, call).await,
         Op::ListServiceEndpoints
         | Op::CreateServiceEndpoint
         | Op::DescribeServiceEndpoint

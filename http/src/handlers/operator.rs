@@ -1,5 +1,12 @@
-//! The operator recovery routes (`/api/v2/admin/operator/restate/*`) and the operator
-//! audit log (`GET /api/v2/admin/operator/audit`).
+//! The operator recovery routes (`/api/v2/admin/operator/restate/*`), the operator
+//! audit log (`GET /api/v2/admin/operator/audit`) and the control-plane audit trail
+//! (`GET /api/v2/admin/audit`, admin only; see [`crate::audit`]).
+//!
+//! Both audit reads page newest first: `limit` (1 to 200, default 50) and `before` (an
+//! entry `id`: only older entries); the reply's `next_before` is the cursor of the next
+//! page (`null` on the last). The trail reads the request's namespace, or with
+//! `scope=system` the entries that belong to none (token reloads, sampled 401/403
+//! refusals), which only a token bound to no namespace may read.
 //!
 //! Every route needs the `operator` role (`admin` included); the control-plane version
 //! header is optional (the version is in the path) but a wrong one is a 400. Routes are
@@ -54,6 +61,21 @@ const INGRESS_READ_LIMIT: u64 = 64 * 1024;
 
 /// Serves one operator route.
 pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiError> {
+    if op == Op::AuditTrail {
+        if call.query.get("scope").map(String::as_str) == Some("system") {
+            if call.principal.namespaces.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the system audit scope is readable only with a token bound to no namespace",
+                )
+                .with("auth_failure", "namespace_bound"));
+            }
+            return audit_page(state, &call, operator::SYSTEM_AUDIT_SCOPE, true).await;
+        }
+        resolve_namespace(state, &call, false).await?;
+        return audit_page(state, &call, &call.namespace, true).await;
+    }
     if op == Op::OperatorDoctor {
         // Doctor answers even when storage does not: the namespace check must not
         // fail it, the probes report what is unreachable.
@@ -75,7 +97,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
         Op::OperatorForceRedeploy => force_redeploy(state, &call).await,
         Op::OperatorCleanupStaleDeployments => cleanup(state, &call).await,
         Op::OperatorRecoverStuckWorkflow => recover(state, &call).await,
-        Op::OperatorAudit => audit_log(state, &call).await,
+        Op::OperatorAudit => audit_page(state, &call, &call.namespace, false).await,
         _ => Err(super::unrouted(op)),
     }
 }
@@ -326,7 +348,7 @@ async fn recover(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
 // ---- audit ----
 
 fn audit_json(e: &AuditEntry) -> Value {
-    json!({
+    let mut v = json!({
         "id": e.audit_id,
         "namespace": e.namespace,
         "action": e.action,
@@ -338,10 +360,30 @@ fn audit_json(e: &AuditEntry) -> Value {
         "reason": e.reason,
         "details": e.details,
         "completedAt": e.completed_at_ms.map(format_timestamp),
-    })
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(route) = &e.route {
+            obj.insert("route".into(), json!(route));
+        }
+        if !e.target.is_null() {
+            obj.insert("target".into(), e.target.clone());
+        }
+        if let Some(status) = e.status {
+            obj.insert("status".into(), json!(status));
+        }
+        if let Some(count) = e.count {
+            obj.insert("count".into(), json!(count));
+        }
+    }
+    v
 }
 
-async fn audit_log(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
+async fn audit_page(
+    state: &AppState,
+    call: &Call,
+    scope: &str,
+    trail: bool,
+) -> Result<Reply, ApiError> {
     let limit = match call.query.get("limit") {
         None => 50,
         Some(v) => match v.parse::<usize>() {
@@ -357,16 +399,29 @@ async fn audit_log(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
             }
         },
     };
-    let entries = state
-        .engine
-        .audit_log(&call.namespace, limit)
-        .await
-        .map_err(op_error)?;
+    let before = call.query.get("before").map(String::as_str);
+    if before.is_some_and(|b| b.len() != 26 || !b.bytes().all(|c| c.is_ascii_alphanumeric())) {
+        return Err(ApiError::field(
+            "before",
+            "The before field must be an audit entry id.",
+        ));
+    }
+    let entries = if trail {
+        state.engine.audit_trail(scope, limit, before).await
+    } else {
+        state.engine.audit_page(scope, limit, before).await
+    }
+    .map_err(op_error)?;
+    let next_before = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.audit_id.clone()))
+        .flatten();
     Ok(Reply::json(
         StatusCode::OK,
         &json!({
-            "namespace": call.namespace,
+            "namespace": if scope == operator::SYSTEM_AUDIT_SCOPE { Value::Null } else { json!(scope) },
+            "scope": if scope == operator::SYSTEM_AUDIT_SCOPE { "system" } else { "namespace" },
             "items": entries.iter().map(audit_json).collect::<Vec<_>>(),
+            "next_before": next_before,
         }),
     ))
 }

@@ -324,8 +324,12 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .iter()
                 .map(|id| json!({"run_id": id, "outcome": "pruned"}))
                 .collect();
+            // The audit tables' retention runs with the runs' (see `crate::audit`).
+            let cutoff = engine.now_ms() - i64::from(state.audit_retention_days) * 86_400_000;
+            let deleted_audit_entries = engine.prune_audit(ns, cutoff).await?;
             ok(json!({
                 "namespace": ns,
+                "deleted_audit_entries": deleted_audit_entries,
                 "processed": out.deleted_runs,
                 "pruned": out.deleted_runs,
                 "skipped": 0,

@@ -48,6 +48,22 @@ pub async fn start_with_limits(
     roles: Option<&str>,
     limits: keel_http::ConnectionLimits,
 ) -> Server {
+    let mut auth = AuthConfig::open();
+    auth.add_env(tokens).expect("tokens parse");
+    start_configured(auth, limits, |state| match roles {
+        Some(r) => state.with_roles(NodeRoles::parse(r).expect("roles parse")),
+        None => state,
+    })
+    .await
+}
+
+/// A server with `auth`, under connection `limits`, its state adjusted by `configure`
+/// (quotas, audit retention, roles).
+pub async fn start_configured(
+    auth: AuthConfig,
+    limits: keel_http::ConnectionLimits,
+    configure: impl FnOnce(AppState) -> AppState,
+) -> Server {
     let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new());
     let store: Arc<dyn KvStore> = Arc::new(MeteredStore::new(store));
     let clock = ManualClock::new(START);
@@ -59,13 +75,7 @@ pub async fn start_with_limits(
     let engine = Engine::open(store, Arc::new(clock.clone()), config)
         .await
         .expect("engine opens");
-    let mut auth = AuthConfig::open();
-    auth.add_env(tokens).expect("tokens parse");
-    let mut state = AppState::new(engine.clone()).with_auth(auth);
-    if let Some(r) = roles {
-        state = state.with_roles(NodeRoles::parse(r).expect("roles parse"));
-    }
-    let state = Arc::new(state);
+    let state = Arc::new(configure(AppState::new(engine.clone()).with_auth(auth)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
