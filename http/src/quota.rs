@@ -197,12 +197,15 @@ impl Buckets {
     }
 }
 
+/// Long-polls held open per token label.
+type Held = Arc<Mutex<HashMap<String, usize>>>;
+
 /// The limiter state of one server.
 pub struct Quotas {
     config: QuotaConfig,
     tokens: Mutex<Buckets>,
     namespaces: Mutex<Buckets>,
-    long_polls: Arc<Mutex<HashMap<String, usize>>>,
+    long_polls: Held,
 }
 
 impl Default for Quotas {
@@ -213,7 +216,7 @@ impl Default for Quotas {
 
 /// A long-poll slot, given back when dropped.
 pub struct LongPollPermit {
-    held: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+    held: Option<(Held, String)>,
 }
 
 impl Drop for LongPollPermit {
