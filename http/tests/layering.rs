@@ -38,8 +38,8 @@ const FACADE: (&str, &str) = ("engine", "impl Engine {");
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
     &["error", "validate", "router", "metrics", "limits"],
-    &["auth", "gates", "discovery", "connections", "tls"],
-    &["call"],
+    &["auth", "quota", "gates", "discovery", "connections", "tls"],
+    &["call", "audit"],
     &["handlers"],
     &["server"],
     // The library entry point (`Server::builder()`), then the command line over it.
