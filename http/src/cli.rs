@@ -58,12 +58,12 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
                                      subspace (default: keel- and a random suffix)
   --rate-limit-per-token RATE[:BURST]
                                      requests per second per token, and the burst it may
-                                     spend at once (default 1000:5000; 0 for none); beyond
+                                     spend at once (default off; 0 for none); beyond
                                      it 429 rate_limited with Retry-After. An auth-file
                                      entry may set its own (rate_limit, rate_burst)
   --rate-limit-per-namespace RATE[:BURST]
-                                     requests per second per namespace (default
-                                     5000:20000; 0 for none); the only limit in open mode
+                                     requests per second per namespace (default off;
+                                     0 for none); the only limit in open mode
   --max-long-polls-per-token N       worker long-polls one token holds open at once
                                      (default 1000; 0 for none); beyond it 429
                                      long_poll_limit_reached (auth-file: max_long_polls)

@@ -36,15 +36,10 @@ use crate::router::Op;
 /// Most buckets kept per kind (tokens, namespaces).
 pub const MAX_BUCKETS: usize = 10_000;
 
-/// Default requests per second per token.
-pub const DEFAULT_TOKEN_RATE: f64 = 1_000.0;
-/// Default burst per token.
-pub const DEFAULT_TOKEN_BURST: f64 = 5_000.0;
-/// Default requests per second per namespace.
-pub const DEFAULT_NAMESPACE_RATE: f64 = 5_000.0;
-/// Default burst per namespace.
-pub const DEFAULT_NAMESPACE_BURST: f64 = 20_000.0;
-/// Default long-polls one token may hold open at once.
+/// Default long-polls one token may hold open at once. (Request rates have no default:
+/// a limit below the server's own capacity would throttle a healthy fleet that shares a
+/// token, and the right value is that capacity divided among tenants, which only the
+/// operator knows. Off, they cost nothing per request.)
 pub const DEFAULT_MAX_LONG_POLLS: usize = 1_000;
 
 /// A token bucket's shape: `rate` units a second, at most `burst` stored. A rate of 0
@@ -123,8 +118,8 @@ pub struct QuotaConfig {
 impl Default for QuotaConfig {
     fn default() -> Self {
         QuotaConfig {
-            per_token: Rate::new(DEFAULT_TOKEN_RATE, DEFAULT_TOKEN_BURST),
-            per_namespace: Rate::new(DEFAULT_NAMESPACE_RATE, DEFAULT_NAMESPACE_BURST),
+            per_token: Rate::new(0.0, 0.0),
+            per_namespace: Rate::new(0.0, 0.0),
             max_long_polls_per_token: DEFAULT_MAX_LONG_POLLS,
         }
     }
@@ -298,7 +293,8 @@ impl Quotas {
                 .or(limits.rate.map(|r| r.max(1.0)))
                 .unwrap_or(self.config.per_token.burst),
         );
-        if !open {
+        // A limit that is off takes no lock.
+        if !open && !token_rate.unlimited() {
             self.tokens
                 .lock()
                 .expect("invariant: quota lock not poisoned")
@@ -306,7 +302,7 @@ impl Quotas {
                 .map_err(|s| rate_limited("token", s, &token_rate))?;
         }
         let ns_rate = self.config.per_namespace;
-        if let Some(namespace) = namespace {
+        if let Some(namespace) = namespace.filter(|_| !ns_rate.unlimited()) {
             self.namespaces
                 .lock()
                 .expect("invariant: quota lock not poisoned")
