@@ -57,7 +57,6 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use hyper::header::AUTHORIZATION;
 use hyper::{HeaderMap, StatusCode};
@@ -67,6 +66,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
 use crate::quota::TokenLimits;
+use crate::reload::ReloadTriggers;
 use crate::router::Access;
 
 /// A role a token can hold.
@@ -522,9 +522,6 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     Some(digest)
 }
 
-/// How often the auth file is checked for a change (size or modification time).
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
 /// Hears each reload: its trigger (`sighup`, `file_changed`) and, when applied, the
 /// token counts (`tokens`, `by_role`); `Err(())` when refused. Never a secret.
 pub type ReloadReport = Box<dyn Fn(&'static str, Result<serde_json::Value, ()>) + Send>;
@@ -541,34 +538,8 @@ pub async fn watch_and_reload(
     mut stop: tokio::sync::watch::Receiver<bool>,
     report: ReloadReport,
 ) {
-    let stamp = |file: &Option<PathBuf>| {
-        file.as_ref()
-            .and_then(|f| std::fs::metadata(f).ok())
-            .map(|m| (m.len(), m.modified().ok()))
-    };
-    let mut seen = stamp(&file);
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; tokens reload on file change only");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let trigger = tokio::select! {
-            _ = stop.changed() => return,
-            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => None } } => "sighup",
-            _ = tick.tick() => {
-                let now = stamp(&file);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                "file_changed"
-            }
-        };
+    let mut triggers = ReloadTriggers::new(file.into_iter().collect(), "tokens");
+    while let Some(trigger) = triggers.next(&mut stop).await {
         match load().and_then(|new| auth.replace_with(&new)) {
             Ok(()) => {
                 let by_role = auth

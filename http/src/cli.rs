@@ -509,7 +509,7 @@ fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
                 format!(
                     "cannot open the data directory {}: {}",
                     dir.display(),
-                    error_chain(&e)
+                    keel_protocol_conformance::client::error_chain(&e)
                 )
             })?);
             Ok(OpenedStorage {
@@ -605,18 +605,6 @@ pub(crate) struct StoreForCheck {
     pub place: String,
     /// Bytes on disk, for a directory store.
     pub size_on_disk: Option<u64>,
-}
-
-/// An error and its sources, `: `-joined (RocksDB's reason, e.g. a lock held by a running
-/// server, is the source of a `Backend` error).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// Bytes of the files under `dir`.

@@ -15,6 +15,7 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod quota;
+mod reload;
 mod router;
 pub mod server;
 mod storage_check;

@@ -23,7 +23,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,8 +32,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// How often the certificate files are checked for a change.
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+use crate::reload::ReloadTriggers;
 
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -186,39 +184,9 @@ fn build(files: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
 /// time, checked every 2 s), until `stop` turns true. A reload that fails is logged and
 /// counted (`keel_tls_reloads_total{outcome="refused"}`); the old configuration stays.
 pub(crate) async fn watch_and_reload(tls: Arc<Tls>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let stamp = |tls: &Tls| {
-        tls.files
-            .files()
-            .map(|f| {
-                std::fs::metadata(f)
-                    .ok()
-                    .map(|m| (m.len(), m.modified().ok()))
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut seen = stamp(&tls);
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS certificate reloads on file change only");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let trigger = tokio::select! {
-            _ = stop.changed() => return,
-            Some(()) = async { match hangups.as_mut() { Some(h) => h.recv().await, None => None } } => "sighup",
-            _ = tick.tick() => {
-                let now = stamp(&tls);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                "file_changed"
-            }
-        };
+    let files = tls.files.files().map(Path::to_path_buf).collect();
+    let mut triggers = ReloadTriggers::new(files, "the TLS certificate");
+    while let Some(trigger) = triggers.next(&mut stop).await {
         match tls.reload() {
             Ok(()) => {
                 metrics::counter!("keel_tls_reloads_total", "outcome" => "applied").increment(1);

@@ -37,7 +37,7 @@ const FACADE: (&str, &str) = ("engine", "impl Engine {");
 
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
-    &["error", "validate", "router", "metrics", "limits"],
+    &["error", "validate", "router", "metrics", "limits", "reload"],
     &["auth", "quota", "gates", "discovery", "connections", "tls"],
     &["call", "audit"],
     &["handlers"],

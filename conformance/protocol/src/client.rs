@@ -237,8 +237,9 @@ fn pool(roots: rustls::RootCertStore) -> HyperClient<HttpsConnector<HttpConnecto
     HyperClient::builder(TokioExecutor::new()).build(connector)
 }
 
-/// An error with its sources (hyper's "client error (Connect)" says why only there).
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `: `-joined (hyper's "client error (Connect)" and
+/// RocksDB's open errors say why only there).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
