@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
+#[cfg(not(loom))]
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+#[cfg(not(loom))]
 use tokio::net::TcpStream;
 
 /// Largest response body kept (a bigger one fails the attempt).
@@ -164,6 +166,19 @@ pub async fn send(
     }
 }
 
+/// Under `cfg(loom)` (the matching core's model checks) tokio has no network module, and
+/// no model sends service calls: every exchange fails.
+#[cfg(loom)]
+async fn exchange(
+    _: &HttpTarget,
+    _: &str,
+    _: &[(String, String)],
+    _: &[u8],
+) -> Result<HttpResponse, String> {
+    Err("no network in a loom build".into())
+}
+
+#[cfg(not(loom))]
 async fn exchange(
     target: &HttpTarget,
     method: &str,
@@ -214,6 +229,7 @@ async fn exchange(
 }
 
 /// The byte length of a complete response with a Content-Length, once all of it is in.
+#[cfg_attr(loom, allow(dead_code))] // only the real exchange reads responses
 fn complete_len(raw: &[u8]) -> Option<usize> {
     let end = find(raw, b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&raw[..end]).ok()?;
@@ -226,10 +242,12 @@ fn complete_len(raw: &[u8]) -> Option<usize> {
     (raw.len() >= end + len).then_some(end + len)
 }
 
+#[cfg_attr(loom, allow(dead_code))] // only the real exchange reads responses
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+#[cfg_attr(loom, allow(dead_code))] // only the real exchange reads responses
 fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
     let malformed = |why: &str| format!("malformed HTTP response: {why}");
     let end = find(raw, b"\r\n\r\n").ok_or_else(|| malformed("no end of headers"))?;
@@ -287,6 +305,7 @@ fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
     })
 }
 
+#[cfg_attr(loom, allow(dead_code))] // only the real exchange reads responses
 fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
