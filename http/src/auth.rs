@@ -26,7 +26,7 @@
 //! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! ```
 //!
-//! A token entry may carry its own rate limits (see [`crate::quota`]), overriding the
+//! A token entry may carry its own rate limits (see the `quota` module), overriding the
 //! server-wide ones: `rate_limit = 50.0` (requests per second, 0 for none),
 //! `rate_burst = 100.0` and `max_long_polls = 20`.
 //!
@@ -65,7 +65,6 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::ApiError;
-use crate::quota::TokenLimits;
 use crate::reload::ReloadTriggers;
 use crate::router::Access;
 
@@ -562,6 +561,17 @@ pub async fn watch_and_reload(
             }
         }
     }
+}
+
+/// A token's own limits from the auth file (each `None`: the server-wide one).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenLimits {
+    /// Requests per second (`rate_limit`).
+    pub rate: Option<f64>,
+    /// Burst (`rate_burst`).
+    pub burst: Option<f64>,
+    /// Long-polls open at once (`max_long_polls`).
+    pub max_long_polls: Option<usize>,
 }
 
 fn unauthorized(detail: &'static str, message: &str) -> ApiError {

@@ -37,7 +37,7 @@ pub struct AppState {
     /// Request-rate and long-poll limits.
     pub quotas: crate::quota::Quotas,
     /// The 401/403 sampler of the audit trail.
-    pub refusals: crate::audit::Refusals,
+    pub refusals: crate::trail::Refusals,
     /// Audit entries older than this many days go at the next retention pass.
     pub audit_retention_days: u32,
     storage_stats: Option<StatsSource>,
@@ -59,8 +59,8 @@ impl AppState {
             readiness: Readiness::default(),
             server_id: format!("keel-{}", keel_engine::ids::random_hex(6)),
             quotas: crate::quota::Quotas::default(),
-            refusals: crate::audit::Refusals::default(),
-            audit_retention_days: crate::audit::DEFAULT_RETENTION_DAYS,
+            refusals: crate::trail::Refusals::default(),
+            audit_retention_days: crate::trail::DEFAULT_RETENTION_DAYS,
             storage_stats: None,
             storage_backend: None,
             listen_addr: std::sync::OnceLock::new(),

@@ -17,6 +17,8 @@ use keel_storage_fdb::{Subspace, DEFAULT_SUBSPACE};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 
 use crate::metrics::StatsSource;
+
+mod storage_check;
 use crate::{AuthConfig, ConnectionLimits, NodeRoles, Server, TlsConfig};
 
 /// The documented default listen address.
@@ -412,7 +414,7 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
     if args.first().map(String::as_str) == Some("storage") {
-        return crate::storage_check::main(&args[1..], custom);
+        return storage_check::main(&args[1..], custom);
     }
     // Every other command but `serve` is a client of a running server (keel-cli), as
     // are `keel --help` and `keel --version`.

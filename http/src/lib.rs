@@ -18,8 +18,8 @@ pub mod quota;
 mod reload;
 mod router;
 pub mod server;
-mod storage_check;
 pub mod tls;
+mod trail;
 mod validate;
 
 pub use auth::{AuthConfig, Role};

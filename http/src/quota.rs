@@ -93,17 +93,6 @@ impl Rate {
     }
 }
 
-/// A token's own limits from the auth file (each `None`: the server-wide one).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TokenLimits {
-    /// Requests per second (`rate_limit`).
-    pub rate: Option<f64>,
-    /// Burst (`rate_burst`).
-    pub burst: Option<f64>,
-    /// Long-polls open at once (`max_long_polls`).
-    pub max_long_polls: Option<usize>,
-}
-
 /// The server-wide limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuotaConfig {

@@ -38,13 +38,21 @@ const FACADE: (&str, &str) = ("engine", "impl Engine {");
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
     &["error", "validate", "router", "metrics", "limits", "reload"],
-    &["auth", "quota", "gates", "discovery", "connections", "tls"],
+    &[
+        "auth",
+        "quota",
+        "gates",
+        "discovery",
+        "connections",
+        "tls",
+        "trail",
+    ],
     &["call", "audit"],
     &["handlers"],
     &["server"],
     // The library entry point (`Server::builder()`), then the command line over it.
     &["builder"],
-    &["cli", "storage_check"],
+    &["cli"],
 ];
 
 /// The `crate::` modules each top-level module of `src` names, comments left out. A file

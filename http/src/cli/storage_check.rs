@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use keel_engine::census::{self, Census};
 use serde_json::json;
 
-use crate::cli::{open_for_check, parse_storage_flags, StoreOpener};
+use super::{open_for_check, parse_storage_flags, StoreOpener};
 
 const USAGE: &str = "usage: keel storage check [--storage BACKEND | --data-dir DIR] \
 [--fdb-subspace NAME] [--output json]
