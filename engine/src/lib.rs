@@ -5,7 +5,6 @@ pub mod avro;
 pub mod census;
 pub mod clock;
 pub mod cluster;
-mod engine;
 pub mod error;
 mod fleet;
 pub mod history;
@@ -26,14 +25,15 @@ pub mod sync;
 pub mod system;
 pub mod tables;
 pub mod timers;
+mod wiring;
 pub mod workflow;
 
 /// The storage contract the engine is built on (the `keel-storage` crate).
 pub use keel_storage as storage;
 
-pub use engine::{Engine, EngineConfig};
 pub use error::{Error, RejectKind, Result};
 pub use fleet::{
     parse_deployment_name, Blockage, DeploymentAction, DeploymentOutcome, DeploymentState,
     QueueCounts, WorkerDeployment, WORKER_STALE_AFTER_MS,
 };
+pub use kernel::{Engine, EngineConfig};

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::kernel::Engine;
 use crate::model::NamespaceRecord;
 use crate::storage::ReadOptions;
 use crate::tables;

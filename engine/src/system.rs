@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::Millis;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::kernel::Engine;
 use crate::keys::{prefix, Key, KeyReader};
 use crate::model::{InstanceRecord, RunRecord, TaskKind, TaskRecord, TimerKey};
 use crate::storage::{KeyRange, KvTxn, ReadOptions};

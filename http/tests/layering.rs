@@ -1,8 +1,9 @@
 //! Dependencies point down: each top-level module of `engine/src` and `http/src` names
 //! only modules of its own layer or below (read from its `crate::` paths); within the
-//! engine's subsystem layers, siblings do not name each other either. One exception: a
-//! subsystem file that adds the facade's public methods (`impl Engine {`) may name the
-//! facade's module to do so; in-transaction code never does (it works on the kernel).
+//! engine's subsystem layers, siblings do not name each other either. The engine handle
+//! lives in the kernel, so a subsystem adding its operations (`impl Engine {`) names only
+//! the kernel; `wiring` (opening the engine, routing events and timers) is the one module
+//! above every subsystem.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,14 +27,11 @@ const ENGINE_LAYERS: &[&[&str]] = &[
         "services",
         "census",
     ],
-    &["engine"],
+    &["wiring"],
 ];
 
 /// Engine layers whose modules may not name each other (the subsystems).
 const ENGINE_STRICT_SIBLINGS: &[usize] = &[4, 5];
-
-/// The engine's facade: `impl Engine` blocks in subsystem files name it.
-const FACADE: (&str, &str) = ("engine", "impl Engine {");
 
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
@@ -55,9 +53,8 @@ const HTTP_LAYERS: &[&[&str]] = &[
     &["cli"],
 ];
 
-/// The `crate::` modules each top-level module of `src` names, comments left out. A file
-/// containing `facade.1` may name the module `facade.0` without it counting.
-fn edges(src: &Path, facade: Option<(&str, &str)>) -> BTreeMap<String, BTreeSet<String>> {
+/// The `crate::` modules each top-level module of `src` names, comments left out.
+fn edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut stack = vec![src.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -81,14 +78,11 @@ fn edges(src: &Path, facade: Option<(&str, &str)>) -> BTreeMap<String, BTreeSet<
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("source reads");
-            let exempt = facade
-                .filter(|(_, marker)| text.contains(marker))
-                .map(|(module, _)| module);
             let targets = out.entry(module.clone()).or_default();
             for line in text.lines() {
                 let code = line.split("//").next().unwrap_or("");
                 for named in crate_paths(code) {
-                    if named != module && Some(named.as_str()) != exempt {
+                    if named != module {
                         targets.insert(named);
                     }
                 }
@@ -163,21 +157,21 @@ fn src(crate_dir: &str) -> std::path::PathBuf {
 
 #[test]
 fn http_modules_only_name_modules_of_their_layer_or_below() {
-    let found = violations(&edges(&src("http"), None), HTTP_LAYERS, &[]);
+    let found = violations(&edges(&src("http")), HTTP_LAYERS, &[]);
     assert!(found.is_empty(), "upward imports in http/src: {found:?}");
 }
 
 #[test]
 fn engine_modules_point_down_and_subsystems_do_not_name_their_siblings() {
     let found = violations(
-        &edges(&src("engine"), Some(FACADE)),
+        &edges(&src("engine")),
         ENGINE_LAYERS,
         ENGINE_STRICT_SIBLINGS,
     );
     assert!(
         found.is_empty(),
         "upward or sideways imports in engine/src (move the shared code down, or raise \
-         a kernel Event that engine/hooks.rs routes): {found:?}"
+         a kernel Event that wiring/hooks.rs routes): {found:?}"
     );
 }
 

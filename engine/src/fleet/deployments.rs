@@ -18,9 +18,9 @@
 //! back. A refused transition changes nothing and names every blockage.
 
 use crate::clock::Millis;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::kernel;
+use crate::kernel::Engine;
 use crate::model::{CohortRecord, WorkerRecord};
 use crate::storage::{KvTxn, ReadOptions};
 use crate::tables;

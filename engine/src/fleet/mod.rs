@@ -10,9 +10,9 @@ pub use deployments::{
     WorkerDeployment, WORKER_STALE_AFTER_MS,
 };
 
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel;
+use crate::kernel::Engine;
 use crate::matching::{PollFilter, QueueKey};
 use crate::model::{CohortRecord, TaskKind, WorkerRecord};
 use crate::storage::{KvTxn, ReadOptions};

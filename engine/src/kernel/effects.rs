@@ -54,7 +54,7 @@ impl Effects {
     }
 
     /// Raises `event` for the subsystems that react to it, in this same transaction. The
-    /// raiser does not know who listens (`engine/hooks.rs` does).
+    /// raiser does not know who listens (`wiring/hooks.rs` does).
     pub fn raise(&mut self, event: Event) {
         self.events.push(event);
     }

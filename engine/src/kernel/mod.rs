@@ -1,13 +1,26 @@
-//! The kernel: the transaction context and runner, and the table operations every
-//! subsystem shares (tasks with their ready index and counters, timer rows, the namespace
-//! check). It depends on storage, keys, tables, model, clock and matching's hint types,
-//! never on a subsystem; subsystems react to each other through [`Event`]s it carries.
+//! The kernel: the engine handle and its settings, the transaction context and runner,
+//! the in-memory registries every subsystem shares (poll memories, query tasks), and the
+//! table operations every subsystem shares (tasks with their ready index and counters,
+//! timer rows, the namespace check). It depends on storage, keys, tables, model, clock,
+//! matching, timers and cluster, never on a subsystem; subsystems react to each other
+//! through [`Event`]s it carries, which `wiring` routes.
 
+mod config;
 mod effects;
+mod handle;
+mod polls;
+mod query_tasks;
 pub(crate) mod sessions;
 mod tasks;
 mod timers;
 mod tx;
+
+pub use config::{EngineConfig, PayloadStores, ServiceHttpConfig};
+pub use handle::Engine;
+pub(crate) use handle::Inner;
+pub(crate) use polls::{Begin, PollRequestKey, PollRequests, StickyRuns};
+pub use query_tasks::{Queries, QueryTaskView, UpdateWaiter};
+pub(crate) use query_tasks::{QueryTask, Resolution, TaskGuard};
 
 pub(crate) use effects::{Effects, Event};
 pub(crate) use tasks::{

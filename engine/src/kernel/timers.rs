@@ -1,5 +1,5 @@
 //! Timer rows: a durable timer is a row keyed by fire time; the timer service fires it
-//! after commit, and `engine/timers.rs` hands it to the subsystem that owns its action.
+//! after commit, and `wiring/timers.rs` hands it to the subsystem that owns its action.
 
 use crate::clock::Millis;
 use crate::error::Result;

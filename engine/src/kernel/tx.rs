@@ -26,7 +26,7 @@ pub(crate) struct Tx<'env> {
 }
 
 /// Reactions to the events a body raised, run in the same transaction before commit
-/// (implemented once, by `engine/hooks.rs`).
+/// (implemented once, by `wiring/hooks.rs`).
 pub(crate) trait Hooks: Send + Sync {
     fn react<'t>(
         &'t self,

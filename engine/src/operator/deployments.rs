@@ -25,9 +25,9 @@ use serde_json::{json, Value};
 
 use super::audit::{put_audit, Actor, AuditEntry};
 use crate::clock::Millis;
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel;
+use crate::kernel::Engine;
 use crate::keys::{prefix, Key};
 use crate::model::WorkerRecord;
 use crate::storage::{KeyRange, KvTxn, ReadOptions};

@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::Millis;
-use crate::engine::Engine;
 use crate::error::Result;
 use crate::history;
+use crate::kernel::Engine;
 use crate::keys::{prefix, Key, KeyReader};
 use crate::model::{RunRecord, RunStatus, TaskRecord, TaskStatus};
 use crate::storage::{KvTxn, ReadOptions};

@@ -33,6 +33,7 @@ use crate::keys::{prefix, Key, KeyReader};
 use crate::storage::{KvTxn, ReadOptions};
 use crate::tables;
 
+pub use crate::kernel::PayloadStores;
 pub use service::{CompletionContext, StorageTestReport, StorageTestStep, Upload};
 
 /// Schema of the runtime transport manifest.
@@ -59,18 +60,6 @@ const MAX_RUN_REFERENCES: usize = 100_000;
 pub const CODECS: &[&str] = &["avro", "json"];
 /// Drivers a policy may name.
 pub const DRIVERS: &[&str] = &["local", "s3", "gcs", "azure"];
-
-/// Where this server may keep blobs: operator configuration, not namespace data.
-#[derive(Debug, Clone, Default)]
-pub struct PayloadStores {
-    /// The `local` driver's directory (`None`: the driver is unavailable).
-    pub local_dir: Option<PathBuf>,
-    /// Named disks backing `s3`, `gcs` and `azure` policies.
-    pub disks: BTreeMap<String, PathBuf>,
-    /// Uploads are refused with 503 `storage_pressure` (except those completing a leased
-    /// task) while the blob filesystem has less free space than this.
-    pub reserve_bytes: u64,
-}
 
 /// A namespace's storage policy, as validated and stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,8 +12,8 @@ use super::{
     payload_error, payload_key, valid_reference_id, Location, PayloadRecord, Policy, CODECS,
     COMPLETION_SCHEMA, MAX_PAYLOAD_BYTES, PREPARED_COMPLETION_SCHEMA,
 };
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel::Engine;
 use crate::model::{TaskKind, TaskRecord, TaskStatus};
 use crate::tables;
 

@@ -3,9 +3,9 @@
 use serde_json::{json, Value};
 
 use crate::clock::{format_timestamp, Millis};
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel;
+use crate::kernel::Engine;
 use crate::keys::{prefix, Key, KeyReader};
 use crate::model::InstanceRecord;
 use crate::storage::{KeyRange, ReadOptions};

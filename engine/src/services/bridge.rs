@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Millis;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::kernel::Engine;
 use crate::keys::{prefix, Key};
 use crate::storage::{KeyRange, ReadOptions};
 use crate::workflow::{

@@ -25,7 +25,7 @@
 //!   namespace, idempotency_key)`: a resent execute or a replayed command finds the first
 //!   call and never creates a second one.
 //! * **Closing.** A call closes once: when its linked run closes (the kernel's `RunClosed`
-//!   event, routed here by `engine/hooks.rs`), when it is cancelled, or when its deadline
+//!   event, routed here by `wiring/hooks.rs`), when it is cancelled, or when its deadline
 //!   timer fires. The stored status is then final, so a cancel racing a completion
 //!   leaves whichever committed first. Closing records the outcome in every waiting
 //!   caller's history (`ServiceCallCompleted`/`Failed`/`Cancelled`) and wakes it.
@@ -40,8 +40,8 @@ use serde_json::{json, Map, Value};
 
 use crate::avro::{envelope, AvroValue};
 use crate::clock::{format_timestamp, Millis};
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
+use crate::kernel::Engine;
 use crate::kernel::{self, Effects};
 use crate::keys::{prefix, Key};
 use crate::model::{
@@ -58,7 +58,8 @@ use crate::{history, ids, tables};
 use crate::namespaces::{check_attributes, search_attribute_registry};
 
 use super::catalog::{load_operation, normalize_name, OperationRecord};
-use super::outbound::{host_allowed, parse_http_url, ServiceHttpConfig};
+use super::outbound::{host_allowed, parse_http_url};
+use crate::kernel::ServiceHttpConfig;
 
 /// Set on a `start_service_operation` command by the HTTP front when the worker's token
 /// cannot reach the command's target namespace: the call is refused as if the namespace
@@ -996,7 +997,7 @@ async fn admit_in_txn(
 }
 
 /// A `start_service_operation` command accepted at `sequence` of a caller run (raised by
-/// the workflow subsystem, routed by `engine/hooks.rs`): admits the call in the target
+/// the workflow subsystem, routed by `wiring/hooks.rs`): admits the call in the target
 /// namespace and records the caller's `ServiceCallStarted` (and the closing event when
 /// the call already closed), or `ServiceCallFailed` when it cannot be admitted.
 #[allow(clippy::too_many_arguments)]
@@ -1262,7 +1263,7 @@ async fn refuse_caller(
     Ok(())
 }
 
-/// A run closed (routed by `engine/hooks.rs` from the kernel's `RunClosed`): the calls it
+/// A run closed (routed by `wiring/hooks.rs` from the kernel's `RunClosed`): the calls it
 /// carried out close with its outcome (a continued run hands them to its successor), and
 /// the calls it waited on as a caller are cancelled, with their linked runs, unless
 /// their operation abandons them.
@@ -1314,7 +1315,7 @@ pub(crate) async fn on_run_closed(
     Ok(())
 }
 
-/// An update finished (routed by `engine/hooks.rs` from the kernel's `UpdateClosed`): the
+/// An update finished (routed by `wiring/hooks.rs` from the kernel's `UpdateClosed`): the
 /// calls it carried out close with its outcome.
 pub(crate) async fn on_update_closed(
     txn: &mut dyn KvTxn,
@@ -1621,7 +1622,7 @@ fn http_body(call: &ServiceCallRecord, attempt: u32) -> Vec<u8> {
     serde_json::to_vec(&body).expect("invariant: a JSON value serializes")
 }
 
-/// A dispatch timer fired (routed by `engine/timers.rs`): leases the next attempt of an
+/// A dispatch timer fired (routed by `wiring/timers.rs`): leases the next attempt of an
 /// open dispatched call and returns its work, to be run after this transaction commits.
 /// The lease is a new dispatch timer at the attempt's timeout plus a margin: if the
 /// attempt's outcome is never recorded (a crash mid-request), that timer redelivers it,

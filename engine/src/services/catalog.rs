@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::Millis;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::kernel::Engine;
 use crate::keys::{prefix, Key};
 use crate::storage::{KeyRange, KvTxn, ReadOptions};
 use crate::{ids, kernel, tables};

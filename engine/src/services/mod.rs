@@ -22,6 +22,7 @@ mod calls;
 mod catalog;
 pub mod outbound;
 
+pub use crate::kernel::ServiceHttpConfig;
 pub use bridge::{
     bridge_workflow_id, AdapterSpec, BridgeAction, BridgeAdapterRecord, BridgeEvent, BridgeOutcome,
     BridgeRejection, BridgeTarget, BRIDGE_ACTIONS, MAX_ADAPTERS,
@@ -39,4 +40,3 @@ pub use catalog::{
     OperationRecord, OperationSpec, ServiceRecord, BINDING_KINDS, MAX_CATALOG_LIST,
     MAX_CATALOG_NAME, OPERATION_MODES,
 };
-pub use outbound::ServiceHttpConfig;

@@ -19,24 +19,6 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Longest request timeout an operation may ask for.
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Outbound settings of `invocable_http` bindings.
-#[derive(Debug, Clone)]
-pub struct ServiceHttpConfig {
-    /// Hosts an `invocable_http` binding may call (`HOST` or `HOST:PORT`).
-    pub allow: Vec<String>,
-    /// Per-request timeout unless the binding names `timeout_seconds`.
-    pub request_timeout: Duration,
-}
-
-impl Default for ServiceHttpConfig {
-    fn default() -> Self {
-        ServiceHttpConfig {
-            allow: Vec::new(),
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// An `http://` URL taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpTarget {

@@ -15,12 +15,12 @@
 use serde_json::{json, Value};
 
 use crate::clock::{format_timestamp, Millis};
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::kernel::sessions::{
     announce_holder, arm_deadline, end_session, lease_deadline, leased_count, load_session,
     new_session, put_session, reacquire,
 };
+use crate::kernel::Engine;
 use crate::kernel::{self, Effects};
 use crate::model::{SessionOptions, SessionStatus, TimerKey, WorkerRecord, WorkerSessionRecord};
 use crate::storage::KvTxn;

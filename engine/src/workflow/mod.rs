@@ -12,10 +12,9 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::clock::{format_timestamp, Millis};
-use crate::engine::Engine;
 use crate::error::{Error, RejectKind, Result};
 use crate::history;
-use crate::kernel::{self, Effects, Event};
+use crate::kernel::{self, Effects, Engine, Event, Tx, TxFuture};
 use crate::matching::{QueueKey, Take, TaskHint};
 use crate::model::{
     ActivityState, InstanceRecord, Lease, RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus,
@@ -49,7 +48,6 @@ pub(crate) use messages::{
 };
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
 pub(crate) use poll::fail_session_activities;
-pub use poll::{PollRequests, StickyRuns};
 pub use repair::{CommandOutcome, RunTarget};
 pub(crate) use standalone::start_standalone_in_txn;
 pub use standalone::{StandaloneActivityView, StartActivity, STANDALONE_HOST_TYPE};
@@ -621,6 +619,33 @@ pub(crate) async fn start_in_txn(
 }
 
 impl Engine {
+    /// Like [`Engine::transact`], for a worker's report on a task it leased. When an
+    /// attempt's commit result was unknown and the retry then finds the lease gone, that
+    /// attempt applied the report: the caller gets success, not a lease error.
+    pub(crate) async fn transact_report<'env, F>(
+        &self,
+        task_id: &str,
+        outcome: &'static str,
+        body: F,
+    ) -> Result<TaskOutcome>
+    where
+        F: for<'t> FnMut(&'t mut Tx<'env>) -> TxFuture<'t, TaskOutcome>,
+    {
+        match self.transact_noting_unknown(body).await {
+            (Err(Error::Rejected { reason, .. }), true) if is_lease_loss(reason) => {
+                Ok(TaskOutcome {
+                    task_id: task_id.to_string(),
+                    outcome,
+                    recorded: true,
+                    run_id: String::new(),
+                    run_status: "unknown",
+                    next_task_id: None,
+                })
+            }
+            (result, _) => result,
+        }
+    }
+
     /// Starts a workflow run (or returns the open one under `UseExisting`).
     pub async fn start_workflow(&self, ns: &str, req: StartWorkflow) -> Result<StartOutcome> {
         let now = self.now_ms();

@@ -5,12 +5,12 @@ use crate::clock::Millis;
 use crate::kernel::{self, Effects, Event, TxFuture};
 use crate::storage::KvTxn;
 
-pub(super) struct Hooks<'c> {
+pub(super) struct Hooks {
     /// The outbound settings a `start_service_operation` command's admission checks.
-    pub service_http: &'c crate::services::ServiceHttpConfig,
+    pub service_http: crate::kernel::ServiceHttpConfig,
 }
 
-impl kernel::Hooks for Hooks<'_> {
+impl kernel::Hooks for Hooks {
     fn react<'t>(
         &'t self,
         txn: &'t mut dyn KvTxn,
@@ -84,7 +84,7 @@ impl kernel::Hooks for Hooks<'_> {
                         &run_id,
                         sequence,
                         &command,
-                        self.service_http,
+                        &self.service_http,
                         now,
                         fx,
                     )

@@ -10,7 +10,7 @@ use crate::queries::QueryRequest;
 use crate::services::outbound::{host_allowed, parse_http_url, send, HttpResponse};
 use crate::services::{Dispatch, DispatchOutcome, DispatchWork, HOST_NOT_ALLOWED};
 
-use super::Engine;
+use crate::kernel::Engine;
 
 /// Query failures another attempt may cure (no worker answered, or none was there).
 const TRANSIENT_QUERY_REASONS: &[&str] = &[

@@ -1,75 +1,30 @@
-//! The engine: opens on a store, owns the matching index and the timer service, and
-//! runs every state transition as one idempotent transaction through the retry runner.
-//! Post-commit effects (hints for pollers, timers for the timer service) are applied only
-//! after the transaction is durable.
+//! The engine handle: the store, the clock, the matching index, the timer service, the
+//! in-memory memories, and the one entry point every state transition goes through
+//! ([`Engine::transact`]: an idempotent transaction through the retry runner, whose
+//! post-commit effects (hints for pollers, timers for the timer service) are applied
+//! only after it is durable). Subsystems add their operations in `impl Engine` blocks;
+//! `wiring` opens it and installs the cross-subsystem reactions.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::clock::{Clock, Millis};
-use crate::cluster::{Cluster, ClusterConfig};
-use crate::error::{Error, Result};
-use crate::kernel::{self, Effects, Tx, TxFuture};
+use crate::cluster::Cluster;
+use crate::error::Result;
 use crate::matching::Matching;
-use crate::model::{NamespaceRecord, TimerKey, WorkerRecord};
+use crate::model::{NamespaceRecord, WorkerRecord};
 use crate::storage::{KvStore, ReadOptions};
 use crate::sync::Arc;
 use crate::tables;
-use crate::timers::{TimerHandler, Timers};
+use crate::timers::Timers;
 
-mod dispatch;
-mod hooks;
-mod timers;
+use super::{Effects, EngineConfig, Tx, TxFuture};
 
 /// How long a node sharing the store trusts its caches of other nodes' writes (worker
 /// registrations, cohort drain intent).
 const CLUSTER_CACHE_MS: Millis = 1_000;
-
-/// Engine settings.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// How long a workflow task lease lasts unless renewed.
-    pub workflow_task_lease: Duration,
-    /// How long an activity task lease lasts unless renewed.
-    pub activity_task_lease: Duration,
-    /// The namespace created at first start.
-    pub default_namespace: String,
-    /// Longest long-poll a worker may ask for.
-    pub max_poll_timeout: Duration,
-    /// Bounds on parked long-polls.
-    pub park_limits: crate::matching::ParkLimits,
-    /// Admission: at most this many leased tasks per queue and kind (`None`: unbounded).
-    pub max_leases_per_queue: Option<u64>,
-    /// Whether this node fires timers and schedules (the `scheduler` role); with other
-    /// nodes on the store, only while it holds the scheduler lease.
-    pub scheduler: bool,
-    /// Set when several nodes share the store (see `cluster`); `None`: this node is alone.
-    pub cluster: Option<ClusterConfig>,
-    /// Where external payload blobs may live (the drivers' directories and disks).
-    pub payloads: crate::payloads::PayloadStores,
-    /// Which hosts `invocable_http` service bindings may call, and their request timeout.
-    pub service_http: crate::services::ServiceHttpConfig,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            workflow_task_lease: Duration::from_secs(300),
-            activity_task_lease: Duration::from_secs(300),
-            default_namespace: "default".into(),
-            max_poll_timeout: Duration::from_secs(60),
-            park_limits: crate::matching::ParkLimits::default(),
-            max_leases_per_queue: None,
-            scheduler: true,
-            cluster: None,
-            payloads: crate::payloads::PayloadStores::default(),
-            service_http: crate::services::ServiceHttpConfig::default(),
-        }
-    }
-}
 
 /// `(namespace, worker_id)`.
 type WorkerId = (String, String);
@@ -89,11 +44,13 @@ pub(crate) struct Inner {
     /// Drain intent per cohort key, cached from storage, with when it was cached.
     pub cohorts: Mutex<HashMap<Vec<u8>, (bool, Millis)>>,
     /// Recent polls by `poll_request_id`, so a retried poll gets its task back.
-    pub poll_requests: crate::workflow::PollRequests,
+    pub poll_requests: super::PollRequests,
     /// Query tasks and callers waiting on updates (in memory only).
-    pub queries: crate::queries::Queries,
+    pub queries: super::Queries,
     /// Which worker cached which run's history, and until when (advisory, in memory).
-    pub sticky: crate::workflow::StickyRuns,
+    pub sticky: super::StickyRuns,
+    /// The cross-subsystem reactions every transaction runs (installed by `wiring`).
+    pub hooks: Box<dyn super::Hooks>,
     pub stop: watch::Sender<bool>,
     /// The timer service and cluster tasks, awaited by [`Engine::stop`].
     pub services: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -105,86 +62,7 @@ pub struct Engine {
     pub(crate) inner: Arc<Inner>,
 }
 
-struct TimerBridge(std::sync::Weak<Inner>);
-
-impl TimerHandler for TimerBridge {
-    fn fire(
-        &self,
-        timer: TimerKey,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
-        Box::pin(async move {
-            match self.0.upgrade() {
-                Some(inner) => Engine { inner }.fire_timer(timer).await,
-                None => Ok(()),
-            }
-        })
-    }
-}
-
 impl Engine {
-    /// Opens the engine on `store`: creates the default namespace on first start,
-    /// rebuilds the ready index from storage, and starts the timer service.
-    pub async fn open(
-        store: Arc<dyn KvStore>,
-        clock: Arc<dyn Clock>,
-        config: EngineConfig,
-    ) -> Result<Engine> {
-        let (stop, stop_rx) = watch::channel(false);
-        let matching = Arc::new(Matching::with_limits(config.park_limits));
-        // With other nodes on the store, timers fire only once this node holds the
-        // scheduler lease.
-        let timers = Arc::new(Timers::new(config.cluster.is_none() && config.scheduler));
-        let cluster = config.cluster.clone().map(|c| {
-            Cluster::new(
-                c,
-                config.scheduler,
-                store.clone(),
-                clock.clone(),
-                matching.clone(),
-                timers.clone(),
-                stop_rx.clone(),
-            )
-        });
-        let inner = Arc::new(Inner {
-            store,
-            clock,
-            config,
-            matching,
-            timers,
-            cluster,
-            workers: Mutex::new(HashMap::new()),
-            namespaces: Mutex::new(std::collections::HashSet::new()),
-            cohorts: Mutex::new(HashMap::new()),
-            poll_requests: Default::default(),
-            queries: Default::default(),
-            sticky: Default::default(),
-            stop,
-            services: Mutex::new(Vec::new()),
-        });
-        let engine = Engine { inner };
-        engine.ensure_schema_version().await?;
-        engine
-            .ensure_namespace(&engine.inner.config.default_namespace.clone())
-            .await?;
-        engine.rebuild_ready_index().await?;
-        let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
-        let mut services = vec![tokio::spawn(engine.inner.timers.clone().run(
-            engine.inner.store.clone(),
-            engine.inner.clock.clone(),
-            handler,
-            stop_rx,
-        ))];
-        if let Some(cluster) = &engine.inner.cluster {
-            services.push(tokio::spawn(cluster.clone().run()));
-        }
-        *engine
-            .inner
-            .services
-            .lock()
-            .expect("invariant: handle lock not poisoned") = services;
-        Ok(engine)
-    }
-
     /// Asks the timer service (and the cluster heartbeat) to stop. In-flight requests
     /// finish; the store stays open. On a shared store this node's record and scheduler
     /// lease stay until they lapse, as after a crash; [`Engine::stop`] gives them up.
@@ -260,47 +138,16 @@ impl Engine {
         self.transact_noting_unknown(body).await.0
     }
 
-    /// Like [`Engine::transact`], for a worker's report on a task it leased. When an
-    /// attempt's commit result was unknown and the retry then finds the lease gone, that
-    /// attempt applied the report: the caller gets success, not a lease error.
-    pub(crate) async fn transact_report<'env, F>(
-        &self,
-        task_id: &str,
-        outcome: &'static str,
-        body: F,
-    ) -> Result<crate::workflow::TaskOutcome>
-    where
-        F: for<'t> FnMut(&'t mut Tx<'env>) -> TxFuture<'t, crate::workflow::TaskOutcome>,
-    {
-        match self.transact_noting_unknown(body).await {
-            (Err(Error::Rejected { reason, .. }), true)
-                if crate::workflow::is_lease_loss(reason) =>
-            {
-                Ok(crate::workflow::TaskOutcome {
-                    task_id: task_id.to_string(),
-                    outcome,
-                    recorded: true,
-                    run_id: String::new(),
-                    run_status: "unknown",
-                    next_task_id: None,
-                })
-            }
-            (result, _) => result,
-        }
-    }
-
     /// Runs a transaction; also tells whether some attempt's commit result was unknown.
-    async fn transact_noting_unknown<'env, T, F>(&self, body: F) -> (Result<T>, bool)
+    pub(crate) async fn transact_noting_unknown<'env, T, F>(&self, body: F) -> (Result<T>, bool)
     where
         F: for<'t> FnMut(&'t mut Tx<'env>) -> TxFuture<'t, T>,
     {
         let mut unknown = false;
-        let result = kernel::run(
+        let result = super::run(
             self.inner.store.as_ref(),
             self.inner.clock.as_ref(),
-            &hooks::Hooks {
-                service_http: &self.inner.config.service_http,
-            },
+            self.inner.hooks.as_ref(),
             self.inner
                 .cluster
                 .as_ref()
@@ -349,7 +196,7 @@ impl Engine {
         }
     }
 
-    async fn rebuild_ready_index(&self) -> Result<()> {
+    pub(crate) async fn rebuild_ready_index(&self) -> Result<()> {
         let mut range = tables::ready_range();
         let mut total = 0usize;
         loop {

@@ -6,7 +6,7 @@ use crate::model::{TimerAction, TimerKey};
 use crate::storage::ReadOptions;
 use crate::{keys, tables};
 
-use super::Engine;
+use crate::kernel::Engine;
 
 impl Engine {
     /// Fires every durable timer due now, inline (at most `limit`); returns how many

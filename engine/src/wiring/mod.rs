@@ -1,0 +1,107 @@
+//! The wiring: opens the engine, installs the one list of cross-subsystem reactions
+//! (`hooks`), and routes each durable timer and service-call dispatch to the subsystem
+//! that owns it. The only module that names every subsystem.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::cluster::Cluster;
+use crate::error::Result;
+use crate::kernel::{Engine, EngineConfig, Inner};
+use crate::matching::Matching;
+use crate::model::TimerKey;
+use crate::storage::KvStore;
+use crate::sync::Arc;
+use crate::timers::{TimerHandler, Timers};
+
+mod dispatch;
+mod hooks;
+mod timers;
+
+struct TimerBridge(std::sync::Weak<Inner>);
+
+impl TimerHandler for TimerBridge {
+    fn fire(
+        &self,
+        timer: TimerKey,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(inner) => Engine { inner }.fire_timer(timer).await,
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl Engine {
+    /// Opens the engine on `store`: creates the default namespace on first start,
+    /// rebuilds the ready index from storage, and starts the timer service.
+    pub async fn open(
+        store: Arc<dyn KvStore>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Result<Engine> {
+        let (stop, stop_rx) = watch::channel(false);
+        let matching = Arc::new(Matching::with_limits(config.park_limits));
+        // With other nodes on the store, timers fire only once this node holds the
+        // scheduler lease.
+        let timers = Arc::new(Timers::new(config.cluster.is_none() && config.scheduler));
+        let cluster = config.cluster.clone().map(|c| {
+            Cluster::new(
+                c,
+                config.scheduler,
+                store.clone(),
+                clock.clone(),
+                matching.clone(),
+                timers.clone(),
+                stop_rx.clone(),
+            )
+        });
+        let hooks = Box::new(hooks::Hooks {
+            service_http: config.service_http.clone(),
+        });
+        let inner = Arc::new(Inner {
+            store,
+            clock,
+            config,
+            matching,
+            timers,
+            cluster,
+            workers: Mutex::new(HashMap::new()),
+            namespaces: Mutex::new(std::collections::HashSet::new()),
+            cohorts: Mutex::new(HashMap::new()),
+            poll_requests: Default::default(),
+            queries: Default::default(),
+            sticky: Default::default(),
+            hooks,
+            stop,
+            services: Mutex::new(Vec::new()),
+        });
+        let engine = Engine { inner };
+        engine.ensure_schema_version().await?;
+        engine
+            .ensure_namespace(&engine.inner.config.default_namespace.clone())
+            .await?;
+        engine.rebuild_ready_index().await?;
+        let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
+        let mut services = vec![tokio::spawn(engine.inner.timers.clone().run(
+            engine.inner.store.clone(),
+            engine.inner.clock.clone(),
+            handler,
+            stop_rx,
+        ))];
+        if let Some(cluster) = &engine.inner.cluster {
+            services.push(tokio::spawn(cluster.clone().run()));
+        }
+        *engine
+            .inner
+            .services
+            .lock()
+            .expect("invariant: handle lock not poisoned") = services;
+        Ok(engine)
+    }
+}
