@@ -327,7 +327,7 @@ fn write_value(out: &mut Vec<u8>, value: &AvroValue) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{decode_blob, encode_blob, json, AvroValue, Value};
 
     fn golden() -> Value {
         serde_json::from_str(include_str!("../testdata/avro-value-v1-golden.json"))

@@ -104,7 +104,8 @@ pub fn format_timestamp(ms: Millis) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{format_timestamp, Duration, ManualClock};
+    use crate::clock::Clock;
 
     #[test]
     fn timestamps_are_canonical_utc_with_microseconds() {

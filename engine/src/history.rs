@@ -236,7 +236,8 @@ pub fn decode_token(token: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{append, decode_token, encode_token, event_payload, json, RunRecord};
+    use keel_storage::KvStore;
 
     #[tokio::test]
     async fn float_payloads_read_back_bit_for_bit() {

@@ -31,7 +31,7 @@ pub fn random_hex(bytes: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::new_id;
 
     #[test]
     fn ids_are_unique_and_time_ordered() {

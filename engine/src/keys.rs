@@ -290,7 +290,7 @@ impl<'a> KeyReader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{table_name, Key, KeyReader};
     use proptest::prelude::*;
 
     #[test]

@@ -449,7 +449,9 @@ impl Matching {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::*;
+    use super::{
+        Arc, Matching, ParkLimits, PollFilter, QueueKey, QueueStats, Take, TaskHint, TaskKind,
+    };
 
     fn hint(id: &str, ty: &str, priority: u8, at: i64) -> TaskHint {
         TaskHint {

@@ -891,7 +891,7 @@ pub fn truncate_message(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{truncate_message, MAX_MESSAGE_BYTES};
 
     #[test]
     fn long_messages_are_cut_at_a_character_boundary() {

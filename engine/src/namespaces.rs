@@ -551,7 +551,7 @@ pub fn check_attributes(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{check_attributes, valid_attribute_name, valid_namespace_name, BTreeMap, Error};
     use serde_json::json;
 
     fn registry() -> BTreeMap<String, String> {

@@ -527,7 +527,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{scope_fair_round_robin, RepairCandidate, RepairReason};
 
     fn candidate(run_id: &str, queue: &str) -> RepairCandidate {
         RepairCandidate {

@@ -437,7 +437,10 @@ pub async fn read_records(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        assemble, delete, prefix, put_bytes, read_records, Key, KeyRange, KeyValue, ReadOptions,
+        Result, CHUNK,
+    };
     use crate::storage::memory::MemoryStore;
     use crate::storage::KvStore;
 

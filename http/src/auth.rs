@@ -616,7 +616,7 @@ pub fn authorize(principal: &Principal, access: Access) -> Result<(), ApiError> 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{authorize, sha256, Access, AuthConfig, HeaderMap, StatusCode, AUTHORIZATION};
     use hyper::header::HeaderValue;
 
     fn headers(auth: &str) -> HeaderMap {

@@ -700,7 +700,10 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        parse_args, ConnectionLimits, Duration, PathBuf, ServeArgs, Storage, TlsConfig,
+        DEFAULT_DATA_DIR, FDB_NOT_BUILT,
+    };
 
     fn parse(args: &[&str]) -> Result<ServeArgs, String> {
         let args: Vec<String> = std::iter::once("serve")

@@ -378,7 +378,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{watchdog, Activity, ConnectionLimits, Cut, Duration, Instant, Registry};
 
     fn limits() -> ConnectionLimits {
         ConnectionLimits {

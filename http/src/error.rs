@@ -158,7 +158,7 @@ impl From<Error> for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{json, ApiError, BTreeMap, MAX_MESSAGES_PER_FIELD, MAX_REPORTED_FIELDS};
 
     #[test]
     fn a_validation_error_reports_a_bounded_number_of_fields_and_counts_the_rest() {

@@ -301,7 +301,7 @@ impl Readiness {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{json, topology, NodeRoles, ReadySnapshot, SchemaStatus, StatusCode};
 
     #[test]
     fn role_lists_parse_into_vocabulary_order_and_classes() {

@@ -289,7 +289,9 @@ impl LogThrottle {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        default_max_connections, Backoff, Duration, Instant, LogThrottle, MAX_DERIVED_CONNECTIONS,
+    };
 
     #[test]
     fn derived_connection_ceiling_stays_below_the_descriptor_limit() {

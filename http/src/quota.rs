@@ -332,7 +332,7 @@ impl Quotas {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Buckets, Rate, MAX_BUCKETS};
 
     #[test]
     fn a_bucket_spends_its_burst_then_refills_at_its_rate() {

@@ -1169,7 +1169,7 @@ pub fn table(sample: &str) -> Vec<RouteInfo> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{policy, route, Access, Match, Method, Op, Plane};
 
     #[test]
     fn percent_encoded_ids_are_decoded() {

@@ -809,7 +809,7 @@ fn parse_json(headers: &hyper::HeaderMap, bytes: &[u8]) -> Result<Value, ApiErro
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::worker_version_supported;
 
     #[test]
     fn worker_versions_negotiate_on_major_and_minor() {

@@ -569,7 +569,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::parse_deployment_name;
 
     #[test]
     fn deployment_names_parse_with_unversioned_and_at_signs_in_the_queue() {

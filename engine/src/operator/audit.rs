@@ -352,7 +352,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{floor_id, ids, AuditEntry};
 
     #[test]
     fn the_floor_id_of_a_time_sorts_between_the_ids_made_before_and_at_it() {

@@ -971,7 +971,7 @@ let txn = tx.txn.as_mut();
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::normalize_service_url;
 
     #[test]
     fn service_urls_normalise_for_matching() {

@@ -43,7 +43,7 @@ pub fn valid_operator_key(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::valid_operator_key;
 
     #[test]
     fn operator_keys_allow_only_letters_digits_underscore_and_hyphen() {

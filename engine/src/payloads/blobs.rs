@@ -93,7 +93,7 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{free_bytes, fs, write_durably};
 
     #[test]
     fn a_durable_write_creates_its_directories_and_leaves_no_temporary_file() {

@@ -444,7 +444,7 @@ impl SchedulePatch {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{BTreeMap, Error, ScheduleInput, Value, MAX_MEMO_BYTES};
     use serde_json::json;
 
     fn errors(body: Value) -> BTreeMap<String, Vec<String>> {

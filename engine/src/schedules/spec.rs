@@ -680,7 +680,7 @@ fn parse_field(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{parse_duration_ms, IntervalRecord, Millis, Spec, SpecRecord, Timestamp};
 
     fn ms(s: &str) -> Millis {
         s.parse::<Timestamp>()

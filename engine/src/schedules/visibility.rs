@@ -176,7 +176,7 @@ pub(super) fn matches(s: &ScheduleRecord, q: &ScheduleListQuery) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{json, parse_visibility_query, BTreeMap, Error};
 
     #[test]
     fn numbers_beyond_a_finite_double_are_not_literals() {

@@ -308,7 +308,7 @@ fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{host_allowed, parse_allow_entry, parse_http_url, parse_response};
 
     #[test]
     fn urls_parse_into_host_port_and_path() {

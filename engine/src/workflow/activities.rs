@@ -1,6 +1,9 @@
 //! Activity task reports: completion, failure with server-side retries, heartbeats.
 
-use super::*;
+use super::{
+    check_activity_lease, ensure_workflow_task, history, json, load_task, merge, tables, Effects,
+    Engine, Error, KvTxn, Map, Millis, Result, RunRecord, TaskKind, TaskOutcome, TaskRecord, Value,
+};
 use crate::kernel;
 
 impl Engine {

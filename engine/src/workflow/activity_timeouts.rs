@@ -16,7 +16,10 @@
 //! `heartbeat_deadline_ms`; the heartbeat timer re-arms itself at that deadline when it
 //! fires early, so a heartbeat writes no timer row.
 
-use super::*;
+use super::{
+    format_timestamp, invalid_commands, json, merge, tables, ActivityState, Effects, Engine, KvTxn,
+    Map, Millis, Result, TaskRecord, TaskStatus, TimerAction, TimerKey, Value,
+};
 use crate::kernel;
 use crate::model::ActivityTimeouts;
 

@@ -15,7 +15,11 @@
 //!   same transaction. The execution deadline spans the chain; the run deadline restarts.
 //!   A continued child keeps its parent link, so the parent hears from the last run.
 
-use super::*;
+use super::{
+    close_run, ensure_workflow_task, format_timestamp, group_fields, history, ids,
+    invalid_commands, json, listing, merge, tables, Effects, Error, InstanceRecord, KvTxn, Map,
+    Millis, Result, RunRecord, RunStatus, TaskRecord, TaskStatus, TimerAction, Value,
+};
 use crate::kernel;
 use crate::model::{ChildLink, ParentLink, RunLifecycle};
 

@@ -1,7 +1,11 @@
 //! The commands of a workflow task completion, each applied to the run's history.
 
 use super::waits::opt_str;
-use super::*;
+use super::{
+    close_run, group_fields, history, ids, invalid_commands, json, merge, ActivityState, Effects,
+    Event, KvTxn, Map, Millis, Result, RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus,
+    Value,
+};
 use crate::kernel;
 
 /// Whether `command` closes the run (it must then be the completion's last).

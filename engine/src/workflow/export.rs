@@ -9,7 +9,10 @@
 use crate::kernel;
 use sha2::{Digest, Sha256};
 
-use super::*;
+use super::{
+    format_timestamp, history, json, tables, Engine, Error, InstanceRecord, KvTxn, Millis, Result,
+    RunRecord, RunStatus, TaskKind, TaskRecord, TaskStatus, TimerKey, Value,
+};
 use crate::storage::KvStore;
 
 /// Events the debug view scans from the end of history for recent failures.
@@ -650,7 +653,7 @@ fn canonical_float(f: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{canonical, canonical_float, checksum, json, Value};
 
     fn canon(v: Value) -> String {
         let mut s = String::new();

@@ -11,7 +11,9 @@
 use crate::kernel;
 use base64::Engine as _;
 
-use super::*;
+use super::{
+    tables, Engine, Error, InstanceRecord, KvTxn, Millis, RejectKind, Result, RunRecord, Serialize,
+};
 use crate::keys::{prefix, Key};
 use crate::storage::{decode_counter, ReadOptions};
 

@@ -21,7 +21,11 @@ use crate::kernel;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::*;
+use super::{
+    close_run, ensure_workflow_task, history, ids, invalid_commands, json, tables, waits, Effects,
+    Engine, Error, Event, InstanceRecord, KvTxn, Map, Millis, Result, RunRecord, RunStatus,
+    TaskRecord, TaskStatus, Value,
+};
 use crate::model::{CommandContract, CommandReceipt, UpdateRecord, UpdateStatus};
 
 /// Signal names reserved by the SDK's own features (message streams); never unknown.

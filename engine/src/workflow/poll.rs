@@ -3,7 +3,12 @@
 
 use crate::kernel::{self, Begin, PollRequestKey};
 
-use super::*;
+use super::{
+    check_workflow_lease, flush_deferred_signals, format_timestamp, history, ids, json,
+    lease_timer_action, load_task, merge, tables, ActivityTaskView, Effects, Engine, Error, KvTxn,
+    Lease, Map, Millis, Poll, QueueKey, RejectKind, Result, RunRecord, RunStatus, Take, TaskHint,
+    TaskKind, TaskRecord, TaskStatus, Value, WorkflowTaskView,
+};
 
 impl Engine {
     /// Long-polls for a task of `kind`: leases the best ready task the worker accepts, or

@@ -2,7 +2,10 @@
 //! archive (mark a closed run archived). Both target the current run of a workflow id, or
 //! a named run that must be the current one.
 
-use super::*;
+use super::{
+    ensure_workflow_task, history, ids, json, merge, tables, Effects, Engine, Error,
+    InstanceRecord, KvTxn, Millis, Result, RunRecord, RunStatus, Serialize, TaskRecord, TaskStatus,
+};
 use crate::kernel;
 
 /// Which run a command targets.

@@ -8,7 +8,11 @@
 //! which close the run and tombstone the activity's attempt, so its next heartbeat
 //! learns it was cancelled.
 
-use super::*;
+use super::{
+    close_run, history, ids, json, start_in_txn, tables, DuplicatePolicy, Effects, Engine, Error,
+    KvTxn, ListQuery, Millis, RejectKind, Result, RunRecord, RunStatus, StartWorkflow, TaskRecord,
+    Value, WorkflowListPage,
+};
 use crate::model::StandaloneActivity;
 
 /// The workflow type of a standalone activity's host run.

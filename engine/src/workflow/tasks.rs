@@ -1,7 +1,11 @@
 //! Workflow task reports: completion (applying commands) and failure.
 
 use super::commands::{apply_command, is_terminal_command};
-use super::*;
+use super::{
+    check_workflow_lease, ensure_workflow_task, flush_deferred_signals, invalid_commands,
+    load_task, tables, waits, Engine, Error, Result, RunRecord, RunStatus, TaskKind, TaskOutcome,
+    TaskStatus, TimerAction, Value,
+};
 use crate::kernel;
 use crate::model::WorkflowTaskFailure;
 

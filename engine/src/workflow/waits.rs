@@ -15,7 +15,11 @@
 //! first open's deadline. A completion that does not reopen the open wait means the
 //! predicate held: the wait and its timer end there.
 
-use super::*;
+use super::{
+    ensure_workflow_task, format_timestamp, group_fields, history, ids, invalid_commands, json,
+    merge, tables, Effects, Engine, Error, KvTxn, Map, Millis, Result, RunRecord, RunStatus,
+    TaskRecord, TaskStatus, TimerAction, TimerKey, Value,
+};
 use crate::avro::{self, AvroValue};
 use crate::kernel;
 use crate::model::{

@@ -881,7 +881,7 @@ async fn doctor(state: &AppState, call: &Call) -> Result<Reply, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{ingress_target, SocketAddr};
 
     #[test]
     fn ingress_of_an_unspecified_address_is_probed_on_loopback() {
