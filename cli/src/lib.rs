@@ -2,7 +2,7 @@
 //! task-queue|worker|operator|system ...` talk to a running Keel (or any Durable Workflow
 //! server) over the control-plane API, with human output by default and `--output json`
 //! (the server's documents, always objects, as the upstream CLI's output schemas
-//! describe them). `keel serve`, `keel conformance` and `keel storage` are dispatched
+//! describe them). `keel serve`, `keel conformance`, `keel bench` and `keel storage` are dispatched
 //! before this crate (keel-http's `cli`); they are listed here so `keel --help` shows
 //! every command.
 //!
@@ -81,6 +81,11 @@ enum Command {
     },
     /// Check a Durable Workflow server against the protocol (`keel conformance --help`).
     Conformance {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Load-test a Durable Workflow server (`keel bench --help`; also `keel-bench`).
+    Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
@@ -196,9 +201,12 @@ pub async fn execute(args: Vec<String>, w: &mut dyn Write, colour: bool) -> u8 {
         json,
     };
     let result = match cli.command {
-        Command::Serve { .. } | Command::Conformance { .. } | Command::Storage { .. } => {
+        Command::Serve { .. }
+        | Command::Conformance { .. }
+        | Command::Bench { .. }
+        | Command::Storage { .. } => {
             Err(CliError::Input(
-                "`keel serve`, `keel conformance` and `keel storage` run from the keel binary"
+                "`keel serve`, `keel conformance`, `keel bench` and `keel storage` run from the keel binary"
                     .into(),
             ))
         }

@@ -33,6 +33,9 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
        keel conformance --url http://HOST:PORT [--token T] [--only GROUP] [--output FILE.json]
                                      check a Durable Workflow server against the protocol
                                      (conformance/protocol/README.md; --help for its flags)
+       keel bench --url http://HOST:PORT [--token T] [--scenario S] [--json]
+                                     load-test a Durable Workflow server (keel-bench;
+                                     --help for its flags and scenarios)
 
   --listen ADDR                      address to listen on (default 127.0.0.1:8080)
   --storage BACKEND                  rocksdb:PATH (default rocksdb:./keel-data),
@@ -411,6 +414,12 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
     // `keel conformance ...` is the `keel-conformance` runner (conformance/protocol).
     if args.first().map(String::as_str) == Some("conformance") {
         let status = keel_protocol_conformance::run_cli(args.into_iter().skip(1));
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
+    // `keel bench ...` is the `keel-bench` load generator (benches/).
+    if args.first().map(String::as_str) == Some("bench") {
+        let argv = std::iter::once("keel bench".to_string()).chain(args.into_iter().skip(1));
+        let status = keel_benches::run_cli(argv);
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
     if args.first().map(String::as_str) == Some("storage") {
