@@ -25,6 +25,7 @@ pub mod sync;
 pub mod system;
 pub mod tables;
 pub mod timers;
+pub mod transfer;
 mod wiring;
 pub mod workflow;
 

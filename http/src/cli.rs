@@ -19,6 +19,7 @@ use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use crate::metrics::StatsSource;
 
 mod storage_check;
+mod storage_transfer;
 use crate::{AuthConfig, ConnectionLimits, NodeRoles, Server, TlsConfig};
 
 /// The documented default listen address.
@@ -423,6 +424,9 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
         return ExitCode::from(u8::try_from(status).unwrap_or(1));
     }
     if args.first().map(String::as_str) == Some("storage") {
+        if matches!(args.get(1).map(String::as_str), Some("export" | "import")) {
+            return storage_transfer::main(&args[1..], custom);
+        }
         return storage_check::main(&args[1..], custom);
     }
     // Every other command but `serve` is a client of a running server (keel-cli), as
@@ -609,6 +613,26 @@ pub(crate) fn open_for_check(
     })
 }
 
+/// Opens the target of `keel storage import`, creating a RocksDB directory; a memory
+/// store is refused (the import would vanish with the process).
+pub(crate) fn open_for_import(
+    args: &ServeArgs,
+    custom: Option<StoreOpener>,
+) -> Result<(Arc<dyn KvStore>, String), String> {
+    let opened = match (&args.storage, custom) {
+        (Storage::Memory, _) => {
+            return Err(
+                "--storage memory: an import into a memory store vanishes when the \
+                        command exits; import into rocksdb:DIR or fdb"
+                    .into(),
+            )
+        }
+        (_, Some(open)) => open_custom(args, open)?,
+        (_, None) => open_storage(args)?,
+    };
+    Ok((opened.store, opened.place))
+}
+
 /// A store opened by [`open_for_check`].
 pub(crate) struct StoreForCheck {
     pub store: Arc<dyn KvStore>,
@@ -672,6 +696,17 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
         Some(open) => open_custom(&args, open)?,
         None => open_storage(&args)?,
     };
+    if let Some(unfinished) = keel_engine::transfer::unfinished_import(store.as_ref())
+        .await
+        .map_err(|e| format!("cannot read {place}: {e}"))?
+    {
+        return Err(format!(
+            "{place} holds an unfinished `keel storage import` (namespaces {}, from {}): \
+             run the import again with the same file to finish it before serving",
+            unfinished.namespaces.join(", "),
+            unfinished.source
+        ));
+    }
     let config = EngineConfig {
         workflow_task_lease: Duration::from_secs(args.workflow_lease),
         activity_task_lease: Duration::from_secs(args.activity_lease),

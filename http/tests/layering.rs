@@ -26,6 +26,7 @@ const ENGINE_LAYERS: &[&[&str]] = &[
         "operator",
         "services",
         "census",
+        "transfer",
     ],
     &["wiring"],
 ];

@@ -15,8 +15,10 @@ const USAGE: &str = "usage: keel storage check [--storage BACKEND | --data-dir D
 
 Opens the store (the default is rocksdb:./keel-data; stop the server first, RocksDB \
 allows one process), checks its schema version and prints its size and keys per table. \
-Exit status: 0 ok, 1 the store cannot be opened or its schema version is not this \
-binary's, 2 usage.";
+Exit status: 0 ok, 1 the store cannot be opened, its schema version is not this \
+binary's or it holds an unfinished import, 2 usage.
+
+keel storage export|import --help: back up namespaces, or move them between backends.";
 
 /// Runs `keel storage ARGS...` (the arguments after `storage`).
 pub fn main(args: &[String], custom: Option<StoreOpener>) -> ExitCode {
@@ -48,10 +50,13 @@ pub fn main(args: &[String], custom: Option<StoreOpener>) -> ExitCode {
         let census = census::count(opened.store.as_ref())
             .await
             .map_err(|e| format!("cannot read {}: {e}", opened.place))?;
+        let unfinished = keel_engine::transfer::unfinished_import(opened.store.as_ref())
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", opened.place))?;
         let _ = opened.store.shutdown().await;
-        Ok::<_, String>((opened.place, opened.size_on_disk, census))
+        Ok::<_, String>((opened.place, opened.size_on_disk, census, unfinished))
     });
-    let (place, size, census) = match outcome {
+    let (place, size, census, unfinished) = match outcome {
         Ok(v) => v,
         Err(message) => {
             eprintln!("error: {message}");
@@ -59,6 +64,15 @@ pub fn main(args: &[String], custom: Option<StoreOpener>) -> ExitCode {
         }
     };
     let schema_ok = census.schema_version == Some(census.expected_schema_version);
+    // An interrupted `keel storage import` leaves a store `keel serve` refuses.
+    let import_note = unfinished.as_ref().map(|u| {
+        format!(
+            "unfinished `keel storage import` of namespaces {} (from {}): run it again \
+             with the same file",
+            u.namespaces.join(", "),
+            u.source
+        )
+    });
     let text = if json_output {
         let doc = serde_json::to_string_pretty(&json!({
                 "storage": place,
@@ -66,6 +80,7 @@ pub fn main(args: &[String], custom: Option<StoreOpener>) -> ExitCode {
                 "schema_version": census.schema_version,
                 "expected_schema_version": census.expected_schema_version,
                 "schema_ok": schema_ok,
+                "unfinished_import": unfinished,
                 "total_keys": census.total_keys(),
                 "total_bytes": census.total_bytes(),
                 "tables": census.tables,
@@ -73,11 +88,15 @@ pub fn main(args: &[String], custom: Option<StoreOpener>) -> ExitCode {
         .unwrap_or_default();
         format!("{doc}\n")
     } else {
-        human(&place, size, &census, schema_ok)
+        let mut text = human(&place, size, &census, schema_ok);
+        if let Some(note) = &import_note {
+            text += &format!("\nimport          {note}\n");
+        }
+        text
     };
     // A closed pipe (`... | head`) is not the check's failure.
     let _ = std::io::stdout().write_all(text.as_bytes());
-    if schema_ok {
+    if schema_ok && import_note.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
