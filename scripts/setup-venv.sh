@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project-local Python venv used by the end-to-end tests
 # in tests/e2e: pytest, pytest-timeout, jsonschema (cluster/info is validated against
-# the upstream envelope schema) and the durable-workflow Python SDK.
+# the upstream envelope schema), selenium (the web console's browser test drives Debian's
+# chromedriver, scripts/setup-browser.sh) and the durable-workflow Python SDK.
 #
 #   bash scripts/setup-venv.sh            # creates $REPO/.venv
 #   .venv/bin/pytest tests/e2e -q
@@ -36,6 +37,7 @@ import durable_workflow  # noqa: F401
 import jsonschema  # noqa: F401
 import pytest  # noqa: F401
 import pytest_timeout  # noqa: F401
+import selenium  # noqa: F401
 import sniffio  # noqa: F401
 
 sys.exit(0 if version("durable-workflow") == sys.argv[1] else 1)
@@ -59,10 +61,11 @@ PIP=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
 # have; install its real dependencies first and the SDK itself without deps.
 # sniffio: without it httpcore retries a failing `import sniffio` on every request,
 # about a third of the SDK client's CPU.
-"${PIP[@]}" install httpx "fastavro>=1.12.2,<2" certifi sniffio pytest pytest-timeout jsonschema
+"${PIP[@]}" install httpx "fastavro>=1.12.2,<2" certifi sniffio pytest pytest-timeout jsonschema \
+    "selenium>=4.20,<5"
 "${PIP[@]}" install --no-deps "durable-workflow==$SDK_VERSION"
 
 if ! venv_is_ready; then
-    echo "setup-venv: $VENV was set up but cannot import durable_workflow==$SDK_VERSION, jsonschema, pytest and pytest_timeout" >&2
+    echo "setup-venv: $VENV was set up but cannot import durable_workflow==$SDK_VERSION, jsonschema, pytest, pytest_timeout and selenium" >&2
     exit 1
 fi

@@ -87,6 +87,7 @@ impl Server {
             service_http_allow: Vec::new(),
             quotas: crate::quota::QuotaConfig::default(),
             audit_retention_days: crate::audit::DEFAULT_RETENTION_DAYS,
+            ui: true,
         }
     }
 }
@@ -111,6 +112,7 @@ pub struct ServerBuilder {
     service_http_allow: Vec<String>,
     quotas: crate::quota::QuotaConfig,
     audit_retention_days: u32,
+    ui: bool,
 }
 
 impl ServerBuilder {
@@ -168,6 +170,12 @@ impl ServerBuilder {
     /// Days audit entries are kept (default 90); the retention pass removes older ones.
     pub fn audit_retention_days(mut self, days: u32) -> Self {
         self.audit_retention_days = days;
+        self
+    }
+
+    /// Serves the web console at `/ui` (default on); `false` makes `/ui` no route.
+    pub fn ui(mut self, on: bool) -> Self {
+        self.ui = on;
         self
     }
 
@@ -349,7 +357,8 @@ impl ServerBuilder {
             .with_roles(self.roles)
             .with_storage_backend(caps)
             .with_quotas(self.quotas)
-            .with_audit_retention_days(self.audit_retention_days);
+            .with_audit_retention_days(self.audit_retention_days)
+            .with_ui(self.ui);
         if let Some(stats) = self.stats {
             state = state.with_storage_stats(stats);
         }

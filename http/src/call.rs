@@ -40,6 +40,8 @@ pub struct AppState {
     pub refusals: crate::trail::Refusals,
     /// Audit entries older than this many days go at the next retention pass.
     pub audit_retention_days: u32,
+    /// Whether `/ui` serves the web console (`crate::ui`); off, `/ui` is no route.
+    pub ui: bool,
     storage_stats: Option<StatsSource>,
     storage_backend: Option<Capabilities>,
     /// The address the listener is bound to (set by `serve`); `doctor` probes its own
@@ -61,6 +63,7 @@ impl AppState {
             quotas: crate::quota::Quotas::default(),
             refusals: crate::trail::Refusals::default(),
             audit_retention_days: crate::trail::DEFAULT_RETENTION_DAYS,
+            ui: true,
             storage_stats: None,
             storage_backend: None,
             listen_addr: std::sync::OnceLock::new(),
@@ -95,6 +98,12 @@ impl AppState {
     /// Applies `config`'s request-rate and long-poll limits.
     pub fn with_quotas(mut self, config: crate::quota::QuotaConfig) -> Self {
         self.quotas = crate::quota::Quotas::new(config);
+        self
+    }
+
+    /// Serves the web console at `/ui` (`true`, the default) or not.
+    pub fn with_ui(mut self, on: bool) -> Self {
+        self.ui = on;
         self
     }
 

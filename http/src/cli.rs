@@ -88,6 +88,8 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --payload-reserve-bytes N          below this much free space on a payload disk, uploads
                                      get 503 storage_pressure unless they complete a leased
                                      task (default 67108864)
+  --no-ui                            do not serve the web console at /ui (it is on by
+                                     default; it calls the same API with the caller's token)
   --service-http-allow HOST[:PORT]   a host invocable_http service bindings may call (plain
                                      http://, compared as written in the URL); repeatable;
                                      without any, such bindings are refused
@@ -148,6 +150,7 @@ pub(crate) struct ServeArgs {
     service_http_allow: Vec<String>,
     quotas: crate::QuotaConfig,
     audit_retention_days: u32,
+    ui: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -180,6 +183,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
             ..Default::default()
         },
         service_http_allow: Vec::new(),
+        ui: true,
     };
     let mut storage: Option<Storage> = None;
     let mut subspace_given = false;
@@ -277,6 +281,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
                     .map_err(|e| format!("--service-http-allow: {e}"))?;
                 parsed.service_http_allow.push(host);
             }
+            "--no-ui" => parsed.ui = false,
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
         }
@@ -725,6 +730,7 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
         .connection_limits(args.limits)
         .quotas(args.quotas)
         .audit_retention_days(args.audit_retention_days)
+        .ui(args.ui)
         .storage_description(place)
         .auth_reload(args.auth_file.clone(), {
             let auth_file = args.auth_file.clone();
@@ -762,6 +768,12 @@ mod tests {
             Ok(_) => panic!("{args:?} accepted"),
             Err(message) => message,
         }
+    }
+
+    #[test]
+    fn the_console_is_on_unless_no_ui_is_given() {
+        assert!(parse(&[]).expect("parses").ui);
+        assert!(!parse(&["--no-ui"]).expect("parses").ui);
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod router;
 pub mod server;
 pub mod tls;
 mod trail;
+mod ui;
 mod validate;
 
 pub use auth::{AuthConfig, Role};

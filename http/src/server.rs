@@ -338,6 +338,12 @@ async fn handle(
     limits: &ConnectionLimits,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
+    // The web console's assets: no token, no version header, no body (crate::ui).
+    if state.ui && crate::ui::is_ui_path(req.uri().path()) {
+        let response = crate::ui::respond(req.method(), req.uri().path());
+        crate::metrics::record_request("ui", response.status().as_u16(), started.elapsed());
+        return response;
+    }
     let path_plane = path_plane(req.uri().path());
     let (op, plane, result) = match dispatch(&state, req, limits).await {
         Ok((op, plane, reply)) => (Some(op), plane, Ok(reply)),

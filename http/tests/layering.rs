@@ -36,7 +36,9 @@ const ENGINE_STRICT_SIBLINGS: &[usize] = &[4, 5];
 
 /// The HTTP front's layers, bottom first.
 const HTTP_LAYERS: &[&[&str]] = &[
-    &["error", "validate", "router", "metrics", "limits", "reload"],
+    &[
+        "error", "validate", "router", "metrics", "limits", "reload", "ui",
+    ],
     &[
         "auth",
         "quota",
