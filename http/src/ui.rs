@@ -26,6 +26,7 @@ const STYLE: &str = include_str!("../ui/app.css");
 
 /// The console's assets: path under `/ui/`, content type, bytes.
 const ASSETS: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", SHELL),
     ("app.js", "text/javascript; charset=utf-8", SCRIPT),
     ("app.css", "text/css; charset=utf-8", STYLE),
 ];
@@ -62,7 +63,7 @@ pub fn respond(method: &Method, path: &str) -> Response<Full<Bytes>> {
         return error(
             StatusCode::NOT_FOUND,
             "ui_asset_not_found",
-            "the console has no such asset (it serves /ui/app.js and /ui/app.css)",
+            "the console has no such asset (it serves /ui/index.html, /ui/app.js and /ui/app.css)",
         );
     }
     reply(

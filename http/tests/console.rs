@@ -30,6 +30,7 @@ async fn the_console_is_served_with_a_strict_csp_nosniff_and_its_content_types()
     for (path, content_type) in [
         ("/ui", "text/html; charset=utf-8"),
         ("/ui/", "text/html; charset=utf-8"),
+        ("/ui/index.html", "text/html; charset=utf-8"),
         ("/ui/workflows/some-id", "text/html; charset=utf-8"),
         ("/ui/app.js", "text/javascript; charset=utf-8"),
         ("/ui/app.css", "text/css; charset=utf-8"),

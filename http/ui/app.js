@@ -601,10 +601,21 @@
         h('h3', { text: 'Memo' }), h('div', { id: 'run-memo' }, view(decodeMemo(d.memo))),
         h('h3', { text: 'Search attributes' }), view(d.search_attributes || {}))));
 
+    const output = d.output ?? d.result ?? null;
+    let outcome;
+    if (d.failure && output === null) {
+      outcome = section('Failure', h('div', { id: 'run-failure' },
+        notice('error', (d.failure.exception_type || d.failure.type || 'failure') + ': ' + (d.failure.message || '')),
+        pre(d.failure)));
+    } else if (!terminal && output === null) {
+      outcome = section('Result', h('p', { class: 'muted', id: 'run-result' }, 'The run has not closed yet.'));
+    } else {
+      outcome = section('Result', h('div', { id: 'run-result' }, pre(decodePayload(output))),
+        d.failure ? [h('h3', { text: 'Failure' }), pre(d.failure)] : null);
+    }
     add(main, h('div', { class: 'columns' },
       section('Input', h('div', { id: 'run-input' }, pre(decodePayload(d.input)))),
-      section(terminal ? 'Result' : 'Result (not closed yet)', h('div', { id: 'run-result' }, pre(decodePayload(d.output ?? d.result ?? null))),
-        d.failure ? [h('h3', { text: 'Failure' }), pre(d.failure)] : null)));
+      outcome));
 
     if ((d.run_count || 1) > 1) {
       try {

@@ -310,6 +310,7 @@ def test_console_lists_reads_and_steers_workflows(keel: KeelServer, api: RawApi,
         console.open(f"/workflows/{ids['failer']}")
         assert "failed" in console.text("h1")
         assert "refusing it" in console.text(), console.text()
+        console.screenshot("run-failed")
 
         # Signal through the confirmation dialog.
         console.open(f"/workflows/{ids['to_signal']}")
@@ -425,6 +426,7 @@ def test_console_shows_markup_as_text_under_a_strict_csp(keel: KeelServer, api: 
     console.open(f"/workflows/{workflow_id}")
     memo = console.text("#run-memo")
     assert MARKUP in memo and "<script>window.__xss=2</script>" in memo, memo
+    console.screenshot("markup")
     assert MARKUP in console.text("h1 ~ div, #main")
     assert not console.xss_fired(), "markup from the API ran as code"
     images = browser.execute_script("return document.querySelectorAll('#main img').length")
