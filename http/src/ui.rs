@@ -104,7 +104,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{respond, Method, StatusCode, ALLOW, CONTENT_TYPE, SCRIPT, SHELL};
 
     #[test]
     fn the_shell_loads_only_its_own_assets() {
