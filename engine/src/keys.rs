@@ -56,7 +56,7 @@ pub mod prefix {
     pub const SERVICE: u8 = 0x1D;
     /// The `service_url` a worker announced at registration: `(namespace, worker_id)`.
     pub const WORKER_ENDPOINT: u8 = 0x1E;
-    /// Operator audit log, oldest first: `(audit_id)` (ids sort by time).
+    /// Operator audit log, oldest first per namespace: `(namespace, audit_id)` (ids sort by time).
     pub const OPERATOR_AUDIT: u8 = 0x1F;
     /// Schedules (live and soft-deleted): `(namespace, schedule_id)`.
     pub const SCHEDULE: u8 = 0x20;
