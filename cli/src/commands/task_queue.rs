@@ -122,10 +122,46 @@ fn show(out: &mut crate::render::Out<'_>, d: &Value) {
             vec![
                 s(p, "worker_id"),
                 s(p, "build_id"),
-                out.when(&p["last_poll_at"]),
+                out.when(&p["last_heartbeat_at"]),
             ]
         })
         .collect();
     out.line("");
-    out.table(&["poller", "build id", "last poll"], &rows);
+    out.table(&["poller", "build id", "last heartbeat"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::show;
+    use crate::render::Out;
+
+    #[test]
+    fn describe_shows_when_each_poller_last_heartbeat_as_the_server_names_it() {
+        let mut buf = Vec::new();
+        let now = OffsetDateTime::parse(
+            "2026-12-03T12:00:00Z",
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("time");
+        let mut out = Out {
+            w: &mut buf,
+            colour: false,
+            now,
+        };
+        let doc = json!({
+            "name": "orders",
+            "stats": {},
+            "pollers": [{"worker_id": "w-1", "build_id": "b1", "last_heartbeat_at": "2026-12-03T11:59:30Z"}],
+        });
+        show(&mut out, &doc);
+        let text = String::from_utf8(buf).expect("utf-8");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("w-1"))
+            .expect("poller row");
+        assert!(row.contains("30s ago"), "{text}");
+    }
 }
