@@ -750,9 +750,13 @@ async fn run(args: ServeArgs, custom: Option<StoreOpener>) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "fdb")]
+    use super::DEFAULT_SUBSPACE;
+    #[cfg(not(feature = "fdb"))]
+    use super::FDB_NOT_BUILT;
     use super::{
         parse_args, ConnectionLimits, Duration, PathBuf, ServeArgs, Storage, TlsConfig,
-        DEFAULT_DATA_DIR, FDB_NOT_BUILT,
+        DEFAULT_DATA_DIR,
     };
 
     fn parse(args: &[&str]) -> Result<ServeArgs, String> {
