@@ -356,27 +356,27 @@ async fn history(shared: &Shared, task: &Value) -> Result<Vec<Value>, String> {
     Ok(events)
 }
 
+/// One long-poll of `path`: the task handed out, or `None` when none came or the poll
+/// failed (counted, then paused).
+async fn poll_once(shared: &Shared, path: &str, poll: &Value) -> Option<Value> {
+    match shared.api.worker(Method::POST, path, Some(poll)).await {
+        Ok(Reply { status: 200, body }) => Some(body["task"].clone()).filter(|t| !t.is_null()),
+        _ => {
+            shared.request_errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(POLL_ERROR_PAUSE).await;
+            None
+        }
+    }
+}
+
 async fn workflow_poller(shared: Arc<Shared>) {
     let poll = json!({"worker_id": shared.worker_id, "task_queue": shared.plan.queue,
         "timeout_seconds": POLL_SECONDS});
     while !shared.stop.load(Ordering::Relaxed) {
-        let reply = shared
-            .api
-            .worker(Method::POST, "/worker/workflow-tasks/poll", Some(&poll))
-            .await;
-        let Ok(Reply {
-            status: 200,
-            body: reply,
-        }) = reply
-        else {
-            shared.request_errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(POLL_ERROR_PAUSE).await;
+        let Some(task) = poll_once(&shared, "/worker/workflow-tasks/poll", &poll).await else {
             continue;
         };
-        let task = &reply["task"];
-        if task.is_null() {
-            continue;
-        }
+        let task = &task;
         let id = task["task_id"].as_str().unwrap_or_default();
         let decision = match history(&shared, task).await {
             Ok(events) => scenario::decide(&shared.plan, task, &events),
@@ -425,23 +425,10 @@ async fn activity_poller(shared: Arc<Shared>) {
     let poll = json!({"worker_id": shared.worker_id, "task_queue": shared.plan.queue,
         "timeout_seconds": POLL_SECONDS});
     while !shared.stop.load(Ordering::Relaxed) {
-        let reply = shared
-            .api
-            .worker(Method::POST, "/worker/activity-tasks/poll", Some(&poll))
-            .await;
-        let Ok(Reply {
-            status: 200,
-            body: reply,
-        }) = reply
-        else {
-            shared.request_errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(POLL_ERROR_PAUSE).await;
+        let Some(task) = poll_once(&shared, "/worker/activity-tasks/poll", &poll).await else {
             continue;
         };
-        let task = &reply["task"];
-        if task.is_null() {
-            continue;
-        }
+        let task = &task;
         let id = task["task_id"].as_str().unwrap_or_default();
         // bench.echo: the result is the arguments.
         let body = json!({"activity_attempt_id": task["activity_attempt_id"],
