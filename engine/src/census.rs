@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::keys::table_name;
 use crate::namespaces::{SCHEMA_VERSION, SCHEMA_VERSION_KEY};
-use crate::storage::{KeyRange, KvStore, ReadOptions};
+use crate::storage::{KeyRange, KvStore};
 use crate::tables;
 use crate::Result;
 
@@ -64,39 +64,20 @@ pub async fn count(store: &dyn KvStore) -> Result<Census> {
     };
     let mut counts = Vec::new();
     for prefix in 0..=u8::MAX {
-        let range = KeyRange::prefix(&[prefix]);
-        let mut after: Option<Vec<u8>> = None;
         let mut count = TableCount {
             prefix,
             table: table_name(prefix).unwrap_or("unknown"),
             keys: 0,
             bytes: 0,
         };
-        loop {
-            let page_range = match &after {
-                None => range.clone(),
-                Some(last) => {
-                    let mut start = last.clone();
-                    start.push(0);
-                    KeyRange {
-                        start: std::ops::Bound::Included(start),
-                        end: range.end.clone(),
-                    }
-                }
-            };
-            let mut txn = store.begin().await?;
-            let page = txn
-                .get_range(&page_range, ReadOptions::limit(PAGE).snapshot())
-                .await?;
+        tables::scan_pages::<crate::Error>(store, &KeyRange::prefix(&[prefix]), PAGE, |page| {
             for (k, v) in &page {
                 count.keys += 1;
                 count.bytes += (k.len() + v.len()) as u64;
             }
-            match page.last() {
-                Some((k, _)) if page.len() == PAGE => after = Some(k.clone()),
-                _ => break,
-            }
-        }
+            Ok(())
+        })
+        .await?;
         if count.keys > 0 {
             counts.push(count);
         }

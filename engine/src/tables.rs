@@ -16,7 +16,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::keys::{prefix, Key};
 use crate::model::{TaskKind, TimerKey};
-use crate::storage::{KeyRange, KeyValue, KvTxn, ReadOptions, MAX_VALUE_BYTES};
+use crate::storage::{
+    KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, StorageError, MAX_VALUE_BYTES,
+};
 
 /// Payload bytes per chunk (leaves room for the header).
 const CHUNK: usize = MAX_VALUE_BYTES - 64;
@@ -433,6 +435,36 @@ pub async fn read_records(
         _ => None,
     };
     Ok((records, rest))
+}
+
+/// Reads every stored key of `range` in pages of at most `page` keys, each page in a
+/// snapshot transaction of its own (not one consistent snapshot: for offline tools and
+/// counts), handing each page to `each` in key order.
+pub async fn scan_pages<E>(
+    store: &dyn KvStore,
+    range: &KeyRange,
+    page: usize,
+    mut each: impl FnMut(Vec<KeyValue>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E>
+where
+    E: From<StorageError>,
+{
+    let page = page.max(1);
+    let mut range = range.clone();
+    loop {
+        let mut txn = store.begin().await?;
+        let pairs = txn
+            .get_range(&range, ReadOptions::limit(page).snapshot())
+            .await?;
+        let full = pairs.len() == page;
+        if let Some((last, _)) = pairs.last() {
+            range.start = std::ops::Bound::Excluded(last.clone());
+        }
+        each(pairs)?;
+        if !full {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -239,27 +239,8 @@ async fn walk_table<F>(store: &dyn KvStore, table: u8, mut each: F) -> Result<()
 where
     F: FnMut(&[KeyValue]) -> Result<()>,
 {
-    let range = KeyRange::prefix(&[table]);
-    let mut after: Option<Vec<u8>> = None;
     let mut group: Vec<KeyValue> = Vec::new();
-    loop {
-        let page_range = match &after {
-            None => range.clone(),
-            Some(last) => {
-                let mut start = last.clone();
-                start.push(0);
-                KeyRange {
-                    start: std::ops::Bound::Included(start),
-                    end: range.end.clone(),
-                }
-            }
-        };
-        let mut txn = store.begin().await?;
-        let page = txn
-            .get_range(&page_range, ReadOptions::limit(PAGE).snapshot())
-            .await?;
-        let full = page.len() == PAGE;
-        after = page.last().map(|(k, _)| k.clone());
+    tables::scan_pages::<TransferError>(store, &KeyRange::prefix(&[table]), PAGE, |page| {
         for (k, v) in page {
             let chunk = group
                 .first()
@@ -270,10 +251,9 @@ where
             }
             group.push((k, v));
         }
-        if !full {
-            break;
-        }
-    }
+        Ok(())
+    })
+    .await?;
     if !group.is_empty() {
         each(&group)?;
     }
