@@ -579,6 +579,18 @@ fn open_fdb(_: Option<&PathBuf>, _: &Subspace) -> Result<OpenedStorage, String> 
     Err(FDB_NOT_BUILT.into())
 }
 
+/// The single-threaded runtime an offline `keel storage` command runs on; on failure,
+/// the message is printed and the exit status returned.
+fn offline_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// The storage flags of `keel storage ...` (`--storage`, `--data-dir`, `--fdb-subspace`),
 /// read as `keel serve` reads them.
 pub(crate) fn parse_storage_flags(flags: &[String], custom: bool) -> Result<ServeArgs, String> {

@@ -78,15 +78,9 @@ pub fn main(args: &[String], custom: Option<StoreOpener>) -> ExitCode {
         Ok(s) => s,
         Err(message) => return usage(&message),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::offline_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let file = file.filter(|f| f != "-").map(PathBuf::from);
     let outcome = runtime.block_on(async {
