@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use keel_engine::Engine;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::auth::{AuthConfig, Principal};
@@ -24,8 +25,10 @@ pub struct AppState {
     pub cluster_info: Value,
     /// The topology block of health and ready.
     pub topology: Value,
-    /// The worker capabilities merged into worker replies.
-    pub capabilities: Value,
+    /// The worker capabilities merged into worker replies, serialized once: every worker
+    /// reply carries the block (~2 KB), and walking it as a `Value` per reply cost more
+    /// than the rest of a completion's JSON.
+    pub capabilities: Box<RawValue>,
     /// Tokens (empty: open mode).
     pub auth: AuthConfig,
     /// The topology roles this node hosts.
@@ -55,7 +58,8 @@ impl AppState {
         let mut state = AppState {
             cluster_info: Value::Null,
             topology: Value::Null,
-            capabilities: discovery::server_capabilities(),
+            capabilities: serde_json::value::to_raw_value(&discovery::server_capabilities())
+                .expect("invariant: json value serializes"),
             auth: AuthConfig::open(),
             node: NodeRoles::default(),
             readiness: Readiness::default(),
@@ -235,7 +239,7 @@ pub struct WorkerReply<'a, T: Serialize> {
     #[serde(flatten)]
     body: T,
     protocol_version: &'static str,
-    server_capabilities: &'a Value,
+    server_capabilities: &'a RawValue,
 }
 
 impl<'a, T: Serialize> WorkerReply<'a, T> {

@@ -43,6 +43,8 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
                                      fdb[:CLUSTER_FILE] (FoundationDB; builds with --features fdb),
                                      or memory (not durable: tests and demos, loopback only)
   --data-dir DIR                     short for --storage rocksdb:DIR
+  --rocksdb-cache-mb N               RocksDB block cache, index and filter blocks included
+                                     (default 64): bounds the store's read memory
   --fdb-subspace NAME                FoundationDB subspace holding this deployment's keys
                                      (default keel)
   --workflow-task-lease-seconds N    workflow task lease (default 300)
@@ -137,6 +139,7 @@ pub(crate) struct ServeArgs {
     listen: SocketAddr,
     storage: Storage,
     fdb_subspace: Subspace,
+    rocksdb_cache_mb: u64,
     workflow_lease: u64,
     activity_lease: u64,
     park_limits: keel_engine::matching::ParkLimits,
@@ -167,6 +170,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         storage: Storage::Rocks(PathBuf::from(DEFAULT_DATA_DIR)),
         fdb_subspace: Subspace::new(DEFAULT_SUBSPACE)
             .expect("invariant: the default subspace name is valid"),
+        rocksdb_cache_mb: 64,
         workflow_lease: 300,
         activity_lease: 300,
         park_limits: keel_engine::matching::ParkLimits::default(),
@@ -214,6 +218,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
                     Subspace::new(&value()?).map_err(|e| format!("--fdb-subspace: {e}"))?;
                 subspace_given = true;
             }
+            "--rocksdb-cache-mb" => parsed.rocksdb_cache_mb = positive(value()?)?,
             "--workflow-task-lease-seconds" => parsed.workflow_lease = positive(value()?)?,
             "--activity-task-lease-seconds" => parsed.activity_lease = positive(value()?)?,
             "--max-parked-polls" => parsed.park_limits.per_node = positive(value()?)? as usize,
@@ -375,6 +380,9 @@ pub fn rocksdb_stats(rocks: Arc<RocksStore>) -> StatsSource {
             batches: s.batches,
             largest_batch: s.largest_batch,
             write_failures: s.failed_writes,
+            synced_writes: s.synced_writes,
+            written_keys: s.written_keys,
+            written_bytes: s.written_bytes,
             write_refusal: rocks.write_refusal().map(|r| crate::metrics::WriteRefusal {
                 reason: r.reason.as_str(),
                 message: r.message,
@@ -525,7 +533,15 @@ fn open_storage(args: &ServeArgs) -> Result<OpenedStorage, String> {
         Storage::Rocks(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            let rocks = Arc::new(RocksStore::open(dir, RocksOptions::default()).map_err(|e| {
+            let options = RocksOptions {
+                block_cache_bytes: args
+                    .rocksdb_cache_mb
+                    .checked_mul(1 << 20)
+                    .and_then(|b| usize::try_from(b).ok())
+                    .ok_or("--rocksdb-cache-mb is too large")?,
+                ..RocksOptions::default()
+            };
+            let rocks = Arc::new(RocksStore::open(dir, options).map_err(|e| {
                 format!(
                     "cannot open the data directory {}: {}",
                     dir.display(),
@@ -872,6 +888,17 @@ mod tests {
         );
         let both = refused(&["--storage", "memory", "--data-dir", "/d"]);
         assert!(both.contains("once"), "{both}");
+    }
+
+    #[test]
+    fn rocksdb_cache_size_is_a_positive_number_of_mebibytes() {
+        assert_eq!(parse(&[]).expect("parses").rocksdb_cache_mb, 64);
+        let args = parse(&["--rocksdb-cache-mb", "256"]).expect("parses");
+        assert_eq!(args.rocksdb_cache_mb, 256);
+        for bad in ["0", "-1", "lots"] {
+            let message = refused(&["--rocksdb-cache-mb", bad]);
+            assert!(message.contains("--rocksdb-cache-mb"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | `keel_storage_backend_info` | gauge (always 1) | `backend`, `durable`, `multi_node` |
 //! | `keel_storage_writable` | gauge (1, or 0 while writes are refused, e.g. on a full disk) | — |
 //! | `keel_storage_write_failures_total` | counter (failed durable writes) | — |
+//! | `keel_storage_synced_writes_total`, `keel_storage_written_keys_total`, `keel_storage_written_bytes_total` | counter (fsynced group commits; key writes and bytes committed: per workflow, the write amplification) | — |
 //! | `keel_auth_token_reloads_total` | counter (SIGHUP or auth-file change) | `outcome` (`applied`, `refused`) |
 //! | `keel_http_refusals_total` | counter (401, 403 and 429 answers) | `route`, `status`, `reason` (`unauthorized`, `forbidden`, `rate_limited`, `long_poll_limit_reached`) |
 //! | `keel_audit_write_failures_total` | counter (audit trail entries not written) | — |
@@ -61,6 +62,12 @@ pub struct StorageStats {
     pub largest_batch: u64,
     /// Durable writes that failed; each started a spell of refused writes.
     pub write_failures: u64,
+    /// Group commits written with a sync (fsync).
+    pub synced_writes: u64,
+    /// Key writes committed (puts, deletes, atomic adds).
+    pub written_keys: u64,
+    /// Bytes of committed writes.
+    pub written_bytes: u64,
     /// Set while the backend refuses writes (and still serves reads).
     pub write_refusal: Option<WriteRefusal>,
 }
@@ -183,7 +190,7 @@ pub async fn scrape(
         };
         let _ = write!(
             out,
-            "# HELP keel_storage_group_commits_total Durable group-commit writes issued.\n\
+            "# HELP keel_storage_group_commits_total Group-commit writes issued.\n\
              # TYPE keel_storage_group_commits_total counter\n\
              keel_storage_group_commits_total {}\n\
              # HELP keel_storage_committed_transactions_total Transactions with writes committed.\n\
@@ -207,9 +214,21 @@ pub async fn scrape(
              keel_storage_writable {}\n\
              # HELP keel_storage_write_failures_total Durable writes that failed (each refused writes until a probe write succeeded).\n\
              # TYPE keel_storage_write_failures_total counter\n\
-             keel_storage_write_failures_total {}\n",
+             keel_storage_write_failures_total {}\n\
+             # HELP keel_storage_synced_writes_total Group commits written with a sync.\n\
+             # TYPE keel_storage_synced_writes_total counter\n\
+             keel_storage_synced_writes_total {}\n\
+             # HELP keel_storage_written_keys_total Key writes committed (puts, deletes, atomic adds).\n\
+             # TYPE keel_storage_written_keys_total counter\n\
+             keel_storage_written_keys_total {}\n\
+             # HELP keel_storage_written_bytes_total Bytes of committed writes.\n\
+             # TYPE keel_storage_written_bytes_total counter\n\
+             keel_storage_written_bytes_total {}\n",
             u8::from(s.write_refusal.is_none()),
-            s.write_failures
+            s.write_failures,
+            s.synced_writes,
+            s.written_keys,
+            s.written_bytes
         );
     }
     render_backlog(engine, &mut out).await;

@@ -406,7 +406,11 @@ async fn handle(
                         "protocol_version".into(),
                         Value::from(WORKER_PROTOCOL_VERSION),
                     );
-                    obj.insert("server_capabilities".into(), state.capabilities.clone());
+                    obj.insert(
+                        "server_capabilities".into(),
+                        serde_json::from_str(state.capabilities.get())
+                            .expect("invariant: the capabilities block is json"),
+                    );
                 }
             }
             (

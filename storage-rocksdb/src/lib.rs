@@ -95,8 +95,8 @@ use keel_storage::{
     Result, StorageError, Version, WatchFuture, MAX_KEY_BYTES,
 };
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, LogLevel, Options,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
+    LogLevel, Options, WriteBatch, WriteOptions, DB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -129,6 +129,9 @@ pub struct RocksOptions {
     pub write_buffer_bytes: usize,
     /// Compress SST files with LZ4 (Debian's librocksdb links liblz4).
     pub lz4: bool,
+    /// Size of the block cache, which also holds the tables' index and filter blocks: the
+    /// store's read memory is bounded by this, not by how much data it holds.
+    pub block_cache_bytes: usize,
 }
 
 impl Default for RocksOptions {
@@ -139,6 +142,7 @@ impl Default for RocksOptions {
             queue_depth: 4096,
             write_buffer_bytes: 16 << 20,
             lz4: true,
+            block_cache_bytes: 64 << 20,
         }
     }
 }
@@ -160,6 +164,11 @@ pub struct RocksStats {
     /// Group-commit writes that failed (each answered its requests `CommitUnknown` and
     /// started a spell of refused writes).
     pub failed_writes: u64,
+    /// Key writes (puts, deletes, atomic adds, range deletes) committed, the store's own
+    /// version key not counted: divided by the transitions made, the write amplification.
+    pub written_keys: u64,
+    /// Bytes of the committed write batches (keys, values and RocksDB's record framing).
+    pub written_bytes: u64,
 }
 
 /// Why a [`RocksStore`] refuses writes.
@@ -245,6 +254,8 @@ struct Counters {
     synced_writes: AtomicU64,
     largest_batch: AtomicU64,
     failed_writes: AtomicU64,
+    written_keys: AtomicU64,
+    written_bytes: AtomicU64,
     /// Requests the committer has taken off the channel (tests use it to see the queue).
     received: AtomicU64,
 }
@@ -303,6 +314,7 @@ impl Shared {
         // Atomic adds are merge operands, summed by RocksDB itself: the committer never
         // reads a counter to write it.
         db_options.set_merge_operator_associative("keel_counter_add", add_counters);
+        db_options.set_block_based_table_factory(&table_options(options.block_cache_bytes)?);
         let cfs = [
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, db_options.clone()),
             ColumnFamilyDescriptor::new(META_CF, {
@@ -574,6 +586,8 @@ impl RocksStore {
             synced_writes: c.synced_writes.load(Ordering::Relaxed),
             largest_batch: c.largest_batch.load(Ordering::Relaxed),
             failed_writes: c.failed_writes.load(Ordering::Relaxed),
+            written_keys: c.written_keys.load(Ordering::Relaxed),
+            written_bytes: c.written_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -909,6 +923,7 @@ impl GroupCommitter {
         if accepted.is_empty() {
             return;
         }
+        let (keys, bytes) = (write_batch.len() as u64, write_batch.size_in_bytes() as u64);
         write_batch.put_cf(shared.meta_cf(), VERSION_KEY, self.version.to_be_bytes());
         shared.written.store(self.version, Ordering::SeqCst);
         // One sync covers the whole batch and everything written before it.
@@ -948,6 +963,14 @@ impl GroupCommitter {
         shared.counters.batches.fetch_add(1, Ordering::Relaxed);
         shared
             .counters
+            .written_keys
+            .fetch_add(keys, Ordering::Relaxed);
+        shared
+            .counters
+            .written_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        shared
+            .counters
             .largest_batch
             .fetch_max(committed, Ordering::Relaxed);
         for (version, request, reply) in accepted {
@@ -971,6 +994,19 @@ impl GroupCommitter {
             }
         }
     }
+}
+
+/// Table options with one LRU block cache of `cache_bytes` that also holds the index and
+/// filter blocks (RocksDB keeps them outside the cache by default, where they grow with
+/// every table file: resident memory then grows with the data); level-0 ones stay pinned
+/// so the newest tables never pay an index miss.
+fn table_options(cache_bytes: usize) -> Result<BlockBasedOptions> {
+    let cache = Cache::new_lru_cache(cache_bytes).map_err(backend_error)?;
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    Ok(table)
 }
 
 /// The merge operator of atomic adds: the sum of the existing little-endian `i64` (a
@@ -1190,6 +1226,37 @@ mod tests {
                 .load(Ordering::Relaxed),
             2
         );
+    }
+
+    #[test]
+    fn written_keys_and_bytes_count_committed_writes_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut committer = bare_committer(dir.path());
+        let shared = committer.shared.clone();
+        let keys = || shared.counters.written_keys.load(Ordering::Relaxed);
+        let bytes = || shared.counters.written_bytes.load(Ordering::Relaxed);
+        let answers = run_batch(
+            &mut committer,
+            vec![
+                request(
+                    &[],
+                    vec![(b"a", Write::Set(b"value".to_vec())), (b"b", Write::Clear)],
+                ),
+                request(&[], vec![(b"n", Write::Add(1))]),
+            ],
+        );
+        assert!(answers.iter().all(|a| a.is_ok()));
+        assert_eq!(
+            keys(),
+            3,
+            "two writes and an add; the version key is not counted"
+        );
+        let after_first = bytes();
+        assert!(after_first >= b"ab".len() as u64 + b"value".len() as u64 + 8 + 1);
+        // A read-only commit writes nothing.
+        let answers = run_batch(&mut committer, vec![request(&[], vec![])]);
+        assert!(answers.iter().all(|a| a.is_ok()));
+        assert_eq!((keys(), bytes()), (3, after_first));
     }
 
     #[test]
