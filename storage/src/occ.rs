@@ -106,6 +106,12 @@ pub trait Committer: Send + Sync + 'static {
 pub struct OccTxn<B: CommittedReader + Committer> {
     backend: Arc<B>,
     request: CommitRequest,
+    /// Committed values already read, by key: a key read twice is fetched once, and the
+    /// second read sees what the first saw (a changed key fails the commit either way
+    /// when the read was conflict-tracked).
+    fetched: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Keys already in the read conflict set (each is added once).
+    tracked: std::collections::HashSet<Vec<u8>>,
 }
 
 impl<B: CommittedReader + Committer> OccTxn<B> {
@@ -118,7 +124,19 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
                 started_at: Some(Instant::now()),
                 ..CommitRequest::default()
             },
+            fetched: HashMap::new(),
+            tracked: std::collections::HashSet::new(),
         }
+    }
+
+    /// The committed value of `key`, from this transaction's earlier read if there was one.
+    fn committed(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(value) = self.fetched.get(key) {
+            return Ok(value.clone());
+        }
+        let value = self.backend.get(key)?;
+        self.fetched.insert(key.to_vec(), value.clone());
+        Ok(value)
     }
 
     fn cleared(&self, key: &[u8]) -> bool {
@@ -126,17 +144,18 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
     }
 
     /// The value this transaction sees for `key`.
-    fn read_through(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn read_through(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.request.writes.get(key) {
             Some(Write::Set(v)) => return Ok(Some(v.clone())),
             Some(Write::Clear) => return Ok(None),
             Some(Write::Add(delta)) => {
+                let delta = *delta;
                 let base = if self.cleared(key) {
                     None
                 } else {
-                    self.backend.get(key)?
+                    self.committed(key)?
                 };
-                let sum = super::decode_counter(base.as_deref()).wrapping_add(*delta);
+                let sum = super::decode_counter(base.as_deref()).wrapping_add(delta);
                 return Ok(Some(sum.to_le_bytes().to_vec()));
             }
             None => {}
@@ -144,11 +163,11 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
         if self.cleared(key) {
             return Ok(None);
         }
-        self.backend.get(key)
+        self.committed(key)
     }
 
     fn range_merged(
-        &self,
+        &mut self,
         range: &KeyRange,
         opts: ReadOptions,
     ) -> Result<(Vec<KeyValue>, KeyRange)> {
@@ -184,9 +203,15 @@ impl<B: CommittedReader + Committer> OccTxn<B> {
                     merged.insert(k, v);
                 }
             }
-            for (k, _) in self.request.writes.range::<[u8], _>(covered.as_bounds()) {
-                if let Some(v) = self.read_through(k)? {
-                    merged.insert(k.clone(), v);
+            let written: Vec<Vec<u8>> = self
+                .request
+                .writes
+                .range::<[u8], _>(covered.as_bounds())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in written {
+                if let Some(v) = self.read_through(&k)? {
+                    merged.insert(k, v);
                 }
             }
             let ordered: Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)>> = if opts.reverse {
@@ -254,7 +279,10 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
 
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let value = self.read_through(key)?;
-        self.request.read_keys.push(key.to_vec());
+        if !self.tracked.contains(key) {
+            self.tracked.insert(key.to_vec());
+            self.request.read_keys.push(key.to_vec());
+        }
         Ok(value)
     }
 
@@ -319,7 +347,9 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
     }
 
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {
-        let OccTxn { backend, request } = *self;
+        let OccTxn {
+            backend, request, ..
+        } = *self;
         if request.is_read_only() {
             // Reads went to the latest committed data, not a snapshot: a transaction that
             // read anything with conflict tracking must be checked even without writes,
@@ -559,5 +589,57 @@ mod tests {
         r.read_ranges
             .push(KeyRange::new(b"d".to_vec(), b"e".to_vec()));
         t.check(&r).expect("disjoint range does not conflict");
+    }
+
+    /// A backend that counts point reads and records the request it is asked to commit.
+    #[derive(Default)]
+    struct Counting {
+        gets: std::sync::atomic::AtomicUsize,
+        committed: Mutex<Option<CommitRequest>>,
+    }
+
+    impl CommittedReader for Counting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Some(key.to_vec()))
+        }
+        fn range(&self, _: &KeyRange, _: usize, _: bool) -> Result<Vec<KeyValue>> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[async_trait]
+    impl Committer for Counting {
+        async fn commit(&self, request: CommitRequest) -> Result<CommitInfo> {
+            *self.committed.lock().expect("lock") = Some(request);
+            Ok(CommitInfo { version: 1 })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_read_twice_is_fetched_once_and_tracked_once() {
+        let backend = Arc::new(Counting::default());
+        let mut txn = OccTxn::new(backend.clone(), 0);
+        assert_eq!(
+            txn.get_snapshot(b"k").await.expect("read"),
+            Some(b"k".to_vec())
+        );
+        assert_eq!(txn.get(b"k").await.expect("read"), Some(b"k".to_vec()));
+        assert_eq!(txn.get(b"k").await.expect("read"), Some(b"k".to_vec()));
+        assert_eq!(backend.gets.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // The transaction's own writes still win over what it fetched.
+        txn.set(b"k", b"mine");
+        assert_eq!(txn.get(b"k").await.expect("read"), Some(b"mine".to_vec()));
+        txn.clear(b"k");
+        assert_eq!(txn.get(b"k").await.expect("read"), None);
+        txn.set(b"other", b"v");
+        Box::new(txn).commit().await.expect("commit");
+        let request = backend
+            .committed
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("committed");
+        assert_eq!(request.read_keys, vec![b"k".to_vec()]);
     }
 }
