@@ -354,17 +354,33 @@ fn decode<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>> {
 }
 
 /// Deletes the record at `key`, chunks included: those a larger earlier version left
-/// behind too, so they cannot turn up in a later range read. They are found by a range
-/// read, which is empty for a record never split.
+/// behind too, so they cannot turn up in a later range read.
+///
+/// Invariant (kept by [`put_bytes`]): chunks left by a larger earlier version form one
+/// contiguous run starting at the current record's chunk count (1 for a whole record),
+/// since every write rewrites chunks `1..count`. So one point read at index `count` tells
+/// whether there are any, and only then is the chunk range read.
 pub async fn delete(txn: &mut dyn KvTxn, key: &[u8]) -> Result<()> {
-    let chunks = txn
-        .get_range(
-            &chunks_range(key),
-            ReadOptions::limit(usize::from(u16::MAX)).snapshot(),
-        )
-        .await?;
-    for (chunk, _) in chunks.iter().filter(|(k, _)| is_chunk_of(k, key)) {
-        txn.clear(chunk);
+    let Some(first) = txn.get_snapshot(key).await? else {
+        return Ok(());
+    };
+    let count = match head(&first)? {
+        Head::Whole(_) => 1,
+        Head::Split { count, .. } => count.max(1),
+    };
+    for i in 1..count {
+        txn.clear(&chunk_key(key, i));
+    }
+    if txn.get_snapshot(&chunk_key(key, count)).await?.is_some() {
+        let stale = txn
+            .get_range(
+                &chunks_range(key),
+                ReadOptions::limit(usize::from(u16::MAX)).snapshot(),
+            )
+            .await?;
+        for (chunk, _) in stale.iter().filter(|(k, _)| is_chunk_of(k, key)) {
+            txn.clear(chunk);
+        }
     }
     txn.clear(key);
     Ok(())
@@ -552,5 +568,50 @@ mod tests {
         delete(txn.as_mut(), KEY).await.expect("delete");
         txn.commit().await.expect("commit");
         assert_eq!(scan(&store).await.expect("assembles"), (vec![], false));
+    }
+
+    /// Every key left under the test prefix, chunks included (no assembling).
+    async fn raw_keys(store: &MemoryStore) -> Vec<Vec<u8>> {
+        let mut txn = store.begin().await.expect("begin");
+        let pairs = txn
+            .get_range(&KeyRange::prefix(b"\x04"), ReadOptions::limit(1000))
+            .await
+            .expect("range");
+        pairs.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[tokio::test]
+    async fn delete_leaves_no_chunk_after_any_sequence_of_sizes() {
+        // Grown, shrunk within chunks, shrunk to whole, grown again: whatever the history
+        // of sizes, the stale chunks start at the current count and delete finds them.
+        let sizes: [&[usize]; 6] = [
+            &[10],
+            &[3 * CHUNK + 1],
+            &[3 * CHUNK + 1, 2 * CHUNK],
+            &[3 * CHUNK + 1, 10],
+            &[4 * CHUNK, 10, 2 * CHUNK + 5],
+            &[2 * CHUNK, 4 * CHUNK, 3 * CHUNK],
+        ];
+        for history in sizes {
+            let store = MemoryStore::new();
+            for &len in history {
+                write(&store, KEY, len).await;
+            }
+            write(&store, NEXT, 20).await;
+            let mut txn = store.begin().await.expect("begin");
+            delete(txn.as_mut(), KEY).await.expect("delete");
+            txn.commit().await.expect("commit");
+            assert_eq!(raw_keys(&store).await, vec![NEXT.to_vec()], "{history:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_missing_record_writes_nothing() {
+        let store = MemoryStore::new();
+        let before = store.version();
+        let mut txn = store.begin().await.expect("begin");
+        delete(txn.as_mut(), KEY).await.expect("delete");
+        txn.commit().await.expect("commit");
+        assert_eq!(store.version(), before);
     }
 }

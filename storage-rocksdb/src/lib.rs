@@ -999,10 +999,12 @@ impl GroupCommitter {
 /// Table options with one LRU block cache of `cache_bytes` that also holds the index and
 /// filter blocks (RocksDB keeps them outside the cache by default, where they grow with
 /// every table file: resident memory then grows with the data); level-0 ones stay pinned
-/// so the newest tables never pay an index miss.
+/// so the newest tables never pay an index miss. A bloom filter (10 bits per key) lets a
+/// point read of a missing key skip the tables that cannot hold it.
 fn table_options(cache_bytes: usize) -> Result<BlockBasedOptions> {
     let cache = Cache::new_lru_cache(cache_bytes).map_err(backend_error)?;
     let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
     table.set_block_cache(&cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
