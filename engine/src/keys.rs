@@ -97,6 +97,10 @@ pub mod prefix {
     /// Open service calls carried out by an update (an `update_workflow` binding):
     /// `(namespace, run_id, update_id, service_call_id)` → the call's key.
     pub const SERVICE_CALL_BY_UPDATE: u8 = 0x3E;
+    /// Namespaces where an entry of the three service-call indexes above was ever
+    /// written: `(namespace)`, empty value. A run or update closing in a namespace
+    /// without it has no index to scan.
+    pub const SERVICE_CALL_NAMESPACE: u8 = 0x3F;
     /// External payloads stored through the runtime transport (the record naming the
     /// blob, its integrity metadata and where it lives): `(namespace, reference_id)`.
     pub const PAYLOAD: u8 = 0x40;
@@ -160,6 +164,7 @@ pub fn table_name(prefix_byte: u8) -> Option<&'static str> {
         prefix::SERVICE_CALL_BY_RUN => "service_call_by_run",
         prefix::SERVICE_CALL_BY_CALLER => "service_call_by_caller",
         prefix::SERVICE_CALL_BY_UPDATE => "service_call_by_update",
+        prefix::SERVICE_CALL_NAMESPACE => "service_call_namespace",
         prefix::PAYLOAD => "payload",
         prefix::PAYLOAD_USE => "payload_use",
         prefix::RUN_PAYLOAD => "run_payload",

@@ -502,6 +502,68 @@ async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
     );
 }
 
+/// A store written before closing runs looked for the namespace mark (here: the mark
+/// removed by hand) gets the mark when an engine opens it, so a linked run's close still
+/// closes its call.
+#[tokio::test]
+async fn calls_of_a_store_without_the_namespace_mark_still_follow_their_runs() {
+    use keel_engine::keys::{prefix, Key};
+    use keel_engine::services::ExecuteRequest;
+    use keel_engine::storage::KvStore;
+    use keel_engine::workflow::CloseCommand;
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    e.create_service_endpoint(NS, "billing", None, json!({}))
+        .await
+        .expect("endpoint");
+    e.create_service(NS, "billing", "invoices", None, json!({}))
+        .await
+        .expect("service");
+    let mut charge = spec("start_workflow", None);
+    charge.handler_binding = json!({"workflow_type": "invoice.charge", "task_queue": QUEUE});
+    e.create_operation(NS, "billing", "invoices", "charge", charge)
+        .await
+        .expect("operation");
+    let call = e
+        .execute_operation(
+            NS,
+            "billing",
+            "invoices",
+            "charge",
+            ExecuteRequest::default(),
+        )
+        .await
+        .expect("executed")
+        .call;
+    e.stop().await;
+    let mark = Key::new(prefix::SERVICE_CALL_NAMESPACE)
+        .str(NS)
+        .into_bytes();
+    let mut txn = h.store.begin().await.expect("begin");
+    assert!(
+        txn.get(&mark).await.expect("read").is_some(),
+        "the call marked its namespace"
+    );
+    txn.clear(&mark);
+    txn.commit().await.expect("commit");
+
+    let e = open(&h.store, &h.clock, Duration::from_secs(30), &[]).await;
+    e.close_workflow(
+        NS,
+        &call.linked_workflow_instance_id,
+        None,
+        CloseCommand::Terminate,
+        Some("ops"),
+    )
+    .await
+    .expect("terminated");
+    let v = e
+        .describe_service_call(NS, "billing", "invoices", "charge", &call.id)
+        .await
+        .expect("described");
+    assert_eq!(v.status, "failed", "the call followed its terminated run");
+}
+
 // ---- service calls: the state machine (workflow callers, deadlines, races) ----
 
 const TARGET: &str = "svc";

@@ -267,6 +267,29 @@ fn idempotency_key(ns: &str, op: &OperationRecord, caller_ns: &str, key: &str) -
         .into_bytes()
 }
 
+/// Writes the index entry `index` → `call_key`, marking its namespace as one with
+/// service-call indexes (written once, so closing runs that read the mark conflict with
+/// at most that first write).
+async fn put_index(txn: &mut dyn KvTxn, index: Key, ns: &str, call_key: &[u8]) -> Result<()> {
+    let mark = Key::new(prefix::SERVICE_CALL_NAMESPACE)
+        .str(ns)
+        .into_bytes();
+    if txn.get_snapshot(&mark).await?.is_none() {
+        txn.set(&mark, &[]);
+    }
+    tables::put_bytes(txn, &index.into_bytes(), call_key);
+    Ok(())
+}
+
+/// Whether any service-call index entry was ever written in `ns` (a conflict-tracked
+/// read: a first entry written concurrently makes the reader retry and see it).
+async fn has_indexes(txn: &mut dyn KvTxn, ns: &str) -> Result<bool> {
+    let mark = Key::new(prefix::SERVICE_CALL_NAMESPACE)
+        .str(ns)
+        .into_bytes();
+    Ok(txn.get(&mark).await?.is_some())
+}
+
 fn by_run_key(ns: &str, run_id: &str, call_id: &str) -> Key {
     Key::new(prefix::SERVICE_CALL_BY_RUN)
         .str(ns)
@@ -686,7 +709,7 @@ async fn admit_in_txn(
                 if !known {
                     if link.waits && call.status.is_none() {
                         let k = by_caller_key(&link.namespace, &link.run_id, &call.id);
-                        tables::put_bytes(txn, &k.into_bytes(), &key);
+                        put_index(txn, k, &link.namespace, &key).await?;
                     }
                     call.callers.push(link);
                     tables::put(txn, &key, &call)?;
@@ -786,7 +809,7 @@ async fn admit_in_txn(
             call.linked_workflow_instance_id = started.run.workflow_id.clone();
             call.linked_workflow_run_id = started.run.run_id.clone();
             let index = by_run_key(ns, &started.run.run_id, call_id);
-            tables::put_bytes(txn, &index.into_bytes(), &key);
+            put_index(txn, index, ns, &key).await?;
         }
         "signal_workflow" => {
             let signal_name = binding_str(op, &["signal_name", "signal"])
@@ -862,7 +885,7 @@ async fn admit_in_txn(
             call.linked_workflow_run_id = update_run_id.clone();
             call.linked_workflow_update_id = Some(update_id.clone());
             let index = by_update_key(ns, &update_run_id, &update_id, call_id);
-            tables::put_bytes(txn, &index.into_bytes(), &key);
+            put_index(txn, index, ns, &key).await?;
         }
         "activity_execution" => {
             // A standalone activity (its host run is the linked run): its final outcome
@@ -915,7 +938,7 @@ async fn admit_in_txn(
             call.linked_workflow_instance_id = run.workflow_id.clone();
             call.linked_workflow_run_id = run.run_id.clone();
             let index = by_run_key(ns, &run.run_id, call_id);
-            tables::put_bytes(txn, &index.into_bytes(), &key);
+            put_index(txn, index, ns, &key).await?;
         }
         "invocable_http" => {
             // The request goes out after this transaction commits, from the durable
@@ -985,7 +1008,7 @@ async fn admit_in_txn(
     if let Some(link) = caller {
         if link.waits && call.status.is_none() {
             let k = by_caller_key(&link.namespace, &link.run_id, call_id);
-            tables::put_bytes(txn, &k.into_bytes(), &key);
+            put_index(txn, k, &link.namespace, &key).await?;
         }
         call.callers.push(link);
     }
@@ -1276,6 +1299,9 @@ pub(crate) async fn on_run_closed(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
+    if !has_indexes(txn, ns).await? {
+        return Ok(());
+    }
     for (index, key) in indexed_calls(txn, prefix::SERVICE_CALL_BY_RUN, ns, run_id).await? {
         let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
             tables::delete(txn, &index).await?;
@@ -1289,7 +1315,7 @@ pub(crate) async fn on_run_closed(
                 tables::delete(txn, &index).await?;
                 call.linked_workflow_run_id = next.current_run_id.clone();
                 let moved = by_run_key(ns, &next.current_run_id, &call.id);
-                tables::put_bytes(txn, &moved.into_bytes(), &key);
+                put_index(txn, moved, ns, &key).await?;
                 tables::put(txn, &key, &call)?;
                 continue;
             }
@@ -1325,6 +1351,9 @@ pub(crate) async fn on_update_closed(
     now: Millis,
     fx: &mut Effects,
 ) -> Result<()> {
+    if !has_indexes(txn, ns).await? {
+        return Ok(());
+    }
     let range = Key::new(prefix::SERVICE_CALL_BY_UPDATE)
         .str(ns)
         .str(run_id)
@@ -1811,6 +1840,48 @@ pub(crate) async fn finish_dispatch(
 }
 
 impl Engine {
+    /// Marks every namespace that holds a service-call index entry with
+    /// `SERVICE_CALL_NAMESPACE` (run at open: stores written before the mark existed,
+    /// and imports, get it here; closing runs skip their index scans without it). One
+    /// range read per index table and namespace found.
+    pub(crate) async fn mark_service_call_namespaces(&self) -> Result<()> {
+        self.transact(|tx| {
+            Box::pin(async move {
+                let txn = tx.txn.as_mut();
+                for table in [
+                    prefix::SERVICE_CALL_BY_RUN,
+                    prefix::SERVICE_CALL_BY_CALLER,
+                    prefix::SERVICE_CALL_BY_UPDATE,
+                ] {
+                    let mut range = Key::new(table).range();
+                    loop {
+                        let first = txn
+                            .get_range(&range, ReadOptions::limit(1).snapshot())
+                            .await?;
+                        let Some((key, _)) = first.first() else { break };
+                        let Some(ns) = crate::keys::KeyReader::new(key).str() else {
+                            return Err(Error::corrupt("service-call index key without namespace"));
+                        };
+                        let mark = Key::new(prefix::SERVICE_CALL_NAMESPACE)
+                            .str(&ns)
+                            .into_bytes();
+                        if txn.get_snapshot(&mark).await?.is_none() {
+                            txn.set(&mark, &[]);
+                        }
+                        // On to the next namespace: past every key of this one.
+                        let std::ops::Bound::Excluded(next) = Key::new(table).str(&ns).range().end
+                        else {
+                            break;
+                        };
+                        range.start = std::ops::Bound::Included(next);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Executes an operation: creates the durable call and runs its binding in one
     /// transaction (a dispatched binding's work starts once it commits). A repeated
     /// `idempotency_key` (per operation and caller namespace) returns the first call.

@@ -83,6 +83,7 @@ impl Engine {
         });
         let engine = Engine { inner };
         engine.ensure_schema_version().await?;
+        engine.mark_service_call_namespaces().await?;
         engine
             .ensure_namespace(&engine.inner.config.default_namespace.clone())
             .await?;
