@@ -378,6 +378,9 @@ impl Cluster {
     }
 
     async fn watch_queue(&self, queue: QueueKey, rescan: Arc<Notify>) {
+        // A cluster runs only on a multi-node store, where the per-queue counts are
+        // durable counter rows (see `kernel::queue_counts`): the Ready one changes with
+        // every task made ready, on any node.
         let counter = tables::queue_counter_key(
             &queue.namespace,
             &queue.queue,

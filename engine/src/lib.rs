@@ -35,6 +35,6 @@ pub use keel_storage as storage;
 pub use error::{Error, RejectKind, Result};
 pub use fleet::{
     parse_deployment_name, Blockage, DeploymentAction, DeploymentOutcome, DeploymentState,
-    QueueCounts, WorkerDeployment, WORKER_STALE_AFTER_MS,
+    WorkerDeployment, WORKER_STALE_AFTER_MS,
 };
-pub use kernel::{Engine, EngineConfig};
+pub use kernel::{Engine, EngineConfig, QueueCounts};

@@ -24,7 +24,10 @@
 //!   out. The per-namespace counters (`workflow_count`, `queue_counter`) and indexes
 //!   (`ready`, `workflow_list`, `closed_run`) are keyed by namespace and so come whole
 //!   with the rows they count; that is why an import refuses a target that already
-//!   holds one of the namespaces (no merging).
+//!   holds one of the namespaces (no merging). A single-node store writes no
+//!   `queue_counter` rows (its per-queue counts live in memory, see
+//!   `kernel::queue_counts`), so an import into a multi-node store recounts them from
+//!   the imported task rows before it clears its marker.
 //!
 //! The import checks the whole file first (format, schema version, count, digest), then
 //! that the target holds none of the namespaces, then writes a marker
@@ -752,6 +755,9 @@ pub async fn import(
                 .into(),
         ));
     }
+    // On a multi-node target the per-queue counts are durable rows: recounted from the
+    // imported task rows (a single-node source writes none, or holds stale ones).
+    crate::kernel::rewrite_counter_rows(store, &done.header.namespaces).await?;
     // Complete: the marker goes last.
     {
         let mut txn = store.begin().await?;

@@ -409,3 +409,44 @@ async fn a_namespace_absent_from_the_source_is_named_in_the_error() {
     assert!(matches!(err, TransferError::NotFound(_)), "{err:?}");
     assert!(err.to_string().contains("'nope'"), "{err}");
 }
+
+#[tokio::test]
+async fn an_import_into_a_multi_node_store_recounts_the_queue_counters_a_single_node_source_lacks()
+{
+    use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
+    use std::sync::Arc;
+
+    let h = populated().await;
+    let counts = h.engine.queue_counts(NS).await.expect("source counts");
+    assert!(counts.iter().any(|c| c.ready > 0), "{counts:?}");
+    h.engine.stop().await;
+    let file = export_of(&h.store, &[NS]).await;
+
+    let target = SimulatedStore::new(FaultConfig::none());
+    let verified = transfer::verify(&mut &file[..]).expect("verify");
+    transfer::import(&target, &mut &file[..], &verified)
+        .await
+        .expect("import");
+    let engine = Engine::open(
+        Arc::new(target.clone()) as Arc<dyn KvStore>,
+        Arc::new(ManualClock::new(START)) as Arc<dyn keel_engine::clock::Clock>,
+        keel_engine::EngineConfig::default(),
+    )
+    .await
+    .expect("opens");
+    let mut imported: Vec<_> = engine
+        .queue_counts(NS)
+        .await
+        .expect("target counts")
+        .into_iter()
+        .filter(|c| c.ready + c.leased > 0)
+        .collect();
+    imported.sort_by_key(|c| (c.queue.clone(), c.kind.code()));
+    let mut want: Vec<_> = counts
+        .into_iter()
+        .filter(|c| c.ready + c.leased > 0)
+        .collect();
+    want.sort_by_key(|c| (c.queue.clone(), c.kind.code()));
+    assert_eq!(imported, want);
+    engine.stop().await;
+}

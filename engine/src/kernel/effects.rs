@@ -4,6 +4,7 @@
 use crate::clock::Millis;
 use crate::matching::{QueueKey, TaskHint};
 use crate::model::{TaskRecord, TimerKey};
+use crate::tables::QueueCounter;
 
 /// A worker session's holder as matching should know it after commit:
 /// `(namespace, session_id, Some((holder, binding until)) or None, queues to re-match)`.
@@ -12,8 +13,12 @@ pub(crate) type SessionHolder = (String, String, Option<(String, Millis)>, Vec<Q
 /// What a committed transaction asks of the in-memory side. Applied only once the
 /// transaction is durable (or may be: every effect is re-checked against storage, so a
 /// spurious one costs a lookup, while a missing one would strand a task or a lease).
-#[derive(Default)]
 pub(crate) struct Effects {
+    /// Whether per-queue counts are durable counter rows (a multi-node store) rather
+    /// than the in-memory counts `counts` feeds (see `queue_counts`).
+    pub durable_counts: bool,
+    /// Changes to the in-memory per-queue counts (single-node stores only).
+    pub counts: Vec<(QueueKey, QueueCounter, i64)>,
     pub ready: Vec<(QueueKey, TaskHint)>,
     pub timers: Vec<TimerKey>,
     /// Updates whose status changed: their waiting callers re-read them.
@@ -29,6 +34,21 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
+    /// No effects yet, for a transaction on a store whose per-queue counts are durable
+    /// (`durable_counts`: a multi-node store) or kept in memory.
+    pub fn new(durable_counts: bool) -> Self {
+        Effects {
+            durable_counts,
+            counts: Vec::new(),
+            ready: Vec::new(),
+            timers: Vec::new(),
+            updates: Vec::new(),
+            session_holders: Vec::new(),
+            session_slots: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
     /// Offers `task` to pollers once committed.
     pub fn ready(&mut self, task: &TaskRecord) {
         self.ready.push((

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub config: EngineConfig,
     pub matching: Arc<Matching>,
     pub timers: Arc<Timers>,
+    /// Per-queue task counts (durable rows or in memory: see `queue_counts`).
+    pub counts: super::QueueTally,
     /// Set when several nodes share the store.
     pub cluster: Option<Arc<Cluster>>,
     /// Worker registrations read or written here, with when they were cached.
@@ -153,8 +155,10 @@ impl Engine {
                 .as_ref()
                 .and_then(|c| c.announce_horizon()),
             body,
-            |effects| {
+            |mut effects| {
                 unknown = true;
+                // Counted only once known committed (see `queue_counts`).
+                effects.counts.clear();
                 self.apply(effects);
             },
         )
@@ -169,6 +173,7 @@ impl Engine {
     }
 
     pub(crate) fn apply(&self, effects: Effects) {
+        self.inner.counts.apply(&effects.counts);
         // Session routing first, so the hints below are offered under it.
         for (ns, session, holder, queues) in effects.session_holders {
             self.inner.matching.set_session_holder(

@@ -1,6 +1,6 @@
 //! The kernel: the engine handle and its settings, the transaction context and runner,
 //! the in-memory registries every subsystem shares (poll memories, query tasks), and the
-//! table operations every subsystem shares (tasks with their ready index and counters,
+//! table operations every subsystem shares (tasks with their ready index and counts,
 //! timer rows, the namespace check). It depends on storage, keys, tables, model, clock,
 //! matching, timers and cluster, never on a subsystem; subsystems react to each other
 //! through [`Event`]s it carries, which `wiring` routes.
@@ -10,6 +10,7 @@ mod effects;
 mod handle;
 mod polls;
 mod query_tasks;
+mod queue_counts;
 pub(crate) mod sessions;
 mod tasks;
 mod timers;
@@ -23,8 +24,10 @@ pub use query_tasks::{Queries, QueryTaskView, UpdateWaiter};
 pub(crate) use query_tasks::{QueryTask, Resolution, TaskGuard};
 
 pub(crate) use effects::{Effects, Event};
+pub use queue_counts::QueueCounts;
+pub(crate) use queue_counts::{count, rewrite_counter_rows, QueueTally};
 pub(crate) use tasks::{
-    clear_task_state, count, delete_task, fire_lease_expiry, fire_task_backoff, make_ready,
+    clear_task_state, delete_task, fire_lease_expiry, fire_task_backoff, make_ready,
     put_ready_task, ready_key, task_session,
 };
 pub(crate) use timers::{clear_timer, put_timer};

@@ -1,8 +1,9 @@
 //! Task rows, the ready index and the per-queue counters, kept in step.
 //!
 //! Invariant: a task row's status names the one index entry or timer it holds — `Ready`:
-//! its ready-index key (and the Ready counter); `Leased`: its lease timer (and the Leased
-//! counter); `Backoff`: its backoff timer. Every change of status goes through here.
+//! its ready-index key (and the Ready count); `Leased`: its lease timer (and the Leased
+//! count); `Backoff`: its backoff timer. Every change of status goes through here. The
+//! counts are kept as `queue_counts` says (durable rows or in memory, by store).
 
 use crate::clock::Millis;
 use crate::error::Result;
@@ -10,6 +11,7 @@ use crate::model::{TaskRecord, TaskStatus, TimerAction, TimerKey};
 use crate::storage::KvTxn;
 use crate::tables::{self, QueueCounter};
 
+use super::queue_counts::count;
 use super::{put_timer, Effects};
 
 /// The ready-index key of `task` (in `Ready` state).
@@ -39,7 +41,7 @@ pub(crate) fn put_ready_task(
             task_session(task),
         ),
     );
-    count(txn, task, QueueCounter::Ready, 1);
+    count(txn, fx, task, QueueCounter::Ready, 1);
     fx.ready(task);
     Ok(())
 }
@@ -50,14 +52,6 @@ pub(crate) fn task_session(task: &TaskRecord) -> Option<&str> {
         .as_ref()
         .and_then(|a| a.worker_session.as_ref())
         .map(|o| o.session_id.as_str())
-}
-
-/// Adjusts a per-queue counter (an atomic add: never a conflict between transitions).
-pub(crate) fn count(txn: &mut dyn KvTxn, task: &TaskRecord, counter: QueueCounter, delta: i64) {
-    txn.atomic_add(
-        &tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, counter),
-        delta,
-    );
 }
 
 /// Deletes a task with its index entry and timers.
@@ -96,13 +90,13 @@ pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut 
     match task.status {
         TaskStatus::Ready => {
             txn.clear(&ready_key(task));
-            count(txn, task, QueueCounter::Ready, -1);
+            count(txn, fx, task, QueueCounter::Ready, -1);
         }
         TaskStatus::Leased => {
             if let Some(lease) = &task.lease {
                 txn.clear(&tables::timer_key(&lease.timer));
             }
-            count(txn, task, QueueCounter::Leased, -1);
+            count(txn, fx, task, QueueCounter::Leased, -1);
             fx.session_slot_freed(task);
         }
         TaskStatus::Backoff => {
@@ -122,7 +116,7 @@ pub(crate) fn make_ready(
 ) -> Result<()> {
     // A lapsed lease's timer row is the one firing (already deleted): only the count.
     if task.status == TaskStatus::Leased {
-        count(txn, task, QueueCounter::Leased, -1);
+        count(txn, fx, task, QueueCounter::Leased, -1);
         fx.session_slot_freed(task);
     }
     task.status = TaskStatus::Ready;

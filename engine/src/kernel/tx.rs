@@ -55,12 +55,13 @@ where
     F: for<'t> FnMut(&'t mut Tx<'env>) -> TxFuture<'t, T>,
 {
     let mut attempts = Attempts::new(RetryPolicy::default());
+    let durable_counts = store.capabilities().multi_node;
     loop {
         let outcome = async {
             let mut tx = Tx {
                 txn: store.begin().await?,
                 now: clock.now_ms(),
-                fx: Effects::default(),
+                fx: Effects::new(durable_counts),
                 env: PhantomData,
             };
             let value = body(&mut tx).await?;

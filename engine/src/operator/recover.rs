@@ -29,7 +29,6 @@ use crate::kernel;
 use crate::kernel::Engine;
 use crate::keys::{prefix, Key};
 use crate::model::{InstanceRecord, RunRecord, RunStatus};
-use crate::storage::KvTxn;
 use crate::workflow::{CloseCommand, MAX_CHAIN_RUNS};
 use crate::{ids, tables};
 
@@ -84,7 +83,7 @@ fn not_found(req: &RecoverRequest, message: String) -> Error {
 /// whatever task or timer it still names, and its record; with `current`, also its
 /// workflow-list entry. Returns whether it was there. Idempotent.
 async fn purge_run(
-    txn: &mut dyn KvTxn,
+    tx: &mut kernel::Tx<'_>,
     ns: &str,
     workflow_id: &str,
     run_id: &str,
@@ -92,6 +91,8 @@ async fn purge_run(
     stores: &crate::payloads::PayloadStores,
     released: &mut crate::payloads::Released,
 ) -> Result<bool> {
+    let txn = tx.txn.as_mut();
+    let fx = &mut tx.fx;
     let rkey = tables::run_key(ns, run_id);
     let Some(run) = tables::get::<RunRecord>(txn, &rkey).await? else {
         return Ok(false);
@@ -103,10 +104,8 @@ async fn purge_run(
     }
     // A closed run holds no task or timer; should one remain, it goes with the run
     // rather than be stranded.
-    // (Nothing is leased under a closed run, so the effects have nothing to announce.)
-    let mut fx = kernel::Effects::default();
     for task_id in run.workflow_task.iter().chain(run.open_activities.iter()) {
-        kernel::delete_task(txn, task_id, &mut fx).await?;
+        kernel::delete_task(txn, task_id, fx).await?;
     }
     if let Some(timer) = &run.deadline_timer {
         txn.clear(&tables::timer_key(timer));
@@ -303,10 +302,9 @@ let fx = &mut tx.fx;
             let (done, released) = self
                 .transact(move |tx| {
                     Box::pin(async move {
-                        let txn = tx.txn.as_mut();
                         let mut released = crate::payloads::Released::default();
                         let done =
-                            purge_run(txn, ns, workflow_id, run_id, false, stores, &mut released)
+                            purge_run(tx, ns, workflow_id, run_id, false, stores, &mut released)
                                 .await?;
                         Ok((done, released))
                     })
@@ -321,11 +319,9 @@ let fx = &mut tx.fx;
         let (cleared, current_purged, released) = self
             .transact(move |tx| {
                 Box::pin(async move {
-                    let txn = tx.txn.as_mut();
-                    let t = txn;
                     let mut released = crate::payloads::Released::default();
                     let ikey = tables::instance_key(ns, workflow_id);
-                    match tables::get::<InstanceRecord>(t, &ikey).await? {
+                    match tables::get::<InstanceRecord>(tx.txn.as_mut(), &ikey).await? {
                         // A concurrent recover finished first (and maybe a new run started):
                         // nothing of ours is left to clear.
                         None => return Ok((false, false, released)),
@@ -335,7 +331,7 @@ let fx = &mut tx.fx;
                         Some(_) => {}
                     }
                     let done = purge_run(
-                        t,
+                        tx,
                         ns,
                         workflow_id,
                         current_run_id,
@@ -344,6 +340,7 @@ let fx = &mut tx.fx;
                         &mut released,
                     )
                     .await?;
+                    let t = tx.txn.as_mut();
                     tables::delete(t, &ikey).await?;
                     // Command receipts are per workflow id: a resent request id after the
                     // recovery must not return an answer about the purged runs.

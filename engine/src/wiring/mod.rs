@@ -39,7 +39,8 @@ impl TimerHandler for TimerBridge {
 
 impl Engine {
     /// Opens the engine on `store`: creates the default namespace on first start,
-    /// rebuilds the ready index from storage, and starts the timer service.
+    /// rebuilds the ready index (and, on a single-node store, the per-queue counts) from
+    /// storage, and starts the timer service.
     pub async fn open(
         store: Arc<dyn KvStore>,
         clock: Arc<dyn Clock>,
@@ -64,7 +65,9 @@ impl Engine {
         let hooks = Box::new(hooks::Hooks {
             service_http: config.service_http.clone(),
         });
+        let counts = crate::kernel::QueueTally::new(store.capabilities().multi_node);
         let inner = Arc::new(Inner {
+            counts,
             store,
             clock,
             config,
@@ -88,6 +91,7 @@ impl Engine {
             .ensure_namespace(&engine.inner.config.default_namespace.clone())
             .await?;
         engine.rebuild_ready_index().await?;
+        engine.rebuild_queue_counts().await?;
         let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
         let mut services = vec![tokio::spawn(engine.inner.timers.clone().run(
             engine.inner.store.clone(),

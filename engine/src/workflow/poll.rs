@@ -189,6 +189,7 @@ impl Engine {
         }
         .as_millis() as Millis;
         let max_leases = self.inner.config.max_leases_per_queue;
+        let counts = &self.inner.counts;
         self.transact(move |tx| {
             Box::pin(async move {
                 let txn = tx.txn.as_mut();
@@ -209,15 +210,9 @@ impl Engine {
                     return Ok(Leased::Stale);
                 }
                 if let Some(max) = max_leases {
-                    let counter = tables::queue_counter_key(
-                        &task.namespace,
-                        &task.task_queue,
-                        task.kind,
-                        tables::QueueCounter::Leased,
-                    );
-                    let leased = crate::storage::decode_counter(
-                        txn.get_snapshot(&counter).await?.as_deref(),
-                    );
+                    let leased = counts
+                        .leased(txn, &task.namespace, &task.task_queue, task.kind)
+                        .await?;
                     if leased >= max as i64 {
                         return Err(Error::reject(
                             RejectKind::Throttled,
@@ -276,7 +271,7 @@ impl Engine {
                 let timer =
                     kernel::put_timer(txn, expires_at_ms, &lease_timer_action(&task.task_id), fx)?;
                 task.status = TaskStatus::Leased;
-                kernel::count(txn, &task, tables::QueueCounter::Leased, 1);
+                kernel::count(txn, fx, &task, tables::QueueCounter::Leased, 1);
                 task.attempt += 1;
                 task.lease = Some(Lease {
                     owner: worker_id.to_string(),
