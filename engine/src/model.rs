@@ -110,7 +110,7 @@ pub struct RunRecord {
     /// Priority of its tasks, 0 (first) to 9.
     pub priority: u8,
     /// Build id the run is pinned to, if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
     /// Memo, a JSON object: as started, then the typed projection of the merged upserts.
     #[serde(default)]
@@ -122,7 +122,7 @@ pub struct RunRecord {
     pub workflow_task_failure: Option<WorkflowTaskFailure>,
     /// The merged memo after the latest `upsert_memo`, as an Avro blob: the base of the
     /// next merge, since the projection loses the long/double distinction.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memo_blob: Option<String>,
     /// Search attributes, a JSON object.
     #[serde(default)]
@@ -130,24 +130,24 @@ pub struct RunRecord {
     /// Start time.
     pub started_at_ms: Millis,
     /// Close time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at_ms: Option<Millis>,
     /// Last time history grew.
     pub last_progress_at_ms: Millis,
     /// Execution timeout in seconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_timeout_seconds: Option<u64>,
     /// Run timeout in seconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_timeout_seconds: Option<u64>,
     /// When the execution times out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_deadline_ms: Option<Millis>,
     /// When this run times out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_deadline_ms: Option<Millis>,
     /// The timer enforcing the earlier deadline.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_timer: Option<TimerKey>,
     /// Sequence of the last history event (history is 1..=this).
     pub last_event_seq: u64,
@@ -161,13 +161,13 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deferred_signals: u64,
     /// The run's one workflow task, ready or leased.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_task: Option<String>,
     /// Activity tasks not yet resolved.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_activities: Vec<String>,
     /// Why the run closed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_reason: Option<String>,
     /// Parent/child links, the continue-as-new chain and post-close facts.
     #[serde(default)]
@@ -215,30 +215,30 @@ pub struct ChildLink {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunLifecycle {
     /// The parent, when this run is (a continuation of) a child workflow.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
     /// Children started by this run that have not closed yet.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_children: Vec<ChildLink>,
     /// The run this one continued (continue-as-new).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continued_from_run_id: Option<String>,
     /// The run that continued this one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continued_to_run_id: Option<String>,
     /// Sequence of the event that closed the run; events recorded later (archive) follow it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_event_seq: Option<u64>,
     /// When an operator archived the closed run.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_at_ms: Option<Millis>,
     /// The schedule that started this run (kept across continue-as-new), so its close can
     /// start a buffered fire.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<String>,
     /// Set on the host run of a standalone activity: the run has no workflow code; its one
     /// activity's outcome closes it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standalone_activity: Option<StandaloneActivity>,
 }
 
@@ -642,14 +642,14 @@ pub struct CohortRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunWaits {
     /// Open `start_timer` timers by workflow sequence.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub timers: std::collections::BTreeMap<u64, OpenTimer>,
     /// The open condition wait (the latest physical `ConditionWaitOpened`), if any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<OpenCondition>,
     /// Accepted updates not yet completed, oldest first. A new workflow task runs the
     /// first of them (`TaskRecord::workflow_update_id`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_updates: Vec<String>,
     /// Open `open_signal_wait` waits, oldest first. Invariant: a wait is open only while
     /// no signal of its name is buffered (received and applied counts are equal).
@@ -891,7 +891,30 @@ pub fn truncate_message(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{truncate_message, MAX_MESSAGE_BYTES};
+    use super::{truncate_message, RunRecord, MAX_MESSAGE_BYTES};
+
+    /// A run record as Keel wrote it before empty fields were left out (taken from a
+    /// store): it still reads, and rewriting it leaves out every null and empty list.
+    const RUN_WITH_NULLS: &str = r#"{"namespace":"default","workflow_id":"w","run_id":"r","run_number":1,"workflow_type":"t","task_queue":"q","status":"completed","priority":5,"build_id":null,"memo":{},"memo_blob":null,"search_attributes":{},"started_at_ms":1,"closed_at_ms":2,"last_progress_at_ms":2,"execution_timeout_seconds":3600,"run_timeout_seconds":600,"execution_deadline_ms":3,"run_deadline_ms":4,"deadline_timer":null,"last_event_seq":4,"last_workflow_sequence":1,"last_command_sequence":0,"workflow_task":null,"open_activities":[],"closed_reason":"completed","lifecycle":{"parent":null,"open_children":[],"continued_from_run_id":null,"continued_to_run_id":null,"close_event_seq":4,"archived_at_ms":null,"schedule_id":null,"standalone_activity":null},"waits":{"timers":{},"condition":null,"pending_updates":[]}}"#;
+
+    #[test]
+    fn run_records_leave_out_empty_fields_and_read_the_older_layout() {
+        let old: RunRecord = serde_json::from_str(RUN_WITH_NULLS).expect("older layout reads");
+        let compact = serde_json::to_string(&old).expect("encodes");
+        assert!(
+            !compact.contains("null") && !compact.contains("[]"),
+            "{compact}"
+        );
+        assert!(compact.len() * 3 < RUN_WITH_NULLS.len() * 2, "{compact}");
+        let again: RunRecord = serde_json::from_str(&compact).expect("compact layout reads");
+        assert_eq!(
+            serde_json::to_value(&again).expect("encodes"),
+            serde_json::to_value(&old).expect("encodes")
+        );
+        assert_eq!(again.closed_at_ms, Some(2));
+        assert_eq!(again.lifecycle.close_event_seq, Some(4));
+        assert!(again.workflow_task.is_none() && again.open_activities.is_empty());
+    }
 
     #[test]
     fn long_messages_are_cut_at_a_character_boundary() {
