@@ -317,12 +317,12 @@ pub struct ActivityState {
     /// Argument payload.
     pub arguments: Value,
     /// Retry policy as sent by the worker.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<Value>,
     /// 1 for the first attempt.
     pub attempt_number: u32,
     /// The current attempt's id, set when leased.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_id: Option<String>,
     /// Timeouts and other options of the command, kept verbatim.
     #[serde(default)]
@@ -333,14 +333,14 @@ pub struct ActivityState {
     /// When it was scheduled.
     pub scheduled_at_ms: Millis,
     /// Last heartbeat details.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_details: Option<Value>,
     /// Timeouts of the execution and the timers enforcing them.
     #[serde(default)]
     pub timeouts: ActivityTimeouts,
     /// The last attempt that failed or timed out and was retried (operators see it as
     /// the failure of a run that is backing off).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<AttemptFailure>,
     /// The worker session the activity runs in (`schedule_activity.worker_session`):
     /// only the session's holder leases it.
@@ -378,35 +378,35 @@ pub struct AttemptFailure {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActivityTimeouts {
     /// From becoming ready to being leased, per attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_to_start_s: Option<u64>,
     /// From lease to report, per attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_to_close_s: Option<u64>,
     /// From scheduling to the final report, across every attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_to_close_s: Option<u64>,
     /// Longest gap between heartbeats of an attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_s: Option<u64>,
     /// Enforces `schedule_to_close_s`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_to_close_timer: Option<TimerKey>,
     /// Enforces `schedule_to_start_s` for the waiting attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_to_start_timer: Option<TimerKey>,
     /// Enforces `start_to_close_s` for the leased attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_to_close_timer: Option<TimerKey>,
     /// Enforces `heartbeat_s` for the leased attempt; re-armed lazily at
     /// `heartbeat_deadline_ms` when heartbeats moved it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_timer: Option<TimerKey>,
     /// When the leased attempt's heartbeat allowance runs out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_deadline_ms: Option<Millis>,
     /// Last heartbeat of the current attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_at_ms: Option<Millis>,
 }
 
@@ -448,7 +448,7 @@ pub struct TaskRecord {
     /// Its time in the ready index (while `Ready`).
     pub ready_at_ms: Millis,
     /// The current lease (while `Leased`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     /// Workflow tasks: the last history event delivered with the current lease.
     #[serde(default)]
@@ -457,17 +457,17 @@ pub struct TaskRecord {
     #[serde(default)]
     pub failures: u32,
     /// The backoff timer (while `Backoff`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_timer: Option<TimerKey>,
     /// Activity state.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<ActivityState>,
     /// The build id the task is pinned to (its run's); only that cohort may take it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<String>,
     /// Workflow tasks: the accepted update this task runs (`workflow_update_id`); the
     /// workflow's main body does not advance in such a task.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_update_id: Option<String>,
 }
 
