@@ -275,16 +275,7 @@ async fn a_pinned_payload_survives_retention_of_the_runs_that_used_it() {
     req.input = envelope(&input);
     engine.start_workflow(NS, req).await.expect("start");
     let task = poll_wf(&engine).await.expect("workflow task");
-    engine
-        .complete_workflow_task(
-            NS,
-            &task.task_id,
-            WORKER,
-            task.workflow_task_attempt,
-            &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": ARGS}})],
-        )
-        .await
-        .expect("completed");
+    complete_with_result(&engine, &task).await;
     engine
         .update_namespace(
             NS,

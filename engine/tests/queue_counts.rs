@@ -251,16 +251,7 @@ async fn the_lease_limit_refuses_at_the_limit_on_both_store_kinds() {
         assert_eq!(counts(&engine, TaskKind::Workflow).await, (1, 1), "{name}");
 
         // The first completes: its lease leaves the count, and the next is admitted.
-        engine
-            .complete_workflow_task(
-                NS,
-                &first.task_id,
-                WORKER,
-                first.workflow_task_attempt,
-                &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": ARGS}})],
-            )
-            .await
-            .expect("completes");
+        complete_with_result(&engine, &first).await;
         poll_wf(&engine)
             .await
             .unwrap_or_else(|| panic!("{name}: admitted under the limit"));

@@ -399,12 +399,8 @@ async fn bridge_targets_outside_the_adapter_configuration_are_rejected_by_name()
     );
 }
 
-#[tokio::test]
-async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
-    use keel_engine::services::ExecuteRequest;
-    use keel_engine::workflow::CloseCommand;
-    let h = harness(Duration::from_secs(30), &[]).await;
-    let e = &h.engine;
+/// `billing/invoices/charge` in `NS`, bound to start `invoice.charge` on `QUEUE`.
+async fn charge_operation(e: &keel_engine::Engine) {
     e.create_service_endpoint(NS, "billing", None, json!({}))
         .await
         .expect("endpoint");
@@ -416,6 +412,15 @@ async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
     e.create_operation(NS, "billing", "invoices", "charge", charge)
         .await
         .expect("operation");
+}
+
+#[tokio::test]
+async fn a_service_call_starts_its_workflow_once_per_key_and_follows_its_run() {
+    use keel_engine::services::ExecuteRequest;
+    use keel_engine::workflow::CloseCommand;
+    let h = harness(Duration::from_secs(30), &[]).await;
+    let e = &h.engine;
+    charge_operation(e).await;
     e.create_operation(
         NS,
         "billing",
@@ -513,17 +518,7 @@ async fn calls_of_a_store_without_the_namespace_mark_still_follow_their_runs() {
     use keel_engine::workflow::CloseCommand;
     let h = harness(Duration::from_secs(30), &[]).await;
     let e = &h.engine;
-    e.create_service_endpoint(NS, "billing", None, json!({}))
-        .await
-        .expect("endpoint");
-    e.create_service(NS, "billing", "invoices", None, json!({}))
-        .await
-        .expect("service");
-    let mut charge = spec("start_workflow", None);
-    charge.handler_binding = json!({"workflow_type": "invoice.charge", "task_queue": QUEUE});
-    e.create_operation(NS, "billing", "invoices", "charge", charge)
-        .await
-        .expect("operation");
+    charge_operation(e).await;
     let call = e
         .execute_operation(
             NS,

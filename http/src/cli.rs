@@ -43,8 +43,7 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
                                      fdb[:CLUSTER_FILE] (FoundationDB; builds with --features fdb),
                                      or memory (not durable: tests and demos, loopback only)
   --data-dir DIR                     short for --storage rocksdb:DIR
-  --rocksdb-cache-mb N               RocksDB block cache, index and filter blocks included
-                                     (default 64): bounds the store's read memory
+  --rocksdb-cache-mb N               RocksDB block cache for data blocks (default 64)
   --fdb-subspace NAME                FoundationDB subspace holding this deployment's keys
                                      (default keel)
   --workflow-task-lease-seconds N    workflow task lease (default 300)

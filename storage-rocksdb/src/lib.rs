@@ -129,8 +129,7 @@ pub struct RocksOptions {
     pub write_buffer_bytes: usize,
     /// Compress SST files with LZ4 (Debian's librocksdb links liblz4).
     pub lz4: bool,
-    /// Size of the block cache, which also holds the tables' index and filter blocks: the
-    /// store's read memory is bounded by this, not by how much data it holds.
+    /// Size of the block cache (data blocks; see [`table_options`] for index blocks).
     pub block_cache_bytes: usize,
 }
 
@@ -996,18 +995,17 @@ impl GroupCommitter {
     }
 }
 
-/// Table options with one LRU block cache of `cache_bytes` that also holds the index and
-/// filter blocks (RocksDB keeps them outside the cache by default, where they grow with
-/// every table file: resident memory then grows with the data); level-0 ones stay pinned
-/// so the newest tables never pay an index miss. A bloom filter (10 bits per key) lets a
-/// point read of a missing key skip the tables that cannot hold it.
+/// Table options with one LRU block cache of `cache_bytes` for data blocks.
+///
+/// Index and filter blocks stay in the table readers (RocksDB's default), outside the
+/// cache: in it, they were evicted by data blocks and read back and LZ4-decompressed on
+/// every lookup once the store outgrew the cache (a third of the server's CPU at 100,000
+/// stored workflows, growing with the data). Their memory grows with the data instead;
+/// a partitioned index with a pinned top level would bound it.
 fn table_options(cache_bytes: usize) -> Result<BlockBasedOptions> {
     let cache = Cache::new_lru_cache(cache_bytes).map_err(backend_error)?;
     let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
     table.set_block_cache(&cache);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     Ok(table)
 }
 

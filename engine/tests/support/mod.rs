@@ -65,6 +65,20 @@ pub async fn open(
     engine
 }
 
+/// Completes the run of workflow task `task` (leased by `WORKER`) with the `ARGS` blob.
+pub async fn complete_with_result(engine: &Engine, task: &WorkflowTaskView) {
+    engine
+        .complete_workflow_task(
+            NS,
+            &task.task_id,
+            WORKER,
+            task.workflow_task_attempt,
+            &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": ARGS}})],
+        )
+        .await
+        .expect("the workflow task completes");
+}
+
 /// Registers `worker_id` on `QUEUE` with `capabilities`.
 pub async fn register(engine: &Engine, worker_id: &str, capabilities: &[&str]) {
     engine
