@@ -35,19 +35,6 @@ fn last_payload(task: &WorkflowTaskView, event_type: &str) -> Value {
         .unwrap_or_else(|| panic!("no {event_type} in {:?}", event_types(task)))
 }
 
-async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
-    engine
-        .complete_workflow_task(
-            NS,
-            &task.task_id,
-            WORKER,
-            task.workflow_task_attempt,
-            &commands,
-        )
-        .await
-        .expect("completion accepted");
-}
-
 fn signal(id: &str, name: &str, request_id: Option<&str>) -> SignalRequest {
     SignalRequest {
         workflow_id: id.into(),

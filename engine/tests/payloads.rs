@@ -122,16 +122,12 @@ async fn retention_removes_a_closed_runs_blobs_but_not_one_an_open_run_reference
     first.input = envelope(&shared);
     let first = engine.start_workflow(NS, first).await.expect("start");
     let task = poll_wf(&engine).await.expect("workflow task");
-    engine
-        .complete_workflow_task(
-            NS,
-            &task.task_id,
-            WORKER,
-            task.workflow_task_attempt,
-            &[json!({"type": "complete_workflow", "result": envelope(&result)})],
-        )
-        .await
-        .expect("completed");
+    complete(
+        &engine,
+        &task,
+        vec![json!({"type": "complete_workflow", "result": envelope(&result)})],
+    )
+    .await;
     let mut second = start("stays-open", "t");
     second.input = envelope(&shared);
     engine.start_workflow(NS, second).await.expect("start");

@@ -48,16 +48,7 @@ async fn schedule(engine: &Engine, id: &str, session: Value, n: usize) {
             })
         })
         .collect();
-    engine
-        .complete_workflow_task(
-            NS,
-            &task.task_id,
-            WORKER,
-            task.workflow_task_attempt,
-            &commands,
-        )
-        .await
-        .expect("activities scheduled");
+    support::complete(engine, &task, commands).await;
 }
 
 fn poll_as(worker: &str) -> Poll {

@@ -15,26 +15,13 @@ use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::KvStore;
 use keel_engine::tables;
 use keel_engine::transfer::{self, ExportRequest, TransferError, IMPORT_MARKER_KEY};
-use keel_engine::workflow::{CloseCommand, ListQuery, WorkflowTaskView};
+use keel_engine::workflow::{CloseCommand, ListQuery};
 use keel_engine::Engine;
 use serde_json::{json, Value};
 use support::*;
 
 const LEASE: Duration = Duration::from_secs(60);
 const IDS: [&str; 5] = ["done", "timer", "killed", "act", "ready"];
-
-async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
-    engine
-        .complete_workflow_task(
-            NS,
-            &task.task_id,
-            WORKER,
-            task.workflow_task_attempt,
-            &commands,
-        )
-        .await
-        .expect("completion accepted");
-}
 
 /// A source store holding, in `default`: a completed run, a running one waiting on a
 /// 60 s timer, a terminated one, a running one with a ready activity task, and one

@@ -65,18 +65,24 @@ pub async fn open(
     engine
 }
 
-/// Completes the run of workflow task `task` (leased by `WORKER`) with the `ARGS` blob.
-pub async fn complete_with_result(engine: &Engine, task: &WorkflowTaskView) {
+/// Completes workflow task `task` (leased by `WORKER`) with `commands`.
+pub async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
     engine
         .complete_workflow_task(
             NS,
             &task.task_id,
             WORKER,
             task.workflow_task_attempt,
-            &[json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": ARGS}})],
+            &commands,
         )
         .await
-        .expect("the workflow task completes");
+        .expect("completion accepted");
+}
+
+/// Completes the run of workflow task `task` with the `ARGS` blob as its result.
+pub async fn complete_with_result(engine: &Engine, task: &WorkflowTaskView) {
+    let result = json!({"type": "complete_workflow", "result": {"codec": "avro", "blob": ARGS}});
+    complete(engine, task, vec![result]).await;
 }
 
 /// Registers `worker_id` on `QUEUE` with `capabilities`.
