@@ -7,11 +7,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_engine::clock::{Clock, ManualClock};
+use keel_engine::clock::ManualClock;
 use keel_engine::namespaces::NamespacePatch;
 use keel_engine::payloads::{CompletionContext, PayloadRecord, PayloadStores, Upload};
 use keel_engine::storage::memory::MemoryStore;
-use keel_engine::storage::KvStore;
 use keel_engine::{Engine, EngineConfig};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -30,14 +29,7 @@ async fn engine_with(dir: &std::path::Path, reserve_bytes: u64) -> (Engine, Manu
         },
         ..EngineConfig::default()
     };
-    let engine = Engine::open(
-        Arc::new(store) as Arc<dyn KvStore>,
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        config,
-    )
-    .await
-    .expect("engine opens");
-    register(&engine, WORKER, &[]).await;
+    let engine = open_with_config(Arc::new(store), &clock, config, &[]).await;
     engine
         .set_external_storage(
             NS,
@@ -218,16 +210,12 @@ async fn the_operator_recovery_purge_releases_the_purged_runs_blobs() {
     req.input = envelope(&input);
     engine.start_workflow(NS, req).await.expect("start");
     let task = poll_wf(&engine).await.expect("workflow task");
-    engine
-        .complete_workflow_task(
-            NS,
-            &task.task_id,
-            WORKER,
-            task.workflow_task_attempt,
-            &[json!({"type": "fail_workflow", "message": "gave up"})],
-        )
-        .await
-        .expect("failed");
+    complete(
+        &engine,
+        &task,
+        vec![json!({"type": "fail_workflow", "message": "gave up"})],
+    )
+    .await;
     let outcome = engine
         .recover_stuck_workflow(
             NS,

@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_engine::clock::{Clock, ManualClock};
+use keel_engine::clock::ManualClock;
 use keel_engine::keys::prefix;
 use keel_engine::model::TaskKind;
 use keel_engine::storage::memory::MemoryStore;
@@ -43,15 +43,7 @@ async fn open_on(
         max_leases_per_queue,
         ..EngineConfig::default()
     };
-    let engine = Engine::open(
-        store.clone(),
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        config,
-    )
-    .await
-    .expect("engine opens");
-    register(&engine, WORKER, &[]).await;
-    engine
+    open_with_config(store.clone(), clock, config, &[]).await
 }
 
 /// `(ready, leased)` of `QUEUE` for `kind`.

@@ -54,13 +54,19 @@ pub async fn open(
         activity_task_lease: lease,
         ..EngineConfig::default()
     };
-    let engine = Engine::open(
-        Arc::new(store.clone()) as Arc<dyn KvStore>,
-        Arc::new(clock.clone()) as Arc<dyn Clock>,
-        config,
-    )
-    .await
-    .expect("engine opens");
+    open_with_config(Arc::new(store.clone()), clock, config, capabilities).await
+}
+
+/// Opens an engine with `config` on any store and registers `WORKER`.
+pub async fn open_with_config(
+    store: Arc<dyn KvStore>,
+    clock: &ManualClock,
+    config: EngineConfig,
+    capabilities: &[&str],
+) -> Engine {
+    let engine = Engine::open(store, Arc::new(clock.clone()) as Arc<dyn Clock>, config)
+        .await
+        .expect("engine opens");
     register(&engine, WORKER, capabilities).await;
     engine
 }
