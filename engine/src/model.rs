@@ -287,8 +287,9 @@ pub enum TaskStatus {
     Backoff,
 }
 
-/// A durable timer's identity; its key in the timer table.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A timer's identity: a durable timer's key in the timer table, or the identity of an
+/// in-memory one (see `timers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TimerKey {
     /// When it fires.
     pub fire_at_ms: Millis,
@@ -472,7 +473,7 @@ pub struct TaskRecord {
 }
 
 /// What a durable timer does when it fires.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum TimerAction {
     /// Return a leased task whose lease lapsed to the ready index.

@@ -6,10 +6,15 @@
 //! After a restart the first scan finds every timer whose time has passed and fires it at
 //! once. Timers due later than the window are picked up by the next scan.
 //!
+//! It also holds **in-memory timers**: timers without a row, which carry their action
+//! (a single-node store's task lease timers, see `kernel/tasks.rs`). They live only here,
+//! whatever the window, until they fire or are cancelled; whoever arms them rebuilds
+//! them after a restart from the records they guard.
+//!
 //! On a store shared by several nodes only one node fires (see `cluster`): the service of
-//! the others is disabled, holds nothing and drops what it is told of.
+//! the others is disabled, holds no row timer and drops what it is told of.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -18,7 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::{Clock, Millis};
 use crate::error::Result;
-use crate::model::TimerKey;
+use crate::model::{TimerAction, TimerKey};
 use crate::storage::{KvStore, ReadOptions};
 use crate::tables;
 
@@ -31,13 +36,23 @@ const RETRY_MS: Millis = 1_000;
 
 /// What firing a timer does; implemented by the engine.
 pub trait TimerHandler: Send + Sync + 'static {
-    /// Fires one timer; must be idempotent and tolerate an already-deleted row.
-    fn fire(&self, timer: TimerKey) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
+    /// Fires one timer: a row timer (`action` None: read from its row, which it deletes)
+    /// or an in-memory one (its `action`). Must be idempotent and tolerate an
+    /// already-deleted row.
+    fn fire(
+        &self,
+        timer: TimerKey,
+        action: Option<TimerAction>,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>>;
 }
+
+/// A loaded timer, ordered by when it is to fire (its own time, or later after a failed
+/// firing): the timer, and the action of an in-memory timer.
+type Due = BTreeMap<(Millis, TimerKey), Option<TimerAction>>;
 
 struct Loaded {
     enabled: bool,
-    due: BTreeSet<TimerKey>,
+    due: Due,
     /// Every timer before this time is in `due` or already fired (0: nothing scanned yet,
     /// so every timer told of is kept).
     until: Millis,
@@ -63,7 +78,7 @@ impl Timers {
         Timers {
             loaded: Mutex::new(Loaded {
                 enabled,
-                due: BTreeSet::new(),
+                due: BTreeMap::new(),
                 until: 0,
                 rescan: false,
             }),
@@ -71,8 +86,8 @@ impl Timers {
         }
     }
 
-    /// Starts or stops firing. Stopping forgets every loaded timer; starting scans the
-    /// store afresh.
+    /// Starts or stops firing. Stopping forgets every loaded row timer (in-memory timers
+    /// stay, unfired); starting scans the store afresh.
     pub fn set_enabled(&self, enabled: bool) {
         let mut loaded = self
             .loaded
@@ -82,7 +97,7 @@ impl Timers {
             return;
         }
         loaded.enabled = enabled;
-        loaded.due.clear();
+        loaded.due.retain(|_, action| action.is_some());
         loaded.until = 0;
         self.wake.notify_one();
     }
@@ -115,11 +130,61 @@ impl Timers {
             .lock()
             .expect("invariant: timer lock not poisoned");
         if loaded.enabled && (loaded.until == 0 || timer.fire_at_ms < loaded.until) {
-            let earliest = loaded.due.first().is_none_or(|first| timer < *first);
-            loaded.due.insert(timer);
-            if earliest {
-                self.wake.notify_one();
-            }
+            self.insert(&mut loaded, timer, None);
+        }
+    }
+
+    /// Arms an in-memory timer: `action` fires at `timer.fire_at_ms` unless cancelled.
+    pub fn schedule_in_memory(&self, timer: TimerKey, action: TimerAction) {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
+        self.insert(&mut loaded, timer, Some(action));
+    }
+
+    /// Cancels an in-memory timer (one that already fired or never was is no error).
+    pub fn cancel_in_memory(&self, timer: &TimerKey) {
+        self.loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned")
+            .due
+            .remove(&(timer.fire_at_ms, timer.clone()));
+    }
+
+    /// The in-memory timers due at `now`, left in place (for inline firing).
+    pub fn in_memory_due(&self, now: Millis) -> Vec<(TimerKey, TimerAction)> {
+        let loaded = self
+            .loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned");
+        loaded
+            .due
+            .range(..(now + 1, TimerKey::default()))
+            .filter_map(|((_, t), a)| a.clone().map(|a| (t.clone(), a)))
+            .collect()
+    }
+
+    /// How many in-memory timers are armed.
+    pub fn in_memory_len(&self) -> usize {
+        self.loaded
+            .lock()
+            .expect("invariant: timer lock not poisoned")
+            .due
+            .values()
+            .filter(|a| a.is_some())
+            .count()
+    }
+
+    fn insert(&self, loaded: &mut Loaded, timer: TimerKey, action: Option<TimerAction>) {
+        let at = timer.fire_at_ms;
+        let earliest = loaded
+            .due
+            .first_key_value()
+            .is_none_or(|(first, _)| at < first.0);
+        loaded.due.insert((at, timer), action);
+        if earliest {
+            self.wake.notify_one();
         }
     }
 
@@ -156,30 +221,34 @@ impl Timers {
             .lock()
             .expect("invariant: timer lock not poisoned");
         if loaded.enabled {
-            loaded.due.extend(found);
+            loaded
+                .due
+                .extend(found.into_iter().map(|t| ((t.fire_at_ms, t), None)));
             loaded.until = until;
         }
         Ok(())
     }
 
-    fn take_due(&self, now: Millis) -> (Vec<TimerKey>, Millis) {
+    fn take_due(&self, now: Millis) -> (Vec<(TimerKey, Option<TimerAction>)>, Millis) {
         let mut loaded = self
             .loaded
             .lock()
             .expect("invariant: timer lock not poisoned");
         let mut due = Vec::new();
         while due.len() < FIRE_BATCH {
-            match loaded.due.first() {
-                Some(t) if t.fire_at_ms <= now => {
-                    due.push(loaded.due.pop_first().expect("invariant: first exists"))
+            match loaded.due.first_key_value() {
+                Some(((at, _), _)) if *at <= now => {
+                    let ((_, timer), action) =
+                        loaded.due.pop_first().expect("invariant: first exists");
+                    due.push((timer, action));
                 }
                 _ => break,
             }
         }
         let next = loaded
             .due
-            .first()
-            .map(|t| t.fire_at_ms)
+            .first_key_value()
+            .map(|((at, _), _)| *at)
             .unwrap_or(Millis::MAX)
             .min(loaded.until);
         (due, next)
@@ -227,19 +296,21 @@ impl Timers {
             }
             let (due, next) = self.take_due(now);
             if !due.is_empty() {
-                let results =
-                    futures::future::join_all(due.iter().map(|t| handler.fire(t.clone()))).await;
-                for (timer, result) in due.into_iter().zip(results) {
+                let results = futures::future::join_all(
+                    due.iter()
+                        .map(|(t, action)| handler.fire(t.clone(), action.clone())),
+                )
+                .await;
+                for ((timer, action), result) in due.into_iter().zip(results) {
                     if let Err(e) = result {
                         tracing::warn!(error = %e, timer_id = %timer.timer_id, "timer firing failed; will retry");
+                        // Same timer, later: its identity (the row key, or what the
+                        // in-memory timer's owner compares) does not change.
                         self.loaded
                             .lock()
                             .expect("invariant: timer lock not poisoned")
                             .due
-                            .insert(TimerKey {
-                                fire_at_ms: clock.now_ms() + RETRY_MS,
-                                ..timer
-                            });
+                            .insert((clock.now_ms() + RETRY_MS, timer), action);
                     }
                 }
                 continue;
@@ -257,5 +328,111 @@ impl Timers {
                 _ = stop.changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::storage::memory::MemoryStore;
+
+    /// Records every firing; fails the first one.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(TimerKey, Option<TimerAction>)>>);
+
+    impl TimerHandler for Recorder {
+        fn fire(
+            &self,
+            timer: TimerKey,
+            action: Option<TimerAction>,
+        ) -> Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> {
+            let mut fired = self.0.lock().expect("recorder lock");
+            fired.push((timer, action));
+            let first = fired.len() == 1;
+            Box::pin(async move {
+                if first {
+                    Err(crate::error::Error::conflict(
+                        "injected",
+                        "injected failure",
+                    ))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    fn lease(task_id: &str) -> TimerAction {
+        TimerAction::LeaseExpiry {
+            task_id: task_id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_timer_whose_firing_failed_is_retried_as_the_same_timer() {
+        let timers = Arc::new(Timers::new(true));
+        let clock = ManualClock::new(1_000);
+        let recorder = Arc::new(Recorder::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let service = tokio::spawn(timers.clone().run(
+            Arc::new(MemoryStore::new()),
+            Arc::new(clock.clone()),
+            recorder.clone(),
+            stop_rx,
+        ));
+        let key = TimerKey {
+            fire_at_ms: 2_000,
+            timer_id: "t".into(),
+        };
+        timers.schedule_in_memory(key.clone(), lease("a"));
+        clock.advance(std::time::Duration::from_millis(1_000 + RETRY_MS as u64));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while recorder.0.lock().expect("recorder lock").len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no retry");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            clock.advance(std::time::Duration::from_millis(RETRY_MS as u64));
+        }
+        let fired = recorder.0.lock().expect("recorder lock").clone();
+        assert_eq!(fired[0], (key.clone(), Some(lease("a"))));
+        assert_eq!(
+            fired[1],
+            (key, Some(lease("a"))),
+            "same identity and action"
+        );
+        assert_eq!(timers.in_memory_len(), 0);
+        stop.send(true).expect("stop");
+        service.await.expect("service ends");
+    }
+
+    #[test]
+    fn in_memory_timers_are_cancelled_by_identity_and_outlive_a_disabled_service() {
+        let timers = Timers::new(true);
+        let (a, b) = (
+            TimerKey {
+                fire_at_ms: 5,
+                timer_id: "a".into(),
+            },
+            TimerKey {
+                fire_at_ms: 9,
+                timer_id: "b".into(),
+            },
+        );
+        timers.schedule_in_memory(a.clone(), lease("a"));
+        timers.schedule_in_memory(b.clone(), lease("b"));
+        timers.schedule(TimerKey {
+            fire_at_ms: 1,
+            timer_id: "row".into(),
+        });
+        assert_eq!(timers.in_memory_due(5), vec![(a.clone(), lease("a"))]);
+        timers.cancel_in_memory(&a);
+        timers.set_enabled(false);
+        assert_eq!(timers.in_memory_len(), 1);
+        assert_eq!(timers.in_memory_due(100), vec![(b, lease("b"))]);
+        assert_eq!(
+            timers.loaded.lock().expect("lock").due.len(),
+            1,
+            "the row timer was forgotten"
+        );
     }
 }

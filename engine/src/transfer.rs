@@ -755,9 +755,10 @@ pub async fn import(
                 .into(),
         ));
     }
-    // On a multi-node target the per-queue counts are durable rows: recounted from the
-    // imported task rows (a single-node source writes none, or holds stale ones).
-    crate::kernel::rewrite_counter_rows(store, &done.header.namespaces).await?;
+    // On a multi-node target the per-queue counts and lease timers are durable rows:
+    // recounted and written from the imported task rows (a single-node source writes no
+    // lease timer rows and no counters, or holds stale ones).
+    crate::kernel::rewrite_counter_and_lease_rows(store, &done.header.namespaces).await?;
     // Complete: the marker goes last.
     {
         let mut txn = store.begin().await?;

@@ -14,13 +14,19 @@ pub(crate) type SessionHolder = (String, String, Option<(String, Millis)>, Vec<Q
 /// transaction is durable (or may be: every effect is re-checked against storage, so a
 /// spurious one costs a lookup, while a missing one would strand a task or a lease).
 pub(crate) struct Effects {
-    /// Whether per-queue counts are durable counter rows (a multi-node store) rather
-    /// than the in-memory counts `counts` feeds (see `queue_counts`).
-    pub durable_counts: bool,
+    /// Whether the store is multi-node: per-queue counts are durable counter rows and
+    /// task lease timers durable timer rows, rather than kept in memory (see
+    /// `queue_counts` and `tasks`).
+    pub multi_node: bool,
     /// Changes to the in-memory per-queue counts (single-node stores only).
     pub counts: Vec<(QueueKey, QueueCounter, i64)>,
     pub ready: Vec<(QueueKey, TaskHint)>,
+    /// Durable timers written.
     pub timers: Vec<TimerKey>,
+    /// In-memory lease timers armed: the timer and its task (single-node stores only).
+    pub lease_timers: Vec<(TimerKey, String)>,
+    /// In-memory lease timers whose lease ended (single-node stores only).
+    pub lease_timers_ended: Vec<TimerKey>,
     /// Updates whose status changed: their waiting callers re-read them.
     pub updates: Vec<String>,
     /// Worker sessions whose holder changed: `(namespace, session_id, holder and until
@@ -34,14 +40,15 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
-    /// No effects yet, for a transaction on a store whose per-queue counts are durable
-    /// (`durable_counts`: a multi-node store) or kept in memory.
-    pub fn new(durable_counts: bool) -> Self {
+    /// No effects yet, for a transaction on a `multi_node` store or a single-node one.
+    pub fn new(multi_node: bool) -> Self {
         Effects {
-            durable_counts,
+            multi_node,
             counts: Vec::new(),
             ready: Vec::new(),
             timers: Vec::new(),
+            lease_timers: Vec::new(),
+            lease_timers_ended: Vec::new(),
             updates: Vec::new(),
             session_holders: Vec::new(),
             session_slots: Vec::new(),

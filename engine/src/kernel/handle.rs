@@ -116,6 +116,12 @@ impl Engine {
         self.inner.timers.enabled()
     }
 
+    /// How many in-memory timers are armed (a single-node store's lease timers: one per
+    /// leased task).
+    pub fn in_memory_timers(&self) -> usize {
+        self.inner.timers.in_memory_len()
+    }
+
     /// The current time on the engine's clock.
     pub fn now_ms(&self) -> Millis {
         self.inner.clock.now_ms()
@@ -157,8 +163,11 @@ impl Engine {
             body,
             |mut effects| {
                 unknown = true;
-                // Counted only once known committed (see `queue_counts`).
+                // Counted only once known committed (see `queue_counts`), and a lease
+                // timer is cancelled only then (a lease that stays with no timer would
+                // strand its task; a spurious firing is a no-op).
                 effects.counts.clear();
+                effects.lease_timers_ended.clear();
                 self.apply(effects);
             },
         )
@@ -195,6 +204,14 @@ impl Engine {
         }
         for timer in effects.timers {
             self.inner.timers.schedule(timer);
+        }
+        for timer in &effects.lease_timers_ended {
+            self.inner.timers.cancel_in_memory(timer);
+        }
+        for (timer, task_id) in effects.lease_timers {
+            self.inner
+                .timers
+                .schedule_in_memory(timer, crate::model::TimerAction::LeaseExpiry { task_id });
         }
         for update_id in effects.updates {
             self.inner.queries.wake_update(&update_id);

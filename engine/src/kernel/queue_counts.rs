@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::keys::KeyReader;
 use crate::matching::QueueKey;
-use crate::model::{TaskKind, TaskRecord, TaskStatus};
+use crate::model::{TaskKind, TaskRecord, TaskStatus, TimerAction, TimerKey};
 use crate::storage::{KeyRange, KvStore, KvTxn, ReadOptions};
 use crate::tables::{self, QueueCounter};
 
@@ -152,7 +152,7 @@ pub(crate) fn count(
     counter: QueueCounter,
     delta: i64,
 ) {
-    if fx.durable_counts {
+    if fx.multi_node {
         txn.atomic_add(
             &tables::queue_counter_key(&task.namespace, &task.task_queue, task.kind, counter),
             delta,
@@ -212,26 +212,38 @@ impl Engine {
     }
 
     /// On a single-node store, counts the open tasks (every task row) into the in-memory
-    /// counts; run at open, before anything changes a task.
-    pub(crate) async fn rebuild_queue_counts(&self) -> Result<()> {
+    /// counts and re-arms the in-memory lease timers of the leased ones (see
+    /// `kernel/tasks.rs`); run at open, before anything changes a task.
+    pub(crate) async fn rebuild_counts_and_lease_timers(&self) -> Result<()> {
         if self.inner.counts.durable() {
             return Ok(());
         }
-        let counts = count_task_rows(self.inner.store.as_ref(), |_| true).await?;
-        let queues = counts.len();
+        let (counts, leases) = scan_task_rows(self.inner.store.as_ref(), |_| true).await?;
+        let (queues, leased) = (counts.len(), leases.len());
         self.inner.counts.replace(counts);
-        tracing::info!(queues, "queue counts rebuilt from task rows");
+        for (timer, task_id) in leases {
+            self.inner
+                .timers
+                .schedule_in_memory(timer, TimerAction::LeaseExpiry { task_id });
+        }
+        tracing::info!(
+            queues,
+            leased,
+            "queue counts and lease timers rebuilt from task rows"
+        );
         Ok(())
     }
 }
 
-/// Counts the task rows of the namespaces `keep` admits, per queue and kind (pages of
-/// snapshot reads, each its own transaction: for open and offline tools).
-async fn count_task_rows(
+/// What the task rows of the namespaces `keep` admits hold: the counts per queue and
+/// kind, and the lease timers of the leased tasks (pages of snapshot reads, each its own
+/// transaction: for open and offline tools).
+async fn scan_task_rows(
     store: &dyn KvStore,
     keep: impl Fn(&str) -> bool,
-) -> Result<BTreeMap<CountKey, [i64; 2]>> {
+) -> Result<(BTreeMap<CountKey, [i64; 2]>, Vec<(TimerKey, String)>)> {
     let mut counts: BTreeMap<CountKey, [i64; 2]> = BTreeMap::new();
+    let mut leases = Vec::new();
     let mut range = Some(KeyRange::prefix(&[crate::keys::prefix::TASK]));
     while let Some(r) = range {
         let mut txn = store.begin().await?;
@@ -241,6 +253,7 @@ async fn count_task_rows(
             if !keep(&task.namespace) {
                 continue;
             }
+            leases.extend(super::tasks::lease_timers_of([&task]));
             let entry = counts
                 .entry((task.namespace, task.task_queue, task.kind.code()))
                 .or_default();
@@ -252,18 +265,32 @@ async fn count_task_rows(
         }
         range = rest;
     }
-    Ok(counts)
+    Ok((counts, leases))
 }
 
 /// On a multi-node store, rewrites the counter rows of `namespaces` from their task rows
-/// (an import: the file may come from a single-node store, whose counter rows are
-/// missing or stale). Does nothing on a single-node store. Offline only: a transition
-/// racing it could be counted twice or not at all.
-pub(crate) async fn rewrite_counter_rows(store: &dyn KvStore, namespaces: &[String]) -> Result<()> {
+/// and writes the lease timer row of every leased task (an import: the file may come
+/// from a single-node store, whose counter rows are missing or stale and which keeps
+/// lease timers in memory). Does nothing on a single-node store. Offline only: a
+/// transition racing it could be counted twice or not at all.
+pub(crate) async fn rewrite_counter_and_lease_rows(
+    store: &dyn KvStore,
+    namespaces: &[String],
+) -> Result<()> {
     if !store.capabilities().multi_node {
         return Ok(());
     }
-    let counts = count_task_rows(store, |ns| namespaces.iter().any(|n| n == ns)).await?;
+    let (counts, leases) = scan_task_rows(store, |ns| namespaces.iter().any(|n| n == ns)).await?;
+    for chunk in leases.chunks(512) {
+        let mut txn = store.begin().await?;
+        for (timer, task_id) in chunk {
+            let action = TimerAction::LeaseExpiry {
+                task_id: task_id.clone(),
+            };
+            tables::put(txn.as_mut(), &tables::timer_key(timer), &action)?;
+        }
+        txn.commit().await?;
+    }
     for ns in namespaces {
         let mut txn = store.begin().await?;
         txn.clear_range(&tables::queue_counters_range(ns));

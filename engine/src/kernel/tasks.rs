@@ -4,9 +4,18 @@
 //! its ready-index key (and the Ready count); `Leased`: its lease timer (and the Leased
 //! count); `Backoff`: its backoff timer. Every change of status goes through here. The
 //! counts are kept as `queue_counts` says (durable rows or in memory, by store).
+//!
+//! Lease timers are kept like the counts: on a **multi-node** store a durable timer row
+//! (whichever node fires timers must find it, also after this node died); on a
+//! **single-node** store an in-memory timer of the timer service, armed and cancelled
+//! only after commit and re-armed at open from the leased task rows
+//! ([`lease_timers_of`]), as the row `lease.timer` and `lease.expires_at_ms` are the
+//! truth. Either way firing compares the timer with the task's current `lease.timer`, so
+//! a timer of an earlier lease never touches the task.
 
 use crate::clock::Millis;
 use crate::error::Result;
+use crate::ids;
 use crate::model::{TaskRecord, TaskStatus, TimerAction, TimerKey};
 use crate::storage::KvTxn;
 use crate::tables::{self, QueueCounter};
@@ -94,7 +103,7 @@ pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut 
         }
         TaskStatus::Leased => {
             if let Some(lease) = &task.lease {
-                txn.clear(&tables::timer_key(&lease.timer));
+                end_lease_timer(txn, &lease.timer, fx);
             }
             count(txn, fx, task, QueueCounter::Leased, -1);
             fx.session_slot_freed(task);
@@ -149,10 +158,7 @@ pub(crate) async fn fire_lease_expiry(
     }
     let expires = task.lease.as_ref().map_or(now, |l| l.expires_at_ms);
     if expires > now {
-        let action = TimerAction::LeaseExpiry {
-            task_id: task_id.to_string(),
-        };
-        let next = put_timer(txn, expires, &action, fx)?;
+        let next = arm_lease_timer(txn, task_id, expires, fx)?;
         if let Some(lease) = task.lease.as_mut() {
             lease.timer = next;
         }
@@ -162,6 +168,52 @@ pub(crate) async fn fire_lease_expiry(
         crate::metrics::lease_expired(task.kind);
         make_ready(txn, &mut task, now, fx)
     }
+}
+
+/// Arms the timer that ends a lease of `task_id` at `expires_at_ms` (a durable row or an
+/// in-memory timer, by store: see the module docs) and returns it.
+pub(crate) fn arm_lease_timer(
+    txn: &mut dyn KvTxn,
+    task_id: &str,
+    expires_at_ms: Millis,
+    fx: &mut Effects,
+) -> Result<TimerKey> {
+    if fx.multi_node {
+        let action = TimerAction::LeaseExpiry {
+            task_id: task_id.to_string(),
+        };
+        return put_timer(txn, expires_at_ms, &action, fx);
+    }
+    let timer = TimerKey {
+        fire_at_ms: expires_at_ms,
+        timer_id: ids::new_id(expires_at_ms),
+    };
+    fx.lease_timers.push((timer.clone(), task_id.to_string()));
+    Ok(timer)
+}
+
+/// Ends a lease's timer (the lease ended another way than by it firing).
+pub(crate) fn end_lease_timer(txn: &mut dyn KvTxn, timer: &TimerKey, fx: &mut Effects) {
+    if fx.multi_node {
+        txn.clear(&tables::timer_key(timer));
+    } else {
+        fx.lease_timers_ended.push(timer.clone());
+    }
+}
+
+/// The lease timers `tasks` hold (leased ones), to re-arm in memory at open.
+pub(crate) fn lease_timers_of<'a>(
+    tasks: impl IntoIterator<Item = &'a TaskRecord>,
+) -> Vec<(TimerKey, String)> {
+    tasks
+        .into_iter()
+        .filter(|t| t.status == TaskStatus::Leased)
+        .filter_map(|t| {
+            t.lease
+                .as_ref()
+                .map(|l| (l.timer.clone(), t.task_id.clone()))
+        })
+        .collect()
 }
 
 /// A backoff timer fired: the task is ready again if this is still its backoff.

@@ -55,13 +55,13 @@ where
     F: for<'t> FnMut(&'t mut Tx<'env>) -> TxFuture<'t, T>,
 {
     let mut attempts = Attempts::new(RetryPolicy::default());
-    let durable_counts = store.capabilities().multi_node;
+    let multi_node = store.capabilities().multi_node;
     loop {
         let outcome = async {
             let mut tx = Tx {
                 txn: store.begin().await?,
                 now: clock.now_ms(),
-                fx: Effects::new(durable_counts),
+                fx: Effects::new(multi_node),
                 env: PhantomData,
             };
             let value = body(&mut tx).await?;

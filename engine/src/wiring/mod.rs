@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::error::Result;
 use crate::kernel::{Engine, EngineConfig, Inner};
 use crate::matching::Matching;
-use crate::model::TimerKey;
+use crate::model::{TimerAction, TimerKey};
 use crate::storage::KvStore;
 use crate::sync::Arc;
 use crate::timers::{TimerHandler, Timers};
@@ -27,10 +27,11 @@ impl TimerHandler for TimerBridge {
     fn fire(
         &self,
         timer: TimerKey,
+        action: Option<TimerAction>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
         Box::pin(async move {
             match self.0.upgrade() {
-                Some(inner) => Engine { inner }.fire_timer(timer).await,
+                Some(inner) => Engine { inner }.fire_timer_with(timer, action).await,
                 None => Ok(()),
             }
         })
@@ -39,8 +40,8 @@ impl TimerHandler for TimerBridge {
 
 impl Engine {
     /// Opens the engine on `store`: creates the default namespace on first start,
-    /// rebuilds the ready index (and, on a single-node store, the per-queue counts) from
-    /// storage, and starts the timer service.
+    /// rebuilds the ready index (and, on a single-node store, the per-queue counts and
+    /// lease timers) from storage, and starts the timer service.
     pub async fn open(
         store: Arc<dyn KvStore>,
         clock: Arc<dyn Clock>,
@@ -91,7 +92,7 @@ impl Engine {
             .ensure_namespace(&engine.inner.config.default_namespace.clone())
             .await?;
         engine.rebuild_ready_index().await?;
-        engine.rebuild_queue_counts().await?;
+        engine.rebuild_counts_and_lease_timers().await?;
         let handler: Arc<dyn TimerHandler> = Arc::new(TimerBridge(Arc::downgrade(&engine.inner)));
         let mut services = vec![tokio::spawn(engine.inner.timers.clone().run(
             engine.inner.store.clone(),

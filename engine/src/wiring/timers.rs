@@ -9,9 +9,10 @@ use crate::{keys, tables};
 use crate::kernel::Engine;
 
 impl Engine {
-    /// Fires every durable timer due now, inline (at most `limit`); returns how many
-    /// fired. The timer service does the same in the background; both are idempotent,
-    /// so tests and operator passes can use this to settle time deterministically.
+    /// Fires every timer due now, inline: durable ones (at most `limit`) and in-memory
+    /// ones; returns how many fired. The timer service does the same in the background;
+    /// both are idempotent, so tests and operator passes can use this to settle time
+    /// deterministically.
     pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
         let due = {
             let mut txn = self.inner.store.begin().await?;
@@ -33,24 +34,46 @@ impl Engine {
                 fired += 1;
             }
         }
+        for (timer, action) in self.inner.timers.in_memory_due(self.now_ms()) {
+            self.fire_timer_with(timer.clone(), Some(action)).await?;
+            self.inner.timers.cancel_in_memory(&timer);
+            fired += 1;
+        }
         Ok(fired)
     }
 
     /// Fires one durable timer (idempotent: the row is deleted in the transaction that
     /// acts on it, and a missing row means it already fired).
     pub async fn fire_timer(&self, timer: TimerKey) -> Result<()> {
+        self.fire_timer_with(timer, None).await
+    }
+
+    /// Fires a durable timer (`action` None) or an in-memory one with its `action`
+    /// (idempotent as its owner checks the timer is still current).
+    pub(crate) async fn fire_timer_with(
+        &self,
+        timer: TimerKey,
+        action: Option<TimerAction>,
+    ) -> Result<()> {
         let timer = &timer;
+        let action = &action;
         let http = &self.inner.config.service_http;
         let dispatched = self
             .transact(move |tx| {
                 Box::pin(async move {
                     let now = tx.now;
                     let (txn, fx) = (tx.txn.as_mut(), &mut tx.fx);
-                    let key = tables::timer_key(timer);
-                    let Some(action) = tables::get::<TimerAction>(txn, &key).await? else {
-                        return Ok(None);
+                    let action = match action {
+                        Some(action) => action.clone(),
+                        None => {
+                            let key = tables::timer_key(timer);
+                            let Some(action) = tables::get::<TimerAction>(txn, &key).await? else {
+                                return Ok(None);
+                            };
+                            tables::delete(txn, &key).await?;
+                            action
+                        }
                     };
-                    tables::delete(txn, &key).await?;
                     if let TimerAction::ServiceCallDispatch {
                         namespace,
                         endpoint_name,

@@ -455,12 +455,6 @@ fn check_activity_lease(
     Ok(())
 }
 
-fn lease_timer_action(task_id: &str) -> TimerAction {
-    TimerAction::LeaseExpiry {
-        task_id: task_id.to_string(),
-    }
-}
-
 /// Parallel-group and selection fields that the server copies from a command into its
 /// events, so the SDK can reorder group results on replay.
 fn group_fields(command: &Map<String, Value>) -> Map<String, Value> {

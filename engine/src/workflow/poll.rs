@@ -4,10 +4,10 @@
 use crate::kernel::{self, Begin, PollRequestKey};
 
 use super::{
-    check_workflow_lease, flush_deferred_signals, format_timestamp, history, ids, json,
-    lease_timer_action, load_task, merge, tables, ActivityTaskView, Effects, Engine, Error, KvTxn,
-    Lease, Map, Millis, Poll, QueueKey, RejectKind, Result, RunRecord, RunStatus, Take, TaskHint,
-    TaskKind, TaskRecord, TaskStatus, Value, WorkflowTaskView,
+    check_workflow_lease, flush_deferred_signals, format_timestamp, history, ids, json, load_task,
+    merge, tables, ActivityTaskView, Effects, Engine, Error, KvTxn, Lease, Map, Millis, Poll,
+    QueueKey, RejectKind, Result, RunRecord, RunStatus, Take, TaskHint, TaskKind, TaskRecord,
+    TaskStatus, Value, WorkflowTaskView,
 };
 
 impl Engine {
@@ -268,8 +268,7 @@ impl Engine {
                     }
                 }
                 let expires_at_ms = now + lease_ms;
-                let timer =
-                    kernel::put_timer(txn, expires_at_ms, &lease_timer_action(&task.task_id), fx)?;
+                let timer = kernel::arm_lease_timer(txn, &task.task_id, expires_at_ms, fx)?;
                 task.status = TaskStatus::Leased;
                 kernel::count(txn, fx, &task, tables::QueueCounter::Leased, 1);
                 task.attempt += 1;

@@ -142,9 +142,9 @@ async fn repair_task(
             Ok(Some(true))
         }
         TaskStatus::Leased if lapsed => {
-            // `make_ready` settles the leased count; only the lease's timer row remains.
+            // `make_ready` settles the leased count; only the lease's timer remains.
             if let Some(lease) = &task.lease {
-                txn.clear(&tables::timer_key(&lease.timer));
+                kernel::end_lease_timer(txn, &lease.timer, fx);
             }
             kernel::make_ready(txn, &mut task, now, fx)?;
             tables::put(txn, &tkey, &task)?;

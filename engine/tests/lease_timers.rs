@@ -1,0 +1,216 @@
+//! Task lease timers: durable timer rows on a multi-node store (the simulated store), in
+//! memory on a single-node one (the memory store), re-armed from the leased task rows at
+//! open. Either way a lapsed lease makes its task ready again, also across a restart and
+//! after heartbeats renewed it, and a lease that ends leaves no timer behind.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::clock::ManualClock;
+use keel_engine::keys::prefix;
+use keel_engine::storage::memory::MemoryStore;
+use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
+use keel_engine::storage::{KeyRange, KvStore, ReadOptions};
+use keel_engine::transfer::{self, ExportRequest};
+use keel_engine::{Engine, EngineConfig};
+use serde_json::json;
+use support::*;
+
+const LEASE: Duration = Duration::from_secs(10);
+
+async fn open_on(store: &Arc<dyn KvStore>, clock: &ManualClock) -> Engine {
+    let config = EngineConfig {
+        workflow_task_lease: LEASE,
+        activity_task_lease: LEASE,
+        ..EngineConfig::default()
+    };
+    open_with_config(store.clone(), clock, config, &[]).await
+}
+
+fn memory_store() -> Arc<dyn KvStore> {
+    Arc::new(MemoryStore::new())
+}
+
+fn simulated_store() -> Arc<dyn KvStore> {
+    Arc::new(SimulatedStore::new(FaultConfig::none()))
+}
+
+/// How many timer rows the store holds.
+async fn timer_rows(store: &Arc<dyn KvStore>) -> usize {
+    let mut txn = store.begin().await.expect("begin");
+    txn.get_range(
+        &KeyRange::prefix(&[prefix::TIMER]),
+        ReadOptions::limit(10_000).snapshot(),
+    )
+    .await
+    .expect("range read")
+    .len()
+}
+
+/// Fires what is due and returns the workflow task polled then, if any.
+async fn settle_and_poll(engine: &Engine) -> Option<keel_engine::workflow::WorkflowTaskView> {
+    engine.fire_due_timers(100).await.expect("timers fire");
+    poll_wf(engine).await
+}
+
+#[tokio::test]
+async fn a_single_node_lease_is_timed_in_memory_and_a_multi_node_lease_by_a_timer_row() {
+    for (name, store, rows, in_memory) in [
+        ("memory", memory_store(), 0, 1),
+        ("simulated", simulated_store(), 1, 0),
+    ] {
+        let clock = ManualClock::new(START);
+        let engine = open_on(&store, &clock).await;
+        engine
+            .start_workflow(NS, start("timed", "t"))
+            .await
+            .expect("start");
+        let first = poll_wf(&engine).await.expect("leased");
+        assert_eq!(timer_rows(&store).await, rows, "{name}: timer rows");
+        assert_eq!(engine.in_memory_timers(), in_memory, "{name}: in memory");
+
+        clock.advance(LEASE + Duration::from_secs(1));
+        let again = settle_and_poll(&engine)
+            .await
+            .expect("the lapsed task again");
+        assert_eq!(again.task_id, first.task_id, "{name}");
+        assert_eq!(again.workflow_task_attempt, 2, "{name}");
+        engine.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_lease_taken_before_a_restart_lapses_after_it() {
+    let store = memory_store();
+    let clock = ManualClock::new(START);
+    let engine = open_on(&store, &clock).await;
+    engine
+        .start_workflow(NS, start("restarted", "t"))
+        .await
+        .expect("start");
+    let first = poll_wf(&engine).await.expect("leased");
+    engine.stop().await;
+
+    let engine = open_on(&store, &clock).await;
+    assert_eq!(engine.in_memory_timers(), 1, "re-armed from the task row");
+    assert!(settle_and_poll(&engine).await.is_none(), "still leased");
+    clock.advance(LEASE + Duration::from_secs(1));
+    let again = settle_and_poll(&engine)
+        .await
+        .expect("lapsed after the restart");
+    assert_eq!(again.task_id, first.task_id);
+    assert_eq!(again.workflow_task_attempt, 2);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_lease_renewed_before_a_restart_lapses_at_its_renewed_expiry() {
+    let store = memory_store();
+    let clock = ManualClock::new(START);
+    let engine = open_on(&store, &clock).await;
+    engine
+        .start_workflow(NS, start("renewed", "t"))
+        .await
+        .expect("start");
+    let task = poll_wf(&engine).await.expect("leased");
+    clock.advance(Duration::from_secs(8));
+    engine
+        .heartbeat_workflow_task(NS, &task.task_id, WORKER, 1)
+        .await
+        .expect("renews to 18 s");
+    engine.stop().await;
+
+    let engine = open_on(&store, &clock).await;
+    clock.advance(Duration::from_secs(4)); // 12 s: past the first expiry only
+    assert!(
+        settle_and_poll(&engine).await.is_none(),
+        "renewed lease holds"
+    );
+    assert_eq!(
+        engine.in_memory_timers(),
+        1,
+        "re-armed at the renewed expiry"
+    );
+    clock.advance(Duration::from_secs(7)); // 19 s
+    let again = settle_and_poll(&engine).await.expect("lapsed at 18 s");
+    assert_eq!(again.workflow_task_attempt, 2);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_lease_that_ends_by_a_report_leaves_no_timer_armed() {
+    let store = memory_store();
+    let clock = ManualClock::new(START);
+    let engine = open_on(&store, &clock).await;
+    engine
+        .start_workflow(NS, start("ended", "t"))
+        .await
+        .expect("start");
+    let wf = poll_wf(&engine).await.expect("leased");
+    let schedule = json!({"type": "schedule_activity", "activity_type": "act",
+        "arguments": {"codec": "avro", "blob": ARGS}, "queue": QUEUE});
+    complete(&engine, &wf, vec![schedule]).await;
+    assert_eq!(engine.in_memory_timers(), 0, "workflow task completed");
+
+    let act = poll_act(&engine).await.expect("activity leased");
+    assert_eq!(engine.in_memory_timers(), 1);
+    engine
+        .complete_activity_task(
+            NS,
+            &act.task_id,
+            &act.activity_attempt_id,
+            WORKER,
+            &json!(1),
+        )
+        .await
+        .expect("activity completes");
+    assert_eq!(engine.in_memory_timers(), 0, "activity completed");
+
+    let wf = poll_wf(&engine).await.expect("next workflow task");
+    complete_with_result(&engine, &wf).await;
+    assert_eq!(engine.in_memory_timers(), 0, "run closed");
+    assert_eq!(timer_rows(&store).await, 0, "and no row was ever written");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_into_a_multi_node_store_writes_the_lease_timers_a_single_node_source_kept_in_memory(
+) {
+    let source = memory_store();
+    let clock = ManualClock::new(START);
+    let engine = open_on(&source, &clock).await;
+    engine
+        .start_workflow(NS, start("moved", "t"))
+        .await
+        .expect("start");
+    let first = poll_wf(&engine).await.expect("leased");
+    engine.stop().await;
+    let mut file = Vec::new();
+    transfer::export(
+        source.as_ref(),
+        &ExportRequest {
+            namespaces: vec![NS.to_string()],
+            source: "memory:test".into(),
+            now_ms: START,
+        },
+        &mut file,
+    )
+    .await
+    .expect("export");
+
+    let target = simulated_store();
+    let verified = transfer::verify(&mut &file[..]).expect("verify");
+    transfer::import(target.as_ref(), &mut &file[..], &verified)
+        .await
+        .expect("import");
+    assert_eq!(timer_rows(&target).await, 1, "the lease's timer row");
+    let engine = open_on(&target, &clock).await;
+    clock.advance(LEASE + Duration::from_secs(1));
+    let again = settle_and_poll(&engine)
+        .await
+        .expect("lapsed on the target");
+    assert_eq!(again.task_id, first.task_id);
+    engine.stop().await;
+}
