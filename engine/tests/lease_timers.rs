@@ -12,8 +12,9 @@ use keel_engine::clock::ManualClock;
 use keel_engine::keys::prefix;
 use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
-use keel_engine::storage::{KeyRange, KvStore, ReadOptions};
+use keel_engine::storage::KvStore;
 use keel_engine::transfer::{self, ExportRequest};
+use keel_engine::workflow::WorkflowTaskView;
 use keel_engine::{Engine, EngineConfig};
 use serde_json::json;
 use support::*;
@@ -37,20 +38,27 @@ fn simulated_store() -> Arc<dyn KvStore> {
     Arc::new(SimulatedStore::new(FaultConfig::none()))
 }
 
-/// How many timer rows the store holds.
 async fn timer_rows(store: &Arc<dyn KvStore>) -> usize {
-    let mut txn = store.begin().await.expect("begin");
-    txn.get_range(
-        &KeyRange::prefix(&[prefix::TIMER]),
-        ReadOptions::limit(10_000).snapshot(),
-    )
-    .await
-    .expect("range read")
-    .len()
+    rows_with_prefix(store, prefix::TIMER).await
+}
+
+/// An engine on `store` with workflow `id` started and its first task leased.
+async fn leased_on(
+    store: &Arc<dyn KvStore>,
+    clock: &ManualClock,
+    id: &str,
+) -> (Engine, WorkflowTaskView) {
+    let engine = open_on(store, clock).await;
+    engine
+        .start_workflow(NS, start(id, "t"))
+        .await
+        .expect("start");
+    let task = poll_wf(&engine).await.expect("leased");
+    (engine, task)
 }
 
 /// Fires what is due and returns the workflow task polled then, if any.
-async fn settle_and_poll(engine: &Engine) -> Option<keel_engine::workflow::WorkflowTaskView> {
+async fn settle_and_poll(engine: &Engine) -> Option<WorkflowTaskView> {
     engine.fire_due_timers(100).await.expect("timers fire");
     poll_wf(engine).await
 }
@@ -62,12 +70,7 @@ async fn a_single_node_lease_is_timed_in_memory_and_a_multi_node_lease_by_a_time
         ("simulated", simulated_store(), 1, 0),
     ] {
         let clock = ManualClock::new(START);
-        let engine = open_on(&store, &clock).await;
-        engine
-            .start_workflow(NS, start("timed", "t"))
-            .await
-            .expect("start");
-        let first = poll_wf(&engine).await.expect("leased");
+        let (engine, first) = leased_on(&store, &clock, "timed").await;
         assert_eq!(timer_rows(&store).await, rows, "{name}: timer rows");
         assert_eq!(engine.in_memory_timers(), in_memory, "{name}: in memory");
 
@@ -85,12 +88,7 @@ async fn a_single_node_lease_is_timed_in_memory_and_a_multi_node_lease_by_a_time
 async fn a_lease_taken_before_a_restart_lapses_after_it() {
     let store = memory_store();
     let clock = ManualClock::new(START);
-    let engine = open_on(&store, &clock).await;
-    engine
-        .start_workflow(NS, start("restarted", "t"))
-        .await
-        .expect("start");
-    let first = poll_wf(&engine).await.expect("leased");
+    let (engine, first) = leased_on(&store, &clock, "restarted").await;
     engine.stop().await;
 
     let engine = open_on(&store, &clock).await;
@@ -109,12 +107,7 @@ async fn a_lease_taken_before_a_restart_lapses_after_it() {
 async fn a_lease_renewed_before_a_restart_lapses_at_its_renewed_expiry() {
     let store = memory_store();
     let clock = ManualClock::new(START);
-    let engine = open_on(&store, &clock).await;
-    engine
-        .start_workflow(NS, start("renewed", "t"))
-        .await
-        .expect("start");
-    let task = poll_wf(&engine).await.expect("leased");
+    let (engine, task) = leased_on(&store, &clock, "renewed").await;
     clock.advance(Duration::from_secs(8));
     engine
         .heartbeat_workflow_task(NS, &task.task_id, WORKER, 1)
@@ -143,12 +136,7 @@ async fn a_lease_renewed_before_a_restart_lapses_at_its_renewed_expiry() {
 async fn a_lease_that_ends_by_a_report_leaves_no_timer_armed() {
     let store = memory_store();
     let clock = ManualClock::new(START);
-    let engine = open_on(&store, &clock).await;
-    engine
-        .start_workflow(NS, start("ended", "t"))
-        .await
-        .expect("start");
-    let wf = poll_wf(&engine).await.expect("leased");
+    let (engine, wf) = leased_on(&store, &clock, "ended").await;
     let schedule = json!({"type": "schedule_activity", "activity_type": "act",
         "arguments": {"codec": "avro", "blob": ARGS}, "queue": QUEUE});
     complete(&engine, &wf, vec![schedule]).await;
@@ -156,16 +144,7 @@ async fn a_lease_that_ends_by_a_report_leaves_no_timer_armed() {
 
     let act = poll_act(&engine).await.expect("activity leased");
     assert_eq!(engine.in_memory_timers(), 1);
-    engine
-        .complete_activity_task(
-            NS,
-            &act.task_id,
-            &act.activity_attempt_id,
-            WORKER,
-            &json!(1),
-        )
-        .await
-        .expect("activity completes");
+    complete_activity(&engine, &act, json!(1)).await;
     assert_eq!(engine.in_memory_timers(), 0, "activity completed");
 
     let wf = poll_wf(&engine).await.expect("next workflow task");
@@ -180,12 +159,7 @@ async fn an_import_into_a_multi_node_store_writes_the_lease_timers_a_single_node
 ) {
     let source = memory_store();
     let clock = ManualClock::new(START);
-    let engine = open_on(&source, &clock).await;
-    engine
-        .start_workflow(NS, start("moved", "t"))
-        .await
-        .expect("start");
-    let first = poll_wf(&engine).await.expect("leased");
+    let (engine, first) = leased_on(&source, &clock, "moved").await;
     engine.stop().await;
     let mut file = Vec::new();
     transfer::export(

@@ -13,7 +13,7 @@ use keel_engine::keys::prefix;
 use keel_engine::model::TaskKind;
 use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
-use keel_engine::storage::{KeyRange, KvStore, ReadOptions};
+use keel_engine::storage::KvStore;
 use keel_engine::{Engine, EngineConfig};
 use serde_json::{json, Value};
 use support::*;
@@ -76,14 +76,7 @@ async fn wait_counts(engine: &Engine, kind: TaskKind, want: (u64, u64), store: &
 
 /// How many queue-counter rows the store holds.
 async fn counter_rows(store: &Arc<dyn KvStore>) -> usize {
-    let mut txn = store.begin().await.expect("begin");
-    txn.get_range(
-        &KeyRange::prefix(&[prefix::QUEUE_COUNTER]),
-        ReadOptions::limit(10_000).snapshot(),
-    )
-    .await
-    .expect("range read")
-    .len()
+    rows_with_prefix(store, prefix::QUEUE_COUNTER).await
 }
 
 fn schedule_activity() -> Value {
@@ -150,16 +143,7 @@ async fn counts_follow_ready_lease_complete_lease_expiry_and_backoff_on_both_sto
         let act = poll_act(&engine)
             .await
             .expect("activity task after backoff");
-        engine
-            .complete_activity_task(
-                NS,
-                &act.task_id,
-                &act.activity_attempt_id,
-                WORKER,
-                &json!({"codec": "avro", "blob": ARGS}),
-            )
-            .await
-            .expect("activity completes");
+        complete_activity(&engine, &act, json!({"codec": "avro", "blob": ARGS})).await;
         assert_eq!(counts(&engine, Activity).await, (0, 0), "{name}: done");
         assert_eq!(counts(&engine, Workflow).await, (1, 0), "{name}: next task");
         engine.stop().await;

@@ -71,6 +71,19 @@ pub async fn open_with_config(
     engine
 }
 
+/// How many rows of table `prefix` the store holds (up to 10,000).
+pub async fn rows_with_prefix(store: &Arc<dyn KvStore>, prefix: u8) -> usize {
+    use keel_engine::storage::{KeyRange, ReadOptions};
+    let mut txn = store.begin().await.expect("begin");
+    txn.get_range(
+        &KeyRange::prefix(&[prefix]),
+        ReadOptions::limit(10_000).snapshot(),
+    )
+    .await
+    .expect("range read")
+    .len()
+}
+
 /// Completes workflow task `task` (leased by `WORKER`) with `commands`.
 pub async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Value>) {
     engine
@@ -83,6 +96,14 @@ pub async fn complete(engine: &Engine, task: &WorkflowTaskView, commands: Vec<Va
         )
         .await
         .expect("completion accepted");
+}
+
+/// Completes activity task `act` (leased by `WORKER`) with `result`.
+pub async fn complete_activity(engine: &Engine, act: &ActivityTaskView, result: Value) {
+    engine
+        .complete_activity_task(NS, &act.task_id, &act.activity_attempt_id, WORKER, &result)
+        .await
+        .expect("activity completion accepted");
 }
 
 /// Completes the run of workflow task `task` with the `ARGS` blob as its result.
