@@ -6,8 +6,9 @@
 # and Restate via its Rust SDK (../shared/perf/peers/restate-native, used in place: its endpoint and
 # driver are built into $PEERS/restate-native-target and its run script is run through a symlink).
 # Installs what is missing into $PEERS, builds Keel (release), runs the systems interleaved per
-# repetition (Restate, Keel, Keel local-activity step, Restate native, Keel Rust SDK[, Temporal];
-# again ...), counts fsyncs, and prints a table of ratios.
+# repetition (Restate, Keel, Keel local-activity step, Restate native, Keel Rust SDK, Restate native
+# at keel-bench's N and C[, Temporal]; again ...), counts fsyncs, and prints a table of ratios,
+# including server to server with native drivers: keel-bench ÷ Restate via its Rust SDK.
 #
 #   bash benches/peers/compare.sh [--quick] [--reps R] [--with-temporal] [--no-build] [--no-fsync-count]
 #                                 [--keel-bin PATH] [--only-rust-sdk | --no-rust-sdk]
@@ -163,6 +164,10 @@ for r in $(seq 1 "$REPS"); do
       --n "$N" --concurrency "$C" --warmup "$W" --reps 1
     run "rep$r-keel-rust-sdk" bash "$HERE/run_keel_rust_sdk.sh" --n "$N" --concurrency "$C" --warmup "$W" \
       --reps 1 --result-poll-ms "${RUST_SDK_RESULT_POLL_MS:-50}"
+    # Server to server, both driven natively (issue #18 §3): Restate via its Rust SDK at keel-bench's
+    # ceiling N and C, and its sequential latency, beside the keel-bench rows of run_keel.sh.
+    run "rep$r-restate-native-ceiling" bash "$RS_NATIVE_SHIM/run_restate_native.sh" --no-build --mode both \
+      --n "$KB_CEIL_N" --concurrency "$KB_CEIL_C" --warmup "$W" --latency-n "$KB_LAT_N" --reps 1
   fi
   if [ "$WITH_TEMPORAL" = 1 ]; then
     run "rep$r-temporal-file" bash "$PEERS_HARNESS/run_temporal.sh" file --mode both -n "$T_N" -c "$C" \

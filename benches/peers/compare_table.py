@@ -132,6 +132,7 @@ def main(path: str) -> None:
 
     print_ratios(summary)
     print_rust_sdk(summary, thr)
+    print_native(summary)
 
 
 def thr_for(summary: dict, label: str, n=None, c=None):
@@ -170,6 +171,9 @@ def print_ratios(summary: dict) -> None:
             row(f"worker/endpoint CPU ms/wf ÷ {peer}", ks["worker"], ps["worker"], 2)
             row(f"client CPU ms/wf ÷ {peer}", ks["client"], ps["client"], 2)
             row(f"total CPU ms/wf (server + worker + client) ÷ {peer}", ks["total"], ps["total"], 2)
+            if ks["server"] is not None and ks["total"] and ps["server"] is not None and ps["total"]:
+                row(f"server's share of the total CPU, % ÷ {peer} (#18 goal for Keel: ≤ 10 %)",
+                    100 * ks["server"] / ks["total"], 100 * ps["server"] / ps["total"], 0)
         for ks in (v for k, v in summary.items() if k[0] == "thr" and k[1] == KEEL_SDK_LOCAL):
             ps = thr_for(summary, peer, ks["n"], ks["c"])
             if ps is not None:
@@ -236,6 +240,40 @@ def print_rust_sdk(summary: dict, thr: dict) -> None:
         if a is None or b is None:
             continue
         print(f"| {name} | {fmt(a, nd)} | {fmt(b, nd)} | **{a / b:.2f}** |" if b else f"| {name} | {fmt(a, nd)} | {fmt(b, nd)} | - |")
+
+
+def print_native(summary: dict) -> None:
+    """Server to server, both driven natively: keel-bench (Rust client + worker over the worker
+    protocol) beside Restate via its Rust SDK, at the same N and C, with the goals of issue #18 §3."""
+    ks = thr_for(summary, KEEL_BENCH)
+    ps = thr_for(summary, RESTATE_NATIVE, ks["n"], ks["c"]) if ks else None
+    if ks is None or ps is None or (ks["n"], ks["c"]) != (ps["n"], ps["c"]):
+        return
+    print("\n### Server to server, both driven natively (same run, interleaved)\n")
+    print(f"Keel driven by keel-bench (Rust client and Rust workers speaking the worker protocol) beside "
+          f"Restate via its Rust SDK (restate-native), both durable, N={ks['n']}, C={ks['c']}; "
+          f"sequential latency back to back. Goal (#18 §3): Keel ≥ 3× Restate's wf/s at ≤ ¼ of its "
+          f"server CPU per workflow.\n")
+    print("| measurement | Keel (keel-bench) | Restate (Rust SDK) | Keel ÷ Restate | goal |")
+    print("|---|---|---|---|---|")
+    kl = summary.get(("lat", KEEL_BENCH, "latency_seq"))
+    pl = summary.get(("lat", RESTATE_NATIVE, "latency_seq"))
+    rows = [("wf/s (> 1: Keel faster)", ks["wf"], ps["wf"], 0, "≥ 3"),
+            ("server CPU ms/wf (< 1: Keel uses less)", ks["server"], ps["server"], 2, "≤ 0.25"),
+            ("p50 / p99 ms under load", ks["p50"], ps["p50"], 0, "-")]
+    if kl and pl:
+        rows.append(("sequential p50 ms", kl["p50"], pl["p50"], 1, "-"))
+        rows.append(("sequential p99 ms", kl["p99"], pl["p99"], 1, "-"))
+    for name, a, b, nd, goal in rows:
+        if a is None or b is None:
+            continue
+        if name.startswith("p50 / p99"):
+            a_txt = f"{fmt(ks['p50'])} / {fmt(ks['p99'])}"
+            b_txt = f"{fmt(ps['p50'])} / {fmt(ps['p99'])}"
+        else:
+            a_txt, b_txt = fmt(a, nd), fmt(b, nd)
+        ratio = f"**{a / b:.2f}**" if b else "-"
+        print(f"| {name} | {a_txt} | {b_txt} | {ratio} | {goal} |")
 
 
 if __name__ == "__main__":
