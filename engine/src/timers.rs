@@ -333,7 +333,10 @@ impl Timers {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        watch, Arc, Future, Mutex, Pin, Result, TimerAction, TimerHandler, TimerKey, Timers,
+        RETRY_MS,
+    };
     use crate::clock::ManualClock;
     use crate::storage::memory::MemoryStore;
 

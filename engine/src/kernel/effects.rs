@@ -3,7 +3,7 @@
 
 use crate::clock::Millis;
 use crate::matching::{QueueKey, TaskHint};
-use crate::model::{TaskRecord, TimerKey};
+use crate::model::{TaskRecord, TimerAction, TimerKey};
 use crate::tables::QueueCounter;
 
 /// A worker session's holder as matching should know it after commit:
@@ -23,8 +23,8 @@ pub(crate) struct Effects {
     pub ready: Vec<(QueueKey, TaskHint)>,
     /// Durable timers written.
     pub timers: Vec<TimerKey>,
-    /// In-memory lease timers armed: the timer and its task (single-node stores only).
-    pub lease_timers: Vec<(TimerKey, String)>,
+    /// In-memory lease timers armed, with their action (single-node stores only).
+    pub lease_timers: Vec<(TimerKey, TimerAction)>,
     /// In-memory lease timers whose lease ended (single-node stores only).
     pub lease_timers_ended: Vec<TimerKey>,
     /// Updates whose status changed: their waiting callers re-read them.

@@ -208,10 +208,8 @@ impl Engine {
         for timer in &effects.lease_timers_ended {
             self.inner.timers.cancel_in_memory(timer);
         }
-        for (timer, task_id) in effects.lease_timers {
-            self.inner
-                .timers
-                .schedule_in_memory(timer, crate::model::TimerAction::LeaseExpiry { task_id });
+        for (timer, action) in effects.lease_timers {
+            self.inner.timers.schedule_in_memory(timer, action);
         }
         for update_id in effects.updates {
             self.inner.queries.wake_update(&update_id);

@@ -221,10 +221,8 @@ impl Engine {
         let (counts, leases) = scan_task_rows(self.inner.store.as_ref(), |_| true).await?;
         let (queues, leased) = (counts.len(), leases.len());
         self.inner.counts.replace(counts);
-        for (timer, task_id) in leases {
-            self.inner
-                .timers
-                .schedule_in_memory(timer, TimerAction::LeaseExpiry { task_id });
+        for (timer, action) in leases {
+            self.inner.timers.schedule_in_memory(timer, action);
         }
         tracing::info!(
             queues,
@@ -241,7 +239,7 @@ impl Engine {
 async fn scan_task_rows(
     store: &dyn KvStore,
     keep: impl Fn(&str) -> bool,
-) -> Result<(BTreeMap<CountKey, [i64; 2]>, Vec<(TimerKey, String)>)> {
+) -> Result<(BTreeMap<CountKey, [i64; 2]>, Vec<(TimerKey, TimerAction)>)> {
     let mut counts: BTreeMap<CountKey, [i64; 2]> = BTreeMap::new();
     let mut leases = Vec::new();
     let mut range = Some(KeyRange::prefix(&[crate::keys::prefix::TASK]));
@@ -253,7 +251,7 @@ async fn scan_task_rows(
             if !keep(&task.namespace) {
                 continue;
             }
-            leases.extend(super::tasks::lease_timers_of([&task]));
+            leases.extend(super::tasks::lease_timer_of(&task));
             let entry = counts
                 .entry((task.namespace, task.task_queue, task.kind.code()))
                 .or_default();
@@ -283,11 +281,8 @@ pub(crate) async fn rewrite_counter_and_lease_rows(
     let (counts, leases) = scan_task_rows(store, |ns| namespaces.iter().any(|n| n == ns)).await?;
     for chunk in leases.chunks(512) {
         let mut txn = store.begin().await?;
-        for (timer, task_id) in chunk {
-            let action = TimerAction::LeaseExpiry {
-                task_id: task_id.clone(),
-            };
-            tables::put(txn.as_mut(), &tables::timer_key(timer), &action)?;
+        for (timer, action) in chunk {
+            tables::put(txn.as_mut(), &tables::timer_key(timer), action)?;
         }
         txn.commit().await?;
     }

@@ -9,7 +9,7 @@
 //! (whichever node fires timers must find it, also after this node died); on a
 //! **single-node** store an in-memory timer of the timer service, armed and cancelled
 //! only after commit and re-armed at open from the leased task rows
-//! ([`lease_timers_of`]), as the row `lease.timer` and `lease.expires_at_ms` are the
+//! ([`lease_timer_of`]), as the row `lease.timer` and `lease.expires_at_ms` are the
 //! truth. Either way firing compares the timer with the task's current `lease.timer`, so
 //! a timer of an earlier lease never touches the task.
 
@@ -179,16 +179,13 @@ pub(crate) fn arm_lease_timer(
     fx: &mut Effects,
 ) -> Result<TimerKey> {
     if fx.multi_node {
-        let action = TimerAction::LeaseExpiry {
-            task_id: task_id.to_string(),
-        };
-        return put_timer(txn, expires_at_ms, &action, fx);
+        return put_timer(txn, expires_at_ms, &lease_expiry(task_id), fx);
     }
     let timer = TimerKey {
         fire_at_ms: expires_at_ms,
         timer_id: ids::new_id(expires_at_ms),
     };
-    fx.lease_timers.push((timer.clone(), task_id.to_string()));
+    fx.lease_timers.push((timer.clone(), lease_expiry(task_id)));
     Ok(timer)
 }
 
@@ -201,19 +198,20 @@ pub(crate) fn end_lease_timer(txn: &mut dyn KvTxn, timer: &TimerKey, fx: &mut Ef
     }
 }
 
-/// The lease timers `tasks` hold (leased ones), to re-arm in memory at open.
-pub(crate) fn lease_timers_of<'a>(
-    tasks: impl IntoIterator<Item = &'a TaskRecord>,
-) -> Vec<(TimerKey, String)> {
-    tasks
-        .into_iter()
-        .filter(|t| t.status == TaskStatus::Leased)
-        .filter_map(|t| {
-            t.lease
-                .as_ref()
-                .map(|l| (l.timer.clone(), t.task_id.clone()))
-        })
-        .collect()
+/// The action of `task_id`'s lease timer.
+fn lease_expiry(task_id: &str) -> TimerAction {
+    TimerAction::LeaseExpiry {
+        task_id: task_id.to_string(),
+    }
+}
+
+/// The lease timer a leased `task` holds, with its action (to re-arm or rewrite it).
+pub(crate) fn lease_timer_of(task: &TaskRecord) -> Option<(TimerKey, TimerAction)> {
+    let lease = task
+        .lease
+        .as_ref()
+        .filter(|_| task.status == TaskStatus::Leased)?;
+    Some((lease.timer.clone(), lease_expiry(&task.task_id)))
 }
 
 /// A backoff timer fired: the task is ready again if this is still its backoff.
