@@ -58,6 +58,36 @@ struct Loaded {
     until: Millis,
     /// Another node announced timers: scan again before sleeping.
     rescan: bool,
+    /// How many entries of `due` are in-memory timers (kept with every change to `due`).
+    in_memory: usize,
+}
+
+impl Loaded {
+    /// Adds (or replaces) a timer to fire at `at`, keeping the in-memory count.
+    fn put(&mut self, at: Millis, timer: TimerKey, action: Option<TimerAction>) {
+        self.in_memory += usize::from(action.is_some());
+        if let Some(Some(_)) = self.due.insert((at, timer), action) {
+            self.in_memory -= 1;
+        }
+    }
+
+    /// Removes a timer, keeping the in-memory count.
+    fn remove(&mut self, timer: &TimerKey) {
+        if let Some(Some(_)) = self.due.remove(&(timer.fire_at_ms, timer.clone())) {
+            self.in_memory -= 1;
+        }
+    }
+
+    /// Takes the earliest timer if it is due at `now`, keeping the in-memory count.
+    fn pop_due(&mut self, now: Millis) -> Option<(TimerKey, Option<TimerAction>)> {
+        let ((at, _), _) = self.due.first_key_value()?;
+        if *at > now {
+            return None;
+        }
+        let ((_, timer), action) = self.due.pop_first()?;
+        self.in_memory -= usize::from(action.is_some());
+        Some((timer, action))
+    }
 }
 
 /// The in-memory side of the timer service.
@@ -81,6 +111,7 @@ impl Timers {
                 due: BTreeMap::new(),
                 until: 0,
                 rescan: false,
+                in_memory: 0,
             }),
             wake: Notify::new(),
         }
@@ -148,8 +179,7 @@ impl Timers {
         self.loaded
             .lock()
             .expect("invariant: timer lock not poisoned")
-            .due
-            .remove(&(timer.fire_at_ms, timer.clone()));
+            .remove(timer);
     }
 
     /// The in-memory timers due at `now`, left in place (for inline firing).
@@ -170,10 +200,7 @@ impl Timers {
         self.loaded
             .lock()
             .expect("invariant: timer lock not poisoned")
-            .due
-            .values()
-            .filter(|a| a.is_some())
-            .count()
+            .in_memory
     }
 
     fn insert(&self, loaded: &mut Loaded, timer: TimerKey, action: Option<TimerAction>) {
@@ -182,7 +209,7 @@ impl Timers {
             .due
             .first_key_value()
             .is_none_or(|(first, _)| at < first.0);
-        loaded.due.insert((at, timer), action);
+        loaded.put(at, timer, action);
         if earliest {
             self.wake.notify_one();
         }
@@ -221,9 +248,9 @@ impl Timers {
             .lock()
             .expect("invariant: timer lock not poisoned");
         if loaded.enabled {
-            loaded
-                .due
-                .extend(found.into_iter().map(|t| ((t.fire_at_ms, t), None)));
+            for timer in found {
+                loaded.put(timer.fire_at_ms, timer, None);
+            }
             loaded.until = until;
         }
         Ok(())
@@ -236,13 +263,9 @@ impl Timers {
             .expect("invariant: timer lock not poisoned");
         let mut due = Vec::new();
         while due.len() < FIRE_BATCH {
-            match loaded.due.first_key_value() {
-                Some(((at, _), _)) if *at <= now => {
-                    let ((_, timer), action) =
-                        loaded.due.pop_first().expect("invariant: first exists");
-                    due.push((timer, action));
-                }
-                _ => break,
+            match loaded.pop_due(now) {
+                Some(timer) => due.push(timer),
+                None => break,
             }
         }
         let next = loaded
@@ -309,8 +332,7 @@ impl Timers {
                         self.loaded
                             .lock()
                             .expect("invariant: timer lock not poisoned")
-                            .due
-                            .insert((clock.now_ms() + RETRY_MS, timer), action);
+                            .put(clock.now_ms() + RETRY_MS, timer, action);
                     }
                 }
                 continue;
