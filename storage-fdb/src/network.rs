@@ -1,27 +1,31 @@
-//! The FoundationDB client's network thread: started once per process, stopped at exit.
+//! The FoundationDB client's network thread: started once per process, never stopped.
 //!
 //! The client library runs all its I/O on one network thread that can be set up only
-//! once per process, and it must be stopped (and joined) before the process exits, or
-//! the library's static destructors race with it. Rather than hand the caller a guard it
-//! must keep alive in `main` and that `std::process::exit` would skip, the first
-//! [`FdbStore::open`](crate::FdbStore::open) starts the thread and registers an `atexit`
-//! hook that stops and joins it: every way out of the process that runs exit handlers
-//! (returning from `main`, `process::exit`, the test harness finishing) stops the
-//! network first, and aborting needs nothing. Stores opened later share the thread.
-// The client's start and stop calls are `unsafe` only because of that exit rule, which
-// the `atexit` hook below keeps; no other unsafe code is in this crate.
+//! once per process. Its rule is that the thread must not run while the process's
+//! static destructors do. Stopping it is no way out at exit: the thread's last act
+//! reads the library's lazily built statics, which exit has destroyed by the time any
+//! exit handler registered before them runs (measured: a SIGSEGV at the end of every
+//! test binary that had stopped it from an `atexit` hook). So the first
+//! [`FdbStore::open`](crate::FdbStore::open) starts the thread and registers an exit
+//! hook that ends the process with its exit status at once (`_exit`, after flushing C's
+//! stdio), skipping the destructors registered before the store was first opened:
+//! every way out that runs exit handlers (returning from `main`, `process::exit`, the
+//! test harness finishing) keeps its status, and aborting needs nothing. Nothing is
+//! lost by not stopping: every acknowledged commit is durable on the cluster, and one
+//! in flight has an unknown outcome however the process ends. Stores opened later share
+//! the thread.
+// The client's start call and the exit hook are `unsafe`; no other unsafe code is in
+// this crate.
 #![allow(unsafe_code)]
 
-use std::sync::{Mutex, OnceLock};
+use std::ffi::{c_int, c_void};
+use std::sync::OnceLock;
 
-use foundationdb::api::{FdbApiBuilder, NetworkAutoStop};
+use foundationdb::api::FdbApiBuilder;
 use foundationdb::options::NetworkOption;
 use keel_storage::{StorageError, MAX_KEY_BYTES};
 
 use crate::subspace::MAX_PREFIX_BYTES;
-
-/// The running network, taken (stopped and joined) by the exit hook.
-static NETWORK: Mutex<Option<NetworkAutoStop>> = Mutex::new(None);
 
 /// Starts the network thread unless it runs already. The outcome of the first attempt
 /// is kept: the client cannot set its network up twice, so a failure is final.
@@ -50,27 +54,34 @@ fn start() -> Result<(), String> {
             MAX_KEY_BYTES + MAX_PREFIX_BYTES
         )))
         .map_err(|e| format!("cannot configure the FoundationDB client: {e}"))?;
-    // SAFETY: the returned guard is stopped before the process exits by `stop_at_exit`,
-    // registered right below; if registering fails, the guard is dropped (stopping the
-    // network) before returning.
+    // SAFETY: the network must not run during static destructors: `end_at_exit`,
+    // registered right below, ends the process before they run; if registering fails,
+    // the guard is dropped (stopping the network) before returning, and no store exists.
     let guard = unsafe { builder.boot() }
         .map_err(|e| format!("cannot start the FoundationDB network thread: {e}"))?;
-    // SAFETY: `stop_at_exit` is an `extern "C" fn` without arguments that does not unwind
-    // (a panic inside it aborts, as in any `extern "C"` function).
-    if unsafe { libc::atexit(stop_at_exit) } != 0 {
+    // SAFETY: `end_at_exit` is an `extern "C" fn` that does not unwind and does not
+    // return.
+    if unsafe { on_exit(end_at_exit, std::ptr::null_mut()) } != 0 {
         drop(guard);
         return Err("cannot register the FoundationDB network's exit hook".into());
     }
-    *NETWORK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(guard);
+    // Kept for the life of the process: dropping the guard would stop the network.
+    std::mem::forget(guard);
     Ok(())
 }
 
-extern "C" fn stop_at_exit() {
-    let guard = NETWORK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
-    drop(guard);
+extern "C" {
+    /// glibc's `atexit` that passes the exit status to the handler.
+    fn on_exit(handler: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
+}
+
+/// Ends the process with `status` before the destructors registered earlier run (the
+/// network thread is still running; see the module comment).
+extern "C" fn end_at_exit(status: c_int, _arg: *mut c_void) {
+    // SAFETY: flushing every C stdio stream and `_exit` are async-signal-safe enough for
+    // an exit handler; Rust's own stdout was flushed when `main` returned.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(status);
+    }
 }
