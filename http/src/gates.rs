@@ -184,7 +184,7 @@ impl ReadySnapshot {
         let mut parts = Vec::new();
         for b in self.blocked_by() {
             parts.push(match b {
-                "database" => "Restore storage: check the data directory's disk and permissions and the server log".to_string(),
+                "database" => "Restore storage: check that the store is reachable (the data directory's disk and permissions, or the FoundationDB cluster) and the server log".to_string(),
                 "migrations" => match self.schema.and_then(|s| s.stored) {
                     Some(stored) => format!(
                         "The data directory holds schema version {stored}, this binary uses {}: run the Keel release that wrote it (or a newer one)",
