@@ -11,9 +11,15 @@
 //! * A new hint goes to the oldest parked poller that accepts its type (sync match);
 //!   otherwise into the index, ordered by priority, then availability, then arrival.
 //! * Locks are held only for in-memory bookkeeping: never across `.await` or I/O.
+//! * With a cluster (several nodes on one store), a task announced through this node
+//!   within [`LOCAL_OFFER_TTL`] is not handed out again from a scan of the durable ready
+//!   index (it is already in the index, a slot or an attempt here): without this, every
+//!   local hand-off was offered a second time by the node's own queue watcher, and the two
+//!   lease attempts conflicted.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -166,6 +172,44 @@ pub struct QueueStats {
 
 const SHARDS: usize = 16;
 
+/// How long a task announced through this node is left out of scans of the durable
+/// ready index: well beyond a lease attempt, well below a lease (a task made ready again
+/// under the same id, by lease expiry, comes later).
+pub const LOCAL_OFFER_TTL: Duration = Duration::from_secs(2);
+
+/// The tasks announced through this node lately (cluster mode only), oldest first.
+#[derive(Default)]
+struct LocalOffers {
+    order: VecDeque<(Instant, Arc<str>)>,
+    latest: HashMap<Arc<str>, Instant>,
+}
+
+impl LocalOffers {
+    fn forget_before(&mut self, horizon: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if *at >= horizon {
+                break;
+            }
+            let (at, task_id) = self.order.pop_front().expect("invariant: front exists");
+            if self.latest.get(&task_id) == Some(&at) {
+                self.latest.remove(&task_id);
+            }
+        }
+    }
+
+    fn record(&mut self, task_id: &Arc<str>, now: Instant) {
+        self.forget_before(now.checked_sub(LOCAL_OFFER_TTL).unwrap_or(now));
+        self.order.push_back((now, task_id.clone()));
+        self.latest.insert(task_id.clone(), now);
+    }
+
+    fn recent(&self, task_id: &str, now: Instant) -> bool {
+        self.latest
+            .get(task_id)
+            .is_some_and(|at| now.saturating_duration_since(*at) < LOCAL_OFFER_TTL)
+    }
+}
+
 /// The matching index of one engine instance.
 pub struct Matching {
     shards: Vec<Mutex<HashMap<QueueKey, QueueState>>>,
@@ -175,6 +219,8 @@ pub struct Matching {
     limits: ParkLimits,
     /// Session routing. Lock order: a shard's lock, then this one.
     sessions: Mutex<SessionRoutes>,
+    /// Tasks announced here lately; `None` without a cluster. Never held with another lock.
+    local_offers: Option<Mutex<LocalOffers>>,
 }
 
 impl Default for Matching {
@@ -197,7 +243,15 @@ impl Matching {
             parked: AtomicU64::new(0),
             limits,
             sessions: Mutex::new(SessionRoutes::default()),
+            local_offers: None,
         }
+    }
+
+    /// Remembers the tasks announced through this node, so that scans of the durable
+    /// ready index on a cluster ([`Matching::offer_to_parked`]) do not hand them out again.
+    pub fn remembering_local_offers(mut self) -> Self {
+        self.local_offers = Some(Mutex::new(LocalOffers::default()));
+        self
     }
 
     /// Parked polls on this node.
@@ -219,6 +273,9 @@ impl Matching {
     /// Announces a ready task: hands it to the oldest parked poller that accepts it, or
     /// files it in the index.
     pub fn offer(&self, key: &QueueKey, hint: TaskHint) {
+        if let Some(local) = &self.local_offers {
+            lock(local).record(&hint.task_id, Instant::now());
+        }
         let mut shard = lock(self.shard(key));
         let state = shard.entry(key.clone()).or_default();
         if state.indexed.contains(&hint.task_id) {
@@ -237,13 +294,20 @@ impl Matching {
 
     /// Hands a hint to the oldest parked poller that accepts it, and never files it in the
     /// index (for hints read from storage on another node's behalf); returns whether any
-    /// poller is still parked on the queue.
+    /// poller is still parked on the queue. A task announced here within
+    /// [`LOCAL_OFFER_TTL`] is not handed out (see the module docs).
     pub fn offer_to_parked(&self, key: &QueueKey, hint: TaskHint) -> bool {
+        let known_here = self
+            .local_offers
+            .as_ref()
+            .is_some_and(|local| lock(local).recent(&hint.task_id, Instant::now()));
         let mut shard = lock(self.shard(key));
         let Some(state) = shard.get_mut(key) else {
             return false;
         };
-        let _unwanted = self.hand_to_parked(key, state, hint);
+        if !known_here {
+            let _unwanted = self.hand_to_parked(key, state, hint);
+        }
         !state.waiters.is_empty()
     }
 
@@ -449,8 +513,11 @@ impl Matching {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::{
-        Arc, Matching, ParkLimits, PollFilter, QueueKey, QueueStats, Take, TaskHint, TaskKind,
+        Arc, LocalOffers, Matching, ParkLimits, PollFilter, QueueKey, QueueStats, Take, TaskHint,
+        TaskKind, LOCAL_OFFER_TTL,
     };
 
     fn hint(id: &str, ty: &str, priority: u8, at: i64) -> TaskHint {
@@ -642,5 +709,63 @@ mod tests {
         m.offer(&key(), hint("t1", "a", 5, 1));
         m.offer(&key(), hint("t1", "a", 5, 2));
         assert_eq!(m.stats(&key()).ready, 1);
+    }
+
+    /// Parks a poller accepting everything; returns how to collect its hint.
+    fn parked(m: &Matching) -> (u64, Arc<super::Slot>) {
+        let id = m.waiter_id();
+        let Take::Parked(slot) = m.take_or_park(&key(), &PollFilter::default(), id) else {
+            panic!("expected to park");
+        };
+        (id, slot)
+    }
+
+    #[test]
+    fn a_ready_index_scan_does_not_hand_out_again_a_task_announced_here() {
+        let m = Matching::new().remembering_local_offers();
+        let (first, first_slot) = parked(&m);
+        let (second, second_slot) = parked(&m);
+        m.offer(&key(), hint("local", "a", 5, 1));
+        assert!(
+            m.offer_to_parked(&key(), hint("local", "a", 5, 1)),
+            "one poller still parked"
+        );
+        assert_eq!(
+            m.unpark(&key(), first, &first_slot).map(|h| h.task_id),
+            Some("local".into())
+        );
+        m.offer_to_parked(&key(), hint("elsewhere", "a", 5, 2));
+        assert_eq!(
+            m.unpark(&key(), second, &second_slot).map(|h| h.task_id),
+            Some("elsewhere".into()),
+            "a task announced on another node is handed out"
+        );
+    }
+
+    #[test]
+    fn without_a_cluster_a_ready_index_scan_hands_out_any_task() {
+        let m = Matching::new();
+        let (first, first_slot) = parked(&m);
+        let (second, second_slot) = parked(&m);
+        m.offer(&key(), hint("t", "a", 5, 1));
+        m.offer_to_parked(&key(), hint("t", "a", 5, 1));
+        assert!(m.unpark(&key(), first, &first_slot).is_some());
+        assert!(m.unpark(&key(), second, &second_slot).is_some());
+    }
+
+    #[test]
+    fn local_offers_are_forgotten_after_their_ttl_and_a_new_offer_renews_one() {
+        let mut local = LocalOffers::default();
+        let t0 = Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        local.record(&a, t0);
+        local.record(&b, t0);
+        assert!(local.recent("a", t0 + LOCAL_OFFER_TTL - Duration::from_millis(1)));
+        assert!(!local.recent("a", t0 + LOCAL_OFFER_TTL));
+        local.record(&a, t0 + Duration::from_secs(3));
+        assert!(local.recent("a", t0 + Duration::from_secs(4)), "renewed");
+        assert!(!local.recent("b", t0 + Duration::from_secs(4)));
+        assert_eq!(local.latest.len(), 1, "b was pruned by the later record");
+        assert_eq!(local.order.len(), 1);
     }
 }

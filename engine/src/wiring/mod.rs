@@ -48,7 +48,13 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Engine> {
         let (stop, stop_rx) = watch::channel(false);
-        let matching = Arc::new(Matching::with_limits(config.park_limits));
+        let matching = Matching::with_limits(config.park_limits);
+        // On a cluster, the node's queue watchers must not hand out again what this node
+        // announced itself.
+        let matching = Arc::new(match config.cluster {
+            Some(_) => matching.remembering_local_offers(),
+            None => matching,
+        });
         // With other nodes on the store, timers fire only once this node holds the
         // scheduler lease.
         let timers = Arc::new(Timers::new(config.cluster.is_none() && config.scheduler));
