@@ -4,7 +4,8 @@ Starts `keel serve` (release) on a fresh RocksDB data dir, then repeats: one `ke
 round of STEP one-activity workflows (their runs stay stored), and after it, with the
 server otherwise idle, the latency of `describe` on stored workflows and of the first
 page of `GET /api/workflows`. Prints one markdown row per round: workflows stored, the
-round's wf/s, p50/p99, server CPU per workflow and RSS, describe p50/p99, list p50.
+round's wf/s, p50/p99, server CPU per workflow and RSS, RocksDB's block cache and
+table-reader memory (from `/metrics`), describe p50/p99, list p50.
 Per-workflow cost is flat when the CPU column does not grow with the stored count.
 
     python3 benches/scripts/scale.py [--target 100000] [--step 10000] [--concurrency 200]
@@ -63,6 +64,20 @@ def sample_reads(port: int, ids: list[str], samples: int) -> tuple[float, float,
     )
 
 
+def rocksdb_memory_mib(port: int) -> str:
+    """RocksDB's block cache and table-reader memory from `/metrics`, in MiB."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    parts = {}
+    for line in text.splitlines():
+        if line.startswith("keel_storage_memory_bytes{"):
+            kind = line.split('kind="', 1)[1].split('"', 1)[0]
+            parts[kind] = float(line.rsplit(" ", 1)[1]) / (1 << 20)
+    return f"{parts.get('block_cache', 0):.0f} / {parts.get('table_readers', 0):.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keel", default=str(REPO / "target/release/keel"))
@@ -91,8 +106,8 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("keel serve did not start")
                 time.sleep(0.1)
-        print("| stored | wf/s | p50 / p99 ms | server CPU ms/wf | RSS MiB | describe p50 / p99 ms | list page p50 ms |")
-        print("|---|---|---|---|---|---|---|")
+        print("| stored | wf/s | p50 / p99 ms | server CPU ms/wf | RSS MiB | cache / table readers MiB | describe p50 / p99 ms | list page p50 ms |")
+        print("|---|---|---|---|---|---|---|---|")
         stored = 0
         ids: list[str] = []
         while stored < args.target:
@@ -113,7 +128,7 @@ def main() -> None:
             srv = r["server"]
             print(
                 f"| {stored:,} | {r['throughput']['workflows_per_second']:.0f} | {lat['p50']:.0f} / {lat['p99']:.0f} "
-                f"| {srv['cpu_ms_per_workflow']:.3f} | {srv['rss_mib']:.0f} | {d50:.2f} / {d99:.2f} | {l50:.2f} |",
+                f"| {srv['cpu_ms_per_workflow']:.3f} | {srv['rss_mib']:.0f} | {rocksdb_memory_mib(port)} | {d50:.2f} / {d99:.2f} | {l50:.2f} |",
                 flush=True,
             )
     finally:

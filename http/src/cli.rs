@@ -43,7 +43,7 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
                                      fdb[:CLUSTER_FILE] (FoundationDB; builds with --features fdb),
                                      or memory (not durable: tests and demos, loopback only)
   --data-dir DIR                     short for --storage rocksdb:DIR
-  --rocksdb-cache-mb N               RocksDB block cache for data blocks (default 64)
+  --rocksdb-cache-mb N               RocksDB block cache: data, index and filter blocks (default 64)
   --fdb-subspace NAME                FoundationDB subspace holding this deployment's keys
                                      (default keel)
   --workflow-task-lease-seconds N    workflow task lease (default 300)
@@ -373,6 +373,7 @@ impl OpenedStore {
 pub fn rocksdb_stats(rocks: Arc<RocksStore>) -> StatsSource {
     Box::new(move || {
         let s = rocks.stats();
+        let memory = rocks.memory();
         crate::metrics::StorageStats {
             commits: s.commits,
             conflicts: s.conflicts,
@@ -387,6 +388,12 @@ pub fn rocksdb_stats(rocks: Arc<RocksStore>) -> StatsSource {
                 message: r.message,
                 refused_for: r.refused_for,
             }),
+            memory: vec![
+                ("memtables", memory.memtables),
+                ("table_readers", memory.table_readers),
+                ("block_cache", memory.block_cache),
+            ],
+            block_cache_capacity: Some(memory.block_cache_capacity),
         }
     })
 }

@@ -20,6 +20,8 @@
 //! | `keel_storage_writable` | gauge (1, or 0 while writes are refused, e.g. on a full disk) | — |
 //! | `keel_storage_write_failures_total` | counter (failed durable writes) | — |
 //! | `keel_storage_synced_writes_total`, `keel_storage_written_keys_total`, `keel_storage_written_bytes_total` | counter (fsynced group commits; key writes and bytes committed: per workflow, the write amplification) | — |
+//! | `keel_storage_memory_bytes` | gauge (the backend's own accounting) | `kind` (RocksDB: `memtables`, `table_readers`, `block_cache`) |
+//! | `keel_storage_block_cache_capacity_bytes` | gauge (the configured bound of `block_cache`) | — |
 //! | `keel_auth_token_reloads_total` | counter (SIGHUP or auth-file change) | `outcome` (`applied`, `refused`) |
 //! | `keel_http_refusals_total` | counter (401, 403 and 429 answers) | `route`, `status`, `reason` (`unauthorized`, `forbidden`, `rate_limited`, `long_poll_limit_reached`) |
 //! | `keel_audit_write_failures_total` | counter (audit trail entries not written) | — |
@@ -71,6 +73,10 @@ pub struct StorageStats {
     pub written_bytes: u64,
     /// Set while the backend refuses writes (and still serves reads).
     pub write_refusal: Option<WriteRefusal>,
+    /// The backend's memory by part (`kind` label, bytes), where it accounts for it.
+    pub memory: Vec<(&'static str, u64)>,
+    /// The capacity of its block cache, where it has one.
+    pub block_cache_capacity: Option<u64>,
 }
 
 /// A spell of refused writes, e.g. on a full disk, as `/api/ready` reports it.
@@ -231,6 +237,23 @@ pub async fn scrape(
             s.written_keys,
             s.written_bytes
         );
+        if !s.memory.is_empty() {
+            out.push_str(
+                "# HELP keel_storage_memory_bytes The storage backend's memory by part, by its own accounting.\n\
+                 # TYPE keel_storage_memory_bytes gauge\n",
+            );
+            for (kind, bytes) in &s.memory {
+                let _ = writeln!(out, "keel_storage_memory_bytes{{kind=\"{kind}\"}} {bytes}");
+            }
+        }
+        if let Some(capacity) = s.block_cache_capacity {
+            let _ = write!(
+                out,
+                "# HELP keel_storage_block_cache_capacity_bytes The configured size of the storage backend's block cache.\n\
+                 # TYPE keel_storage_block_cache_capacity_bytes gauge\n\
+                 keel_storage_block_cache_capacity_bytes {capacity}\n"
+            );
+        }
     }
     render_backlog(engine, &mut out).await;
     out

@@ -71,10 +71,13 @@ fn get(port: u16, path: &str) -> String {
     reply
 }
 
-#[test]
-fn memory_storage_warns_and_names_its_backend() {
+/// Starts `keel serve ARGS --listen 127.0.0.1:0` and returns it, its port, and its log
+/// lines before the listening one.
+fn serve(args: &[&str]) -> (Running, u16, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"])
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
         .env_remove("KEEL_TOKENS")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -82,7 +85,7 @@ fn memory_storage_warns_and_names_its_backend() {
         .spawn()
         .expect("keel starts");
     let stderr = child.stderr.take().expect("stderr");
-    let _server = Running(child);
+    let server = Running(child);
     // Log lines until the listening one, read on a thread so the wait has a deadline.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -104,6 +107,12 @@ fn memory_storage_warns_and_names_its_backend() {
         }
         log.push(line);
     };
+    (server, port, log)
+}
+
+#[test]
+fn memory_storage_warns_and_names_its_backend() {
+    let (_server, port, log) = serve(&["--storage", "memory"]);
     assert!(
         log.iter().any(|l| l.contains("NOT DURABLE")),
         "no durability warning in {log:#?}"
@@ -123,4 +132,22 @@ fn memory_storage_warns_and_names_its_backend() {
         ),
         "{metrics}"
     );
+}
+
+#[test]
+fn rocksdb_metrics_report_its_memory_within_the_configured_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = format!("rocksdb:{}", dir.path().join("store").display());
+    let (_server, port, _log) = serve(&["--storage", &storage, "--rocksdb-cache-mb", "8"]);
+    let metrics = get(port, "/metrics");
+    assert!(
+        metrics.contains("keel_storage_block_cache_capacity_bytes 8388608"),
+        "{metrics}"
+    );
+    for kind in ["memtables", "table_readers", "block_cache"] {
+        assert!(
+            metrics.contains(&format!("keel_storage_memory_bytes{{kind=\"{kind}\"}} ")),
+            "no {kind} in {metrics}"
+        );
+    }
 }
