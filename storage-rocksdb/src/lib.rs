@@ -95,8 +95,8 @@ use keel_storage::{
     Result, StorageError, Version, WatchFuture, MAX_KEY_BYTES,
 };
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode,
-    LogLevel, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    Direction, IteratorMode, LogLevel, Options, WriteBatch, WriteOptions, DB,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -1130,7 +1130,9 @@ mod tests {
         for i in (0..100_000u32).step_by(997) {
             let key = format!("workflow/{i:08}/run-record");
             assert!(read(&store, key.as_bytes()).await.is_some(), "{key}");
-            assert!(read(&store, format!("absent/{i}").as_bytes()).await.is_none());
+            assert!(read(&store, format!("absent/{i}").as_bytes())
+                .await
+                .is_none());
         }
         let memory = store.memory();
         assert_eq!(memory.block_cache_capacity, cache_bytes as u64);
