@@ -552,6 +552,37 @@ fn successor(key: &[u8]) -> Vec<u8> {
     next
 }
 
+/// Most keys a cleared range may hold to be written as point deletes (see
+/// [`GroupCommitter::stage`]).
+const POINT_DELETE_LIMIT: usize = 256;
+
+/// Every key of `range`, stored or written by the `earlier` requests of the batch being
+/// staged, when there are at most [`POINT_DELETE_LIMIT`]; `None` when there are more or
+/// the scan fails (the caller then writes a range tombstone, which is always correct).
+/// Called by the committer, the only writer, so the stored keys cannot change meanwhile.
+fn keys_in(
+    db: &DB,
+    range: &KeyRange,
+    earlier: &[(Version, CommitRequest, Reply)],
+) -> Option<std::collections::BTreeSet<Vec<u8>>> {
+    let mut keys = std::collections::BTreeSet::new();
+    let stored = read_range(db, range, POINT_DELETE_LIMIT + 1, false).ok()?;
+    keys.extend(stored.into_iter().map(|(key, _)| key));
+    let bounds = (
+        range.start.as_ref().map(Vec::as_slice),
+        range.end.as_ref().map(Vec::as_slice),
+    );
+    for (_, request, _) in earlier {
+        keys.extend(
+            request
+                .writes
+                .range::<[u8], _>(bounds)
+                .map(|(key, _)| key.clone()),
+        );
+    }
+    (keys.len() <= POINT_DELETE_LIMIT).then_some(keys)
+}
+
 /// `range` as RocksDB's half-open `[begin, end)` for `delete_range`.
 fn delete_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
     let begin = match &range.start {
@@ -954,7 +985,7 @@ impl GroupCommitter {
                 let _ = reply.send(Err(refusal.error()));
                 continue;
             }
-            self.stage(&request, &mut write_batch);
+            self.stage(&request, &accepted, &mut write_batch);
             self.version += 1;
             in_batch.record(self.version, &request);
             accepted.push((self.version, request, reply));
@@ -1020,10 +1051,27 @@ impl GroupCommitter {
 
     /// Adds `request`'s writes to `write_batch`: cleared ranges first, then point writes,
     /// atomic adds as merge operands (summed by [`add_counters`] in write order).
-    fn stage(&self, request: &CommitRequest, write_batch: &mut WriteBatch) {
+    ///
+    /// A cleared range holding at most [`POINT_DELETE_LIMIT`] keys (stored, or written by
+    /// the requests `earlier` in this batch) becomes point deletes of those keys; a
+    /// larger one a range tombstone. RocksDB 7.8 rebuilds a fragmented list of every
+    /// range tombstone in the memtable on each point read, so small range deletes (three
+    /// per run a retention pass purges, one per flush of deferred signals) made every
+    /// read cost O(range tombstones) until the memtable flushed.
+    fn stage(
+        &self,
+        request: &CommitRequest,
+        earlier: &[(Version, CommitRequest, Reply)],
+        write_batch: &mut WriteBatch,
+    ) {
         for range in &request.cleared_ranges {
-            let (begin, end) = delete_bounds(range);
-            write_batch.delete_range(begin, end);
+            match keys_in(&self.shared.db, range, earlier) {
+                Some(keys) => keys.iter().for_each(|key| write_batch.delete(key)),
+                None => {
+                    let (begin, end) = delete_bounds(range);
+                    write_batch.delete_range(begin, end);
+                }
+            }
         }
         for (key, write) in &request.writes {
             match write {
@@ -1316,6 +1364,82 @@ mod tests {
                 .load(Ordering::Relaxed),
             2
         );
+    }
+
+    /// Point deletes in the active memtable (RocksDB does not count range deletes there).
+    fn memtable_point_deletes(committer: &GroupCommitter) -> u64 {
+        committer
+            .shared
+            .db
+            .property_int_value("rocksdb.num-deletes-active-mem-table")
+            .expect("property")
+            .expect("property known")
+    }
+
+    fn stored_keys(committer: &GroupCommitter) -> Vec<Vec<u8>> {
+        let all = KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        };
+        read_range(&committer.shared.db, &all, 10_000, false)
+            .expect("range")
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    #[test]
+    fn a_small_cleared_range_becomes_point_deletes_of_its_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut committer = bare_committer(dir.path());
+        let set = |key: &'static [u8]| (key, Write::Set(b"v".to_vec()));
+        run_batch(
+            &mut committer,
+            vec![request(&[], vec![set(b"p/1"), set(b"p/2"), set(b"q")])],
+        );
+        let before = memtable_point_deletes(&committer);
+        // The batch's first request writes into the range the second one clears, and the
+        // third writes into it again: the clear must delete the stored keys and the first
+        // request's, and leave the third's.
+        let mut clear = request(&[], vec![]);
+        clear.cleared_ranges.push(KeyRange::prefix(b"p/"));
+        let answers = run_batch(
+            &mut committer,
+            vec![
+                request(&[], vec![set(b"p/3")]),
+                clear,
+                request(&[], vec![set(b"p/4")]),
+            ],
+        );
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(
+            stored_keys(&committer),
+            vec![b"p/4".to_vec(), b"q".to_vec()]
+        );
+        assert_eq!(
+            memtable_point_deletes(&committer) - before,
+            3,
+            "p/1, p/2 and p/3 deleted one by one, no range tombstone"
+        );
+    }
+
+    #[test]
+    fn a_large_cleared_range_is_one_range_tombstone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut committer = bare_committer(dir.path());
+        let keys: Vec<Vec<u8>> = (0..=POINT_DELETE_LIMIT)
+            .map(|i| format!("p/{i:04}").into_bytes())
+            .collect();
+        let mut fill = request(&[], vec![(b"q", Write::Set(b"v".to_vec()))]);
+        fill.writes
+            .extend(keys.iter().map(|k| (k.clone(), Write::Set(b"v".to_vec()))));
+        run_batch(&mut committer, vec![fill]);
+        let before = memtable_point_deletes(&committer);
+        let mut clear = request(&[], vec![]);
+        clear.cleared_ranges.push(KeyRange::prefix(b"p/"));
+        assert!(run_batch(&mut committer, vec![clear])[0].is_ok());
+        assert_eq!(stored_keys(&committer), vec![b"q".to_vec()]);
+        assert_eq!(memtable_point_deletes(&committer), before);
     }
 
     #[test]
