@@ -228,6 +228,14 @@ async fn repair_reason(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<Option<Re
 impl Engine {
     /// The retention backlog of `ns`: closed runs past its retention, oldest first.
     pub async fn retention_backlog(&self, ns: &str, limit: usize) -> Result<RetentionBacklog> {
+        let mut backlog = self.retention_scan(ns, limit).await?;
+        backlog.candidates.truncate(100);
+        Ok(backlog)
+    }
+
+    /// The retention backlog with every candidate found (up to `limit`), not only the
+    /// first 100 the backlog view shows.
+    async fn retention_scan(&self, ns: &str, limit: usize) -> Result<RetentionBacklog> {
         let record = self.describe_namespace(ns).await?;
         let cutoff_ms = self.now_ms() - i64::from(record.retention_days) * 86_400_000;
         let limit = limit.clamp(1, MAX_SCAN);
@@ -258,7 +266,7 @@ impl Engine {
             cutoff_ms,
             eligible: candidates.len(),
             truncated,
-            candidates: candidates.into_iter().take(100).collect(),
+            candidates,
         })
     }
 
@@ -271,24 +279,24 @@ impl Engine {
         run_ids: Option<&[String]>,
     ) -> Result<RetentionOutcome> {
         let limit = limit.clamp(1, 1000);
-        let backlog = self
-            .retention_backlog(
-                ns,
-                if run_ids.is_some() {
-                    MAX_SCAN
-                } else {
-                    limit + 1
-                },
-            )
-            .await?;
-        let mut out = RetentionOutcome::default();
+        let scan = if run_ids.is_some() {
+            MAX_SCAN
+        } else {
+            limit + 1
+        };
+        let backlog = self.retention_scan(ns, scan).await?;
         let mut eligible: Vec<&RetentionCandidate> = backlog
             .candidates
             .iter()
             .filter(|c| run_ids.is_none_or(|ids| ids.contains(&c.run_id)))
             .collect();
-        out.more = eligible.len() > limit || backlog.truncated;
+        // More remain when this pass leaves some of what it found, or found a full scan.
+        let more = eligible.len() > limit || backlog.truncated;
         eligible.truncate(limit);
+        let mut out = RetentionOutcome {
+            more,
+            ..RetentionOutcome::default()
+        };
         for candidate in eligible {
             let (deleted_instance, released) = self.purge_run(ns, candidate).await?;
             // The records are gone with the commit; the blobs follow (a crash here

@@ -816,3 +816,23 @@ async fn a_failed_child_is_retried_per_its_retry_policy_before_the_parent_hears(
         json!(second.run_id)
     );
 }
+
+#[tokio::test]
+async fn a_retention_pass_deletes_up_to_its_limit_and_says_when_runs_remain() {
+    let h = harness().await;
+    for i in 0..250 {
+        h.engine
+            .start_workflow(NS, start(&format!("old-{i}"), "t"))
+            .await
+            .expect("start");
+        let task = poll_wf(&h.engine).await.expect("workflow task");
+        complete_with_result(&h.engine, &task).await;
+    }
+    h.clock.advance(Duration::from_secs(31 * 86_400));
+    let first = h.engine.retention_pass(NS, 200, None).await.expect("pass");
+    assert_eq!((first.deleted_runs, first.more), (200, true));
+    let second = h.engine.retention_pass(NS, 200, None).await.expect("pass");
+    assert_eq!((second.deleted_runs, second.more), (50, false));
+    let backlog = h.engine.retention_backlog(NS, 1000).await.expect("backlog");
+    assert_eq!(backlog.eligible, 0, "nothing past retention is left behind");
+}
