@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{control, expect, expect_status, send, start, worker, CONTROL};
+use common::{control, expect, expect_status, send, start, worker, CONTROL, WORKER};
 use keel_engine::model::{RunRecord, TaskRecord};
 use keel_engine::tables;
 use serde_json::{json, Value};
@@ -489,6 +489,64 @@ async fn metrics_scrape_has_the_named_series() {
         401,
         "unauthorized",
     );
+}
+
+/// The scrape's `keel_parked_polls` line, waited for until it reads `want`.
+async fn wait_for_parked_polls(s: &common::Server, want: usize) {
+    let line = format!("\nkeel_parked_polls {want}\n");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = send(
+            s.addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer wk")],
+            None,
+        )
+        .await;
+        expect_status(&r, 200);
+        if r.text.contains(&line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keel_parked_polls never read {want}:\n{}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_long_polls_parked_on_the_node() {
+    let s = start(TOKENS, None).await;
+    register(&s).await;
+    wait_for_parked_polls(&s, 0).await;
+    let addr = s.addr;
+    let parked = tokio::spawn(async move {
+        send(
+            addr,
+            "POST",
+            "/api/worker/workflow-tasks/poll",
+            &[
+                ("Authorization", "Bearer wk"),
+                WORKER,
+                ("X-Namespace", "default"),
+            ],
+            Some(&json!({"worker_id": "w1", "task_queue": "q", "timeout_seconds": 30})),
+        )
+        .await
+    });
+    wait_for_parked_polls(&s, 1).await;
+    start_workflow(&s, "wakes-the-poll").await;
+    let r = parked.await.expect("poll task");
+    expect_status(&r, 200);
+    assert!(
+        !r.json()["task"].is_null(),
+        "the parked poll got the task: {}",
+        r.text
+    );
+    wait_for_parked_polls(&s, 0).await;
 }
 
 #[tokio::test]

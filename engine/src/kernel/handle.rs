@@ -122,6 +122,11 @@ impl Engine {
         self.inner.timers.in_memory_len()
     }
 
+    /// How many long-polls are parked on this node, waiting for a task.
+    pub fn parked_polls(&self) -> usize {
+        self.inner.matching.parked()
+    }
+
     /// The current time on the engine's clock.
     pub fn now_ms(&self) -> Millis {
         self.inner.clock.now_ms()
