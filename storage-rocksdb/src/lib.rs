@@ -566,8 +566,20 @@ fn keys_in(
     earlier: &[(Version, CommitRequest, Reply)],
 ) -> Option<std::collections::BTreeSet<Vec<u8>>> {
     let mut keys = std::collections::BTreeSet::new();
-    let stored = read_range(db, range, POINT_DELETE_LIMIT + 1, false).ok()?;
-    keys.extend(stored.into_iter().map(|(key, _)| key));
+    // Keys only: a raw iterator bounded like the range's half-open form.
+    let (begin, end) = delete_bounds(range);
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(end);
+    let mut stored = db.raw_iterator_opt(opts);
+    stored.seek(&begin);
+    while let Some(key) = stored.key() {
+        if keys.len() > POINT_DELETE_LIMIT {
+            return None;
+        }
+        keys.insert(key.to_vec());
+        stored.next();
+    }
+    stored.status().ok()?;
     let bounds = (
         range.start.as_ref().map(Vec::as_slice),
         range.end.as_ref().map(Vec::as_slice),
