@@ -210,13 +210,14 @@ pub async fn event_payload(
 ) -> Result<Option<Value>> {
     let bytes = tables::get_bytes(txn, &tables::history_key(ns, run_id, seq), true).await?;
     let Some(bytes) = bytes else { return Ok(None) };
-    let mut event: Value = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
-    Ok(Some(
-        event
-            .get_mut("payload")
-            .map(Value::take)
-            .unwrap_or(Value::Null),
-    ))
+    /// The event's payload alone: the other fields are skipped, not built as values.
+    #[derive(serde::Deserialize)]
+    struct PayloadOnly {
+        #[serde(default)]
+        payload: Value,
+    }
+    let event: PayloadOnly = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+    Ok(Some(event.payload))
 }
 
 /// Encodes a history page token: the last sequence already returned.

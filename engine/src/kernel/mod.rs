@@ -34,14 +34,15 @@ pub(crate) use timers::{clear_timer, put_timer};
 pub(crate) use tx::{run, Hooks, Tx, TxFuture};
 
 use crate::error::{Error, Result};
-use crate::model::NamespaceRecord;
 use crate::storage::KvTxn;
 use crate::tables;
 
 /// Fails with `namespace_not_found` unless `ns` exists (a snapshot read: namespaces are
 /// never deleted, so this adds no conflict).
 pub(crate) async fn require_namespace(txn: &mut dyn KvTxn, ns: &str) -> Result<()> {
-    if tables::get_snapshot::<NamespaceRecord>(txn, &tables::namespace_key(ns))
+    // Presence only: the record (with its search-attribute registry) is not decoded.
+    if txn
+        .get_snapshot(&tables::namespace_key(ns))
         .await?
         .is_none()
     {
