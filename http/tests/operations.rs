@@ -434,6 +434,20 @@ async fn system_health_and_metrics_are_bounded_namespace_snapshots() {
     assert!(r.json()["errors"]["limit"].is_array());
 }
 
+/// `GET /metrics` as the worker token, asserted 200.
+async fn scrape(s: &common::Server) -> common::Resp {
+    let r = send(
+        s.addr,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer wk")],
+        None,
+    )
+    .await;
+    expect_status(&r, 200);
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_scrape_has_the_named_series() {
     let s = start(TOKENS, None).await;
@@ -446,15 +460,7 @@ async fn metrics_scrape_has_the_named_series() {
     s.clock.advance(Duration::from_secs(11));
     let mut text = String::new();
     for _ in 0..200 {
-        let r = send(
-            s.addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", "Bearer wk")],
-            None,
-        )
-        .await;
-        expect_status(&r, 200);
+        let r = scrape(&s).await;
         assert!(r
             .header("content-type")
             .is_some_and(|c| c.starts_with("text/plain")));
@@ -496,15 +502,7 @@ async fn wait_for_parked_polls(s: &common::Server, want: usize) {
     let line = format!("\nkeel_parked_polls {want}\n");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let r = send(
-            s.addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", "Bearer wk")],
-            None,
-        )
-        .await;
-        expect_status(&r, 200);
+        let r = scrape(s).await;
         if r.text.contains(&line) {
             return;
         }
