@@ -22,7 +22,7 @@ use clap::Parser;
 use keel_engine::clock::{Clock, ManualClock};
 use keel_engine::model::WorkerRecord;
 use keel_engine::storage::KvStore;
-use keel_engine::workflow::{DuplicatePolicy, ListQuery, Poll, StartWorkflow};
+use keel_engine::workflow::{ListQuery, Poll, StartWorkflow};
 use keel_engine::{Engine, EngineConfig};
 use keel_storage_rocksdb::RocksStore;
 use serde_json::{json, Value};
@@ -88,16 +88,7 @@ async fn one_workflow(engine: &Engine, lane: usize, id: String) {
             NS,
             StartWorkflow {
                 workflow_id: Some(id),
-                workflow_type: "bench".into(),
-                task_queue: queue(lane),
-                input: blob.clone(),
-                execution_timeout_seconds: None,
-                run_timeout_seconds: None,
-                duplicate_policy: DuplicatePolicy::Fail,
-                memo: json!({}),
-                search_attributes: json!({}),
-                priority: 5,
-                build_id: None,
+                ..StartWorkflow::new("bench", queue(lane), blob.clone())
             },
         )
         .await

@@ -252,16 +252,8 @@ impl Model {
                 };
                 let req = StartWorkflow {
                     workflow_id: Some(id.clone()),
-                    workflow_type: "wf".into(),
-                    task_queue: queue.into(),
-                    input: json!({"codec": "avro", "blob": "AA=="}),
-                    execution_timeout_seconds: None,
-                    run_timeout_seconds: None,
                     duplicate_policy: DuplicatePolicy::UseExisting,
-                    memo: json!({}),
-                    search_attributes: json!({}),
-                    priority: 5,
-                    build_id: None,
+                    ..StartWorkflow::new("wf", queue, json!({"codec": "avro", "blob": "AA=="}))
                 };
                 match self.engines[0].start_workflow(NS, req).await {
                     Ok(_) => {

@@ -53,16 +53,8 @@ async fn drive(seed: u64) {
     while started < WORKFLOWS {
         let req = StartWorkflow {
             workflow_id: Some(format!("wf-{started}")),
-            workflow_type: "t".into(),
-            task_queue: "q".into(),
-            input: json!({"codec": "avro", "blob": "AA=="}),
-            execution_timeout_seconds: None,
-            run_timeout_seconds: None,
             duplicate_policy: DuplicatePolicy::UseExisting,
-            memo: json!({}),
-            search_attributes: json!({}),
-            priority: 5,
-            build_id: None,
+            ..StartWorkflow::new("t", "q", json!({"codec": "avro", "blob": "AA=="}))
         };
         // A start that failed ambiguously is retried by the client with the same id.
         if engine.start_workflow(NS, req).await.is_ok() {

@@ -16,7 +16,7 @@ use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
 use keel_engine::storage::{KvStore, ReadOptions};
 use keel_engine::workflow::{
-    CloseCommand, DuplicatePolicy, ListQuery, Poll, SignalRequest, StartWorkflow, WorkflowTaskView,
+    CloseCommand, ListQuery, Poll, SignalRequest, StartWorkflow, WorkflowTaskView,
 };
 use keel_engine::{Engine, EngineConfig, Error};
 use serde_json::{json, Value};
@@ -86,16 +86,11 @@ async fn register(
 fn start_request(id: &str, workflow_type: &str) -> StartWorkflow {
     StartWorkflow {
         workflow_id: Some(id.into()),
-        workflow_type: workflow_type.into(),
-        task_queue: QUEUE.into(),
-        input: json!({"codec": "avro", "blob": "AA=="}),
-        execution_timeout_seconds: None,
-        run_timeout_seconds: None,
-        duplicate_policy: DuplicatePolicy::Fail,
-        memo: json!({}),
-        search_attributes: json!({}),
-        priority: 5,
-        build_id: None,
+        ..StartWorkflow::new(
+            workflow_type,
+            QUEUE,
+            json!({"codec": "avro", "blob": "AA=="}),
+        )
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keel_engine::clock::{Clock, SystemClock};
 use keel_engine::storage::KvStore;
-use keel_engine::workflow::{DuplicatePolicy, StartWorkflow};
+use keel_engine::workflow::StartWorkflow;
 use keel_engine::{Engine, EngineConfig};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use serde_json::{json, Value};
@@ -31,16 +31,7 @@ async fn store_with_workflows(dir: &std::path::Path, n: usize) -> Arc<RocksStore
     for i in 0..n {
         let start = StartWorkflow {
             workflow_id: Some(format!("check-{i}")),
-            workflow_type: "wf".into(),
-            task_queue: "q".into(),
-            input: json!({"codec": "avro", "blob": "AA=="}),
-            execution_timeout_seconds: None,
-            run_timeout_seconds: None,
-            duplicate_policy: DuplicatePolicy::Fail,
-            memo: json!({}),
-            search_attributes: json!({}),
-            priority: 5,
-            build_id: None,
+            ..StartWorkflow::new("wf", "q", json!({"codec": "avro", "blob": "AA=="}))
         };
         engine
             .start_workflow("default", start)

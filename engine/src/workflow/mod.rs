@@ -87,6 +87,31 @@ pub struct StartWorkflow {
     pub build_id: Option<String>,
 }
 
+impl StartWorkflow {
+    /// A start of `workflow_type` on `task_queue` with `input` and nothing else: a
+    /// generated id, no timeouts, refused when the id has an open run, empty memo and
+    /// search attributes, priority 5, no build id.
+    pub fn new(
+        workflow_type: impl Into<String>,
+        task_queue: impl Into<String>,
+        input: Value,
+    ) -> Self {
+        StartWorkflow {
+            workflow_id: None,
+            workflow_type: workflow_type.into(),
+            task_queue: task_queue.into(),
+            input,
+            execution_timeout_seconds: None,
+            run_timeout_seconds: None,
+            duplicate_policy: DuplicatePolicy::Fail,
+            memo: json!({}),
+            search_attributes: json!({}),
+            priority: 5,
+            build_id: None,
+        }
+    }
+}
+
 /// The result of a start.
 #[derive(Debug, Clone)]
 pub struct StartOutcome {

@@ -9,9 +9,9 @@
 //! learns it was cancelled.
 
 use super::{
-    close_run, history, ids, json, start_in_txn, tables, DuplicatePolicy, Effects, Engine, Error,
-    KvTxn, ListQuery, Millis, RejectKind, Result, RunRecord, RunStatus, StartWorkflow, TaskRecord,
-    Value, WorkflowListPage,
+    close_run, history, ids, json, start_in_txn, tables, Effects, Engine, Error, KvTxn, ListQuery,
+    Millis, RejectKind, Result, RunRecord, RunStatus, StartWorkflow, TaskRecord, Value,
+    WorkflowListPage,
 };
 use crate::model::StandaloneActivity;
 
@@ -105,16 +105,11 @@ pub(crate) async fn start_standalone_in_txn(
 ) -> Result<(RunRecord, Option<TaskRecord>)> {
     let start = StartWorkflow {
         workflow_id: Some(activity_id.to_string()),
-        workflow_type: STANDALONE_HOST_TYPE.to_string(),
-        task_queue: req.task_queue.clone(),
-        input: req.input.clone(),
-        execution_timeout_seconds: None,
-        run_timeout_seconds: None,
-        duplicate_policy: DuplicatePolicy::Fail,
-        memo: json!({}),
-        search_attributes: json!({}),
-        priority: 5,
-        build_id: None,
+        ..StartWorkflow::new(
+            STANDALONE_HOST_TYPE,
+            req.task_queue.clone(),
+            req.input.clone(),
+        )
     };
     let mut command = json!({
         "type": "schedule_activity",

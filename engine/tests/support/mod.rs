@@ -9,9 +9,7 @@ use keel_engine::clock::{Clock, ManualClock};
 use keel_engine::model::WorkerRecord;
 use keel_engine::storage::memory::MemoryStore;
 use keel_engine::storage::KvStore;
-use keel_engine::workflow::{
-    ActivityTaskView, DuplicatePolicy, Poll, StartWorkflow, WorkflowTaskView,
-};
+use keel_engine::workflow::{ActivityTaskView, Poll, StartWorkflow, WorkflowTaskView};
 use keel_engine::{Engine, EngineConfig, Error};
 use serde_json::{json, Value};
 
@@ -136,16 +134,7 @@ pub async fn register(engine: &Engine, worker_id: &str, capabilities: &[&str]) {
 pub fn start(id: &str, workflow_type: &str) -> StartWorkflow {
     StartWorkflow {
         workflow_id: Some(id.into()),
-        workflow_type: workflow_type.into(),
-        task_queue: QUEUE.into(),
-        input: json!({"codec": "avro", "blob": ARGS}),
-        execution_timeout_seconds: None,
-        run_timeout_seconds: None,
-        duplicate_policy: DuplicatePolicy::Fail,
-        memo: json!({}),
-        search_attributes: json!({}),
-        priority: 5,
-        build_id: None,
+        ..StartWorkflow::new(workflow_type, QUEUE, json!({"codec": "avro", "blob": ARGS}))
     }
 }
 
