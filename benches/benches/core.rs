@@ -63,6 +63,7 @@ fn matching(c: &mut Criterion) {
             };
             m.offer(&key, hint(i));
             m.unpark(&key, id, &slot)
+                .hint()
                 .expect("sync match delivered the hint")
         });
     });

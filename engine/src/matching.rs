@@ -10,6 +10,12 @@
 //!   re-offers it on a storage error).
 //! * A new hint goes to the oldest parked poller that accepts its type (sync match);
 //!   otherwise into the index, ordered by priority, then availability, then arrival.
+//! * Eager leases: a transaction that makes a task ready may take the oldest parked poller
+//!   that accepts it out of its queue ([`Matching::reserve`]) and lease the task to it
+//!   before its commit. The [`Reservation`] ends exactly once: delivered with the leased
+//!   task after the commit, or (dropped undelivered: the transaction failed) the poller is
+//!   put back at the head of its queue. A poller that left meanwhile makes the delivery
+//!   hand the leased task back, so a lease nobody received never waits out its expiry.
 //! * Locks are held only for in-memory bookkeeping: never across `.await` or I/O.
 //! * With a cluster (several nodes on one store), a task announced through this node
 //!   within [`LOCAL_OFFER_TTL`] is not handed out again from a scan of the durable ready
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::model::TaskKind;
+use crate::model::{TaskKind, TaskRecord};
 use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
 
 /// Identifies one matching queue.
@@ -111,12 +117,113 @@ impl Default for ParkLimits {
     }
 }
 
-/// Where a parked poller receives its hint.
+/// Where a parked poller receives its hint or its leased task.
 #[derive(Debug, Default)]
 pub struct Slot {
-    hint: Mutex<Option<TaskHint>>,
-    /// Notified once a hint is placed in the slot.
+    state: Mutex<SlotState>,
+    /// Notified when the slot's state changes for the poller: a hint or a leased task
+    /// placed in it, or a reservation returned.
     pub notify: Notify,
+}
+
+/// What a parked poller's slot holds.
+#[derive(Debug, Default)]
+enum SlotState {
+    /// Parked in its queue; nothing handed over yet.
+    #[default]
+    Waiting,
+    /// Out of its queue, reserved by a transaction leasing it a task (see
+    /// [`Matching::reserve`]).
+    Reserved,
+    /// A hint to lease.
+    Hint(TaskHint),
+    /// A task leased to the poller by the transaction that made it ready.
+    Leased(Box<TaskRecord>),
+    /// The poller left: nothing reaches it any more.
+    Gone,
+}
+
+/// What a poller finds when it leaves its queue ([`Matching::unpark`]).
+#[derive(Debug)]
+pub enum Unparked {
+    /// Nothing was handed over.
+    Nothing,
+    /// A hint to lease.
+    Hint(TaskHint),
+    /// A task already leased to this poller.
+    Leased(Box<TaskRecord>),
+    /// A transaction leasing this poller a task has not finished: wait on the slot's
+    /// notify and unpark again (it resolves with the commit).
+    Reserved,
+}
+
+impl Unparked {
+    /// The hint handed over, if that is what it was.
+    pub fn hint(self) -> Option<TaskHint> {
+        match self {
+            Unparked::Hint(hint) => Some(hint),
+            _ => None,
+        }
+    }
+}
+
+/// A parked poller taken out of its queue by a transaction that leases it a task before
+/// its commit. Dropped undelivered (the transaction failed or leased nothing), the poller
+/// goes back to the head of its queue.
+pub struct Reservation {
+    matching: Arc<Matching>,
+    key: QueueKey,
+    waiter: Option<Waiter>,
+}
+
+impl Reservation {
+    /// The worker the poller polls for.
+    pub fn worker_id(&self) -> &str {
+        self.waiter
+            .as_ref()
+            .and_then(|w| w.filter.worker_id.as_deref())
+            .expect("invariant: only pollers with a worker id are reserved")
+    }
+
+    /// Hands the task leased in the committed transaction to the poller; returns it when
+    /// the poller has left meanwhile (the caller hands the lease back).
+    pub fn deliver(mut self, task: Box<TaskRecord>) -> Option<Box<TaskRecord>> {
+        let waiter = self.waiter.take().expect("invariant: delivered once");
+        let mut state = lock(&waiter.slot.state);
+        match *state {
+            SlotState::Reserved => {
+                *state = SlotState::Leased(task);
+                drop(state);
+                waiter.slot.notify.notify_one();
+                None
+            }
+            _ => Some(task),
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(waiter) = self.waiter.take() else {
+            return;
+        };
+        let mut shard = lock(self.matching.shard(&self.key));
+        let mut state = lock(&waiter.slot.state);
+        if !matches!(*state, SlotState::Reserved) {
+            return;
+        }
+        *state = SlotState::Waiting;
+        drop(state);
+        let slot = waiter.slot.clone();
+        shard
+            .entry(self.key.clone())
+            .or_default()
+            .waiters
+            .push_front(waiter);
+        self.matching.parked.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        slot.notify.notify_one();
+    }
 }
 
 /// `(namespace, session_id)`.
@@ -331,9 +438,40 @@ impl Matching {
             .remove(pos)
             .expect("invariant: position is in range");
         self.parked.fetch_sub(1, Ordering::Relaxed);
-        *lock(&waiter.slot.hint) = Some(hint);
+        *lock(&waiter.slot.state) = SlotState::Hint(hint);
         waiter.slot.notify.notify_one();
         None
+    }
+
+    /// Takes the oldest parked poller that accepts `hint` out of its queue, for a lease
+    /// made inside the transaction that made the task ready (see the module docs). Only
+    /// pollers that name their worker, and never for a session task (its admission
+    /// belongs to the poll path).
+    pub fn reserve(
+        matching: &Arc<Matching>,
+        key: &QueueKey,
+        hint: &TaskHint,
+    ) -> Option<Reservation> {
+        if hint.session.is_some() {
+            return None;
+        }
+        let mut shard = lock(matching.shard(key));
+        let state = shard.get_mut(key)?;
+        let pos = state
+            .waiters
+            .iter()
+            .position(|w| w.filter.worker_id.is_some() && w.filter.accepts(hint))?;
+        let waiter = state
+            .waiters
+            .remove(pos)
+            .expect("invariant: position is in range");
+        matching.parked.fetch_sub(1, Ordering::Relaxed);
+        *lock(&waiter.slot.state) = SlotState::Reserved;
+        Some(Reservation {
+            matching: matching.clone(),
+            key: key.clone(),
+            waiter: Some(waiter),
+        })
     }
 
     /// Takes the best hint the filter accepts, or parks the poller as `waiter_id`.
@@ -370,9 +508,21 @@ impl Matching {
         Take::Parked(slot)
     }
 
-    /// Unparks `waiter_id` and returns the hint it was handed meanwhile, if any. After
-    /// this returns, no offer can reach the slot any more.
-    pub fn unpark(&self, key: &QueueKey, waiter_id: u64, slot: &Slot) -> Option<TaskHint> {
+    /// Unparks `waiter_id` and returns what it was handed meanwhile. After this returns
+    /// anything but [`Unparked::Reserved`], nothing can reach the slot any more; after
+    /// `Reserved`, the reservation resolves with its transaction (wait on the slot and
+    /// unpark again).
+    pub fn unpark(&self, key: &QueueKey, waiter_id: u64, slot: &Slot) -> Unparked {
+        self.leave(key, waiter_id, slot, true)
+    }
+
+    /// Unparks `waiter_id` for good (its poll was cancelled): like [`Matching::unpark`],
+    /// but a pending reservation is abandoned, so its delivery hands the lease back.
+    pub fn abandon(&self, key: &QueueKey, waiter_id: u64, slot: &Slot) -> Unparked {
+        self.leave(key, waiter_id, slot, false)
+    }
+
+    fn leave(&self, key: &QueueKey, waiter_id: u64, slot: &Slot, wait_reserved: bool) -> Unparked {
         let mut shard = lock(self.shard(key));
         if let Some(state) = shard.get_mut(key) {
             let before = state.waiters.len();
@@ -384,7 +534,17 @@ impl Matching {
                 shard.remove(key);
             }
         }
-        lock(&slot.hint).take()
+        let mut state = lock(&slot.state);
+        match std::mem::replace(&mut *state, SlotState::Gone) {
+            SlotState::Waiting | SlotState::Gone => Unparked::Nothing,
+            SlotState::Hint(hint) => Unparked::Hint(hint),
+            SlotState::Leased(task) => Unparked::Leased(task),
+            SlotState::Reserved if wait_reserved => {
+                *state = SlotState::Reserved;
+                Unparked::Reserved
+            }
+            SlotState::Reserved => Unparked::Nothing,
+        }
     }
 
     /// Whether a poller with `filter` may take `hint` on `key`: its own filter, and the
@@ -570,12 +730,13 @@ mod tests {
         };
         m.offer(&key(), hint("t1", "a", 5, 1));
         assert_eq!(
-            m.unpark(&key(), id_b, &slot_b),
+            m.unpark(&key(), id_b, &slot_b).hint(),
             None,
             "type b poller must not get an a task"
         );
         assert_eq!(
             m.unpark(&key(), id_any, &slot_any)
+                .hint()
                 .map(|h| h.task_id.to_string()),
             Some("t1".into())
         );
@@ -589,7 +750,7 @@ mod tests {
         let Take::Parked(slot) = m.take_or_park(&key(), &PollFilter::default(), id) else {
             panic!("parks")
         };
-        assert_eq!(m.unpark(&key(), id, &slot), None);
+        assert_eq!(m.unpark(&key(), id, &slot).hint(), None);
         m.offer(&key(), hint("t1", "a", 5, 1));
         assert_eq!(m.stats(&key()).ready, 1, "the hint waits in the index");
     }
@@ -616,7 +777,7 @@ mod tests {
         let Take::Parked(slot) = m.take_or_park(&key(), &v1, id) else {
             panic!("v1 must not get a v2 task")
         };
-        assert_eq!(m.unpark(&key(), id, &slot), None);
+        assert_eq!(m.unpark(&key(), id, &slot).hint(), None);
         assert!(
             matches!(
                 m.take_or_park(&key(), &PollFilter::default(), m.waiter_id()),
@@ -679,7 +840,9 @@ mod tests {
         m.set_session_holder("default", "s1", None);
         m.rematch(&key());
         assert_eq!(
-            m.unpark(&key(), id, &slot).map(|h| h.task_id.to_string()),
+            m.unpark(&key(), id, &slot)
+                .hint()
+                .map(|h| h.task_id.to_string()),
             Some("t1".into()),
             "released, the task goes to the parked poller"
         );
@@ -731,12 +894,16 @@ mod tests {
             "one poller still parked"
         );
         assert_eq!(
-            m.unpark(&key(), first, &first_slot).map(|h| h.task_id),
+            m.unpark(&key(), first, &first_slot)
+                .hint()
+                .map(|h| h.task_id),
             Some("local".into())
         );
         m.offer_to_parked(&key(), hint("elsewhere", "a", 5, 2));
         assert_eq!(
-            m.unpark(&key(), second, &second_slot).map(|h| h.task_id),
+            m.unpark(&key(), second, &second_slot)
+                .hint()
+                .map(|h| h.task_id),
             Some("elsewhere".into()),
             "a task announced on another node is handed out"
         );
@@ -749,8 +916,8 @@ mod tests {
         let (second, second_slot) = parked(&m);
         m.offer(&key(), hint("t", "a", 5, 1));
         m.offer_to_parked(&key(), hint("t", "a", 5, 1));
-        assert!(m.unpark(&key(), first, &first_slot).is_some());
-        assert!(m.unpark(&key(), second, &second_slot).is_some());
+        assert!(m.unpark(&key(), first, &first_slot).hint().is_some());
+        assert!(m.unpark(&key(), second, &second_slot).hint().is_some());
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::storage::{
 /// Counter: task leases that lapsed and returned their task to the ready index. Label
 /// `kind` (`workflow`, `activity`).
 pub const LEASE_EXPIRIES: &str = "keel_lease_expiries_total";
+/// Counter: tasks leased to a parked poller inside the transaction that made them ready.
+/// Labels `kind`, `outcome` (`delivered`; `handed_back`: the poller had left).
+pub const EAGER_LEASES: &str = "keel_eager_leases_total";
 /// Counter: worker long-polls by outcome. Labels `kind`, `outcome` (`leased`, `empty`,
 /// `error`).
 pub const POLLS: &str = "keel_polls_total";
@@ -36,6 +39,11 @@ fn kind_label(kind: TaskKind) -> &'static str {
 /// Records a lapsed lease.
 pub fn lease_expired(kind: TaskKind) {
     metrics::counter!(LEASE_EXPIRIES, "kind" => kind_label(kind)).increment(1);
+}
+
+/// Records an eager lease's outcome (`delivered` or `handed_back`).
+pub fn eager_lease(kind: TaskKind, outcome: &'static str) {
+    metrics::counter!(EAGER_LEASES, "kind" => kind_label(kind), "outcome" => outcome).increment(1);
 }
 
 /// Records the outcome of a long-poll (`leased`, `empty` or `error`).

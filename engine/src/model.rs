@@ -298,7 +298,7 @@ pub struct TimerKey {
 }
 
 /// A lease on a task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// The worker holding it.
     pub owner: String,

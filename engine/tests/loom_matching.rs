@@ -33,7 +33,7 @@ fn poll_then_time_out(m: &Matching) -> Option<TaskHint> {
     let id = m.waiter_id();
     match m.take_or_park(&key(), &PollFilter::default(), id) {
         Take::Hint(h) => Some(h),
-        Take::Parked(slot) => m.unpark(&key(), id, &slot),
+        Take::Parked(slot) => m.unpark(&key(), id, &slot).hint(),
         Take::Full => None,
     }
 }
@@ -45,7 +45,7 @@ fn drain_index(m: &Matching) -> Vec<TaskHint> {
         match m.take_or_park(&key(), &PollFilter::default(), id) {
             Take::Hint(h) => out.push(h),
             Take::Parked(slot) => {
-                assert!(m.unpark(&key(), id, &slot).is_none());
+                assert!(m.unpark(&key(), id, &slot).hint().is_none());
                 return out;
             }
             Take::Full => return out,
@@ -184,4 +184,88 @@ fn duplicate_offers_of_one_task_index_it_once() {
         a.join().expect("offerer");
         assert_eq!(drain_index(&m).len(), 1);
     });
+}
+
+/// A task record leased to `w` (what an eager lease delivers).
+fn leased_record() -> Box<keel_engine::model::TaskRecord> {
+    Box::new(
+        serde_json::from_value(serde_json::json!({
+            "task_id": "t1", "kind": "workflow", "namespace": "ns", "task_queue": "q",
+            "workflow_id": "wf", "run_id": "r", "type_name": "t", "priority": 5,
+            "status": "leased", "attempt": 1, "ready_at_ms": 0
+        }))
+        .expect("task record"),
+    )
+}
+
+/// A transaction reserving a parked poller for an eager lease, then committing
+/// (`commit`: delivering) or failing (dropping the reservation), races the poller leaving
+/// (`cancel`: its poll dropped, abandoning; otherwise timed out, then waiting for the
+/// reservation to resolve). The lease reaches the poller or is handed back, exactly once
+/// when committed and never when not; the poller never stays queued once it has left.
+fn reservation_race(commit: bool, cancel: bool) {
+    use keel_engine::matching::Unparked;
+    loom::model(move || {
+        // std's Arc: a reservation holds one (reference counts are not what is checked).
+        let m = std::sync::Arc::new(Matching::new());
+        let filter = PollFilter {
+            worker_id: Some("w".into()),
+            ..PollFilter::default()
+        };
+        let id = m.waiter_id();
+        let Take::Parked(slot) = m.take_or_park(&key(), &filter, id) else {
+            panic!("parks")
+        };
+        let txn = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let reservation = Matching::reserve(&m, &key(), &hint("t1"))?;
+                assert_eq!(reservation.worker_id(), "w");
+                if commit {
+                    Some(reservation.deliver(leased_record()).is_some())
+                } else {
+                    drop(reservation);
+                    Some(false)
+                }
+            })
+        };
+        let first = if cancel {
+            m.abandon(&key(), id, &slot)
+        } else {
+            m.unpark(&key(), id, &slot)
+        };
+        let outcome = txn.join().expect("transaction");
+        let received = match first {
+            Unparked::Leased(_) => true,
+            // Still reserved when the poller timed out: it waits for the outcome.
+            Unparked::Reserved => matches!(m.unpark(&key(), id, &slot), Unparked::Leased(_)),
+            Unparked::Nothing | Unparked::Hint(_) => false,
+        };
+        let handed_back = outcome == Some(true);
+        match (commit, outcome) {
+            (true, Some(_)) => assert!(received ^ handed_back, "delivered xor handed back"),
+            _ => assert!(
+                !received && !handed_back,
+                "no lease without a committed reservation"
+            ),
+        }
+        assert_eq!(m.parked(), 0, "the poller left its queue");
+        assert_eq!(m.stats(&key()).pollers, 0);
+    });
+}
+
+#[test]
+fn a_committed_reservation_reaches_a_cancelled_poller_or_is_handed_back() {
+    reservation_race(true, true);
+}
+
+#[test]
+fn a_committed_reservation_reaches_a_timed_out_poller() {
+    reservation_race(true, false);
+}
+
+#[test]
+fn a_failed_reservation_gives_a_leaving_poller_nothing_and_leaves_no_waiter() {
+    reservation_race(false, true);
+    reservation_race(false, false);
 }

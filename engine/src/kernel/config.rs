@@ -22,6 +22,10 @@ pub struct EngineConfig {
     pub park_limits: crate::matching::ParkLimits,
     /// Admission: at most this many leased tasks per queue and kind (`None`: unbounded).
     pub max_leases_per_queue: Option<u64>,
+    /// Whether a transaction that makes a task ready leases it to a parked poller that
+    /// accepts it before its commit, saving the poll's own lease transaction (single-node
+    /// stores without `max_leases_per_queue` only).
+    pub eager_leases: bool,
     /// Whether this node fires timers and schedules (the `scheduler` role); with other
     /// nodes on the store, only while it holds the scheduler lease.
     pub scheduler: bool,
@@ -42,6 +46,7 @@ impl Default for EngineConfig {
             max_poll_timeout: Duration::from_secs(60),
             park_limits: crate::matching::ParkLimits::default(),
             max_leases_per_queue: None,
+            eager_leases: true,
             scheduler: true,
             cluster: None,
             payloads: PayloadStores::default(),

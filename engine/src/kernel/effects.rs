@@ -2,7 +2,7 @@
 //! of other subsystems before its commit ([`Event`]).
 
 use crate::clock::Millis;
-use crate::matching::{QueueKey, TaskHint};
+use crate::matching::{QueueKey, Reservation, TaskHint};
 use crate::model::{TaskRecord, TimerAction, TimerKey};
 use crate::tables::QueueCounter;
 
@@ -21,6 +21,9 @@ pub(crate) struct Effects {
     /// Changes to the in-memory per-queue counts (single-node stores only).
     pub counts: Vec<(QueueKey, QueueCounter, i64)>,
     pub ready: Vec<(QueueKey, TaskHint)>,
+    /// Tasks leased to a reserved parked poller before commit, delivered after it (an
+    /// undelivered reservation returns its poller to the queue when dropped).
+    pub eager: Vec<(Reservation, Box<TaskRecord>)>,
     /// Durable timers written.
     pub timers: Vec<TimerKey>,
     /// In-memory lease timers armed, with their action (single-node stores only).
@@ -46,6 +49,7 @@ impl Effects {
             multi_node,
             counts: Vec::new(),
             ready: Vec::new(),
+            eager: Vec::new(),
             timers: Vec::new(),
             lease_timers: Vec::new(),
             lease_timers_ended: Vec::new(),

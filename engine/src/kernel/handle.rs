@@ -173,6 +173,13 @@ impl Engine {
                 // strand its task; a spurious firing is a no-op).
                 effects.counts.clear();
                 effects.lease_timers_ended.clear();
+                // An eager lease of an attempt that may not have committed is not handed
+                // to its poller (the poller goes back to its queue); if it did commit,
+                // the lease is handed back (a no-op otherwise).
+                for (reservation, task) in std::mem::take(&mut effects.eager) {
+                    drop(reservation);
+                    self.hand_back(task);
+                }
                 self.apply(effects);
             },
         )
@@ -218,6 +225,12 @@ impl Engine {
         }
         for update_id in effects.updates {
             self.inner.queries.wake_update(&update_id);
+        }
+        // Last, so the lease's timer is armed before its worker can end it.
+        for (reservation, task) in effects.eager {
+            if let Some(task) = reservation.deliver(task) {
+                self.hand_back(task);
+            }
         }
     }
 

@@ -35,10 +35,16 @@ pub(crate) trait Hooks: Send + Sync {
         now: Millis,
         fx: &'t mut Effects,
     ) -> TxFuture<'t, ()>;
+
+    /// The last step before commit, once no event is left: eager leases of the tasks the
+    /// transaction made ready.
+    fn before_commit<'t>(&'t self, txn: &'t mut dyn KvTxn, fx: &'t mut Effects)
+        -> TxFuture<'t, ()>;
 }
 
 /// Runs `body` as one transaction: begins it, lets `body` work on the [`Tx`], dispatches
-/// the events raised to `hooks` (until none is left), announces its near-term timers to
+/// the events raised to `hooks` (until none is left), lets `hooks` lease what it made
+/// ready to parked pollers, announces its near-term timers to
 /// the node that fires them (`announce`: the horizon, when another node fires timers),
 /// commits, and retries what storage says is retryable. Returns the value and the effects to apply. The effects of an
 /// attempt whose commit result is unknown go to `maybe_committed` (they are harmless if
@@ -76,6 +82,7 @@ where
                         .await?;
                 }
             }
+            hooks.before_commit(tx.txn.as_mut(), &mut tx.fx).await?;
             let Tx {
                 mut txn, fx, now, ..
             } = tx;

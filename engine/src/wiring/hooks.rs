@@ -8,9 +8,19 @@ use crate::storage::KvTxn;
 pub(super) struct Hooks {
     /// The outbound settings a `start_service_operation` command's admission checks.
     pub service_http: crate::kernel::ServiceHttpConfig,
+    /// Leases of new ready tasks to parked pollers, before commit.
+    pub eager: crate::workflow::EagerLeases,
 }
 
 impl kernel::Hooks for Hooks {
+    fn before_commit<'t>(
+        &'t self,
+        txn: &'t mut dyn KvTxn,
+        fx: &'t mut Effects,
+    ) -> TxFuture<'t, ()> {
+        Box::pin(crate::workflow::lease_eagerly(&self.eager, txn, fx))
+    }
+
     fn react<'t>(
         &'t self,
         txn: &'t mut dyn KvTxn,

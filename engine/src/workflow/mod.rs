@@ -47,7 +47,7 @@ pub(crate) use messages::{
     update_key,
 };
 pub use messages::{CloseCommand, SignalRequest, UpdateOutcome, UpdateRequest, UpdateWait};
-pub(crate) use poll::fail_session_activities;
+pub(crate) use poll::{fail_session_activities, lease_eagerly, EagerLeases};
 pub use repair::{CommandOutcome, RunTarget};
 pub(crate) use standalone::start_standalone_in_txn;
 pub use standalone::{StandaloneActivityView, StartActivity, STANDALONE_HOST_TYPE};

@@ -2,6 +2,7 @@
 //! storage transaction that re-checks it.
 
 use crate::kernel::{self, Begin, PollRequestKey};
+use crate::matching::Unparked;
 
 use super::{
     check_workflow_lease, flush_deferred_signals, format_timestamp, history, ids, json, load_task,
@@ -89,7 +90,7 @@ impl Engine {
         let key = QueueKey::new(&poll.namespace, &poll.task_queue, kind);
         let timeout = poll.timeout.min(self.inner.config.max_poll_timeout);
         let deadline = self.now_ms() + timeout.as_millis() as Millis;
-        loop {
+        'poll: loop {
             let waiter_id = self.inner.matching.waiter_id();
             let hint = match self.inner.matching.take_or_park(&key, filter, waiter_id) {
                 Take::Hint(hint) => hint,
@@ -117,7 +118,7 @@ impl Engine {
                     if let Some(cluster) = &self.inner.cluster {
                         cluster.poller_parked(&key);
                     }
-                    let guard = ParkGuard {
+                    let mut guard = ParkGuard {
                         engine: self,
                         key: &key,
                         waiter_id,
@@ -130,10 +131,19 @@ impl Engine {
                             _ = self.inner.clock.sleep_until(deadline) => {}
                         }
                     }
-                    match guard.disarm() {
-                        Some(hint) => hint,
-                        None if self.now_ms() >= deadline => return Ok(None),
-                        None => continue,
+                    loop {
+                        match guard.unpark() {
+                            Unparked::Hint(hint) => break hint,
+                            Unparked::Leased(task) => {
+                                crate::metrics::eager_lease(kind, "delivered");
+                                return Ok(Some(*task));
+                            }
+                            // A transaction is leasing this poller a task: its commit
+                            // decides, within the time of a commit.
+                            Unparked::Reserved => slot.notify.notified().await,
+                            Unparked::Nothing if self.now_ms() >= deadline => return Ok(None),
+                            Unparked::Nothing => continue 'poll,
+                        }
                     }
                 }
             };
@@ -183,109 +193,82 @@ impl Engine {
     /// for an activity of a worker session, if the session admits the worker.
     async fn lease(&self, key: &QueueKey, worker_id: &str, hint: &TaskHint) -> Result<Leased> {
         let now = self.now_ms();
-        let lease_ms = match key.kind {
-            TaskKind::Workflow => self.inner.config.workflow_task_lease,
-            TaskKind::Activity => self.inner.config.activity_task_lease,
-        }
-        .as_millis() as Millis;
-        let max_leases = self.inner.config.max_leases_per_queue;
-        let counts = &self.inner.counts;
+        let lease_ms = self.lease_ms(key.kind);
+        let limit = self
+            .inner
+            .config
+            .max_leases_per_queue
+            .map(|max| (max, &self.inner.counts));
         self.transact(move |tx| {
             Box::pin(async move {
-                let txn = tx.txn.as_mut();
-                let fx = &mut tx.fx;
-                // A lease lost to an OS crash is a lease that expired: the task is ready again,
-                // and a report through the lost lease is refused unless the same worker has
-                // leased the task again. So a lease need not wait for a sync; the report that
-                // completes the task does.
-                txn.relax_durability();
-                let tkey = tables::task_key(&hint.task_id);
-                let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? else {
-                    return Ok(Leased::Stale);
-                };
-                if task.status != TaskStatus::Ready
-                    || task.namespace != *key.namespace
-                    || task.task_queue != *key.queue
-                {
-                    return Ok(Leased::Stale);
-                }
-                if let Some(max) = max_leases {
-                    let leased = counts
-                        .leased(txn, &task.namespace, &task.task_queue, task.kind)
-                        .await?;
-                    if leased >= max as i64 {
-                        return Err(Error::reject(
-                            RejectKind::Throttled,
-                            "queue_lease_limit_reached",
-                            format!(
-                                "queue '{}' already has {leased} leased tasks (limit {max})",
-                                task.task_queue
-                            ),
-                        )
-                        .with("poll_status", "throttled")
-                        .with("task", Value::Null)
-                        .with("retryable", true)
-                        .with("retry_after_seconds", 1));
-                    }
-                }
-                let session = task
-                    .activity
-                    .as_ref()
-                    .and_then(|a| a.worker_session.clone());
-                if let Some(options) = session {
-                    use kernel::sessions::Admission;
-                    match kernel::sessions::admit(txn, &task, &options, worker_id, now, fx).await? {
-                        Admission::Admitted => {}
-                        Admission::HeldBy(owner, until) => return Ok(Leased::HeldBy(owner, until)),
-                        Admission::Full => return Ok(Leased::Full),
-                        Admission::Refused(reason) => {
-                            fail_session_activity(txn, &task, &reason, now, fx).await?;
-                            return Ok(Leased::Stale);
-                        }
-                    }
-                }
-                kernel::clear_task_state(txn, &task, fx);
-                if task.kind == TaskKind::Workflow {
-                    let run: Option<RunRecord> =
-                        tables::get(txn, &tables::run_key(&task.namespace, &task.run_id)).await?;
-                    match run {
-                        Some(mut run) if !run.status.is_terminal() => {
-                            // Signals deferred under a lease that ended without a report
-                            // (it expired, or the task was repaired) join history now.
-                            if flush_deferred_signals(txn, &mut run, now).await? {
-                                tables::put(
-                                    txn,
-                                    &tables::run_key(&run.namespace, &run.run_id),
-                                    &run,
-                                )?;
-                            }
-                            task.history_seen = run.last_event_seq
-                        }
-                        _ => {
-                            tables::delete(txn, &tkey).await?;
-                            return Ok(Leased::Stale);
-                        }
-                    }
-                }
-                let expires_at_ms = now + lease_ms;
-                let timer = kernel::arm_lease_timer(txn, &task.task_id, expires_at_ms, fx)?;
-                task.status = TaskStatus::Leased;
-                kernel::count(txn, fx, &task, tables::QueueCounter::Leased, 1);
-                task.attempt += 1;
-                task.lease = Some(Lease {
-                    owner: worker_id.to_string(),
-                    expires_at_ms,
-                    timer,
-                });
-                if let Some(activity) = task.activity.as_mut() {
-                    activity.attempt_id = Some(ids::new_id(now));
-                }
-                super::arm_activity_timeouts_on_lease(txn, &mut task, now, fx)?;
-                tables::put(txn, &tkey, &task)?;
-                Ok(Leased::Task(Box::new(task)))
+                // A lease lost to an OS crash is a lease that expired: the task is ready
+                // again, and a report through the lost lease is refused unless the same
+                // worker has leased the task again. So a lease need not wait for a sync;
+                // the report that completes the task does.
+                tx.txn.relax_durability();
+                lease_task(
+                    tx.txn.as_mut(),
+                    key,
+                    worker_id,
+                    &hint.task_id,
+                    now,
+                    lease_ms,
+                    limit,
+                    &mut tx.fx,
+                )
+                .await
             })
         })
         .await
+    }
+
+    /// How long a lease of a `kind` task lasts, in milliseconds.
+    fn lease_ms(&self, kind: TaskKind) -> Millis {
+        match kind {
+            TaskKind::Workflow => self.inner.config.workflow_task_lease,
+            TaskKind::Activity => self.inner.config.activity_task_lease,
+        }
+        .as_millis() as Millis
+    }
+
+    /// Hands back a lease made eagerly for a poller that left before it was delivered:
+    /// the task is ready again at the attempt it had, unless something else happened to
+    /// it meanwhile. Should this fail, the lease lapses at its expiry like any other.
+    pub(crate) fn hand_back(&self, leased: Box<TaskRecord>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        crate::metrics::eager_lease(leased.kind, "handed_back");
+        let engine = self.clone();
+        runtime.spawn(async move {
+            let leased = &leased;
+            let result = engine
+                .transact(move |tx| {
+                    Box::pin(async move {
+                        let txn = tx.txn.as_mut();
+                        let key = tables::task_key(&leased.task_id);
+                        let Some(mut task) = tables::get::<TaskRecord>(txn, &key).await? else {
+                            return Ok(());
+                        };
+                        let unchanged = task.status == TaskStatus::Leased
+                            && task.attempt == leased.attempt
+                            && task.lease == leased.lease;
+                        if !unchanged {
+                            return Ok(());
+                        }
+                        if let Some(lease) = &task.lease {
+                            kernel::end_lease_timer(txn, &lease.timer, &mut tx.fx);
+                        }
+                        kernel::make_ready(txn, &mut task, tx.now, &mut tx.fx)?;
+                        task.attempt = task.attempt.saturating_sub(1);
+                        tables::put(txn, &key, &task)
+                    })
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(task_id = %leased.task_id, error = %e, "could not hand back an undelivered lease; it lapses at its expiry");
+            }
+        });
     }
 
     /// Long-polls for a workflow task.
@@ -456,6 +439,164 @@ impl Engine {
     }
 }
 
+/// Leases `task_id` to `worker_id` if it is still ready on `key`'s queue (re-checked in
+/// `txn`), within the per-queue lease `limit` and, for an activity of a worker session, if
+/// the session admits the worker. The one lease, whether a poll asked for it or the
+/// transaction that made the task ready made it eagerly.
+#[allow(clippy::too_many_arguments)]
+async fn lease_task(
+    txn: &mut dyn KvTxn,
+    key: &QueueKey,
+    worker_id: &str,
+    task_id: &str,
+    now: Millis,
+    lease_ms: Millis,
+    limit: Option<(u64, &kernel::QueueTally)>,
+    fx: &mut Effects,
+) -> Result<Leased> {
+    let tkey = tables::task_key(task_id);
+    let Some(mut task) = tables::get::<TaskRecord>(txn, &tkey).await? else {
+        return Ok(Leased::Stale);
+    };
+    if task.status != TaskStatus::Ready
+        || task.namespace != *key.namespace
+        || task.task_queue != *key.queue
+    {
+        return Ok(Leased::Stale);
+    }
+    if let Some((max, counts)) = limit {
+        let leased = counts
+            .leased(txn, &task.namespace, &task.task_queue, task.kind)
+            .await?;
+        if leased >= max as i64 {
+            return Err(Error::reject(
+                RejectKind::Throttled,
+                "queue_lease_limit_reached",
+                format!(
+                    "queue '{}' already has {leased} leased tasks (limit {max})",
+                    task.task_queue
+                ),
+            )
+            .with("poll_status", "throttled")
+            .with("task", Value::Null)
+            .with("retryable", true)
+            .with("retry_after_seconds", 1));
+        }
+    }
+    let session = task
+        .activity
+        .as_ref()
+        .and_then(|a| a.worker_session.clone());
+    if let Some(options) = session {
+        use kernel::sessions::Admission;
+        match kernel::sessions::admit(txn, &task, &options, worker_id, now, fx).await? {
+            Admission::Admitted => {}
+            Admission::HeldBy(owner, until) => return Ok(Leased::HeldBy(owner, until)),
+            Admission::Full => return Ok(Leased::Full),
+            Admission::Refused(reason) => {
+                fail_session_activity(txn, &task, &reason, now, fx).await?;
+                return Ok(Leased::Stale);
+            }
+        }
+    }
+    kernel::clear_task_state(txn, &task, fx);
+    if task.kind == TaskKind::Workflow {
+        let run: Option<RunRecord> =
+            tables::get(txn, &tables::run_key(&task.namespace, &task.run_id)).await?;
+        match run {
+            Some(mut run) if !run.status.is_terminal() => {
+                // Signals deferred under a lease that ended without a report
+                // (it expired, or the task was repaired) join history now.
+                if flush_deferred_signals(txn, &mut run, now).await? {
+                    tables::put(txn, &tables::run_key(&run.namespace, &run.run_id), &run)?;
+                }
+                task.history_seen = run.last_event_seq
+            }
+            _ => {
+                tables::delete(txn, &tkey).await?;
+                return Ok(Leased::Stale);
+            }
+        }
+    }
+    let expires_at_ms = now + lease_ms;
+    let timer = kernel::arm_lease_timer(txn, &task.task_id, expires_at_ms, fx)?;
+    task.status = TaskStatus::Leased;
+    kernel::count(txn, fx, &task, tables::QueueCounter::Leased, 1);
+    task.attempt += 1;
+    task.lease = Some(Lease {
+        owner: worker_id.to_string(),
+        expires_at_ms,
+        timer,
+    });
+    if let Some(activity) = task.activity.as_mut() {
+        activity.attempt_id = Some(ids::new_id(now));
+    }
+    super::arm_activity_timeouts_on_lease(txn, &mut task, now, fx)?;
+    tables::put(txn, &tkey, &task)?;
+    Ok(Leased::Task(Box::new(task)))
+}
+
+/// Eager leases, run in a transaction before its commit: each task it made ready whose
+/// queue has a parked poller that accepts it is leased to that poller here, and delivered
+/// once committed (the poll's own lease transaction is saved). Not on a multi-node store
+/// (another node's pollers are reached through the durable ready index), nor with a
+/// per-queue lease limit (its refusal would fail the transaction that made the task).
+pub(crate) async fn lease_eagerly(
+    leases: &EagerLeases,
+    txn: &mut dyn KvTxn,
+    fx: &mut Effects,
+) -> Result<()> {
+    if !leases.enabled || fx.multi_node || fx.ready.is_empty() {
+        return Ok(());
+    }
+    // The lease starts now, not when the transaction began: its poller may have parked
+    // since, and must get the whole lease.
+    let now = leases.clock.now_ms();
+    let mut i = 0;
+    while i < fx.ready.len() {
+        let (key, hint) = fx.ready[i].clone();
+        let Some(reservation) = crate::matching::Matching::reserve(&leases.matching, &key, &hint)
+        else {
+            i += 1;
+            continue;
+        };
+        let lease_ms = match key.kind {
+            TaskKind::Workflow => leases.workflow_lease_ms,
+            TaskKind::Activity => leases.activity_lease_ms,
+        };
+        let worker_id = reservation.worker_id().to_string();
+        // A refusal drops the reservation: the poller goes back to its queue.
+        match lease_task(
+            txn,
+            &key,
+            &worker_id,
+            &hint.task_id,
+            now,
+            lease_ms,
+            None,
+            fx,
+        )
+        .await?
+        {
+            Leased::Task(task) => {
+                fx.ready.remove(i);
+                fx.eager.push((reservation, task));
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// What eager leasing needs (see [`lease_eagerly`]).
+pub(crate) struct EagerLeases {
+    pub enabled: bool,
+    pub clock: crate::sync::Arc<dyn crate::clock::Clock>,
+    pub matching: crate::sync::Arc<crate::matching::Matching>,
+    pub workflow_lease_ms: Millis,
+    pub activity_lease_ms: Millis,
+}
+
 /// What a lease attempt found.
 enum Leased {
     /// The task, now leased to the poller.
@@ -550,26 +691,31 @@ struct ParkGuard<'a> {
 }
 
 impl ParkGuard<'_> {
-    fn disarm(mut self) -> Option<TaskHint> {
-        self.armed = false;
-        self.engine
+    /// Leaves the queue ([`crate::matching::Matching::unpark`]); the guard is done unless
+    /// a reservation is pending.
+    fn unpark(&mut self) -> Unparked {
+        let unparked = self
+            .engine
             .inner
             .matching
-            .unpark(self.key, self.waiter_id, self.slot)
+            .unpark(self.key, self.waiter_id, self.slot);
+        self.armed = matches!(unparked, Unparked::Reserved);
+        unparked
     }
 }
 
+/// A poll cancelled while parked: what was handed to it goes back, a hint to the index
+/// and an eager lease to storage.
 impl Drop for ParkGuard<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            if let Some(hint) =
-                self.engine
-                    .inner
-                    .matching
-                    .unpark(self.key, self.waiter_id, self.slot)
-            {
-                self.engine.inner.matching.offer(self.key, hint);
-            }
+        if !self.armed {
+            return;
+        }
+        let matching = &self.engine.inner.matching;
+        match matching.abandon(self.key, self.waiter_id, self.slot) {
+            Unparked::Hint(hint) => matching.offer(self.key, hint),
+            Unparked::Leased(task) => self.engine.hand_back(task),
+            Unparked::Nothing | Unparked::Reserved => {}
         }
     }
 }
