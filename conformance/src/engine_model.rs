@@ -4,7 +4,10 @@
 //!
 //! Invariants checked after every step:
 //! * at most one workflow task per run (read from storage);
-//! * a task is never leased again while a lease on it is live (at most one live lease);
+//! * a task is never leased again while a lease on it is live (at most one live lease),
+//!   also when it was leased eagerly to a parked long-poll by the transaction that made
+//!   it ready (`ParkPoll` steps: the poll is collected once it settles, and a poll left
+//!   parked is dropped at a restart and at the end);
 //! * a report through the current, unexpired lease succeeds; through a stale or expired
 //!   one it is refused (a stale lease never completes work);
 //! * no task of a run is handed out after its workflow completed;
@@ -54,6 +57,9 @@ pub enum Step {
     Tick,
     /// Fire every due timer.
     FireTimers,
+    /// A worker long-polls on a node and is left waiting: a later step that makes a task
+    /// ready may lease it to this poll before its commit (an eager lease).
+    ParkPoll(u8),
     /// Restart a node's engine on the same store (with
     /// [`check_engine_model_across_crashes`]: crash and reopen the store, then open the
     /// engine on it again).
@@ -72,6 +78,7 @@ pub fn steps(max_len: usize) -> impl Strategy<Value = Vec<Step>> {
         1 => Just(Step::Expire),
         1 => Just(Step::Tick),
         2 => Just(Step::FireTimers),
+        2 => any::<u8>().prop_map(Step::ParkPoll),
         1 => any::<u8>().prop_map(Step::Restart),
     ];
     proptest::collection::vec(step, 1..max_len)
@@ -98,6 +105,9 @@ enum LeaseState {
     Unknown,
 }
 
+/// A long-poll left waiting: it ends with the lease it got and when that lapses.
+type ParkedPoll = tokio::task::JoinHandle<Option<(Held, i64)>>;
+
 /// Opens the store again at its location, after every handle of it was dropped.
 pub type Reopen = Arc<dyn Fn() -> Arc<dyn KvStore> + Send + Sync>;
 
@@ -112,6 +122,8 @@ struct Model {
     latest: HashMap<String, (String, LeaseState)>,
     started: BTreeMap<String, &'static str>,
     completed: HashSet<String>,
+    /// Long-polls left waiting (`ParkPoll`), by node: each ends with the lease it got.
+    parked: Vec<(usize, ParkedPoll)>,
 }
 
 fn config() -> EngineConfig {
@@ -158,6 +170,19 @@ async fn open(store: Arc<dyn KvStore>, clock: &ManualClock) -> Engine {
     engine
 }
 
+/// The `event_type`s of history events.
+fn event_types(events: &[Box<serde_json::value::RawValue>]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e.get()).expect("event json")["event_type"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
 fn is_storage(e: &Error) -> bool {
     matches!(e, Error::Storage(_))
 }
@@ -188,6 +213,13 @@ impl Model {
 
     /// Records a lease a poll handed out, checking it against the model.
     fn leased(&mut self, held: Held, queue: &str, task_queue: &str) {
+        let expires = self.now() + LEASE.as_millis() as i64;
+        self.leased_until(held, queue, task_queue, expires);
+    }
+
+    /// Records a lease that lapses at `expires` (an eager lease began when the transaction
+    /// that made the task ready committed, maybe before the poll was collected).
+    fn leased_until(&mut self, held: Held, queue: &str, task_queue: &str, expires_at: i64) {
         assert_eq!(task_queue, queue, "a poll returned a task of another queue");
         assert!(
             !self.completed.contains(&held.workflow_id),
@@ -202,10 +234,7 @@ impl Model {
         }
         self.latest.insert(
             held.task_id.clone(),
-            (
-                attempt_key(&held),
-                LeaseState::Live(self.now() + LEASE.as_millis() as i64),
-            ),
+            (attempt_key(&held), LeaseState::Live(expires_at)),
         );
         self.held.push(held);
     }
@@ -382,7 +411,9 @@ impl Model {
             Step::Expire => self.clock.advance(LEASE + Duration::from_secs(1)),
             Step::Tick => self.clock.advance(Duration::from_secs(1)),
             Step::FireTimers => self.fire_timers().await,
+            Step::ParkPoll(n) => self.park_poll(n).await,
             Step::Restart(_) if self.reopen.is_some() => {
+                self.drop_parked(None).await;
                 // The engine stops (its background services end and release the store),
                 // then the store is dropped without shutdown and its location reopened.
                 for engine in self.engines.drain(..) {
@@ -396,11 +427,107 @@ impl Model {
             }
             Step::Restart(n) => {
                 let i = n as usize % self.engines.len();
+                self.drop_parked(Some(i)).await;
                 self.engines[i].stop().await;
                 self.engines[i] = open(self.stores[i].clone(), &self.clock).await;
             }
         }
+        self.collect_parked().await;
         self.check_one_workflow_task_per_run().await;
+    }
+
+    /// Starts a long-poll that waits (up to a minute of engine time) and returns once it
+    /// is parked or answered.
+    async fn park_poll(&mut self, n: u8) {
+        let node = (n / 4) as usize % self.engines.len();
+        let engine = self.engines[node].clone();
+        let worker = if (n / 2).is_multiple_of(2) {
+            "w-a"
+        } else {
+            "w-b"
+        };
+        let poll = Poll {
+            timeout: Duration::from_secs(60),
+            ..self.poll(worker, QUEUE)
+        };
+        let handle = tokio::spawn(async move {
+            let lease = |t: &str| keel_engine::clock::parse_timestamp(t).expect("lease expiry");
+            if n.is_multiple_of(2) {
+                let t = engine.poll_workflow_task(&poll).await.ok()??;
+                assert_eq!(t.task_queue, QUEUE);
+                let held = Held {
+                    task_id: t.task_id,
+                    kind: TaskKind::Workflow,
+                    attempt: t.workflow_task_attempt,
+                    attempt_id: String::new(),
+                    owner: poll.worker_id.clone(),
+                    workflow_id: t.workflow_id,
+                    history: event_types(&t.history_events),
+                };
+                Some((held, lease(&t.lease_expires_at)))
+            } else {
+                let t = engine.poll_activity_task(&poll).await.ok()??;
+                assert_eq!(
+                    (t.task_queue.as_str(), t.activity_type.as_str()),
+                    (QUEUE, "act")
+                );
+                let held = Held {
+                    task_id: t.task_id,
+                    kind: TaskKind::Activity,
+                    attempt: t.attempt_number,
+                    attempt_id: t.activity_attempt_id,
+                    owner: poll.worker_id.clone(),
+                    workflow_id: t.workflow_id,
+                    history: vec![],
+                };
+                Some((held, lease(&t.lease_expires_at)))
+            }
+        });
+        self.parked.push((node, handle));
+        self.collect_parked().await;
+    }
+
+    /// Waits until every long-poll left waiting is parked or answered (none is being
+    /// handed a lease), then records the leases the answered ones got.
+    async fn collect_parked(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting = self.parked.iter().filter(|(_, h)| !h.is_finished()).count();
+            let parked: usize = self.engines.iter().map(Engine::parked_polls).sum();
+            if waiting == parked {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "long-polls did not settle: {waiting} waiting, {parked} parked"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(_, h)| h.is_finished());
+        self.parked = waiting;
+        for (_, handle) in done {
+            if let Some((held, expires_at)) = handle.await.expect("long-poll task") {
+                self.leased_until(held, QUEUE, QUEUE, expires_at);
+            }
+        }
+    }
+
+    /// Drops the long-polls left waiting on `node` (every node: `None`); a lease handed to
+    /// one meanwhile goes back to storage (its engine's `stop` waits for that).
+    async fn drop_parked(&mut self, node: Option<usize>) {
+        let (dropped, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(n, _)| node.is_none_or(|node| node == *n));
+        self.parked = kept;
+        for (_, handle) in dropped {
+            handle.abort();
+            // Answered before the abort reached it: a lease like any other.
+            if let Ok(Some((held, expires_at))) = handle.await {
+                self.leased_until(held, QUEUE, QUEUE, expires_at);
+            }
+        }
     }
 
     async fn complete_workflow_task(&mut self, engine: &Engine, h: &Held) {
@@ -472,6 +599,8 @@ impl Model {
 
     /// Moves time on and runs every workflow to completion with well-behaved workers.
     async fn drain(&mut self) {
+        self.collect_parked().await;
+        self.drop_parked(None).await;
         for _round in 0..200 {
             let mut all_done = true;
             for (id, _) in self.started.clone() {
@@ -593,6 +722,7 @@ async fn run_model(stores: Vec<Arc<dyn KvStore>>, reopen: Option<Reopen>, scenar
         latest: HashMap::new(),
         started: BTreeMap::new(),
         completed: HashSet::new(),
+        parked: Vec::new(),
     };
     for step in scenario {
         model.step(step).await;

@@ -102,9 +102,17 @@ pub fn format_timestamp(ms: Millis) -> String {
     )
 }
 
+/// Parses a timestamp as [`format_timestamp`] writes it (any RFC 3339 time) to Unix
+/// milliseconds.
+pub fn parse_timestamp(s: &str) -> Option<Millis> {
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{format_timestamp, Duration, ManualClock};
+    use super::{format_timestamp, parse_timestamp, Duration, ManualClock};
     use crate::clock::Clock;
 
     #[test]
@@ -114,6 +122,11 @@ mod tests {
             format_timestamp(1_779_321_607_123),
             "2026-05-21T00:00:07.123000Z"
         );
+        assert_eq!(
+            parse_timestamp("2026-05-21T00:00:07.123000Z"),
+            Some(1_779_321_607_123)
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
     }
 
     #[tokio::test]

@@ -3,7 +3,8 @@
 //! transaction of its own. A poller that leaves before the delivery gets nothing, and the
 //! lease is handed back at once (not at its expiry); a poller whose timeout passes while
 //! a lease is being made for it still receives it; under storage faults every workflow
-//! still completes, each step recorded once.
+//! still completes, each step recorded once. And the hint path's own hand-over: a poll
+//! cancelled while leasing a hint from the index gives the hint back.
 
 mod support;
 
@@ -38,6 +39,8 @@ struct GatedStore {
     writes: Arc<AtomicU64>,
     open: watch::Sender<bool>,
     conflict_next: Arc<AtomicBool>,
+    /// Commits held at the closed gate now.
+    held: Arc<AtomicU64>,
 }
 
 impl GatedStore {
@@ -47,6 +50,7 @@ impl GatedStore {
             writes: Arc::new(AtomicU64::new(0)),
             open: watch::Sender::new(true),
             conflict_next: Arc::new(AtomicBool::new(false)),
+            held: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -124,7 +128,9 @@ impl KvTxn for GatedTxn {
     async fn commit(self: Box<Self>) -> Result<CommitInfo> {
         if self.writes {
             let mut open = self.store.open.subscribe();
+            self.store.held.fetch_add(1, Ordering::SeqCst);
             let _ = open.wait_for(|open| *open).await;
+            self.store.held.fetch_sub(1, Ordering::SeqCst);
             if self.store.conflict_next.swap(false, Ordering::SeqCst) {
                 return Err(StorageError::Conflict);
             }
@@ -333,6 +339,38 @@ async fn a_creating_transaction_that_conflicts_returns_its_poller_and_the_retry_
         !store.conflict_next.load(Ordering::SeqCst),
         "the conflict was injected"
     );
+}
+
+#[tokio::test]
+async fn a_poll_cancelled_while_leasing_a_hint_from_the_index_gives_the_hint_back() {
+    let store = GatedStore::new();
+    let clock = ManualClock::new(START);
+    let engine = engine_on(Arc::new(store.clone()), &clock, true).await;
+    engine
+        .start_workflow(NS, start("cancelled", "t"))
+        .await
+        .expect("start");
+    store.set_open(false);
+    let poll = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.poll_workflow_task(&probe()).await })
+    };
+    // The poll took the hint from the index and its lease waits at the commit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.held.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease never reached its commit"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    poll.abort();
+    assert!(poll.await.expect_err("aborted").is_cancelled());
+    store.set_open(true);
+    // Its lease never committed: the next poll gets the task (not the 600 s lease later).
+    let task = wait_wf(&engine).await;
+    assert_eq!(event_types(&task), ["WorkflowStarted"]);
+    assert_eq!(task.workflow_task_attempt, 1);
 }
 
 /// Long-poll workers (workflow and activity) drive `n` one-activity workflows to the

@@ -77,15 +77,22 @@ impl Engine {
     /// then leaves the cluster so another node takes over the timers at once.
     pub async fn stop(&self) {
         self.shutdown();
-        let services = std::mem::take(
-            &mut *self
-                .inner
-                .services
-                .lock()
-                .expect("invariant: handle lock not poisoned"),
-        );
-        for service in services {
-            let _ = service.await;
+        // Until none is left: a service ending may start another (a lease handed back by
+        // the timer service's last transaction).
+        loop {
+            let services = std::mem::take(
+                &mut *self
+                    .inner
+                    .services
+                    .lock()
+                    .expect("invariant: handle lock not poisoned"),
+            );
+            if services.is_empty() {
+                break;
+            }
+            for service in services {
+                let _ = service.await;
+            }
         }
         if let Some(cluster) = &self.inner.cluster {
             if let Err(e) = cluster.leave().await {

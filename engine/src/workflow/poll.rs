@@ -151,7 +151,15 @@ impl Engine {
                 .session
                 .as_deref()
                 .map(|s| self.inner.matching.session_generation(&key.namespace, s));
-            match self.lease(&key, &poll.worker_id, &hint).await {
+            // Should this poll be cancelled during the lease, the hint goes back.
+            let mut held = HeldHint {
+                matching: &self.inner.matching,
+                key: &key,
+                hint: Some(hint),
+            };
+            let outcome = self.lease(&key, &poll.worker_id, held.hint()).await;
+            let hint = held.take();
+            match outcome {
                 Ok(Leased::Task(task)) => return Ok(Some(*task)),
                 // A stale hint (the task was leased elsewhere or is gone): try the next
                 // one; the loop ends when the index has nothing left for this poller.
@@ -240,7 +248,7 @@ impl Engine {
         };
         crate::metrics::eager_lease(leased.kind, "handed_back");
         let engine = self.clone();
-        runtime.spawn(async move {
+        let handing_back = runtime.spawn(async move {
             let leased = &leased;
             let result = engine
                 .transact(move |tx| {
@@ -269,6 +277,15 @@ impl Engine {
                 tracing::warn!(task_id = %leased.task_id, error = %e, "could not hand back an undelivered lease; it lapses at its expiry");
             }
         });
+        // `stop` waits for it: a hand-back must not land after the engine stopped (a new
+        // engine on the store would not learn of the task it made ready).
+        let mut services = self
+            .inner
+            .services
+            .lock()
+            .expect("invariant: handle lock not poisoned");
+        services.retain(|s| !s.is_finished());
+        services.push(handing_back);
     }
 
     /// Long-polls for a workflow task.
@@ -701,6 +718,33 @@ impl ParkGuard<'_> {
             .unpark(self.key, self.waiter_id, self.slot);
         self.armed = matches!(unparked, Unparked::Reserved);
         unparked
+    }
+}
+
+/// A hint a poll is leasing: should the poll be cancelled before the lease's outcome is
+/// known, the hint goes back to the index (a task whose lease did commit meanwhile only
+/// costs the next poller a stale hint; a lost hint would strand a ready task).
+struct HeldHint<'a> {
+    matching: &'a crate::matching::Matching,
+    key: &'a QueueKey,
+    hint: Option<TaskHint>,
+}
+
+impl HeldHint<'_> {
+    fn hint(&self) -> &TaskHint {
+        self.hint.as_ref().expect("invariant: held until taken")
+    }
+
+    fn take(&mut self) -> TaskHint {
+        self.hint.take().expect("invariant: taken once")
+    }
+}
+
+impl Drop for HeldHint<'_> {
+    fn drop(&mut self) {
+        if let Some(hint) = self.hint.take() {
+            self.matching.offer(self.key, hint);
+        }
     }
 }
 
