@@ -261,21 +261,46 @@ async fn a_task_made_ready_for_a_parked_poller_is_leased_in_the_transaction_that
     );
 }
 
-#[tokio::test]
-async fn a_lease_made_for_a_poller_that_left_before_the_commit_is_handed_back_at_once() {
+/// A workflow poller reserved by a start of `id` whose commit waits at the closed gate.
+struct HeldStart {
+    store: GatedStore,
+    clock: ManualClock,
+    engine: Engine,
+    poll: tokio::task::JoinHandle<Option<WorkflowTaskView>>,
+    starting: tokio::task::JoinHandle<keel_engine::Result<keel_engine::workflow::StartOutcome>>,
+}
+
+async fn held_start(id: &str) -> HeldStart {
     let store = GatedStore::new();
     let clock = ManualClock::new(START);
     let engine = engine_on(Arc::new(store.clone()), &clock, true).await;
     let poll = spawn_workflow_poll(&engine);
     until_parked(&engine, 1).await;
-
     store.set_open(false);
     let starting = {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.start_workflow(NS, start("left", "t")).await })
+        let (engine, request) = (engine.clone(), start(id, "t"));
+        tokio::spawn(async move { engine.start_workflow(NS, request).await })
     };
     // The start's transaction took the poller out of its queue for the lease.
     until_parked(&engine, 0).await;
+    HeldStart {
+        store,
+        clock,
+        engine,
+        poll,
+        starting,
+    }
+}
+
+#[tokio::test]
+async fn a_lease_made_for_a_poller_that_left_before_the_commit_is_handed_back_at_once() {
+    let HeldStart {
+        store,
+        engine,
+        poll,
+        starting,
+        ..
+    } = held_start("left").await;
     poll.abort();
     assert!(poll.await.expect_err("aborted").is_cancelled());
     store.set_open(true);
@@ -293,18 +318,13 @@ async fn a_lease_made_for_a_poller_that_left_before_the_commit_is_handed_back_at
 
 #[tokio::test]
 async fn a_poller_whose_timeout_passes_while_its_lease_commits_still_receives_the_task() {
-    let store = GatedStore::new();
-    let clock = ManualClock::new(START);
-    let engine = engine_on(Arc::new(store.clone()), &clock, true).await;
-    let poll = spawn_workflow_poll(&engine);
-    until_parked(&engine, 1).await;
-
-    store.set_open(false);
-    let starting = {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.start_workflow(NS, start("late", "t")).await })
-    };
-    until_parked(&engine, 0).await;
+    let HeldStart {
+        store,
+        clock,
+        engine,
+        poll,
+        starting,
+    } = held_start("late").await;
     clock.advance(Duration::from_secs(61));
     tokio::task::yield_now().await;
     assert!(!poll.is_finished(), "the poller waits for the commit");
@@ -463,18 +483,13 @@ async fn drive_with_parked_pollers(store: Arc<dyn KvStore>, n: usize) {
                 break page;
             }
         };
-        let types: Vec<String> = page
+        let events: Vec<serde_json::Value> = page
             .events
             .iter()
-            .map(|e| {
-                serde_json::from_str::<serde_json::Value>(e.get()).expect("json")["event_type"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string()
-            })
+            .map(|e| serde_json::from_str(e.get()).expect("json"))
             .collect();
         assert_eq!(
-            types,
+            types_of(&events),
             [
                 "WorkflowStarted",
                 "ActivityScheduled",

@@ -516,7 +516,7 @@ async fn wait_for_parked_polls(s: &common::Server, want: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_the_long_polls_parked_on_the_node() {
+async fn metrics_count_parked_long_polls_and_the_eager_lease_that_answered_one() {
     let s = start(TOKENS, None).await;
     register(&s).await;
     wait_for_parked_polls(&s, 0).await;
@@ -545,6 +545,19 @@ async fn metrics_count_the_long_polls_parked_on_the_node() {
         r.text
     );
     wait_for_parked_polls(&s, 0).await;
+    let metrics = scrape(&s).await.text;
+    let eager = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("keel_eager_leases_total{")
+                && l.contains(r#"kind="workflow""#)
+                && l.contains(r#"outcome="delivered""#)
+        })
+        .unwrap_or_else(|| panic!("no eager lease series in:\n{metrics}"));
+    assert!(
+        eager.ends_with(" 1"),
+        "the start leased its task to the parked poll: {eager}"
+    );
 }
 
 #[tokio::test]
