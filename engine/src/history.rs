@@ -2,7 +2,7 @@
 //! and served back verbatim (no re-encoding on reads).
 
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::clock::{format_timestamp, Millis};
 use crate::error::{Error, Result};
@@ -86,6 +86,24 @@ pub fn index_payload_references(txn: &mut dyn KvTxn, ns: &str, run_id: &str, pay
     }
 }
 
+/// An event as stored and served. Its fields are in the order a JSON object map writes
+/// its keys (alphabetical), so the bytes equal those of the same event built as a
+/// `Value` (checked by a test), without building one.
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    /// One key only: the Rust SDK aliases `type` to `event_type`, so both is an error.
+    event_type: &'a str,
+    id: String,
+    namespace: &'a str,
+    payload: &'a Value,
+    recorded_at: &'a str,
+    sequence: u64,
+    timestamp: &'a str,
+    /// Always `null`.
+    workflow_command_id: Option<()>,
+    workflow_task_id: Option<&'a str>,
+}
+
 /// The stored form of event `seq` of `run`.
 pub fn event_bytes(
     run: &RunRecord,
@@ -96,19 +114,18 @@ pub fn event_bytes(
     task_id: Option<&str>,
 ) -> Vec<u8> {
     let recorded_at = format_timestamp(now);
-    let event = json!({
-        "id": format!("{}:{}", run.run_id, seq),
-        "sequence": seq,
-        // One key only: the Rust SDK aliases `type` to `event_type`, so both is an error.
-        "event_type": event_type,
-        "recorded_at": recorded_at,
-        "timestamp": recorded_at,
-        "workflow_task_id": task_id,
-        "workflow_command_id": null,
-        "namespace": run.namespace,
-        "payload": payload,
-    });
-    serde_json::to_vec(&event).expect("invariant: a json Value always serializes")
+    let event = Event {
+        event_type,
+        id: format!("{}:{}", run.run_id, seq),
+        namespace: &run.namespace,
+        payload: &payload,
+        recorded_at: &recorded_at,
+        sequence: seq,
+        timestamp: &recorded_at,
+        workflow_command_id: None,
+        workflow_task_id: task_id,
+    };
+    serde_json::to_vec(&event).expect("invariant: an event always serializes")
 }
 
 /// One page of a run's history: events with sequence in `from..=through`, at most `limit`.
@@ -237,8 +254,45 @@ pub fn decode_token(token: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{append, decode_token, encode_token, event_payload, json, RunRecord};
+    use super::{append, decode_token, encode_token, event_bytes, event_payload, RunRecord};
     use keel_storage::KvStore;
+    use serde_json::json;
+
+    fn run() -> RunRecord {
+        serde_json::from_value(json!({
+            "namespace": "default", "workflow_id": "wf", "run_id": "run", "run_number": 1,
+            "workflow_type": "t", "task_queue": "q", "status": "running", "priority": 0,
+            "started_at_ms": 0, "last_progress_at_ms": 0, "last_event_seq": 0,
+            "last_workflow_sequence": 0,
+        }))
+        .expect("a run record")
+    }
+
+    #[test]
+    fn an_event_is_stored_as_the_same_bytes_as_its_json_object() {
+        let payload = json!({"result": {"codec": "avro", "blob": "AA=="}, "sequence": 3});
+        for task_id in [Some("task-1"), None] {
+            let as_object = json!({
+                "id": "run:7", "sequence": 7, "event_type": "ActivityCompleted",
+                "recorded_at": "2026-05-21T00:00:07.123000Z",
+                "timestamp": "2026-05-21T00:00:07.123000Z",
+                "workflow_task_id": task_id, "workflow_command_id": null,
+                "namespace": "default", "payload": payload,
+            });
+            assert_eq!(
+                String::from_utf8(event_bytes(
+                    &run(),
+                    7,
+                    "ActivityCompleted",
+                    payload.clone(),
+                    1_779_321_607_123,
+                    task_id
+                ))
+                .expect("utf-8"),
+                serde_json::to_string(&as_object).expect("json")
+            );
+        }
+    }
 
     #[tokio::test]
     async fn float_payloads_read_back_bit_for_bit() {
@@ -247,13 +301,7 @@ mod tests {
         // workspace enables its `float_roundtrip` feature).
         use crate::storage::memory::MemoryStore;
         let store = MemoryStore::new();
-        let mut run: RunRecord = serde_json::from_value(json!({
-            "namespace": "default", "workflow_id": "wf", "run_id": "run", "run_number": 1,
-            "workflow_type": "t", "task_queue": "q", "status": "running", "priority": 0,
-            "started_at_ms": 0, "last_progress_at_ms": 0, "last_event_seq": 0,
-            "last_workflow_sequence": 0,
-        }))
-        .expect("a run record");
+        let mut run = run();
         let payload = json!({"result": [111111111111110.11_f64, 0.1, 1e300, 5e-324]});
         let mut txn = store.begin().await.expect("begin");
         let seq = append(

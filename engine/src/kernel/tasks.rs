@@ -73,15 +73,26 @@ pub(crate) async fn delete_task(
     let Some(task) = tables::get::<TaskRecord>(txn, &key).await? else {
         return Ok(());
     };
-    clear_task_state(txn, &task, fx);
-    if let Some(session) = task_session(&task) {
+    delete_loaded_task(txn, &task, fx).await
+}
+
+/// Deletes `task`, as this transaction read it and has not changed it since, with its
+/// index entry and timers (saves [`delete_task`]'s second decode of the record).
+pub(crate) async fn delete_loaded_task(
+    txn: &mut dyn KvTxn,
+    task: &TaskRecord,
+    fx: &mut Effects,
+) -> Result<()> {
+    let key = tables::task_key(&task.task_id);
+    clear_task_state(txn, task, fx);
+    if let Some(session) = task_session(task) {
         txn.clear(&tables::worker_session_task_key(
             &task.namespace,
             session,
             &task.task_id,
         ));
     }
-    clear_activity_timeouts(txn, &task);
+    clear_activity_timeouts(txn, task);
     tables::delete(txn, &key).await
 }
 

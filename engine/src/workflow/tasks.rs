@@ -34,7 +34,7 @@ impl Engine {
                     .await?
                     .ok_or_else(|| Error::corrupt("task without run"))?;
                 if run.status.is_terminal() {
-                    kernel::delete_task(txn, task_id, fx).await?;
+                    kernel::delete_loaded_task(txn, &task, fx).await?;
                     return Err(Error::conflict(
                         "run_already_closed",
                         format!("run '{}' is already closed", run.run_id),
@@ -44,7 +44,7 @@ impl Engine {
                 let grew = run.last_event_seq > task.history_seen;
                 waits::check_completion(&task, commands)?;
                 // The task closes first: a terminal command then finds no open workflow task.
-                kernel::delete_task(txn, task_id, fx).await?;
+                kernel::delete_loaded_task(txn, &task, fx).await?;
                 run.workflow_task = None;
                 let last = commands.len() - 1;
                 // A run does not close over signals its worker has not seen: with signals
@@ -112,7 +112,7 @@ let fx = &mut tx.fx;
             let mut next_task_id = None;
             let outcome = if waiting {
                 let grew = run.last_event_seq > task.history_seen;
-                kernel::delete_task(txn, task_id, fx).await?;
+                kernel::delete_loaded_task(txn, &task, fx).await?;
                 run.workflow_task = None;
                 if grew || waits::needs_task(&run, &task) {
                     ensure_workflow_task(txn, &mut run, now, fx)?;
