@@ -580,7 +580,7 @@ impl Model {
         let (records, _) = keel_engine::tables::assemble(pairs).expect("task records decode");
         records
             .into_iter()
-            .map(|(_, bytes)| serde_json::from_slice(&bytes).expect("task record"))
+            .map(|(_, bytes)| keel_engine::tables::decode_record(&bytes).expect("task record"))
             .collect()
     }
 

@@ -116,7 +116,7 @@ pub async fn nodes(store: &dyn KvStore, now: Millis) -> Result<Vec<NodeRecord>> 
     let (records, _) = tables::assemble(page)?;
     let mut live = Vec::new();
     for (_, value) in records {
-        let node: NodeRecord = serde_json::from_slice(&value).map_err(Error::corrupt)?;
+        let node: NodeRecord = tables::decode_record(&value)?;
         if node.expires_at_ms > now {
             live.push(node);
         }

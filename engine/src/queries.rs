@@ -237,7 +237,7 @@ impl Engine {
             scanned += records.len();
             rest = next;
             able = records.iter().any(|(_, bytes)| {
-                serde_json::from_slice::<WorkerRecord>(bytes)
+                tables::decode_record::<WorkerRecord>(bytes)
                     .is_ok_and(|w| can_answer(&w, &run.task_queue, &run.workflow_type, now))
             });
         }

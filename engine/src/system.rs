@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::Millis;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kernel::Engine;
 use crate::keys::{prefix, Key, KeyReader};
 use crate::model::{InstanceRecord, RunRecord, TaskKind, TaskRecord, TimerKey};
@@ -188,7 +188,7 @@ async fn scan_runs(txn: &mut dyn KvTxn, ns: &str, limit: usize) -> Result<(Vec<R
     let (records, cut) = tables::assemble(pairs)?;
     let runs = records
         .into_iter()
-        .map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt))
+        .map(|(_, b)| tables::decode_record(&b))
         .collect::<Result<Vec<RunRecord>>>()?;
     Ok((runs, full || cut))
 }
@@ -206,7 +206,7 @@ async fn last_event_is_external(txn: &mut dyn KvTxn, run: &RunRecord) -> Result<
     let Some(bytes) = bytes else {
         return Ok(false);
     };
-    let event: Value = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+    let event: Value = tables::decode_record(&bytes)?;
     Ok(event.get("workflow_task_id").is_none_or(Value::is_null))
 }
 
@@ -464,7 +464,7 @@ impl Engine {
             let (Some(fire_at_ms), Some(timer_id)) = (r.i64(), r.str()) else {
                 continue;
             };
-            let action: Value = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+            let action: Value = tables::decode_record(&bytes)?;
             let tag = action
                 .get("action")
                 .and_then(Value::as_str)

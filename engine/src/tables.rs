@@ -284,10 +284,31 @@ pub fn put_bytes(txn: &mut dyn KvTxn, key: &[u8], bytes: &[u8]) {
     }
 }
 
-/// Writes a record as JSON.
-pub fn put<T: Serialize>(txn: &mut dyn KvTxn, key: &[u8], value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(Error::corrupt)?;
-    put_bytes(txn, key, &bytes);
+/// The version byte of a record in its compact binary form: MessagePack with fields by
+/// name (so `#[serde(default)]` fields can be added and optional ones skipped, as in
+/// JSON), after this byte. `0xC1` is a byte MessagePack never uses and not `{`, which
+/// every record written before the compact form (JSON) starts with.
+pub const COMPACT_V1: u8 = 0xC1;
+
+/// The stored form of a record: [`COMPACT_V1`], then its MessagePack.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut bytes = vec![COMPACT_V1];
+    rmp_serde::encode::write_named(&mut bytes, value).map_err(Error::corrupt)?;
+    Ok(bytes)
+}
+
+/// Reads a stored record: the compact form ([`encode`]) or JSON (records written before
+/// it, and any JSON a caller stores as a record).
+pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    match bytes.split_first() {
+        Some((&COMPACT_V1, rest)) => rmp_serde::from_slice(rest).map_err(Error::corrupt),
+        _ => serde_json::from_slice(bytes).map_err(Error::corrupt),
+    }
+}
+
+/// Writes a record in its compact form ([`encode`]).
+pub fn put<T: Serialize + ?Sized>(txn: &mut dyn KvTxn, key: &[u8], value: &T) -> Result<()> {
+    put_bytes(txn, key, &encode(value)?);
     Ok(())
 }
 
@@ -334,12 +355,12 @@ pub async fn get_bytes(txn: &mut dyn KvTxn, key: &[u8], snapshot: bool) -> Resul
     }
 }
 
-/// Reads a JSON record (conflict-tracked).
+/// Reads a record (conflict-tracked).
 pub async fn get<T: DeserializeOwned>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<T>> {
     decode(get_bytes(txn, key, false).await?)
 }
 
-/// Reads a JSON record without a read conflict.
+/// Reads a record without a read conflict.
 pub async fn get_snapshot<T: DeserializeOwned>(
     txn: &mut dyn KvTxn,
     key: &[u8],
@@ -348,9 +369,7 @@ pub async fn get_snapshot<T: DeserializeOwned>(
 }
 
 fn decode<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>> {
-    bytes
-        .map(|b| serde_json::from_slice(&b).map_err(Error::corrupt))
-        .transpose()
+    bytes.map(|b| decode_record(&b)).transpose()
 }
 
 /// Deletes the record at `key`, chunks included: those a larger earlier version left

@@ -263,7 +263,7 @@ where
     Ok(())
 }
 
-/// The JSON of one record (its chunks joined).
+/// One record (its chunks joined), as JSON.
 fn record_json(group: &[KeyValue]) -> Result<Value> {
     let (records, incomplete) = tables::assemble(group.to_vec())?;
     let bytes = match records.into_iter().next() {
@@ -275,9 +275,9 @@ fn record_json(group: &[KeyValue]) -> Result<Value> {
             )))
         }
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    tables::decode_record(&bytes).map_err(|e| {
         TransferError::Failed(format!(
-            "a {} record in the source is not JSON: {e}",
+            "a {} record in the source does not decode: {e}",
             table_label(group[0].0[0])
         ))
     })

@@ -326,7 +326,7 @@ async fn read_records<T: serde::de::DeserializeOwned>(
     let (records, _) = tables::assemble(pairs)?;
     records
         .into_iter()
-        .map(|(_, b)| serde_json::from_slice(&b).map_err(Error::corrupt))
+        .map(|(_, b)| tables::decode_record(&b))
         .collect()
 }
 

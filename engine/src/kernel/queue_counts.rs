@@ -247,7 +247,7 @@ async fn scan_task_rows(
         let mut txn = store.begin().await?;
         let (records, rest) = tables::read_records(txn.as_mut(), r, 1024).await?;
         for (_, bytes) in records {
-            let task: TaskRecord = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+            let task: TaskRecord = tables::decode_record(&bytes)?;
             if !keep(&task.namespace) {
                 continue;
             }

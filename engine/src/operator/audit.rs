@@ -336,7 +336,7 @@ impl Engine {
             }
             match value.first() {
                 Some(0) => {
-                    out.push(serde_json::from_slice(&value[1..]).map_err(Error::corrupt)?);
+                    out.push(tables::decode_record(&value[1..])?);
                 }
                 Some(1) => {
                     if let Some(entry) = tables::get_snapshot(txn.as_mut(), &key).await? {

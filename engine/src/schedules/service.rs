@@ -612,7 +612,7 @@ impl Engine {
         let (rows, cut) = tables::assemble(rows)?;
         let mut events = Vec::with_capacity(rows.len().min(limit));
         for (_, bytes) in rows.iter().take(limit) {
-            events.push(serde_json::from_slice::<Value>(bytes).map_err(Error::corrupt)?);
+            events.push(tables::decode_record::<Value>(bytes)?);
         }
         let has_more = rows.len() > limit || cut;
         let next_cursor = if has_more {

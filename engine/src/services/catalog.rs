@@ -272,7 +272,7 @@ async fn list_in<T: serde::de::DeserializeOwned>(
     let (records, _) = tables::assemble(pairs)?;
     records
         .into_iter()
-        .map(|(_, bytes)| serde_json::from_slice(&bytes).map_err(Error::corrupt))
+        .map(|(_, bytes)| tables::decode_record(&bytes))
         .collect()
 }
 

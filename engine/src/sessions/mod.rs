@@ -412,8 +412,7 @@ impl Engine {
             let (records, next) = tables::read_records(txn.as_mut(), range, 1024).await?;
             rest = next;
             for (_, bytes) in records {
-                let record: WorkerSessionRecord =
-                    serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+                let record: WorkerSessionRecord = tables::decode_record(&bytes)?;
                 metrics.total += 1;
                 match record.status_at(now) {
                     SessionStatus::Active => metrics.active += 1,

@@ -178,7 +178,7 @@ impl Engine {
             for (key, bytes) in records {
                 scanned += 1;
                 last_key = Some(key);
-                let entry: ListEntry = serde_json::from_slice(&bytes).map_err(Error::corrupt)?;
+                let entry: ListEntry = tables::decode_record(&bytes)?;
                 let wanted = q
                     .workflow_type
                     .as_ref()
