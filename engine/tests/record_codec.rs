@@ -171,3 +171,25 @@ fn a_record_is_smaller_in_the_compact_form_and_garbage_is_an_error_not_a_panic()
         assert!(tables::decode_record::<RunRecord>(garbage).is_err());
     }
 }
+
+#[test]
+fn a_record_with_flattened_fields_round_trips() {
+    // `#[serde(flatten)]` serializes as a map of unknown length, which MessagePack
+    // encoders must buffer.
+    let record: keel_engine::services::OperationRecord = serde_json::from_value(json!({
+        "id": "op-1", "namespace": "default", "endpoint_id": "e-1", "endpoint_name": "billing",
+        "service_id": "s-1", "service_name": "invoices", "operation_name": "charge",
+        "description": "Charges a card", "operation_mode": "sync",
+        "handler_binding_kind": "workflow", "handler_target_reference": "billing.charge",
+        "handler_binding": null, "deadline_policy": {"seconds": 30},
+        "idempotency_policy": null, "cancellation_policy": null, "retry_policy": null,
+        "boundary_policy": null, "metadata": {"owner": "payments", "weight": 0.5},
+        "created_at_ms": 1, "updated_at_ms": 2
+    }))
+    .expect("an operation record");
+    let bytes = tables::encode(&record).expect("encodes");
+    assert_eq!(bytes[0], COMPACT_V1);
+    let back: keel_engine::services::OperationRecord =
+        tables::decode_record(&bytes).expect("decodes");
+    assert_eq!(back, record);
+}
