@@ -17,7 +17,7 @@ use keel_engine::clock::ManualClock;
 use keel_engine::model::RunStatus;
 use keel_engine::storage::faulty::FaultyStore;
 use keel_engine::storage::memory::MemoryStore;
-use keel_engine::storage::simulated::FaultConfig;
+use keel_engine::storage::simulated::{FaultConfig, SimulatedStore};
 use keel_engine::storage::{
     Capabilities, CommitInfo, KeyRange, KeyValue, KvStore, KvTxn, ReadOptions, Result,
     StorageError, Version, WatchFuture,
@@ -41,6 +41,8 @@ struct GatedStore {
     conflict_next: Arc<AtomicBool>,
     /// Commits held at the closed gate now.
     held: Arc<AtomicU64>,
+    /// Reports itself as shared by several nodes (durable counters and lease timers).
+    multi_node: bool,
 }
 
 impl GatedStore {
@@ -51,6 +53,7 @@ impl GatedStore {
             open: watch::Sender::new(true),
             conflict_next: Arc::new(AtomicBool::new(false)),
             held: Arc::new(AtomicU64::new(0)),
+            multi_node: false,
         }
     }
 
@@ -78,7 +81,10 @@ impl KvStore for GatedStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        Capabilities {
+            multi_node: self.multi_node,
+            ..self.inner.capabilities()
+        }
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -187,8 +193,11 @@ fn spawn_workflow_poll(engine: &Engine) -> tokio::task::JoinHandle<Option<Workfl
 /// Starts a workflow and completes a one-activity run through parked pollers; returns
 /// the writing commits each of its five steps took (start, workflow task completion,
 /// activity completion, final completion, and the polls between them).
-async fn one_activity_commits(eager: bool) -> Vec<u64> {
-    let store = GatedStore::new();
+async fn one_activity_commits(eager: bool, multi_node: bool) -> Vec<u64> {
+    let store = GatedStore {
+        multi_node,
+        ..GatedStore::new()
+    };
     let clock = ManualClock::new(START);
     let engine = engine_on(Arc::new(store.clone()), &clock, eager).await;
     let mut steps = Vec::new();
@@ -250,15 +259,21 @@ async fn one_activity_commits(eager: bool) -> Vec<u64> {
 #[tokio::test]
 async fn a_task_made_ready_for_a_parked_poller_is_leased_in_the_transaction_that_made_it() {
     assert_eq!(
-        one_activity_commits(true).await,
+        one_activity_commits(true, false).await,
         [1, 1, 1, 1],
         "each step one transaction: the polls lease nothing themselves"
     );
     assert_eq!(
-        one_activity_commits(false).await,
+        one_activity_commits(false, false).await,
         [2, 2, 2, 1],
         "without eager leases each parked poll commits its own lease"
     );
+}
+
+#[tokio::test]
+async fn on_a_multi_node_store_a_poller_parked_on_this_node_is_leased_to_eagerly_too() {
+    // Durable counter rows and lease-timer rows instead of memory: the same commits.
+    assert_eq!(one_activity_commits(true, true).await, [1, 1, 1, 1]);
 }
 
 /// A workflow poller reserved by a start of `id` whose commit waits at the closed gate.
@@ -512,5 +527,8 @@ async fn under_storage_faults_with_parked_pollers_every_workflow_completes_once(
     for seed in 1..=3 {
         let store = FaultyStore::new(Arc::new(MemoryStore::new()), FaultConfig::chaos(seed));
         drive_with_parked_pollers(Arc::new(store), 30).await;
+        // Multi-node: durable counters and lease-timer rows.
+        drive_with_parked_pollers(Arc::new(SimulatedStore::new(FaultConfig::chaos(seed))), 30)
+            .await;
     }
 }

@@ -22,9 +22,9 @@ pub struct EngineConfig {
     pub park_limits: crate::matching::ParkLimits,
     /// Admission: at most this many leased tasks per queue and kind (`None`: unbounded).
     pub max_leases_per_queue: Option<u64>,
-    /// Whether a transaction that makes a task ready leases it to a parked poller that
-    /// accepts it before its commit, saving the poll's own lease transaction (single-node
-    /// stores without `max_leases_per_queue` only).
+    /// Whether a transaction that makes a task ready leases it to a poller parked on this
+    /// node that accepts it before its commit, saving the poll's own lease transaction
+    /// (not with `max_leases_per_queue`).
     pub eager_leases: bool,
     /// Whether this node fires timers and schedules (the `scheduler` role); with other
     /// nodes on the store, only while it holds the scheduler lease.

@@ -72,9 +72,7 @@ impl Engine {
         let hooks = Box::new(hooks::Hooks {
             service_http: config.service_http.clone(),
             eager: crate::workflow::EagerLeases {
-                enabled: config.eager_leases
-                    && config.max_leases_per_queue.is_none()
-                    && !store.capabilities().multi_node,
+                enabled: config.eager_leases && config.max_leases_per_queue.is_none(),
                 clock: clock.clone(),
                 matching: matching.clone(),
                 workflow_lease_ms: config.workflow_task_lease.as_millis() as crate::clock::Millis,

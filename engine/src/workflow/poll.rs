@@ -555,15 +555,15 @@ async fn lease_task(
 
 /// Eager leases, run in a transaction before its commit: each task it made ready whose
 /// queue has a parked poller that accepts it is leased to that poller here, and delivered
-/// once committed (the poll's own lease transaction is saved). Not on a multi-node store
-/// (another node's pollers are reached through the durable ready index), nor with a
+/// once committed (the poll's own lease transaction is saved). Only pollers parked on
+/// this node (another node's are reached through the durable ready index), and not with a
 /// per-queue lease limit (its refusal would fail the transaction that made the task).
 pub(crate) async fn lease_eagerly(
     leases: &EagerLeases,
     txn: &mut dyn KvTxn,
     fx: &mut Effects,
 ) -> Result<()> {
-    if !leases.enabled || fx.multi_node || fx.ready.is_empty() {
+    if !leases.enabled || fx.ready.is_empty() {
         return Ok(());
     }
     // The lease starts now, not when the transaction began: its poller may have parked
