@@ -571,12 +571,13 @@ pub(crate) async fn lease_eagerly(
     let now = leases.clock.now_ms();
     let mut i = 0;
     while i < fx.ready.len() {
-        let (key, hint) = fx.ready[i].clone();
-        let Some(reservation) = crate::matching::Matching::reserve(&leases.matching, &key, &hint)
+        let (key, hint) = &fx.ready[i];
+        let Some(reservation) = crate::matching::Matching::reserve(&leases.matching, key, hint)
         else {
             i += 1;
             continue;
         };
+        let (key, hint) = (key.clone(), hint.clone());
         let lease_ms = match key.kind {
             TaskKind::Workflow => leases.workflow_lease_ms,
             TaskKind::Activity => leases.activity_lease_ms,
