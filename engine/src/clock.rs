@@ -87,7 +87,47 @@ impl Clock for ManualClock {
 }
 
 /// Formats a time as the protocol's canonical UTC timestamp, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+/// Written digit by digit (every history event and task reply carries one): years
+/// 0000–9999; others take the general path, as before.
 pub fn format_timestamp(ms: Millis) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    if !(0..=9999).contains(&year) {
+        return format_timestamp_general(ms);
+    }
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: i64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    put(20, 3, milli);
+    String::from_utf8(out.to_vec()).expect("invariant: ASCII digits")
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+fn format_timestamp_general(ms: Millis) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
@@ -112,8 +152,39 @@ pub fn parse_timestamp(s: &str) -> Option<Millis> {
 
 #[cfg(test)]
 mod tests {
-    use super::{format_timestamp, parse_timestamp, Duration, ManualClock};
+    use super::{
+        format_timestamp, format_timestamp_general, parse_timestamp, Duration, ManualClock,
+    };
     use crate::clock::Clock;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_digit_by_digit_timestamp_matches_the_general_formatter(
+            ms in -70_000_000_000_000i64..260_000_000_000_000i64
+        ) {
+            prop_assert_eq!(format_timestamp(ms), format_timestamp_general(ms));
+        }
+    }
+
+    #[test]
+    fn timestamps_at_calendar_edges_match_the_general_formatter() {
+        // Leap days, century rules, the epoch, the first and last representable years.
+        for text in [
+            "0000-01-01T00:00:00Z",
+            "0000-02-29T12:00:00Z",
+            "1900-02-28T23:59:59.999Z",
+            "1969-12-31T23:59:59.999Z",
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T00:00:00Z",
+            "2024-12-31T23:59:59.999Z",
+            "2100-03-01T00:00:00Z",
+            "9999-12-30T21:59:59.999Z",
+        ] {
+            let ms = parse_timestamp(text).unwrap_or_else(|| panic!("a valid time: {text}"));
+            assert_eq!(format_timestamp(ms), format_timestamp_general(ms), "{text}");
+        }
+    }
 
     #[test]
     fn timestamps_are_canonical_utc_with_microseconds() {

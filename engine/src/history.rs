@@ -237,6 +237,23 @@ pub async fn event_payload(
     Ok(Some(event.payload))
 }
 
+/// The `input` of a stored `WorkflowStarted` event (`null` when absent); the event's other
+/// fields are skipped, not built.
+pub fn started_input(event: &RawValue) -> Result<Value> {
+    #[derive(serde::Deserialize)]
+    struct Started {
+        #[serde(default)]
+        payload: Option<Input>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Input {
+        #[serde(default)]
+        input: Value,
+    }
+    let event: Started = serde_json::from_str(event.get()).map_err(Error::corrupt)?;
+    Ok(event.payload.map_or(Value::Null, |p| p.input))
+}
+
 /// Encodes a history page token: the last sequence already returned.
 pub fn encode_token(last_seq: u64) -> String {
     use base64::Engine as _;
@@ -256,7 +273,7 @@ pub fn decode_token(token: &str) -> Option<u64> {
 mod tests {
     use super::{append, decode_token, encode_token, event_bytes, event_payload, RunRecord};
     use keel_storage::KvStore;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn run() -> RunRecord {
         serde_json::from_value(json!({
@@ -318,6 +335,28 @@ mod tests {
             .await
             .expect("reads");
         assert_eq!(read, Some(payload));
+    }
+
+    #[test]
+    fn the_started_input_is_read_from_the_stored_event_and_null_when_absent() {
+        let input = json!({"codec": "avro", "blob": "AgQ="});
+        let with = event_bytes(
+            &run(),
+            1,
+            "WorkflowStarted",
+            json!({"workflow_type": "w", "input": input, "task_queue": "q"}),
+            0,
+            None,
+        );
+        let raw = |bytes: Vec<u8>| super::raw(bytes).expect("stored events are JSON");
+        assert_eq!(super::started_input(&raw(with)).expect("reads"), input);
+        for payload in [json!({"workflow_type": "w"}), Value::Null] {
+            let without = event_bytes(&run(), 1, "WorkflowStarted", payload, 0, None);
+            assert_eq!(
+                super::started_input(&raw(without)).expect("reads"),
+                Value::Null
+            );
+        }
     }
 
     #[test]

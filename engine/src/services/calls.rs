@@ -1302,6 +1302,28 @@ pub(crate) async fn on_run_closed(
     if !has_indexes(txn, ns).await? {
         return Ok(());
     }
+    // Boxed: every run closes through here, and most namespaces have no service calls.
+    Box::pin(close_run_calls(
+        txn,
+        ns,
+        workflow_id,
+        run_id,
+        reason,
+        now,
+        fx,
+    ))
+    .await
+}
+
+async fn close_run_calls(
+    txn: &mut dyn KvTxn,
+    ns: &str,
+    workflow_id: &str,
+    run_id: &str,
+    reason: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<()> {
     for (index, key) in indexed_calls(txn, prefix::SERVICE_CALL_BY_RUN, ns, run_id).await? {
         let Some(mut call) = tables::get::<ServiceCallRecord>(txn, &key).await? else {
             tables::delete(txn, &index).await?;

@@ -28,6 +28,8 @@ impl kernel::Hooks for Hooks {
         now: Millis,
         fx: &'t mut Effects,
     ) -> TxFuture<'t, ()> {
+        // Each reaction's own future is boxed: this one is moved into its box on every
+        // event, and would otherwise be as large as the largest reaction (~13 KB).
         Box::pin(async move {
             match event {
                 Event::RunClosed {
@@ -47,7 +49,7 @@ impl kernel::Hooks for Hooks {
                         closed_at_ms,
                     );
                     // Service calls this run carried out or waited on.
-                    crate::services::on_run_closed(
+                    Box::pin(crate::services::on_run_closed(
                         txn,
                         &namespace,
                         &workflow_id,
@@ -55,7 +57,7 @@ impl kernel::Hooks for Hooks {
                         &reason,
                         now,
                         fx,
-                    )
+                    ))
                     .await?;
                     // A schedule waiting for this run (buffered fires) learns of the close.
                     if let Some(schedule_id) = schedule_id {
@@ -77,8 +79,10 @@ impl kernel::Hooks for Hooks {
                     update_id,
                 } => {
                     // A service call carried out by this update closes with it.
-                    crate::services::on_update_closed(txn, &namespace, &run_id, &update_id, now, fx)
-                        .await
+                    Box::pin(crate::services::on_update_closed(
+                        txn, &namespace, &run_id, &update_id, now, fx,
+                    ))
+                    .await
                 }
                 Event::ServiceCallRequested {
                     namespace,
@@ -87,7 +91,7 @@ impl kernel::Hooks for Hooks {
                     sequence,
                     command,
                 } => {
-                    crate::services::admit_workflow_call(
+                    Box::pin(crate::services::admit_workflow_call(
                         txn,
                         &namespace,
                         &workflow_id,
@@ -97,7 +101,7 @@ impl kernel::Hooks for Hooks {
                         &self.service_http,
                         now,
                         fx,
-                    )
+                    ))
                     .await
                 }
                 Event::WorkerSessionEnded {
@@ -106,14 +110,14 @@ impl kernel::Hooks for Hooks {
                     reason,
                 } => {
                     // Its open activities fail; the workflows see why.
-                    crate::workflow::fail_session_activities(
+                    Box::pin(crate::workflow::fail_session_activities(
                         txn,
                         &namespace,
                         &session_id,
                         &reason,
                         now,
                         fx,
-                    )
+                    ))
                     .await
                 }
             }

@@ -312,8 +312,9 @@ impl Engine {
         } else {
             poll.history_page_size
         };
-        let page = history::read_page(
-            self.inner.store.as_ref(),
+        let mut txn = self.inner.store.begin().await?;
+        let page = history::read_page_in(
+            txn.as_mut(),
             &task.namespace,
             &task.run_id,
             1,
@@ -321,12 +322,13 @@ impl Engine {
             inline,
         )
         .await?;
-        let arguments = {
-            let mut txn = self.inner.store.begin().await?;
-            history::event_payload(txn.as_mut(), &task.namespace, &task.run_id, 1)
+        // The workflow's input is in its first event, which the page starts with.
+        let arguments = match page.events.first() {
+            Some(first) => history::started_input(first)?,
+            None => history::event_payload(txn.as_mut(), &task.namespace, &task.run_id, 1)
                 .await?
                 .and_then(|mut p| p.get_mut("input").map(Value::take))
-                .unwrap_or(Value::Null)
+                .unwrap_or(Value::Null),
         };
         Ok(Some(WorkflowTaskView {
             task_kind: "workflow",
@@ -583,8 +585,9 @@ pub(crate) async fn lease_eagerly(
             TaskKind::Activity => leases.activity_lease_ms,
         };
         let worker_id = reservation.worker_id().to_string();
-        // A refusal drops the reservation: the poller goes back to its queue.
-        match lease_task(
+        // A refusal drops the reservation: the poller goes back to its queue. Boxed: most
+        // transactions lease nothing, and this future should not weigh on theirs.
+        match Box::pin(lease_task(
             txn,
             &key,
             &worker_id,
@@ -593,7 +596,7 @@ pub(crate) async fn lease_eagerly(
             lease_ms,
             None,
             fx,
-        )
+        ))
         .await?
         {
             Leased::Task(task) => {
