@@ -975,6 +975,7 @@ impl GroupCommitter {
         // tracker has not recorded yet.
         let mut in_batch = ConflictTracker::new(0);
         let mut write_batch = WriteBatch::default();
+        let mut adds = PendingAdds::default();
         for (request, reply) in batch {
             // Locked per request, not across `stage`'s reads, so `watch` never waits on I/O.
             let verdict = shared
@@ -997,7 +998,7 @@ impl GroupCommitter {
                 let _ = reply.send(Err(refusal.error()));
                 continue;
             }
-            self.stage(&request, &accepted, &mut write_batch);
+            self.stage(&request, &accepted, &mut write_batch, &mut adds);
             self.version += 1;
             in_batch.record(self.version, &request);
             accepted.push((self.version, request, reply));
@@ -1005,6 +1006,7 @@ impl GroupCommitter {
         if accepted.is_empty() {
             return;
         }
+        adds.flush_all(&mut write_batch);
         let (keys, bytes) = (write_batch.len() as u64, write_batch.size_in_bytes() as u64);
         write_batch.put_cf(shared.meta_cf(), VERSION_KEY, self.version.to_be_bytes());
         shared.written.store(self.version, Ordering::SeqCst);
@@ -1061,8 +1063,9 @@ impl GroupCommitter {
         }
     }
 
-    /// Adds `request`'s writes to `write_batch`: cleared ranges first, then point writes,
-    /// atomic adds as merge operands (summed by [`add_counters`] in write order).
+    /// Adds `request`'s writes to `write_batch`: cleared ranges first, then point writes;
+    /// atomic adds are summed into `adds`, one merge operand per key and batch (summed by
+    /// [`add_counters`]), written before any later write to their key.
     ///
     /// A cleared range holding at most [`POINT_DELETE_LIMIT`] keys (stored, or written by
     /// the requests `earlier` in this batch) becomes point deletes of those keys; a
@@ -1075,7 +1078,11 @@ impl GroupCommitter {
         request: &CommitRequest,
         earlier: &[(Version, CommitRequest, Reply)],
         write_batch: &mut WriteBatch,
+        adds: &mut PendingAdds,
     ) {
+        if !request.cleared_ranges.is_empty() {
+            adds.flush_all(write_batch);
+        }
         for range in &request.cleared_ranges {
             match keys_in(&self.shared.db, range, earlier) {
                 Some(keys) => keys.iter().for_each(|key| write_batch.delete(key)),
@@ -1087,10 +1094,47 @@ impl GroupCommitter {
         }
         for (key, write) in &request.writes {
             match write {
-                Write::Set(v) => write_batch.put(key, v),
-                Write::Clear => write_batch.delete(key),
-                Write::Add(delta) => write_batch.merge(key, delta.to_le_bytes()),
+                Write::Set(v) => {
+                    adds.flush(key, write_batch);
+                    write_batch.put(key, v);
+                }
+                Write::Clear => {
+                    adds.flush(key, write_batch);
+                    write_batch.delete(key);
+                }
+                Write::Add(delta) => adds.add(key, *delta),
             }
+        }
+    }
+}
+
+/// Atomic adds of one group commit not yet in its write batch, summed per key: the
+/// namespace counters every workflow moves (running, completed) cost one memtable entry
+/// per batch instead of one per transaction. Invariant: a key's sum is written before
+/// any later put, delete or range clear that may cover it, so the batch applies in
+/// commit order.
+#[derive(Default)]
+struct PendingAdds(std::collections::HashMap<Vec<u8>, i64>);
+
+impl PendingAdds {
+    fn add(&mut self, key: &[u8], delta: i64) {
+        match self.0.get_mut(key) {
+            Some(sum) => *sum = sum.wrapping_add(delta),
+            None => {
+                self.0.insert(key.to_vec(), delta);
+            }
+        }
+    }
+
+    fn flush(&mut self, key: &[u8], write_batch: &mut WriteBatch) {
+        if let Some(sum) = self.0.remove(key) {
+            write_batch.merge(key, sum.to_le_bytes());
+        }
+    }
+
+    fn flush_all(&mut self, write_batch: &mut WriteBatch) {
+        for (key, sum) in self.0.drain() {
+            write_batch.merge(key, sum.to_le_bytes());
         }
     }
 }
@@ -1375,6 +1419,38 @@ mod tests {
                 .synced_writes
                 .load(Ordering::Relaxed),
             2
+        );
+    }
+
+    #[test]
+    fn adds_of_one_batch_are_one_merge_operand_per_key_and_keep_their_order_with_puts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut committer = bare_committer(dir.path());
+        let set = |v: i64| (b"c".as_slice(), Write::Set(v.to_le_bytes().to_vec()));
+        let answers = run_batch(
+            &mut committer,
+            vec![
+                request(&[], vec![(b"c", Write::Add(1)), (b"d", Write::Add(2))]),
+                request(&[], vec![(b"c", Write::Add(10)), (b"d", Write::Add(3))]),
+                request(&[], vec![set(100)]),
+                request(&[], vec![(b"c", Write::Add(7)), (b"d", Write::Add(4))]),
+                request(&[], vec![(b"c", Write::Clear)]),
+                request(&[], vec![(b"c", Write::Add(-2))]),
+            ],
+        );
+        assert!(answers.iter().all(Result::is_ok));
+        let db = &committer.shared.db;
+        let counter = |key: &[u8]| decode_counter(db.get(key).expect("get").as_deref());
+        assert_eq!(counter(b"c"), -2, "1+10, set 100, +7, cleared, -2");
+        assert_eq!(counter(b"d"), 9);
+        // c: merge, put, merge, delete, merge; d: one merge (one per add would be 9).
+        assert_eq!(
+            committer
+                .shared
+                .counters
+                .written_keys
+                .load(Ordering::Relaxed),
+            6
         );
     }
 
