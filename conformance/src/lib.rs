@@ -214,6 +214,7 @@ macro_rules! __all_cases {
         // The one list of cases; keep it in step with the functions in `cases`.
         $crate::__stamp_cases!($factory;
             set_get_clear_round_trip,
+            withdrawn_key_is_absent,
             reads_see_own_writes,
             writes_are_invisible_until_commit,
             dropped_transaction_writes_nothing,

@@ -114,6 +114,10 @@ impl KvTxn for MeteredTxn {
         self.inner.clear(key)
     }
 
+    fn withdraw(&mut self, key: &[u8]) {
+        self.inner.withdraw(key)
+    }
+
     fn clear_range(&mut self, range: &KeyRange) {
         self.inner.clear_range(range)
     }

@@ -43,6 +43,8 @@ struct GatedStore {
     held: Arc<AtomicU64>,
     /// Reports itself as shared by several nodes (durable counters and lease timers).
     multi_node: bool,
+    /// Ready-index keys committed transactions wrote (set or cleared).
+    ready_writes: Arc<AtomicU64>,
 }
 
 impl GatedStore {
@@ -54,6 +56,7 @@ impl GatedStore {
             conflict_next: Arc::new(AtomicBool::new(false)),
             held: Arc::new(AtomicU64::new(0)),
             multi_node: false,
+            ready_writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -73,6 +76,7 @@ impl KvStore for GatedStore {
             inner: self.inner.begin().await?,
             store: self.clone(),
             writes: false,
+            ready_keys: std::collections::BTreeSet::new(),
         }))
     }
 
@@ -96,6 +100,16 @@ struct GatedTxn {
     inner: Box<dyn KvTxn>,
     store: GatedStore,
     writes: bool,
+    /// Ready-index keys this transaction writes.
+    ready_keys: std::collections::BTreeSet<Vec<u8>>,
+}
+
+impl GatedTxn {
+    fn note(&mut self, key: &[u8]) {
+        if keel_engine::tables::ready_range().contains(key) {
+            self.ready_keys.insert(key.to_vec());
+        }
+    }
 }
 
 #[async_trait]
@@ -114,11 +128,17 @@ impl KvTxn for GatedTxn {
     }
     fn set(&mut self, key: &[u8], value: &[u8]) {
         self.writes = true;
+        self.note(key);
         self.inner.set(key, value);
     }
     fn clear(&mut self, key: &[u8]) {
         self.writes = true;
+        self.note(key);
         self.inner.clear(key);
+    }
+    fn withdraw(&mut self, key: &[u8]) {
+        self.ready_keys.remove(key);
+        self.inner.withdraw(key);
     }
     fn clear_range(&mut self, range: &KeyRange) {
         self.writes = true;
@@ -141,10 +161,14 @@ impl KvTxn for GatedTxn {
                 return Err(StorageError::Conflict);
             }
         }
+        let ready_keys = self.ready_keys.len() as u64;
         let info = self.inner.commit().await?;
         if self.writes {
             self.store.writes.fetch_add(1, Ordering::SeqCst);
         }
+        self.store
+            .ready_writes
+            .fetch_add(ready_keys, Ordering::SeqCst);
         Ok(info)
     }
 }
@@ -192,8 +216,9 @@ fn spawn_workflow_poll(engine: &Engine) -> tokio::task::JoinHandle<Option<Workfl
 
 /// Starts a workflow and completes a one-activity run through parked pollers; returns
 /// the writing commits each of its five steps took (start, workflow task completion,
-/// activity completion, final completion, and the polls between them).
-async fn one_activity_commits(eager: bool, multi_node: bool) -> Vec<u64> {
+/// activity completion, final completion, and the polls between them), and the
+/// ready-index keys its commits wrote.
+async fn one_activity_commits(eager: bool, multi_node: bool) -> (Vec<u64>, u64) {
     let store = GatedStore {
         multi_node,
         ..GatedStore::new()
@@ -253,27 +278,40 @@ async fn one_activity_commits(eager: bool, multi_node: bool) -> Vec<u64> {
     steps.push(store.commits() - before);
     let view = engine.describe(NS, "eager", None).await.expect("describe");
     assert_eq!(view.run.status, RunStatus::Completed);
-    steps
+    (steps, store.ready_writes.load(Ordering::SeqCst))
 }
 
 #[tokio::test]
 async fn a_task_made_ready_for_a_parked_poller_is_leased_in_the_transaction_that_made_it() {
+    let (steps, ready_writes) = one_activity_commits(true, false).await;
     assert_eq!(
-        one_activity_commits(true, false).await,
+        steps,
         [1, 1, 1, 1],
         "each step one transaction: the polls lease nothing themselves"
     );
     assert_eq!(
-        one_activity_commits(false, false).await,
+        ready_writes, 0,
+        "a ready-index entry set and cleared in one transaction is withdrawn, not stored"
+    );
+    let (steps, ready_writes) = one_activity_commits(false, false).await;
+    assert_eq!(
+        steps,
         [2, 2, 2, 1],
         "without eager leases each parked poll commits its own lease"
+    );
+    assert_eq!(
+        ready_writes, 6,
+        "three tasks, each indexed and taken from the index"
     );
 }
 
 #[tokio::test]
 async fn on_a_multi_node_store_a_poller_parked_on_this_node_is_leased_to_eagerly_too() {
     // Durable counter rows and lease-timer rows instead of memory: the same commits.
-    assert_eq!(one_activity_commits(true, true).await, [1, 1, 1, 1]);
+    assert_eq!(
+        one_activity_commits(true, true).await,
+        (vec![1, 1, 1, 1], 0)
+    );
 }
 
 /// A workflow poller reserved by a start of `id` whose commit waits at the closed gate.

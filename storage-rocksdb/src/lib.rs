@@ -1209,6 +1209,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_withdrawn_key_leaves_no_memtable_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let entries = |store: &RocksStore, name: &str| {
+            store
+                .backend
+                .shared
+                .db
+                .property_int_value(name)
+                .expect("property")
+                .expect("property known")
+        };
+        let before = entries(&store, "rocksdb.num-entries-active-mem-table");
+        let mut txn = store.begin().await.expect("begin");
+        txn.set(b"record", b"r");
+        txn.set(b"index-entry", b"");
+        txn.clear(b"index-entry");
+        txn.withdraw(b"index-entry");
+        txn.commit().await.expect("commit");
+        assert_eq!(read(&store, b"index-entry").await, None);
+        // The record alone (the version key is in its own column family): no tombstone
+        // for the index entry.
+        assert_eq!(
+            entries(&store, "rocksdb.num-entries-active-mem-table") - before,
+            1
+        );
+        assert_eq!(entries(&store, "rocksdb.num-deletes-active-mem-table"), 0);
+    }
+
+    #[tokio::test]
     async fn index_and_filter_memory_is_held_in_the_bounded_block_cache() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache_bytes = 1 << 20;

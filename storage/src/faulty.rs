@@ -302,6 +302,10 @@ impl KvTxn for FaultyTxn {
         self.inner.clear(key);
     }
 
+    fn withdraw(&mut self, key: &[u8]) {
+        self.inner.withdraw(key);
+    }
+
     fn clear_range(&mut self, range: &KeyRange) {
         self.writes = true;
         self.inner.clear_range(range);

@@ -337,6 +337,15 @@ pub trait KvTxn: Send {
     /// Buffers the deletion of every key in `range`.
     fn clear_range(&mut self, range: &KeyRange);
 
+    /// Forgets this transaction's writes of `key`, a key that did not exist at its read
+    /// version (the caller created it in this transaction, e.g. an index entry). The
+    /// outcome equals [`clear`](KvTxn::clear), which is the default; a backend that
+    /// buffers writes may instead leave nothing to store for the key: no tombstone, no
+    /// write conflict.
+    fn withdraw(&mut self, key: &[u8]) {
+        self.clear(key);
+    }
+
     /// Buffers an addition of `delta` to the little-endian `i64` counter at `key`
     /// (a missing key counts as 0), applied at commit without a read conflict.
     fn atomic_add(&mut self, key: &[u8], delta: i64);

@@ -308,6 +308,12 @@ impl<B: CommittedReader + Committer> KvTxn for OccTxn<B> {
         self.request.writes.insert(key.to_vec(), Write::Clear);
     }
 
+    fn withdraw(&mut self, key: &[u8]) {
+        // The key was absent at the read version: without this transaction's writes it
+        // reads absent (from the store, or under a cleared range) as a clear would leave it.
+        self.request.writes.remove(key);
+    }
+
     fn clear_range(&mut self, range: &KeyRange) {
         let doomed: Vec<Vec<u8>> = self
             .request

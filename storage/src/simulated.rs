@@ -149,6 +149,10 @@ impl KvTxn for SimTxn {
         self.txn.clear(key)
     }
 
+    fn withdraw(&mut self, key: &[u8]) {
+        self.txn.withdraw(key)
+    }
+
     fn clear_range(&mut self, range: &KeyRange) {
         self.txn.clear_range(range)
     }

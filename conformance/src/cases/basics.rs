@@ -36,6 +36,25 @@ pub async fn set_get_clear_round_trip(factory: &dyn StoreFactory) {
     );
 }
 
+/// A key created and withdrawn in one transaction reads absent, inside it and after its
+/// commit, and the transaction's other writes commit.
+pub async fn withdrawn_key_is_absent(factory: &dyn StoreFactory) {
+    let store = store_of(factory);
+    let store = store.as_ref();
+    let mut txn = begin(store).await;
+    txn.set(b"index-entry", b"v");
+    txn.set(b"record", b"r");
+    txn.withdraw(b"index-entry");
+    assert_eq!(txn.get(b"index-entry").await.expect("get"), None, "inside");
+    txn.set(b"set-cleared-withdrawn", b"v");
+    txn.clear(b"set-cleared-withdrawn");
+    txn.withdraw(b"set-cleared-withdrawn");
+    txn.commit().await.expect("commit");
+    assert_eq!(get(store, b"index-entry").await, None, "after commit");
+    assert_eq!(get(store, b"set-cleared-withdrawn").await, None);
+    assert_eq!(get(store, b"record").await.as_deref(), Some(&b"r"[..]));
+}
+
 /// Reads inside a transaction see its own buffered sets, clears, clear_ranges and adds.
 pub async fn reads_see_own_writes(factory: &dyn StoreFactory) {
     let store = store_of(factory);

@@ -19,7 +19,7 @@ pub use atomics::{
 };
 pub use basics::{
     dropped_transaction_writes_nothing, reads_see_own_writes, set_get_clear_round_trip,
-    writes_are_invisible_until_commit,
+    withdrawn_key_is_absent, writes_are_invisible_until_commit,
 };
 pub use conflicts::{
     add_read_conflict_makes_blind_write_conflict, blind_writes_do_not_conflict,
@@ -69,6 +69,7 @@ const fn case(name: &'static str, capability: &'static str, contract: &'static s
 /// Every case of the suite (and of [`crate::faults`]), with what it checks.
 pub const CASES: &[CaseInfo] = &[
     case("set_get_clear_round_trip", "basics", "A committed set is read back, a missing key reads as None, a cleared key is gone."),
+    case("withdrawn_key_is_absent", "basics", "A key created and withdrawn in one transaction reads absent, inside it and after commit (KvTxn::withdraw)."),
     case("reads_see_own_writes", "basics: read-your-writes", "Reads see the transaction's own buffered writes first (sets, clears, clear_ranges, adds)."),
     case("writes_are_invisible_until_commit", "basics: isolation", "Writes are buffered and become visible to others only when commit succeeds."),
     case("dropped_transaction_writes_nothing", "basics", "Dropping a transaction without committing discards its writes."),

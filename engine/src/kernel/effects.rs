@@ -21,6 +21,9 @@ pub(crate) struct Effects {
     /// Changes to the in-memory per-queue counts (single-node stores only).
     pub counts: Vec<(QueueKey, QueueCounter, i64)>,
     pub ready: Vec<(QueueKey, TaskHint)>,
+    /// Tasks whose ready-index entry this transaction created (it did not exist before:
+    /// a task enters `Ready` only from another state or at its creation).
+    pub indexed_here: Vec<Box<str>>,
     /// Tasks leased to a reserved parked poller before commit, delivered after it (an
     /// undelivered reservation returns its poller to the queue when dropped).
     pub eager: Vec<(Reservation, Box<TaskRecord>)>,
@@ -49,6 +52,7 @@ impl Effects {
             multi_node,
             counts: Vec::new(),
             ready: Vec::new(),
+            indexed_here: Vec::new(),
             eager: Vec::new(),
             timers: Vec::new(),
             lease_timers: Vec::new(),

@@ -52,6 +52,7 @@ pub(crate) fn put_ready_task(
     );
     count(txn, fx, task, QueueCounter::Ready, 1);
     fx.ready(task);
+    fx.indexed_here.push(task.task_id.as_str().into());
     Ok(())
 }
 

@@ -600,6 +600,11 @@ pub(crate) async fn lease_eagerly(
         .await?
         {
             Leased::Task(task) => {
+                // Its ready-index entry, set and cleared in this transaction, need not
+                // reach storage at all.
+                if fx.indexed_here.iter().any(|id| **id == *task.task_id) {
+                    txn.withdraw(&kernel::ready_key(&task));
+                }
                 fx.ready.remove(i);
                 fx.eager.push((reservation, task));
             }
