@@ -193,18 +193,12 @@ impl Pending {
         };
         let route = self.op.name();
         let entry = AuditEntry {
-            route: Some(route.clone()),
+            route: Some(route.to_string()),
             target: self.target,
             status: Some(status),
             completed_at_ms: Some(engine.now_ms()),
-            ..AuditEntry::new(
-                &self.namespace,
-                &route,
-                &self.actor,
-                Value::Null,
-                self.at_ms,
-            )
-            .with_outcome(outcome, reason, Value::Null)
+            ..AuditEntry::new(&self.namespace, route, &self.actor, Value::Null, self.at_ms)
+                .with_outcome(outcome, reason, Value::Null)
         };
         // A mutation that failed on the server's side (storage) is answered promptly:
         // its entry gets a short bound rather than the full one.

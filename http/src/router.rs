@@ -54,7 +54,7 @@ pub enum Access {
 }
 
 /// The operations Keel serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Health,
     Ready,
@@ -973,37 +973,52 @@ pub enum Match {
     NotFound,
 }
 
+/// The routes by shape (root or not, segment count), each list in table order: a
+/// request is matched against the few routes of its shape.
+fn routes_by_shape() -> &'static std::collections::HashMap<(bool, usize), Vec<&'static Route>> {
+    static BY_SHAPE: std::sync::OnceLock<
+        std::collections::HashMap<(bool, usize), Vec<&'static Route>>,
+    > = std::sync::OnceLock::new();
+    BY_SHAPE.get_or_init(|| {
+        let mut by_shape = std::collections::HashMap::<_, Vec<_>>::new();
+        for r in routes() {
+            by_shape.entry((r.root, r.path.len())).or_default().push(r);
+        }
+        by_shape
+    })
+}
+
 /// Matches `method` and `path` (the full path, starting with `/api/`, or a root route).
 pub fn route(method: &Method, path: &str) -> Match {
     let (rest, root) = match path.strip_prefix("/api/") {
         Some(rest) => (rest, false),
         None => (path.strip_prefix('/').unwrap_or(path), true),
     };
-    let segments: Vec<String> = rest
+    // Borrowed unless a segment has escapes.
+    let segments: Vec<std::borrow::Cow<'_, str>> = rest
         .trim_end_matches('/')
         .split('/')
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
         .collect();
     let mut allow: Vec<Method> = Vec::new();
     let mut public = true;
-    for r in routes() {
-        if r.path.len() != segments.len() || r.root != root {
-            continue;
-        }
-        let mut params = Vec::new();
+    let candidates = routes_by_shape()
+        .get(&(root, segments.len()))
+        .map_or(&[][..], Vec::as_slice);
+    for r in candidates {
         let fits = r.path.iter().zip(&segments).all(|(seg, s)| match seg {
             Seg::Lit(l) => l == s,
-            Seg::Param => {
-                params.push(s.clone());
-                !s.is_empty()
-            }
+            Seg::Param => !s.is_empty(),
         });
         if fits {
             if r.method == *method {
+                let params = r
+                    .path
+                    .iter()
+                    .zip(&segments)
+                    .filter(|(seg, _)| matches!(seg, Seg::Param))
+                    .map(|(_, s)| s.to_string())
+                    .collect();
                 return Match::Found(r.op, r.plane, params);
             }
             if !allow.contains(&r.method) {
@@ -1021,8 +1036,21 @@ pub fn route(method: &Method, path: &str) -> Match {
 
 impl Op {
     /// The operation's name in snake case (`start_workflow`): the metrics label of its
-    /// route. Never holds ids.
-    pub fn name(self) -> String {
+    /// route. Never holds ids. Made once per operation (a finite set), then shared.
+    pub fn name(self) -> &'static str {
+        static NAMES: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashMap<Op, &'static str>>,
+        > = std::sync::OnceLock::new();
+        let mut names = NAMES
+            .get_or_init(Default::default)
+            .lock()
+            .expect("invariant: op names not poisoned");
+        names
+            .entry(self)
+            .or_insert_with(|| Box::leak(self.snake_case().into_boxed_str()))
+    }
+
+    fn snake_case(self) -> String {
         let debug = format!("{self:?}");
         let mut out = String::with_capacity(debug.len() + 4);
         for (i, c) in debug.chars().enumerate() {
@@ -1101,15 +1129,20 @@ fn route_policy(r: &Route) -> Policy {
 /// The policy of the route serving `op` (every op is served by one route family; when
 /// several routes share an op, they share its policy).
 pub fn policy(op: Op) -> Policy {
-    routes()
-        .iter()
-        .find(|r| r.op == op)
-        .map(route_policy)
-        .unwrap_or(Policy {
-            access: Access::Admin,
-            bootstrap_gated: false,
-            required_roles: CONTROL_ROLES,
-        })
+    static BY_OP: std::sync::OnceLock<std::collections::HashMap<Op, Policy>> =
+        std::sync::OnceLock::new();
+    let by_op = BY_OP.get_or_init(|| {
+        let mut by_op = std::collections::HashMap::new();
+        for r in routes() {
+            by_op.entry(r.op).or_insert_with(|| route_policy(r));
+        }
+        by_op
+    });
+    by_op.get(&op).copied().unwrap_or(Policy {
+        access: Access::Admin,
+        bootstrap_gated: false,
+        required_roles: CONTROL_ROLES,
+    })
 }
 
 /// One route of the table, described for tests and documentation.
@@ -1161,7 +1194,7 @@ pub fn table(sample: &str) -> Vec<RouteInfo> {
                 access: r.access,
                 bootstrap_gated: policy.bootstrap_gated,
                 required_roles: policy.required_roles,
-                op: r.op.name(),
+                op: r.op.name().to_string(),
             }
         })
         .collect()
@@ -1169,7 +1202,33 @@ pub fn table(sample: &str) -> Vec<RouteInfo> {
 
 #[cfg(test)]
 mod tests {
-    use super::{policy, route, Access, Match, Method, Op, Plane};
+    use super::{policy, route, routes, Access, Match, Method, Op, Plane, Seg};
+
+    #[test]
+    fn every_route_of_the_table_is_found_by_its_own_path_and_method() {
+        for r in routes() {
+            let segments: Vec<&str> = r
+                .path
+                .iter()
+                .map(|s| match s {
+                    Seg::Lit(l) => l,
+                    Seg::Param => "sample%2Fid",
+                })
+                .collect();
+            let path = format!(
+                "{}{}",
+                if r.root { "/" } else { "/api/" },
+                segments.join("/")
+            );
+            let params = r.path.iter().filter(|s| matches!(s, Seg::Param)).count();
+            assert_eq!(
+                route(&r.method, &path),
+                Match::Found(r.op, r.plane, vec!["sample/id".to_string(); params]),
+                "{} {path}",
+                r.method
+            );
+        }
+    }
 
     #[test]
     fn percent_encoded_ids_are_decoded() {

@@ -370,8 +370,7 @@ async fn handle(
         Err(e) => {
             retry_after = e.extra.get("retry_after_seconds").and_then(Value::as_u64);
             if matches!(e.status.as_u16(), 401 | 403 | 429) {
-                let route = op.map(Op::name);
-                let route = route.as_deref().unwrap_or("unmatched");
+                let route = op.map_or("unmatched", Op::name);
                 crate::metrics::count_refusal(route, e.status.as_u16(), e.reason);
             }
             if e.status == StatusCode::METHOD_NOT_ALLOWED {
@@ -419,8 +418,7 @@ async fn handle(
             )
         }
     };
-    let op_name = op.map(Op::name);
-    let op_name = op_name.as_deref().unwrap_or("unmatched");
+    let op_name = op.map_or("unmatched", Op::name);
     crate::metrics::record_request(op_name, status.as_u16(), started.elapsed());
     tracing::trace!(op = op_name, status = status.as_u16(), "request");
     let mut response = Response::new(Full::new(body));
@@ -550,11 +548,11 @@ async fn dispatch(
     } else {
         let route = op.name();
         let p = state.auth.authenticate(&parts.headers).map_err(|e| {
-            state.refusals.observe(&state.engine, &route, &e, None);
+            state.refusals.observe(&state.engine, route, &e, None);
             fail(e)
         })?;
         crate::auth::authorize(&p, policy.access).map_err(|e| {
-            state.refusals.observe(&state.engine, &route, &e, Some(&p));
+            state.refusals.observe(&state.engine, route, &e, Some(&p));
             fail(e)
         })?;
         p
