@@ -322,6 +322,42 @@ fn expect_status(reply: Result<Reply, String>, ok: &[u16], what: &str) -> Result
     }
 }
 
+/// A worker-plane POST whose 200 answer is read into `T` (the fields `T` does not name are
+/// skipped, not built: parsing each answer whole into JSON values was most of the
+/// generator's own CPU); any other answer is an error naming `what`.
+async fn worker_post<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    path: &str,
+    body: &Value,
+    what: &str,
+) -> Result<T, String> {
+    match shared.api.worker_as(Method::POST, path, Some(body)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(reply)) => Err(format!(
+            "{what}: HTTP {} {}",
+            reply.status,
+            reason_of(&reply)
+        )),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+/// The fields of a poll's answer the generator reads.
+#[derive(serde::Deserialize)]
+struct PollAnswer {
+    #[serde(default)]
+    task: Value,
+}
+
+/// The fields of a history page the generator reads.
+#[derive(serde::Deserialize)]
+struct HistoryPage {
+    #[serde(default)]
+    history_events: Vec<Value>,
+    #[serde(default)]
+    next_history_page_token: Option<String>,
+}
+
 /// The whole history of `task`: its first page and the rest through the history route.
 async fn history(shared: &Shared, task: &Value) -> Result<Vec<Value>, String> {
     let mut events = task["history_events"]
@@ -338,20 +374,9 @@ async fn history(shared: &Shared, task: &Value) -> Result<Vec<Value>, String> {
         let body = json!({"next_history_page_token": t, "lease_owner": shared.worker_id,
             "workflow_task_attempt": task["workflow_task_attempt"]});
         let path = format!("/worker/workflow-tasks/{id}/history");
-        let page = expect_status(
-            shared.api.worker(Method::POST, &path, Some(&body)).await,
-            &[200],
-            "history",
-        )?;
-        events.extend(
-            page.body["history_events"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-        );
-        token = page.body["next_history_page_token"]
-            .as_str()
-            .map(str::to_string);
+        let page: HistoryPage = worker_post(shared, &path, &body, "history").await?;
+        events.extend(page.history_events);
+        token = page.next_history_page_token;
     }
     Ok(events)
 }
@@ -359,9 +384,9 @@ async fn history(shared: &Shared, task: &Value) -> Result<Vec<Value>, String> {
 /// One long-poll of `path`: the task handed out, or `None` when none came or the poll
 /// failed (counted, then paused).
 async fn poll_once(shared: &Shared, path: &str, poll: &Value) -> Option<Value> {
-    match shared.api.worker(Method::POST, path, Some(poll)).await {
-        Ok(Reply { status: 200, body }) => Some(body["task"].clone()).filter(|t| !t.is_null()),
-        _ => {
+    match worker_post::<PollAnswer>(shared, path, poll, "poll").await {
+        Ok(answer) => Some(answer.task).filter(|t| !t.is_null()),
+        Err(_) => {
             shared.request_errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(POLL_ERROR_PAUSE).await;
             None
@@ -400,8 +425,11 @@ async fn workflow_poller(shared: Arc<Shared>) {
                         "type": "WorkflowTaskWaitingForHistory"}}),
             ),
         };
-        match shared.api.worker(Method::POST, &path, Some(&body)).await {
-            Ok(Reply { status: 200, .. }) => {
+        let done =
+            worker_post::<serde::de::IgnoredAny>(&shared, &path, &body, "workflow task completion")
+                .await;
+        match done {
+            Ok(_) => {
                 if let Some(outcome) = decision.outcome() {
                     let wf = task["workflow_id"].as_str().unwrap_or_default();
                     let waiter = shared.inflight.lock().expect("bench lock").remove(wf);
@@ -410,11 +438,8 @@ async fn workflow_poller(shared: Arc<Shared>) {
                     }
                 }
             }
-            other => {
+            Err(message) => {
                 shared.request_errors.fetch_add(1, Ordering::Relaxed);
-                let message = expect_status(other, &[200], "workflow task completion")
-                    .err()
-                    .unwrap_or_default();
                 shared.note_failure(message);
             }
         }
@@ -434,8 +459,10 @@ async fn activity_poller(shared: Arc<Shared>) {
         let body = json!({"activity_attempt_id": task["activity_attempt_id"],
             "lease_owner": shared.worker_id, "result": task["arguments"]});
         let path = format!("/worker/activity-tasks/{id}/complete");
-        let done = shared.api.worker(Method::POST, &path, Some(&body)).await;
-        if let Err(message) = expect_status(done, &[200], "activity completion") {
+        let done =
+            worker_post::<serde::de::IgnoredAny>(&shared, &path, &body, "activity completion")
+                .await;
+        if let Err(message) = done {
             shared.request_errors.fetch_add(1, Ordering::Relaxed);
             shared.note_failure(message);
         }

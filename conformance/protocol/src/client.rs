@@ -119,16 +119,22 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, String> {
-        let (version, token) = match plane {
+        let headers = self.plane_headers(plane);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.raw(method, path, &headers, body).await
+    }
+
+    /// The version header of `plane` and, when the client has one, its bearer token.
+    fn plane_headers(&self, plane: Plane) -> Vec<(&'static str, String)> {
+        let ((name, version), token) = match plane {
             Plane::Control => (CONTROL_HEADER, self.control_token.as_deref()),
             Plane::Worker => (WORKER_HEADER, self.worker_token.as_deref()),
         };
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut headers = vec![version];
-        if let Some(a) = auth.as_deref() {
-            headers.push(("authorization", a));
+        let mut headers = vec![(name, version.to_string())];
+        if let Some(t) = token {
+            headers.push(("authorization", format!("Bearer {t}")));
         }
-        self.raw(method, path, &headers, body).await
+        headers
     }
 
     /// A control-plane request.
@@ -151,6 +157,31 @@ impl Client {
         self.call(Plane::Worker, method, path, body).await
     }
 
+    /// A worker-plane request whose 200 answer is read into `T`: the fields `T` does not
+    /// name are skipped, not built as values (a load generator reads a few fields of each
+    /// answer, whose largest part is the capabilities block). Any other answer comes back
+    /// as a [`Reply`].
+    pub async fn worker_as<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<T, Reply>, String> {
+        let headers = self.plane_headers(Plane::Worker);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, answer) = self.send(method, path, &headers, body_bytes(body)?).await?;
+        if status == 200 {
+            serde_json::from_slice(&answer)
+                .map(Ok)
+                .map_err(|e| format!("the 200 answer did not read: {e}"))
+        } else {
+            Ok(Err(Reply {
+                status,
+                body: parse_body(&answer),
+            }))
+        }
+    }
+
     /// A request with exactly `headers` (plus content type and namespace): no version
     /// header or token unless given.
     pub async fn raw(
@@ -160,11 +191,8 @@ impl Client {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Reply, String> {
-        let bytes = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| e.to_string())?,
-            None => Vec::new(),
-        };
-        self.raw_bytes(method, path, headers, bytes).await
+        self.raw_bytes(method, path, headers, body_bytes(body)?)
+            .await
     }
 
     /// [`Client::raw`] with a body of raw bytes (for malformed JSON).
@@ -175,6 +203,21 @@ impl Client {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Reply, String> {
+        let (status, answer) = self.send(method, path, headers, body).await?;
+        Ok(Reply {
+            status,
+            body: parse_body(&answer),
+        })
+    }
+
+    /// Sends a request; its status and body bytes, within the client's timeout.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), String> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}/api{path}", self.base))
@@ -196,17 +239,28 @@ impl Client {
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            let body = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-            };
-            Ok(Reply { status, body })
+            Ok((status, bytes))
         };
         tokio::time::timeout(self.timeout, answer)
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+}
+
+/// A request body as bytes (none without one).
+fn body_bytes(body: Option<&Value>) -> Result<Vec<u8>, String> {
+    body.map_or(Ok(Vec::new()), |b| {
+        serde_json::to_vec(b).map_err(|e| e.to_string())
+    })
+}
+
+/// An answer's body as JSON: `null` when empty, the text as a string when not JSON.
+fn parse_body(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
     }
 }
 
