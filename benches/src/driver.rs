@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::args::{Args, Scenario};
 use crate::report::{percentile, Failures, Report, ServerUsage};
-use crate::scenario::{self, Decision, Plan};
+use crate::scenario::{self, Decision, Plan, Task};
 
 /// How long a poll waits for a task on the server.
 const POLL_SECONDS: u64 = 1;
@@ -346,7 +346,7 @@ async fn worker_post<T: serde::de::DeserializeOwned>(
 #[derive(serde::Deserialize)]
 struct PollAnswer {
     #[serde(default)]
-    task: Value,
+    task: Option<Task>,
 }
 
 /// The fields of a history page the generator reads.
@@ -359,20 +359,17 @@ struct HistoryPage {
 }
 
 /// The whole history of `task`: its first page and the rest through the history route.
-async fn history(shared: &Shared, task: &Value) -> Result<Vec<Value>, String> {
-    let mut events = task["history_events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut token = task["next_history_page_token"].as_str().map(str::to_string);
-    let id = task["task_id"].as_str().unwrap_or_default();
+async fn history(shared: &Shared, task: &mut Task) -> Result<Vec<Value>, String> {
+    let mut events = std::mem::take(&mut task.history_events);
+    let mut token = task.next_history_page_token.take();
+    let id = &task.task_id;
     let mut seen = std::collections::HashSet::new();
     while let Some(t) = token {
         if !seen.insert(t.clone()) {
             return Err("the history page token repeated".into());
         }
         let body = json!({"next_history_page_token": t, "lease_owner": shared.worker_id,
-            "workflow_task_attempt": task["workflow_task_attempt"]});
+            "workflow_task_attempt": task.workflow_task_attempt});
         let path = format!("/worker/workflow-tasks/{id}/history");
         let page: HistoryPage = worker_post(shared, &path, &body, "history").await?;
         events.extend(page.history_events);
@@ -383,9 +380,9 @@ async fn history(shared: &Shared, task: &Value) -> Result<Vec<Value>, String> {
 
 /// One long-poll of `path`: the task handed out, or `None` when none came or the poll
 /// failed (counted, then paused).
-async fn poll_once(shared: &Shared, path: &str, poll: &Value) -> Option<Value> {
+async fn poll_once(shared: &Shared, path: &str, poll: &Value) -> Option<Task> {
     match worker_post::<PollAnswer>(shared, path, poll, "poll").await {
-        Ok(answer) => Some(answer.task).filter(|t| !t.is_null()),
+        Ok(answer) => answer.task,
         Err(_) => {
             shared.request_errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(POLL_ERROR_PAUSE).await;
@@ -398,21 +395,22 @@ async fn workflow_poller(shared: Arc<Shared>) {
     let poll = json!({"worker_id": shared.worker_id, "task_queue": shared.plan.queue,
         "timeout_seconds": POLL_SECONDS});
     while !shared.stop.load(Ordering::Relaxed) {
-        let Some(task) = poll_once(&shared, "/worker/workflow-tasks/poll", &poll).await else {
+        let Some(mut task) = poll_once(&shared, "/worker/workflow-tasks/poll", &poll).await else {
             continue;
         };
-        let task = &task;
-        let id = task["task_id"].as_str().unwrap_or_default();
-        let decision = match history(&shared, task).await {
-            Ok(events) => scenario::decide(&shared.plan, task, &events),
+        let decision = match history(&shared, &mut task).await {
+            Ok(events) => scenario::decide(&shared.plan, &task, &events),
             Err(e) => {
                 // The lease lapses and the task comes back.
                 shared.request_errors.fetch_add(1, Ordering::Relaxed);
-                shared.note_failure(format!("workflow task {id}: {e}"));
+                shared.note_failure(format!("workflow task {}: {e}", task.task_id));
                 continue;
             }
         };
-        let lease = (&shared.worker_id, &task["workflow_task_attempt"]);
+        let (id, lease) = (
+            &task.task_id,
+            (&shared.worker_id, &task.workflow_task_attempt),
+        );
         let (path, body) = match &decision {
             Decision::Commands(commands) => (
                 format!("/worker/workflow-tasks/{id}/complete"),
@@ -431,8 +429,11 @@ async fn workflow_poller(shared: Arc<Shared>) {
         match done {
             Ok(_) => {
                 if let Some(outcome) = decision.outcome() {
-                    let wf = task["workflow_id"].as_str().unwrap_or_default();
-                    let waiter = shared.inflight.lock().expect("bench lock").remove(wf);
+                    let waiter = shared
+                        .inflight
+                        .lock()
+                        .expect("bench lock")
+                        .remove(&task.workflow_id);
                     if let Some(waiter) = waiter {
                         let _ = waiter.send(outcome);
                     }
@@ -453,12 +454,10 @@ async fn activity_poller(shared: Arc<Shared>) {
         let Some(task) = poll_once(&shared, "/worker/activity-tasks/poll", &poll).await else {
             continue;
         };
-        let task = &task;
-        let id = task["task_id"].as_str().unwrap_or_default();
         // bench.echo: the result is the arguments.
-        let body = json!({"activity_attempt_id": task["activity_attempt_id"],
-            "lease_owner": shared.worker_id, "result": task["arguments"]});
-        let path = format!("/worker/activity-tasks/{id}/complete");
+        let body = json!({"activity_attempt_id": task.activity_attempt_id,
+            "lease_owner": shared.worker_id, "result": task.arguments});
+        let path = format!("/worker/activity-tasks/{}/complete", task.task_id);
         let done =
             worker_post::<serde::de::IgnoredAny>(&shared, &path, &body, "activity completion")
                 .await;

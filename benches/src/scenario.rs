@@ -17,6 +17,28 @@ pub const ACTIVITY_TYPE: &str = "bench.echo";
 /// The signal the signal scenario sends.
 pub const SIGNAL_NAME: &str = "bench.signal";
 
+/// The fields of a task (workflow or activity) the bench's workers read; the rest of the
+/// poll's answer is skipped, not built as JSON values.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Task {
+    #[serde(default)]
+    pub task_id: String,
+    #[serde(default)]
+    pub workflow_id: String,
+    #[serde(default)]
+    pub workflow_type: String,
+    #[serde(default)]
+    pub workflow_task_attempt: Value,
+    #[serde(default)]
+    pub activity_attempt_id: Value,
+    #[serde(default)]
+    pub arguments: Value,
+    #[serde(default)]
+    pub history_events: Vec<Value>,
+    #[serde(default)]
+    pub next_history_page_token: Option<String>,
+}
+
 /// The worker's answer to one workflow task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -56,15 +78,15 @@ pub struct Plan {
 }
 
 /// The next step of the workflow `task` whose whole history is `events`.
-pub fn decide(plan: &Plan, task: &Value, events: &[Value]) -> Decision {
-    let input = &task["arguments"];
-    if task["workflow_type"] == CHILD_TYPE {
+pub fn decide(plan: &Plan, task: &Task, events: &[Value]) -> Decision {
+    let input = &task.arguments;
+    if task.workflow_type == CHILD_TYPE {
         return complete(input);
     }
-    if task["workflow_type"] != WORKFLOW_TYPE {
+    if task.workflow_type != WORKFLOW_TYPE {
         return fail(format!(
-            "keel-bench runs {WORKFLOW_TYPE}, not {}",
-            task["workflow_type"]
+            "keel-bench runs {WORKFLOW_TYPE}, not {:?}",
+            task.workflow_type
         ));
     }
     match plan.scenario {
@@ -98,7 +120,7 @@ pub fn decide(plan: &Plan, task: &Value, events: &[Value]) -> Decision {
             }
             // The echo runs here, inside the workflow task, and is recorded with the
             // completion (sdk-protocol §7.2).
-            let attempt_id = format!("{}:1", task["task_id"].as_str().unwrap_or_default());
+            let attempt_id = format!("{}:1", task.task_id);
             Decision::Commands(vec![
                 json!({
                     "type": "record_local_activity", "activity_type": ACTIVITY_TYPE,
@@ -242,9 +264,10 @@ mod tests {
         }
     }
 
-    fn task(workflow_type: &str) -> Value {
-        json!({"task_id": "t1", "workflow_type": workflow_type,
-            "arguments": {"codec": "avro", "blob": "INPUT"}})
+    fn task(workflow_type: &str) -> Task {
+        serde_json::from_value(json!({"task_id": "t1", "workflow_type": workflow_type,
+            "arguments": {"codec": "avro", "blob": "INPUT"}}))
+        .expect("a task")
     }
 
     fn event(kind: &str, payload: Value) -> Value {
