@@ -12,9 +12,9 @@
 //! 2. for each, in order, runs [`ConflictTracker::check`] against everything committed
 //!    before the batch *and* the requests accepted earlier in the same batch; losers get
 //!    [`StorageError::Conflict`] at once;
-//! 3. resolves atomic adds against the current value (the database's, overlaid with the
-//!    batch's earlier writes) and builds **one** `WriteBatch` holding every accepted
-//!    request plus the new version counter;
+//! 3. builds **one** `WriteBatch` holding every accepted request plus the new version
+//!    counter: point writes in key order (a key's writes in commit order, those a later
+//!    write of the key shadows left out), atomic adds as merge operands RocksDB sums;
 //! 4. writes it with `sync = true` (the write-ahead log is fsynced) — one fsync for the
 //!    whole batch. A batch made only of transactions that called
 //!    [`KvTxn::relax_durability`] is written without the sync: RocksDB hands it to the OS
@@ -79,6 +79,7 @@
 
 #![warn(missing_docs)]
 
+use std::borrow::Cow;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -321,6 +322,11 @@ impl Shared {
         db_options.create_missing_column_families(true);
         db_options.set_write_buffer_size(options.write_buffer_bytes);
         db_options.set_max_background_jobs(2);
+        // A bloom filter of each memtable's keys (2 % of its size): a point read of a key
+        // the memtable lacks (an older one or the files hold it, or no one does) skips the
+        // skip list search. Callgrind, 400 one-activity workflows: -2.9 % instructions.
+        db_options.set_memtable_prefix_bloom_ratio(0.02);
+        db_options.set_memtable_whole_key_filtering(true);
         db_options.set_keep_log_file_num(4);
         // See the crate docs: a LOG line after a failed LOG append aborts the process.
         db_options.set_log_level(LogLevel::Fatal);
@@ -974,8 +980,6 @@ impl GroupCommitter {
         // Conflicts with requests accepted earlier in this batch, which the shared
         // tracker has not recorded yet.
         let mut in_batch = ConflictTracker::new(0);
-        let mut write_batch = WriteBatch::default();
-        let mut adds = PendingAdds::default();
         for (request, reply) in batch {
             // Locked per request, not across `stage`'s reads, so `watch` never waits on I/O.
             let verdict = shared
@@ -998,7 +1002,6 @@ impl GroupCommitter {
                 let _ = reply.send(Err(refusal.error()));
                 continue;
             }
-            self.stage(&request, &accepted, &mut write_batch, &mut adds);
             self.version += 1;
             in_batch.record(self.version, &request);
             accepted.push((self.version, request, reply));
@@ -1006,7 +1009,12 @@ impl GroupCommitter {
         if accepted.is_empty() {
             return;
         }
-        adds.flush_all(&mut write_batch);
+        let mut write_batch = WriteBatch::default();
+        let mut points = PointWrites::default();
+        for (i, (_, request, _)) in accepted.iter().enumerate() {
+            self.stage(request, &accepted[..i], &mut write_batch, &mut points);
+        }
+        points.write_into(&mut write_batch);
         let (keys, bytes) = (write_batch.len() as u64, write_batch.size_in_bytes() as u64);
         write_batch.put_cf(shared.meta_cf(), VERSION_KEY, self.version.to_be_bytes());
         shared.written.store(self.version, Ordering::SeqCst);
@@ -1063,9 +1071,8 @@ impl GroupCommitter {
         }
     }
 
-    /// Adds `request`'s writes to `write_batch`: cleared ranges first, then point writes;
-    /// atomic adds are summed into `adds`, one merge operand per key and batch (summed by
-    /// [`add_counters`]), written before any later write to their key.
+    /// Adds `request`'s writes to `points`, and its cleared ranges to `write_batch`
+    /// after every point write staged before them.
     ///
     /// A cleared range holding at most [`POINT_DELETE_LIMIT`] keys (stored, or written by
     /// the requests `earlier` in this batch) becomes point deletes of those keys; a
@@ -1073,69 +1080,80 @@ impl GroupCommitter {
     /// range tombstone in the memtable on each point read, so small range deletes (three
     /// per run a retention pass purges, one per flush of deferred signals) made every
     /// read cost O(range tombstones) until the memtable flushed.
-    fn stage(
+    fn stage<'a>(
         &self,
-        request: &CommitRequest,
+        request: &'a CommitRequest,
         earlier: &[(Version, CommitRequest, Reply)],
         write_batch: &mut WriteBatch,
-        adds: &mut PendingAdds,
+        points: &mut PointWrites<'a>,
     ) {
-        if !request.cleared_ranges.is_empty() {
-            adds.flush_all(write_batch);
-        }
         for range in &request.cleared_ranges {
             match keys_in(&self.shared.db, range, earlier) {
-                Some(keys) => keys.iter().for_each(|key| write_batch.delete(key)),
+                Some(keys) => keys
+                    .into_iter()
+                    .for_each(|key| points.push(Cow::Owned(key), PointWrite::Delete)),
                 None => {
+                    points.write_into(write_batch);
                     let (begin, end) = delete_bounds(range);
                     write_batch.delete_range(begin, end);
                 }
             }
         }
         for (key, write) in &request.writes {
-            match write {
-                Write::Set(v) => {
-                    adds.flush(key, write_batch);
-                    write_batch.put(key, v);
-                }
-                Write::Clear => {
-                    adds.flush(key, write_batch);
-                    write_batch.delete(key);
-                }
-                Write::Add(delta) => adds.add(key, *delta),
-            }
+            let write = match write {
+                Write::Set(v) => PointWrite::Put(v),
+                Write::Clear => PointWrite::Delete,
+                Write::Add(delta) => PointWrite::Add(*delta),
+            };
+            points.push(Cow::Borrowed(key), write);
         }
     }
 }
 
-/// Atomic adds of one group commit not yet in its write batch, summed per key: the
-/// namespace counters every workflow moves (running, completed) cost one memtable entry
-/// per batch instead of one per transaction. Invariant: a key's sum is written before
-/// any later put, delete or range clear that may cover it, so the batch applies in
-/// commit order.
+/// The point writes of one group commit not yet in its write batch, in commit order.
+///
+/// They go into the batch sorted by key: RocksDB's memtable remembers where its last
+/// insert went and searches from there, so sorted neighbours cost a few key comparisons
+/// where a random order searches the skip list from its top each time. Sorting is
+/// stable, so one key's writes keep their commit order, and a key's write that a later
+/// put or delete of the same key shadows is dropped (no reader sees a batch half
+/// applied); consecutive atomic adds of one key are summed into one merge operand
+/// (summed by [`add_counters`]). Reordering different keys changes nothing a reader can
+/// see, but not across a range tombstone, so `stage` writes these out before one.
 #[derive(Default)]
-struct PendingAdds(std::collections::HashMap<Vec<u8>, i64>);
+struct PointWrites<'a>(Vec<(Cow<'a, [u8]>, PointWrite<'a>)>);
 
-impl PendingAdds {
-    fn add(&mut self, key: &[u8], delta: i64) {
-        match self.0.get_mut(key) {
-            Some(sum) => *sum = sum.wrapping_add(delta),
-            None => {
-                self.0.insert(key.to_vec(), delta);
+#[derive(Clone, Copy)]
+enum PointWrite<'a> {
+    Put(&'a [u8]),
+    Delete,
+    Add(i64),
+}
+
+impl<'a> PointWrites<'a> {
+    fn push(&mut self, key: Cow<'a, [u8]>, write: PointWrite<'a>) {
+        self.0.push((key, write));
+    }
+
+    fn write_into(&mut self, write_batch: &mut WriteBatch) {
+        self.0.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut carried: Option<i64> = None;
+        for (i, (key, write)) in self.0.iter().enumerate() {
+            let next = self.0.get(i + 1).filter(|(k, _)| k == key).map(|(_, w)| w);
+            match (write, next) {
+                (_, Some(PointWrite::Put(_) | PointWrite::Delete)) => carried = None,
+                (PointWrite::Add(delta), Some(PointWrite::Add(_))) => {
+                    carried = Some(carried.unwrap_or(0).wrapping_add(*delta));
+                }
+                (PointWrite::Add(delta), _) => {
+                    let sum = carried.take().unwrap_or(0).wrapping_add(*delta);
+                    write_batch.merge(key, sum.to_le_bytes());
+                }
+                (PointWrite::Put(value), _) => write_batch.put(key, value),
+                (PointWrite::Delete, _) => write_batch.delete(key),
             }
         }
-    }
-
-    fn flush(&mut self, key: &[u8], write_batch: &mut WriteBatch) {
-        if let Some(sum) = self.0.remove(key) {
-            write_batch.merge(key, sum.to_le_bytes());
-        }
-    }
-
-    fn flush_all(&mut self, write_batch: &mut WriteBatch) {
-        for (key, sum) in self.0.drain() {
-            write_batch.merge(key, sum.to_le_bytes());
-        }
+        self.0.clear();
     }
 }
 
@@ -1453,7 +1471,8 @@ mod tests {
     }
 
     #[test]
-    fn adds_of_one_batch_are_one_merge_operand_per_key_and_keep_their_order_with_puts() {
+    fn adds_of_one_batch_are_one_merge_operand_per_key_and_keep_their_order_with_puts_and_deletes()
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut committer = bare_committer(dir.path());
         let set = |v: i64| (b"c".as_slice(), Write::Set(v.to_le_bytes().to_vec()));
@@ -1473,14 +1492,15 @@ mod tests {
         let counter = |key: &[u8]| decode_counter(db.get(key).expect("get").as_deref());
         assert_eq!(counter(b"c"), -2, "1+10, set 100, +7, cleared, -2");
         assert_eq!(counter(b"d"), 9);
-        // c: merge, put, merge, delete, merge; d: one merge (one per add would be 9).
+        // c: put, delete, merge (the merges before the put and the delete are shadowed);
+        // d: one merge (one per add would be 9).
         assert_eq!(
             committer
                 .shared
                 .counters
                 .written_keys
                 .load(Ordering::Relaxed),
-            6
+            4
         );
     }
 
@@ -1558,6 +1578,39 @@ mod tests {
         assert!(run_batch(&mut committer, vec![clear])[0].is_ok());
         assert_eq!(stored_keys(&committer), vec![b"q".to_vec()]);
         assert_eq!(memtable_point_deletes(&committer), before);
+    }
+
+    #[test]
+    fn writes_sorted_within_a_batch_stay_on_their_side_of_a_range_tombstone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut committer = bare_committer(dir.path());
+        let mut fill = request(&[], vec![]);
+        fill.writes.extend(
+            (0..=POINT_DELETE_LIMIT)
+                .map(|i| (format!("p/{i:04}").into_bytes(), Write::Set(b"v".to_vec()))),
+        );
+        run_batch(&mut committer, vec![fill]);
+        let set = |key: &'static [u8], v: &[u8]| (key, Write::Set(v.to_vec()));
+        let mut clear = request(&[], vec![]);
+        clear.cleared_ranges.push(KeyRange::prefix(b"p/"));
+        // Before the tombstone, writes that sort after keys written after it; after it,
+        // one that sorts first: neither moves across it.
+        let answers = run_batch(
+            &mut committer,
+            vec![
+                request(&[], vec![set(b"p/z", b"before"), set(b"r", b"1")]),
+                clear,
+                request(&[], vec![set(b"p/a", b"after"), set(b"r", b"2")]),
+                request(&[], vec![set(b"p/b", b"after")]),
+            ],
+        );
+        assert!(answers.iter().all(Result::is_ok));
+        assert_eq!(
+            stored_keys(&committer),
+            vec![b"p/a".to_vec(), b"p/b".to_vec(), b"r".to_vec()]
+        );
+        let db = &committer.shared.db;
+        assert_eq!(db.get(b"r").expect("get").as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
