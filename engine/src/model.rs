@@ -373,9 +373,22 @@ pub struct AttemptFailure {
     pub message: String,
 }
 
-/// An activity's timeouts (whole seconds, as scheduled) and the durable timers that
-/// enforce them. Attempt-scoped timers name the attempt they were armed for, so a timer
-/// of an earlier attempt is ignored.
+/// Activity timeout kinds, as `ActivityTimedOut.timeout_kind` and timer actions name them.
+pub mod timeout_kind {
+    /// How long an attempt may wait in the queue.
+    pub const SCHEDULE_TO_START: &str = "schedule_to_start";
+    /// How long a leased attempt may run (attempt-scoped).
+    pub const START_TO_CLOSE: &str = "start_to_close";
+    /// How long the whole activity may take, every attempt included.
+    pub const SCHEDULE_TO_CLOSE: &str = "schedule_to_close";
+    /// How long a leased attempt may go without a heartbeat (attempt-scoped).
+    pub const HEARTBEAT: &str = "heartbeat";
+}
+
+/// An activity's timeouts (whole seconds, as scheduled) and the timers that enforce
+/// them. Attempt-scoped timers name the attempt they were armed for, so a timer of an
+/// earlier attempt is ignored; they live as long as the attempt's lease and are kept
+/// like its lease timer (see `kernel/tasks.rs`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActivityTimeouts {
     /// From becoming ready to being leased, per attempt.
@@ -470,6 +483,19 @@ pub struct TaskRecord {
     /// workflow's main body does not advance in such a task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow_update_id: Option<String>,
+}
+
+impl TaskRecord {
+    /// The action of this activity task's `kind` timeout timer (see [`timeout_kind`]),
+    /// armed for its current attempt; attempt-scoped kinds name the leased `attempt_id`.
+    pub fn activity_timeout_action(&self, kind: &str, attempt_id: Option<&str>) -> TimerAction {
+        TimerAction::ActivityTimeout {
+            task_id: self.task_id.clone(),
+            timeout_kind: kind.to_string(),
+            attempt_number: self.activity.as_ref().map_or(1, |a| a.attempt_number),
+            attempt_id: attempt_id.map(str::to_string),
+        }
+    }
 }
 
 /// What a durable timer does when it fires.

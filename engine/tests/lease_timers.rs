@@ -1,7 +1,9 @@
-//! Task lease timers: durable timer rows on a multi-node store (the simulated store), in
-//! memory on a single-node one (the memory store), re-armed from the leased task rows at
-//! open. Either way a lapsed lease makes its task ready again, also across a restart and
-//! after heartbeats renewed it, and a lease that ends leaves no timer behind.
+//! Lease-scoped timers (a task's lease timer, and the start-to-close and heartbeat
+//! timeouts of the activity attempt it holds): durable timer rows on a multi-node store
+//! (the simulated store), in memory on a single-node one (the memory store), re-armed
+//! from the leased task rows at open. Either way a lapsed lease makes its task ready
+//! again, also across a restart and after heartbeats renewed it, an attempt times out
+//! also across a restart, and a lease that ends leaves no timer behind.
 
 mod support;
 
@@ -132,18 +134,88 @@ async fn a_lease_renewed_before_a_restart_lapses_at_its_renewed_expiry() {
     engine.stop().await;
 }
 
+/// An activity whose attempts time out before its lease (10 s) lapses.
+fn schedule_timed_activity() -> serde_json::Value {
+    json!({"type": "schedule_activity", "activity_type": "act",
+        "arguments": {"codec": "avro", "blob": ARGS}, "queue": QUEUE,
+        "start_to_close_timeout": 5, "heartbeat_timeout": 3})
+}
+
+/// An engine on `store` with workflow `id` started and its timed activity leased.
+async fn activity_leased_on(store: &Arc<dyn KvStore>, clock: &ManualClock, id: &str) -> Engine {
+    let (engine, wf) = leased_on(store, clock, id).await;
+    complete(&engine, &wf, vec![schedule_timed_activity()]).await;
+    poll_act(&engine).await.expect("activity leased");
+    engine
+}
+
+#[tokio::test]
+async fn an_attempts_timeouts_are_in_memory_on_a_single_node_store_and_timer_rows_on_a_multi_node_one(
+) {
+    for (name, store, rows, in_memory) in [
+        ("memory", memory_store(), 0, 3),
+        ("simulated", simulated_store(), 3, 0),
+    ] {
+        let clock = ManualClock::new(START);
+        let engine = activity_leased_on(&store, &clock, "attempt").await;
+        assert_eq!(timer_rows(&store).await, rows, "{name}: timer rows");
+        assert_eq!(engine.in_memory_timers(), in_memory, "{name}: in memory");
+
+        clock.advance(Duration::from_secs(4));
+        let woken = settle_and_poll(&engine)
+            .await
+            .unwrap_or_else(|| panic!("{name}: the heartbeat timeout wakes the workflow"));
+        let last = events(&woken).pop().expect("events");
+        assert_eq!(last["event_type"], "ActivityTimedOut", "{name}");
+        assert_eq!(last["payload"]["timeout_kind"], "heartbeat", "{name}");
+        assert_eq!(
+            timer_rows(&store).await + engine.in_memory_timers(),
+            1,
+            "{name}: the workflow task's lease timer only"
+        );
+        engine.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_leased_before_a_restart_times_out_after_it() {
+    let store = memory_store();
+    let clock = ManualClock::new(START);
+    let engine = activity_leased_on(&store, &clock, "restarted").await;
+    engine.stop().await;
+
+    let engine = open_on(&store, &clock).await;
+    assert_eq!(
+        engine.in_memory_timers(),
+        3,
+        "the lease, start-to-close and heartbeat re-armed from the task row"
+    );
+    clock.advance(Duration::from_secs(2));
+    assert!(settle_and_poll(&engine).await.is_none(), "still in time");
+    clock.advance(Duration::from_secs(2));
+    let woken = settle_and_poll(&engine)
+        .await
+        .expect("the heartbeat timeout after the restart");
+    let last = events(&woken).pop().expect("events");
+    assert_eq!(last["event_type"], "ActivityTimedOut");
+    assert_eq!(last["payload"]["timeout_kind"], "heartbeat");
+    engine.stop().await;
+}
+
 #[tokio::test]
 async fn a_lease_that_ends_by_a_report_leaves_no_timer_armed() {
     let store = memory_store();
     let clock = ManualClock::new(START);
     let (engine, wf) = leased_on(&store, &clock, "ended").await;
-    let schedule = json!({"type": "schedule_activity", "activity_type": "act",
-        "arguments": {"codec": "avro", "blob": ARGS}, "queue": QUEUE});
-    complete(&engine, &wf, vec![schedule]).await;
+    complete(&engine, &wf, vec![schedule_timed_activity()]).await;
     assert_eq!(engine.in_memory_timers(), 0, "workflow task completed");
 
     let act = poll_act(&engine).await.expect("activity leased");
-    assert_eq!(engine.in_memory_timers(), 1);
+    assert_eq!(
+        engine.in_memory_timers(),
+        3,
+        "the lease, start-to-close and heartbeat"
+    );
     complete_activity(&engine, &act, json!(1)).await;
     assert_eq!(engine.in_memory_timers(), 0, "activity completed");
 
@@ -154,13 +226,8 @@ async fn a_lease_that_ends_by_a_report_leaves_no_timer_armed() {
     engine.stop().await;
 }
 
-#[tokio::test]
-async fn an_import_into_a_multi_node_store_writes_the_lease_timers_a_single_node_source_kept_in_memory(
-) {
-    let source = memory_store();
-    let clock = ManualClock::new(START);
-    let (engine, first) = leased_on(&source, &clock, "moved").await;
-    engine.stop().await;
+/// Exports the namespace of `source` and imports it into a new multi-node store.
+async fn moved_to_a_multi_node_store(source: &Arc<dyn KvStore>) -> Arc<dyn KvStore> {
     let mut file = Vec::new();
     transfer::export(
         source.as_ref(),
@@ -173,12 +240,23 @@ async fn an_import_into_a_multi_node_store_writes_the_lease_timers_a_single_node
     )
     .await
     .expect("export");
-
     let target = simulated_store();
     let verified = transfer::verify(&mut &file[..]).expect("verify");
     transfer::import(target.as_ref(), &mut &file[..], &verified)
         .await
         .expect("import");
+    target
+}
+
+#[tokio::test]
+async fn an_import_into_a_multi_node_store_writes_the_lease_timers_a_single_node_source_kept_in_memory(
+) {
+    let source = memory_store();
+    let clock = ManualClock::new(START);
+    let (engine, first) = leased_on(&source, &clock, "moved").await;
+    engine.stop().await;
+
+    let target = moved_to_a_multi_node_store(&source).await;
     assert_eq!(timer_rows(&target).await, 1, "the lease's timer row");
     let engine = open_on(&target, &clock).await;
     clock.advance(LEASE + Duration::from_secs(1));
@@ -186,5 +264,30 @@ async fn an_import_into_a_multi_node_store_writes_the_lease_timers_a_single_node
         .await
         .expect("lapsed on the target");
     assert_eq!(again.task_id, first.task_id);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn an_import_into_a_multi_node_store_writes_the_timeout_rows_of_a_leased_attempt() {
+    let source = memory_store();
+    let clock = ManualClock::new(START);
+    activity_leased_on(&source, &clock, "moved")
+        .await
+        .stop()
+        .await;
+
+    let target = moved_to_a_multi_node_store(&source).await;
+    assert_eq!(
+        timer_rows(&target).await,
+        3,
+        "the lease's, start-to-close and heartbeat timer rows"
+    );
+    let engine = open_on(&target, &clock).await;
+    clock.advance(Duration::from_secs(4));
+    let woken = settle_and_poll(&engine)
+        .await
+        .expect("the heartbeat timeout on the target");
+    let last = events(&woken).pop().expect("events");
+    assert_eq!(last["payload"]["timeout_kind"], "heartbeat");
     engine.stop().await;
 }

@@ -27,8 +27,9 @@ pub(crate) use effects::{Effects, Event};
 pub use queue_counts::QueueCounts;
 pub(crate) use queue_counts::{count, rewrite_counter_and_lease_rows, QueueTally};
 pub(crate) use tasks::{
-    arm_lease_timer, clear_task_state, delete_loaded_task, delete_task, end_lease_timer,
-    fire_lease_expiry, fire_task_backoff, make_ready, put_ready_task, ready_key, task_session,
+    arm_lease_scoped_timer, arm_lease_timer, clear_task_state, delete_loaded_task, delete_task,
+    end_lease_scoped_timer, fire_lease_expiry, fire_task_backoff, make_ready, put_ready_task,
+    ready_key, task_session,
 };
 pub(crate) use timers::{clear_timer, put_timer};
 pub(crate) use tx::{run, Hooks, Tx, TxFuture};

@@ -251,7 +251,7 @@ async fn scan_task_rows(
             if !keep(&task.namespace) {
                 continue;
             }
-            leases.extend(super::tasks::lease_timer_of(&task));
+            leases.extend(super::tasks::lease_timers_of(&task));
             let entry = counts
                 .entry((task.namespace, task.task_queue, task.kind.code()))
                 .or_default();
@@ -267,7 +267,7 @@ async fn scan_task_rows(
 }
 
 /// On a multi-node store, rewrites the counter rows of `namespaces` from their task rows
-/// and writes the lease timer row of every leased task (an import: the file may come
+/// and writes the lease-scoped timer rows of every leased task (an import: the file may come
 /// from a single-node store, whose counter rows are missing or stale and which keeps
 /// lease timers in memory). Does nothing on a single-node store. Offline only: a
 /// transition racing it could be counted twice or not at all.

@@ -5,18 +5,19 @@
 //! count); `Backoff`: its backoff timer. Every change of status goes through here. The
 //! counts are kept as `queue_counts` says (durable rows or in memory, by store).
 //!
-//! Lease timers are kept like the counts: on a **multi-node** store a durable timer row
-//! (whichever node fires timers must find it, also after this node died); on a
-//! **single-node** store an in-memory timer of the timer service, armed and cancelled
-//! only after commit and re-armed at open from the leased task rows
-//! ([`lease_timer_of`]), as the row `lease.timer` and `lease.expires_at_ms` are the
-//! truth. Either way firing compares the timer with the task's current `lease.timer`, so
-//! a timer of an earlier lease never touches the task.
+//! Lease-scoped timers — a lease's timer, and the start-to-close and heartbeat timeouts
+//! of the activity attempt it holds — are kept like the counts: on a **multi-node**
+//! store a durable timer row (whichever node fires timers must find it, also after this
+//! node died); on a **single-node** store an in-memory timer of the timer service, armed
+//! and cancelled only after commit and re-armed at open from the leased task rows
+//! ([`lease_timers_of`]), as the row's `lease.timer` and attempt timers are the truth.
+//! Either way firing compares the timer with the task's current one of its kind, so a
+//! timer of an earlier lease or attempt never touches the task.
 
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::ids;
-use crate::model::{TaskRecord, TaskStatus, TimerAction, TimerKey};
+use crate::model::{timeout_kind, TaskRecord, TaskStatus, TimerAction, TimerKey};
 use crate::storage::KvTxn;
 use crate::tables::{self, QueueCounter};
 
@@ -93,15 +94,25 @@ pub(crate) async fn delete_loaded_task(
             &task.task_id,
         ));
     }
-    clear_activity_timeouts(txn, task);
+    clear_activity_timeouts(txn, task, fx);
     tables::delete(txn, &key).await
 }
 
-/// Clears every timeout timer of an activity task (it is being deleted).
-fn clear_activity_timeouts(txn: &mut dyn KvTxn, task: &TaskRecord) {
+/// Ends every timeout timer of an activity task (it is being deleted).
+fn clear_activity_timeouts(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut Effects) {
     if let Some(a) = &task.activity {
-        for t in a.timeouts.timers() {
-            txn.clear(&tables::timer_key(t));
+        let t = &a.timeouts;
+        for timer in [&t.schedule_to_close_timer, &t.schedule_to_start_timer]
+            .into_iter()
+            .flatten()
+        {
+            txn.clear(&tables::timer_key(timer));
+        }
+        for timer in [&t.start_to_close_timer, &t.heartbeat_timer]
+            .into_iter()
+            .flatten()
+        {
+            end_lease_scoped_timer(txn, timer, fx);
         }
     }
 }
@@ -115,7 +126,7 @@ pub(crate) fn clear_task_state(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut 
         }
         TaskStatus::Leased => {
             if let Some(lease) = &task.lease {
-                end_lease_timer(txn, &lease.timer, fx);
+                end_lease_scoped_timer(txn, &lease.timer, fx);
             }
             count(txn, fx, task, QueueCounter::Leased, -1);
             fx.session_slot_freed(task);
@@ -182,27 +193,37 @@ pub(crate) async fn fire_lease_expiry(
     }
 }
 
-/// Arms the timer that ends a lease of `task_id` at `expires_at_ms` (a durable row or an
-/// in-memory timer, by store: see the module docs) and returns it.
+/// Arms the timer that ends a lease of `task_id` at `expires_at_ms` and returns it.
 pub(crate) fn arm_lease_timer(
     txn: &mut dyn KvTxn,
     task_id: &str,
     expires_at_ms: Millis,
     fx: &mut Effects,
 ) -> Result<TimerKey> {
+    arm_lease_scoped_timer(txn, expires_at_ms, lease_expiry(task_id), fx)
+}
+
+/// Arms a lease-scoped timer firing `action` at `fire_at_ms` (a durable row or an
+/// in-memory timer, by store: see the module docs) and returns it.
+pub(crate) fn arm_lease_scoped_timer(
+    txn: &mut dyn KvTxn,
+    fire_at_ms: Millis,
+    action: TimerAction,
+    fx: &mut Effects,
+) -> Result<TimerKey> {
     if fx.multi_node {
-        return put_timer(txn, expires_at_ms, &lease_expiry(task_id), fx);
+        return put_timer(txn, fire_at_ms, &action, fx);
     }
     let timer = TimerKey {
-        fire_at_ms: expires_at_ms,
-        timer_id: ids::new_id(expires_at_ms),
+        fire_at_ms,
+        timer_id: ids::new_id(fire_at_ms),
     };
-    fx.lease_timers.push((timer.clone(), lease_expiry(task_id)));
+    fx.lease_timers.push((timer.clone(), action));
     Ok(timer)
 }
 
-/// Ends a lease's timer (the lease ended another way than by it firing).
-pub(crate) fn end_lease_timer(txn: &mut dyn KvTxn, timer: &TimerKey, fx: &mut Effects) {
+/// Ends a lease-scoped timer (its lease or attempt ended another way than by it firing).
+pub(crate) fn end_lease_scoped_timer(txn: &mut dyn KvTxn, timer: &TimerKey, fx: &mut Effects) {
     if fx.multi_node {
         txn.clear(&tables::timer_key(timer));
     } else {
@@ -217,13 +238,31 @@ fn lease_expiry(task_id: &str) -> TimerAction {
     }
 }
 
-/// The lease timer a leased `task` holds, with its action (to re-arm or rewrite it).
-pub(crate) fn lease_timer_of(task: &TaskRecord) -> Option<(TimerKey, TimerAction)> {
-    let lease = task
+/// The lease-scoped timers a leased `task` holds, with their actions (to re-arm them or
+/// write them as rows): its lease timer and its attempt's start-to-close and heartbeat
+/// timers.
+pub(crate) fn lease_timers_of(task: &TaskRecord) -> Vec<(TimerKey, TimerAction)> {
+    let Some(lease) = task
         .lease
         .as_ref()
-        .filter(|_| task.status == TaskStatus::Leased)?;
-    Some((lease.timer.clone(), lease_expiry(&task.task_id)))
+        .filter(|_| task.status == TaskStatus::Leased)
+    else {
+        return Vec::new();
+    };
+    let mut timers = vec![(lease.timer.clone(), lease_expiry(&task.task_id))];
+    if let Some(activity) = &task.activity {
+        let attempt = activity.attempt_id.as_deref();
+        let t = &activity.timeouts;
+        for (timer, kind) in [
+            (&t.start_to_close_timer, timeout_kind::START_TO_CLOSE),
+            (&t.heartbeat_timer, timeout_kind::HEARTBEAT),
+        ] {
+            if let Some(timer) = timer {
+                timers.push((timer.clone(), task.activity_timeout_action(kind, attempt)));
+            }
+        }
+    }
+    timers
 }
 
 /// A backoff timer fired: the task is ready again if this is still its backoff.

@@ -10,11 +10,14 @@
 //!   activity records `ActivityTimedOut`, which the SDK's replayer raises as
 //!   `ActivityFailed` in workflow code.
 //!
-//! Every timer row names its kind and attempt; the task keeps the key of each armed timer,
+//! Every timer names its kind and attempt; the task keeps the key of each armed timer,
 //! so a firing is applied only when it is still the task's current timer of that kind
-//! (an earlier attempt's timer, or one replaced since, is ignored). Heartbeats only move
-//! `heartbeat_deadline_ms`; the heartbeat timer re-arms itself at that deadline when it
-//! fires early, so a heartbeat writes no timer row.
+//! (an earlier attempt's timer, or one replaced since, is ignored). The attempt-scoped
+//! timers are lease-scoped: on a single-node store they live in memory like the lease's
+//! own timer and are re-armed at open from the task row (see `kernel/tasks.rs`), so a
+//! leased attempt writes no timer row. Heartbeats only move `heartbeat_deadline_ms`; the
+//! heartbeat timer re-arms itself at that deadline when it fires early, so a heartbeat
+//! arms no timer.
 
 use super::{
     format_timestamp, invalid_commands, json, merge, tables, ActivityState, Effects, Engine, KvTxn,
@@ -23,14 +26,9 @@ use super::{
 use crate::kernel;
 use crate::model::ActivityTimeouts;
 
-/// Timeout kinds, as `ActivityTimedOut.timeout_kind` names them.
-pub(crate) const SCHEDULE_TO_START: &str = "schedule_to_start";
-/// See [`SCHEDULE_TO_START`].
-pub(crate) const START_TO_CLOSE: &str = "start_to_close";
-/// See [`SCHEDULE_TO_START`].
-pub(crate) const SCHEDULE_TO_CLOSE: &str = "schedule_to_close";
-/// See [`SCHEDULE_TO_START`].
-pub(crate) const HEARTBEAT: &str = "heartbeat";
+pub(crate) use crate::model::timeout_kind::{
+    HEARTBEAT, SCHEDULE_TO_CLOSE, SCHEDULE_TO_START, START_TO_CLOSE,
+};
 
 /// Reads the timeouts of a `schedule_activity` command (whole seconds ≥ 1).
 pub(super) fn from_command(cmd: &Map<String, Value>) -> Result<ActivityTimeouts> {
@@ -56,17 +54,19 @@ pub(super) fn from_command(cmd: &Map<String, Value>) -> Result<ActivityTimeouts>
 }
 
 fn timer_action(task: &TaskRecord, kind: &str, attempt_id: Option<&str>) -> TimerAction {
-    TimerAction::ActivityTimeout {
-        task_id: task.task_id.clone(),
-        timeout_kind: kind.to_string(),
-        attempt_number: task.activity.as_ref().map_or(1, |a| a.attempt_number),
-        attempt_id: attempt_id.map(str::to_string),
-    }
+    task.activity_timeout_action(kind, attempt_id)
 }
 
 fn clear(txn: &mut dyn KvTxn, timer: &mut Option<TimerKey>) {
     if let Some(t) = timer.take() {
         txn.clear(&tables::timer_key(&t));
+    }
+}
+
+/// Ends an attempt-scoped timer (see the module docs).
+fn end_attempt_timer(txn: &mut dyn KvTxn, timer: &mut Option<TimerKey>, fx: &mut Effects) {
+    if let Some(t) = timer.take() {
+        kernel::end_lease_scoped_timer(txn, &t, fx);
     }
 }
 
@@ -129,10 +129,10 @@ pub(crate) fn arm_on_lease(
     let stc = t
         .start_to_close_s
         .map(|s| {
-            kernel::put_timer(
+            kernel::arm_lease_scoped_timer(
                 txn,
                 now + s as Millis * 1000,
-                &timer_action(task, START_TO_CLOSE, attempt_id.as_deref()),
+                timer_action(task, START_TO_CLOSE, attempt_id.as_deref()),
                 fx,
             )
         })
@@ -141,10 +141,10 @@ pub(crate) fn arm_on_lease(
         .heartbeat_s
         .map(|s| {
             let at = now + s as Millis * 1000;
-            kernel::put_timer(
+            kernel::arm_lease_scoped_timer(
                 txn,
                 at,
-                &timer_action(task, HEARTBEAT, attempt_id.as_deref()),
+                timer_action(task, HEARTBEAT, attempt_id.as_deref()),
                 fx,
             )
             .map(|k| (k, at))
@@ -153,8 +153,8 @@ pub(crate) fn arm_on_lease(
     if let Some(a) = task.activity.as_mut() {
         let timeouts = &mut a.timeouts;
         clear(txn, &mut timeouts.schedule_to_start_timer);
-        clear(txn, &mut timeouts.start_to_close_timer);
-        clear(txn, &mut timeouts.heartbeat_timer);
+        end_attempt_timer(txn, &mut timeouts.start_to_close_timer, fx);
+        end_attempt_timer(txn, &mut timeouts.heartbeat_timer, fx);
         timeouts.start_to_close_timer = stc;
         timeouts.heartbeat_deadline_ms = hb.as_ref().map(|(_, at)| *at);
         timeouts.heartbeat_timer = hb.map(|(k, _)| k);
@@ -224,8 +224,8 @@ pub(super) fn schedule_retry(
     if let Some(a) = task.activity.as_mut() {
         a.attempt_number += 1;
         a.attempt_id = None;
-        clear(txn, &mut a.timeouts.start_to_close_timer);
-        clear(txn, &mut a.timeouts.heartbeat_timer);
+        end_attempt_timer(txn, &mut a.timeouts.start_to_close_timer, fx);
+        end_attempt_timer(txn, &mut a.timeouts.heartbeat_timer, fx);
         a.timeouts.heartbeat_deadline_ms = None;
     }
     arm_on_ready(txn, task, ready_at, fx)?;
@@ -275,14 +275,15 @@ pub(crate) async fn fire(
         if let Some(deadline) = t.heartbeat_deadline_ms.filter(|d| *d > now) {
             // Heartbeats moved the deadline since this timer was armed: follow it.
             let action = timer_action(&task, HEARTBEAT, attempt_id);
-            let next = kernel::put_timer(txn, deadline, &action, fx)?;
+            let next = kernel::arm_lease_scoped_timer(txn, deadline, action, fx)?;
             if let Some(a) = task.activity.as_mut() {
                 a.timeouts.heartbeat_timer = Some(next);
             }
             return tables::put(txn, &tkey, &task);
         }
     }
-    // The fired timer's row is gone; forget it so it is not cleared twice.
+    // The fired timer is gone (its row deleted, or in memory); forget it so it is not
+    // ended twice.
     if let Some(a) = task.activity.as_mut() {
         let slot = match kind {
             SCHEDULE_TO_CLOSE => &mut a.timeouts.schedule_to_close_timer,

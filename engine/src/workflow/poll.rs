@@ -265,7 +265,7 @@ impl Engine {
                             return Ok(());
                         }
                         if let Some(lease) = &task.lease {
-                            kernel::end_lease_timer(txn, &lease.timer, &mut tx.fx);
+                            kernel::end_lease_scoped_timer(txn, &lease.timer, &mut tx.fx);
                         }
                         kernel::make_ready(txn, &mut task, tx.now, &mut tx.fx)?;
                         task.attempt = task.attempt.saturating_sub(1);

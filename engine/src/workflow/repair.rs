@@ -144,7 +144,7 @@ async fn repair_task(
         TaskStatus::Leased if lapsed => {
             // `make_ready` settles the leased count; only the lease's timer remains.
             if let Some(lease) = &task.lease {
-                kernel::end_lease_timer(txn, &lease.timer, fx);
+                kernel::end_lease_scoped_timer(txn, &lease.timer, fx);
             }
             kernel::make_ready(txn, &mut task, now, fx)?;
             tables::put(txn, &tkey, &task)?;
