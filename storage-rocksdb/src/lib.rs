@@ -10,7 +10,8 @@
 //! 1. drains every pending request (up to [`RocksOptions::max_batch_requests`] /
 //!    [`RocksOptions::max_batch_bytes`]);
 //! 2. for each, in order, runs [`ConflictTracker::check`] against everything committed
-//!    before the batch *and* the requests accepted earlier in the same batch; losers get
+//!    before the batch *and* the requests accepted earlier in the same batch (the
+//!    tracker records each request as it is accepted); losers get
 //!    [`StorageError::Conflict`] at once;
 //! 3. builds **one** `WriteBatch` holding every accepted request plus the new version
 //!    counter: point writes in key order (a key's writes in commit order, those a later
@@ -20,13 +21,12 @@
 //!    [`KvTxn::relax_durability`] is written without the sync: RocksDB hands it to the OS
 //!    before answering (it survives `kill -9`), and the next synced batch, written after
 //!    it in the same log, makes it durable too;
-//! 5. records the batch in the conflict tracker, advances the durable version, fires
-//!    watches and answers each request.
+//! 5. advances the durable version, fires watches and answers each request.
 //!
 //! A transaction reads at the last *durable* version, which only advances after step 4,
 //! so every commit at or below a reader's version is visible to it. A reader may also see
 //! a newer batch that is written but not yet acknowledged; its reads of that data then
-//! conflict at commit (the tracker records the batch before checking the next one).
+//! conflict at commit (the tracker recorded the batch before writing it).
 //!
 //! A read-only transaction is checked by the committer too (its reads went to the latest
 //! data, not a snapshot), except when no write newer than its read version has started:
@@ -733,11 +733,13 @@ impl KvStore for RocksStore {
         // Register before asking the tracker: a commit recorded after the question fires
         // the watch, one recorded before it answers `changed`.
         let fired = shared.watches.register(key);
+        // Read after registering: a commit not yet durable here fires the watch later.
+        let visible = shared.durable.load(Ordering::Acquire);
         let changed = shared
             .tracker
             .lock()
             .expect("invariant: tracker lock not poisoned")
-            .changed_since(key, since);
+            .changed_since(key, since, visible);
         Box::pin(async move {
             if !changed {
                 fired
@@ -977,17 +979,13 @@ impl GroupCommitter {
         let shared = self.shared.clone();
         let refusal = shared.refusal();
         let mut accepted: Vec<(Version, CommitRequest, Reply)> = Vec::new();
-        // Conflicts with requests accepted earlier in this batch, which the shared
-        // tracker has not recorded yet.
-        let mut in_batch = ConflictTracker::new(0);
         for (request, reply) in batch {
             // Locked per request, not across `stage`'s reads, so `watch` never waits on I/O.
-            let verdict = shared
+            let mut tracker = shared
                 .tracker
                 .lock()
-                .expect("invariant: tracker lock not poisoned")
-                .check(&request)
-                .and_then(|()| in_batch.check(&request));
+                .expect("invariant: tracker lock not poisoned");
+            let verdict = tracker.check(&request);
             if let Err(e) = verdict {
                 shared.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(Err(e));
@@ -1002,8 +1000,11 @@ impl GroupCommitter {
                 let _ = reply.send(Err(refusal.error()));
                 continue;
             }
+            // Recorded when accepted, so the batch's later requests are checked against
+            // it (and settled below should the write fail).
             self.version += 1;
-            in_batch.record(self.version, &request);
+            tracker.record(self.version, &request);
+            drop(tracker);
             accepted.push((self.version, request, reply));
         }
         if accepted.is_empty() {
@@ -1031,20 +1032,16 @@ impl GroupCommitter {
             // out again. `written` stays raised, which only sends read-only commits
             // through the committer's check until the next batch lowers it.
             self.version = shared.durable.load(Ordering::Acquire);
+            shared
+                .tracker
+                .lock()
+                .expect("invariant: tracker lock not poisoned")
+                .settle_unwritten(self.version);
             self.refuse(e);
             for (_, _, reply) in accepted {
                 let _ = reply.send(Err(StorageError::CommitUnknown));
             }
             return;
-        }
-        {
-            let mut tracker = shared
-                .tracker
-                .lock()
-                .expect("invariant: tracker lock not poisoned");
-            for (version, request, _) in &accepted {
-                tracker.record(*version, request);
-            }
         }
         shared.durable.store(self.version, Ordering::Release);
         let committed = accepted.len() as u64;

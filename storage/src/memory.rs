@@ -152,7 +152,7 @@ impl KvStore for MemoryStore {
             .tracker
             .lock()
             .expect("invariant: tracker lock not poisoned")
-            .changed_since(key, since);
+            .changed_since(key, since, Version::MAX);
         Box::pin(async move {
             if !changed {
                 rx.await

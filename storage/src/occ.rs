@@ -454,15 +454,42 @@ impl ConflictTracker {
         self.log.push_back((version, Instant::now(), keys));
     }
 
-    /// Whether `key` was written after `since`, as far as the tracker still knows
-    /// (beyond its window it answers `true`).
-    pub fn changed_since(&self, key: &[u8], since: Version) -> bool {
+    /// Whether `key` was written after `since` by a commit at or below `visible`, as far
+    /// as the tracker still knows (beyond its window it answers `true`). A committer may
+    /// record a commit before readers can see it (its watches fire once they can); such
+    /// a commit, above `visible`, does not count yet.
+    pub fn changed_since(&self, key: &[u8], since: Version, visible: Version) -> bool {
+        let counts = |v: Version| v > since && v <= visible;
         since < self.horizon
-            || self.last_write.get(key).is_some_and(|&v| v > since)
+            || self.last_write.get(key).is_some_and(|&v| counts(v))
             || self
                 .cleared
                 .iter()
-                .any(|(v, r)| *v > since && r.contains(key))
+                .any(|(v, r)| counts(*v) && r.contains(key))
+    }
+
+    /// The commits recorded above `durable` were never written (their batch failed, and
+    /// their versions are handed out again): they now count as written at `durable`. A
+    /// transaction reading at `durable` or later no longer conflicts with them; one
+    /// reading below it may, spuriously, since a key's earlier version is not kept.
+    pub fn settle_unwritten(&mut self, durable: Version) {
+        for (version, _, keys) in self.log.iter_mut().rev() {
+            if *version <= durable {
+                break;
+            }
+            *version = durable;
+            for k in keys.iter() {
+                if let Some(v) = self.last_write.get_mut(k) {
+                    *v = (*v).min(durable);
+                }
+            }
+        }
+        for (version, _) in self.cleared.iter_mut().rev() {
+            if *version <= durable {
+                break;
+            }
+            *version = durable;
+        }
     }
 
     fn trim(&mut self) {
@@ -595,6 +622,43 @@ mod tests {
         r.read_ranges
             .push(KeyRange::new(b"d".to_vec(), b"e".to_vec()));
         t.check(&r).expect("disjoint range does not conflict");
+    }
+
+    #[test]
+    fn unwritten_commits_settle_at_the_durable_version() {
+        let mut t = ConflictTracker::new(0);
+        t.record(1, &req(0, &[], &[b"a"]));
+        // Accepted at 2 and 3, then their batch failed: version 1 is durable.
+        t.record(2, &req(1, &[], &[b"a", b"b"]));
+        let mut clear = req(1, &[], &[]);
+        clear
+            .cleared_ranges
+            .push(KeyRange::new(b"c".to_vec(), b"d".to_vec()));
+        t.record(3, &clear);
+        assert!(matches!(
+            t.check(&req(1, &[b"b"], &[b"x"])),
+            Err(StorageError::Conflict)
+        ));
+        t.settle_unwritten(1);
+        t.check(&req(1, &[b"a", b"b", b"c"], &[b"x"]))
+            .expect("a reader at the durable version does not conflict");
+        assert!(
+            matches!(
+                t.check(&req(0, &[b"a"], &[b"x"])),
+                Err(StorageError::Conflict)
+            ),
+            "the write at 1 still conflicts with an older reader"
+        );
+        assert!(!t.changed_since(b"b", 1, 1));
+    }
+
+    #[test]
+    fn a_recorded_commit_counts_as_a_change_once_visible() {
+        let mut t = ConflictTracker::new(0);
+        t.record(1, &req(0, &[], &[b"k"]));
+        assert!(!t.changed_since(b"k", 0, 0), "recorded, not yet visible");
+        assert!(t.changed_since(b"k", 0, 1));
+        assert!(!t.changed_since(b"k", 1, 1));
     }
 
     /// A backend that counts point reads and records the request it is asked to commit.
