@@ -7,7 +7,7 @@
 //! once. Timers due later than the window are picked up by the next scan.
 //!
 //! It also holds **in-memory timers**: timers without a row, which carry their action
-//! (a single-node store's task lease timers, see `kernel/tasks.rs`). They live only here,
+//! (a single-node store's lease-scoped timers, see `kernel/tasks.rs`). They live only here,
 //! whatever the window, until they fire or are cancelled; whoever arms them rebuilds
 //! them after a restart from the records they guard.
 //!

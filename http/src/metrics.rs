@@ -13,7 +13,7 @@
 //! | `keel_storage_commits_total` | counter | `outcome` |
 //! | `keel_task_backlog` / `keel_task_leased` | gauge | `namespace`, `queue`, `kind` |
 //! | `keel_task_queues` | gauge | — (distinct queues seen) |
-//! | `keel_timers_in_memory` | gauge | — (a single-node store's task lease timers) |
+//! | `keel_timers_in_memory` | gauge | — (a single-node store's lease-scoped timers: task leases and attempt timeouts) |
 //! | `keel_parked_polls` | gauge | — (long-polls waiting on this node) |
 //! | `keel_storage_group_commits_total`, `keel_storage_committed_transactions_total`, `keel_storage_conflicts_total` | counter | — |
 //! | `keel_storage_group_commit_batch_size_mean`, `..._max` | gauge | — |
@@ -301,7 +301,7 @@ async fn render_backlog(engine: &Engine, out: &mut String) {
         out,
         "# HELP keel_task_queues Distinct (namespace, queue, kind) with task counters.\n\
          # TYPE keel_task_queues gauge\nkeel_task_queues {queues}\n\
-         # HELP keel_timers_in_memory Timers armed in memory only (a single-node store's task lease timers).\n\
+         # HELP keel_timers_in_memory Timers armed in memory only (a single-node store's lease-scoped timers: task leases and activity attempt timeouts).\n\
          # TYPE keel_timers_in_memory gauge\nkeel_timers_in_memory {}\n\
          # HELP keel_parked_polls Long-polls parked on this node, waiting for a task.\n\
          # TYPE keel_parked_polls gauge\nkeel_parked_polls {}",

@@ -15,7 +15,7 @@ pub(crate) type SessionHolder = (String, String, Option<(String, Millis)>, Vec<Q
 /// spurious one costs a lookup, while a missing one would strand a task or a lease).
 pub(crate) struct Effects {
     /// Whether the store is multi-node: per-queue counts are durable counter rows and
-    /// task lease timers durable timer rows, rather than kept in memory (see
+    /// lease-scoped timers durable timer rows, rather than kept in memory (see
     /// `queue_counts` and `tasks`).
     pub multi_node: bool,
     /// Changes to the in-memory per-queue counts (single-node stores only).
@@ -29,9 +29,9 @@ pub(crate) struct Effects {
     pub eager: Vec<(Reservation, Box<TaskRecord>)>,
     /// Durable timers written.
     pub timers: Vec<TimerKey>,
-    /// In-memory lease timers armed, with their action (single-node stores only).
+    /// In-memory lease-scoped timers armed, with their action (single-node stores only).
     pub lease_timers: Vec<(TimerKey, TimerAction)>,
-    /// In-memory lease timers whose lease ended (single-node stores only).
+    /// In-memory lease-scoped timers whose lease or attempt ended (single-node stores only).
     pub lease_timers_ended: Vec<TimerKey>,
     /// Updates whose status changed: their waiting callers re-read them.
     pub updates: Vec<String>,
