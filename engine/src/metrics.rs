@@ -5,9 +5,13 @@
 //! [`MeteredStore`] wraps any [`KvStore`] and times its commits, so commit latency is
 //! measured the same way on every backend.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use metrics::{Counter, Histogram};
 
 use crate::model::TaskKind;
 use crate::storage::{
@@ -36,6 +40,53 @@ fn kind_label(kind: TaskKind) -> &'static str {
     }
 }
 
+/// Set once the process-wide recorder is installed: from then on a registered handle is
+/// final and may be kept (before, it would be the no-op recorder's for good).
+static RECORDER_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Marks the process-wide recorder installed, so [`HandleCache`]s start keeping handles
+/// (`keel_http::metrics::handle` calls it once it installed the Prometheus recorder).
+pub fn recorder_installed() {
+    RECORDER_INSTALLED.store(true, Ordering::Release);
+}
+
+/// Metric handles kept per label set. `counter!` and `histogram!` register their metric
+/// on every call (hash the name and labels, look them up: 1–2 k instructions), several
+/// times per request; a cache lookup is a lock and a small map. Until the recorder is
+/// installed every call registers afresh. Keys are bounded label sets (routes, statuses,
+/// outcomes), never ids.
+pub struct HandleCache<K, H>(Mutex<BTreeMap<K, H>>);
+
+impl<K: Ord, H: Clone> HandleCache<K, H> {
+    /// An empty cache (for a `static`).
+    pub const fn new() -> Self {
+        HandleCache(Mutex::new(BTreeMap::new()))
+    }
+
+    /// The handles of `key`, registered by `register` the first time.
+    pub fn get(&self, key: K, register: impl FnOnce() -> H) -> H {
+        self.get_kept(RECORDER_INSTALLED.load(Ordering::Acquire), key, register)
+    }
+
+    fn get_kept(&self, keep: bool, key: K, register: impl FnOnce() -> H) -> H {
+        if !keep {
+            return register();
+        }
+        self.0
+            .lock()
+            .expect("invariant: metric handle cache lock not poisoned")
+            .entry(key)
+            .or_insert_with(register)
+            .clone()
+    }
+}
+
+impl<K: Ord, H: Clone> Default for HandleCache<K, H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Records a lapsed lease.
 pub fn lease_expired(kind: TaskKind) {
     metrics::counter!(LEASE_EXPIRIES, "kind" => kind_label(kind)).increment(1);
@@ -48,7 +99,14 @@ pub fn eager_lease(kind: TaskKind, outcome: &'static str) {
 
 /// Records the outcome of a long-poll (`leased`, `empty` or `error`).
 pub fn poll_outcome(kind: TaskKind, outcome: &'static str) {
-    metrics::counter!(POLLS, "kind" => kind_label(kind), "outcome" => outcome).increment(1);
+    static POLL_COUNTERS: HandleCache<(&'static str, &'static str), Counter> = HandleCache::new();
+    let kind = kind_label(kind);
+    POLL_COUNTERS
+        .get(
+            (kind, outcome),
+            || metrics::counter!(POLLS, "kind" => kind, "outcome" => outcome),
+        )
+        .increment(1);
 }
 
 /// A [`KvStore`] decorator that times every commit.
@@ -145,8 +203,35 @@ impl KvTxn for MeteredTxn {
             Err(crate::storage::StorageError::CommitUnknown) => "unknown",
             Err(_) => "error",
         };
-        metrics::histogram!(STORAGE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::counter!(STORAGE_COMMITS, "outcome" => outcome).increment(1);
+        static COMMIT_METRICS: HandleCache<&'static str, (Histogram, Counter)> = HandleCache::new();
+        let (seconds, commits) = COMMIT_METRICS.get(outcome, || {
+            (
+                metrics::histogram!(STORAGE_COMMIT_SECONDS),
+                metrics::counter!(STORAGE_COMMITS, "outcome" => outcome),
+            )
+        });
+        seconds.record(started.elapsed().as_secs_f64());
+        commits.increment(1);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn a_handle_cache_registers_every_time_until_the_recorder_is_installed_then_once_per_key() {
+        let cache: HandleCache<&'static str, u32> = HandleCache::new();
+        let registered = AtomicU32::new(0);
+        let register = || registered.fetch_add(1, Ordering::SeqCst);
+        cache.get_kept(false, "ok", register);
+        cache.get_kept(false, "ok", register);
+        assert_eq!(registered.load(Ordering::SeqCst), 2, "nothing kept before");
+        let first = cache.get_kept(true, "ok", register);
+        assert_eq!(cache.get_kept(true, "ok", register), first);
+        cache.get_kept(true, "conflict", register);
+        assert_eq!(registered.load(Ordering::SeqCst), 4, "once per key after");
     }
 }

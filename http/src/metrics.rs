@@ -38,8 +38,10 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use keel_engine::metrics::HandleCache;
 use keel_engine::model::TaskKind;
 use keel_engine::storage::Capabilities;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use keel_engine::Engine;
@@ -114,7 +116,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .ok()?;
             match builder.install_recorder() {
-                Ok(h) => Some(h),
+                Ok(h) => {
+                    keel_engine::metrics::recorder_installed();
+                    Some(h)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
                     None
@@ -126,14 +131,19 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 /// Records one answered request (labels borrowed, not built, on every request).
 pub fn record_request(route: &'static str, status: u16, elapsed: Duration) {
-    metrics::counter!(
-        "keel_http_requests_total",
-        "route" => route,
-        "status" => status_label(status)
-    )
-    .increment(1);
-    metrics::histogram!("keel_http_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    static HANDLES: HandleCache<(&'static str, u16), (Counter, Histogram)> = HandleCache::new();
+    let (requests, seconds) = HANDLES.get((route, status), || {
+        (
+            metrics::counter!(
+                "keel_http_requests_total",
+                "route" => route,
+                "status" => status_label(status)
+            ),
+            metrics::histogram!("keel_http_request_duration_seconds", "route" => route),
+        )
+    });
+    requests.increment(1);
+    seconds.record(elapsed.as_secs_f64());
 }
 
 /// Counts one refused request (401, 403 or 429) of `route`.

@@ -485,6 +485,15 @@ async fn metrics_scrape_has_the_named_series() {
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
+    // Counted through the handles kept after the first request: both starts count.
+    let starts: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("keel_http_requests_total{") && l.contains("route=\"start_workflow\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(starts, 2.0, "in:\n{text}");
     assert!(
         !text.contains("m1") && !text.contains("m2"),
         "a workflow id leaked into a label"
