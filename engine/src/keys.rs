@@ -190,12 +190,14 @@ impl Key {
 
     /// Appends an escaped, terminated string.
     pub fn str(mut self, s: &str) -> Self {
-        for &b in s.as_bytes() {
-            self.0.push(b);
-            if b == 0 {
-                self.0.push(0xff);
-            }
+        // Copied in runs between zero bytes (ids and names rarely hold one).
+        let mut rest = s.as_bytes();
+        while let Some(zero) = rest.iter().position(|&b| b == 0) {
+            self.0.extend_from_slice(&rest[..=zero]);
+            self.0.push(0xff);
+            rest = &rest[zero + 1..];
         }
+        self.0.extend_from_slice(rest);
         self.0.extend_from_slice(&[0, 1]);
         self
     }
@@ -332,6 +334,14 @@ mod tests {
             let mut r = KeyReader::new(&ka);
             prop_assert_eq!(r.str(), Some(a));
             prop_assert_eq!(r.i64(), Some(x));
+        }
+
+        #[test]
+        fn strings_with_zero_bytes_keep_their_order_and_read_back(a in "[\\x00\\x01a]{0,8}", b in "[\\x00\\x01a]{0,8}") {
+            let ka = Key::new(1).str(&a).u8(7).into_bytes();
+            let kb = Key::new(1).str(&b).u8(7).into_bytes();
+            prop_assert_eq!(ka.cmp(&kb), a.as_bytes().cmp(b.as_bytes()));
+            prop_assert_eq!(KeyReader::new(&ka).str(), Some(a));
         }
     }
 }
