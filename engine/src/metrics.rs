@@ -218,7 +218,7 @@ impl KvTxn for MeteredTxn {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{HandleCache, Ordering};
     use std::sync::atomic::AtomicU32;
 
     #[test]

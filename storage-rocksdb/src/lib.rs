@@ -730,10 +730,11 @@ impl KvStore for RocksStore {
 
     fn watch(&self, key: &[u8], since: Version) -> WatchFuture {
         let shared = &self.backend.shared;
-        // Register before asking the tracker: a commit recorded after the question fires
-        // the watch, one recorded before it answers `changed`.
+        // Register before asking the tracker, and read the durable version after
+        // registering: a commit that becomes durable after the question fires the watch
+        // (the committer fires watches after raising the durable version), one durable
+        // before it answers `changed`. A commit recorded but not yet durable is the former.
         let fired = shared.watches.register(key);
-        // Read after registering: a commit not yet durable here fires the watch later.
         let visible = shared.durable.load(Ordering::Acquire);
         let changed = shared
             .tracker
