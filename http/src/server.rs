@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -31,8 +31,11 @@ use crate::limits::{Backoff, ConnectionLimits, LogThrottle};
 use crate::router::{self, Match, Op, Plane};
 use crate::tls::Tls;
 
-const CONTROL_HEADER: &str = "x-durable-workflow-control-plane-version";
-const WORKER_HEADER: &str = "x-durable-workflow-protocol-version";
+// Header names as constants: a `&str` name is parsed and checked on every insert and get.
+const CONTROL_HEADER: HeaderName =
+    HeaderName::from_static("x-durable-workflow-control-plane-version");
+const WORKER_HEADER: HeaderName = HeaderName::from_static("x-durable-workflow-protocol-version");
+const NAMESPACE_HEADER: HeaderName = HeaderName::from_static("x-namespace");
 
 /// How often the readiness checks run in the background.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -563,7 +566,7 @@ async fn dispatch(
     let query = parse_query(parts.uri.query());
     let namespace = parts
         .headers
-        .get("x-namespace")
+        .get(NAMESPACE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
@@ -637,7 +640,7 @@ async fn dispatch(
 }
 
 fn check_version(plane: Plane, headers: &hyper::HeaderMap) -> Result<(), ApiError> {
-    let header = |name: &str| {
+    let header = |name: HeaderName| {
         headers
             .get(name)
             .map(|v| v.to_str().unwrap_or("").trim().to_string())
