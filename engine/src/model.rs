@@ -427,14 +427,27 @@ pub struct ActivityTimeouts {
 impl ActivityTimeouts {
     /// Every timer currently armed.
     pub fn timers(&self) -> impl Iterator<Item = &TimerKey> {
+        self.activity_timers()
+            .chain(self.attempt_timers().map(|(timer, _)| timer))
+    }
+
+    /// The armed timers that span attempts (schedule-to-close, schedule-to-start): always
+    /// timer rows.
+    pub fn activity_timers(&self) -> impl Iterator<Item = &TimerKey> {
+        [&self.schedule_to_close_timer, &self.schedule_to_start_timer]
+            .into_iter()
+            .flatten()
+    }
+
+    /// The armed timers of the leased attempt, with their kinds (start-to-close,
+    /// heartbeat): lease-scoped, kept like the lease's own timer.
+    pub fn attempt_timers(&self) -> impl Iterator<Item = (&TimerKey, &'static str)> {
         [
-            &self.schedule_to_close_timer,
-            &self.schedule_to_start_timer,
-            &self.start_to_close_timer,
-            &self.heartbeat_timer,
+            (&self.start_to_close_timer, timeout_kind::START_TO_CLOSE),
+            (&self.heartbeat_timer, timeout_kind::HEARTBEAT),
         ]
         .into_iter()
-        .flatten()
+        .filter_map(|(timer, kind)| Some((timer.as_ref()?, kind)))
     }
 }
 

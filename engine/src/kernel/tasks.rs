@@ -17,7 +17,7 @@
 use crate::clock::Millis;
 use crate::error::Result;
 use crate::ids;
-use crate::model::{timeout_kind, TaskRecord, TaskStatus, TimerAction, TimerKey};
+use crate::model::{TaskRecord, TaskStatus, TimerAction, TimerKey};
 use crate::storage::KvTxn;
 use crate::tables::{self, QueueCounter};
 
@@ -101,17 +101,10 @@ pub(crate) async fn delete_loaded_task(
 /// Ends every timeout timer of an activity task (it is being deleted).
 fn clear_activity_timeouts(txn: &mut dyn KvTxn, task: &TaskRecord, fx: &mut Effects) {
     if let Some(a) = &task.activity {
-        let t = &a.timeouts;
-        for timer in [&t.schedule_to_close_timer, &t.schedule_to_start_timer]
-            .into_iter()
-            .flatten()
-        {
+        for timer in a.timeouts.activity_timers() {
             txn.clear(&tables::timer_key(timer));
         }
-        for timer in [&t.start_to_close_timer, &t.heartbeat_timer]
-            .into_iter()
-            .flatten()
-        {
+        for (timer, _) in a.timeouts.attempt_timers() {
             end_lease_scoped_timer(txn, timer, fx);
         }
     }
@@ -252,15 +245,12 @@ pub(crate) fn lease_timers_of(task: &TaskRecord) -> Vec<(TimerKey, TimerAction)>
     let mut timers = vec![(lease.timer.clone(), lease_expiry(&task.task_id))];
     if let Some(activity) = &task.activity {
         let attempt = activity.attempt_id.as_deref();
-        let t = &activity.timeouts;
-        for (timer, kind) in [
-            (&t.start_to_close_timer, timeout_kind::START_TO_CLOSE),
-            (&t.heartbeat_timer, timeout_kind::HEARTBEAT),
-        ] {
-            if let Some(timer) = timer {
-                timers.push((timer.clone(), task.activity_timeout_action(kind, attempt)));
-            }
-        }
+        timers.extend(
+            activity
+                .timeouts
+                .attempt_timers()
+                .map(|(timer, kind)| (timer.clone(), task.activity_timeout_action(kind, attempt))),
+        );
     }
     timers
 }
