@@ -8,6 +8,7 @@
 //! that something does *not* happen for a while (a parked poll outliving the timeouts,
 //! the server's CPU time over a measuring window).
 
+#[path = "suite/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

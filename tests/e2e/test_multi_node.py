@@ -13,8 +13,8 @@ reconnects.
 
 Runs only with ``KEEL_E2E_STORAGE=fdb:CLUSTER_FILE`` (several processes share one store
 only on FoundationDB); otherwise skipped with the reason. The same mechanisms are
-tested in process on the shared simulated store (engine/tests/cluster.rs,
-http/tests/multi_node.rs) in every run.
+tested in process on the shared simulated store (engine/tests/suite/cluster.rs,
+http/tests/suite/multi_node.rs) in every run.
 """
 
 from __future__ import annotations
