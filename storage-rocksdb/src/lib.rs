@@ -128,7 +128,7 @@ pub struct RocksOptions {
     /// RocksDB memtable size, in bytes. After a full disk, writes resume once this much
     /// is free on the data directory's filesystem (see the crate docs).
     pub write_buffer_bytes: usize,
-    /// Compress SST files with LZ4 (Debian's librocksdb links liblz4).
+    /// Compress SST files below level 1 with LZ4 (Debian's librocksdb links liblz4).
     pub lz4: bool,
     /// Size of the block cache: data blocks, and the index and filter partitions (see
     /// [`table_options`]); with the memtables, it bounds RocksDB's memory.
@@ -330,11 +330,17 @@ impl Shared {
         db_options.set_keep_log_file_num(4);
         // See the crate docs: a LOG line after a failed LOG append aborts the process.
         db_options.set_log_level(LogLevel::Fatal);
-        db_options.set_compression_type(if options.lz4 {
-            DBCompressionType::Lz4
+        // LZ4 below level 1 only: a flush writes level 0, and level 0 is rewritten into
+        // level 1 within minutes, so compressing there costs CPU at every flush and again
+        // at that compaction for data that soon moves on (or is deleted by retention).
+        // Levels 0 and 1 stay within a few hundred MB (4 flushes, then the 256 MB level
+        // base), so the disk they take uncompressed is bounded.
+        if options.lz4 {
+            use DBCompressionType::{Lz4, None as Plain};
+            db_options.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
         } else {
-            DBCompressionType::None
-        });
+            db_options.set_compression_type(DBCompressionType::None);
+        }
         // Atomic adds are merge operands, summed by RocksDB itself: the committer never
         // reads a counter to write it.
         db_options.set_merge_operator_associative("keel_counter_add", add_counters);
