@@ -89,6 +89,9 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --payload-reserve-bytes N          below this much free space on a payload disk, uploads
                                      get 503 storage_pressure unless they complete a leased
                                      task (default 67108864)
+  --worker-threads N                 threads serving requests (default: one fewer than the
+                                     CPUs, at least 1; the storage committer runs on a
+                                     thread of its own)
   --no-ui                            do not serve the web console at /ui (it is on by
                                      default; it calls the same API with the caller's token)
   --service-http-allow HOST[:PORT]   a host invocable_http service bindings may call (plain
@@ -153,6 +156,8 @@ pub(crate) struct ServeArgs {
     quotas: crate::QuotaConfig,
     audit_retention_days: u32,
     ui: bool,
+    /// `None`: [`default_worker_threads`].
+    worker_threads: Option<usize>,
 }
 
 fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
@@ -187,6 +192,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
         },
         service_http_allow: Vec::new(),
         ui: true,
+        worker_threads: None,
     };
     let mut storage: Option<Storage> = None;
     let mut subspace_given = false;
@@ -286,6 +292,7 @@ fn parse_args(args: &[String]) -> Result<ServeArgs, String> {
                 parsed.service_http_allow.push(host);
             }
             "--no-ui" => parsed.ui = false,
+            "--worker-threads" => parsed.worker_threads = Some(positive(value()?)? as usize),
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown flag '{other}'\n\n{USAGE}")),
         }
@@ -460,7 +467,9 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let worker_threads = args.worker_threads.unwrap_or_else(default_worker_threads);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
         .enable_all()
         .build()
     {
@@ -696,6 +705,15 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Request threads by default: one fewer than the CPUs this process may use, at least one.
+/// The store's committer writes and syncs on a thread of its own; with a request thread
+/// per CPU besides it, the threads contend for the CPUs and tokio wakes an idle request
+/// thread to steal work each time another schedules some (README, performance: the
+/// worker-thread measurement).
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// With a store of one's own, the command line names only its directory.
 fn check_custom(args: ServeArgs, custom: bool) -> Result<ServeArgs, String> {
     match &args.storage {
@@ -805,6 +823,14 @@ mod tests {
         match parse(args) {
             Ok(_) => panic!("{args:?} accepted"),
             Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn worker_threads_must_be_a_whole_number_of_at_least_one() {
+        for bad in ["0", "-1", "many"] {
+            let message = refused(&["--worker-threads", bad]);
+            assert!(message.contains("--worker-threads"), "{bad}: {message}");
         }
     }
 

@@ -26,6 +26,7 @@
 //! | `keel_auth_token_reloads_total` | counter (SIGHUP or auth-file change) | `outcome` (`applied`, `refused`) |
 //! | `keel_http_refusals_total` | counter (401, 403 and 429 answers) | `route`, `status`, `reason` (`unauthorized`, `forbidden`, `rate_limited`, `long_poll_limit_reached`) |
 //! | `keel_audit_write_failures_total` | counter (audit trail entries not written) | — |
+//! | `keel_runtime_worker_threads` | gauge (the runtime's request threads, `--worker-threads`) | — |
 //!
 //! Queue names are caller-chosen, so the backlog gauges are computed fresh at each
 //! scrape and rendered directly (not kept in the registry): the
@@ -209,6 +210,13 @@ pub async fn scrape(
         }
         None => String::new(),
     };
+    let _ = write!(
+        out,
+        "# HELP keel_runtime_worker_threads The runtime's threads serving requests.\n\
+         # TYPE keel_runtime_worker_threads gauge\n\
+         keel_runtime_worker_threads {}\n",
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
     if let Some(b) = backend {
         let _ = write!(
             out,

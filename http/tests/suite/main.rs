@@ -28,3 +28,4 @@ mod storage_flag;
 mod storage_transfer;
 mod tls;
 mod token_reload;
+mod worker_threads;

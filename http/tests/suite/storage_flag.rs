@@ -47,7 +47,7 @@ fn fdb_storage_without_the_feature_exits_2_with_one_line() {
 }
 
 /// Kills the server it holds when the test ends, however it ends.
-struct Running(Child);
+pub(crate) struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -56,7 +56,7 @@ impl Drop for Running {
     }
 }
 
-fn get(port: u16, path: &str) -> String {
+pub(crate) fn get(port: u16, path: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -73,7 +73,7 @@ fn get(port: u16, path: &str) -> String {
 
 /// Starts `keel serve ARGS --listen 127.0.0.1:0` and returns it, its port, and its log
 /// lines before the listening one.
-fn serve(args: &[&str]) -> (Running, u16, Vec<String>) {
+pub(crate) fn serve(args: &[&str]) -> (Running, u16, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
         .arg("serve")
         .args(args)
