@@ -89,9 +89,8 @@ const USAGE: &str = "usage: keel serve [--listen ADDR] [--storage BACKEND | --da
   --payload-reserve-bytes N          below this much free space on a payload disk, uploads
                                      get 503 storage_pressure unless they complete a leased
                                      task (default 67108864)
-  --worker-threads N                 threads serving requests (default: one fewer than the
-                                     CPUs, at least 1; the storage committer runs on a
-                                     thread of its own)
+  --worker-threads N                 threads serving requests (default: one per CPU); the
+                                     storage committer runs on a thread of its own
   --no-ui                            do not serve the web console at /ui (it is on by
                                      default; it calls the same API with the caller's token)
   --service-http-allow HOST[:PORT]   a host invocable_http service bindings may call (plain
@@ -156,7 +155,7 @@ pub(crate) struct ServeArgs {
     quotas: crate::QuotaConfig,
     audit_retention_days: u32,
     ui: bool,
-    /// `None`: [`default_worker_threads`].
+    /// `None`: one per CPU (tokio's default).
     worker_threads: Option<usize>,
 }
 
@@ -467,12 +466,11 @@ fn run_main(custom: Option<StoreOpener>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let worker_threads = args.worker_threads.unwrap_or_else(default_worker_threads);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads)
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keel: cannot start the runtime: {e}");
@@ -703,15 +701,6 @@ fn dir_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// Request threads by default: one fewer than the CPUs this process may use, at least one.
-/// The store's committer writes and syncs on a thread of its own; with a request thread
-/// per CPU besides it, the threads contend for the CPUs and tokio wakes an idle request
-/// thread to steal work each time another schedules some (README, performance: the
-/// worker-thread measurement).
-fn default_worker_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 /// With a store of one's own, the command line names only its directory.

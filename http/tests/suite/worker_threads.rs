@@ -1,5 +1,5 @@
 //! `keel serve --worker-threads`: the runtime serves requests on the threads it is given,
-//! by default one fewer than the CPUs (the store's committer has a thread of its own).
+//! by default one per CPU.
 
 use crate::storage_flag::{get, serve};
 
@@ -23,8 +23,8 @@ fn the_server_runs_the_worker_threads_it_is_given() {
 }
 
 #[test]
-fn by_default_the_server_runs_one_worker_thread_fewer_than_the_cpus() {
+fn by_default_the_server_runs_one_worker_thread_per_cpu() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (_server, port, _) = serve(&["--storage", "memory"]);
-    assert_eq!(worker_threads(port), cpus.saturating_sub(1).max(1));
+    assert_eq!(worker_threads(port), cpus);
 }
