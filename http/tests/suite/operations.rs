@@ -485,7 +485,8 @@ async fn metrics_scrape_has_the_named_series() {
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
-    // Counted through the handles kept after the first request: both starts count.
+    // Counted through the handles kept after the first request: both starts count (other
+    // tests' starts too when they share the process).
     let starts: f64 = text
         .lines()
         .filter(|l| {
@@ -493,7 +494,11 @@ async fn metrics_scrape_has_the_named_series() {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(starts, 2.0, "in:\n{text}");
+    if common::alone_in_process() {
+        assert_eq!(starts, 2.0, "in:\n{text}");
+    } else {
+        assert!(starts >= 2.0, "in:\n{text}");
+    }
     assert!(
         !text.contains("m1") && !text.contains("m2"),
         "a workflow id leaked into a label"
@@ -563,8 +568,14 @@ async fn metrics_count_parked_long_polls_and_the_eager_lease_that_answered_one()
                 && l.contains(r#"outcome="delivered""#)
         })
         .unwrap_or_else(|| panic!("no eager lease series in:\n{metrics}"));
+    let delivered: f64 = eager
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a count: {eager}"));
+    let expected = delivered == 1.0 || (!common::alone_in_process() && delivered >= 1.0);
     assert!(
-        eager.ends_with(" 1"),
+        expected,
         "the start leased its task to the parked poll: {eager}"
     );
 }

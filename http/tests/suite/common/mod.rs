@@ -228,3 +228,10 @@ pub fn expect(r: &Resp, status: u16, reason: &str) {
 pub fn expect_status(r: &Resp, status: u16) {
     assert_eq!(r.status, status, "unexpected response: {}", r.text);
 }
+
+/// Whether this test has its process, and so the process-wide metrics recorder, to
+/// itself: nextest (`scripts/test`) runs each test in a process of its own; `cargo test`
+/// runs a binary's tests side by side, and their counts add up in one recorder.
+pub fn alone_in_process() -> bool {
+    std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|mode| mode == "process-per-test")
+}
