@@ -1,8 +1,10 @@
 //! The HTTP crate's integration tests, one module per concern, in one test binary (one
 //! link of the whole server instead of one per file: CI builds every test binary cold).
 //! `connection_limits` stays a binary of its own: it lowers its process's descriptor limit.
+//! `common` serves Keel in process; `process` runs the real binary.
 
 mod common;
+mod process;
 
 mod activities;
 mod audit_trail;

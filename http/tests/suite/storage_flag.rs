@@ -1,11 +1,9 @@
 //! `keel serve --storage ...` as an operator meets it: the real binary, its exit status
 //! and its messages, and a memory-backed server naming its backend.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output};
+
+use crate::process::{get, serve};
 
 fn keel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -44,70 +42,6 @@ fn fdb_storage_without_the_feature_exits_2_with_one_line() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--features fdb"), "{stderr}");
     assert!(stderr.contains("libfdb_c"), "{stderr}");
-}
-
-/// Kills the server it holds when the test ends, however it ends.
-pub(crate) struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn get(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("reply");
-    reply
-}
-
-/// Starts `keel serve ARGS --listen 127.0.0.1:0` and returns it, its port, and its log
-/// lines before the listening one.
-pub(crate) fn serve(args: &[&str]) -> (Running, u16, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("KEEL_TOKENS")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("keel starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let server = Running(child);
-    // Log lines until the listening one, read on a thread so the wait has a deadline.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let port = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no listening line; log so far: {log:#?}"));
-        if line.contains("keel listening") {
-            let after = &line[line.find("127.0.0.1:").expect("address in line") + 10..];
-            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-            break digits.parse::<u16>().expect("port");
-        }
-        log.push(line);
-    };
-    (server, port, log)
 }
 
 #[test]

@@ -5,11 +5,10 @@
 //! another schema version, a target that holds the namespace and an unfinished import
 //! are refused with their own exit statuses.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -23,46 +22,24 @@ use keel_engine::{Engine, EngineConfig};
 use keel_storage_rocksdb::{RocksOptions, RocksStore};
 use serde_json::{json, Value};
 
+use crate::process;
+
 /// Stops (SIGTERM, then waits) the server it holds when dropped.
 struct Running {
-    child: Child,
+    server: process::Running,
     port: u16,
 }
 
 impl Running {
     fn start(dir: &Path) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env_remove("KEEL_TOKENS")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("keel starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut log = Vec::new();
-        let port = loop {
-            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
-                let _ = child.kill();
-                panic!("no listening line; log so far: {log:#?}");
-            };
-            if line.contains("keel listening") {
-                let after = &line[line.find("127.0.0.1:").expect("address in line") + 10..];
-                let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-                break digits.parse::<u16>().expect("port");
-            }
-            log.push(line);
-        };
-        Running { child, port }
+        let (server, log) = process::spawn([
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ]);
+        let (port, _) = process::listening_port(&log);
+        Running { server, port }
     }
 
     fn stop(mut self) {
@@ -71,17 +48,17 @@ impl Running {
 
     fn terminate(&mut self) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.server.0.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.server.0.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
     }
 
     /// A control-plane request in namespace `default`: (status, body).
@@ -118,7 +95,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if let Ok(None) = self.server.0.try_wait() {
             self.terminate();
         }
     }

@@ -3,27 +3,20 @@
 //! tokens work, a malformed file is refused with a log line and the old set stays, and
 //! no secret ever reaches the log.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::{Child, Command};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::process;
+
 const OLD: &str = "old-secret-4f1c9a";
 const NEW: &str = "new-secret-8b2d7e";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The status of an authenticated control-plane read with `token`.
 fn status_with(port: u16, token: &str) -> u16 {
@@ -106,38 +99,19 @@ fn tokens_rotate_on_sighup_and_file_change_and_a_bad_file_keeps_the_old_set() {
         format!("[[tokens]]\nname = \"{name}\"\nrole = \"admin\"\ntoken = \"{token}\"\n")
     };
     write_tokens(&file, &plain("old", OLD));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["serve", "--storage", "memory", "--listen", "127.0.0.1:0"])
-        .arg("--auth-file")
-        .arg(&file)
-        .env_remove("KEEL_TOKENS")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("keel starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let server = Running(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (server, rx) = process::spawn([
+        "--storage".as_ref(),
+        "memory".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--auth-file".as_ref(),
+        file.as_os_str(),
+    ]);
     let mut log = Log {
         lines: Vec::new(),
         rx,
     };
-    let listening = log.wait_for_line("keel listening");
-    let after = &listening[listening.find("127.0.0.1:").expect("address") + 10..];
-    let port: u16 = after
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .expect("port");
+    let port = process::port_in(&log.wait_for_line("keel listening"));
     assert_eq!(status_with(port, OLD), 200);
     assert_eq!(status_with(port, NEW), 401);
 

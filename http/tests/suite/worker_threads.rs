@@ -1,7 +1,7 @@
 //! `keel serve --worker-threads`: the runtime serves requests on the threads it is given,
 //! by default one per CPU.
 
-use crate::storage_flag::{get, serve};
+use crate::process::{get, serve};
 
 /// The `keel_runtime_worker_threads` value of a scrape.
 fn worker_threads(port: u16) -> usize {
