@@ -77,13 +77,22 @@ pub(crate) fn serve(args: &[&str]) -> (Running, u16, Vec<String>) {
 
 /// `GET path` on its own connection; the whole reply, head and body.
 pub(crate) fn get(port: u16, path: &str) -> String {
+    get_with(port, path, &[])
+}
+
+/// [`get`] with extra `headers`.
+pub(crate) fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n"
     )
     .expect("request");
     let mut reply = String::new();

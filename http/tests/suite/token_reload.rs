@@ -20,19 +20,12 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The status of an authenticated control-plane read with `token`.
 fn status_with(port: u16, token: &str) -> u16 {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET /api/cluster/info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         X-Durable-Workflow-Control-Plane-Version: 2\r\nAuthorization: Bearer {token}\r\n\r\n"
-    )
-    .expect("request");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("reply");
-    reply
+    let bearer = format!("Bearer {token}");
+    let headers = [
+        ("X-Durable-Workflow-Control-Plane-Version", "2"),
+        ("Authorization", bearer.as_str()),
+    ];
+    process::get_with(port, "/api/cluster/info", &headers)
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
