@@ -113,7 +113,7 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
     /// Memo, a JSON object: as started, then the typed projection of the merged upserts.
-    #[serde(default)]
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
     pub memo: Value,
     /// The failures of the current workflow task since the run last made progress (a
     /// task that fails on every attempt must be visible, not an invisible retry loop);
@@ -125,7 +125,7 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memo_blob: Option<String>,
     /// Search attributes, a JSON object.
-    #[serde(default)]
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
     pub search_attributes: Value,
     /// Start time.
     pub started_at_ms: Millis,
@@ -154,7 +154,7 @@ pub struct RunRecord {
     /// Last workflow (command) sequence handed out.
     pub last_workflow_sequence: u64,
     /// Last control-plane command sequence (signals, cancel, terminate) handed out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub last_command_sequence: u64,
     /// Signals held out of history while the workflow task is leased
     /// (`tables::deferred_signal_key` 0..this) until a flush (`workflow::messages`).
@@ -170,10 +170,10 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_reason: Option<String>,
     /// Parent/child links, the continue-as-new chain and post-close facts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RunLifecycle::is_empty")]
     pub lifecycle: RunLifecycle,
     /// Open timers, the open condition wait and accepted updates (`workflow::waits`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RunWaits::is_empty")]
     pub waits: RunWaits,
 }
 
@@ -212,7 +212,7 @@ pub struct ChildLink {
 
 /// Facts about a run's place among other runs and what happened after it closed. Every
 /// field defaults, so records written before these existed read as a plain top-level run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunLifecycle {
     /// The parent, when this run is (a continuation of) a child workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -705,6 +705,17 @@ pub struct RunWaits {
     pub signal_applied_in_completion: bool,
 }
 
+impl RunWaits {
+    /// Whether nothing stored is open: no timer, condition, update, signal wait or tally.
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+            && self.condition.is_none()
+            && self.pending_updates.is_empty()
+            && self.signal_waits.is_empty()
+            && self.signal_tallies.is_empty()
+    }
+}
+
 /// An open signal wait.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenSignalWait {
@@ -885,6 +896,23 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Stored records leave out a field holding its default (fewer bytes written per
+/// transition); these are the defaults they read back as.
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+fn is_empty_object(value: &Value) -> bool {
+    value.as_object().is_some_and(serde_json::Map::is_empty)
+}
+
+impl RunLifecycle {
+    /// Whether every field holds its default (a top-level run nothing happened to yet).
+    pub fn is_empty(&self) -> bool {
+        *self == RunLifecycle::default()
+    }
+}
+
 /// Largest memo, serialized as JSON (the limit `cluster/info` advertises as
 /// `max_memo_bytes`): enforced on every start, continue-as-new, child start, schedule and
 /// memo upsert.
@@ -930,12 +958,12 @@ pub fn truncate_message(message: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{truncate_message, RunRecord, MAX_MESSAGE_BYTES};
 
     /// A run record as Keel wrote it before empty fields were left out (taken from a
     /// store): it still reads, and rewriting it leaves out every null and empty list.
-    const RUN_WITH_NULLS: &str = r#"{"namespace":"default","workflow_id":"w","run_id":"r","run_number":1,"workflow_type":"t","task_queue":"q","status":"completed","priority":5,"build_id":null,"memo":{},"memo_blob":null,"search_attributes":{},"started_at_ms":1,"closed_at_ms":2,"last_progress_at_ms":2,"execution_timeout_seconds":3600,"run_timeout_seconds":600,"execution_deadline_ms":3,"run_deadline_ms":4,"deadline_timer":null,"last_event_seq":4,"last_workflow_sequence":1,"last_command_sequence":0,"workflow_task":null,"open_activities":[],"closed_reason":"completed","lifecycle":{"parent":null,"open_children":[],"continued_from_run_id":null,"continued_to_run_id":null,"close_event_seq":4,"archived_at_ms":null,"schedule_id":null,"standalone_activity":null},"waits":{"timers":{},"condition":null,"pending_updates":[]}}"#;
+    pub(crate) const RUN_WITH_NULLS: &str = r#"{"namespace":"default","workflow_id":"w","run_id":"r","run_number":1,"workflow_type":"t","task_queue":"q","status":"completed","priority":5,"build_id":null,"memo":{},"memo_blob":null,"search_attributes":{},"started_at_ms":1,"closed_at_ms":2,"last_progress_at_ms":2,"execution_timeout_seconds":3600,"run_timeout_seconds":600,"execution_deadline_ms":3,"run_deadline_ms":4,"deadline_timer":null,"last_event_seq":4,"last_workflow_sequence":1,"last_command_sequence":0,"workflow_task":null,"open_activities":[],"closed_reason":"completed","lifecycle":{"parent":null,"open_children":[],"continued_from_run_id":null,"continued_to_run_id":null,"close_event_seq":4,"archived_at_ms":null,"schedule_id":null,"standalone_activity":null},"waits":{"timers":{},"condition":null,"pending_updates":[]}}"#;
 
     #[test]
     fn run_records_leave_out_empty_fields_and_read_the_older_layout() {
@@ -945,6 +973,17 @@ mod tests {
             !compact.contains("null") && !compact.contains("[]"),
             "{compact}"
         );
+        for default_field in [
+            "memo",
+            "search_attributes",
+            "last_command_sequence",
+            "waits",
+        ] {
+            assert!(
+                !compact.contains(default_field),
+                "{default_field}: {compact}"
+            );
+        }
         assert!(compact.len() * 3 < RUN_WITH_NULLS.len() * 2, "{compact}");
         let again: RunRecord = serde_json::from_str(&compact).expect("compact layout reads");
         assert_eq!(
@@ -954,6 +993,12 @@ mod tests {
         assert_eq!(again.closed_at_ms, Some(2));
         assert_eq!(again.lifecycle.close_event_seq, Some(4));
         assert!(again.workflow_task.is_none() && again.open_activities.is_empty());
+        assert_eq!(
+            again.memo,
+            serde_json::json!({}),
+            "a left-out memo reads as {{}}"
+        );
+        assert_eq!(again.search_attributes, serde_json::json!({}));
     }
 
     #[test]

@@ -505,9 +505,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::{
-        assemble, delete, prefix, put_bytes, read_records, Key, KeyRange, KeyValue, ReadOptions,
-        Result, CHUNK,
+        assemble, decode_record, delete, encode, prefix, put_bytes, read_records, Key, KeyRange,
+        KeyValue, ReadOptions, Result, CHUNK,
     };
+    use crate::model::RunRecord;
     use crate::storage::memory::MemoryStore;
     use crate::storage::KvStore;
 
@@ -632,5 +633,28 @@ mod tests {
         delete(txn.as_mut(), KEY).await.expect("delete");
         txn.commit().await.expect("commit");
         assert_eq!(store.version(), before);
+    }
+
+    #[test]
+    fn a_fresh_run_record_round_trips_with_its_default_fields_left_out() {
+        let mut run: RunRecord =
+            serde_json::from_str(crate::model::tests::RUN_WITH_NULLS).expect("reads");
+        run.lifecycle = Default::default();
+        let bytes = encode(&run).expect("encodes");
+        for left_out in [&b"lifecycle"[..], b"waits", b"memo", b"search_attributes"] {
+            assert!(!bytes.windows(left_out.len()).any(|w| w == left_out));
+        }
+        let again: RunRecord = decode_record(&bytes).expect("decodes");
+        assert!(again.lifecycle.is_empty() && again.waits.is_empty());
+        assert_eq!(
+            serde_json::to_value(&again).expect("encodes"),
+            serde_json::to_value(&run).expect("encodes")
+        );
+        // A memo that is set is kept.
+        run.memo = serde_json::json!({"k": 1});
+        run.last_command_sequence = 3;
+        let again: RunRecord = decode_record(&encode(&run).expect("encodes")).expect("decodes");
+        assert_eq!(again.memo, serde_json::json!({"k": 1}));
+        assert_eq!(again.last_command_sequence, 3);
     }
 }
