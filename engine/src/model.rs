@@ -242,6 +242,13 @@ pub struct RunLifecycle {
     pub standalone_activity: Option<StandaloneActivity>,
 }
 
+impl RunLifecycle {
+    /// Whether every field holds its default (a top-level run nothing happened to yet).
+    pub fn is_empty(&self) -> bool {
+        *self == RunLifecycle::default()
+    }
+}
+
 /// What a standalone activity's host run records of its activity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StandaloneActivity {
@@ -904,13 +911,6 @@ fn empty_object() -> Value {
 
 fn is_empty_object(value: &Value) -> bool {
     value.as_object().is_some_and(serde_json::Map::is_empty)
-}
-
-impl RunLifecycle {
-    /// Whether every field holds its default (a top-level run nothing happened to yet).
-    pub fn is_empty(&self) -> bool {
-        *self == RunLifecycle::default()
-    }
 }
 
 /// Largest memo, serialized as JSON (the limit `cluster/info` advertises as
