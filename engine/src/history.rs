@@ -237,9 +237,20 @@ pub async fn event_payload(
     Ok(Some(event.payload))
 }
 
+/// The workflow's input, from the run's stored `WorkflowStarted` event (its first);
+/// `null` when absent. Only the input is built, the event's other fields are skipped.
+pub async fn workflow_input(txn: &mut dyn KvTxn, ns: &str, run_id: &str) -> Result<Value> {
+    let bytes = tables::get_bytes(txn, &tables::history_key(ns, run_id, 1), true).await?;
+    bytes.map_or(Ok(Value::Null), |bytes| input_of(&bytes))
+}
+
 /// The `input` of a stored `WorkflowStarted` event (`null` when absent); the event's other
 /// fields are skipped, not built.
 pub fn started_input(event: &RawValue) -> Result<Value> {
+    input_of(event.get().as_bytes())
+}
+
+fn input_of(event: &[u8]) -> Result<Value> {
     #[derive(serde::Deserialize)]
     struct Started {
         #[serde(default)]
@@ -250,7 +261,7 @@ pub fn started_input(event: &RawValue) -> Result<Value> {
         #[serde(default)]
         input: Value,
     }
-    let event: Started = serde_json::from_str(event.get()).map_err(Error::corrupt)?;
+    let event: Started = serde_json::from_slice(event).map_err(Error::corrupt)?;
     Ok(event.payload.map_or(Value::Null, |p| p.input))
 }
 
@@ -357,6 +368,34 @@ mod tests {
                 Value::Null
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_workflow_input_is_read_from_the_runs_first_event() {
+        use crate::storage::memory::MemoryStore;
+        let store = MemoryStore::new();
+        let mut txn = store.begin().await.expect("begin");
+        assert_eq!(
+            super::workflow_input(txn.as_mut(), "default", "run")
+                .await
+                .expect("reads"),
+            Value::Null,
+            "no history yet"
+        );
+        let mut run = run();
+        let input = json!({"codec": "avro", "blob": "AgQ="});
+        let started = json!({"workflow_type": "w", "input": input, "memo": {"k": [1, 2]}});
+        append(txn.as_mut(), &mut run, "WorkflowStarted", started, 0, None);
+        let later = json!({"input": "not the workflow's"});
+        append(txn.as_mut(), &mut run, "SignalReceived", later, 0, None);
+        txn.commit().await.expect("commit");
+        let mut txn = store.begin().await.expect("begin");
+        assert_eq!(
+            super::workflow_input(txn.as_mut(), "default", "run")
+                .await
+                .expect("reads"),
+            input
+        );
     }
 
     #[test]

@@ -278,10 +278,7 @@ impl Engine {
         joined.extend(deferred.iter().map(String::as_str));
         let history_events =
             RawValue::from_string(format!("[{}]", joined.join(","))).map_err(Error::corrupt)?;
-        let arguments = history::event_payload(txn, ns, &run.run_id, 1)
-            .await?
-            .and_then(|mut p| p.get_mut("input").map(Value::take))
-            .unwrap_or(Value::Null);
+        let arguments = history::workflow_input(txn, ns, &run.run_id).await?;
         Ok((run, history_events, arguments))
     }
 

@@ -711,9 +711,7 @@ impl Engine {
                     format!("run '{run_id}' of workflow '{workflow_id}' does not exist"),
                 )
             })?;
-        let started = history::event_payload(txn, ns, &run.run_id, 1)
-            .await?
-            .unwrap_or(Value::Null);
+        let input = history::workflow_input(txn, ns, &run.run_id).await?;
         let close_payload = if run.status.is_terminal() {
             // Events recorded after the close (archive) follow the terminal one.
             let seq = run.lifecycle.close_event_seq.unwrap_or(run.last_event_seq);
@@ -731,7 +729,7 @@ impl Engine {
         Ok(RunView {
             is_current_run: instance.current_run_id == run.run_id,
             run_count: instance.run_count,
-            input: started.get("input").cloned().unwrap_or(Value::Null),
+            input,
             output,
             close_payload,
             run,

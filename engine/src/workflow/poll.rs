@@ -325,10 +325,7 @@ impl Engine {
         // The workflow's input is in its first event, which the page starts with.
         let arguments = match page.events.first() {
             Some(first) => history::started_input(first)?,
-            None => history::event_payload(txn.as_mut(), &task.namespace, &task.run_id, 1)
-                .await?
-                .and_then(|mut p| p.get_mut("input").map(Value::take))
-                .unwrap_or(Value::Null),
+            None => history::workflow_input(txn.as_mut(), &task.namespace, &task.run_id).await?,
         };
         Ok(Some(WorkflowTaskView {
             task_kind: "workflow",
