@@ -23,7 +23,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .engine
                 .describe(&call.namespace, call.param(0), None)
                 .await?;
-            Ok(Reply::json(StatusCode::OK, &run_json(&view, "describe")))
+            Ok(Reply::json(StatusCode::OK, &run_reply(&view, "describe")))
         }
         Op::DescribeRun => {
             let view = state
@@ -32,7 +32,7 @@ pub async fn handle(state: &AppState, op: Op, call: Call) -> Result<Reply, ApiEr
                 .await?;
             Ok(Reply::json(
                 StatusCode::OK,
-                &run_json(&view, "describe_run"),
+                &run_reply(&view, "describe_run"),
             ))
         }
         Op::RunHistory => run_history(state, call).await,
@@ -150,9 +150,12 @@ async fn start(state: &AppState, call: Call) -> Result<Reply, ApiError> {
     ))
 }
 
+/// The `schema` of every control-plane block.
+const CONTROL_PLANE_SCHEMA: &str = "durable-workflow.v2.control-plane-response";
+
 pub(crate) fn control_block(operation: &str, workflow_id: &str, projected: Value) -> Value {
     let mut block = json!({
-        "schema": "durable-workflow.v2.control-plane-response",
+        "schema": CONTROL_PLANE_SCHEMA,
         "version": 1,
         "operation": operation,
         "workflow_id": workflow_id,
@@ -174,118 +177,123 @@ pub(crate) fn is_envelope(v: &Value) -> bool {
             || v.get("external_storage").is_some())
 }
 
-pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
+/// A run as describe answers it. Its fields are in name order, the order serde_json
+/// gave them when this reply was built as a `Value` map, so the bytes did not change when
+/// it became a struct (serialized straight from the run, nothing built in between).
+#[derive(Serialize)]
+struct RunReply<'a> {
+    actions: RunActions,
+    archived_at: Option<String>,
+    business_key: Option<()>,
+    closed_at: Option<String>,
+    closed_reason: &'a Option<String>,
+    compatibility: &'a Option<String>,
+    continued_from_run_id: &'a Option<String>,
+    continued_to_run_id: &'a Option<String>,
+    control_plane: RunControlBlock<'a>,
+    execution_deadline_at: Option<String>,
+    execution_timeout_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<Map<String, Value>>,
+    history_event_count: u64,
+    input: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_envelope: Option<&'a Value>,
+    is_current_run: bool,
+    is_terminal: bool,
+    last_progress_at: String,
+    memo: &'a Value,
+    namespace: &'a str,
+    output: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_envelope: Option<&'a Value>,
+    parent_run_id: Option<&'a str>,
+    parent_workflow_id: Option<&'a str>,
+    payload_codec: &'static str,
+    run_count: u32,
+    run_deadline_at: Option<String>,
+    run_id: &'a str,
+    run_number: u32,
+    run_timeout_seconds: Option<u64>,
+    search_attributes: &'a Value,
+    started_at: String,
+    status: &'static str,
+    status_bucket: &'static str,
+    task_queue: &'a str,
+    wait_kind: Option<&'static str>,
+    wait_reason: Option<&'static str>,
+    workflow_id: &'a str,
+    workflow_task_failure: Option<TaskFailureReply<'a>>,
+    workflow_type: &'a str,
+}
+
+/// What the caller may do with the run (fields in name order, see [`RunReply`]).
+#[derive(Serialize)]
+struct RunActions {
+    can_archive: bool,
+    can_cancel: bool,
+    can_query: bool,
+    can_repair: bool,
+    can_signal: bool,
+    can_terminate: bool,
+    can_update: bool,
+}
+
+/// [`control_block`] of a run reply (fields in name order, see [`RunReply`]).
+#[derive(Serialize)]
+struct RunControlBlock<'a> {
+    operation: &'a str,
+    run_id: &'a str,
+    schema: &'static str,
+    status: &'static str,
+    version: u32,
+    workflow_id: &'a str,
+}
+
+/// The run's workflow task failing (fields in name order, see [`RunReply`]).
+#[derive(Serialize)]
+struct TaskFailureReply<'a> {
+    failure_count: u32,
+    failure_type: &'a str,
+    last_failed_at: String,
+    message: &'a str,
+}
+
+fn run_reply<'a>(view: &'a RunView, operation: &'a str) -> RunReply<'a> {
     let run = &view.run;
     let ts = |ms: Option<i64>| ms.map(format_timestamp);
     let terminal = run.status.is_terminal();
     let (wait_kind, wait_reason) = match run.status {
         RunStatus::Waiting if !run.open_activities.is_empty() => {
-            (json!("activity"), json!("waiting for activity results"))
+            (Some("activity"), Some("waiting for activity results"))
         }
         RunStatus::Waiting if !run.lifecycle.open_children.is_empty() => {
-            (json!("child"), json!("waiting for child workflows"))
+            (Some("child"), Some("waiting for child workflows"))
         }
         RunStatus::Waiting if !run.waits.timers.is_empty() => {
-            (json!("timer"), json!("waiting for a durable timer"))
+            (Some("timer"), Some("waiting for a durable timer"))
         }
         RunStatus::Waiting if !run.waits.signal_waits.is_empty() => {
-            (json!("signal"), json!("waiting for a signal"))
+            (Some("signal"), Some("waiting for a signal"))
         }
         RunStatus::Waiting if run.waits.condition.is_some() => (
-            json!("condition"),
-            json!("waiting for a condition (signals and updates wake it)"),
+            Some("condition"),
+            Some("waiting for a condition (signals and updates wake it)"),
         ),
         RunStatus::Pending | RunStatus::Running if run.workflow_task_failure.is_some() => (
-            json!("workflow_task"),
-            json!("workflow task failing; retried with backoff (see workflow_task_failure)"),
+            Some("workflow_task"),
+            Some("workflow task failing; retried with backoff (see workflow_task_failure)"),
         ),
         RunStatus::Pending | RunStatus::Running => (
-            json!("workflow_task"),
-            json!("workflow task ready or running"),
+            Some("workflow_task"),
+            Some("workflow task ready or running"),
         ),
-        _ => (Value::Null, Value::Null),
+        _ => (None, None),
     };
-    let mut out = json!({
-        "workflow_id": run.workflow_id,
-        "run_id": run.run_id,
-        "namespace": run.namespace,
-        "workflow_type": run.workflow_type,
-        "business_key": null,
-        "status": run.status.as_str(),
-        "status_bucket": run.status.bucket(),
-        "is_terminal": terminal,
-        "closed_reason": run.closed_reason,
-        "task_queue": run.task_queue,
-        "run_number": run.run_number,
-        "run_count": view.run_count,
-        "is_current_run": view.is_current_run,
-        "compatibility": run.build_id,
-        "payload_codec": "avro",
-        "execution_timeout_seconds": run.execution_timeout_seconds,
-        "run_timeout_seconds": run.run_timeout_seconds,
-        "execution_deadline_at": ts(run.execution_deadline_ms),
-        "run_deadline_at": ts(run.run_deadline_ms),
-        "input": view.input,
-        "output": view.output,
-        "memo": run.memo,
-        "search_attributes": run.search_attributes,
-        "started_at": format_timestamp(run.started_at_ms),
-        "closed_at": ts(run.closed_at_ms),
-        "last_progress_at": format_timestamp(run.last_progress_at_ms),
-        "wait_kind": wait_kind,
-        "wait_reason": wait_reason,
-        "history_event_count": run.last_event_seq,
-        "workflow_task_failure": run.workflow_task_failure.as_ref().map(|f| json!({
-            "failure_count": f.failures,
-            "failure_type": f.failure_type,
-            "message": f.message,
-            "last_failed_at": format_timestamp(f.at_ms),
-        })),
-        "actions": {
-            "can_signal": !terminal && view.is_current_run, "can_query": true,
-            "can_update": !terminal && view.is_current_run,
-            "can_cancel": !terminal && view.is_current_run,
-            "can_terminate": !terminal && view.is_current_run,
-            "can_repair": false, "can_archive": false,
-        },
-        "control_plane": control_block(operation, &run.workflow_id, json!({"run_id": run.run_id, "status": run.status.as_str()})),
-    });
-    let obj = out.as_object_mut().expect("invariant: built as an object");
-    // Repair serves open runs; archive closed runs not archived yet.
-    if let Some(actions) = obj.get_mut("actions").and_then(Value::as_object_mut) {
-        actions.insert("can_repair".into(), json!(!terminal));
-        actions.insert(
-            "can_archive".into(),
-            json!(terminal && run.lifecycle.archived_at_ms.is_none()),
-        );
-    }
+    let open_and_current = !terminal && view.is_current_run;
     let lifecycle = &run.lifecycle;
-    obj.insert("archived_at".into(), json!(ts(lifecycle.archived_at_ms)));
-    obj.insert(
-        "continued_from_run_id".into(),
-        json!(lifecycle.continued_from_run_id),
-    );
-    obj.insert(
-        "continued_to_run_id".into(),
-        json!(lifecycle.continued_to_run_id),
-    );
-    obj.insert(
-        "parent_workflow_id".into(),
-        json!(lifecycle.parent.as_ref().map(|p| &p.workflow_id)),
-    );
-    obj.insert(
-        "parent_run_id".into(),
-        json!(lifecycle.parent.as_ref().map(|p| &p.run_id)),
-    );
-    if is_envelope(&view.input) {
-        obj.insert("input_envelope".into(), view.input.clone());
-    }
-    if is_envelope(&view.output) {
-        obj.insert("output_envelope".into(), view.output.clone());
-    }
-    if terminal && run.status != RunStatus::Completed {
-        let failure: Map<String, Value> = view
-            .close_payload
+    let failure = (terminal && run.status != RunStatus::Completed).then(|| {
+        view.close_payload
             .as_object()
             .map(|p| {
                 p.iter()
@@ -302,10 +310,74 @@ pub(crate) fn run_json(view: &RunView, operation: &str) -> Value {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect()
             })
-            .unwrap_or_default();
-        obj.insert("failure".into(), Value::Object(failure));
+            .unwrap_or_default()
+    });
+    RunReply {
+        // Repair serves open runs; archive closed runs not archived yet.
+        actions: RunActions {
+            can_archive: terminal && lifecycle.archived_at_ms.is_none(),
+            can_cancel: open_and_current,
+            can_query: true,
+            can_repair: !terminal,
+            can_signal: open_and_current,
+            can_terminate: open_and_current,
+            can_update: open_and_current,
+        },
+        archived_at: ts(lifecycle.archived_at_ms),
+        business_key: None,
+        closed_at: ts(run.closed_at_ms),
+        closed_reason: &run.closed_reason,
+        compatibility: &run.build_id,
+        continued_from_run_id: &lifecycle.continued_from_run_id,
+        continued_to_run_id: &lifecycle.continued_to_run_id,
+        control_plane: RunControlBlock {
+            operation,
+            run_id: &run.run_id,
+            schema: CONTROL_PLANE_SCHEMA,
+            status: run.status.as_str(),
+            version: 1,
+            workflow_id: &run.workflow_id,
+        },
+        execution_deadline_at: ts(run.execution_deadline_ms),
+        execution_timeout_seconds: run.execution_timeout_seconds,
+        failure,
+        history_event_count: run.last_event_seq,
+        input: &view.input,
+        input_envelope: is_envelope(&view.input).then_some(&view.input),
+        is_current_run: view.is_current_run,
+        is_terminal: terminal,
+        last_progress_at: format_timestamp(run.last_progress_at_ms),
+        memo: &run.memo,
+        namespace: &run.namespace,
+        output: &view.output,
+        output_envelope: is_envelope(&view.output).then_some(&view.output),
+        parent_run_id: lifecycle.parent.as_ref().map(|p| p.run_id.as_str()),
+        parent_workflow_id: lifecycle.parent.as_ref().map(|p| p.workflow_id.as_str()),
+        payload_codec: "avro",
+        run_count: view.run_count,
+        run_deadline_at: ts(run.run_deadline_ms),
+        run_id: &run.run_id,
+        run_number: run.run_number,
+        run_timeout_seconds: run.run_timeout_seconds,
+        search_attributes: &run.search_attributes,
+        started_at: format_timestamp(run.started_at_ms),
+        status: run.status.as_str(),
+        status_bucket: run.status.bucket(),
+        task_queue: &run.task_queue,
+        wait_kind,
+        wait_reason,
+        workflow_id: &run.workflow_id,
+        workflow_task_failure: run
+            .workflow_task_failure
+            .as_ref()
+            .map(|f| TaskFailureReply {
+                failure_count: f.failures,
+                failure_type: &f.failure_type,
+                last_failed_at: format_timestamp(f.at_ms),
+                message: &f.message,
+            }),
+        workflow_type: &run.workflow_type,
     }
-    out
 }
 
 #[derive(Serialize)]
