@@ -427,3 +427,91 @@ async fn run_history(state: &AppState, call: Call) -> Result<Reply, ApiError> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed run, archived, continued from another and started by a parent.
+    fn failed_run(input: Value, close_payload: Value) -> RunView {
+        let run = json!({
+            "namespace": "default", "workflow_id": "w", "run_id": "r", "run_number": 2,
+            "workflow_type": "t", "task_queue": "q", "status": "failed", "priority": 5,
+            "build_id": "b1", "memo": {"m": 1}, "search_attributes": {"s": "x"},
+            "started_at_ms": 1_000, "closed_at_ms": 5_000, "last_progress_at_ms": 4_000,
+            "execution_timeout_seconds": null, "run_timeout_seconds": 60,
+            "execution_deadline_ms": null, "run_deadline_ms": 61_000, "last_event_seq": 7,
+            "last_workflow_sequence": 1, "open_activities": [], "closed_reason": "failed",
+            "lifecycle": {"parent": {"workflow_id": "pw", "run_id": "pr", "sequence": 2},
+                "continued_from_run_id": "r0", "close_event_seq": 7, "archived_at_ms": 6_000},
+        });
+        RunView {
+            run: serde_json::from_value(run).expect("a run record"),
+            run_count: 2,
+            is_current_run: true,
+            input,
+            output: Value::Null,
+            close_payload,
+        }
+    }
+
+    #[test]
+    fn a_run_reply_names_its_fields_in_order_and_keeps_only_the_failures_summary() {
+        let envelope = json!({"codec": "avro", "blob": "AA=="});
+        let close =
+            json!({"message": "boom", "exception_type": "E", "stack": "long", "details": [1]});
+        let view = failed_run(envelope.clone(), close);
+        let reply = serde_json::to_value(run_reply(&view, "describe")).expect("serializes");
+        let text = serde_json::to_string(&run_reply(&view, "describe")).expect("serializes");
+        // Name order at every level, as the map it replaced wrote it: a `Value` (a sorted
+        // map) writes the same bytes.
+        assert_eq!(text, serde_json::to_string(&reply).expect("serializes"));
+
+        assert_eq!(
+            reply["failure"],
+            json!({"message": "boom", "exception_type": "E"})
+        );
+        assert_eq!(reply["input_envelope"], envelope);
+        assert!(
+            reply.get("output_envelope").is_none(),
+            "no output: no envelope"
+        );
+        assert_eq!(reply["wait_kind"], Value::Null);
+        assert_eq!(
+            reply["actions"],
+            json!({"can_archive": false, "can_cancel": false, "can_query": true,
+                "can_repair": false, "can_signal": false, "can_terminate": false,
+                "can_update": false})
+        );
+        assert_eq!(
+            (&reply["parent_workflow_id"], &reply["parent_run_id"]),
+            (&json!("pw"), &json!("pr"))
+        );
+        assert_eq!(reply["continued_from_run_id"], "r0");
+        assert_eq!(reply["archived_at"], format_timestamp(6_000));
+        assert_eq!(reply["run_deadline_at"], format_timestamp(61_000));
+        assert_eq!(reply["execution_deadline_at"], Value::Null);
+        assert_eq!(reply["business_key"], Value::Null);
+        assert_eq!(
+            reply["control_plane"],
+            json!({"operation": "describe", "run_id": "r", "schema": CONTROL_PLANE_SCHEMA,
+                "status": "failed", "version": 1, "workflow_id": "w"})
+        );
+    }
+
+    #[test]
+    fn an_open_run_reply_says_what_it_waits_for_and_has_no_failure() {
+        let mut view = failed_run(json!([1]), Value::Null);
+        view.run.status = RunStatus::Running;
+        view.run.closed_at_ms = None;
+        view.run.lifecycle.archived_at_ms = None;
+        let reply = serde_json::to_value(run_reply(&view, "describe_run")).expect("serializes");
+        assert!(reply.get("failure").is_none());
+        assert!(reply.get("input_envelope").is_none(), "not an envelope");
+        assert_eq!(reply["wait_kind"], "workflow_task");
+        assert_eq!(reply["is_terminal"], false);
+        assert_eq!(reply["actions"]["can_signal"], true);
+        assert_eq!(reply["actions"]["can_repair"], true);
+        assert_eq!(reply["control_plane"]["operation"], "describe_run");
+    }
+}
