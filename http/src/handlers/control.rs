@@ -430,7 +430,9 @@ async fn run_history(state: &AppState, call: Call) -> Result<Reply, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{
+        format_timestamp, json, run_reply, RunStatus, RunView, Value, CONTROL_PLANE_SCHEMA,
+    };
 
     /// A failed run, archived, continued from another and started by a parent.
     fn failed_run(input: Value, close_payload: Value) -> RunView {
