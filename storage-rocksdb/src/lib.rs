@@ -959,7 +959,7 @@ impl GroupCommitter {
             .expect("invariant: commit state lock not poisoned")
     }
 
-    /// Commits `batch` (a test drives this directly).
+    /// Commits `batch` under the commit lock (waiting while an inline commit holds it).
     fn commit_batch(&mut self, batch: Vec<(CommitRequest, Reply)>) {
         self.shared.commit_batch(&mut self.state(), batch, false);
     }
@@ -1109,6 +1109,7 @@ impl Shared {
         inline: bool,
     ) {
         if let Some(stalled) = state.stalled.take() {
+            // Allowed to stall, so nothing comes back.
             self.write_accepted(state, stalled, false);
         }
         if batch.is_empty() {
