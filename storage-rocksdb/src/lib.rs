@@ -69,16 +69,17 @@
 //!
 //! Two things make that recovery safe with this library, both found on a small tmpfs:
 //!
-//! * RocksDB's info `LOG` is written only at open and for fatal errors. Debian builds
-//!   librocksdb with assertions on, and a second line appended to a `LOG` whose last
-//!   append failed with `ENOSPC` aborts the process (`WritableFileWriter::
-//!   AssertFalseAndGetStatusForPrevError`), which a full disk did in 7 of 24 runs at the
-//!   default `INFO` level and in none of 45 at `FATAL`.
+//! * RocksDB's info `LOG` is written only at open and for fatal errors. A RocksDB built
+//!   with assertions on (as Debian's librocksdb, which Keel linked until 2026-12-05) aborts
+//!   the process when a second line is appended to a `LOG` whose last append failed with
+//!   `ENOSPC` (`WritableFileWriter::AssertFalseAndGetStatusForPrevError`), which a full
+//!   disk did in 7 of 24 runs at the default `INFO` level and in none of 45 at `FATAL`.
 //! * The metadata column family's memtable is never left empty when a write can fail:
 //!   at open and in every probe the version key is first written *without* the log.
 //!   RocksDB's recovery switches to a new write-ahead log only when it has a memtable to
 //!   flush; after a failed log append with every memtable empty it keeps the broken log
-//!   writer, and the next logged write aborts the process (the same assertion).
+//!   writer, and the next logged write hits the same assertion. Both measures stay in a
+//!   build without assertions (as now): what the broken writer does there is untested.
 //!
 //! A batch that failed is not in any memtable (RocksDB inserts only after the log write
 //! succeeded), so no reader saw it; if the process dies before the recovery, reopening
@@ -139,7 +140,7 @@ pub struct RocksOptions {
     /// RocksDB memtable size, in bytes. After a full disk, writes resume once this much
     /// is free on the data directory's filesystem (see the crate docs).
     pub write_buffer_bytes: usize,
-    /// Compress SST files below level 1 with LZ4 (Debian's librocksdb links liblz4).
+    /// Compress SST files below level 1 with LZ4 (built in: the `rocksdb` crate's `lz4`).
     pub lz4: bool,
     /// Size of the block cache: data blocks, and the index and filter partitions (see
     /// [`table_options`]); with the memtables, it bounds RocksDB's memory.
