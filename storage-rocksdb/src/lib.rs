@@ -70,7 +70,7 @@
 //! Two things make that recovery safe with this library, both found on a small tmpfs:
 //!
 //! * RocksDB's info `LOG` is written only at open and for fatal errors. A RocksDB built
-//!   with assertions on (as Debian's librocksdb, which Keel linked until 2026-12-05) aborts
+//!   with assertions on (as Debian's librocksdb, which the test builds link) aborts
 //!   the process when a second line is appended to a `LOG` whose last append failed with
 //!   `ENOSPC` (`WritableFileWriter::AssertFalseAndGetStatusForPrevError`), which a full
 //!   disk did in 7 of 24 runs at the default `INFO` level and in none of 45 at `FATAL`.
@@ -78,8 +78,9 @@
 //!   at open and in every probe the version key is first written *without* the log.
 //!   RocksDB's recovery switches to a new write-ahead log only when it has a memtable to
 //!   flush; after a failed log append with every memtable empty it keeps the broken log
-//!   writer, and the next logged write hits the same assertion. Both measures stay in a
-//!   build without assertions (as now): what the broken writer does there is untested.
+//!   writer, and the next logged write hits the same assertion. Both measures stay in
+//!   the build without assertions the server compiles; the full-disk end-to-end test
+//!   (`tests/e2e/test_disk_full.py`) passed on that build too (2026-12-05).
 //!
 //! A batch that failed is not in any memtable (RocksDB inserts only after the log write
 //! succeeded), so no reader saw it; if the process dies before the recovery, reopening
